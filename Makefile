@@ -1,0 +1,42 @@
+# hacluster: every target does its own set-up on a fresh Debian machine (as root).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo bench chaos-cleanup apt venv clean
+
+test: apt venv
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: apt venv
+	$(PY) -m chaos.demo
+
+bench: apt venv
+	$(PY) -m bench raft
+
+chaos-cleanup: venv
+	$(PY) -m chaos.lab cleanup
+
+# Install only what is missing; apt-get update only when something is.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The lab (network-namespace hosts on bridges), fault injection, workloads, reports."""

@@ -1,0 +1,1 @@
+"""Failure detectors that report resources up/down; they take no decisions."""

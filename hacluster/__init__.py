@@ -1,0 +1,8 @@
+"""hacluster: a software-only high-availability cluster for Linux on a Raft core.
+
+Public API: the daemons and the configuration they run from.
+"""
+from .cluster_config import ClusterConfig, ConfigError, load as load_config
+from .daemon import Daemon, NodeDaemon, WitnessDaemon
+
+__all__ = ["ClusterConfig", "ConfigError", "load_config", "Daemon", "NodeDaemon", "WitnessDaemon"]

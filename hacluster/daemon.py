@@ -1,0 +1,257 @@
+"""The daemon base class, shared by the node and the Raft-only witness.
+
+asyncio on uvloop; pysyncobj runs in its own tick thread and its callbacks
+hop onto the loop with ``call_soon_threadsafe``. The base class runs the Raft
+member, the cluster bootstrap, this member's liveness lease, the control API,
+and follows committed membership changes (rewrites cluster.json; stops when
+this member is removed). Subclasses add what a role does on top.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+import uvloop
+
+from raft.cluster_state import liveness_resource
+from raft.member import RaftCommandError, RaftMember
+
+from . import structured_log
+from .cluster_config import ClusterConfig
+from .control import ControlError, ControlServer
+from .lease_holder import LeaseHolder
+
+log = logging.getLogger("hacluster.daemon")
+
+COMMIT_TIMEOUT_S = 5.0
+
+
+class Daemon:
+    kind = "node"
+
+    def __init__(self, config: ClusterConfig) -> None:
+        if config.role != self.kind:
+            raise ValueError(f"{config.directory}: member {config.self_name!r} is a {config.role}; "
+                             f"start it with hacluster {config.role} run")
+        self.config = config
+        self.name = config.self_name
+        self.raft: RaftMember | None = None
+        self.holders: dict[str, LeaseHolder] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.exit_reason = "stopped"
+
+    # ---- entry point --------------------------------------------------------
+    def run(self) -> int:
+        structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
+        return uvloop.run(self._main())
+
+    async def _main(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        secret = self.config.read_secret()
+        peers = [m["address"] for m in self.config.members.values()]
+        # SyncObj's constructor blocks until its port is bound: keep it off the loop.
+        self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(
+            self.config.me["address"], peers, self.config.data_path / "raft", secret,
+            self.config.raft, on_applied=self._applied_threadsafe,
+            on_role_change=self._role_changed_threadsafe))
+        control = ControlServer(self.config.socket_path, self.control_handlers())
+        await control.start()
+        log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
+                 self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
+                 self.config.socket_path)
+        self._tasks.append(asyncio.create_task(self._bootstrap()))
+        self.hold(liveness_resource(self.name))
+        await self.started()
+        await self._stop.wait()
+        log.info("event=daemon_stopping reason=%r", self.exit_reason)
+        await self.stopping()
+        await asyncio.gather(*(h.stop() for h in self.holders.values()))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await control.close()
+        await self._loop.run_in_executor(None, self.raft.destroy)
+        log.info("event=daemon_stopped reason=%r", self.exit_reason)
+        return 0
+
+    # ---- hooks for subclasses -------------------------------------------------
+    async def started(self) -> None:
+        """Called once the Raft member and control API run."""
+
+    async def stopping(self) -> None:
+        """Called on SIGTERM before leases are released."""
+
+    def control_handlers(self) -> dict[str, Any]:
+        return {
+            "status": self._status,
+            "leases": self._leases,
+            "add_member": self._add_member,
+            "remove_member": self._remove_member,
+        }
+
+    # ---- leases ------------------------------------------------------------------
+    def hold(self, resource: str, force: bool = False) -> LeaseHolder:
+        holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
+                             force=force)
+        self.holders[resource] = holder
+        self._tasks.append(asyncio.create_task(holder.run()))
+        return holder
+
+    async def commit(self, op: str, *args: Any, timeout: float = COMMIT_TIMEOUT_S) -> dict:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(op, *args)), timeout)
+        except asyncio.TimeoutError:
+            raise ControlError(f"{op}: not committed within {timeout} s (no quorum?)") from None
+        except RaftCommandError as e:
+            raise ControlError(str(e)) from None
+
+    # ---- Raft callbacks (tick thread → loop) ----------------------------------------
+    def _applied_threadsafe(self, op: str, args: tuple, result: dict) -> None:
+        self._loop.call_soon_threadsafe(self._applied, op, args, result)
+
+    def _role_changed_threadsafe(self, role: str) -> None:
+        self._loop.call_soon_threadsafe(self._role_changed, role)
+
+    def _role_changed(self, role: str) -> None:
+        status = self.raft.raft_status()
+        log.info("event=raft_role role=%s term=%s mono=%.6f", role, status["term"], time.monotonic())
+
+    def _applied(self, op: str, args: tuple, result: dict) -> None:
+        if op in ("expire", "release") and result.get("ok"):
+            holder = self.holders.get(args[0])
+            if holder is not None:
+                holder.wake()
+            if op == "expire":
+                log.info("event=lease_expired resource=%s holder=%s epoch=%s mono=%.6f",
+                         args[0], result.get("holder"), result.get("epoch"), time.monotonic())
+        if op == "acquire" and result.get("ok") and not result.get("renewed"):
+            log.info("event=lease_granted resource=%s holder=%s epoch=%s forced=%s mono=%.6f",
+                     args[0], args[1], result["epoch"], result.get("forced", False), time.monotonic())
+        if op in ("bootstrap", "add_member", "remove_member") and result.get("ok"):
+            self._membership_changed(op, args, result)
+
+    def _membership_changed(self, op: str, args: tuple, result: dict) -> None:
+        members = self.raft.snapshot()["members"]
+        log.info("event=membership_changed op=%s member=%s members=%s",
+                 op, result.get("name", "-"), ",".join(sorted(members)))
+        # Replayed history (restart, or a re-added member catching up) may hold
+        # an old removal of this member: act only once caught up with the leader.
+        if self.name not in members and self.raft.caught_up():
+            self.exit_reason = "removed from the cluster"
+            self._stop.set()
+            return
+        if members != self.config.members and self.name in members:
+            self.config.members = members
+            self.config.save()
+
+    async def _bootstrap(self) -> None:
+        """The first leader records the initial members; every member offers them."""
+        initial = {n: dict(m) for n, m in self.config.members.items()}
+        while not self.raft.snapshot()["members"]:
+            if self.raft.leader_address() is not None:
+                try:
+                    await self.commit("bootstrap", initial, timeout=2.0)
+                except ControlError:
+                    pass
+            await asyncio.sleep(0.2)
+
+    # ---- control handlers ----------------------------------------------------------
+    async def _status(self, request: dict) -> dict:
+        snap = self.raft.snapshot()
+        raft = self.raft.raft_status()
+        by_address = {m["address"]: n for n, m in snap["members"].items()}
+        leader = by_address.get(raft["leader"], raft["leader"])
+        live = {n for n in snap["members"]
+                if (snap["leases"].get(liveness_resource(n)) or {}).get("holder") == n}
+        members = []
+        for name, m in sorted(snap["members"].items()):
+            if name == self.name:
+                connected = True
+            else:
+                connected = raft["peers"].get(m["address"], 0) == 2
+            members.append({"name": name, "role": m["role"], "address": m["address"],
+                            "live": name in live, "connected": connected,
+                            "leader": name == leader})
+        return {
+            "cluster": self.config.cluster, "node": self.name, "kind": self.kind,
+            "leader": leader, "term": raft["term"], "commit_index": raft["commit_index"],
+            "last_applied": raft["last_applied"], "role": raft["role"],
+            "has_quorum": raft["has_quorum"], "members": members,
+            "leases": self._lease_rows(snap),
+        }
+
+    @staticmethod
+    def _lease_rows(snap: dict) -> list[dict]:
+        return [{"resource": r, "holder": lease["holder"], "epoch": lease["epoch"],
+                 "lease_s": lease["lease_s"], "eligible": lease["eligible"]}
+                for r, lease in sorted(snap["leases"].items())]
+
+    async def _leases(self, request: dict) -> list[dict]:
+        return self._lease_rows(self.raft.snapshot())
+
+    async def _add_member(self, request: dict) -> dict:
+        name, address, role = request.get("name"), request.get("address"), request.get("role")
+        result = await self.commit("add_member", name, address, role)
+        if not result["ok"]:
+            raise ControlError(result["error"])
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.raft.change_peers("add", address)),
+                                   COMMIT_TIMEOUT_S)
+        except (asyncio.TimeoutError, RaftCommandError) as e:
+            # Keep cluster state and Raft configuration in step: undo the first half.
+            await self.commit("remove_member", name, role)
+            raise ControlError(f"adding {name} to the Raft configuration failed ({e}); "
+                               "the change was rolled back") from None
+        log.info("event=member_added member=%s role=%s address=%s", name, role, address)
+        return {"name": name, "address": address, "role": role,
+                "members": self.raft.snapshot()["members"]}
+
+    async def _remove_member(self, request: dict) -> dict:
+        name, role = request.get("name"), request.get("role")
+        result = await self.commit("remove_member", name, role)
+        if not result["ok"]:
+            raise ControlError(result["error"])
+        address = result["address"]
+        # If the removed member leads, it hands leadership over first (RaftMember);
+        # until then the leader refuses to drop itself, so retry for a while.
+        deadline = time.monotonic() + 3 * COMMIT_TIMEOUT_S
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.raft.change_peers("remove", address)),
+                                       COMMIT_TIMEOUT_S)
+                break
+            except (asyncio.TimeoutError, RaftCommandError) as e:
+                if time.monotonic() > deadline:
+                    raise ControlError(f"{name} left the cluster state but the Raft configuration "
+                                       f"change failed: {e}") from None
+                await asyncio.sleep(0.2)
+        log.info("event=member_removed member=%s role=%s address=%s", name, role, address)
+        return {"name": name, "address": address, "members": self.raft.snapshot()["members"]}
+
+
+class NodeDaemon(Daemon):
+    """A data node. For now it can contend for named leases (``--contend``);
+    the mirror and farm modules build on the same LeaseHolder."""
+
+    kind = "node"
+
+    def __init__(self, config: ClusterConfig, contend: list[str] | None = None) -> None:
+        super().__init__(config)
+        self.contend = list(contend or [])
+
+    async def started(self) -> None:
+        for resource in self.contend:
+            self.hold(resource)
+
+
+class WitnessDaemon(Daemon):
+    """A Raft voter with no modules: it only breaks ties."""
+
+    kind = "witness"

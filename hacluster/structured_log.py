@@ -1,0 +1,78 @@
+"""One structured line per event: ``key=value`` pairs (logfmt).
+
+Every line carries wall time, CLOCK_MONOTONIC (``mono``: lab hosts share the
+machine's monotonic clock, so lines from different daemons can be ordered),
+the module (logger name without the ``hacluster.`` prefix), the node, and the
+node's current Raft state; callers add ``event=`` and, where one applies,
+``epoch=``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Callable
+
+
+class _ContextFilter(logging.Filter):
+    def __init__(self, node: str, state: Callable[[], str]) -> None:
+        super().__init__()
+        self.node = node
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node
+        try:
+            record.raft_state = self.state()
+        except Exception:  # noqa: BLE001 - logging must never fail
+            record.raft_state = "unknown"
+        record.mono = time.monotonic()
+        name = record.name
+        record.module_name = name.split(".", 1)[1] if name.startswith("hacluster.") else name
+        return True
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        head = (f"ts={ts}.{int(record.msecs):03d}Z mono={record.mono:.6f} "
+                f"level={record.levelname.lower()} module={record.module_name} "
+                f"node={record.node} state={record.raft_state}")
+        line = f"{head} {record.getMessage()}"
+        if record.exc_info:
+            line += " exc=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+def setup(node: str, state: Callable[[], str], level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter(node, state))
+    handler.setFormatter(_LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def parse_line(line: str) -> dict[str, str]:
+    """Split a logfmt line into fields (quoted values may hold spaces)."""
+    out: dict[str, str] = {}
+    i, n = 0, len(line)
+    while i < n:
+        while i < n and line[i] == " ":
+            i += 1
+        eq = line.find("=", i)
+        if eq < 0:
+            break
+        key = line[i:eq]
+        j = eq + 1
+        if j < n and line[j] == '"':
+            end = line.find('"', j + 1)
+            end = n if end < 0 else end
+            out[key] = line[j + 1:end]
+            i = end + 1
+        else:
+            end = line.find(" ", j)
+            end = n if end < 0 else end
+            out[key] = line[j:end]
+            i = end
+    return out

@@ -1,0 +1,103 @@
+"""Make pysyncobj's storage durable (DESIGN.md rule 5).
+
+pysyncobj 0.3.17 writes its journal into an mmap and its term/vote file and
+dumps with a rename, and never fsyncs any of them: a power cut can lose an
+entry that this node already acknowledged, or a vote it already cast. Here:
+
+* ``DurableFileJournal`` msyncs + fsyncs the journal (``sync()``), and
+  ``RaftMember`` calls it before any message leaves the node (so no ack or
+  append is sent for an entry that is not on disk) and once per tick (so a
+  single-voter leader is covered too);
+* term and vote (``.meta``) are written to a temp file, fsynced, renamed and
+  the directory fsynced, before pysyncobj sends the vote;
+* dumps (log compaction) go through the same durable replace before the
+  journal is truncated.
+
+``install()`` points pysyncobj at these; it is idempotent.
+"""
+from __future__ import annotations
+
+import os
+
+import pysyncobj.journal as _journal
+import pysyncobj.serializer as _serializer
+import pysyncobj.syncobj as _syncobj
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(tmp_path: str, path: str) -> None:
+    """rename(tmp, path) such that after a crash either the old or the new
+    complete file is there."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp_path, path)
+    fsync_dir(path)
+
+
+class DurableMetaStorer(_journal.MetaStorer):
+    def storeMeta(self, meta: dict) -> None:  # noqa: N802 (pysyncobj's name)
+        tmp = self.getPath() + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(_journal.dumps(meta))
+        durable_replace(tmp, self.getPath())
+
+
+class DurableFileJournal(_journal.FileJournal):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        # FileJournal keeps its MetaStorer private; swap in the durable one.
+        self._FileJournal__metaStorer = DurableMetaStorer(path + ".meta")
+        self._fd = os.open(path, os.O_RDONLY)
+        self._dirty = True
+        fsync_dir(path)
+        self.sync()
+
+    def add(self, command, idx, term):  # noqa: D102 - pysyncobj API
+        super().add(command, idx, term)
+        self._dirty = True
+
+    def clear(self):
+        super().clear()
+        self._dirty = True
+
+    def deleteEntriesFrom(self, entryFrom):  # noqa: N802,N803
+        super().deleteEntriesFrom(entryFrom)
+        self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def sync(self) -> None:
+        """Everything added so far is on disk when this returns."""
+        if not self._dirty:
+            return
+        self.flush()          # msync(MS_SYNC) of the mapped records
+        os.fsync(self._fd)    # and the file size / metadata
+        self._dirty = False
+
+    def _destroy(self):
+        self.sync()
+        super()._destroy()
+        os.close(self._fd)
+
+
+def _create_journal(journal_file=None):
+    if journal_file is None:
+        return _journal.MemoryJournal()
+    return DurableFileJournal(journal_file)
+
+
+def install() -> None:
+    _syncobj.createJournal = _create_journal
+    _serializer.atomicReplace = durable_replace

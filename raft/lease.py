@@ -1,0 +1,141 @@
+"""Lease arithmetic (DESIGN.md rule 1), pure: times are local monotonic seconds
+passed in by the caller; nothing here reads a clock.
+
+Two views of one lease:
+
+* the holder counts from the *start* of its last successful renewal and stops
+  acting at ``start + lease - margin``;
+* the Raft leader counts from when it *applied* that renewal (which is always
+  after the holder started it), and never earlier than a full lease after its
+  own election, because renewals committed under the previous leader may not
+  have been applied here yet.
+
+The holder's deadline is therefore strictly before the leader's, as long as the
+two clocks drift apart by less than ``margin`` over one lease.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# A holder renews three times per lease, so one lost renewal is not a demotion.
+RENEWALS_PER_LEASE = 3
+
+
+class LeaseConfigError(ValueError):
+    """Lease timing that cannot be safe or cannot work."""
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    lease_s: float
+    margin_s: float
+
+    def __post_init__(self) -> None:
+        if not self.lease_s > 0:
+            raise LeaseConfigError(f"lease must be > 0 s, got {self.lease_s}")
+        if not 0 < self.margin_s < self.lease_s - self.renew_interval_s:
+            raise LeaseConfigError(
+                f"lease margin must be > 0 and < lease - lease/{RENEWALS_PER_LEASE} "
+                f"(= {self.lease_s - self.renew_interval_s:.3f} s), got {self.margin_s}"
+            )
+
+    @property
+    def renew_interval_s(self) -> float:
+        return self.lease_s / RENEWALS_PER_LEASE
+
+    @property
+    def max_drift(self) -> float:
+        """Largest relative clock-rate difference between holder and leader that
+        still keeps the holder's deadline before the leader's."""
+        return self.margin_s / self.lease_s
+
+
+def holder_deadline(renewal_started_at: float, timing: LeaseTiming) -> float:
+    """Holder's local time at which it must have stopped acting."""
+    return renewal_started_at + timing.lease_s - timing.margin_s
+
+
+def leader_expiry(applied_at: float, leader_since: float, lease_s: float) -> float:
+    """Leader's local time from which it may hand the lease to someone else."""
+    return max(applied_at, leader_since) + lease_s
+
+
+class HolderLease:
+    """The holder's side of one lease: when it is valid and when to renew.
+
+    ``epoch`` is the lease epoch Raft handed out; a renewal that comes back
+    with another epoch means someone else got the lease in between.
+    """
+
+    def __init__(self, timing: LeaseTiming) -> None:
+        self.timing = timing
+        self.epoch: int | None = None
+        self._valid_until: float | None = None
+        self._last_started: float | None = None
+
+    def renewal_succeeded(self, started_at: float, epoch: int) -> None:
+        if self.epoch is not None and epoch != self.epoch:
+            # A new epoch starts a new lease; nothing carries over.
+            self._valid_until = None
+        self.epoch = epoch
+        deadline = holder_deadline(started_at, self.timing)
+        if self._valid_until is None or deadline > self._valid_until:
+            self._valid_until = deadline
+            self._last_started = started_at
+
+    def lost(self) -> None:
+        """Raft said no (released, expired, or another holder): stop now."""
+        self._valid_until = None
+        self._last_started = None
+        self.epoch = None
+
+    def valid(self, now: float) -> bool:
+        return self._valid_until is not None and now < self._valid_until
+
+    def valid_until(self) -> float | None:
+        return self._valid_until
+
+    def renewal_due_at(self) -> float | None:
+        if self._last_started is None:
+            return None
+        return self._last_started + self.timing.renew_interval_s
+
+    def renew_due(self, now: float) -> bool:
+        due = self.renewal_due_at()
+        return due is None or now >= due
+
+
+class LeaderLeaseClock:
+    """The leader's side: when each lease was last renewed, by the local clock.
+
+    Every node keeps one (every node applies every entry); only the leader acts
+    on it. ``became_leader`` must be called when this node wins an election.
+    """
+
+    def __init__(self) -> None:
+        self._applied_at: dict[str, float] = {}
+        self._leader_since: float | None = None
+
+    def renewal_applied(self, resource: str, now: float) -> None:
+        self._applied_at[resource] = now
+
+    def forget(self, resource: str) -> None:
+        self._applied_at.pop(resource, None)
+
+    def became_leader(self, now: float) -> None:
+        self._leader_since = now
+
+    def stepped_down(self) -> None:
+        self._leader_since = None
+
+    @property
+    def leader_since(self) -> float | None:
+        return self._leader_since
+
+    def expired(self, resource: str, lease_s: float, now: float) -> bool:
+        """True when the leader may take the lease away from its holder."""
+        if self._leader_since is None:
+            return False
+        # A lease we never saw applied counts from our election.
+        applied = self._applied_at.get(resource, self._leader_since)
+        return now >= leader_expiry(applied, self._leader_since, lease_s)

@@ -1,0 +1,277 @@
+"""A Raft member on pysyncobj holding the replicated ``ClusterState``.
+
+Threads: pysyncobj runs its own tick thread; replicated methods are applied
+there, and so are the lease keeper and the journal sync (on-tick callbacks),
+so the leader-side lease clock needs no lock. Callers on other threads submit
+commands (``submit`` → concurrent Future) and read snapshots under a lock.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.node import TCPNode
+
+from . import durable_storage
+from .cluster_state import ClusterState, Result
+from .lease import LeaderLeaseClock
+from .plain_data import check_plain
+from .secure_channel import SecureTransport
+from .settings import RaftSettings
+
+log = logging.getLogger("hacluster.raft")
+
+# pysyncobj's _RAFT_STATE
+_LEADER = 2
+_STATE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+_FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+
+# Commands that change a lease and restart its clock on every member.
+_RENEWING = ("acquire", "renew")
+
+AppliedCallback = Callable[[str, tuple, Result], None]
+
+
+class RaftCommandError(RuntimeError):
+    """A command was not committed (no leader, leader changed, timeout)."""
+
+
+class _StateConsumer(SyncObjConsumer):
+    """The replicated methods. Each one is applied on every member in log order."""
+
+    def __init__(self, on_applied: Callable[[str, tuple, Result], None]) -> None:
+        super().__init__()
+        self.state = ClusterState()
+        self.lock = threading.Lock()
+        self._on_applied = on_applied
+
+    def _apply(self, op: str, *args: Any) -> Result:
+        with self.lock:
+            result = getattr(self.state, op)(*args)
+        self._on_applied(op, args, result)
+        return result
+
+    @replicated
+    def bootstrap(self, members):
+        return self._apply("bootstrap", members)
+
+    @replicated
+    def add_member(self, name, address, role):
+        return self._apply("add_member", name, address, role)
+
+    @replicated
+    def remove_member(self, name, role):
+        return self._apply("remove_member", name, role)
+
+    @replicated
+    def acquire(self, resource, node, lease_s, force=False):
+        return self._apply("acquire", resource, node, lease_s, force)
+
+    @replicated
+    def renew(self, resource, node, epoch):
+        return self._apply("renew", resource, node, epoch)
+
+    @replicated
+    def release(self, resource, node, epoch):
+        return self._apply("release", resource, node, epoch)
+
+    @replicated
+    def expire(self, resource, epoch, seq):
+        return self._apply("expire", resource, epoch, seq)
+
+    @replicated
+    def set_eligible(self, resource, nodes, lease_s):
+        return self._apply("set_eligible", resource, nodes, lease_s)
+
+    def _serialize(self):
+        with self.lock:
+            return self.state.to_dict()
+
+    def _deserialize(self, data):
+        with self.lock:
+            self.state = ClusterState.from_dict(data)
+
+
+OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
+       "expire", "set_eligible")
+
+
+class _SyncObj(SyncObj):
+    """pysyncobj with the durable journal and the authenticated transport."""
+
+    def __init__(self, self_address, peers, conf, consumers):
+        super().__init__(self_address, peers, conf, consumers=consumers,
+                         transportClass=SecureTransport)
+
+    def sync_journal(self) -> None:
+        journal = self._SyncObj__raftLog
+        if getattr(journal, "dirty", False):
+            journal.sync()
+
+
+class RaftMember:
+    def __init__(self, self_address: str, peers: list[str], data_dir: str | os.PathLike,
+                 secret: str, settings: RaftSettings,
+                 on_applied: AppliedCallback | None = None,
+                 on_role_change: Callable[[str], None] | None = None) -> None:
+        if not secret:
+            raise ValueError("a cluster secret is mandatory")
+        durable_storage.install()
+        self.address = self_address
+        self.settings = settings
+        self._on_applied_cb = on_applied
+        self._on_role_change_cb = on_role_change
+        self.lease_clock = LeaderLeaseClock()
+        self._pending_expiry: set[tuple[str, int, int]] = set()
+        self._next_lease_check = 0.0
+        self.role = "follower"
+        data = Path(data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.consumer = _StateConsumer(self._on_applied)
+        conf = SyncObjConf(
+            password=secret,
+            journalFile=str(data / "raft.journal"),
+            fullDumpFile=str(data / "raft.dump"),
+            dynamicMembershipChange=True,
+            useFork=False,  # forking a threaded asyncio process is unsafe
+            onStateChanged=self._on_state_changed,
+            **settings.syncobj_kwargs(),
+        )
+        self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
+                                [self.consumer])
+        self.syncobj.addOnTickCallback(self._on_tick)
+
+    # ---- tick thread --------------------------------------------------------
+    def _on_applied(self, op: str, args: tuple, result: Result) -> None:
+        if result.get("ok") and op in _RENEWING:
+            self.lease_clock.renewal_applied(args[0], time.monotonic())
+        if (op == "remove_member" and result.get("ok") and result.get("address") == self.address
+                and self.is_leader()):
+            # pysyncobj's leader cannot remove itself from the Raft configuration:
+            # hand leadership over so the next leader can.
+            log.info("event=leadership_transfer reason=\"this member was removed\"")
+            self.syncobj.transferLeadership()
+        if self._on_applied_cb is not None:
+            self._on_applied_cb(op, args, result)
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        now = time.monotonic()
+        if new == _LEADER:
+            self.lease_clock.became_leader(now)
+        elif old == _LEADER:
+            self.lease_clock.stepped_down()
+            self._pending_expiry.clear()
+        self.role = _STATE_NAMES.get(new, str(new))
+        if self._on_role_change_cb is not None:
+            self._on_role_change_cb(self.role)
+
+    def _on_tick(self) -> None:
+        self.syncobj.sync_journal()
+        now = time.monotonic()
+        if self.lease_clock.leader_since is None or now < self._next_lease_check:
+            return
+        self._next_lease_check = now + self.settings.lease_check_period_s
+        with self.consumer.lock:
+            leases = [(r, dict(lease)) for r, lease in self.consumer.state.leases.items()]
+        for resource, lease in leases:
+            if lease["holder"] is None:
+                continue
+            if not self.lease_clock.expired(resource, lease["lease_s"], now):
+                continue
+            key = (resource, lease["epoch"], lease["seq"])
+            if key in self._pending_expiry:
+                continue
+            self._pending_expiry.add(key)
+            log.info("event=lease_expiry_proposed resource=%s holder=%s epoch=%d mono=%.6f",
+                     resource, lease["holder"], lease["epoch"], now)
+            self.consumer.expire(resource, lease["epoch"], lease["seq"],
+                                 callback=lambda res, err, key=key: self._pending_expiry.discard(key))
+
+    # ---- any thread -----------------------------------------------------------
+    def submit(self, op: str, *args: Any) -> concurrent.futures.Future:
+        """Propose a replicated command; the future gets its Result once committed
+        and applied here, or RaftCommandError."""
+        if op not in OPS:
+            raise ValueError(f"unknown cluster state operation {op!r}")
+        check_plain(list(args), f"{op} arguments")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done(result, err):
+            if fut.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                fut.set_result(result)
+            else:
+                fut.set_exception(RaftCommandError(
+                    f"{op} not committed: {_FAIL_NAMES.get(err, err)}"))
+
+        getattr(self.consumer, op)(*args, callback=done)
+        return fut
+
+    def call(self, op: str, *args: Any, timeout: float = 5.0) -> Result:
+        """Blocking submit (not for the tick thread or the event loop)."""
+        try:
+            return self.submit(op, *args).result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RaftCommandError(f"{op} not committed within {timeout} s") from None
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.consumer.lock:
+            return self.consumer.state.to_dict()
+
+    def is_leader(self) -> bool:
+        """Local view only: for display and to pick who proposes, never to decide."""
+        return self.syncobj._isLeader()
+
+    def caught_up(self) -> bool:
+        """Has applied everything the leader had committed when we (re)joined."""
+        return self.syncobj.isReady()
+
+    def leader_address(self) -> str | None:
+        leader = self.syncobj._getLeader()
+        return leader.address if leader is not None else None
+
+    def raft_status(self) -> dict[str, Any]:
+        st = self.syncobj.getStatus()
+        return {
+            "role": _STATE_NAMES.get(st.get("state"), str(st.get("state"))),
+            "term": st.get("raft_term"),
+            "commit_index": st.get("commit_idx"),
+            "last_applied": st.get("last_applied"),
+            "leader": self.leader_address(),
+            "has_quorum": st.get("has_quorum"),
+            "log_len": st.get("log_len"),
+            "peers": {str(k)[len("partner_node_status_server_"):]: v
+                      for k, v in st.items() if str(k).startswith("partner_node_status_server_")},
+        }
+
+    def change_peers(self, action: str, address: str) -> concurrent.futures.Future:
+        """Raft configuration change (one at a time; pysyncobj refuses overlaps)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done(result, err):
+            if fut.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                fut.set_result(True)
+            else:
+                fut.set_exception(RaftCommandError(
+                    f"raft {action} {address} not committed: {_FAIL_NAMES.get(err, err)}"))
+
+        node = TCPNode(address)
+        if action == "add":
+            self.syncobj.addNodeToCluster(node, callback=done)
+        elif action == "remove":
+            self.syncobj.removeNodeFromCluster(node, callback=done)
+        else:
+            raise ValueError(action)
+        return fut
+
+    def destroy(self) -> None:
+        self.syncobj.destroy()

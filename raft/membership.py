@@ -1,0 +1,101 @@
+"""Membership rules, pure: which cluster shapes and changes are safe (DESIGN.md rule 4)."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+ROLES = ("node", "witness")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+
+
+class MembershipError(ValueError):
+    """A membership change that is refused; the message says why."""
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise MembershipError(
+            f"invalid member name {name!r}: use lower-case letters, digits, '.', '_' or '-' (max 63)"
+        )
+    return name
+
+
+def check_address(address: object) -> str:
+    """``host:port`` with an IPv4 address or a host name and a port 1-65535."""
+    if not isinstance(address, str) or address.count(":") != 1:
+        raise MembershipError(f"invalid address {address!r}: expected host:port")
+    host, port = address.split(":")
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        if not _HOST.match(host):
+            raise MembershipError(f"invalid address {address!r}: bad host {host!r}") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise MembershipError(f"invalid address {address!r}: bad port {port!r}")
+    return address
+
+
+def shape_error(members: dict[str, dict]) -> str | None:
+    """Why a set of voters is unsafe, or None. Every member (node or witness) votes."""
+    voters = len(members)
+    witnesses = sum(1 for m in members.values() if m["role"] == "witness")
+    if voters == 0:
+        return "a cluster needs at least one member"
+    if voters == 2 and witnesses == 0:
+        return ("two voters without a witness: losing either one would stop the cluster; "
+                "add a witness first (hacluster cluster add-witness)")
+    return None
+
+
+def check_members(members: dict[str, dict]) -> None:
+    """A whole member table, as `cluster init` writes it."""
+    seen: dict[str, str] = {}
+    for name, m in members.items():
+        check_name(name)
+        check_address(m.get("address"))
+        if m.get("role") not in ROLES:
+            raise MembershipError(f"member {name!r}: invalid role {m.get('role')!r}")
+        if m["address"] in seen:
+            raise MembershipError(f"duplicate address {m['address']}: members {seen[m['address']]!r} and {name!r}")
+        seen[m["address"]] = name
+    err = shape_error(members)
+    if err:
+        raise MembershipError(err)
+
+
+def check_add(members: dict[str, dict], name: str, address: str, role: str) -> None:
+    check_name(name)
+    check_address(address)
+    if role not in ROLES:
+        raise MembershipError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
+    if name in members:
+        raise MembershipError(f"member {name!r} already exists (address {members[name]['address']})")
+    for other, m in members.items():
+        if m["address"] == address:
+            raise MembershipError(f"duplicate address {address}: already used by member {other!r}")
+    after = dict(members)
+    after[name] = {"address": address, "role": role}
+    err = shape_error(after)
+    if err:
+        raise MembershipError(f"refusing to add {role} {name!r}: {err}")
+
+
+def check_remove(members: dict[str, dict], live: set[str], name: str, role: str) -> None:
+    """``live``: members currently holding their liveness lease."""
+    if name not in members:
+        known = ", ".join(sorted(members)) or "none"
+        raise MembershipError(f"unknown member {name!r} (members: {known})")
+    actual = members[name]["role"]
+    if actual != role:
+        raise MembershipError(f"{name!r} is a {actual}, not a {role}: use remove-{actual}")
+    after = {n: m for n, m in members.items() if n != name}
+    err = shape_error(after)
+    if err:
+        raise MembershipError(f"refusing to remove {role} {name!r}: {err}")
+    alive = sorted(n for n in after if n in live)
+    if len(alive) <= len(after) / 2:
+        raise MembershipError(
+            f"refusing to remove {role} {name!r}: the remaining {len(after)} voters would have "
+            f"only {len(alive)} alive ({', '.join(alive) or 'none'}), no quorum"
+        )

@@ -1,0 +1,83 @@
+"""Raft timers and lease timing, with LAN defaults.
+
+pysyncobj's defaults batch appends and tick every 50 ms (~200 ms commits).
+These defaults (measured in bench/raft_bench.py; see README) give ~1 ms
+commits and sub-second re-election on a LAN.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .lease import LeaseTiming
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    tick_period_s: float = 0.005
+    append_entries_period_s: float = 0.05
+    election_timeout_min_s: float = 0.3
+    election_timeout_max_s: float = 0.6
+    connection_timeout_s: float = 1.0
+    connection_retry_s: float = 0.5
+    # A leader that hears from no majority for this long steps down (pysyncobj: 30 s).
+    leader_fallback_s: float = 1.0
+    lease_s: float = 1.5
+    lease_margin_s: float = 0.3
+    # How often the leader looks for expired leases.
+    lease_check_period_s: float = 0.05
+    log_compaction_entries: int = 5000
+    log_compaction_min_time_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.election_timeout_min_s > 3 * self.append_entries_period_s:
+            raise SettingsError("raft: election_timeout_min_s must be > 3 x append_entries_period_s")
+        if not self.election_timeout_max_s > self.election_timeout_min_s:
+            raise SettingsError("raft: election_timeout_max_s must be > election_timeout_min_s")
+        if not self.connection_timeout_s >= self.election_timeout_max_s:
+            raise SettingsError("raft: connection_timeout_s must be >= election_timeout_max_s")
+        if not self.leader_fallback_s > self.append_entries_period_s:
+            raise SettingsError("raft: leader_fallback_s must be > append_entries_period_s")
+        if self.tick_period_s <= 0 or self.lease_check_period_s <= 0:
+            raise SettingsError("raft: periods must be > 0")
+        self.lease_timing  # validates lease_s / lease_margin_s
+
+    @property
+    def lease_timing(self) -> LeaseTiming:
+        return LeaseTiming(self.lease_s, self.lease_margin_s)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "raft settings") -> "RaftSettings":
+        data = dict(data or {})
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise SettingsError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+        for k, v in data.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise SettingsError(f"{where}: {k} must be a number, got {v!r}")
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise SettingsError(f"{where}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def syncobj_kwargs(self) -> dict[str, Any]:
+        return dict(
+            appendEntriesUseBatch=False,
+            autoTickPeriod=self.tick_period_s,
+            appendEntriesPeriod=self.append_entries_period_s,
+            raftMinTimeout=self.election_timeout_min_s,
+            raftMaxTimeout=self.election_timeout_max_s,
+            connectionTimeout=self.connection_timeout_s,
+            connectionRetryTime=self.connection_retry_s,
+            leaderFallbackTimeout=self.leader_fallback_s,
+            logCompactionMinEntries=self.log_compaction_entries,
+            logCompactionMinTime=self.log_compaction_min_time_s,
+        )

@@ -1,0 +1,1 @@
+"""Virtual IPs: address add/remove, gratuitous ARP, farm traffic sharing."""
