@@ -65,8 +65,8 @@ def parse_line(line: str) -> dict[str, str]:
             break
         key = line[i:eq]
         j = eq + 1
-        if j < n and line[j] == '"':
-            end = line.find('"', j + 1)
+        if j < n and line[j] in "\"'":  # "x y" or Python's repr 'x y'
+            end = line.find(line[j], j + 1)
             end = n if end < 0 else end
             out[key] = line[j + 1:end]
             i = end + 1

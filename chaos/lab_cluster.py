@@ -1,0 +1,165 @@
+"""A hacluster cluster running as real daemons on lab hosts.
+
+Shared by the lab tests, the benchmarks and ``make demo``: writes the cluster
+configuration with the real ``hacluster cluster init``, starts ``node run`` /
+``witness run`` in each host's namespace, talks to each daemon over its
+control socket, and reads the daemons' structured log lines back.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hacluster.control import ControlError, request
+from hacluster.structured_log import parse_line
+
+from .lab import Lab, LabProcess
+
+RAFT_PORT = 7400
+
+
+class LabCluster:
+    def __init__(self, lab: Lab, nodes: list[str], witnesses: list[str] = (),
+                 contend: dict[str, list[str]] | None = None,
+                 raft_settings: dict[str, Any] | None = None, name: str = "lab") -> None:
+        self.lab = lab
+        self.nodes = list(nodes)
+        self.witnesses = list(witnesses)
+        self.contend = contend or {}
+        self.raft_settings = raft_settings or {}
+        self.name = name
+        self.cfg_root = lab.workdir / "cfg"
+        self.procs: dict[str, LabProcess] = {}
+        self._config_dirs: dict[str, Path] = {}
+
+    # ---- set-up -------------------------------------------------------------
+    def role(self, member: str) -> str:
+        return "witness" if member in self.witnesses else "node"
+
+    @property
+    def members(self) -> list[str]:
+        return self.nodes + self.witnesses
+
+    def config_dir(self, member: str) -> Path:
+        return self._config_dirs.get(member, self.cfg_root / member)
+
+    def init(self) -> None:
+        argv = ["cluster", "init", "--name", self.name, "--out", str(self.cfg_root)]
+        for n in self.nodes:
+            argv += ["--node", f"{n}={self.lab.addr(n)}:{RAFT_PORT}"]
+        for w in self.witnesses:
+            argv += ["--witness", f"{w}={self.lab.addr(w)}:{RAFT_PORT}"]
+        res = self.hacluster(None, *argv)
+        if res.returncode != 0:
+            raise RuntimeError(f"cluster init failed: {res.stderr.strip()}")
+        if self.raft_settings:
+            for m in self.members:
+                path = self.config_dir(m) / "cluster.json"
+                cfg = json.loads(path.read_text())
+                cfg["raft"].update(self.raft_settings)
+                path.write_text(json.dumps(cfg, indent=2))
+
+    def hacluster(self, member: str | None, *args: str, timeout: float = 60):
+        """Run the real CLI; inside the member's namespace with its config, or
+        (member None) in the lab's first host without one."""
+        host = member or self.members[0]
+        argv = [sys.executable, "-m", "hacluster"]
+        if member is not None:
+            argv += ["-c", str(self.config_dir(member))]
+        return self.lab.run(host, argv + list(args), check=False, timeout=timeout)
+
+    def start(self, member: str, config_dir: Path | None = None) -> LabProcess:
+        if config_dir is not None:
+            self._config_dirs[member] = config_dir
+        cfg = self.config_dir(member)
+        argv = [sys.executable, "-m", "hacluster", "-c", str(cfg), self.role(member), "run"]
+        for resource in self.contend.get(member, []):
+            argv += ["--contend", resource]
+        proc = self.lab.spawn(member, argv, name="hacluster")
+        self.procs[member] = proc
+        return proc
+
+    def start_all(self) -> None:
+        for m in self.members:
+            self.start(m)
+
+    def kill(self, member: str) -> None:
+        self.procs[member].kill()
+
+    def stop(self, member: str) -> int:
+        return self.procs[member].stop()
+
+    def pause(self, member: str) -> None:
+        self.procs[member].signal(signal.SIGSTOP)
+
+    def resume(self, member: str) -> None:
+        self.procs[member].signal(signal.SIGCONT)
+
+    # ---- observation ------------------------------------------------------------
+    def status(self, member: str, timeout: float = 2.0) -> dict | None:
+        try:
+            return request(self.config_dir(member) / "control.sock", "status", timeout=timeout)
+        except (ControlError, OSError, ValueError):
+            return None
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20.0,
+                 interval: float = 0.02) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            time.sleep(interval)
+
+    def leader(self, among: list[str] | None = None) -> str | None:
+        """The leader that a majority of the given running members agree on."""
+        among = among or [m for m, p in self.procs.items() if p.alive()]
+        votes: dict[str, int] = {}
+        for m in among:
+            st = self.status(m, timeout=0.5)
+            # Before the bootstrap entry is applied the leader is only an address.
+            if st and st["leader"] in self.members:
+                votes[st["leader"]] = votes.get(st["leader"], 0) + 1
+        for leader, n in votes.items():
+            if n > len(among) / 2:
+                return leader
+        return None
+
+    def wait_leader(self, among: list[str] | None = None, timeout: float = 20.0,
+                    exclude: str | None = None) -> str:
+        return self.wait_for("a leader", lambda: (lambda l: l if l and l != exclude else None)(
+            self.leader(among)), timeout)
+
+    def lease(self, member: str, resource: str) -> dict | None:
+        st = self.status(member)
+        if not st:
+            return None
+        return next((r for r in st["leases"] if r["resource"] == resource), None)
+
+    def events(self, member: str, event: str | None = None) -> list[dict[str, str]]:
+        path = self.lab.workdir / member / "hacluster.log"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(errors="replace").splitlines():
+            if "event=" not in line:
+                continue
+            fields = parse_line(line)
+            if event is None or fields.get("event") == event:
+                out.append(fields)
+        return out
+
+    def log_text(self, member: str) -> str:
+        path = self.lab.workdir / member / "hacluster.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.alive():
+                proc.stop()

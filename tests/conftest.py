@@ -1,0 +1,39 @@
+import os
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+@pytest.fixture
+def make_lab():
+    """Start labs that are cleaned up even when the test fails."""
+    from chaos.lab import Lab
+
+    labs = []
+
+    def make(hosts, networks=("lan",)):
+        lab = Lab(hosts, networks=networks)
+        labs.append(lab)
+        return lab.start()
+
+    yield make
+    for lab in labs:
+        lab.cleanup()
+
+
+@pytest.fixture
+def make_cluster(make_lab):
+    """A hacluster cluster of real daemons on lab hosts: make_cluster(nodes, witnesses, ...)."""
+    from chaos.lab_cluster import LabCluster
+
+    def make(nodes, witnesses=(), extra_hosts=(), contend=None, start=True, **kw):
+        lab = make_lab(list(nodes) + list(witnesses) + list(extra_hosts))
+        cluster = LabCluster(lab, list(nodes), list(witnesses), contend=contend, **kw)
+        cluster.init()
+        if start:
+            cluster.start_all()
+            cluster.wait_leader()
+        return cluster
+
+    return make
