@@ -11,7 +11,7 @@ import pytest
 from raft import durable_storage
 from tests.conftest import needs_root
 
-PROC = str(Path(__file__).parent / "procs" / "raft_member_proc.py")
+PROC = str(Path(__file__).parent.parent / "chaos" / "raft_member_proc.py")
 SECRET = "durability-test-secret-0123456789abcdef"
 
 

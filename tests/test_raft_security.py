@@ -49,7 +49,7 @@ def _wait(predicate, timeout):
 def test_raw_pickle_payload_is_not_executed(make_lab, tmp_path):
     lab = make_lab(["guarded", "plain", "attacker"])
     guarded_addr = f"{lab.addr('guarded')}:7400"
-    guarded = lab.spawn("guarded", [sys.executable, str(PROCS / "raft_member_proc.py"),
+    guarded = lab.spawn("guarded", [sys.executable, str(PROCS.parent.parent / "chaos" / "raft_member_proc.py"),
                                     "--addr", guarded_addr, "--peers", guarded_addr,
                                     "--data", str(tmp_path / "raft"), "--secret", SECRET],
                         name="raft")

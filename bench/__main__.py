@@ -1,0 +1,26 @@
+"""python -m bench NAME [--trials N]: run a benchmark, print ratio lines, write bench/results/NAME.json."""
+import argparse
+import logging
+import os
+import sys
+
+BENCHES = ("raft",)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("name", choices=BENCHES)
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--commits", type=int, default=500)
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.WARNING)
+    if args.name == "raft":
+        from .raft_bench import run
+        run(trials=args.trials, commits=args.commits)
+    return 0
+
+
+sys.exit(main())
