@@ -71,6 +71,12 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     except MembershipError as e:
         raise ConfigError(f"cluster init refused: {e}") from None
     out = Path(args.out)
+    # Check every member before writing any: a half-written init would leave members
+    # with different secrets.
+    for name in sorted(members):
+        if (out / name / cluster_config.CONFIG_FILE).exists():
+            raise ConfigError(f"{out / name / cluster_config.CONFIG_FILE}: already exists; "
+                              "refusing to overwrite (nothing written)")
     secret = cluster_config.new_secret()
     written = [cluster_config.write_member_dir(out, args.name, name, members, secret, RaftSettings())
                for name in sorted(members)]
@@ -114,7 +120,7 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
         if out is not None:
             d = cluster_config.write_member_dir(out, cfg.cluster, args.name, res["members"],
                                                 cfg.read_secret(), cfg.raft)
-            text += f"; its configuration is in {d} (start it with hacluster {role} run --config {d})"
+            text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
         res = request(cfg.socket_path, "remove_member", name=args.name, role=role)
         text = f"removed {role} {args.name} through Raft"

@@ -8,9 +8,11 @@ node's current Raft state; callers add ``event=`` and, where one applies,
 """
 from __future__ import annotations
 
+import ast
 import logging
 import sys
 import time
+import warnings
 from typing import Callable
 
 
@@ -53,8 +55,20 @@ def setup(node: str, state: Callable[[], str], level: int = logging.INFO) -> Non
     root.setLevel(level)
 
 
+def _unquote(token: str) -> str:
+    """A quoted value as repr() writes it (callers log with %r; so does ``exc=``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = ast.literal_eval(token)
+    except (ValueError, SyntaxError):
+        return token[1:-1]
+    return value if isinstance(value, str) else token[1:-1]
+
+
 def parse_line(line: str) -> dict[str, str]:
-    """Split a logfmt line into fields (quoted values may hold spaces)."""
+    """Split a logfmt line into fields. Quoted values ("x y", or repr()'s 'x y', with
+    backslash escapes) may hold spaces and quotes, and come back unescaped."""
     out: dict[str, str] = {}
     i, n = 0, len(line)
     while i < n:
@@ -66,10 +80,15 @@ def parse_line(line: str) -> dict[str, str]:
         key = line[i:eq]
         j = eq + 1
         if j < n and line[j] in "\"'":  # "x y" or Python's repr 'x y'
-            end = line.find(line[j], j + 1)
-            end = n if end < 0 else end
-            out[key] = line[j + 1:end]
-            i = end + 1
+            quote, end = line[j], j + 1
+            while end < n and line[end] != quote:
+                end += 2 if line[end] == "\\" else 1
+            if end >= n:  # unterminated: the rest of the line
+                out[key] = line[j + 1:]
+                i = n
+            else:
+                out[key] = _unquote(line[j:end + 1])
+                i = end + 1
         else:
             end = line.find(" ", j)
             end = n if end < 0 else end

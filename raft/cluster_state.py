@@ -15,6 +15,7 @@ renewal, release, expiry) so the leader's expiry decision can be fenced.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
@@ -26,6 +27,11 @@ LIVENESS_PREFIX = "node/"
 
 def liveness_resource(name: str) -> str:
     return LIVENESS_PREFIX + name
+
+
+def _valid_duration(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
 
 
 def _ok(**kw: Any) -> Result:
@@ -115,11 +121,11 @@ class ClusterState:
         return lease
 
     def acquire(self, resource: str, node: str, lease_s: float, force: bool = False) -> Result:
-        if node not in self.members:
+        if not isinstance(node, str) or node not in self.members:
             return _refused(f"unknown member {node!r}")
         if not isinstance(resource, str) or not resource:
             return _refused(f"invalid resource {resource!r}")
-        if not (isinstance(lease_s, (int, float)) and lease_s > 0):
+        if not _valid_duration(lease_s):
             return _refused(f"invalid lease duration {lease_s!r}")
         if resource.startswith(LIVENESS_PREFIX) and resource != liveness_resource(node):
             return _refused(f"{resource} is the liveness lease of another member")
@@ -140,7 +146,7 @@ class ClusterState:
                                                        and node not in lease["eligible"]))
 
     def renew(self, resource: str, node: str, epoch: int) -> Result:
-        lease = self.leases.get(resource)
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
             holder = lease["holder"] if lease else None
             cur = lease["epoch"] if lease else 0
@@ -150,7 +156,7 @@ class ClusterState:
         return _ok(epoch=epoch)
 
     def release(self, resource: str, node: str, epoch: int) -> Result:
-        lease = self.leases.get(resource)
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
             return _refused(f"{node} does not hold {resource} epoch {epoch}")
         lease["holder"] = None
@@ -160,7 +166,7 @@ class ClusterState:
     def expire(self, resource: str, epoch: int, seq: int) -> Result:
         """The leader saw no renewal for a full lease. Fenced by (epoch, seq):
         if anything happened to the lease since the leader looked, it is void."""
-        lease = self.leases.get(resource)
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None or lease["holder"] is None:
             return _refused(f"{resource} has no holder")
         if lease["epoch"] != epoch or lease["seq"] != seq:
@@ -172,7 +178,13 @@ class ClusterState:
         return _ok(epoch=epoch, holder=holder)
 
     def set_eligible(self, resource: str, nodes: list[str] | None, lease_s: float) -> Result:
+        if not isinstance(resource, str) or not resource:
+            return _refused(f"invalid resource {resource!r}")
+        if not _valid_duration(lease_s):
+            return _refused(f"invalid lease duration {lease_s!r}")
         if nodes is not None:
+            if not isinstance(nodes, (list, tuple)):
+                return _refused(f"eligible nodes must be a list of member names or None, got {nodes!r}")
             try:
                 for n in nodes:
                     check_name(n)

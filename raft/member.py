@@ -53,7 +53,14 @@ class _StateConsumer(SyncObjConsumer):
 
     def _apply(self, op: str, *args: Any) -> Result:
         with self.lock:
-            result = getattr(self.state, op)(*args)
+            try:
+                result = getattr(self.state, op)(*args)
+            except Exception as e:  # noqa: BLE001
+                # pysyncobj retries an entry whose apply raised, forever, on every
+                # member: one malformed entry would freeze the cluster. The same
+                # input fails the same way everywhere, so a refusal stays deterministic.
+                log.error("event=apply_failed op=%s error=%r", op, str(e))
+                result = {"ok": False, "error": f"{op} failed: {e}"}
         self._on_applied(op, args, result)
         return result
 

@@ -14,7 +14,7 @@ class MembershipError(ValueError):
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise MembershipError(
             f"invalid member name {name!r}: use lower-case letters, digits, '.', '_' or '-' (max 63)"
         )
@@ -29,9 +29,9 @@ def check_address(address: object) -> str:
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
-        if not _HOST.match(host):
+        if not _HOST.fullmatch(host):
             raise MembershipError(f"invalid address {address!r}: bad host {host!r}") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise MembershipError(f"invalid address {address!r}: bad port {port!r}")
     return address
 
@@ -53,6 +53,8 @@ def check_members(members: dict[str, dict]) -> None:
     seen: dict[str, str] = {}
     for name, m in members.items():
         check_name(name)
+        if not isinstance(m, dict):
+            raise MembershipError(f"member {name!r}: expected an object with address and role, got {m!r}")
         check_address(m.get("address"))
         if m.get("role") not in ROLES:
             raise MembershipError(f"member {name!r}: invalid role {m.get('role')!r}")
@@ -83,7 +85,7 @@ def check_add(members: dict[str, dict], name: str, address: str, role: str) -> N
 
 def check_remove(members: dict[str, dict], live: set[str], name: str, role: str) -> None:
     """``live``: members currently holding their liveness lease."""
-    if name not in members:
+    if not isinstance(name, str) or name not in members:
         known = ", ".join(sorted(members)) or "none"
         raise MembershipError(f"unknown member {name!r} (members: {known})")
     actual = members[name]["role"]

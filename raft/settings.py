@@ -6,10 +6,11 @@ commits and sub-second re-election on a LAN.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .lease import LeaseTiming
+from .lease import LeaseConfigError, LeaseTiming
 
 
 class SettingsError(ValueError):
@@ -36,6 +37,20 @@ class RaftSettings:
     batch_appends: bool = False
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(f.default, bool):
+                if not isinstance(v, bool):
+                    raise SettingsError(f"raft: {f.name} must be true or false, got {v!r}")
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SettingsError(f"raft: {f.name} must be a finite number, got {v!r}")
+            # pysyncobj accepts a zero connection retry time; every other setting is a
+            # positive period, duration or count.
+            if v < 0 or (v == 0 and f.name != "connection_retry_s"):
+                raise SettingsError(f"raft: {f.name} must be > 0, got {v!r}")
+        if self.log_compaction_entries < 2:
+            raise SettingsError("raft: log_compaction_entries must be >= 2")
         if not self.election_timeout_min_s > 3 * self.append_entries_period_s:
             raise SettingsError("raft: election_timeout_min_s must be > 3 x append_entries_period_s")
         if not self.election_timeout_max_s > self.election_timeout_min_s:
@@ -44,9 +59,11 @@ class RaftSettings:
             raise SettingsError("raft: connection_timeout_s must be >= election_timeout_max_s")
         if not self.leader_fallback_s > self.append_entries_period_s:
             raise SettingsError("raft: leader_fallback_s must be > append_entries_period_s")
-        if self.tick_period_s <= 0 or self.lease_check_period_s <= 0:
-            raise SettingsError("raft: periods must be > 0")
-        self.lease_timing  # validates lease_s / lease_margin_s
+        try:
+            self.lease_timing  # validates lease_s / lease_margin_s
+        except LeaseConfigError as e:
+            raise SettingsError(f"raft: lease_s={self.lease_s}, lease_margin_s={self.lease_margin_s}: "
+                                f"{e}") from None
 
     @property
     def lease_timing(self) -> LeaseTiming:
@@ -54,6 +71,8 @@ class RaftSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "raft settings") -> "RaftSettings":
+        if data is not None and not isinstance(data, dict):
+            raise SettingsError(f"{where}: must be an object, got {type(data).__name__}")
         data = dict(data or {})
         defaults = {f.name: f.default for f in fields(cls)}
         unknown = sorted(set(data) - set(defaults))
@@ -65,6 +84,8 @@ class RaftSettings:
                     raise SettingsError(f"{where}: {k} must be true or false, got {v!r}")
             elif isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise SettingsError(f"{where}: {k} must be a number, got {v!r}")
+            elif isinstance(defaults[k], int) and not isinstance(v, int):
+                raise SettingsError(f"{where}: {k} must be an integer, got {v!r}")
         try:
             return cls(**data)
         except ValueError as e:

@@ -1,0 +1,28 @@
+"""RaftMember pieces that need no cluster."""
+import pytest
+
+from raft.member import OPS, _StateConsumer
+from raft.plain_data import NotPlainData
+
+
+def test_an_apply_that_raises_becomes_a_refusal_not_a_frozen_log():
+    applied = []
+    consumer = _StateConsumer(lambda op, args, result: applied.append((op, result)))
+    # A method missing on this member's code (or any exception) must not propagate into
+    # pysyncobj, which would retry the entry forever.
+    result = consumer._apply("no_such_operation", 1)
+    assert result["ok"] is False and "no_such_operation failed" in result["error"]
+    assert applied == [("no_such_operation", result)]
+    # The state machine still works afterwards.
+    assert consumer._apply("bootstrap", {"a": {"address": "10.0.0.1:7400", "role": "node"}})["ok"]
+
+
+def test_submit_refuses_unknown_ops_and_non_plain_arguments():
+    from raft.member import RaftMember
+
+    member = RaftMember.__new__(RaftMember)  # no pysyncobj: submit checks before sending
+    with pytest.raises(ValueError, match="unknown cluster state operation"):
+        member.submit("drop_tables")
+    with pytest.raises(NotPlainData, match="acquire arguments"):
+        member.submit("acquire", "demo", object(), 1.5)
+    assert "acquire" in OPS
