@@ -1,0 +1,201 @@
+"""The primary's side of the channel: the FUSE layer's ``Replicator``.
+
+Every mutating operation is applied locally, submitted here (in local order,
+under ``ordering_lock``), and answered to the application only when ``wait``
+returns:
+
+* CONNECTED: ``wait`` returns once the receiver acknowledged the op (after
+  apply, or on receipt, as the channel's ack mode says).
+* The receiver stops answering (timeout, closed channel, or it refused an op
+  that succeeded here): the ops it had not acknowledged are recorded as
+  changed (durably), then the owner's ``peer_lost`` hook runs (the mirror
+  module commits the secondary's removal from the in-sync set there), and
+  only then are the blocked writes answered. If the hook fails, every write
+  fails with EIO from then on: nothing goes on unreplicated and unrecorded.
+* ALONE: each op is recorded as changed, durably, before ``wait`` returns;
+  reintegration later sends only what was recorded.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from .ops import Op
+
+log = logging.getLogger("replication.sender")
+
+
+class ChangeRecorder(Protocol):
+    """Where ALONE-mode changes go (dirty bitmaps + namespace journal)."""
+
+    def record(self, op: Op) -> None:
+        """Durable when it returns."""
+
+
+class Channel(Protocol):
+    def send_op(self, op: Op) -> int: ...
+    def wait(self, seq: int, timeout: float) -> None: ...
+    def close(self) -> None: ...
+
+
+class SenderState(enum.Enum):
+    CONNECTED = "connected"
+    ALONE = "alone"
+    FAILED = "failed"  # peer lost and the owner could not record it: writes fail
+
+
+class ReplicationUnavailable(OSError):
+    """The op was applied locally but can be neither replicated nor recorded."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    generation: int
+    seq: int | None  # None: recorded locally (ALONE), nothing to wait for
+
+
+class Sender:
+    def __init__(self, recorder: ChangeRecorder, peer_lost: Callable[[str], None],
+                 ack_timeout_s: float = 3.0, alone: bool = False) -> None:
+        """``alone``: the owner knows the peer is already out of the in-sync set.
+        Otherwise the sender starts as if connected to a peer that is not there
+        yet: the first op triggers ``peer_lost`` before anything is answered."""
+        self.recorder = recorder
+        self.peer_lost = peer_lost
+        self.ack_timeout_s = ack_timeout_s
+        # Held by the FUSE layer (and reintegration) around "apply locally + submit",
+        # so that channel order is local order.
+        self.ordering_lock = threading.RLock()
+        self._lock = threading.Lock()
+        self._state = SenderState.ALONE if alone else SenderState.CONNECTED
+        self._channel: Channel | None = None
+        self._generation = 0
+        self._in_flight: dict[int, Op] = {}
+        self._failure: str | None = None
+        # Unset while a peer-loss transition runs: nothing is answered until it ends.
+        self._transition = threading.Event()
+        self._transition.set()
+
+    # ---- owner API -----------------------------------------------------------
+    @property
+    def state(self) -> SenderState:
+        return self._state
+
+    def attach(self, channel: Channel) -> None:
+        """Start replicating live ops on ``channel`` (after, or during, reintegration)."""
+        with self._lock:
+            self._generation += 1
+            self._channel = channel
+            self._in_flight.clear()
+            self._state = SenderState.CONNECTED
+            self._failure = None
+        log.info("event=sender_connected generation=%d", self._generation)
+
+    def detach(self, reason: str) -> None:
+        """Owner-initiated: stop replicating (e.g. the secondary was stopped)."""
+        self._lose_peer(self._generation, reason)
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"state": self._state.value, "in_flight": len(self._in_flight),
+                    "generation": self._generation, "failure": self._failure}
+
+    # ---- Replicator API (called by the FUSE layer) ------------------------------
+    def submit(self, op: Op) -> Ticket:
+        with self._lock:
+            state, generation, channel = self._state, self._generation, self._channel
+            if state is SenderState.CONNECTED:
+                try:
+                    if channel is None:
+                        raise ConnectionError("no receiver connected")
+                    seq = channel.send_op(op)
+                except OSError as e:
+                    # Record it below as an unacknowledged op of this generation.
+                    seq = None
+                    send_error = e
+                else:
+                    self._in_flight[seq] = op
+                    return Ticket(generation, seq)
+        if state is SenderState.CONNECTED:
+            self._lose_peer(generation, f"send failed: {send_error}", extra=[op])
+            return Ticket(generation, None)
+        if state is SenderState.FAILED:
+            self._record_or_fail([op])
+            raise ReplicationUnavailable(f"replication failed earlier ({self._failure}); "
+                                         f"{op.describe()} applied locally only")
+        self._record_or_fail([op])
+        return Ticket(generation, None)
+
+    def wait(self, ticket: Ticket) -> None:
+        if ticket.seq is not None:
+            try:
+                self._channel_of(ticket).wait(ticket.seq, self.ack_timeout_s)
+                with self._lock:
+                    self._in_flight.pop(ticket.seq, None)
+                return
+            except OSError as e:
+                self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
+        # An op recorded while the peer-loss transition runs is answered only after
+        # the owner's hook returned (the peer is then out of the in-sync set).
+        self._transition.wait()
+        with self._lock:
+            failed = self._state is SenderState.FAILED
+        if failed:
+            raise ReplicationUnavailable(f"replication failed: {self._failure}")
+
+    # ---- internals -------------------------------------------------------------------
+    def _channel_of(self, ticket: Ticket) -> Channel:
+        with self._lock:
+            if ticket.generation != self._generation or self._channel is None:
+                raise ConnectionError("channel replaced")
+            return self._channel
+
+    def _record_or_fail(self, ops: list[Op]) -> None:
+        try:
+            for op in ops:
+                self.recorder.record(op)
+        except OSError as e:
+            with self._lock:
+                self._state = SenderState.FAILED
+                self._failure = f"cannot record changes: {e}"
+            log.error("event=sender_failed reason=%r", self._failure)
+            raise ReplicationUnavailable(self._failure) from e
+
+    def _lose_peer(self, generation: int, reason: str, extra: list[Op] = ()) -> None:
+        """Exactly one caller per generation does the transition; the others wait for it."""
+        with self._lock:
+            if generation != self._generation or self._state is not SenderState.CONNECTED:
+                pending = list(extra)
+                first = False
+            else:
+                # From here on, submits record instead of sending.
+                self._state = SenderState.ALONE
+                pending = [op for _, op in sorted(self._in_flight.items())] + list(extra)
+                self._in_flight.clear()
+                channel, self._channel = self._channel, None
+                first = True
+            if first:
+                self._transition = threading.Event()
+            done = self._transition
+        if not first:
+            if pending:
+                self._record_or_fail(pending)
+            done.wait()
+            return
+        log.warning("event=peer_lost reason=%r unacknowledged=%d", reason, len(pending))
+        try:
+            if channel is not None:
+                channel.close()
+            self._record_or_fail(pending)
+            self.peer_lost(reason)
+            log.warning("event=sender_alone reason=%r", reason)
+        except Exception as e:  # noqa: BLE001 - any hook failure means: do not go on
+            with self._lock:
+                self._state = SenderState.FAILED
+                self._failure = self._failure or f"peer_lost hook failed: {e}"
+            log.error("event=sender_failed reason=%r", self._failure)
+        finally:
+            done.set()

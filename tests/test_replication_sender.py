@@ -1,0 +1,154 @@
+"""The sender's peer-loss rules (DESIGN.md rule 3), with an in-memory channel
+standing in for the network (the channel has its own tests)."""
+import threading
+import time
+
+import pytest
+
+from replication.ops import Op, OpKind
+from replication.sender import ReplicationUnavailable, Sender, SenderState
+
+
+class MemoryChannel:
+    """Acks what ``ack`` says; ``wait`` times out for the rest."""
+
+    def __init__(self, ack=True):
+        self.ack = ack
+        self.sent: list[Op] = []
+        self.closed = False
+
+    def send_op(self, op):
+        if self.closed:
+            raise ConnectionError("closed")
+        self.sent.append(op)
+        return len(self.sent)
+
+    def wait(self, seq, timeout):
+        if not self.ack:
+            time.sleep(min(timeout, 0.05))
+            raise TimeoutError(f"seq {seq} not acknowledged")
+
+    def close(self):
+        self.closed = True
+
+
+class Recorder:
+    def __init__(self, fail=False):
+        self.ops: list[Op] = []
+        self.fail = fail
+
+    def record(self, op):
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.ops.append(op)
+
+
+def write(i):
+    return Op(OpKind.WRITE, f"f{i}", offset=i, data=b"x")
+
+
+def test_connected_waits_for_the_ack_and_records_nothing():
+    rec, hook = Recorder(), []
+    s = Sender(rec, hook.append)
+    ch = MemoryChannel()
+    s.attach(ch)
+    s.wait(s.submit(write(1)))
+    assert ch.sent == [write(1)] and rec.ops == [] and hook == []
+    assert s.status()["in_flight"] == 0
+
+
+def test_lost_peer_records_unacknowledged_ops_then_calls_hook_then_answers():
+    rec, order = Recorder(), []
+    s = Sender(rec, lambda reason: order.append(("hook", len(rec.ops), reason)), ack_timeout_s=0.05)
+    s.attach(MemoryChannel(ack=False))
+    tickets = [s.submit(write(i)) for i in range(3)]
+    s.wait(tickets[0])
+    assert s.state is SenderState.ALONE
+    # All three in-flight ops were recorded before the hook ran.
+    assert order[0][0] == "hook" and order[0][1] == 3 and "no acknowledgement" in order[0][2]
+    for t in tickets[1:]:
+        s.wait(t)
+    s.wait(s.submit(write(9)))  # ALONE: recorded, hook not called again
+    assert [op.path for op in rec.ops] == ["f0", "f1", "f2", "f9"]
+    assert len(order) == 1
+
+
+def test_hook_failure_means_eio_for_everything_and_nothing_unrecorded():
+    rec = Recorder()
+
+    def hook(reason):
+        raise RuntimeError("no quorum")
+
+    s = Sender(rec, hook, ack_timeout_s=0.05)
+    s.attach(MemoryChannel(ack=False))
+    t = s.submit(write(1))
+    with pytest.raises(ReplicationUnavailable, match="no quorum"):
+        s.wait(t)
+    with pytest.raises(ReplicationUnavailable):
+        s.submit(write(2))
+    assert [op.path for op in rec.ops] == ["f1", "f2"]
+    assert s.state is SenderState.FAILED
+
+
+def test_recorder_failure_is_eio():
+    s = Sender(Recorder(fail=True), lambda r: None, alone=True)
+    with pytest.raises(ReplicationUnavailable, match="cannot record"):
+        s.submit(write(1))
+    assert s.state is SenderState.FAILED
+
+
+def test_no_receiver_yet_first_write_waits_for_the_hook():
+    rec, hook = Recorder(), []
+    s = Sender(rec, hook.append)
+    s.wait(s.submit(write(1)))
+    assert hook == ["send failed: no receiver connected"] and rec.ops == [write(1)]
+
+
+def test_started_alone_never_calls_the_hook():
+    rec, hook = Recorder(), []
+    s = Sender(rec, hook.append, alone=True)
+    s.wait(s.submit(write(1)))
+    assert hook == [] and rec.ops == [write(1)]
+
+
+def test_concurrent_writers_one_hook_call_and_no_answer_before_it_returned():
+    rec = Recorder()
+    hook_done = threading.Event()
+    calls = []
+
+    def hook(reason):
+        calls.append(reason)
+        time.sleep(0.3)  # the mirror module committing the in-sync change
+        hook_done.set()
+
+    s = Sender(rec, hook, ack_timeout_s=0.05)
+    s.attach(MemoryChannel(ack=False))
+    answered_early = []
+
+    def writer(i):
+        for j in range(5):
+            with s.ordering_lock:
+                t = s.submit(write(i * 10 + j))
+            s.wait(t)
+            if not hook_done.is_set():
+                answered_early.append((i, j))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert len(calls) == 1
+    assert answered_early == []
+    assert sorted(op.path for op in rec.ops) == sorted(f"f{i * 10 + j}" for i in range(8)
+                                                       for j in range(5))
+
+
+def test_reattach_after_alone_replicates_again():
+    rec, hook = Recorder(), []
+    s = Sender(rec, hook.append, alone=True)
+    s.wait(s.submit(write(1)))
+    ch = MemoryChannel()
+    s.attach(ch)
+    s.wait(s.submit(write(2)))
+    assert ch.sent == [write(2)] and rec.ops == [write(1)] and s.state is SenderState.CONNECTED
