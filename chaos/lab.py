@@ -34,6 +34,7 @@ REGISTRY_DIR = Path("/run/hclab")
 NS_PREFIX = "hclab-"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _MAX_NETWORKS = 8  # 10.213.x.x .. 10.220.x.x
@@ -358,9 +359,12 @@ class Lab:
 
     def spawn(self, host: str, argv: Sequence[str], name: str = "daemon",
               env: Mapping[str, str] | None = None,
-              cwd: str | os.PathLike | None = None) -> LabProcess:
+              cwd: str | os.PathLike | None = None,
+              share_mounts: bool = False) -> LabProcess:
         """Start argv in the host's namespace, output appended to <workdir>/<host>/<name>.log;
-        ``env`` adds to our environment."""
+        ``env`` adds to our environment. ``share_mounts``: enter only the network
+        namespace (nsenter), so mounts the process makes (FUSE) are visible to the
+        caller; `ip netns exec` gives the process a mount namespace of its own."""
         if self._cleaned or not self._started:
             raise RuntimeError(f"lab {self.id} is not running")
         ns = self.hosts[host].netns
@@ -370,7 +374,9 @@ class Lab:
             out.flush()
             # `ip netns exec` execs the command: the Popen pid is the process itself.
             # New session: a Ctrl-C aimed at the test runner does not hit the daemons.
-            popen = subprocess.Popen([IP, "netns", "exec", ns, *argv], stdin=subprocess.DEVNULL,
+            prefix = ([NSENTER, f"--net=/run/netns/{ns}", "--"] if share_mounts
+                      else [IP, "netns", "exec", ns])
+            popen = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=self._env(env), start_new_session=True)
             try:

@@ -337,3 +337,21 @@ def test_nothing_in_root_namespace(make_lab: Callable[..., Lab]) -> None:
     addrs, links = root_state()
     assert "10.213." not in addrs and "10.214." not in addrs
     assert links == before[1]
+
+
+def test_spawn_share_mounts_enters_only_the_network_namespace(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(["a"])
+    private = lab.spawn("a", ["sleep", "1000"], name="private")
+    shared = lab.spawn("a", ["sleep", "1000"], name="shared", share_mounts=True)
+
+    def ns(pid: int | str, kind: str) -> str:
+        deadline = time.monotonic() + 5
+        while True:  # for a moment the pid is still `ip`/`nsenter`, before it execs
+            link = os.readlink(f"/proc/{pid}/ns/{kind}")
+            if pid == "self" or psutil.Process(int(pid)).name() == "sleep" or time.monotonic() > deadline:
+                return link
+            time.sleep(0.01)
+
+    assert ns(shared.pid, "net") == ns(private.pid, "net") != ns("self", "net")
+    assert ns(shared.pid, "mnt") == ns("self", "mnt")
+    assert ns(private.pid, "mnt") != ns("self", "mnt")
