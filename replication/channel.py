@@ -1,0 +1,756 @@
+"""Authenticated framed TCP connections between a sender and a receiver.
+
+Handshake (both sides know the cluster secret; nothing secret crosses the wire)::
+
+    client -> HELLO  version, epoch, ack mode, client nonce (32 random bytes)
+    server -> HELLO  server nonce
+    client -> AUTH   HMAC-SHA256(secret, "client" | transcript)
+    server -> AUTH   HMAC-SHA256(secret, "receiver" | transcript)   or a refusal
+                     (status EACCES: wrong secret, ESTALE: old epoch, ...)
+
+transcript = version, ack mode, epoch, both nonces: each proof is bound to this
+connection and to a role, so it can be neither replayed nor reflected. The
+client proves first, so a peer without the secret learns nothing. Afterwards
+frames are integrity-checked by xxh3 only: this authenticates the peer that
+connects, it does not protect against an active man-in-the-middle on the
+replication LAN (that would need TLS).
+
+Blocking sockets with threads: one background reader per client collects
+ACKs; senders may call send_op/wait from many threads.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import errno as errno_mod
+import hashlib
+import hmac
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+from . import frame as fr
+from .applier import Entry
+from .frame import AckMode, Frame, FrameError, FrameType, QueryKind
+from .ops import Op
+
+log = logging.getLogger("replication.channel")
+
+HANDSHAKE_TIMEOUT = 5.0
+SOCKET_BUFFER = 4 * 1024 * 1024
+NONCE_SIZE = 32
+_RECV_SIZE = 1024 * 1024
+_REFUSAL_LOG_INTERVAL_S = 10.0
+
+
+# ---------------------------------------------------------------- errors
+
+
+class ChannelError(OSError):
+    """Base of the channel's errors. They are OSErrors: to a caller the
+    replication link is I/O that failed (a sender catches OSError)."""
+
+
+class AuthError(ChannelError, PermissionError):
+    """The handshake failed: wrong or missing secret on one side, or not a peer."""
+
+
+class PeerTimeout(ChannelError, TimeoutError):
+    """The receiver did not answer in time (the caller decides: peer lost)."""
+
+
+class ChannelClosed(ChannelError, ConnectionError):
+    """The connection is gone; ops not yet acknowledged have no answer."""
+
+
+class ReplicationRefused(ChannelError):
+    """The receiver answered an error for an op or query; errno is the receiver's."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, f"receiver refused: {message} "
+                              f"({errno_mod.errorcode.get(err, '?')})")
+        self.message = message
+
+    def __reduce__(self) -> tuple:
+        return (self.__class__, (self.errno, self.message))
+
+
+class StaleEpoch(ReplicationRefused):
+    """The receiver has seen a newer epoch: this sender is fenced."""
+
+
+def _refusal(err: int, message: str) -> ReplicationRefused:
+    return StaleEpoch(err, message) if err == errno_mod.ESTALE else ReplicationRefused(err, message)
+
+
+# ---------------------------------------------------------------- sockets
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Low latency for small acks, big buffers for 1 MiB writes."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
+    """sendall for a list of buffers, without joining them."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent:
+            if sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
+class FrameReader:
+    """Frames from a socket; keeps what it has buffered across calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = fr.FrameDecoder()
+        self._buf = bytearray(_RECV_SIZE)
+        self._view = memoryview(self._buf)
+        self._ready: collections.deque[Frame] = collections.deque()
+
+    def read(self) -> list[Frame] | None:
+        """Frames from one recv (maybe none yet); None at end of stream.
+        Raises FrameError, OSError, TimeoutError."""
+        if self._ready:
+            out = list(self._ready)
+            self._ready.clear()
+            return out
+        n = self.sock.recv_into(self._buf)
+        if n == 0:
+            return None
+        return self.decoder.feed(self._view[:n])
+
+    def next_frame(self) -> Frame | None:
+        while not self._ready:
+            frames = self.read()
+            if frames is None:
+                return None
+            self._ready.extend(frames)
+        return self._ready.popleft()
+
+
+def _peer_name(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- handshake
+
+
+def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s: bytes) -> bytes:
+    return struct.pack("<BBQ", version, ack_mode, epoch) + nonce_c + nonce_s
+
+
+def _proof(secret: bytes, role: bytes, transcript: bytes) -> bytes:
+    return hmac.new(secret, b"hacluster-replication " + role + b"\0" + transcript,
+                    hashlib.sha256).digest()
+
+
+def _secret_bytes(secret: str | bytes | None) -> bytes:
+    if secret is None:
+        return b""
+    return secret.encode() if isinstance(secret, str) else bytes(secret)
+
+
+# ---------------------------------------------------------------- manifest wire form
+
+_ENTRY = struct.Struct("<cIIIQqQIQHH")
+
+
+def pack_entries(entries: Iterable[Entry], chunk_size: int = 1024 * 1024) -> Iterable[bytes]:
+    """Tree manifest entries as chunks of whole entries (each <= chunk_size + one entry)."""
+    buf = bytearray()
+    for e in entries:
+        path = e.path.encode("utf-8", "surrogateescape")
+        target = e.target.encode("utf-8", "surrogateescape")
+        buf += _ENTRY.pack(e.type.encode(), e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.ino,
+                           e.nlink, e.rdev, len(path), len(target))
+        buf += path
+        buf += target
+        if len(buf) >= chunk_size:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def unpack_entries(data: bytes) -> list[Entry]:
+    out = []
+    pos = 0
+    view = memoryview(data)
+    while pos < len(data):
+        (kind, mode, uid, gid, size, mtime_ns, ino, nlink, rdev, plen,
+         tlen) = _ENTRY.unpack_from(view, pos)
+        pos += _ENTRY.size
+        path = bytes(view[pos:pos + plen]).decode("utf-8", "surrogateescape")
+        pos += plen
+        target = bytes(view[pos:pos + tlen]).decode("utf-8", "surrogateescape")
+        pos += tlen
+        out.append(Entry(path, kind.decode(), size, mode, uid, gid, mtime_ns, target, ino,
+                         nlink, rdev))
+    return out
+
+
+# ---------------------------------------------------------------- client
+
+
+class ChannelClient:
+    """The sender's end: pipelined ops, acks collected by a reader thread.
+
+    send_op assigns sequence numbers in call order and puts frames on the wire
+    in that order; wait(seq) blocks until that op's ack (mode "apply": applied;
+    "receipt": verified and queued; FSYNC always waits for durability). In
+    "async" mode wait returns at once; acks still flow (see unacked, drain,
+    late_errors)."""
+
+    def __init__(self, host: str, port: int, secret: str | bytes, epoch: int,
+                 ack_mode: str | AckMode = "apply", *, timeout: float = 10.0,
+                 compress: bool = True,
+                 on_late_error: Callable[[int, int, str], None] | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.epoch = epoch
+        self.ack_mode = AckMode.parse(ack_mode)
+        self.timeout = timeout
+        self.compress = compress
+        self.on_late_error = on_late_error
+        self._secret = _secret_bytes(secret)
+        self._sock: socket.socket | None = None
+        self._reader: FrameReader | None = None
+        self._thread: threading.Thread | None = None
+        self._send_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._next_seq = 1
+        self._next_id = 1
+        self._outstanding: set[int] = set()
+        self._errors: dict[int, tuple[int, str]] = {}
+        self._replies: dict[int, list[Frame]] = {}
+        self._complete: set[int] = set()
+        self._pongs: dict[int, float] = {}
+        self._closed: ChannelError | None = ChannelClosed("not connected")
+        self.late_errors: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
+        self.acked_ops = 0
+
+    # ------------------------------------------------------------ connection
+
+    @property
+    def peer(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self) -> None:
+        """Connect and authenticate. Raises AuthError, StaleEpoch,
+        ReplicationRefused, ChannelClosed or OSError (unreachable). A client
+        connects once; after a loss, make a new one."""
+        if self._sock is not None:
+            raise ChannelClosed("this client was already connected once; make a new one")
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            tune_socket(sock)
+            sock.settimeout(min(self.timeout, HANDSHAKE_TIMEOUT))
+            reader = FrameReader(sock)
+            self._handshake(sock, reader)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(self.timeout)   # bounds a blocked send; the reader treats it as idle
+        self._sock, self._reader = sock, reader
+        with self._cond:
+            self._closed = None
+        self._thread = threading.Thread(target=self._read_loop, name=f"repl-acks-{self.peer}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
+        nonce_c = os.urandom(NONCE_SIZE)
+        sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c))
+        hello = self._handshake_frame(reader, FrameType.HELLO)
+        if len(hello.payload) != NONCE_SIZE:
+            raise AuthError(f"{self.peer}: malformed receiver HELLO")
+        transcript = _transcript(fr.PROTOCOL_VERSION, self.ack_mode, self.epoch, nonce_c,
+                                 hello.payload)
+        sock.sendall(fr.encode_auth(_proof(self._secret, b"client", transcript)))
+        auth = self._handshake_frame(reader, FrameType.AUTH)
+        if not hmac.compare_digest(auth.payload, _proof(self._secret, b"receiver", transcript)):
+            raise AuthError(f"receiver {self.peer} did not prove the cluster secret (a different "
+                            f"secret is configured there, or it is not our receiver)")
+
+    def _handshake_frame(self, reader: FrameReader, want: FrameType) -> Frame:
+        try:
+            f = reader.next_frame()
+        except FrameError as exc:
+            raise AuthError(f"{self.peer} does not speak the replication protocol: {exc}") from None
+        except (TimeoutError, socket.timeout):
+            raise AuthError(f"{self.peer}: no handshake answer within "
+                            f"{min(self.timeout, HANDSHAKE_TIMEOUT)} s") from None
+        if f is None:
+            raise ChannelClosed(f"{self.peer} closed the connection during the handshake")
+        if f.ftype in (FrameType.AUTH, FrameType.RESET) and f.header.status:
+            if f.header.status == errno_mod.EACCES:
+                raise AuthError(f"receiver {self.peer} refused us: {f.message}")
+            raise _refusal(f.header.status, f.message)
+        if f.ftype != want:
+            raise AuthError(f"{self.peer}: expected {want.name} in the handshake, got "
+                            f"{f.ftype.name}")
+        return f
+
+    def close(self) -> None:
+        self._fail(ChannelClosed("closed by this side"))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> "ChannelClient":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> ChannelError | None:
+        """Why the channel is closed, or None while it is usable."""
+        return self._closed
+
+    def _closed_error(self) -> ChannelError:
+        """A fresh copy of why the channel closed: re-raising one instance from
+        many threads would grow its traceback without end."""
+        assert self._closed is not None
+        return copy.copy(self._closed)
+
+    def _fail(self, exc: ChannelError) -> None:
+        with self._cond:
+            if self._closed is not None:
+                return
+            self._closed = exc
+            self._cond.notify_all()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)   # wakes a sender blocked in send
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------ ops
+
+    def send_op(self, op: Op) -> int:
+        """Queue op on the wire; returns its seq. Raises ChannelClosed/PeerTimeout."""
+        prepared = fr.prepare_op(op, self.compress)   # compress + digest outside the lock
+        with self._send_lock:
+            seq = self._next_seq
+            parts = prepared.parts(self.epoch, seq)   # FrameError here: nothing sent
+            with self._cond:
+                if self._closed is not None:
+                    raise self._closed_error()
+                self._outstanding.add(seq)   # before sending: the ack may come fast
+            self._send(parts)
+            self._next_seq = seq + 1
+        return seq
+
+    def _send(self, parts: list[bytes]) -> None:
+        """Caller holds _send_lock. A failed send leaves the stream out of step:
+        the channel is closed."""
+        assert self._sock is not None
+        try:
+            send_parts(self._sock, parts)
+        except (TimeoutError, socket.timeout):
+            exc: ChannelError = PeerTimeout(f"send to {self.peer} blocked for {self.timeout} s")
+            self._fail(exc)
+            raise exc from None
+        except OSError as err:
+            self._fail(ChannelClosed(f"connection to {self.peer} lost: {err}"))
+            raise self._closed_error() from None
+
+    def wait(self, seq: int, timeout: float | None = None) -> None:
+        """Block until op seq is acknowledged. Raises PeerTimeout,
+        ReplicationRefused (StaleEpoch) or ChannelClosed."""
+        if seq >= self._next_seq or seq < 1:
+            raise ValueError(f"seq {seq} was never sent (last is {self._next_seq - 1})")
+        if self.ack_mode == AckMode.ASYNC:
+            return
+        self._wait_acked(lambda: seq in self._outstanding, timeout, f"seq {seq}")
+        with self._cond:
+            err = self._errors.pop(seq, None)
+        if err is not None:
+            raise _refusal(*err)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Block until every op sent so far is acknowledged (any ack mode)."""
+        with self._cond:
+            last = self._next_seq - 1
+        self._wait_acked(lambda: any(s <= last for s in self._outstanding), timeout,
+                         f"ops up to seq {last}")
+
+    def _wait_acked(self, pending: Callable[[], bool], timeout: float | None, what: str) -> None:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while pending():
+                if self._closed is not None:
+                    raise self._closed_error()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PeerTimeout(f"no ack for {what} from {self.peer} within {timeout} s")
+                self._cond.wait(remaining)
+
+    @property
+    def unacked(self) -> int:
+        return len(self._outstanding)
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    # ------------------------------------------------------------ queries
+
+    def _query(self, encode: Callable[[int], bytes], timeout: float | None) -> list[Frame]:
+        with self._send_lock:
+            qid = self._next_id
+            self._next_id += 1
+            with self._cond:
+                if self._closed is not None:
+                    raise self._closed_error()
+                self._replies[qid] = []
+            self._send([encode(qid)])
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            with self._cond:
+                seen = -1
+                deadline = time.monotonic() + timeout
+                while qid not in self._complete:
+                    if self._closed is not None:
+                        raise self._closed_error()
+                    if len(self._replies[qid]) != seen:     # progress: inactivity timeout
+                        seen = len(self._replies[qid])
+                        deadline = time.monotonic() + timeout
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PeerTimeout(f"no reply to query {qid} from {self.peer} "
+                                          f"within {timeout} s")
+                    self._cond.wait(remaining)
+                frames = self._replies[qid]
+        finally:
+            with self._cond:
+                self._replies.pop(qid, None)
+                self._complete.discard(qid)
+        last = frames[-1]
+        if last.header.status:
+            raise _refusal(last.header.status, last.message)
+        return frames
+
+    def query_tree(self, timeout: float | None = None, include_root: bool = False
+                   ) -> list[Entry]:
+        """The receiver's tree manifest (after every op sent before this call)."""
+        frames = self._query(lambda q: fr.encode_query(q, QueryKind.TREE,
+                                                       offset=int(include_root),
+                                                       epoch=self.epoch), timeout)
+        return [e for f in frames for e in unpack_entries(f.payload)]
+
+    def query_digests(self, path: str, block_size: int, start: int = 0,
+                      timeout: float | None = None) -> list[int]:
+        """xxh3_64 of each block of the receiver's copy of path, from start."""
+        frames = self._query(lambda q: fr.encode_query(q, QueryKind.DIGESTS, path, offset=start,
+                                                       length=block_size, epoch=self.epoch),
+                             timeout)
+        out: list[int] = []
+        for f in frames:
+            out.extend(struct.unpack(f"<{len(f.payload) // 8}Q", f.payload))
+        return out
+
+    def read_block(self, path: str, offset: int, length: int,
+                   timeout: float | None = None) -> bytes:
+        """Bytes of the receiver's copy (for verify); length <= MAX_PAYLOAD."""
+        frames = self._query(lambda q: fr.encode_query(q, QueryKind.READ, path, offset=offset,
+                                                       length=length, epoch=self.epoch),
+                             timeout)
+        return b"".join(f.payload for f in frames)
+
+    def ping(self, timeout: float | None = None) -> float:
+        """Round-trip time in seconds (the receiver answers from its reader thread)."""
+        with self._send_lock:
+            pid = self._next_id
+            self._next_id += 1
+            start = time.monotonic()
+            self._send([fr.encode_ping(pid)])
+        self._wait_acked(lambda: pid not in self._pongs, timeout, f"ping {pid}")
+        with self._cond:
+            return self._pongs.pop(pid) - start
+
+    # ------------------------------------------------------------ reader thread
+
+    def _read_loop(self) -> None:
+        assert self._reader is not None
+        while self._closed is None:
+            try:
+                frames = self._reader.read()
+            except (TimeoutError, socket.timeout):
+                continue   # idle
+            except FrameError as exc:
+                self._fail(ChannelClosed(f"bad frame from {self.peer}: {exc}"))
+                return
+            except OSError as exc:
+                self._fail(ChannelClosed(f"connection to {self.peer} lost: {exc}"))
+                return
+            if frames is None:
+                self._fail(ChannelClosed(f"{self.peer} closed the connection"))
+                return
+            for f in frames:
+                try:
+                    self._handle(f)
+                except ChannelError as exc:
+                    self._fail(exc)
+                    return
+
+    def _handle(self, f: Frame) -> None:
+        h = f.header
+        if h.ftype == FrameType.ACK:
+            late = None
+            with self._cond:
+                if h.status == 0:
+                    first, last = h.offset, h.seq
+                    if last - first + 1 > len(self._outstanding):
+                        done = [s for s in self._outstanding if first <= s <= last]
+                    else:
+                        done = [s for s in range(first, last + 1) if s in self._outstanding]
+                    self._outstanding.difference_update(done)
+                    self.acked_ops += len(done)
+                else:
+                    was_waited = h.seq in self._outstanding
+                    self._outstanding.discard(h.seq)
+                    if h.flags & fr.Flag.LATE or not was_waited \
+                            or self.ack_mode == AckMode.ASYNC:
+                        late = (h.seq, h.status, f.message)
+                        self.late_errors.append(late)
+                    else:
+                        self._errors[h.seq] = (h.status, f.message)
+                self._cond.notify_all()
+            if late is not None and self.on_late_error is not None:
+                try:
+                    self.on_late_error(*late)
+                except Exception:  # noqa: BLE001 - the ack reader must keep running
+                    log.exception("event=late_error_hook_failed seq=%d", late[0])
+        elif h.ftype == FrameType.REPLY:
+            with self._cond:
+                if h.seq in self._replies:
+                    self._replies[h.seq].append(f)
+                    if not h.flags & fr.Flag.MORE:
+                        self._complete.add(h.seq)
+                self._cond.notify_all()
+        elif h.ftype == FrameType.PONG:
+            with self._cond:
+                self._pongs[h.offset] = time.monotonic()
+                self._cond.notify_all()
+        elif h.ftype == FrameType.EPOCH:
+            raise StaleEpoch(errno_mod.ESTALE, f.message or
+                             f"receiver {self.peer} now refuses epochs older than {h.epoch}")
+        elif h.ftype == FrameType.RESET:
+            raise ChannelClosed(f"receiver {self.peer} reset the channel: {f.message}")
+        else:
+            raise ChannelClosed(f"unexpected {h.ftype.name} frame from {self.peer}")
+
+
+# ---------------------------------------------------------------- server
+
+
+@dataclass
+class ServerConn:
+    """One authenticated connection on the receiver side."""
+    sock: socket.socket
+    reader: FrameReader
+    peer: str
+    epoch: int
+    ack_mode: AckMode
+
+    def __post_init__(self) -> None:
+        self._send_lock = threading.Lock()
+        self.alive = True
+
+    def send(self, *parts: bytes) -> bool:
+        """Send frames; False (and the connection is marked dead) when the peer is gone."""
+        if not self.alive:
+            return False
+        try:
+            with self._send_lock:
+                send_parts(self.sock, list(parts))
+            return True
+        except OSError:
+            self.shutdown()
+            return False
+
+    def shutdown(self) -> None:
+        self.alive = False
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.shutdown()
+        self.sock.close()
+
+
+class SessionHandler(Protocol):
+    def admit(self, conn: ServerConn) -> tuple[int, str] | None:
+        """Accept (None) or refuse (errno, message) an authenticated peer."""
+
+    def serve(self, conn: ServerConn) -> None:
+        """Run the connection until it ends (called on its own thread)."""
+
+
+_last_refusal: dict[tuple[str, str], float] = {}
+
+
+def log_refusal(peer: str, reason: str) -> None:
+    """One line per refused peer address and reason every few seconds (a refused
+    sender retries in a loop)."""
+    key = (peer.rsplit(":", 1)[0], reason)
+    now = time.monotonic()
+    if now - _last_refusal.get(key, -1e9) < _REFUSAL_LOG_INTERVAL_S:
+        return
+    if len(_last_refusal) > 1000:
+        _last_refusal.clear()
+    _last_refusal[key] = now
+    log.warning('event=peer_refused peer=%s reason="%s"', peer, reason.replace('"', "'"))
+
+
+class ChannelServer:
+    """Accepts connections, authenticates them, hands them to a SessionHandler."""
+
+    def __init__(self, host: str, port: int, secret: str | bytes, handler: SessionHandler,
+                 *, io_timeout: float = 10.0) -> None:
+        self._secret = _secret_bytes(secret)
+        if not self._secret:
+            raise ValueError("a receiver needs the cluster secret (refusing to run open)")
+        self.handler = handler
+        self.io_timeout = io_timeout
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=16)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._conns: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="repl-accept",
+                                        daemon=True)
+        self._thread.start()
+
+    def serve_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _addr = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.05)   # e.g. EMFILE: do not spin
+                continue
+            t = threading.Thread(target=self._connection, args=(sock,), daemon=True,
+                                 name=f"repl-conn-{_peer_name(sock)}")
+            with self._lock:
+                self._conns.add(t)
+            t.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def join_connections(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            threads = list(self._conns)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def _connection(self, sock: socket.socket) -> None:
+        peer = _peer_name(sock)
+        try:
+            conn = self._handshake(sock, peer)
+            if conn is not None:
+                sock.settimeout(self.io_timeout)
+                self.handler.serve(conn)
+        except Exception:  # noqa: BLE001 - one bad connection must not stop the receiver
+            log.exception('event=connection_failed peer=%s', peer)
+        finally:
+            sock.close()
+            with self._lock:
+                self._conns.discard(threading.current_thread())
+
+    def _refuse(self, sock: socket.socket, peer: str, err: int, reason: str) -> None:
+        log_refusal(peer, reason)
+        try:
+            sock.sendall(fr.encode_auth(status=err, message=reason))
+        except OSError:
+            pass
+
+    def _handshake(self, sock: socket.socket, peer: str) -> ServerConn | None:
+        tune_socket(sock)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        reader = FrameReader(sock)
+        try:
+            hello = reader.next_frame()
+            if hello is None:
+                log_refusal(peer, "closed before HELLO")
+                return None
+            if hello.ftype != FrameType.HELLO or len(hello.payload) != NONCE_SIZE:
+                self._refuse(sock, peer, errno_mod.EPROTO,
+                             f"expected HELLO, got {hello.ftype.name}")
+                return None
+            ack_mode = AckMode(hello.header.kind)
+            epoch = hello.header.epoch
+            nonce_s = os.urandom(NONCE_SIZE)
+            sock.sendall(fr.encode_hello(0, ack_mode, nonce_s))   # echoes the ack mode
+            auth = reader.next_frame()
+            if auth is None or auth.ftype != FrameType.AUTH:
+                log_refusal(peer, "no AUTH after HELLO (client gave up: wrong secret on "
+                                  "this receiver?)")
+                return None
+            transcript = _transcript(fr.PROTOCOL_VERSION, ack_mode, epoch, hello.payload, nonce_s)
+            if not hmac.compare_digest(auth.payload, _proof(self._secret, b"client", transcript)):
+                self._refuse(sock, peer, errno_mod.EACCES,
+                             "authentication failed: wrong or missing cluster secret")
+                return None
+        except FrameError as exc:
+            self._refuse(sock, peer, errno_mod.EPROTO, f"not a replication peer: {exc}")
+            return None
+        except (TimeoutError, socket.timeout):
+            log_refusal(peer, f"handshake not completed within {HANDSHAKE_TIMEOUT} s")
+            return None
+        except OSError as exc:
+            log_refusal(peer, f"connection lost during handshake: {exc}")
+            return None
+        conn = ServerConn(sock, reader, peer, epoch, ack_mode)
+        refused = self.handler.admit(conn)
+        if refused is not None:
+            self._refuse(sock, peer, *refused)
+            return None
+        try:
+            sock.sendall(fr.encode_auth(_proof(self._secret, b"receiver", transcript)))
+        except OSError:
+            conn.shutdown()   # admitted, but gone: serve() sees the dead socket and ends
+        return conn

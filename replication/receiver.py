@@ -1,0 +1,485 @@
+"""The secondary's side of the replication channel: verify, confine, apply, ack.
+
+One sender at a time. Per connection two threads: the connection thread reads
+and verifies frames (frame.py), refuses stale epochs and unsafe paths at once
+(error ACK, nothing applied), and queues the rest; the apply thread applies
+them in arrival order (applier.py) and acknowledges. A corrupt or oversized
+frame resets the channel after everything queued before it was applied and
+acknowledged: once a frame is lost, applying later ones could reorder writes
+(the sender resends from its unacknowledged ops on a new connection).
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from . import frame as fr
+from .applier import Applier
+from .channel import ChannelServer, ServerConn, pack_entries
+from .frame import AckMode, Frame, FrameError, FrameType, QueryKind
+from .ops import OpKind
+from .paths import PathError, check_relative
+
+log = logging.getLogger("replication.receiver")
+
+QUEUE_BYTES = 64 * 1024 * 1024      # applied-but-not-yet queue: backpressure beyond this
+ACK_BATCH = 256                      # at most this many ops per success ACK
+ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data than this
+ACK_HOLD_S = 0.0005                  # ...or longer than this
+DIGESTS_PER_REPLY = 128 * 1024       # 1 MiB of u64 per REPLY chunk
+TREE_CHUNK_BYTES = 1024 * 1024       # manifest entries per REPLY chunk
+_PATH2_CONFINED = (OpKind.RENAME, OpKind.LINK)   # SYMLINK's path2 is target text
+_ROOT_OK = (OpKind.FSYNC, OpKind.CHMOD, OpKind.CHOWN, OpKind.UTIMENS)   # '' = the root
+
+
+def _q(text: str) -> str:
+    return '"' + str(text).replace('"', "'").replace("\n", " ") + '"'
+
+
+class _LogLimiter:
+    """At most `burst` lines per event per window; a hostile or broken sender
+    must not flood the log."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0) -> None:
+        self.burst, self.window = burst, window
+        self._state: dict[str, list[float | int]] = {}
+
+    def allow(self, event: str) -> bool:
+        now = time.monotonic()
+        start, count = self._state.get(event, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        self._state[event] = [start, count + 1]
+        return count < self.burst
+
+
+@dataclass
+class _Item:
+    kind: str                   # "op" | "query" | "reset" | "end"
+    frame: Frame | None = None
+    size: int = 0
+    receipt_acked: bool = False
+    err: tuple[int, str] | None = None   # reset: what to tell the sender
+    seq: int | None = None               # reset: the bad frame's seq, when known
+
+
+class _WorkQueue:
+    """FIFO bounded by bytes (always admits one item so a big frame never deadlocks)."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
+        self._bytes = 0
+        self._limit = limit
+        self._cond = threading.Condition()
+
+    def put(self, item: _Item) -> None:
+        with self._cond:
+            while self._items and self._bytes + item.size > self._limit:
+                self._cond.wait()
+            self._items.append(item)
+            self._bytes += item.size
+            self._cond.notify_all()
+
+    def get(self) -> _Item:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._bytes -= item.size
+            self._cond.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class _AckRun:
+    """Consecutive successful seqs, sent as one ACK range. Coalescing saves
+    frames while the sender pipelines, but an ACK is never held long: a
+    synchronous writer is waiting for it."""
+
+    def __init__(self, conn: ServerConn, epoch: int) -> None:
+        self.conn, self.epoch = conn, epoch
+        self.first = self.last = -1
+        self.nbytes = 0
+        self.since = 0.0
+
+    def add(self, seq: int, nbytes: int = 0) -> None:
+        if self.first >= 0 and (seq != self.last + 1 or self.last - self.first + 1 >= ACK_BATCH):
+            self.flush()
+        if self.first < 0:
+            self.first = seq
+            self.since = time.monotonic()
+        self.last = seq
+        self.nbytes += nbytes
+
+    def due(self) -> bool:
+        return self.first >= 0 and (self.nbytes >= ACK_HOLD_BYTES
+                                    or time.monotonic() - self.since >= ACK_HOLD_S)
+
+    def flush(self) -> None:
+        if self.first >= 0:
+            self.conn.send(fr.encode_ack(self.last, first_seq=self.first, epoch=self.epoch))
+            self.first = self.last = -1
+            self.nbytes = 0
+
+
+class _Session:
+    def __init__(self, receiver: "Receiver", conn: ServerConn, previous: "_Session | None"
+                 ) -> None:
+        self.receiver = receiver
+        self.conn = conn
+        self.previous = previous
+        self.queue = _WorkQueue(QUEUE_BYTES)
+        self.applier_thread: threading.Thread | None = None
+        self.done = threading.Event()     # the apply thread has drained and exited
+        self.end_reason = "sender closed the connection"
+
+    # ------------------------------------------------------------ control
+
+    def stop(self, status: int, reason: str, frame_type: FrameType = FrameType.RESET,
+             epoch: int = 0) -> None:
+        """Tell the sender why and cut the connection; queued ops still get applied."""
+        self.end_reason = reason
+        if frame_type == FrameType.EPOCH:
+            self.conn.send(fr.encode_epoch(epoch, reason))
+        else:
+            self.conn.send(fr.encode_reset(status, reason))
+        self.conn.shutdown()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    # ------------------------------------------------------------ reading (connection thread)
+
+    def run(self) -> None:
+        rx = self.receiver
+        if self.previous is not None:
+            # the old sender's queued ops are applied first, in their order
+            self.previous.join()
+            self.previous = None
+        rx._session_started(self)
+        self.applier_thread = threading.Thread(target=self._apply_loop, daemon=True,
+                                               name=f"repl-apply-{self.conn.peer}")
+        self.applier_thread.start()
+        receipts = _AckRun(self.conn, self.conn.epoch)
+        try:
+            self._read_loop(receipts)
+        finally:
+            receipts.flush()
+            self.queue.put(_Item("end"))
+            self.applier_thread.join()
+            rx._session_ended(self)
+
+    def _read_loop(self, receipts: _AckRun) -> None:
+        reader = self.conn.reader
+        while self.conn.alive:
+            try:
+                frames = reader.read()
+            except (TimeoutError, OSError) as exc:
+                if isinstance(exc, TimeoutError):
+                    continue   # idle sender
+                self.end_reason = f"connection lost: {exc}"
+                return
+            except FrameError as exc:
+                receipts.flush()
+                self._bad_frame(exc)
+                return
+            if frames is None:
+                return
+            for f in frames:
+                if not self._dispatch(f, receipts):
+                    return
+            receipts.flush()   # one ACK for everything that arrived in this read
+
+    def _bad_frame(self, exc: FrameError) -> None:
+        rx = self.receiver
+        rx._count_error(str(exc))
+        if rx._limiter.allow("frame_refused"):
+            log.warning("event=frame_refused peer=%s seq=%s path=%s reason=%s action=reset",
+                        self.conn.peer, exc.seq if exc.seq is not None else "-",
+                        _q(exc.path) if exc.path is not None else "-", _q(exc.reason))
+        self.end_reason = f"bad frame: {exc.reason}"
+        self.queue.put(_Item("reset", err=(errno.EBADMSG, str(exc)), seq=exc.seq))
+
+    def _dispatch(self, f: Frame, receipts: _AckRun) -> bool:
+        h = f.header
+        if h.ftype == FrameType.OP:
+            refusal = self._refusal(f)
+            if refusal is not None:
+                receipts.flush()
+                self._refuse_op(f, *refusal)
+                return True
+            item = _Item("op", f, size=len(f.payload) + 200)
+            if (self.conn.ack_mode == AckMode.RECEIPT and f.op is not None
+                    and f.op.kind != OpKind.FSYNC):
+                item.receipt_acked = True
+                receipts.add(h.seq)
+            else:
+                receipts.flush()   # keep receipt ACKs from overtaking this op's ACK range
+            self.queue.put(item)
+        elif h.ftype == FrameType.QUERY:
+            self.queue.put(_Item("query", f, size=200))
+        elif h.ftype == FrameType.PING:
+            self.conn.send(fr.encode_pong(h.offset))
+        else:
+            self._bad_frame(FrameError(f"unexpected {h.ftype.name} frame from a sender",
+                                       seq=h.seq))
+            return False
+        return True
+
+    def _refusal(self, f: Frame) -> tuple[int, str] | None:
+        op = f.op
+        assert op is not None
+        min_epoch = self.receiver.min_epoch
+        if f.header.epoch < min_epoch:
+            return errno.ESTALE, (f"epoch {f.header.epoch} is older than this receiver's "
+                                  f"epoch {min_epoch}: refused, nothing applied")
+        try:
+            if not (op.path == "" and op.kind in _ROOT_OK):
+                check_relative(op.path)
+            if op.kind in _PATH2_CONFINED:
+                check_relative(op.path2)
+        except PathError as exc:
+            return exc.errno, f"{exc.strerror}: {exc.filename!r}"
+        return None
+
+    def _refuse_op(self, f: Frame, err: int, message: str) -> None:
+        rx = self.receiver
+        rx._count_error(message)
+        if rx._limiter.allow("op_refused"):
+            log.warning("event=op_refused peer=%s epoch=%d seq=%d op=%s errno=%s reason=%s",
+                        self.conn.peer, f.header.epoch, f.header.seq,
+                        _q(f.op.describe() if f.op else "?"),
+                        errno.errorcode.get(err, err), _q(message))
+        self.conn.send(fr.encode_ack(f.header.seq, err, message))
+
+    # ------------------------------------------------------------ applying (apply thread)
+
+    def _apply_loop(self) -> None:
+        rx = self.receiver
+        acks = _AckRun(self.conn, self.conn.epoch)
+        try:
+            while True:
+                item = self.queue.get()
+                if item.kind == "end":
+                    break
+                if item.kind == "reset":
+                    acks.flush()
+                    err, message = item.err or (errno.EBADMSG, "bad frame")
+                    if item.seq is not None:
+                        self.conn.send(fr.encode_ack(item.seq, err, message))
+                    self.conn.send(fr.encode_reset(err, message))
+                    self.conn.shutdown()
+                    continue   # drain until "end"
+                if item.kind == "query":
+                    acks.flush()
+                    self._answer(item.frame)
+                    continue
+                op = item.frame.op
+                seq = item.frame.header.seq
+                try:
+                    rx.applier.apply(op)
+                except Exception as exc:  # noqa: BLE001 - an op must not stop the session
+                    acks.flush()
+                    err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+                    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                    message = f"{op.describe()}: {detail}"
+                    rx._count_error(message)
+                    if rx._limiter.allow("apply_failed"):
+                        log.warning("event=apply_failed peer=%s seq=%d op=%s errno=%s "
+                                    "reason=%s", self.conn.peer, seq, _q(op.describe()),
+                                    errno.errorcode.get(err, err), _q(str(detail)))
+                    self.conn.send(fr.encode_ack(seq, err, message, late=item.receipt_acked))
+                else:
+                    rx._count_applied(seq, len(op.data))
+                    if not item.receipt_acked:
+                        acks.add(seq, len(op.data))
+                if self.queue.empty() or acks.due():
+                    acks.flush()
+        finally:
+            acks.flush()
+            self.done.set()
+
+    def _answer(self, f: Frame) -> None:
+        h = f.header
+        applier = self.receiver.applier
+        sent_any = False
+        try:
+            if f.path:
+                check_relative(f.path)
+            if h.kind == QueryKind.TREE:
+                chunks = pack_entries(applier.tree_manifest(include_root=bool(h.offset)),
+                                      TREE_CHUNK_BYTES)
+            elif h.kind == QueryKind.DIGESTS:
+                chunks = _digest_chunks(applier.iter_block_digests(f.path, h.length, h.offset))
+            else:
+                chunks = iter([applier.read_block(f.path, h.offset,
+                                                  min(h.length, fr.MAX_PAYLOAD))])
+            pending: bytes | None = None
+            for chunk in chunks:
+                if pending is not None:
+                    self.conn.send(fr.encode_reply(h.seq, pending, more=True))
+                    sent_any = True
+                pending = chunk
+            self.conn.send(fr.encode_reply(h.seq, pending or b""))
+        except OSError as exc:
+            # also after partial chunks: the final REPLY carries the error
+            self.conn.send(fr.encode_reply(h.seq, fr._text(f"{exc}"),
+                                           status=exc.errno or errno.EIO))
+            if sent_any:
+                log.info("event=query_failed peer=%s query=%d after_partial_reply=1",
+                         self.conn.peer, h.seq)
+
+
+def _digest_chunks(digests: Iterator[int]) -> Iterator[bytes]:
+    batch: list[int] = []
+    for d in digests:
+        batch.append(d)
+        if len(batch) >= DIGESTS_PER_REPLY:   # read at call time: tests shrink it
+            yield struct.pack(f"<{len(batch)}Q", *batch)
+            batch = []
+    if batch:
+        yield struct.pack(f"<{len(batch)}Q", *batch)
+
+
+class Receiver:
+    """Receives one sender's ops into root. Thread-safe control methods."""
+
+    def __init__(self, root: str, secret: str | bytes, host: str = "0.0.0.0", port: int = 0,
+                 min_epoch: int = 0, *, io_timeout: float = 10.0) -> None:
+        self.root = root
+        self.applier = Applier(root)
+        self._lock = threading.Lock()
+        self._min_epoch = min_epoch
+        self._current: _Session | None = None
+        self._limiter = _LogLimiter()
+        self._stats: dict[str, Any] = {"ops_applied": 0, "bytes_applied": 0, "last_seq": 0,
+                                       "errors": 0, "last_error": "", "sessions": 0,
+                                       "epoch": 0}
+        self._server = ChannelServer(host, port, secret, self, io_timeout=io_timeout)
+        self.address: tuple[str, int] = self._server.address
+        self._stopped = False
+
+    # ------------------------------------------------------------ control
+
+    def start(self) -> "Receiver":
+        """Serve on a background thread."""
+        self._server.start()
+        log.info("event=receiver_started root=%s listen=%s:%d min_epoch=%d", _q(self.root),
+                 self.address[0], self.address[1], self._min_epoch)
+        return self
+
+    def serve_forever(self) -> None:
+        log.info("event=receiver_started root=%s listen=%s:%d min_epoch=%d", _q(self.root),
+                 self.address[0], self.address[1], self._min_epoch)
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.stop()
+        with self._lock:
+            session = self._current
+        if session is not None:
+            session.stop(errno.ESHUTDOWN, "receiver stopping")
+        self._server.join_connections()
+        self.applier.close()
+        log.info("event=receiver_stopped ops_applied=%d errors=%d",
+                 self._stats["ops_applied"], self._stats["errors"])
+
+    @property
+    def min_epoch(self) -> int:
+        return self._min_epoch
+
+    def set_min_epoch(self, epoch: int) -> None:
+        """Refuse epochs older than epoch from now on (never lowers it). A
+        connected older sender is told (EPOCH frame) and disconnected."""
+        with self._lock:
+            self._min_epoch = max(self._min_epoch, epoch)
+            session = self._current
+        if session is not None and session.conn.epoch < epoch:
+            log.info("event=sender_fenced peer=%s epoch=%d min_epoch=%d", session.conn.peer,
+                     session.conn.epoch, epoch)
+            session.stop(errno.ESTALE, f"receiver now refuses epochs older than {epoch}",
+                         FrameType.EPOCH, epoch)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            session = self._current
+            out = dict(self._stats)
+            out["min_epoch"] = self._min_epoch
+        connected = session is not None and session.conn.alive
+        out.update(connected=connected, peer=session.conn.peer if connected else "",
+                   ack_mode=session.conn.ack_mode.name.lower() if connected else "",
+                   queued=len(session.queue) if session else 0)
+        if connected:
+            out["epoch"] = session.conn.epoch
+        return out
+
+    # ------------------------------------------------------------ SessionHandler
+
+    def admit(self, conn: ServerConn) -> tuple[int, str] | None:
+        with self._lock:
+            if self._stopped:
+                return errno.ESHUTDOWN, "receiver stopping"
+            if conn.epoch < self._min_epoch:
+                return errno.ESTALE, (f"epoch {conn.epoch} is older than this receiver's "
+                                      f"epoch {self._min_epoch}")
+            old = self._current
+            if old is not None and old.conn.alive and conn.epoch < old.conn.epoch:
+                return errno.ESTALE, (f"epoch {conn.epoch} is older than the connected "
+                                      f"sender's epoch {old.conn.epoch} ({old.conn.peer})")
+            # an authenticated sender's epoch was handed out by Raft: older ones are stale
+            self._min_epoch = max(self._min_epoch, conn.epoch)
+            session = _Session(self, conn, old)
+            self._current = session
+            conn.session = session  # type: ignore[attr-defined]
+        if old is not None:
+            log.info("event=sender_replaced old=%s old_epoch=%d new=%s epoch=%d",
+                     old.conn.peer, old.conn.epoch, conn.peer, conn.epoch)
+            old.stop(errno.ECONNRESET, f"replaced by a sender with epoch {conn.epoch} "
+                                       f"from {conn.peer}")
+        return None
+
+    def serve(self, conn: ServerConn) -> None:
+        conn.session.run()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _session_started(self, session: _Session) -> None:
+        with self._lock:
+            self._stats["sessions"] += 1
+            self._stats["epoch"] = session.conn.epoch
+        log.info("event=session_started peer=%s epoch=%d ack_mode=%s", session.conn.peer,
+                 session.conn.epoch, session.conn.ack_mode.name.lower())
+
+    def _session_ended(self, session: _Session) -> None:
+        with self._lock:
+            if self._current is session:
+                self._current = None
+        session.conn.shutdown()
+        log.info("event=session_ended peer=%s reason=%s", session.conn.peer,
+                 _q(session.end_reason))
+
+    def _count_applied(self, seq: int, nbytes: int) -> None:
+        with self._lock:
+            s = self._stats
+            s["ops_applied"] += 1
+            s["bytes_applied"] += nbytes
+            s["last_seq"] = seq
+
+    def _count_error(self, message: str) -> None:
+        with self._lock:
+            self._stats["errors"] += 1
+            self._stats["last_error"] = message
