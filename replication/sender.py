@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .ops import Op
+from .ordering_lock import OrderingLock
 
 log = logging.getLogger("replication.sender")
 
@@ -68,7 +69,7 @@ class Sender:
         self.ack_timeout_s = ack_timeout_s
         # Held by the FUSE layer (and reintegration) around "apply locally + submit",
         # so that channel order is local order.
-        self.ordering_lock = threading.RLock()
+        self.ordering_lock = OrderingLock()
         self._lock = threading.Lock()
         self._state = SenderState.ALONE if alone else SenderState.CONNECTED
         self._channel: Channel | None = None

@@ -1,0 +1,767 @@
+"""The primary's interception layer: a FUSE pass-through file system that is
+mounted OVER a replicated directory and reports every change to a replicator.
+
+The real directory is opened (``O_PATH``) before the mount; every operation is
+then done relative to that descriptor (``*at()`` calls), so the application
+keeps its path while the mount path itself now leads to this file system.
+
+Each mutating operation runs "apply locally, then ``submit`` the ``Op``" under
+the ordering lock, and ``wait``s for the replica's acknowledgement outside it,
+so several operations can be in flight while the channel sees them in local
+order. A local failure submits nothing and returns its errno; a failed
+``wait`` (or ``submit``) returns EIO to the application.
+
+What the ops carry, so that both trees end identical (the receiver applies
+them literally, never following a symlink at the final component):
+
+* CREATE / MKDIR / MKNOD / SYMLINK: ``mode`` = the permission bits actually in
+  force (umask and set-gid inheritance applied, read back; MKNOD keeps the file
+  type bits), ``uid``/``gid`` = the owner actually in force (the caller's, or
+  the parent's group under a set-gid directory).
+* UTIMENS: explicit ``atime_ns``/``mtime_ns`` read back after the change
+  (UTIME_NOW / UTIME_OMIT resolved). The layer also sends UTIMENS for times
+  that changed as a side effect: the parent directories of namespace changes
+  and new directories / nodes / symlinks at once; files written through a
+  handle on flush (close), fsync and release.
+* CHOWN / CHMOD: the resulting owner / permission bits.
+* WRITE carries the bytes actually written (a short write sends what landed).
+
+Changes to the replicated root's own attributes (chmod/chown/utimens on the
+mount point) are applied locally but not replicated: ops never name the root.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import itertools
+import logging
+import os
+import re
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from .ordering_lock import OrderingLock
+from .ops import UTIME_NOW, UTIME_OMIT, Op, OpKind
+
+log = logging.getLogger("replication.fuse")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+# Flags that must not reach the underlying open: O_APPEND (the kernel computes the
+# offset of each write and the op carries it; an O_APPEND fd would ignore it),
+# O_DIRECT (our buffers are not aligned), creation flags (handled by create()).
+_STRIP_FLAGS = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+class Replicator(Protocol):
+    def submit(self, op: Op) -> object:
+        """Enqueue ``op``; called while the caller holds the ordering lock."""
+
+    def wait(self, ticket: object) -> None:
+        """Block until acknowledged; an exception makes the FUSE op fail with EIO."""
+
+
+class _ExclusiveOnly:
+    """A plain (R)Lock supplied by the replicator: both sides take it whole."""
+
+    def __init__(self, lock) -> None:
+        self._lock = lock
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    def shared(self):
+        return self._lock
+
+
+def ordering_lock_for(replicator: object) -> OrderingLock | _ExclusiveOnly:
+    """The replicator's ``ordering_lock`` when it has one (so reintegration and the
+    FUSE layer exclude each other), else a new OrderingLock."""
+    lock = getattr(replicator, "ordering_lock", None)
+    if lock is None:
+        return OrderingLock()
+    if isinstance(lock, OrderingLock):
+        return lock
+    return _ExclusiveOnly(lock)
+
+
+class _InodeLocks:
+    """One mutex per open inode (st_dev, st_ino), shared by all its handles."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._locks: dict[tuple[int, int], list] = {}
+
+    def take(self, key: tuple[int, int]) -> threading.Lock:
+        with self._mu:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def drop(self, key: tuple[int, int]) -> None:
+        with self._mu:
+            entry = self._locks[key]
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
+
+
+@dataclass(eq=False)
+class _Handle:
+    fd: int
+    key: tuple[int, int]
+    ilock: threading.Lock
+    times_dirty: bool = False   # data changed its mtime since the last UTIMENS we sent
+    orphan_path: str | None = None  # name found for an unlinked-but-still-linked inode
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+
+
+def _check(res: int, what: str) -> None:
+    if res != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"{what}: {os.strerror(e)}")
+
+
+def _timespec(ns: int) -> tuple[int, int]:
+    if ns in (UTIME_NOW, UTIME_OMIT):
+        return 0, ns
+    return divmod(ns, 1_000_000_000)
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def _at(rel: str) -> str:
+    return rel or "."
+
+
+class ReplicatedFS:
+    """mfusepy operations (path based, ``use_ns``) over the directory ``root_fd``."""
+
+    use_ns = True
+
+    def __init__(self, root_fd: int, replicator: Replicator, *, read_only: bool = False,
+                 ready: Callable[[], None] | None = None,
+                 lock: OrderingLock | _ExclusiveOnly | None = None,
+                 context: Callable[[], tuple[int, int, int]] | None = None) -> None:
+        """``context()`` gives the calling process's (uid, gid, pid) (libfuse's
+        fuse_get_context when mounted)."""
+        self._root = root_fd
+        self._rep = replicator
+        self.read_only = read_only
+        self._ready = ready
+        self._lock = lock if lock is not None else ordering_lock_for(replicator)
+        self._ilocks = _InodeLocks()
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = itertools.count(1)
+        self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
+
+    # ---- plumbing -----------------------------------------------------------
+    def _writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    def _submit(self, ops: list[Op | None]) -> list[object]:
+        """Under the ordering lock, after the local change succeeded."""
+        tickets = []
+        for op in ops:
+            if op is None:
+                continue
+            try:
+                tickets.append(self._rep.submit(op))
+            except Exception as e:  # noqa: BLE001 - any failure: the caller gets EIO
+                log.error("event=replicate_submit_failed op=%r error=%r", op.describe(), e)
+                raise OSError(errno.EIO, f"not replicated: {e}") from e
+        return tickets
+
+    def _wait(self, tickets: list[object]) -> None:
+        for ticket in tickets:
+            try:
+                self._rep.wait(ticket)
+            except Exception as e:  # noqa: BLE001
+                log.warning("event=replicate_wait_failed error=%r", e)
+                raise OSError(errno.EIO, f"not acknowledged: {e}") from e
+
+    def _lstat(self, rel: str) -> os.stat_result:
+        return os.stat(_at(rel), dir_fd=self._root, follow_symlinks=False)
+
+    def _times_op(self, rel: str, st: os.stat_result | None = None) -> Op | None:
+        """UTIMENS carrying the times ``rel`` has now (None for the root)."""
+        if not rel:
+            return None
+        if st is None:
+            st = self._lstat(rel)
+        return Op(OpKind.UTIMENS, rel, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+
+    def _handle(self, fh: int | None) -> _Handle:
+        h = self._handles.get(fh) if fh is not None else None
+        if h is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        return h
+
+    def _register(self, fd: int, dirty: bool = False) -> int:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        fh = next(self._next_fh)
+        self._handles[fh] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty)
+        return fh
+
+    def _data_path(self, path: str | None, h: _Handle) -> str | None:
+        """The name to replicate a handle's data op under; None if the inode has no
+        name any more (its changes are then invisible to everyone but its openers).
+        Called under the shared ordering lock, so names cannot change meanwhile."""
+        if path is not None:
+            return path[1:]
+        st = os.fstat(h.fd)
+        if st.st_nlink == 0:
+            return None
+        # Unlinked under this name but still linked elsewhere (hard link): find it.
+        if h.orphan_path is not None:
+            try:
+                cst = self._lstat(h.orphan_path)
+                if (cst.st_dev, cst.st_ino) == h.key:
+                    return h.orphan_path
+            except OSError:
+                pass
+        h.orphan_path = self._find_inode(h.key)
+        if h.orphan_path is None:
+            log.error("event=replicate_no_name inode=%s", h.key)
+            raise OSError(errno.EIO, "cannot name the file to replicate this change")
+        return h.orphan_path
+
+    def _find_inode(self, key: tuple[int, int]) -> str | None:
+        todo = [""]
+        while todo:
+            rel = todo.pop()
+            fd = os.open(_at(rel), os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self._root)
+            try:
+                with os.scandir(fd) as it:
+                    for e in it:
+                        child = f"{rel}/{e.name}" if rel else e.name
+                        if e.is_dir(follow_symlinks=False):
+                            todo.append(child)
+                        elif e.inode() == key[1]:
+                            st = self._lstat(child)
+                            if (st.st_dev, st.st_ino) == key:
+                                return child
+            finally:
+                os.close(fd)
+        return None
+
+    def _own(self, rel: str, st: os.stat_result, uid: int, gid: int, perm: int,
+             fd: int | None = None) -> os.stat_result:
+        """Give a node we just created (as root) its caller's owner and exactly ``perm``
+        (umask undone; a set-gid parent's group and, for directories, its set-gid bit
+        kept). Returns the resulting stat."""
+        pst = self._lstat(_parent(rel))
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+            if stat.S_ISDIR(st.st_mode):
+                perm |= stat.S_ISGID
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            if fd is not None:
+                os.fchown(fd, uid, gid)
+            else:
+                os.chown(rel, uid, gid, dir_fd=self._root, follow_symlinks=False)
+            st = os.fstat(fd) if fd is not None else self._lstat(rel)
+        if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) != perm:
+            if fd is not None:
+                os.fchmod(fd, perm)
+            else:
+                os.chmod(rel, perm, dir_fd=self._root, follow_symlinks=False)
+            st = os.fstat(fd) if fd is not None else self._lstat(rel)
+        return st
+
+    def _flush_times(self, path: str | None, h: _Handle) -> list[object]:
+        """UTIMENS for a handle whose writes moved the file's mtime (under its locks)."""
+        if not h.times_dirty:
+            return []
+        h.times_dirty = False
+        rel = self._data_path(path, h)
+        if not rel:
+            return []
+        return self._submit([self._times_op(rel, os.fstat(h.fd))])
+
+    # ---- lifecycle ------------------------------------------------------------
+    def init(self, path: str) -> None:
+        if self._ready is not None:
+            self._ready()
+
+    # ---- reads (straight to the local directory) --------------------------------
+    def getattr(self, path: str | None, fh: int | None = None) -> dict:
+        h = self._handles.get(fh) if fh else None
+        if h is not None:
+            st = os.fstat(h.fd)
+        else:
+            if path is None:
+                raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+            st = self._lstat(path[1:])
+        return {"st_mode": st.st_mode, "st_ino": st.st_ino, "st_nlink": st.st_nlink,
+                "st_uid": st.st_uid, "st_gid": st.st_gid, "st_size": st.st_size,
+                "st_rdev": st.st_rdev, "st_blocks": st.st_blocks, "st_blksize": st.st_blksize,
+                "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
+
+    def readdir(self, path: str, fh: int) -> list:
+        fd = os.open(_at(path[1:]), os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self._root)
+        try:
+            out = [(".", {"st_ino": os.fstat(fd).st_ino, "st_mode": stat.S_IFDIR}, 0),
+                   ("..", {"st_ino": os.stat("..", dir_fd=fd).st_ino, "st_mode": stat.S_IFDIR}, 0)]
+            with os.scandir(fd) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        mode = stat.S_IFDIR
+                    elif e.is_file(follow_symlinks=False):
+                        mode = stat.S_IFREG
+                    elif e.is_symlink():
+                        mode = stat.S_IFLNK
+                    else:
+                        mode = 0  # DT_UNKNOWN: the reader stats it
+                    out.append((e.name, {"st_ino": e.inode(), "st_mode": mode}, 0))
+            return out
+        finally:
+            os.close(fd)
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(path[1:], dir_fd=self._root)
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(self._handle(fh).fd, size, offset)
+
+    def statfs(self, path: str) -> dict:
+        sv = os.statvfs(self._root)
+        return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                             "f_files", "f_ffree", "f_favail", "f_namemax")}
+
+    def access(self, path: str, amode: int) -> int:
+        self._lstat(path[1:])  # the kernel checks permissions (default_permissions)
+        if amode & os.W_OK:
+            self._writable()
+        return 0
+
+    # ---- open files -------------------------------------------------------------
+    def open(self, path: str, flags: int) -> int:
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        rel = path[1:]
+        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
+        if not flags & os.O_TRUNC:
+            return self._register(os.open(rel, oflags, dir_fd=self._root))
+        with self._lock:  # open(O_TRUNC) changes the file
+            fd = os.open(rel, oflags, dir_fd=self._root)
+            try:
+                fh = self._register(fd, dirty=True)
+            except BaseException:
+                os.close(fd)
+                raise
+            tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=0)])
+        self._wait(tickets)
+        return fh
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        self._writable()
+        uid, gid, _ = self._context()
+        rel = path[1:]
+        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
+        with self._lock:
+            try:
+                fd = os.open(rel, oflags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self._root)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                fd = None
+            if fd is not None:
+                tickets, fh = self._created(rel, fd, mode, uid, gid)
+        if fd is None:  # it existed after all: a plain open
+            return self.open(path, flags)
+        self._wait(tickets)
+        return fh
+
+    def _created(self, rel: str, fd: int, mode: int, uid: int, gid: int) -> tuple[list, int]:
+        """create()'s second half, under the ordering lock."""
+        try:
+            st = self._own(rel, os.fstat(fd), uid, gid, stat.S_IMODE(mode), fd=fd)
+            fh = self._register(fd, dirty=True)  # its mtime goes out on flush
+        except BaseException:
+            os.close(fd)
+            os.unlink(rel, dir_fd=self._root)
+            raise
+        tickets = self._submit([
+            Op(OpKind.CREATE, rel, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid),
+            self._times_op(_parent(rel))])
+        return tickets, fh
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        self._writable()
+        h = self._handle(fh)
+        with self._lock.shared(), h.ilock:
+            n = os.pwrite(h.fd, data, offset)
+            h.times_dirty = True
+            rel = self._data_path(path, h)
+            if n < len(data):
+                data = data[:n]
+            tickets = self._submit([Op(OpKind.WRITE, rel, offset=offset, data=data)
+                                    if rel and n else None])
+        self._wait(tickets)
+        return n
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        self._writable()
+        h = self._handles.get(fh) if fh else None
+        if h is not None:
+            with self._lock.shared(), h.ilock:
+                os.ftruncate(h.fd, length)
+                h.times_dirty = True
+                rel = self._data_path(path, h)
+                tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length) if rel else None])
+        else:
+            rel = path[1:]
+            with self._lock:
+                fd = os.open(rel, os.O_WRONLY | os.O_NONBLOCK | _OPEN_FLAGS, dir_fd=self._root)
+                try:
+                    os.ftruncate(fd, length)
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length), self._times_op(rel, st)])
+        self._wait(tickets)
+        return 0
+
+    def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
+        self._writable()
+        h = self._handle(fh)
+        with self._lock.shared(), h.ilock:
+            _check(_libc.fallocate(h.fd, mode, offset, length), "fallocate")
+            h.times_dirty = True
+            rel = self._data_path(path, h)
+            tickets = self._submit([Op(OpKind.FALLOCATE, rel, mode=mode, offset=offset, length=length)
+                                    if rel else None])
+        self._wait(tickets)
+        return 0
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        h = self._handle(fh)
+        (os.fdatasync if datasync else os.fsync)(h.fd)
+        if self.read_only:
+            return 0
+        with self._lock.shared(), h.ilock:
+            tickets = self._flush_times(path, h)
+            rel = self._data_path(path, h)
+            tickets += self._submit([Op(OpKind.FSYNC, rel) if rel else None])
+        self._wait(tickets)
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        rel = path[1:]
+        fd = os.open(_at(rel), os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self._root)
+        try:
+            (os.fdatasync if datasync else os.fsync)(fd)
+        finally:
+            os.close(fd)
+        if self.read_only:
+            return 0
+        with self._lock.shared():
+            tickets = self._submit([Op(OpKind.FSYNC, rel)])  # '' = the whole tree
+        self._wait(tickets)
+        return 0
+
+    def flush(self, path: str | None, fh: int) -> int:
+        h = self._handle(fh)
+        if not h.times_dirty:
+            return 0
+        with self._lock.shared(), h.ilock:
+            tickets = self._flush_times(path, h)
+        self._wait(tickets)
+        return 0
+
+    def release(self, path: str | None, fh: int) -> int:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return 0
+        try:
+            if h.times_dirty:  # written after the last flush (shared mmap write-back)
+                with self._lock.shared(), h.ilock:
+                    tickets = self._flush_times(path, h)
+                self._wait(tickets)
+        finally:
+            os.close(h.fd)
+            self._ilocks.drop(h.key)
+        return 0
+
+    # ---- namespace ------------------------------------------------------------------
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._writable()
+        uid, gid, _ = self._context()
+        rel = path[1:]
+        with self._lock:
+            os.mknod(rel, mode, dev, dir_fd=self._root)
+            try:
+                st = self._own(rel, self._lstat(rel), uid, gid, stat.S_IMODE(mode))
+            except BaseException:
+                os.unlink(rel, dir_fd=self._root)
+                raise
+            tickets = self._submit([
+                Op(OpKind.MKNOD, rel, mode=st.st_mode, rdev=st.st_rdev, uid=st.st_uid, gid=st.st_gid),
+                self._times_op(rel, st), self._times_op(_parent(rel))])
+        self._wait(tickets)
+        return 0
+
+    def mkdir(self, path: str, mode: int) -> int:
+        self._writable()
+        uid, gid, _ = self._context()
+        rel = path[1:]
+        perm = stat.S_IMODE(mode) & 0o1777
+        with self._lock:
+            os.mkdir(rel, perm, dir_fd=self._root)
+            try:
+                st = self._own(rel, self._lstat(rel), uid, gid, perm)
+            except BaseException:
+                os.rmdir(rel, dir_fd=self._root)
+                raise
+            tickets = self._submit([
+                Op(OpKind.MKDIR, rel, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid),
+                self._times_op(rel, st), self._times_op(_parent(rel))])
+        self._wait(tickets)
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        """mfusepy order: ``target`` is the new link's path, ``source`` its contents."""
+        self._writable()
+        uid, gid, _ = self._context()
+        rel = target[1:]
+        with self._lock:
+            os.symlink(source, rel, dir_fd=self._root)
+            try:
+                st = self._own(rel, self._lstat(rel), uid, gid, 0o777)
+            except BaseException:
+                os.unlink(rel, dir_fd=self._root)
+                raise
+            tickets = self._submit([
+                Op(OpKind.SYMLINK, rel, path2=source, uid=st.st_uid, gid=st.st_gid),
+                self._times_op(rel, st), self._times_op(_parent(rel))])
+        self._wait(tickets)
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        """mfusepy order: ``target`` is the new name, ``source`` the existing file."""
+        self._writable()
+        new, old = target[1:], source[1:]
+        with self._lock:
+            os.link(old, new, src_dir_fd=self._root, dst_dir_fd=self._root, follow_symlinks=False)
+            tickets = self._submit([Op(OpKind.LINK, old, path2=new), self._times_op(_parent(new))])
+        self._wait(tickets)
+        return 0
+
+    def unlink(self, path: str) -> int:
+        self._writable()
+        rel = path[1:]
+        with self._lock:
+            os.unlink(rel, dir_fd=self._root)
+            tickets = self._submit([Op(OpKind.UNLINK, rel), self._times_op(_parent(rel))])
+        self._wait(tickets)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        self._writable()
+        rel = path[1:]
+        with self._lock:
+            os.rmdir(rel, dir_fd=self._root)
+            tickets = self._submit([Op(OpKind.RMDIR, rel), self._times_op(_parent(rel))])
+        self._wait(tickets)
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._writable()
+        src, dst = old[1:], new[1:]
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise OSError(errno.EINVAL, "rename flags not supported")
+        with self._lock:
+            if flags:
+                _check(_libc.renameat2(self._root, os.fsencode(src), self._root, os.fsencode(dst), flags),
+                       "renameat2")
+            else:
+                os.rename(src, dst, src_dir_fd=self._root, dst_dir_fd=self._root)
+            parents = dict.fromkeys((_parent(src), _parent(dst)))
+            tickets = self._submit([Op(OpKind.RENAME, src, path2=dst, mode=flags)]
+                                   + [self._times_op(p) for p in parents])
+        self._wait(tickets)
+        return 0
+
+    # ---- attributes -------------------------------------------------------------------
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self._writable()
+        h = self._handles.get(fh) if fh else None
+        perm = stat.S_IMODE(mode)
+        with self._lock:
+            if h is not None:
+                os.fchmod(h.fd, perm)
+                rel, st = self._data_path(path, h), os.fstat(h.fd)
+            else:
+                rel = path[1:]
+                os.chmod(_at(rel), perm, dir_fd=self._root, follow_symlinks=False)
+                st = self._lstat(rel)
+            tickets = self._submit([Op(OpKind.CHMOD, rel, mode=stat.S_IMODE(st.st_mode)) if rel else None])
+        self._wait(tickets)
+        return 0
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        self._writable()
+        h = self._handles.get(fh) if fh else None
+        with self._lock:
+            if h is not None:
+                before = os.fstat(h.fd)
+                os.fchown(h.fd, uid, gid)
+                rel, st = self._data_path(path, h), os.fstat(h.fd)
+            else:
+                rel = path[1:]
+                before = self._lstat(rel)
+                os.chown(_at(rel), uid, gid, dir_fd=self._root, follow_symlinks=False)
+                st = self._lstat(rel)
+            ops = []
+            if rel:
+                ops.append(Op(OpKind.CHOWN, rel, uid=st.st_uid, gid=st.st_gid))
+                if stat.S_IMODE(st.st_mode) != stat.S_IMODE(before.st_mode):  # set-id bits cleared
+                    ops.append(Op(OpKind.CHMOD, rel, mode=stat.S_IMODE(st.st_mode)))
+            tickets = self._submit(ops)
+        self._wait(tickets)
+        return 0
+
+    def utimens(self, path: str | None, times: tuple[int, int] | None = None,
+                fh: int | None = None) -> int:
+        self._writable()
+        h = self._handles.get(fh) if fh else None
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        ts = (_Timespec * 2)(_Timespec(*_timespec(atime)), _Timespec(*_timespec(mtime)))
+        with self._lock:
+            if h is not None:
+                _check(_libc.utimensat(h.fd, None, ts, 0), "futimens")
+                rel, st = self._data_path(path, h), os.fstat(h.fd)
+            else:
+                rel = path[1:]
+                _check(_libc.utimensat(self._root, os.fsencode(_at(rel)), ts, _AT_SYMLINK_NOFOLLOW),
+                       "utimensat")
+                st = self._lstat(rel)
+            tickets = self._submit([self._times_op(rel, st) if rel else None])
+        self._wait(tickets)
+        return 0
+
+
+# ---- mounting ---------------------------------------------------------------------------
+
+def mount_point_path(path: str) -> str:
+    """``path`` made absolute and free of symlinks without touching its last
+    component, which may be a mount whose server hangs or is gone."""
+    path = os.path.abspath(path)
+    head, tail = os.path.split(path)
+    return os.path.join(os.path.realpath(head), tail) if tail else path
+
+
+def fuse_mount_at(path: str) -> str | None:
+    """The ``major:minor`` of a FUSE mount whose mount point is ``path``, else None."""
+    target = os.fsencode(mount_point_path(path))
+    found = None
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index(b"-")
+            mount_point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            if mount_point == target and fields[sep + 1].startswith(b"fuse"):
+                found = fields[2].decode()  # the last one listed is the top of a stack
+    return found
+
+
+_fuse_cls = None
+
+
+def _fuse_class():
+    """mfusepy's FUSE, bound to libfuse3, passing through what its defaults drop:
+    renameat2 flags and the file handle of chmod/chown/truncate/utimens."""
+    global _fuse_cls
+    if _fuse_cls is not None:
+        return _fuse_cls
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy prefers libfuse2 otherwise
+    import mfusepy
+
+    if mfusepy.fuse_version_major != 3:
+        raise ImportError(f"libfuse3 is needed, mfusepy loaded libfuse {mfusepy.fuse_version_major}")
+
+    def fh_of(fip):
+        return fip.contents.fh if fip else None
+
+    class _Fuse(mfusepy.FUSE):
+        def _path(self, path):
+            return None if path is None else path.decode(self.encoding, self.errors)
+
+        def rename_fuse_3(self, old, new, flags):
+            return self.operations.rename(self._path(old), self._path(new), flags)
+
+        def chmod_fuse_3(self, path, mode, fip):
+            return self.operations.chmod(self._path(path), mode, fh_of(fip))
+
+        def chown_fuse_3(self, path, uid, gid, fip):
+            uid = -1 if uid == 0xFFFFFFFF else uid
+            gid = -1 if gid == 0xFFFFFFFF else gid
+            return self.operations.chown(self._path(path), uid, gid, fh_of(fip))
+
+        def truncate_fuse_3(self, path, length, fip):
+            return self.operations.truncate(self._path(path), length, fh_of(fip))
+
+        def utimens_fuse_3(self, path, buf, fip):
+            times = None
+            if buf:
+                times = (mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
+                         mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
+            return self.operations.utimens(self._path(path), times, fh_of(fip))
+
+        def create(self, path, mode, fip):  # mfusepy's inspects the signature on every call
+            fi = fip.contents
+            fi.fh = self.operations.create(self._path(path), mode, fi.flags)
+            return 0
+
+    _fuse_cls = _Fuse
+    _fuse_cls.get_context = staticmethod(mfusepy.fuse_get_context)
+    return _fuse_cls
+
+
+def serve(root: str, replicator: Replicator, *, read_only: bool = False,
+          ready: Callable[[], None] | None = None,
+          lock: OrderingLock | None = None, max_threads: int = 16) -> None:
+    """Mount the replicating file system over ``root`` and serve it until unmounted.
+
+    Blocks (multithreaded libfuse loop). ``ready`` is called once the kernel has
+    connected (the mount is live). ``read_only`` mounts a read-only view (EROFS for
+    every change) for the secondary; ``max_threads`` bounds libfuse's worker
+    threads (operations in flight at once). Raises if ``root`` already has a FUSE mount
+    on it or the mount fails."""
+    fuse_cls = _fuse_class()
+    root = mount_point_path(root)
+    if fuse_mount_at(root):
+        raise RuntimeError(f"{root} already has a FUSE mount on it")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # before the mount hides it
+    try:
+        fs = ReplicatedFS(root_fd, replicator, read_only=read_only, ready=ready, lock=lock,
+                          context=fuse_cls.get_context)
+        fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
+                 hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
+                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster")
+    finally:
+        os.close(root_fd)
