@@ -1,7 +1,8 @@
 """python -m replication <command>: try the replication channel on its own.
 
-One function per subcommand (cmd_<name>), registered in build_parser();
-`send`/`mount`, `verify` and `status` are to come.
+One function per subcommand (cmd_<name>), registered in build_parser():
+`receive` on the secondary, `mount` on the primary (FUSE over the directory,
+synchronous replication to the receiver, reintegration when it (re)connects).
 """
 from __future__ import annotations
 
@@ -71,6 +72,66 @@ def cmd_receive(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mount(args: argparse.Namespace) -> int:
+    import os
+
+    from .fuse_fs import serve
+    from .mount import unmount
+    from .primary_link import PrimaryLink
+
+    host, port = args.peer
+    try:
+        secret = read_secret(args.secret_file)
+        # Opened before the mount covers it: the link reads the real files through it.
+        root_fd = os.open(args.root, os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    link = PrimaryLink(root_fd, host, port, secret, args.epoch, args.state,
+                       ack_mode=args.ack_mode, ack_timeout_s=args.ack_timeout,
+                       bandwidth=args.bandwidth, alone=args.alone,
+                       peer_lost=lambda reason: print(f"event=peer_lost reason={reason!r}", flush=True),
+                       on_in_sync=lambda: print("event=in_sync", flush=True))
+    stop = threading.Event()
+
+    def report() -> None:
+        print(status_line(_flatten(link.status())), flush=True)
+
+    def terminate(*_: Any) -> None:
+        stop.set()
+        # serve() returns once the file system is unmounted.
+        threading.Thread(target=unmount, args=(args.root,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    signal.signal(signal.SIGUSR1, lambda *_: report())
+    link.start()
+
+    def reporter() -> None:
+        while not stop.wait(args.status_interval if args.status_interval > 0 else None):
+            report()
+
+    threading.Thread(target=reporter, daemon=True).start()
+    try:
+        serve(args.root, link.sender,
+              ready=lambda: print(f"event=mounted root={args.root} peer={host}:{port}", flush=True))
+    finally:
+        stop.set()
+        link.stop()
+        report()
+    return 0
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m replication",
                                      description="Synchronous directory mirroring")
@@ -86,6 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=float, default=10.0,
                    help="seconds between status lines (0: only on SIGUSR1)")
     p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("mount", help="mount a replicated directory (primary side)")
+    p.add_argument("--root", required=True, help="the directory to replicate (keeps its path)")
+    p.add_argument("--peer", required=True, type=parse_listen, metavar="HOST:PORT",
+                   help="the receiver")
+    p.add_argument("--secret-file", required=True, help="file holding the cluster secret")
+    p.add_argument("--state", required=True, help="state directory (bitmaps, journal, cursor)")
+    p.add_argument("--epoch", type=int, default=1, help="this primary's epoch (from Raft)")
+    p.add_argument("--ack-mode", choices=("apply", "receipt", "async"), default="apply")
+    p.add_argument("--ack-timeout", type=float, default=3.0,
+                   help="seconds without an acknowledgement before the peer counts as lost")
+    p.add_argument("--bandwidth", type=float, default=None,
+                   help="reintegration cap in bytes/s")
+    p.add_argument("--alone", action="store_true",
+                   help="the receiver is known to be out of sync: do not wait for it")
+    p.add_argument("--status-interval", type=float, default=10.0)
+    p.set_defaults(func=cmd_mount)
     return parser
 
 

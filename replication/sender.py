@@ -79,6 +79,9 @@ class Sender:
         # Unset while a peer-loss transition runs: nothing is answered until it ends.
         self._transition = threading.Event()
         self._transition.set()
+        # Called with each op sent while connected (reintegration journals
+        # namespace ops with it); runs under the ordering lock.
+        self.on_sent: Callable[[Op], None] | None = None
 
     # ---- owner API -----------------------------------------------------------
     @property
@@ -119,6 +122,8 @@ class Sender:
                     send_error = e
                 else:
                     self._in_flight[seq] = op
+                    if self.on_sent is not None:
+                        self.on_sent(op)
                     return Ticket(generation, seq)
         if state is SenderState.CONNECTED:
             self._lose_peer(generation, f"send failed: {send_error}", extra=[op])

@@ -1,0 +1,180 @@
+"""The primary's link to its secondary: connect, reintegrate while live writes
+flow, then replicate synchronously; on loss, run ALONE and try again.
+
+The FUSE layer talks to ``link.sender`` (the Replicator). This class owns the
+connection loop around it:
+
+  ALONE/lost ──connect──▶ reintegrating (live ops sent AND namespace ops
+  journaled) ──done──▶ in sync (``on_in_sync``) ──receiver silent──▶
+  sender calls ``peer_lost`` ──▶ ALONE, retry.
+
+``peer_lost`` and ``on_in_sync`` are the owner's hooks (the mirror module
+commits the in-sync set there); standalone, they only log.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from .channel import ChannelClient
+from .dirty_bitmap import BitmapStore
+from .ops import NAMESPACE_KINDS, Op
+from .reintegration import Entry, Reintegration, tree_from_manifest
+from .sender import Sender, SenderState
+
+log = logging.getLogger("replication.link")
+
+
+def _write_durably(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ChannelRemote:
+    """reintegration.Remote over a connected ChannelClient."""
+
+    def __init__(self, client: ChannelClient, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+
+    def query_tree(self) -> dict[str, Entry]:
+        return tree_from_manifest(self.client.query_tree(timeout=self.timeout))
+
+    def query_digests(self, path: str, block_size: int) -> list[int]:
+        return self.client.query_digests(path, block_size)
+
+    def send(self, op: Op) -> None:
+        self.client.wait(self.client.send_op(op), self.timeout)
+
+
+class _JournalingRecorder:
+    """While reintegration runs, live namespace ops are sent *and* journaled so
+    the driver re-checks the paths they touched; ALONE, everything is recorded."""
+
+    def __init__(self, store: BitmapStore) -> None:
+        self.store = store
+        self.journaling = False
+
+    def record(self, op: Op) -> None:
+        self.store.record(op)
+
+    def sent(self, op: Op) -> None:
+        if self.journaling and op.kind in NAMESPACE_KINDS:
+            self.store.record(op)
+
+
+class PrimaryLink:
+    def __init__(self, local_root_fd: int, host: str, port: int, secret: str, epoch: int,
+                 state_dir: str, *, ack_mode: str = "apply", ack_timeout_s: float = 3.0,
+                 peer_lost: Callable[[str], None] | None = None,
+                 on_in_sync: Callable[[], None] | None = None,
+                 bandwidth: float | None = None, retry_s: float = 1.0,
+                 alone: bool = False) -> None:
+        """``local_root_fd``: the real directory, opened before the FUSE mount
+        covered it. ``alone``: the peer is known to be out of sync already."""
+        # "/." so that lstat() of the root sees the directory, not the fd magic link.
+        self.local_root = f"/proc/self/fd/{local_root_fd}/."
+        self.host, self.port, self.secret, self.epoch = host, port, secret, epoch
+        self.ack_mode = ack_mode
+        self.ack_timeout_s = ack_timeout_s
+        self.state_dir = state_dir
+        self.bandwidth = bandwidth
+        self.retry_s = retry_s
+        os.makedirs(state_dir, exist_ok=True)
+        self.store = BitmapStore(os.path.join(state_dir, "changes"))
+        self._baseline_path = os.path.join(state_dir, "baseline")
+        self._recorder = _JournalingRecorder(self.store)
+        self._peer_lost_hook = peer_lost or (lambda reason: None)
+        self._on_in_sync = on_in_sync or (lambda: None)
+        self.sender = Sender(self._recorder, self._peer_lost, ack_timeout_s=ack_timeout_s,
+                             alone=alone)
+        self.sender.on_sent = self._recorder.sent
+        self.phase = "alone" if alone else "connecting"
+        self.reintegration: Reintegration | None = None
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replication-link", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._lost.set()
+        self._thread.join(10)
+        self.sender.detach("stopping")
+        self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        st: dict[str, Any] = {"phase": self.phase, "sender": self.sender.status(),
+                              "peer": f"{self.host}:{self.port}", "epoch": self.epoch,
+                              "store_trusted": self.store.trusted()}
+        if self.reintegration is not None:
+            st["reintegration"] = self.reintegration.progress()
+        return st
+
+    # ---- the loop -------------------------------------------------------------------
+    def _peer_lost(self, reason: str) -> None:
+        self._recorder.journaling = False
+        self.phase = "alone"
+        self._peer_lost_hook(reason)
+        self._lost.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._connect_and_sync()
+            except Exception as e:  # noqa: BLE001 - any failure: run alone, retry later
+                log.warning("event=link_down peer=%s:%d reason=%r", self.host, self.port, str(e))
+                self.sender.detach(f"link down: {e}")
+            if self.sender.state is SenderState.CONNECTED and not self._stop.is_set():
+                # In sync: wait until the sender reports the receiver lost.
+                self._lost.wait()
+            self._lost.clear()
+            self._stop.wait(self.retry_s)
+
+    def _connect_and_sync(self) -> None:
+        client = ChannelClient(self.host, self.port, self.secret, self.epoch, self.ack_mode,
+                               on_late_error=lambda *a: self.sender.detach(f"late error {a}"))
+        client.connect()
+        self.phase = "reintegrating"
+        log.info("event=link_connected peer=%s:%d", self.host, self.port)
+        self._recorder.journaling = True
+        with self.sender.ordering_lock:
+            self.sender.attach(client)
+        self.reintegration = Reintegration(
+            self.local_root, ChannelRemote(client, self.ack_timeout_s), store=self.store,
+            state_dir=self.state_dir, bandwidth=self.bandwidth,
+            # The bitmaps only cover changes since the copies were last identical:
+            # before a first complete reintegration there is no such point.
+            force_digests=not os.path.exists(self._baseline_path),
+            guard=lambda path: self.sender.ordering_lock,
+            on_progress=lambda p: log.info(
+                "event=reintegration_progress phase=%s files=%d/%d bytes=%d/%d rate_Bps=%.0f",
+                p["phase"], p["files_done"], p["files_total"], p["bytes_done"], p["bytes_total"],
+                p["rate_Bps"]))
+        started = time.monotonic()
+        result = self.reintegration.run()
+        with self.sender.ordering_lock:
+            if self.sender.state is not SenderState.CONNECTED:
+                raise ConnectionError("receiver lost during reintegration")
+            # Everything up to here is on the receiver; live ops are replicated.
+            self._recorder.journaling = False
+            self.store.reset()
+            if not os.path.exists(self._baseline_path):
+                _write_durably(self._baseline_path, f"copies identical at epoch {self.epoch}\n")
+            self.phase = "in_sync"
+        log.info("event=in_sync peer=%s:%d seconds=%.3f bytes_sent=%d",
+                 self.host, self.port, time.monotonic() - started, result.get("bytes_sent", 0))
+        self._on_in_sync()
