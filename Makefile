@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench chaos-cleanup apt venv clean
@@ -15,6 +15,7 @@ demo: apt venv
 
 bench: apt venv
 	$(PY) -m bench raft
+	$(PY) -m bench replication
 
 chaos-cleanup: venv
 	$(PY) -m chaos.lab cleanup

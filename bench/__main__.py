@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft",)
+BENCHES = ("raft", "replication")
 
 
 def main() -> int:
@@ -12,6 +12,7 @@ def main() -> int:
     p.add_argument("name", choices=BENCHES)
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--commits", type=int, default=500)
+    p.add_argument("--tree-mb", type=int, default=2048, help="replication: resync tree size")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -20,6 +21,9 @@ def main() -> int:
     if args.name == "raft":
         from .raft_bench import run
         run(trials=args.trials, commits=args.commits)
+    elif args.name == "replication":
+        from .replication_bench import run
+        run(tree_mb=args.tree_mb)
     return 0
 
 

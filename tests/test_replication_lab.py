@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,24 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chaos.replication_pair import ReplicationPair as Pair, wait as _wait
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
-
-PORT = 7610
-SECRET = "replication-lab-secret-0123456789abcdef01"
-
-
-def _wait(what, predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
 
 def tree(root: Path) -> dict[str, tuple]:
     """Everything the copies must agree on, per path (the root's own times excepted)."""
@@ -59,64 +43,6 @@ def assert_same(a: Path, b: Path) -> None:
     assert sorted(ta) == sorted(tb)
     diffs = {p: (ta[p], tb[p]) for p in ta if ta[p] != tb[p]}
     assert diffs == {}
-
-
-class Pair:
-    """Receiver on host 'sec', mount (primary) on host 'prim'."""
-
-    def __init__(self, lab, tmp: Path) -> None:
-        self.lab = lab
-        self.prim = tmp / "prim"
-        self.sec = tmp / "sec"
-        self.state = tmp / "state"
-        for d in (self.prim, self.sec, self.state):
-            d.mkdir()
-        self.secret_file = tmp / "secret"
-        self.secret_file.write_text(SECRET)
-        self.secret_file.chmod(0o600)
-        self.receiver = None
-        self.mount = None
-
-    def start_receiver(self):
-        self.receiver = self.lab.spawn("sec", [
-            sys.executable, "-m", "replication", "receive", "--root", str(self.sec),
-            "--listen", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
-            "--status-interval", "0"], name="receiver")
-        _wait("receiver listening", lambda: "event=listening" in self.receiver.log_path.read_text())
-
-    def start_mount(self, wait_in_sync=True):
-        before = self._count("event=in_sync")
-        self.mount = self.lab.spawn("prim", [
-            sys.executable, "-m", "replication", "mount", "--root", str(self.prim),
-            "--peer", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
-            "--state", str(self.state), "--ack-timeout", "1", "--status-interval", "0"],
-            name="mount", share_mounts=True)
-        _wait("mounted", lambda: self._count("event=mounted") > self._mounts_seen)
-        self._mounts_seen += 1
-        if wait_in_sync:
-            self.wait_in_sync(before)
-
-    _mounts_seen = 0
-
-    def _count(self, marker: str) -> int:
-        path = self.lab.workdir / "prim" / "mount.log"
-        if not path.exists():
-            return 0
-        return sum(1 for line in path.read_text().splitlines() if line.startswith(marker))
-
-    def wait_in_sync(self, before: int, timeout: float = 30.0) -> None:
-        _wait("in sync", lambda: self._count("event=in_sync") > before, timeout)
-
-    def in_sync_count(self) -> int:
-        return self._count("event=in_sync")
-
-    def unmount(self):
-        subprocess.run(["fusermount3", "-u", "-z", str(self.prim)], capture_output=True)
-
-    def close(self):
-        if self.mount is not None and self.mount.alive():
-            self.mount.stop()
-        self.unmount()
 
 
 @pytest.fixture

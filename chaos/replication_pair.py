@@ -1,0 +1,88 @@
+"""A replication pair on two lab hosts: ``python -m replication receive`` on
+'sec', ``python -m replication mount`` on 'prim' (sharing the caller's mount
+namespace, so the caller reads and writes through the FUSE mount). Used by the
+lab tests and ``python -m bench replication``."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PORT = 7610
+SECRET = "replication-lab-secret-0123456789abcdef01"
+
+
+def wait(what, predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class ReplicationPair:
+    """Receiver on host 'sec', mount (primary) on host 'prim'."""
+
+    def __init__(self, lab, tmp: Path) -> None:
+        self.lab = lab
+        self.prim = tmp / "prim"
+        self.sec = tmp / "sec"
+        self.state = tmp / "state"
+        for d in (self.prim, self.sec, self.state):
+            d.mkdir(parents=True)
+        self.secret_file = tmp / "secret"
+        self.secret_file.write_text(SECRET)
+        self.secret_file.chmod(0o600)
+        self.receiver = None
+        self.mount = None
+
+    def start_receiver(self):
+        self.receiver = self.lab.spawn("sec", [
+            sys.executable, "-m", "replication", "receive", "--root", str(self.sec),
+            "--listen", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
+            "--status-interval", "0"], name="receiver")
+        wait("receiver listening", lambda: "event=listening" in self.receiver.log_path.read_text())
+
+    def start_mount(self, wait_in_sync=True):
+        before = self._count("event=in_sync")
+        self.mount = self.lab.spawn("prim", [
+            sys.executable, "-m", "replication", "mount", "--root", str(self.prim),
+            "--peer", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
+            "--state", str(self.state), "--ack-timeout", "1", "--status-interval", "0"],
+            name="mount", share_mounts=True)
+        wait("mounted", lambda: self._count("event=mounted") > self._mounts_seen)
+        self._mounts_seen += 1
+        if wait_in_sync:
+            self.wait_in_sync(before)
+
+    _mounts_seen = 0
+
+    def _count(self, marker: str) -> int:
+        path = self.lab.workdir / "prim" / "mount.log"
+        if not path.exists():
+            return 0
+        return sum(1 for line in path.read_text().splitlines() if line.startswith(marker))
+
+    def wait_in_sync(self, before: int, timeout: float = 30.0) -> None:
+        wait("in sync", lambda: self._count("event=in_sync") > before, timeout)
+
+    def in_sync_count(self) -> int:
+        return self._count("event=in_sync")
+
+    def stop_mount(self) -> int:
+        """Clean stop (SIGTERM): unmount, and the change store is closed trusted."""
+        rc = self.mount.stop(timeout=30)
+        self.unmount()
+        return rc
+
+    def unmount(self):
+        subprocess.run(["fusermount3", "-u", "-z", str(self.prim)], capture_output=True)
+
+    def close(self):
+        if self.mount is not None and self.mount.alive():
+            self.mount.stop()
+        self.unmount()
