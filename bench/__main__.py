@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication")
+BENCHES = ("raft", "replication", "replication-profile")
 
 
 def main() -> int:
@@ -24,6 +24,9 @@ def main() -> int:
     elif args.name == "replication":
         from .replication_bench import run
         run(tree_mb=args.tree_mb)
+    elif args.name == "replication-profile":
+        from .replication_profile import run
+        run()
     return 0
 
 

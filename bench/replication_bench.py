@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.lab import Lab
-from chaos.replication_pair import ReplicationPair, wait
+from chaos.replication_pair import ReplicationPair
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
