@@ -4,6 +4,7 @@ namespace, so the caller reads and writes through the FUSE mount). Used by the
 lab tests and ``python -m bench replication``."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -34,6 +35,11 @@ class ReplicationPair:
         self.state = tmp / "state"
         for d in (self.prim, self.sec, self.state):
             d.mkdir(parents=True)
+        # The real directory, opened before the mount covers it. Through the mount,
+        # a hard link's other names may show kernel-cached attributes for up to
+        # 1 s (libfuse's high-level API gives each name its own kernel inode).
+        self._prim_fd = os.open(self.prim, os.O_PATH | os.O_DIRECTORY)
+        self.prim_real = Path(f"/proc/self/fd/{self._prim_fd}")
         self.secret_file = tmp / "secret"
         self.secret_file.write_text(SECRET)
         self.secret_file.chmod(0o600)
@@ -86,3 +92,4 @@ class ReplicationPair:
         if self.mount is not None and self.mount.alive():
             self.mount.stop()
         self.unmount()
+        os.close(self._prim_fd)
