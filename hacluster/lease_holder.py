@@ -134,9 +134,11 @@ class LeaseHolder:
         if epoch is not None:
             self._lose("stopping")
             if release:
+                # Worth waiting up to a lease: without the release, others wait that long.
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(
-                        self.raft.submit("release", self.resource, self.node, epoch)), 1.0)
+                        self.raft.submit("release", self.resource, self.node, epoch)),
+                        self.timing.lease_s)
                 except (asyncio.TimeoutError, RaftCommandError):
                     pass
         self._wake.set()
