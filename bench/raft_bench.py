@@ -163,21 +163,31 @@ def daemon_failover(cluster: LabCluster, trials: int) -> list[float]:
     return out
 
 
+def agreed_lease(cluster: LabCluster, resource: str) -> tuple[str, int] | None:
+    """(holder, epoch) when every running member reports the same holder."""
+    seen = set()
+    for m in cluster.members:
+        lease = cluster.lease(m, resource)
+        if lease is None or lease["holder"] is None:
+            return None
+        seen.add((lease["holder"], lease["epoch"]))
+    return seen.pop() if len(seen) == 1 else None
+
+
 def lease_handover(cluster: LabCluster, trials: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(trials):
-        holder = cluster.wait_for("demo held", lambda: (lambda l: l and l["holder"])(
-            cluster.lease(cluster.nodes[0], "demo")))
-        epoch = cluster.lease(cluster.nodes[0], "demo")["epoch"]
+        holder, epoch = cluster.wait_for("demo held, all agree",
+                                         lambda: agreed_lease(cluster, "demo"), timeout=30)
         other = next(n for n in cluster.nodes if n != holder)
-        cluster.wait_for("other node contending", lambda: cluster.status(other))
         was_leader = cluster.leader() == holder
         t_kill = time.monotonic()
         cluster.kill(holder)
         cluster.wait_for("new holder", lambda: (lambda l: l and l["holder"] == other)(
             cluster.lease(other, "demo")), timeout=20)
         granted = [float(e["mono"]) for e in cluster.events(other, "lease_granted")
-                   if e.get("resource") == "demo" and int(e["epoch"]) > epoch]
+                   if e.get("resource") == "demo" and int(e["epoch"]) > epoch
+                   and float(e["mono"]) > t_kill]
         out.append({"seconds": min(granted) - t_kill, "holder_was_leader": was_leader})
         cluster.start(holder)
         cluster.wait_for("restarted holder live", lambda: all(
