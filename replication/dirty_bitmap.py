@@ -203,17 +203,16 @@ class JournalEntry:
 
 def changed_paths(entries: Iterable[JournalEntry]) -> set[str]:
     """Paths that may now name another file than the peer's copy (or content
-    that moved), so bitmaps say nothing about them or anything below them."""
+    that moved), so bitmaps say nothing about them or anything below them.
+    Both names of a LINK: bitmaps are kept by name, and a write through the
+    new name marks only that one."""
     paths: set[str] = set()
     for entry in entries:
         if entry.kind in METADATA_KINDS:
             continue
-        if entry.kind == OpKind.LINK:
-            paths.add(entry.path2)          # the existing name keeps its identity
-        else:
-            paths.add(entry.path)
-            if entry.path2 and entry.kind != OpKind.SYMLINK:   # SYMLINK's path2 is text
-                paths.add(entry.path2)
+        paths.add(entry.path)
+        if entry.path2 and entry.kind != OpKind.SYMLINK:       # SYMLINK's path2 is text
+            paths.add(entry.path2)
     return paths
 
 

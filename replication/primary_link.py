@@ -48,7 +48,7 @@ class ChannelRemote:
         self.timeout = timeout
 
     def query_tree(self) -> dict[str, Entry]:
-        return tree_from_manifest(self.client.query_tree(timeout=self.timeout))
+        return tree_from_manifest(self.client.query_tree(timeout=self.timeout, include_root=True))
 
     def query_digests(self, path: str, block_size: int) -> list[int]:
         return self.client.query_digests(path, block_size)

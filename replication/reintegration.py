@@ -24,7 +24,8 @@ A regular file's content is brought up to date by one of:
   are not its links here): CREATE, then its data regions in ``max_write`` WRITEs
   (zero chunks and holes are left to the final TRUNCATE, so sparse stays sparse);
 * *bitmap*: the store is trusted, the path kept its identity (not in the
-  journal) and has a bitmap: the dirty blocks, plus [low water, remote size);
+  journal), has a bitmap and one name only (here, and when ALONE began:
+  bitmaps are kept by name): the dirty blocks, plus [low water, remote size);
 * *skip*: trusted, no bitmap, not journaled, same size and mtime;
 * *digest*: otherwise: per-block xxh3 digests of both copies (the local ones
   computed while the remote computes its own), only differing blocks sent.
@@ -476,8 +477,8 @@ class Reintegration:
         cursor = self._load_cursor()
         journal_now = self.store.journal_position() if self.store else 0
         self._cursor = cursor or {"generation": self._generation(), "block_size": self.block_size,
-                                  "local_root": self.local_root, "phase": "sync",
-                                  "last_path": None, "recheck_from": journal_now}
+                                  "phase": "sync", "last_path": None,
+                                  "recheck_from": journal_now}
         self._trusted = bool(self.store and self.store.trusted() and not self.force_digests)
         self._changed = (changed_paths(self.store.journal()[:journal_now])
                          if self.store else set())
@@ -619,7 +620,7 @@ class Reintegration:
                     # Created since the scan: a live op already created it remotely.
                     if os.path.lexists(_join(self.local_root, path)):
                         continue
-                    self._send(Op(OpKind.DELETE, path))
+                    self._delete(path)
                 self._touch_parent(path)
                 del self._remote_tree[path]
                 covered, deleting = path, True
@@ -644,7 +645,10 @@ class Reintegration:
         if any(self._is_changed(member) for member in members):
             return "digest", entry.size
         bitmaps = [b for b in map(self.store.bitmap, members) if b is not None]
-        if len(members) == 1 and bitmaps:
+        # Bitmaps are kept by name: a file with other names, here or when the
+        # primary went ALONE (the remote copy still shows those), may have
+        # been written through a name whose marks went with it.
+        if bitmaps and not entry.ino and not remote.ino:
             return "bitmap", sum(length for _, length in
                                  self._bitmap_ranges(bitmaps[0], entry.size, remote.size))
         if not bitmaps and entry.size == remote.size and entry.mtime_ns == remote.mtime_ns:
@@ -692,7 +696,7 @@ class Reintegration:
                 return          # the root is there on both sides by definition
             else:
                 if remote is not None:
-                    self._send(Op(OpKind.DELETE, path))
+                    self._delete(path)
                 owner = {"uid": entry.uid, "gid": entry.gid}
                 if entry.type == FileType.DIR:
                     self._send_new(Op(OpKind.MKDIR, path, mode=entry.mode, **owner))
@@ -805,7 +809,7 @@ class Reintegration:
                     and (remote.dev, remote.ino) == (first_remote.dev, first_remote.ino)):
                 return True     # already the same file over there
             if remote is not None:
-                self._send(Op(OpKind.DELETE, path))
+                self._delete(path)
             self._send_new(Op(OpKind.LINK, first, path))
         self._touch_parent(path)
         return True
@@ -817,7 +821,7 @@ class Reintegration:
             if fresh is None or fresh[1].type != FileType.FILE:
                 return
             if replace:
-                self._send(Op(OpKind.DELETE, path))
+                self._delete(path)
             self._send(Op(OpKind.CREATE, path, mode=fresh[1].mode,
                           uid=fresh[1].uid, gid=fresh[1].gid))
         self._touch_parent(path)
@@ -985,8 +989,18 @@ class Reintegration:
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise
-            self._send(Op(OpKind.DELETE, op.path2 if op.kind == OpKind.LINK else op.path))
+            self._delete(op.path2 if op.kind == OpKind.LINK else op.path)
             self._send(op)
+
+    def _delete(self, path: str) -> None:
+        """DELETE ``path`` on the remote; nothing there (its parent gone too,
+        by a live op) is what was asked."""
+        try:
+            self._send(Op(OpKind.DELETE, path))
+        except OSError as e:
+            if (isinstance(e, (ConnectionError, TimeoutError))
+                    or e.errno not in (errno.ENOENT, errno.ENOTDIR)):
+                raise
 
     def _send(self, op: Op) -> None:
         self.remote.send(op)
@@ -1004,9 +1018,10 @@ class Reintegration:
                 cursor = json.load(f)
         except FileNotFoundError:
             return None
+        # state_dir belongs to one replicated root, and local_root may name it
+        # differently after a restart (/proc/self/fd/N): not part of the check.
         if (cursor.get("generation") != self._generation()
-                or cursor.get("block_size") != self.block_size
-                or cursor.get("local_root") != self.local_root):
+                or cursor.get("block_size") != self.block_size):
             return None
         return cursor
 

@@ -265,8 +265,8 @@ def test_closed_store_refuses(tmp_path):
         store.mark("f", 0, 1)
 
 
-def test_changed_paths_ignores_metadata_and_link_sources():
+def test_changed_paths_ignores_metadata_and_symlink_targets():
     entries = [JournalEntry(OpKind.CHMOD, "m"), JournalEntry(OpKind.LINK, "old", "new"),
                JournalEntry(OpKind.SYMLINK, "s", "../target"),
                JournalEntry(OpKind.RENAME, "a", "b"), JournalEntry(OpKind.CREATE, "c")]
-    assert changed_paths(entries) == {"new", "s", "a", "b", "c"}
+    assert changed_paths(entries) == {"old", "new", "s", "a", "b", "c"}
