@@ -226,7 +226,8 @@ _HEADER = struct.Struct("<8sQqI")        # magic, block size, low water (-1: non
 _LOW_WATER_OFFSET = 16
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (creates, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -291,7 +292,7 @@ class BitmapStore:
         state = {"version": 1, "block_size": self.block_size, "open": open_,
                  "trusted": self._trusted, "generation": self.generation}
         _replace_file(self._state_path, json.dumps(state).encode("ascii"))
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def close(self) -> None:
         """Clean shutdown: the next open finds the store trusted (if it was)."""
@@ -312,7 +313,7 @@ class BitmapStore:
             for path in list(self._bitmaps):
                 self._unlink_bitmap(path)
             self._bitmaps.clear()
-            _fsync_dir(self._bitmap_dir)
+            fsync_dir(self._bitmap_dir)
             os.ftruncate(self._journal_fd, 0)
             os.fsync(self._journal_fd)
             self._journal.clear()
@@ -471,7 +472,7 @@ class BitmapStore:
         for new, bitmap in moved.items():
             self._bitmaps[new] = bitmap
             self._write_file_contents(new, bitmap)
-        _fsync_dir(self._bitmap_dir)
+        fsync_dir(self._bitmap_dir)
         for old in moving:
             if old not in self._bitmaps:
                 os.unlink(self._file_of(old))
@@ -492,7 +493,7 @@ class BitmapStore:
 
     def _create_bitmap_file(self, path: str, bitmap: DirtyBitmap) -> None:
         self._write_file_contents(path, bitmap)
-        _fsync_dir(self._bitmap_dir)
+        fsync_dir(self._bitmap_dir)
 
     def _write_bits(self, path: str, bitmap: DirtyBitmap, first_byte: int, end_byte: int,
                     durable: bool) -> None:
@@ -557,5 +558,5 @@ class BitmapStore:
             # next append starts on a fresh line.
             os.ftruncate(fd, good_end)
             os.fsync(fd)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         return fd

@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from .channel import ChannelClient
-from .dirty_bitmap import BitmapStore
+from .dirty_bitmap import BitmapStore, fsync_dir
 from .ops import NAMESPACE_KINDS, Op
 from .reintegration import Entry, Reintegration, tree_from_manifest
 from .sender import Sender, SenderState
@@ -33,11 +33,7 @@ def _write_durably(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(os.path.dirname(path))
 
 
 class ChannelRemote:

@@ -68,7 +68,7 @@ from typing import Any, Protocol
 from replication.block_diff import (DEFAULT_BLOCK_SIZE, block_count, blocks_to_ranges,
                                     diff_blocks, file_digests)
 from replication.dirty_bitmap import (METADATA_KINDS, BitmapStore, DirtyBitmap, changed_paths,
-                                      under)
+                                      fsync_dir, under)
 from replication.ops import Op, OpKind
 
 DEFAULT_MAX_WRITE = 1 << 20
@@ -1040,18 +1040,10 @@ class Reintegration:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._cursor_path)
-        _fsync_dir(os.path.dirname(self._cursor_path))
+        fsync_dir(os.path.dirname(self._cursor_path))
 
     def _remove_cursor(self) -> None:
         # Durably: a stale cursor would make the next reintegration skip files.
         if self._cursor_path is not None and os.path.exists(self._cursor_path):
             os.unlink(self._cursor_path)
-            _fsync_dir(os.path.dirname(self._cursor_path))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_dir(os.path.dirname(self._cursor_path))
