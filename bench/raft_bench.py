@@ -25,6 +25,8 @@ from typing import Any
 from chaos.lab import Lab
 from chaos.lab_cluster import LabCluster
 
+from .stats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 MEMBER_PROC = str(ROOT / "chaos" / "raft_member_proc.py")
 SECRET = "bench-secret-0123456789abcdef0123456789"
@@ -54,11 +56,6 @@ for _ in range(int(sys.argv[2])):
     t = time.perf_counter(); s.sendall(b"x" * 32); s.recv(64); out.append((time.perf_counter() - t) * 1e3)
 print(json.dumps(out))
 """
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def tcp_rtt_ms(lab: Lab, a: str, b: str, n: int) -> list[float]:

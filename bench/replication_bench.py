@@ -33,6 +33,8 @@ from typing import Any
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
 
+from .stats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 
@@ -106,11 +108,6 @@ def small_files(directory: Path, n: int) -> float:
     rate = n / (time.perf_counter() - t)
     shutil.rmtree(d)
     return rate
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def make_tree(directory: Path, total_mb: int, file_mb: int) -> list[Path]:

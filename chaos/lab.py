@@ -48,6 +48,19 @@ _LIVE: dict[str, Lab] = {}
 _LIVE_LOCK = threading.Lock()
 
 
+def wait_until(what: str, predicate, timeout: float = 20.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true (returned), or raise
+    TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 def _sh(argv: Sequence[str], *, check: bool = True, timeout: float = 30,
         input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, check=check,

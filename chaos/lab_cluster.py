@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from hacluster.control import ControlError, request
 from hacluster.structured_log import parse_line
 
-from .lab import Lab, LabProcess
+from .lab import Lab, LabProcess, wait_until
 
 RAFT_PORT = 7400
 
@@ -108,14 +107,7 @@ class LabCluster:
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20.0,
                  interval: float = 0.02) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(interval)
+        return wait_until(what, predicate, timeout, interval)
 
     def leader(self, among: list[str] | None = None) -> str | None:
         """The leader that a majority of the given running members agree on."""
@@ -155,9 +147,6 @@ class LabCluster:
                 out.append(fields)
         return out
 
-    def log_text(self, member: str) -> str:
-        path = self.lab.workdir / member / "hacluster.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

@@ -7,22 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from .lab import wait_until
 
 PORT = 7610
 SECRET = "replication-lab-secret-0123456789abcdef01"
-
-
-def wait(what, predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class ReplicationPair:
@@ -51,7 +41,7 @@ class ReplicationPair:
             sys.executable, "-m", "replication", "receive", "--root", str(self.sec),
             "--listen", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
             "--status-interval", "0"], name="receiver")
-        wait("receiver listening", lambda: "event=listening" in self.receiver.log_path.read_text())
+        wait_until("receiver listening", lambda: "event=listening" in self.receiver.log_path.read_text())
 
     def start_mount(self, wait_in_sync=True):
         before = self._count("event=in_sync")
@@ -60,7 +50,7 @@ class ReplicationPair:
             "--peer", f"{self.lab.addr('sec')}:{PORT}", "--secret-file", str(self.secret_file),
             "--state", str(self.state), "--ack-timeout", "1", "--status-interval", "0"],
             name="mount", share_mounts=True)
-        wait("mounted", lambda: self._count("event=mounted") > self._mounts_seen)
+        wait_until("mounted", lambda: self._count("event=mounted") > self._mounts_seen)
         self._mounts_seen += 1
         if wait_in_sync:
             self.wait_in_sync(before)
@@ -74,7 +64,7 @@ class ReplicationPair:
         return sum(1 for line in path.read_text().splitlines() if line.startswith(marker))
 
     def wait_in_sync(self, before: int, timeout: float = 30.0) -> None:
-        wait("in sync", lambda: self._count("event=in_sync") > before, timeout)
+        wait_until("in sync", lambda: self._count("event=in_sync") > before, timeout)
 
     def in_sync_count(self) -> int:
         return self._count("event=in_sync")

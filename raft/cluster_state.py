@@ -55,12 +55,6 @@ class ClusterState:
         lease = self.leases.get(resource)
         return lease["holder"] if lease else None
 
-    def name_of(self, address: str) -> str | None:
-        for name, m in self.members.items():
-            if m["address"] == address:
-                return name
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         return {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases)}
 

@@ -119,9 +119,6 @@ class LeaderLeaseClock:
     def renewal_applied(self, resource: str, now: float) -> None:
         self._applied_at[resource] = now
 
-    def forget(self, resource: str) -> None:
-        self._applied_at.pop(resource, None)
-
     def became_leader(self, now: float) -> None:
         self._leader_since = now
 

@@ -275,16 +275,6 @@ def test_never_applied_counts_from_election():
     assert c.expired("unseen", 2.0, 102.0)
 
 
-def test_forget_counts_from_election_again():
-    c = LeaderLeaseClock()
-    c.became_leader(100.0)
-    c.renewal_applied("r", 200.0)
-    assert not c.expired("r", 2.0, 201.0)
-    c.forget("r")
-    assert c.expired("r", 2.0, 201.0)
-    c.forget("not-there")  # no error
-
-
 def test_stepped_down_resets():
     c = LeaderLeaseClock()
     c.became_leader(100.0)

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chaos.replication_pair import ReplicationPair as Pair, wait as _wait
+from chaos.lab import wait_until as _wait
+from chaos.replication_pair import ReplicationPair as Pair
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
