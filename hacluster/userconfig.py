@@ -1,0 +1,485 @@
+"""Parse a SafeKit-style ``userconfig.xml`` into a frozen :class:`ModuleConfig`.
+
+A SafeKit user's existing file is accepted as it is (``<!DOCTYPE safe>``, comments,
+unitless numbers in SafeKit's historical units). What we do not implement yet is
+reported as a warning naming file and line; invalid values are errors naming file,
+line and attribute: ``"<file>:<line>: <section>@<attr>: <problem>"``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+
+# defusedxml, not the standard library parser: a .safe comes from the network (peers,
+# the console), and stdlib expat happily expands "billion laughs" entities. defusedxml
+# refuses entity declarations and external entities outright, which a userconfig.xml
+# never needs; a bare <!DOCTYPE safe> (no internal subset) stays accepted.
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import DefusedXMLParser
+
+MAX_USERCONFIG_BYTES = 1 << 20  # a real one is a few KiB; refuse before parsing
+
+_TIME = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*")
+# (multiply, divide) so that "700" ms gives exactly 0.7, not 0.7000000000000001
+_TIME_UNIT = {"ms": (1, 1000), "s": (1, 1), "m": (60, 1), "h": (3600, 1)}
+_BANDWIDTH = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([KMG]?)(i?)B?\s*", re.IGNORECASE)
+_BANDWIDTH_UNIT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NODE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
+
+MODES = ("mirror", "farm")
+ASYNC_MODES = ("none", "second", "async")
+ERRD_ACTIONS = ("restart", "stopstart", "stop", "none")
+ERRD_CLASSES = ("prim", "second", "both")
+VIP_WHERE = {"mirror": "one_side_alias", "farm": "alias"}
+NOT_IMPLEMENTED_SECTIONS = ("check", "failover", "farm", "lan")
+
+
+class UserConfigError(ValueError):
+    """An unusable userconfig.xml; the message is ``file:line: section@attr: problem``."""
+
+
+@dataclass(frozen=True)
+class HeartbeatNet:
+    name: str
+    servers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Heart:
+    pulse_s: float = 0.7
+    timeout_s: float = 30.0  # SafeKit's failure timeout; informational (Raft decides)
+    nets: tuple[HeartbeatNet, ...] = ()
+
+
+@dataclass(frozen=True)
+class Vip:
+    addr: str
+    prefixlen: int | None
+    interface: str | None
+    arpreroute: bool
+    garp_refresh_s: float
+    where: str
+
+
+@dataclass(frozen=True)
+class Rfs:
+    async_mode: str
+    ack_timeout_s: float
+    reintegration_bandwidth_Bps: int | None
+    dirs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ErrdProc:
+    name: str
+    name_is_regex: bool
+    regex_args: str | None
+    atleast: int
+    atmax: int | None
+    action: str
+    klass: str
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    name: str
+    mode: str
+    failover: bool = True
+    defaultprim: str | None = None
+    maxloop: int = 3
+    loop_interval_s: float = 24 * 3600.0
+    scripts_timeout_s: float = 120.0
+    heart: Heart = field(default_factory=Heart)
+    vips: tuple[Vip, ...] = ()
+    rfs: Rfs | None = None
+    user_vars: dict[str, str] = field(default_factory=dict)
+    errd: tuple[ErrdProc, ...] = ()
+    errd_poll_s: float = 10.0
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def hosts(self) -> tuple[HeartbeatNet, ...]:
+        return self.heart.nets
+
+
+class _LineTreeBuilder(TreeBuilder):
+    """A TreeBuilder that remembers the source line of every element's start tag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.line_of: dict[int, int] = {}
+        self.current_line: Callable[[], int] = lambda: 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> Element:  # type: ignore[override]
+        element = super().start(tag, attrs)
+        self.line_of[id(element)] = self.current_line()
+        return element
+
+
+class _Reader:
+    """Walks the parsed tree; holds the source name, line table and warnings."""
+
+    def __init__(self, source: str, line_of: dict[int, int]) -> None:
+        self.source = source
+        self.line_of = line_of
+        self.warnings: list[tuple[int, str]] = []
+
+    def where(self, element: Element) -> str:
+        return f"{self.source}:{self.line_of.get(id(element), 0)}"
+
+    def error(self, element: Element, what: str, problem: str) -> UserConfigError:
+        return UserConfigError(f"{self.where(element)}: {what}: {problem}")
+
+    def warn(self, element: Element, what: str, problem: str) -> None:
+        self.warnings.append((self.line_of.get(id(element), 0), f"{self.where(element)}: {what}: {problem}"))
+
+    def attrs(self, element: Element, section: str, known: tuple[str, ...],
+              ignored: tuple[str, ...] = ()) -> dict[str, str]:
+        """The element's attributes; unknown ones become warnings, ``ignored`` ones too."""
+        for attr in element.attrib:
+            if attr in ignored:
+                self.warn(element, f"{section}@{attr}", "not implemented yet, ignored")
+            elif attr not in known:
+                self.warn(element, f"{section}@{attr}", "unknown attribute, ignored")
+        return {k: v for k, v in element.attrib.items() if k in known}
+
+    def children(self, element: Element, section: str, known: tuple[str, ...]) -> list[Element]:
+        result = []
+        for child in element:
+            if child.tag in known:
+                result.append(child)
+            else:
+                self.warn(child, f"{section}/{child.tag}", "unknown element, ignored")
+        return result
+
+    # --- value parsers: each names element, attribute and the bad value ---
+
+    def time_s(self, element: Element, what: str, value: str, unitless: str) -> float:
+        match = _TIME.fullmatch(value)
+        if not match:
+            raise self.error(element, what, f"{value!r} is not a time (e.g. 700ms, 3s, 5m, 24h)")
+        multiply, divide = _TIME_UNIT[match.group(2) or unitless]
+        return float(match.group(1)) * multiply / divide
+
+    def integer(self, element: Element, what: str, value: str, minimum: int) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise self.error(element, what, f"{value!r} is not an integer") from None
+        if number < minimum:
+            raise self.error(element, what, f"{number} is below the minimum {minimum}")
+        return number
+
+    def on_off(self, element: Element, what: str, value: str) -> bool:
+        if value not in ("on", "off"):
+            raise self.error(element, what, f"{value!r} must be 'on' or 'off'")
+        return value == "on"
+
+    def choice(self, element: Element, what: str, value: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.error(element, what, f"{value!r} must be one of {', '.join(allowed)}")
+        return value
+
+    def regex(self, element: Element, what: str, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise self.error(element, what, f"{value!r} is not a valid regular expression ({exc})") from None
+        return value
+
+
+def parse_userconfig(data: bytes, source: str, name: str) -> ModuleConfig:
+    """Parse ``data`` (the bytes of a userconfig.xml) for module ``name``.
+
+    ``source`` names the file in messages. Raises UserConfigError.
+    """
+    if len(data) > MAX_USERCONFIG_BYTES:
+        raise UserConfigError(f"{source}:0: file: {len(data)} bytes is over the {MAX_USERCONFIG_BYTES} byte limit")
+    builder = _LineTreeBuilder()
+    parser = DefusedXMLParser(target=builder, forbid_dtd=False, forbid_entities=True, forbid_external=True)
+    builder.current_line = lambda: parser.parser.CurrentLineNumber
+    try:
+        parser.feed(data)
+        root = parser.close()
+    except ParseError as exc:
+        line = exc.position[0] if exc.position else 0
+        raise UserConfigError(f"{source}:{line}: xml: {_parse_problem(exc)}") from None
+    except DefusedXmlException as exc:
+        line = parser.parser.CurrentLineNumber
+        raise UserConfigError(f"{source}:{line}: xml: refused ({type(exc).__name__}: "
+                              f"entity declarations and external entities are not allowed)") from None
+    reader = _Reader(source, builder.line_of)
+    return _read_module(reader, root, name)
+
+
+def load_userconfig(path: str | Path, name: str | None = None) -> ModuleConfig:
+    """Read and parse a userconfig.xml file; ``name`` defaults to the module folder's name."""
+    path = Path(path)
+    if name is None:
+        name = path.resolve().parent.parent.name
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_USERCONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UserConfigError(f"{path}:0: file: cannot read ({exc.strerror})") from None
+    return parse_userconfig(data, str(path), name)
+
+
+def _parse_problem(exc: ParseError) -> str:
+    # ParseError text ends with ": line N, column M"; the line is already in front.
+    return re.sub(r":? ?line \d+, column \d+$", "", str(exc)) or "not well-formed"
+
+
+def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
+    if root.tag == "safe":
+        services = [c for c in root if c.tag == "service"]
+        for child in root:
+            if child.tag != "service":
+                r.warn(child, f"safe/{child.tag}", "unknown element, ignored")
+        if len(services) != 1:
+            raise r.error(root, "safe", f"expected exactly one <service>, found {len(services)}")
+        service = services[0]
+    elif root.tag == "service":
+        service = root
+    else:
+        raise r.error(root, root.tag, "root element must be <safe> or <service>")
+
+    a = r.attrs(service, "service",
+                ("mode", "failover", "defaultprim", "maxloop", "loop_interval", "scripts_timeout"))
+    if "mode" not in a:
+        raise r.error(service, "service@mode", "required (mirror or farm)")
+    mode = r.choice(service, "service@mode", a["mode"], MODES)
+    kw: dict[str, object] = {"name": name, "mode": mode}
+    if "failover" in a:
+        kw["failover"] = r.on_off(service, "service@failover", a["failover"])
+    if "defaultprim" in a:
+        kw["defaultprim"] = _defaultprim(r, service, a["defaultprim"], mode)
+    if "maxloop" in a:
+        kw["maxloop"] = r.integer(service, "service@maxloop", a["maxloop"], 0)
+    if "loop_interval" in a:
+        kw["loop_interval_s"] = r.time_s(service, "service@loop_interval", a["loop_interval"], "h")
+    if "scripts_timeout" in a:
+        kw["scripts_timeout_s"] = _positive(r, service, "service@scripts_timeout",
+                                            r.time_s(service, "service@scripts_timeout", a["scripts_timeout"], "s"))
+
+    sections: dict[str, Element] = {}
+    for child in service:
+        if child.tag in sections:
+            raise r.error(child, child.tag, f"duplicate section (first at line {r.line_of.get(id(sections[child.tag]))})")
+        sections[child.tag] = child
+        if child.tag in NOT_IMPLEMENTED_SECTIONS:
+            r.warn(child, child.tag, "section not implemented yet, ignored")
+        elif child.tag not in ("heart", "vip", "rfs", "user", "errd"):
+            r.warn(child, child.tag, "unknown section, ignored")
+
+    if "heart" in sections:
+        kw["heart"] = _read_heart(r, sections["heart"])
+    if "vip" in sections:
+        kw["vips"] = _read_vip(r, sections["vip"], mode)
+    if "rfs" in sections:
+        if mode == "farm":
+            raise r.error(sections["rfs"], "rfs", "a farm module has no replicated directories; remove <rfs>")
+        kw["rfs"] = _read_rfs(r, sections["rfs"])
+    elif mode == "mirror":
+        raise r.error(service, "service/rfs", "a mirror module needs <rfs> with at least one <replicated dir=...>")
+    if "user" in sections:
+        kw["user_vars"] = _read_user(r, sections["user"])
+    if "errd" in sections:
+        kw["errd"], kw["errd_poll_s"] = _read_errd(r, sections["errd"])
+    return ModuleConfig(**kw, warnings=tuple(w for _, w in sorted(r.warnings, key=lambda lw: lw[0])))  # type: ignore[arg-type]
+
+
+def _positive(r: _Reader, element: Element, what: str, value: float) -> float:
+    if value <= 0:
+        raise r.error(element, what, "must be greater than zero")
+    return value
+
+
+def _defaultprim(r: _Reader, service: Element, value: str, mode: str) -> str:
+    if mode == "farm":
+        r.warn(service, "service@defaultprim", "has no meaning for a farm module, ignored")
+    if value in ("alone", "lastprim") or _NODE_NAME.fullmatch(value):
+        return value
+    raise r.error(service, "service@defaultprim", f"{value!r} must be alone, lastprim or a node name")
+
+
+def _read_heart(r: _Reader, heart: Element) -> Heart:
+    a = r.attrs(heart, "heart", ("pulse", "timeout"))
+    pulse = Heart.pulse_s
+    timeout = Heart.timeout_s
+    if "pulse" in a:
+        pulse = _positive(r, heart, "heart@pulse", r.time_s(heart, "heart@pulse", a["pulse"], "ms"))
+    if "timeout" in a:
+        timeout = _positive(r, heart, "heart@timeout", r.time_s(heart, "heart@timeout", a["timeout"], "ms"))
+    nets: list[HeartbeatNet] = []
+    for hb in r.children(heart, "heart", ("heartbeat",)):
+        ha = r.attrs(hb, "heartbeat", ("name",), ignored=("ident",))
+        net_name = ha.get("name", "default")
+        if any(n.name == net_name for n in nets):
+            raise r.error(hb, "heartbeat@name", f"duplicate heartbeat network {net_name!r}")
+        servers: list[str] = []
+        for server in r.children(hb, "heartbeat", ("server",)):
+            sa = r.attrs(server, "server", ("addr",))
+            addr = sa.get("addr", "")
+            if not _is_ip(addr) and not _HOST_NAME.fullmatch(addr):
+                raise r.error(server, "server@addr", f"{addr!r} is not an IP address or host name")
+            servers.append(addr)
+        nets.append(HeartbeatNet(net_name, tuple(servers)))
+    return Heart(pulse_s=pulse, timeout_s=timeout, nets=tuple(nets))
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_vip(r: _Reader, vip: Element, mode: str) -> tuple[Vip, ...]:
+    a = r.attrs(vip, "vip", ("garp_refresh",))
+    garp_refresh = 10.0
+    if "garp_refresh" in a:
+        garp_refresh = r.time_s(vip, "vip@garp_refresh", a["garp_refresh"], "s")
+    vips: list[Vip] = []
+    for ilist in r.children(vip, "vip", ("interface_list",)):
+        r.attrs(ilist, "interface_list", ())
+        for iface in r.children(ilist, "interface_list", ("interface",)):
+            ia = r.attrs(iface, "interface", ("name", "arpreroute"), ignored=("check",))
+            arpreroute = r.on_off(iface, "interface@arpreroute", ia["arpreroute"]) if "arpreroute" in ia else False
+            for holder in r.children(iface, "interface", ("real_interface", "virtual_interface")):
+                r.attrs(holder, holder.tag, (), ignored=("type",))
+                for va in r.children(holder, holder.tag, ("virtual_addr",)):
+                    vips.append(_read_virtual_addr(r, va, mode, ia.get("name"), arpreroute, garp_refresh))
+    seen: set[str] = set()
+    for v in vips:
+        if v.addr in seen:
+            raise r.error(vip, "vip", f"address {v.addr} is listed twice")
+        seen.add(v.addr)
+    return tuple(vips)
+
+
+def _read_virtual_addr(r: _Reader, va: Element, mode: str, interface: str | None,
+                       arpreroute: bool, garp_refresh: float) -> Vip:
+    a = r.attrs(va, "virtual_addr", ("addr", "where"))
+    text = a.get("addr", "")
+    try:
+        iface = ipaddress.ip_interface(text)
+    except ValueError:
+        raise r.error(va, "virtual_addr@addr", f"{text!r} is not an IP address (optionally /prefix)") from None
+    prefixlen = iface.network.prefixlen if "/" in text else None
+    where = a.get("where", VIP_WHERE[mode])
+    allowed = tuple(VIP_WHERE.values())
+    r.choice(va, "virtual_addr@where", where, allowed)
+    if where != VIP_WHERE[mode]:
+        raise r.error(va, "virtual_addr@where", f"{where!r} is not for a {mode} module: use {VIP_WHERE[mode]!r}")
+    return Vip(addr=str(iface.ip), prefixlen=prefixlen, interface=interface,
+               arpreroute=arpreroute, garp_refresh_s=garp_refresh, where=where)
+
+
+def _read_rfs(r: _Reader, rfs: Element) -> Rfs:
+    a = r.attrs(rfs, "rfs", ("async", "ack_timeout", "reintegration_bandwidth"),
+                ignored=("acl", "nbrei", "locktimeout", "sendtimeout", "reitimeout", "ruzone_blocksize",
+                         "namespacepolicy", "checktime", "nfsbox_options", "allocthreshold"))
+    async_mode = r.choice(rfs, "rfs@async", a.get("async", "none"), ASYNC_MODES)
+    ack_timeout = 5.0
+    if "ack_timeout" in a:
+        ack_timeout = _positive(r, rfs, "rfs@ack_timeout", r.time_s(rfs, "rfs@ack_timeout", a["ack_timeout"], "s"))
+    bandwidth = None
+    if "reintegration_bandwidth" in a:
+        bandwidth = _bandwidth(r, rfs, a["reintegration_bandwidth"])
+    dirs: list[tuple[str, Element]] = []
+    for rep in r.children(rfs, "rfs", ("replicated",)):
+        ra = r.attrs(rep, "replicated", ("dir", "mode"))
+        if ra.get("mode", "read_only") != "read_only":
+            r.warn(rep, "replicated@mode", f"{ra['mode']!r} not implemented yet; the secondary copy is read-only")
+        for child in rep:
+            r.warn(child, f"replicated/{child.tag}", "not implemented yet, ignored")
+        dirs.append((_replicated_dir(r, rep, ra.get("dir", "")), rep))
+    if not dirs:
+        raise r.error(rfs, "rfs/replicated", "a mirror module needs at least one <replicated dir=...>")
+    for i, (d, el) in enumerate(dirs):
+        for other, other_el in dirs[:i]:
+            if d == other or d.startswith(other + "/") or other.startswith(d + "/"):
+                raise r.error(el, "replicated@dir",
+                              f"{d} overlaps {other} (line {r.line_of.get(id(other_el))}); directories must not nest")
+    return Rfs(async_mode=async_mode, ack_timeout_s=ack_timeout,
+               reintegration_bandwidth_Bps=bandwidth, dirs=tuple(d for d, _ in dirs))
+
+
+def _replicated_dir(r: _Reader, rep: Element, text: str) -> str:
+    if not text.startswith("/"):
+        raise r.error(rep, "replicated@dir", f"{text!r} must be an absolute path")
+    if "\0" in text or any(part in ("..", ".") for part in text.split("/")):
+        raise r.error(rep, "replicated@dir", f"{text!r} must not contain '.', '..' or NUL")
+    path = posixpath.normpath(text)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    if path == "/":
+        raise r.error(rep, "replicated@dir", "the root directory cannot be replicated")
+    return path
+
+
+def _bandwidth(r: _Reader, rfs: Element, text: str) -> int:
+    match = _BANDWIDTH.fullmatch(text)
+    if not match:
+        raise r.error(rfs, "rfs@reintegration_bandwidth", f"{text!r} is not a rate (e.g. 50MB, 800K, 1G; per second)")
+    value = int(float(match.group(1)) * _BANDWIDTH_UNIT[match.group(2).upper()])
+    if value <= 0:
+        raise r.error(rfs, "rfs@reintegration_bandwidth", "must be greater than zero")
+    return value
+
+
+def _read_user(r: _Reader, user: Element) -> dict[str, str]:
+    r.attrs(user, "user", (), ignored=("nicestoptimeout", "forcestoptimeout", "logging", "userlogsize"))
+    result: dict[str, str] = {}
+    for var in r.children(user, "user", ("var",)):
+        a = r.attrs(var, "var", ("name", "value"))
+        var_name = a.get("name", "")
+        if not _ENV_NAME.fullmatch(var_name):
+            raise r.error(var, "var@name", f"{var_name!r} is not a valid environment variable name")
+        if var_name in result:
+            raise r.error(var, "var@name", f"{var_name!r} is defined twice")
+        if "value" not in a:
+            raise r.error(var, "var@value", "required")
+        result[var_name] = a["value"]
+    return result
+
+
+def _read_errd(r: _Reader, errd: Element) -> tuple[tuple[ErrdProc, ...], float]:
+    a = r.attrs(errd, "errd", ("polltimer",))
+    poll = 10.0
+    if "polltimer" in a:
+        poll = _positive(r, errd, "errd@polltimer", r.time_s(errd, "errd@polltimer", a["polltimer"], "s"))
+    procs: list[ErrdProc] = []
+    for proc in r.children(errd, "errd", ("proc",)):
+        pa = r.attrs(proc, "proc", ("name", "nameregex", "argregex", "atleast", "atmax", "action", "class"),
+                     ignored=("start_after", "stop_after", "nicestoptimeout"))
+        if ("name" in pa) == ("nameregex" in pa):
+            raise r.error(proc, "proc@name", "give exactly one of name= or nameregex=")
+        is_regex = "nameregex" in pa
+        proc_name = pa["nameregex"] if is_regex else pa["name"]
+        if is_regex:
+            r.regex(proc, "proc@nameregex", proc_name)
+        elif not proc_name:
+            raise r.error(proc, "proc@name", "must not be empty")
+        args = r.regex(proc, "proc@argregex", pa["argregex"]) if "argregex" in pa else None
+        atleast = r.integer(proc, "proc@atleast", pa.get("atleast", "1"), 0)
+        atmax_raw = r.integer(proc, "proc@atmax", pa.get("atmax", "-1"), -1)
+        atmax = None if atmax_raw == -1 else atmax_raw
+        if atmax is not None and atmax < atleast:
+            raise r.error(proc, "proc@atmax", f"{atmax} is below atleast={atleast}")
+        if "action" not in pa:
+            raise r.error(proc, "proc@action", f"required ({', '.join(ERRD_ACTIONS)})")
+        action = r.choice(proc, "proc@action", pa["action"], ERRD_ACTIONS)
+        klass = r.choice(proc, "proc@class", pa.get("class", "prim"), ERRD_CLASSES)
+        procs.append(ErrdProc(name=proc_name, name_is_regex=is_regex, regex_args=args,
+                              atleast=atleast, atmax=atmax, action=action, klass=klass))
+    return tuple(procs), poll
