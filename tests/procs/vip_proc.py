@@ -1,0 +1,109 @@
+"""Runs vip functions inside a lab host's namespace for tests/test_vip.py.
+
+    vip_proc.py add ADDR [--prefixlen N] [--interface IF]   -> {"interface": ...}
+    vip_proc.py remove ADDR [--interface IF]                -> {"removed": bool}
+    vip_proc.py has ADDR                                    -> {"interface": ... | null}
+    vip_proc.py garp IF ADDR [--count N]                    -> {"sent": N}
+    vip_proc.py announce ADDR --hold S [--refresh S] [--burst N]
+        raise_, hold, drop (on uvloop, as the daemon) -> {"raised_before_drop": ...,
+        "held_on": ..., "present_after_drop": ..., "dropped_at": monotonic}
+    vip_proc.py listen ADDR SECONDS
+        prints {"ready": true} once listening, then one JSON line per ARP frame about ADDR
+        ({"t": monotonic, "op": 1|2, "sender_mac": ..., "gratuitous": bool}).
+
+A VipError exits with status 2 and its message as the last line of stderr.
+"""
+import argparse
+import asyncio
+import json
+import logging
+import select
+import socket
+import sys
+import time
+
+import uvloop
+
+from vip import VipAnnouncer, VipError, add_vip, has_vip, remove_vip, send_gratuitous_arp
+from vip.garp import ETH_P_ARP, is_gratuitous, parse_arp_frame
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+async def announce(args) -> dict:
+    ann = VipAnnouncer(args.addr, None, None, refresh_s=args.refresh, burst=args.burst)
+    await ann.raise_()
+    await asyncio.sleep(args.hold)
+    raised, held_on = ann.raised, ann.held_on
+    await ann.drop()
+    dropped_at = time.monotonic()
+    # checked right when drop() has returned (netlink off the loop thread, as the daemon)
+    present = await asyncio.get_running_loop().run_in_executor(None, has_vip, args.addr)
+    return {"raised_before_drop": raised, "held_on": held_on, "raised_after_drop": ann.raised,
+            "present_after_drop": present, "dropped_at": dropped_at}
+
+
+def listen(addr: str, seconds: float) -> None:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+    emit({"ready": True})
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([sock], [], [], left)[0]:
+            continue
+        frame = parse_arp_frame(sock.recv(2048))
+        if frame is None or addr not in (frame.sender_ip, frame.target_ip):
+            continue
+        emit({"t": time.monotonic(), "op": frame.op, "sender_mac": frame.sender_mac.hex(":"),
+              "sender_ip": frame.sender_ip, "target_ip": frame.target_ip,
+              "gratuitous": is_gratuitous(frame)})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("add")
+    a.add_argument("addr")
+    a.add_argument("--prefixlen", type=int)
+    a.add_argument("--interface")
+    r = sub.add_parser("remove")
+    r.add_argument("addr")
+    r.add_argument("--interface")
+    sub.add_parser("has").add_argument("addr")
+    g = sub.add_parser("garp")
+    g.add_argument("interface")
+    g.add_argument("addr")
+    g.add_argument("--count", type=int, default=3)
+    n = sub.add_parser("announce")
+    n.add_argument("addr")
+    n.add_argument("--hold", type=float, required=True)
+    n.add_argument("--refresh", type=float, default=10.0)
+    n.add_argument("--burst", type=int, default=3)
+    li = sub.add_parser("listen")
+    li.add_argument("addr")
+    li.add_argument("seconds", type=float)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(name)s %(levelname)s %(message)s")
+    try:
+        if args.cmd == "add":
+            emit({"interface": add_vip(args.addr, args.prefixlen, args.interface)})
+        elif args.cmd == "remove":
+            emit({"removed": remove_vip(args.addr, args.interface)})
+        elif args.cmd == "has":
+            emit({"interface": has_vip(args.addr)})
+        elif args.cmd == "garp":
+            emit({"sent": send_gratuitous_arp(args.interface, args.addr, args.count)})
+        elif args.cmd == "announce":
+            emit(uvloop.run(announce(args)))
+        elif args.cmd == "listen":
+            listen(args.addr, args.seconds)
+    except VipError as exc:
+        print(f"VipError: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

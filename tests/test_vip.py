@@ -1,0 +1,244 @@
+"""vip/: frame builder (pure) and, in real lab namespaces, addresses, GARP, announcer."""
+import asyncio
+import ipaddress
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import needs_root
+from vip import (VipAnnouncer, VipError, add_vip, build_arp_frame, gratuitous_arp_frames,
+                 has_vip, is_gratuitous, parse_arp_frame, remove_vip)
+from vip.garp import ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, ZERO_MAC
+
+VIP_PROC = [sys.executable, str(Path(__file__).parent / "procs" / "vip_proc.py")]
+MAC = bytes.fromhex("020000aabbcc")
+
+
+# -- pure: the ARP frame -------------------------------------------------------------
+
+def test_arp_frame_layout_byte_by_byte():
+    frame = build_arp_frame(ARP_REPLY, MAC, "10.1.2.200", MAC, "10.1.2.200")
+    assert len(frame) == 60  # Ethernet minimum without FCS
+    assert frame[0:6] == BROADCAST_MAC  # Ethernet destination
+    assert frame[6:12] == MAC  # Ethernet source = sender MAC (switches learn it)
+    assert frame[12:14] == b"\x08\x06"  # ethertype ARP
+    assert frame[14:22] == bytes([0, 1, 8, 0, 6, 4, 0, 2])  # htype 1, IPv4, 6, 4, op 2
+    assert frame[22:28] == MAC  # sender MAC
+    assert frame[28:32] == bytes([10, 1, 2, 200])  # sender IP
+    assert frame[32:38] == MAC  # target MAC
+    assert frame[38:42] == bytes([10, 1, 2, 200])  # target IP
+    assert frame[42:] == bytes(18)  # padding
+
+
+def test_gratuitous_pair_is_request_with_zero_target_and_reply_to_self():
+    request, reply = gratuitous_arp_frames(MAC, "192.168.7.9")
+    req, rep = parse_arp_frame(request), parse_arp_frame(reply)
+    assert (req.op, req.target_mac) == (ARP_REQUEST, ZERO_MAC)
+    # Linux counts a reply as gratuitous only when target MAC = sender MAC
+    assert (rep.op, rep.target_mac) == (ARP_REPLY, MAC)
+    for f in (req, rep):
+        assert f.sender_ip == f.target_ip == "192.168.7.9"
+        assert f.sender_mac == f.eth_src == MAC and f.eth_dst == BROADCAST_MAC
+        assert is_gratuitous(f)
+
+
+macs = st.binary(min_size=6, max_size=6)
+ips = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
+
+
+@given(op=st.sampled_from([ARP_REQUEST, ARP_REPLY]), sha=macs, spa=ips, tha=macs, tpa=ips,
+       dst=macs)
+def test_parse_inverts_build(op, sha, spa, tha, tpa, dst):
+    f = parse_arp_frame(build_arp_frame(op, sha, spa, tha, tpa, eth_dst=dst))
+    assert f == (dst, sha, op, sha, spa, tha, tpa)
+
+
+def test_parse_rejects_other_frames():
+    frame = build_arp_frame(ARP_REQUEST, MAC, "10.0.0.1", ZERO_MAC, "10.0.0.2")
+    assert parse_arp_frame(frame[:41]) is None  # truncated
+    assert parse_arp_frame(frame[:12] + b"\x08\x00" + frame[14:]) is None  # IPv4, not ARP
+    assert not is_gratuitous(parse_arp_frame(frame))  # an ordinary who-has
+
+
+@pytest.mark.parametrize("args, needle", [
+    ((ARP_REQUEST, MAC, "10.0.0.300", ZERO_MAC, "10.0.0.1"), "10.0.0.300"),
+    ((ARP_REQUEST, MAC[:5], "10.0.0.1", ZERO_MAC, "10.0.0.1"), "sender MAC"),
+    ((3, MAC, "10.0.0.1", ZERO_MAC, "10.0.0.1"), "ARP operation 3"),
+])
+def test_frame_builder_bad_input_names_it(args, needle):
+    with pytest.raises(VipError, match=needle):
+        build_arp_frame(*args)
+
+
+def test_announcer_refuses_bad_settings():
+    with pytest.raises(VipError, match="refresh period -1"):
+        VipAnnouncer("10.0.0.5", None, None, refresh_s=-1)
+    with pytest.raises(VipError, match="burst 0"):
+        VipAnnouncer("10.0.0.5", None, None, burst=0)
+
+
+def test_address_functions_refuse_the_loop_thread():
+    # pyroute2's sync IPRoute breaks on a running loop: say so before touching netlink
+    async def call(fn, *args):
+        fn(*args)
+
+    for fn, args in ((add_vip, ("10.0.0.5",)), (remove_vip, ("10.0.0.5",)),
+                     (has_vip, ("10.0.0.5",))):
+        with pytest.raises(VipError, match=f"{fn.__name__}.*run_in_executor"):
+            asyncio.run(call(fn, *args))
+
+
+def test_bad_address_and_prefix_named():
+    with pytest.raises(VipError, match="'10.0.0': not an IPv4"):
+        has_vip("10.0.0")
+    with pytest.raises(VipError, match="prefix length 33 .*10.0.0.5"):
+        add_vip("10.0.0.5", 33)
+
+
+# -- lab: real namespaces ------------------------------------------------------------
+
+def vip_of(lab) -> str:
+    return lab.addr("a").rsplit(".", 1)[0] + ".200"
+
+
+def proc(lab, host, *args, check=True):
+    res = lab.run(host, [*VIP_PROC, *args], check=False, timeout=20)
+    if check:
+        assert res.returncode == 0, f"vip_proc {args} on {host}: {res.stderr}"
+        return json.loads(res.stdout.splitlines()[-1])
+    return res
+
+
+def mac_of(lab, host) -> str:
+    out = lab.run(host, ["ip", "-j", "link", "show", lab.hosts[host].ifaces["lan"]]).stdout
+    return json.loads(out)[0]["address"]
+
+
+def neigh(lab, host, addr) -> str:
+    return lab.run(host, ["ip", "neigh", "show", addr]).stdout.strip()
+
+
+def v4_addrs(lab, host) -> str:
+    return lab.run(host, ["ip", "-4", "addr", "show"]).stdout
+
+
+def ping(lab, host, addr) -> bool:
+    return lab.run(host, ["ping", "-c1", "-W1", addr], check=False).returncode == 0
+
+
+@needs_root
+def test_add_makes_vip_reachable_at_holders_mac(make_lab):
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    assert proc(lab, "a", "add", vip) == {"interface": "eth0"}
+    assert proc(lab, "a", "add", vip) == {"interface": "eth0"}  # idempotent
+    shown = v4_addrs(lab, "a")
+    assert f"inet {vip}/24 " in shown and "eth0:hv" in shown  # subnet's prefix, our label
+    assert shown.count(f"inet {vip}/") == 1
+    assert proc(lab, "a", "has", vip) == {"interface": "eth0"}
+    assert proc(lab, "b", "has", vip) == {"interface": None}
+    assert ping(lab, "c", vip)
+    assert f"lladdr {mac_of(lab, 'a')}" in neigh(lab, "c", vip)
+
+
+@needs_root
+def test_garp_moves_vip_without_client_traffic(make_lab):
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    mac_a, mac_b = mac_of(lab, "a"), mac_of(lab, "b")
+    proc(lab, "a", "add", vip)
+    assert ping(lab, "c", vip) and f"lladdr {mac_a}" in neigh(lab, "c", vip)
+
+    assert proc(lab, "a", "remove", vip) == {"removed": True}
+    assert proc(lab, "b", "add", vip) == {"interface": "eth0"}
+    # adding the address announces nothing: c still points at a
+    assert f"lladdr {mac_a}" in neigh(lab, "c", vip)
+    assert proc(lab, "b", "garp", "eth0", vip, "--count", "3") == {"sent": 6}
+    # read straight after the GARP, before c sends anything
+    assert f"lladdr {mac_b}" in neigh(lab, "c", vip)
+    assert ping(lab, "c", vip)
+    assert f"lladdr {mac_b}" in neigh(lab, "c", vip)
+
+
+@needs_root
+def test_remove_is_idempotent_and_bad_input_changes_nothing(make_lab):
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    assert proc(lab, "a", "remove", vip) == {"removed": False}
+    proc(lab, "a", "add", vip, "--prefixlen", "32", "--interface", "eth0")
+    assert f"inet {vip}/32 " in v4_addrs(lab, "a")
+    assert proc(lab, "a", "remove", vip, "--interface", "lo") == {"removed": False}
+    assert proc(lab, "a", "remove", vip) == {"removed": True}
+    assert proc(lab, "a", "remove", vip) == {"removed": False}
+    assert proc(lab, "a", "has", vip) == {"interface": None}
+
+    before = v4_addrs(lab, "a")
+    for args, needle in [
+        (("add", "172.31.99.7"), "virtual IP 172.31.99.7: no local interface"),
+        (("add", vip, "--interface", "eth7"), f"virtual IP {vip}: no interface named 'eth7'"),
+        (("add", vip.rsplit(".", 1)[0] + ".255"), "broadcast address"),
+        (("garp", "eth7", vip), "interface 'eth7'"),
+    ]:
+        res = proc(lab, "a", *args, check=False)
+        assert res.returncode == 2, res.stderr
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("VipError: ") and needle in last, last
+    assert v4_addrs(lab, "a") == before  # nothing half-applied
+
+
+def listened_frames(log_path: Path) -> list[dict]:
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()
+             if line.startswith("{")]
+    return [x for x in lines if "t" in x]
+
+
+def start_listener(lab, vip, name):
+    listener = lab.spawn("c", [*VIP_PROC, "listen", vip, "30"], name=name)
+    from chaos.lab import wait_until
+    wait_until("listener ready", lambda: '"ready"' in listener.log_path.read_text(), 10)
+    return listener
+
+
+@needs_root
+def test_announcer_bursts_refreshes_and_is_gone_when_drop_returns(make_lab):
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    mac_a = mac_of(lab, "a")
+    listener = start_listener(lab, vip, "arp-refresh")
+    result = proc(lab, "a", "announce", vip, "--hold", "1.0", "--refresh", "0.2")
+    time.sleep(0.4)  # a frame sent after drop would arrive in this window
+    listener.stop()
+    assert result["raised_before_drop"] and result["held_on"] == "eth0"
+    assert result["present_after_drop"] is None and not result["raised_after_drop"]
+    assert f"{vip}/" not in v4_addrs(lab, "a")
+
+    frames = [f for f in listened_frames(listener.log_path)
+              if f["gratuitous"] and f["sender_mac"] == mac_a and f["sender_ip"] == vip]
+    assert all(f["t"] < result["dropped_at"] for f in frames)
+    requests = [f["t"] for f in frames if f["op"] == ARP_REQUEST]
+    replies = [f for f in frames if f["op"] == ARP_REPLY]
+    assert len(requests) == len(replies)  # every round sends both forms
+    burst, refresh = requests[:3], requests[3:]
+    assert burst[2] - burst[0] < 0.15  # 3 rounds 50 ms apart
+    # 1.0 s held with a 0.2 s refresh: 4 or 5 refresh rounds, about 0.2 s apart
+    assert 4 <= len(refresh) <= 5, requests
+    gaps = [b - a for a, b in zip([burst[-1], *refresh], refresh)]
+    assert all(0.15 < g < 0.45 for g in gaps), gaps
+
+
+@needs_root
+def test_announcer_without_refresh_sends_only_the_burst(make_lab):
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    listener = start_listener(lab, vip, "arp-norefresh")
+    result = proc(lab, "a", "announce", vip, "--hold", "0.5", "--refresh", "0", "--burst", "2")
+    time.sleep(0.3)
+    listener.stop()
+    assert result["present_after_drop"] is None
+    frames = [f for f in listened_frames(listener.log_path) if f["gratuitous"]]
+    assert len(frames) == 4, frames  # 2 rounds x (request + reply), nothing after

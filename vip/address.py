@@ -1,0 +1,170 @@
+"""Add, remove and find a virtual IPv4 address in the current network namespace.
+
+Blocking netlink calls (pyroute2's IPRoute, a few milliseconds each). pyroute2 0.9's
+synchronous IPRoute refuses to run on a thread whose asyncio loop is running, so
+asyncio callers must go through ``run_in_executor`` (see vip.announcer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("hacluster.vip.address")
+
+LABEL_SUFFIX = ":hv"  # makes our addresses recognisable in `ip addr` (label eth0:hv)
+_IFNAMSIZ = 16  # kernel limit for a label, including the terminating NUL
+
+
+class VipError(RuntimeError):
+    """A virtual IP could not be added, removed or looked up."""
+
+
+@dataclass(frozen=True)
+class _Ipv4Addr:
+    index: int
+    interface: str
+    local: ipaddress.IPv4Address
+    prefixlen: int
+    label: str | None
+
+
+def _netlink(caller: str) -> IPRoute:
+    """An IPRoute socket, refused on a running loop's thread (pyroute2 would fail there
+    with an obscure "event loop is already running")."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return IPRoute()
+    raise VipError(f"{caller}() called on a running asyncio loop's thread: "
+                   f"call it through loop.run_in_executor")
+
+
+def _parse_addr(addr: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise VipError(f"bad virtual IP {addr!r}: not an IPv4 address") from None
+
+
+def _dump(ipr: IPRoute) -> list[_Ipv4Addr]:
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    found = []
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        # IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on p2p links.
+        local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if local is None:
+            continue
+        found.append(_Ipv4Addr(msg["index"], names.get(msg["index"], f"#{msg['index']}"),
+                               ipaddress.IPv4Address(local), msg["prefixlen"],
+                               msg.get_attr("IFA_LABEL")))
+    return found
+
+
+def _label_for(interface: str) -> str | None:
+    label = interface + LABEL_SUFFIX
+    return label if len(label) < _IFNAMSIZ else None
+
+
+def _pick_interface(vip: ipaddress.IPv4Address, addrs: list[_Ipv4Addr],
+                    interface: str | None) -> tuple[str, int] | None:
+    """The interface whose IPv4 network contains ``vip`` (longest prefix wins) and
+    that prefix length, among ``interface``'s addresses if one is named."""
+    best: tuple[str, int] | None = None
+    for a in addrs:
+        if interface is not None and a.interface != interface:
+            continue
+        if a.prefixlen >= 32 or a.local == vip:
+            continue  # a /32 (another VIP, say) defines no subnet
+        if vip in ipaddress.IPv4Network(f"{a.local}/{a.prefixlen}", strict=False):
+            if best is None or a.prefixlen > best[1]:
+                best = (a.interface, a.prefixlen)
+    return best
+
+
+def _netlink_error(action: str, addr: str, interface: str, exc: NetlinkError) -> VipError:
+    return VipError(f"cannot {action} virtual IP {addr} on {interface}: "
+                    f"{exc.args[-1] if exc.args else exc} (errno {exc.code})")
+
+
+def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = None) -> str:
+    """Add ``addr`` and return the interface that holds it.
+
+    With ``interface`` None, the interface is the one whose IPv4 network contains the
+    address; ``prefixlen`` None means that network's prefix length (else /32).
+    Already present on that interface: nothing is changed (idempotent)."""
+    vip = _parse_addr(addr)
+    if prefixlen is not None and not (isinstance(prefixlen, int) and 0 < prefixlen <= 32):
+        raise VipError(f"bad prefix length {prefixlen!r} for virtual IP {addr}: need 1..32")
+    with _netlink("add_vip") as ipr:
+        addrs = _dump(ipr)
+        held = [a for a in addrs if a.local == vip]
+        if held:
+            if interface is None or any(a.interface == interface for a in held):
+                return held[0].interface if interface is None else interface
+            raise VipError(f"virtual IP {addr} is already on {held[0].interface}, "
+                           f"not on the requested {interface}")
+        picked = _pick_interface(vip, addrs, interface)
+        if interface is None:
+            if picked is None:
+                raise VipError(f"virtual IP {addr}: no local interface has an IPv4 network "
+                               f"containing it (name the interface)")
+            interface = picked[0]
+        elif not ipr.link_lookup(ifname=interface):
+            raise VipError(f"virtual IP {addr}: no interface named {interface!r}")
+        if prefixlen is None:
+            prefixlen = picked[1] if picked else 32
+        network = ipaddress.IPv4Network(f"{vip}/{prefixlen}", strict=False)
+        if prefixlen < 31 and vip in (network.network_address, network.broadcast_address):
+            raise VipError(f"virtual IP {addr}/{prefixlen} is the network or broadcast "
+                           f"address of {network}")
+        index = ipr.link_lookup(ifname=interface)[0]
+        request: dict = {"index": index, "address": str(vip), "prefixlen": prefixlen}
+        if prefixlen < 31:
+            request["broadcast"] = str(network.broadcast_address)
+        label = _label_for(interface)
+        if label is not None:
+            request["label"] = label
+        try:
+            ipr.addr("add", **request)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:  # added by someone else meanwhile: same outcome
+                raise _netlink_error("add", addr, interface, exc) from None
+    log.debug("event=vip_add addr=%s prefixlen=%s interface=%s", vip, prefixlen, interface)
+    return interface
+
+
+def remove_vip(addr: str, interface: str | None = None) -> bool:
+    """Remove ``addr`` (from ``interface`` only, if named); True if it was there."""
+    vip = _parse_addr(addr)
+    removed = False
+    with _netlink("remove_vip") as ipr:
+        for a in _dump(ipr):
+            if a.local != vip or (interface is not None and a.interface != interface):
+                continue
+            try:
+                # The kernel matches local address and prefix length: pass both as found.
+                ipr.addr("del", index=a.index, address=str(vip), prefixlen=a.prefixlen)
+                removed = True
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:  # already gone meanwhile
+                    raise _netlink_error("remove", addr, a.interface, exc) from None
+    log.debug("event=vip_remove addr=%s interface=%s removed=%s", vip, interface, removed)
+    return removed
+
+
+def has_vip(addr: str) -> str | None:
+    """The interface holding ``addr``, or None."""
+    vip = _parse_addr(addr)
+    with _netlink("has_vip") as ipr:
+        for a in _dump(ipr):
+            if a.local == vip:
+                return a.interface
+    return None
