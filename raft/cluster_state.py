@@ -9,6 +9,11 @@ State is plain data so that it can be dumped and checked:
   members: name -> {"address": "host:port", "role": "node"|"witness"}
   leases:  resource -> {"holder": name|None, "epoch": int, "seq": int,
                         "lease_s": float, "eligible": [names] | None}
+  modules: name -> {"digest": sha256 hex, "mode": "mirror"|"farm", "size": int,
+                    "source": member that has the package, "failover": bool,
+                    "intent": {member: "start"|"stop"}}
+A mirror module's primary is the holder of the lease ``mirror/<module>``; its
+``eligible`` list is the module's in-sync set (DESIGN rule 3).
 ``epoch`` rises with every grant; ``seq`` rises with every change (grant,
 renewal, release, expiry) so the leader's expiry decision can be fenced.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
@@ -23,10 +29,17 @@ from .membership import MembershipError, check_add, check_members, check_name, c
 Result = dict[str, Any]
 
 LIVENESS_PREFIX = "node/"
+MIRROR_PREFIX = "mirror/"
+_MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def liveness_resource(name: str) -> str:
     return LIVENESS_PREFIX + name
+
+
+def mirror_resource(module: str) -> str:
+    return MIRROR_PREFIX + module
 
 
 def _valid_duration(value: Any) -> bool:
@@ -46,6 +59,7 @@ class ClusterState:
     def __init__(self) -> None:
         self.members: dict[str, dict[str, str]] = {}
         self.leases: dict[str, dict[str, Any]] = {}
+        self.modules: dict[str, dict[str, Any]] = {}
 
     # ---- reads -------------------------------------------------------------
     def live_members(self) -> set[str]:
@@ -56,13 +70,15 @@ class ClusterState:
         return lease["holder"] if lease else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases)}
+        return {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
+                "modules": copy.deepcopy(self.modules)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClusterState":
         state = cls()
         state.members = copy.deepcopy(data.get("members", {}))
         state.leases = copy.deepcopy(data.get("leases", {}))
+        state.modules = copy.deepcopy(data.get("modules", {}))
         return state
 
     # ---- membership ----------------------------------------------------------
@@ -97,6 +113,8 @@ class ClusterState:
                             "stop its modules first")
         address = self.members.pop(name)["address"]
         self.leases.pop(liveness_resource(name), None)
+        for module in self.modules.values():
+            module["intent"].pop(name, None)
         for lease in self.leases.values():
             if lease["eligible"] is not None and name in lease["eligible"]:
                 lease["eligible"] = [n for n in lease["eligible"] if n != name]
@@ -191,3 +209,120 @@ class ClusterState:
         lease = self._lease(resource, lease_s)
         lease["eligible"] = nodes
         return _ok(eligible=nodes)
+
+    # ---- modules -----------------------------------------------------------------
+    def install_module(self, name: str, digest: str, mode: str, size: int, source: str,
+                       lease_s: float) -> Result:
+        """Record a package every node must install. A new mirror module starts
+        with an empty in-sync set: nobody is primary until an administrator names
+        the good copy (``name_good_copy``)."""
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+            return _refused(f"invalid module name {name!r}")
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            return _refused(f"invalid package digest {digest!r}")
+        if mode not in ("mirror", "farm"):
+            return _refused(f"invalid module mode {mode!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            return _refused(f"invalid package size {size!r}")
+        if source not in self.members:
+            return _refused(f"unknown member {source!r}")
+        if not _valid_duration(lease_s):
+            return _refused(f"invalid lease duration {lease_s!r}")
+        old = self.modules.get(name)
+        if old is not None:
+            if old["mode"] != mode:
+                return _refused(f"module {name} is a {old['mode']} module; uninstall it first")
+            running = sorted(n for n, i in old["intent"].items() if i == "start")
+            if running and old["digest"] != digest:
+                return _refused(f"module {name} is started on {', '.join(running)}; "
+                                "stop it everywhere before installing another version")
+        self.modules[name] = {"digest": digest, "mode": mode, "size": size, "source": source,
+                              "failover": old["failover"] if old else True,
+                              "intent": dict(old["intent"]) if old else {}}
+        if mode == "mirror" and old is None:
+            lease = self._lease(mirror_resource(name), lease_s)
+            if lease["holder"] is None:
+                lease["eligible"] = []
+        return _ok(name=name, digest=digest, upgraded=old is not None)
+
+    def uninstall_module(self, name: str) -> Result:
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return _refused(f"unknown module {name!r}")
+        running = sorted(n for n, i in module["intent"].items() if i == "start")
+        if running:
+            return _refused(f"module {name} is started on {', '.join(running)}; stop it first")
+        holder = self.holder(mirror_resource(name))
+        if holder is not None:
+            return _refused(f"module {name} is still primary on {holder}; stop it first")
+        del self.modules[name]
+        self.leases.pop(mirror_resource(name), None)
+        return _ok(name=name)
+
+    def set_intent(self, name: str, node: str, intent: str) -> Result:
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return _refused(f"unknown module {name!r}")
+        if node not in self.members or self.members[node]["role"] != "node":
+            return _refused(f"{node!r} is not a data node of this cluster")
+        if intent not in ("start", "stop"):
+            return _refused(f"invalid intent {intent!r}")
+        module["intent"][node] = intent
+        return _ok(name=name, node=node, intent=intent)
+
+    def set_failover(self, name: str, on: bool) -> Result:
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return _refused(f"unknown module {name!r}")
+        if not isinstance(on, bool):
+            return _refused(f"failover must be true or false, got {on!r}")
+        module["failover"] = on
+        return _ok(name=name, failover=on)
+
+    # ---- in-sync sets (DESIGN rule 3) ------------------------------------------------
+    def set_in_sync(self, resource: str, node: str, epoch: int, nodes: list[str]) -> Result:
+        """The primary changes its module's in-sync set. Fenced by (holder, epoch):
+        a deposed primary can never shrink the set behind its successor's back."""
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
+        if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
+            holder = lease["holder"] if lease else None
+            cur = lease["epoch"] if lease else 0
+            return _refused(f"{node} is not the primary of {resource} at epoch {epoch} "
+                            f"(holder {holder}, epoch {cur})")
+        if not isinstance(nodes, (list, tuple)) or node not in nodes:
+            return _refused(f"the in-sync set of {resource} must contain its primary {node}")
+        unknown = sorted(set(nodes) - set(self.members))
+        if unknown:
+            return _refused(f"unknown member(s) {', '.join(map(str, unknown))}")
+        lease["eligible"] = sorted(set(nodes))
+        return _ok(eligible=lease["eligible"], epoch=epoch)
+
+    def name_good_copy(self, resource: str, node: str, force: bool = False) -> Result:
+        """``prim`` / ``primforce``: the administrator names the node whose copy is
+        the truth. Only while nobody is primary; without ``force`` only a node
+        that is in sync (or any node when nobody is, e.g. the first start)."""
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
+        if lease is None:
+            return _refused(f"unknown resource {resource!r}")
+        if node not in self.members:
+            return _refused(f"unknown member {node!r}")
+        if lease["holder"] is not None and lease["holder"] != node:
+            return _refused(f"{resource} is primary on {lease['holder']} (epoch {lease['epoch']}); "
+                            "stop it there or use swap")
+        eligible = lease["eligible"] or []
+        if eligible and node not in eligible and not force:
+            return _refused(f"the copy on {node} is not current (in sync: {', '.join(eligible)}); "
+                            f"use primforce to make it the primary anyway")
+        lease["eligible"] = [node] if node not in eligible else sorted(eligible)
+        forced = bool(eligible) and node not in eligible
+        return _ok(eligible=lease["eligible"], forced=forced)
+
+    def leave_in_sync(self, resource: str, node: str) -> Result:
+        """``second``: this node's copy will be overwritten, so it is not current."""
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
+        if lease is None:
+            return _refused(f"unknown resource {resource!r}")
+        if lease["holder"] == node:
+            return _refused(f"{node} is the primary of {resource}; stop it first")
+        lease["eligible"] = [n for n in (lease["eligible"] or []) if n != node]
+        return _ok(eligible=lease["eligible"])

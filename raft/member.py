@@ -96,6 +96,34 @@ class _StateConsumer(SyncObjConsumer):
     def set_eligible(self, resource, nodes, lease_s):
         return self._apply("set_eligible", resource, nodes, lease_s)
 
+    @replicated
+    def install_module(self, name, digest, mode, size, source, lease_s):
+        return self._apply("install_module", name, digest, mode, size, source, lease_s)
+
+    @replicated
+    def uninstall_module(self, name):
+        return self._apply("uninstall_module", name)
+
+    @replicated
+    def set_intent(self, name, node, intent):
+        return self._apply("set_intent", name, node, intent)
+
+    @replicated
+    def set_failover(self, name, on):
+        return self._apply("set_failover", name, on)
+
+    @replicated
+    def set_in_sync(self, resource, node, epoch, nodes):
+        return self._apply("set_in_sync", resource, node, epoch, nodes)
+
+    @replicated
+    def name_good_copy(self, resource, node, force=False):
+        return self._apply("name_good_copy", resource, node, force)
+
+    @replicated
+    def leave_in_sync(self, resource, node):
+        return self._apply("leave_in_sync", resource, node)
+
     def _serialize(self):
         with self.lock:
             return self.state.to_dict()
@@ -106,7 +134,8 @@ class _StateConsumer(SyncObjConsumer):
 
 
 OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
-       "expire", "set_eligible")
+       "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
+       "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync")
 
 
 class _SyncObj(SyncObj):

@@ -66,7 +66,7 @@ def test_bootstrap_invalid_refused_without_raising(members):
     s = ClusterState()
     r = s.bootstrap(members)
     assert r["ok"] is False and r["error"].startswith("invalid initial members")
-    assert s.to_dict() == {"members": {}, "leases": {}}
+    assert s.to_dict() == {"members": {}, "leases": {}, "modules": {}}
 
 
 # ---- single rules -------------------------------------------------------------------

@@ -1,0 +1,458 @@
+"""The mirror module's state machine, pure: events in, plans out.
+
+No I/O, no clock, no threads. The driver (``mirror_module.py``) feeds it
+events — administrator commands, the committed Raft view, lease gains and
+losses, replication events, the outcome of the plan it last handed out — and
+carries out the plans it returns, one at a time, reporting ``PlanDone``.
+While a plan runs the module is *Transient*; otherwise *Ready* (a SECOND is
+Ready once it is in the in-sync set).
+
+Safety lives in the order of each plan (DESIGN rules 1–3):
+  * a node becomes primary only on a lease the Raft log granted it, and its
+    first act is to commit "in sync = me" under that epoch, so the old
+    primary's copy is never trusted again before it has been resynchronised;
+  * the receiver is stopped before the mount starts, so no frame of an older
+    epoch can land after this node accepts writes;
+  * on a lost lease the fence comes first: VIP dropped and mount killed (writes
+    blocked) before any script runs;
+  * a clean stop drops the VIP and stops the application before the lease is
+    released, so the successor never overlaps.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Union
+
+
+class State(str, enum.Enum):
+    STOP = "STOP"
+    WAIT = "WAIT"
+    ALONE = "ALONE"
+    PRIM = "PRIM"
+    SECOND = "SECOND"
+
+    @property
+    def exit_code(self) -> int:
+        """SafeKit's ``state -lq`` codes."""
+        return {"STOP": 0, "WAIT": 1, "ALONE": 2, "PRIM": 3, "SECOND": 4}[self.value]
+
+
+PRIMARY = (State.ALONE, State.PRIM)
+
+
+# ---- events -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class View:
+    """What the committed Raft state says about this module, seen from this node."""
+    holder: str | None = None
+    epoch: int = 0
+    in_sync: frozenset[str] = frozenset()
+    peer_live: bool = False
+    failover: bool = True
+    intent: str | None = None          # this node's committed intent: start | stop | None
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str       # start stop forcestop restart stopstart swap prim second primforce
+
+
+@dataclass(frozen=True)
+class ViewChanged:
+    view: View
+
+
+@dataclass(frozen=True)
+class LeaseAcquired:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PlanDone:
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplicationDied:
+    """The mount process (primary) or the receiver (secondary) ended on its own."""
+    reason: str
+
+
+Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, PlanDone, ReplicationDied]
+
+
+# ---- actions ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunScript:
+    script: str
+    state: str
+    next_state: str
+    action: str
+    stop: bool = False      # a stop script: re-run with "force" when it fails
+
+
+@dataclass(frozen=True)
+class CommitIntent:
+    intent: str
+
+
+@dataclass(frozen=True)
+class CommitGoodCopy:
+    force: bool
+
+
+@dataclass(frozen=True)
+class CommitLeaveInSync:
+    pass
+
+
+@dataclass(frozen=True)
+class CommitInSyncSelf:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Contend:
+    on: bool
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    pass
+
+
+@dataclass(frozen=True)
+class StartReceiver:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class StopReceiver:
+    pass
+
+
+@dataclass(frozen=True)
+class StartMount:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class StopMount:
+    kill: bool
+
+
+@dataclass(frozen=True)
+class RaiseVip:
+    pass
+
+
+@dataclass(frozen=True)
+class DropVip:
+    pass
+
+
+Action = Union[RunScript, CommitIntent, CommitGoodCopy, CommitLeaveInSync, CommitInSyncSelf,
+               Contend, ReleaseLease, StartReceiver, StopReceiver, StartMount, StopMount,
+               RaiseVip, DropVip]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Actions to carry out in order; ``urgent``: cancel whatever plan is running
+    and do this now (a lost lease). ``next_state``: where the plan leads."""
+    actions: tuple[Action, ...]
+    next_state: State
+    reason: str
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    plans: tuple[Plan, ...] = ()
+    contend: bool | None = None     # a change of "keep acquiring the module lease"
+    refused: str | None = None      # a command that cannot be done now, and why
+    log: tuple[str, ...] = ()
+
+
+class MirrorMachine:
+    def __init__(self, node: str, peer: str) -> None:
+        self.node = node
+        self.peer = peer
+        self.state = State.STOP
+        self.view = View()
+        self.epoch: int | None = None        # the lease epoch this node holds, if any
+        self.running: Plan | None = None
+        self.hold_stop = False               # stopstart / failed start: reach STOP first
+        self.restart_after_stop = False
+        self.swap_pending = False            # after a swap: do not contend until the peer holds
+        self.force_stop = False
+        self._contend = False
+        self._queued: list[Plan] = []        # plans decided while another ran (commands)
+
+    # ---- queries --------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        if self.running is not None:
+            return False
+        if self.state is State.SECOND:
+            return self.node in self.view.in_sync
+        return True
+
+    @property
+    def display(self) -> tuple[State, str]:
+        state = self._primary_state() if self.state in PRIMARY else self.state
+        return state, "Ready" if self.ready else "Transient"
+
+    def _primary_state(self) -> State:
+        return State.PRIM if self.peer in self.view.in_sync else State.ALONE
+
+    # ---- the one entry point ----------------------------------------------------
+    def handle(self, event: Event) -> Output:
+        if isinstance(event, Command):
+            return self._command(event.name)
+        if isinstance(event, ViewChanged):
+            before = self.display
+            self.view = event.view
+            out = self._reconcile()
+            if self.state in PRIMARY and self.running is None and self.display[0] != before[0]:
+                out = _merge(out, Output(plans=(Plan((RunScript("transition", before[0].value,
+                                                                self.display[0].value, "sync"),),
+                                                     self.state, "in-sync set changed"),)))
+            return out
+        if isinstance(event, LeaseAcquired):
+            self.epoch = event.epoch
+            return self._reconcile()
+        if isinstance(event, LeaseLost):
+            return self._lease_lost(event)
+        if isinstance(event, PlanDone):
+            return self._plan_done(event)
+        if isinstance(event, ReplicationDied):
+            if self.state in PRIMARY and self.epoch is not None:
+                # Writes cannot be replicated any more: stop and start again; the
+                # secondary, if in sync, takes over meanwhile.
+                self.hold_stop = self.restart_after_stop = True
+                return _merge(Output(log=(f"replication ended on the primary: {event.reason}",)),
+                              self._reconcile())
+            if self.state is State.SECOND and self.running is None:
+                plan = Plan((StopReceiver(), StartReceiver(self.view.epoch)), State.SECOND,
+                            f"receiver ended: {event.reason}")
+                return self._start(plan)
+            return Output()
+        raise TypeError(f"unknown event {event!r}")
+
+    # ---- commands -------------------------------------------------------------------
+    def _command(self, name: str) -> Output:
+        st = self.display[0]
+        if name == "start":
+            return self._queue(Plan((CommitIntent("start"),), self.state, "start command"))
+        if name in ("stop", "forcestop"):
+            self.force_stop = name == "forcestop"
+            self.restart_after_stop = False
+            return self._queue(Plan((CommitIntent("stop"),), self.state, f"{name} command"))
+        if name == "stopstart":
+            if self.state is State.STOP:
+                return Output(refused="the module is stopped; use start")
+            self.hold_stop = self.restart_after_stop = True
+            return self._reconcile()
+        if name == "restart":
+            if self.running is not None:
+                return Output(refused=f"a transition is in progress ({self.running.reason})")
+            if self.state in PRIMARY:
+                return self._start(Plan((RunScript("stop_prim", st.value, st.value, "restart", stop=True),
+                                         RunScript("start_prim", st.value, st.value, "restart")),
+                                        self.state, "restart command"))
+            if self.state is State.SECOND:
+                return self._start(Plan((RunScript("stop_second", "SECOND", "SECOND", "restart", stop=True),
+                                         RunScript("start_second", "SECOND", "SECOND", "restart")),
+                                        self.state, "restart command"))
+            return Output(refused=f"restart needs PRIM, ALONE or SECOND (state {st.value})")
+        if name == "swap":
+            if self.state not in PRIMARY or self.running is not None:
+                return Output(refused=f"swap must be run on the primary (state {st.value})")
+            if self.peer not in self.view.in_sync or not self.view.peer_live:
+                return Output(refused=f"swap refused: {self.peer} is not an in-sync, live secondary")
+            self.swap_pending = True
+            return self._reconcile()
+        if name in ("prim", "primforce"):
+            if self.state in PRIMARY:
+                return Output(refused=f"already primary ({st.value})")
+            if self.view.holder not in (None, self.node):
+                return Output(refused=f"{self.view.holder} is primary; stop it there or use swap")
+            force = name == "primforce"
+            log = (f"PRIMFORCE: making the copy on {self.node} the truth; changes only on "
+                   f"{self.peer} since they were last in sync will be overwritten",) if force else ()
+            return _merge(Output(log=log), self._queue(
+                Plan((CommitGoodCopy(force), CommitIntent("start")), self.state, f"{name} command")))
+        if name == "second":
+            if self.state in PRIMARY:
+                return Output(refused="this node is primary; use swap or stop it first")
+            return self._queue(Plan((CommitLeaveInSync(), CommitIntent("start")), self.state,
+                                    "second command"))
+        return Output(refused=f"unknown command {name!r}")
+
+    # ---- deciding where to go ----------------------------------------------------------
+    def _target(self) -> State:
+        v = self.view
+        if v.intent != "start" or self.hold_stop:
+            return State.STOP
+        if self.epoch is not None and not self.swap_pending:
+            return State.ALONE
+        if v.holder == self.peer:
+            return State.SECOND
+        if self.state is State.SECOND and v.holder is None and self.node in v.in_sync and v.failover:
+            return State.SECOND     # the primary is gone and this node is about to take over
+        return State.WAIT
+
+    def _wants_lease(self) -> bool:
+        v = self.view
+        if v.intent != "start" or self.hold_stop or self.swap_pending:
+            return False
+        if self.state in PRIMARY or self.epoch is not None:
+            return True
+        # Automatic failover only when on; a waiting node still starts as primary
+        # when Raft lets it (it is in the in-sync set, e.g. named with prim).
+        return v.failover or self.state is State.WAIT
+
+    def _reconcile(self) -> Output:
+        out = Output()
+        if self.swap_pending and self.view.holder == self.peer:
+            self.swap_pending = False
+        want = self._wants_lease()
+        if want != self._contend:
+            self._contend = want
+            out = Output(contend=want)
+        if self.running is not None:
+            return out
+        if self._queued:
+            return _merge(out, self._start(self._queued.pop(0)))
+        plan = self._plan_towards(self._target())
+        if plan is None:
+            if self.state is State.STOP and self.hold_stop and self.restart_after_stop:
+                self.hold_stop = self.restart_after_stop = False
+                return _merge(out, self._reconcile())
+            return out
+        return _merge(out, self._start(plan))
+
+    def _plan_towards(self, target: State) -> Plan | None:
+        s = self.state
+        if s is target or (s in PRIMARY and target in PRIMARY):
+            return None
+        if s is State.STOP:
+            return Plan((RunScript("prestart", "STOP", "WAIT", "start"),
+                         RunScript("transition", "STOP", "WAIT", "start")), State.WAIT, "starting")
+        if s in PRIMARY:
+            cur = self._primary_state().value
+            force = self.force_stop
+            if self.epoch is None:      # lease gone: the urgent fence already ran
+                return Plan((DropVip(), StopMount(kill=True),
+                             RunScript("stop_prim", cur, "WAIT", "force" if force else "stop", stop=True),
+                             RunScript("transition", cur, "WAIT", "stop")), State.WAIT, "lease lost")
+            nxt = State.STOP if target is State.STOP else State.WAIT
+            actions: list[Action] = [DropVip(),
+                                     RunScript("stop_prim", cur, nxt.value, "force" if force else "stop",
+                                               stop=True),
+                                     StopMount(kill=force), ReleaseLease()]
+            if nxt is State.STOP:
+                actions.append(RunScript("poststop", cur, "STOP", "stop", stop=True))
+            actions.append(RunScript("transition", cur, nxt.value, "stop"))
+            return Plan(tuple(actions), nxt, "swap" if self.swap_pending else f"to {nxt.value}")
+        if s is State.SECOND:
+            if target in PRIMARY:
+                return self._promotion("SECOND", (RunScript("stop_second", "SECOND", "ALONE", "stop", stop=True),
+                                                  StopReceiver()))
+            nxt = State.STOP if target is State.STOP else State.WAIT
+            action = "force" if self.force_stop else "stop"
+            actions = [RunScript("stop_second", "SECOND", nxt.value, action, stop=True), StopReceiver()]
+            if nxt is State.STOP:
+                actions.append(RunScript("poststop", "SECOND", "STOP", action, stop=True))
+            actions.append(RunScript("transition", "SECOND", nxt.value, "stop"))
+            return Plan(tuple(actions), nxt, f"to {nxt.value}")
+        # WAIT
+        if target is State.STOP:
+            return Plan((RunScript("poststop", "WAIT", "STOP", "stop", stop=True),
+                         RunScript("transition", "WAIT", "STOP", "stop")), State.STOP, "to STOP")
+        if target in PRIMARY:
+            return self._promotion("WAIT", ())
+        if target is State.SECOND:
+            return Plan((StartReceiver(self.view.epoch),
+                         RunScript("start_second", "WAIT", "SECOND", "start"),
+                         RunScript("transition", "WAIT", "SECOND", "start")), State.SECOND,
+                        f"secondary of {self.peer}")
+        return None
+
+    def _promotion(self, frm: str, before: tuple[Action, ...]) -> Plan:
+        assert self.epoch is not None
+        return Plan(before + (CommitInSyncSelf(self.epoch), StartMount(self.epoch),
+                              RunScript("start_prim", frm, "ALONE", "start"), RaiseVip(),
+                              RunScript("transition", frm, "ALONE", "start")),
+                    State.ALONE, f"primary at epoch {self.epoch}")
+
+    # ---- plan bookkeeping ---------------------------------------------------------------
+    def _queue(self, plan: Plan) -> Output:
+        if self.running is None:
+            return self._start(plan)
+        self._queued.append(plan)
+        return Output()
+
+    def _start(self, plan: Plan) -> Output:
+        self.running = plan
+        return Output(plans=(plan,))
+
+    def _plan_done(self, event: PlanDone) -> Output:
+        plan = self.running
+        if plan is None:
+            return Output()
+        self.running = None
+        if event.ok:
+            self.state = plan.next_state
+            if self.state is State.STOP:
+                self.force_stop = False
+            return self._reconcile()
+        log = (f"{plan.reason} failed: {event.error}",)
+        if plan.next_state in PRIMARY or plan.next_state is State.SECOND:
+            # Half started: the stop path runs from the state it was going to.
+            self.state = plan.next_state
+            self.hold_stop = True
+            self.restart_after_stop = False
+            return _merge(Output(log=log + ("stopping the module; start it again by hand",)),
+                          self._reconcile())
+        # Nothing moved (a commit without quorum, say): the next change of the
+        # committed view retries, rather than spinning here.
+        return Output(log=log)
+
+    def _lease_lost(self, event: LeaseLost) -> Output:
+        if self.epoch is None or event.epoch != self.epoch:
+            return Output()
+        self.epoch = None
+        if self.state not in PRIMARY and (self.running is None or self.running.next_state not in PRIMARY):
+            return self._reconcile()
+        was_running = self.running
+        cur = self._primary_state().value if self.state in PRIMARY else self.state.value
+        fence = Plan((DropVip(), StopMount(kill=True),
+                      RunScript("stop_prim", cur, "WAIT", "force", stop=True),
+                      RunScript("transition", cur, "WAIT", "stop")),
+                     State.WAIT, f"lease lost: {event.reason}", urgent=True)
+        self.running = fence
+        log = (f"lease epoch {event.epoch} lost ({event.reason}): writes blocked, VIP dropped",)
+        if was_running is not None:
+            log += (f"interrupted: {was_running.reason}",)
+        out = Output(plans=(fence,), log=log)
+        want = self._wants_lease()
+        if want != self._contend:
+            self._contend = want
+            out = _merge(Output(contend=want), out)
+        return out
+
+
+def _merge(a: Output, b: Output) -> Output:
+    return Output(plans=a.plans + b.plans,
+                  contend=b.contend if b.contend is not None else a.contend,
+                  refused=a.refused or b.refused, log=a.log + b.log)

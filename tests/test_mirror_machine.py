@@ -1,0 +1,321 @@
+"""The pure mirror state machine, driven by a simulated cluster of two nodes.
+
+The simulation plays Raft (one lease with epoch and in-sync set, intents) and
+carries out every plan at once; hypothesis throws random commands, crashes,
+lease losses and replication events at it and checks the safety rules after
+every step."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from hacluster.mirror_machine import (
+    CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, Contend, DropVip,
+    LeaseAcquired, LeaseLost, MirrorMachine, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
+    RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
+
+
+class Sim:
+    def __init__(self, fail_scripts: frozenset[str] = frozenset()) -> None:
+        self.holder: str | None = None
+        self.epoch = 0
+        self.in_sync: list[str] = []
+        self.intent: dict[str, str] = {}
+        self.failover = True
+        self.live = {"a": True, "b": True}
+        self.cut = {"a": False, "b": False}     # cut off from the Raft majority
+        self.m = {"a": MirrorMachine("a", "b"), "b": MirrorMachine("b", "a")}
+        self.contending = {"a": False, "b": False}
+        self.vip = {"a": False, "b": False}
+        self.mount = {"a": False, "b": False}
+        self.receiver = {"a": False, "b": False}
+        self.receiver_epoch = {"a": 0, "b": 0}
+        self.app = {"a": False, "b": False}
+        self.fail_scripts = fail_scripts
+        self.scripts: list[tuple[str, str]] = []
+        self.refusals: list[str] = []
+
+    def peer(self, n: str) -> str:
+        return "b" if n == "a" else "a"
+
+    def view(self, n: str) -> View:
+        return View(holder=self.holder, epoch=self.epoch, in_sync=frozenset(self.in_sync),
+                    peer_live=self.live[self.peer(n)], failover=self.failover,
+                    intent=self.intent.get(n))
+
+    # ---- the driver -------------------------------------------------------------
+    def feed(self, n: str, event) -> None:
+        out = self.m[n].handle(event)
+        if out.refused:
+            self.refusals.append(out.refused)
+        if out.contend is not None:
+            self.contending[n] = out.contend
+        for plan in out.plans:
+            self.run_plan(n, plan)
+
+    def run_plan(self, n: str, plan) -> None:
+        ok, error = True, None
+        for action in plan.actions:
+            if isinstance(action, StartMount):
+                assert self.holder == n and self.epoch == action.epoch, "mount without the lease"
+                assert not self.receiver[n], "mount while the receiver still runs"
+                assert self.in_sync == [n], "mount before in-sync = me was committed"
+                self.mount[n] = True
+            elif isinstance(action, StopMount):
+                self.mount[n] = False
+            elif isinstance(action, RaiseVip):
+                assert self.holder == n and self.m[n].epoch == self.epoch, "VIP without the lease"
+                self.vip[n] = True
+            elif isinstance(action, DropVip):
+                self.vip[n] = False
+            elif isinstance(action, StartReceiver):
+                assert not self.mount[n]
+                self.receiver[n] = True
+                self.receiver_epoch[n] = action.epoch
+            elif isinstance(action, StopReceiver):
+                self.receiver[n] = False
+            elif isinstance(action, CommitInSyncSelf):
+                if self.holder == n and self.epoch == action.epoch:
+                    self.in_sync = [n]
+                else:
+                    ok, error = False, "fenced"
+                    break
+            elif isinstance(action, CommitIntent):
+                self.intent[n] = action.intent
+            elif isinstance(action, CommitGoodCopy):
+                if self.holder not in (None, n) or (self.in_sync and n not in self.in_sync
+                                                    and not action.force):
+                    ok, error = False, "refused"
+                    break
+                self.in_sync = [n]
+            elif isinstance(action, CommitLeaveInSync):
+                if self.holder == n:
+                    ok, error = False, "holder"
+                    break
+                self.in_sync = [x for x in self.in_sync if x != n]
+            elif isinstance(action, ReleaseLease):
+                assert not self.vip[n] and not self.mount[n], "released while still acting"
+                if self.holder == n:
+                    self.holder = None
+                self.m[n].epoch = None  # LeaseHolder.stop() drops it locally first
+                self.contending[n] = False
+            elif isinstance(action, RunScript):
+                self.scripts.append((n, action.script))
+                if action.script in ("start_prim", "start_second"):
+                    if action.script in self.fail_scripts:
+                        ok, error = False, f"{action.script} exit 1"
+                        break
+                    if action.script == "start_prim":
+                        assert self.holder == n
+                        self.app[n] = True
+                elif action.script == "stop_prim":
+                    self.app[n] = False
+        self.feed(n, ViewChanged(self.view(n)))
+        self.feed(n, PlanDone(ok, error))
+
+    # ---- the world -------------------------------------------------------------------
+    def broadcast(self) -> None:
+        for n in "ab":
+            if self.live[n]:
+                self.feed(n, ViewChanged(self.view(n)))
+
+    def tick(self) -> None:
+        """Lease arbitration: a free lease goes to a contending eligible node."""
+        self.broadcast()
+        if self.holder is None:
+            for n in "ab":
+                if self.live[n] and not self.cut[n] and self.contending[n] and n in self.in_sync:
+                    self.holder = n
+                    self.epoch += 1
+                    self.feed(n, LeaseAcquired(self.epoch))
+                    break
+        self.broadcast()
+        # The primary's replication: a live, running SECOND catches up.
+        h = self.holder
+        if h and self.mount[h]:
+            p = self.peer(h)
+            if self.live[p] and self.receiver[p] and p not in self.in_sync:
+                self.in_sync = sorted(self.in_sync + [p])
+            elif not (self.live[p] and self.receiver[p]) and p in self.in_sync:
+                self.in_sync = [h]
+        self.broadcast()
+
+    def crash(self, n: str) -> None:
+        """The node dies: its processes are gone, its lease expires in Raft."""
+        self.live[n] = False
+        self.vip[n] = self.mount[n] = self.receiver[n] = self.app[n] = False
+        if self.holder == n:
+            self.holder = None
+        self.m[n] = MirrorMachine(n, self.peer(n))
+        self.contending[n] = False
+
+    def revive(self, n: str) -> None:
+        self.live[n] = True
+        self.cut[n] = False
+        self.feed(n, ViewChanged(self.view(n)))
+
+    def expire(self, n: str) -> None:
+        """n is cut off: its lease runs out locally and in Raft."""
+        self.cut[n] = True
+        if self.holder == n:
+            epoch = self.epoch
+            self.holder = None
+            self.feed(n, LeaseLost(epoch, "deadline"))
+
+    def check(self) -> None:
+        acting = [n for n in "ab" if self.vip[n] or self.mount[n] or self.app[n]]
+        assert len(acting) <= 1, f"two primaries acting: {acting}"
+        for n in acting:
+            assert self.holder == n, f"{n} acts without holding the lease"
+
+
+def test_first_start_waits_until_prim_names_the_good_copy():
+    sim = Sim()
+    for n in "ab":
+        sim.feed(n, Command("start"))
+    for _ in range(3):
+        sim.tick()
+    assert {sim.m[n].display[0] for n in "ab"} == {State.WAIT}
+    sim.feed("a", Command("prim"))
+    for _ in range(4):
+        sim.tick()
+    assert sim.m["a"].display == (State.PRIM, "Ready")
+    assert sim.m["b"].display == (State.SECOND, "Ready")
+    assert sim.vip["a"] and sim.mount["a"] and sim.receiver["b"]
+    assert ("a", "start_prim") in sim.scripts and ("b", "start_second") in sim.scripts
+
+
+def _running_pair() -> Sim:
+    sim = Sim()
+    for n in "ab":
+        sim.feed(n, Command("start"))
+    sim.feed("a", Command("prim"))
+    for _ in range(4):
+        sim.tick()
+    return sim
+
+
+def test_primary_crash_fails_over_to_the_in_sync_secondary():
+    sim = _running_pair()
+    sim.crash("a")
+    for _ in range(3):
+        sim.tick()
+    assert sim.holder == "b" and sim.epoch == 2
+    assert sim.m["b"].display == (State.ALONE, "Ready")
+    assert sim.in_sync == ["b"] and not sim.receiver["b"] and sim.mount["b"]
+    sim.revive("a")
+    for _ in range(3):
+        sim.tick()
+    assert sim.m["a"].display == (State.SECOND, "Ready")
+    assert sim.m["b"].display == (State.PRIM, "Ready")
+
+
+def test_lost_lease_fences_first():
+    sim = _running_pair()
+    out = sim.m["a"].handle(LeaseLost(sim.epoch, "deadline"))
+    plan = out.plans[0]
+    assert plan.urgent
+    assert isinstance(plan.actions[0], DropVip) and plan.actions[1] == StopMount(kill=True)
+
+
+def test_stale_secondary_is_not_promoted_and_primforce_overrides():
+    sim = _running_pair()
+    sim.crash("b")                      # the secondary goes away; a runs ALONE
+    sim.tick()
+    assert sim.in_sync == ["a"]
+    sim.crash("a")                      # then the primary dies too
+    sim.revive("b")
+    sim.feed("b", Command("start"))
+    for _ in range(3):
+        sim.tick()
+    assert sim.holder is None and sim.m["b"].display[0] is State.WAIT
+    sim.feed("b", Command("prim"))
+    for _ in range(2):
+        sim.tick()
+    assert sim.holder is None, "prim must not promote a stale copy"
+    sim.feed("b", Command("primforce"))
+    for _ in range(3):
+        sim.tick()
+    assert sim.holder == "b" and sim.m["b"].display[0] is State.ALONE
+
+
+def test_swap_hands_over_without_overlap():
+    sim = _running_pair()
+    sim.feed("a", Command("swap"))
+    for _ in range(5):
+        sim.tick()
+        sim.check()
+    assert sim.holder == "b"
+    assert sim.m["b"].display == (State.PRIM, "Ready")
+    assert sim.m["a"].display == (State.SECOND, "Ready")
+
+
+def test_swap_refused_without_an_in_sync_peer():
+    sim = _running_pair()
+    sim.crash("b")
+    sim.tick()
+    out = sim.m["a"].handle(Command("swap"))
+    assert out.refused and "not an in-sync" in out.refused
+
+
+def test_failed_start_prim_stops_the_module_and_releases():
+    sim = Sim(fail_scripts=frozenset({"start_prim"}))
+    sim.feed("a", Command("start"))
+    sim.feed("a", Command("prim"))
+    for _ in range(4):
+        sim.tick()
+    assert sim.m["a"].display[0] is State.STOP
+    assert sim.holder is None and not sim.vip["a"] and not sim.mount["a"]
+
+
+def test_exit_codes_are_safekits():
+    assert [s.exit_code for s in State] == [0, 1, 2, 3, 4]
+
+
+ACTIONS = st.sampled_from([
+    ("cmd", "a", "start"), ("cmd", "b", "start"), ("cmd", "a", "stop"), ("cmd", "b", "stop"),
+    ("cmd", "a", "prim"), ("cmd", "b", "prim"), ("cmd", "a", "swap"), ("cmd", "b", "swap"),
+    ("cmd", "a", "stopstart"), ("cmd", "b", "second"), ("cmd", "a", "primforce"),
+    ("cmd", "b", "restart"), ("cmd", "a", "forcestop"),
+    ("crash", "a", None), ("crash", "b", None), ("revive", "a", None), ("revive", "b", None),
+    ("expire", "a", None), ("expire", "b", None), ("repl", "a", None), ("repl", "b", None),
+    ("failover", None, None), ("heal", None, None), ("tick", None, None), ("tick", None, None)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ACTIONS, max_size=60))
+def test_random_histories_never_have_two_acting_primaries(steps):
+    sim = Sim()
+    for kind, n, arg in steps:
+        if kind == "cmd" and sim.live[n]:
+            sim.feed(n, Command(arg))
+        elif kind == "crash":
+            sim.crash(n)
+        elif kind == "revive" and not sim.live[n]:
+            sim.revive(n)
+        elif kind == "expire":
+            sim.expire(n)
+        elif kind == "repl" and sim.live[n]:
+            sim.feed(n, ReplicationDied("test"))
+        elif kind == "failover":
+            sim.failover = not sim.failover
+        elif kind == "heal":
+            sim.cut = {"a": False, "b": False}
+        sim.check()
+        sim.tick()
+        sim.check()
+    # Once left alone with both nodes started and alive, the pair settles.
+    for n in "ab":
+        if not sim.live[n]:
+            sim.revive(n)
+        sim.feed(n, Command("start"))
+    sim.failover = True
+    sim.cut = {"a": False, "b": False}
+    for _ in range(12):
+        sim.tick()
+        sim.check()
+    states = sorted(sim.m[n].display[0].value for n in "ab")
+    if sim.in_sync:
+        assert states in (["PRIM", "SECOND"], ["ALONE", "WAIT"], ["ALONE", "SECOND"]), states
+        assert sim.holder is not None
+    else:
+        assert states == ["WAIT", "WAIT"]
