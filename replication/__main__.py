@@ -76,6 +76,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     import os
 
     from .fuse_fs import serve
+    from .hook_client import HookClient
     from .mount import unmount
     from .primary_link import PrimaryLink
 
@@ -87,11 +88,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    hook: HookClient | None = None
+    peer_lost: Callable[[str], None] = \
+        lambda reason: print(f"event=peer_lost reason={reason!r}", flush=True)
+    on_in_sync: Callable[[], None] = lambda: print("event=in_sync", flush=True)
+    if args.hook_socket:
+        # The owner decides: a refused or unanswered peer_lost makes writes fail (EIO).
+        hook = HookClient(args.hook_socket, args.module, args.epoch, args.hook_timeout)
+        peer_lost, on_in_sync = hook.peer_lost, hook.in_sync
     link = PrimaryLink(root_fd, host, port, secret, args.epoch, args.state,
                        ack_mode=args.ack_mode, ack_timeout_s=args.ack_timeout,
                        bandwidth=args.bandwidth, alone=args.alone,
-                       peer_lost=lambda reason: print(f"event=peer_lost reason={reason!r}", flush=True),
-                       on_in_sync=lambda: print("event=in_sync", flush=True))
+                       peer_lost=peer_lost, on_in_sync=on_in_sync)
+    if hook is not None:
+        hook.report_progress(lambda: link.status() if link.phase == "reintegrating" else None)
     stop = threading.Event()
 
     def report() -> None:
@@ -118,6 +128,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         link.stop()
+        if hook is not None:
+            hook.stop()
         report()
     return 0
 
@@ -163,12 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alone", action="store_true",
                    help="the receiver is known to be out of sync: do not wait for it")
     p.add_argument("--status-interval", type=float, default=10.0)
-    p.set_defaults(func=cmd_mount)
+    p.add_argument("--hook-socket", default=None, metavar="PATH",
+                   help="the owner's Unix socket: peer loss, in-sync and progress are "
+                        "reported there, and writes fail if the owner does not confirm a loss")
+    p.add_argument("--module", default=None, help="module name sent to the owner (with --hook-socket)")
+    p.add_argument("--hook-timeout", type=float, default=10.0,
+                   help="seconds to wait for the owner's answer")
+    p.set_defaults(func=cmd_mount, check=_check_mount_args)
     return parser
 
 
+def _check_mount_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.hook_socket and not args.module:
+        parser.error("mount: --hook-socket needs --module NAME")
+    if args.module and not args.hook_socket:
+        parser.error("mount: --module is only used with --hook-socket PATH")
+    if args.hook_timeout <= 0:
+        parser.error(f"mount: --hook-timeout must be positive, got {args.hook_timeout}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(parser, args)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
     return args.func(args)
