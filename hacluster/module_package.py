@@ -1,0 +1,397 @@
+"""``.safe`` module packages: build, check, install, list, uninstall.
+
+A ``.safe`` is a zip holding ``conf/userconfig.xml`` and ``bin/`` scripts (plus anything
+else the module needs) at its top level. Packages reach a node from the CLI or from a
+peer, so :func:`check` treats every byte as hostile before :func:`install` writes any.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import stat
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+
+log = logging.getLogger("hacluster.module_package")
+
+USERCONFIG = "conf/userconfig.xml"
+SCRIPTS = ("prestart", "poststop", "start_prim", "stop_prim", "start_second", "stop_second",
+           "start_both", "stop_both", "transition")
+REQUIRED_SCRIPTS = {"mirror": ("start_prim", "stop_prim"), "farm": ("start_both", "stop_both")}
+MAX_TOTAL_BYTES = 64 << 20
+MAX_MEMBERS = 10_000
+MAX_RATIO = 200
+# Below this size a member cannot blow up by much, and short repetitive text files
+# (configs, scripts) legitimately compress more than 200:1.
+RATIO_MIN_BYTES = 64 << 10
+FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # zip's epoch: the same folder always gives the same bytes
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+class ModulePackageError(ValueError):
+    """A package or module that cannot be used; the message names package and member."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    size: int
+    mode: int  # permission bits (0o777 at most)
+    is_dir: bool
+
+
+@dataclass(frozen=True)
+class CheckedModule:
+    name: str
+    digest: str
+    config: ModuleConfig
+    members: tuple[Member, ...]
+
+
+@dataclass(frozen=True)
+class InstalledModule:
+    name: str
+    digest: str
+    path: Path
+    config: ModuleConfig
+
+
+def digest(data: bytes) -> str:
+    """The sha256 hex digest that names a package's content."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_module_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ModulePackageError(
+            f"invalid module name {name!r}: a letter then up to 31 letters, digits, '_' or '-'")
+    return name
+
+
+# --- package ---------------------------------------------------------------------------
+
+def package(src_dir: str | Path, out_path: str | Path) -> str:
+    """Zip the module folder ``src_dir`` into ``out_path``; return the sha256 hex digest.
+
+    Symlinks to files inside the folder are stored as the files they point to (a
+    package holds no symlinks); anything pointing outside is refused. The result is
+    checked like any received package before it is written.
+    """
+    src = Path(src_dir)
+    out = Path(out_path)
+    if not (src / USERCONFIG).is_file():
+        raise ModulePackageError(f"{src}: no {USERCONFIG} in the module folder")
+    root = src.resolve()
+    out_resolved = out.resolve()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for rel in _walk(src, root):
+            path = src / rel
+            if rel.endswith("/"):
+                info = zipfile.ZipInfo(rel, FIXED_DATE)
+                info.external_attr = (stat.S_IFDIR | 0o755) << 16
+                zf.writestr(info, b"")
+                continue
+            if path.resolve() == out_resolved:
+                continue  # the package being written inside its own folder
+            info = zipfile.ZipInfo(rel, FIXED_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            mode = 0o755 if os.stat(path).st_mode & 0o111 else 0o644
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            info.create_system = 3  # unix, so that readers honour the mode bits
+            with open(path, "rb") as f:
+                zf.writestr(info, f.read(), compresslevel=9)
+    data = buffer.getvalue()
+    check(data, str(out), src.resolve().name if _NAME.fullmatch(src.resolve().name) else "module")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digest(data)
+
+
+def _walk(src: Path, root: Path) -> list[str]:
+    """Member names under ``src`` in a fixed order; directories end with '/'."""
+    names: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        base = Path(dirpath)
+        for d in list(dirnames):
+            full = base / d
+            rel = full.relative_to(src).as_posix()
+            if full.is_symlink():
+                raise ModulePackageError(f"{src}: {rel}: symlinked directories are not packaged")
+            names.append(rel + "/")
+        for fname in sorted(filenames):
+            full = base / fname
+            rel = full.relative_to(src).as_posix()
+            if full.is_symlink():
+                target = full.resolve()
+                if not target.is_relative_to(root):
+                    raise ModulePackageError(f"{src}: {rel}: symlink points outside the module folder")
+                if not target.is_file():
+                    raise ModulePackageError(f"{src}: {rel}: symlink does not point to a regular file")
+            elif not stat.S_ISREG(full.lstat().st_mode):
+                raise ModulePackageError(f"{src}: {rel}: not a regular file, directory or symlink")
+            names.append(rel)
+    return sorted(names)
+
+
+# --- check -----------------------------------------------------------------------------
+
+def check(safe_bytes: bytes, source: str, name: str) -> CheckedModule:
+    """Validate a package completely (layout, sizes, CRCs, userconfig, scripts).
+
+    Raises ModulePackageError naming ``source`` and the member at fault.
+    """
+    check_module_name(name)
+    checked, _ = _read_package(safe_bytes, source, name)
+    return checked
+
+
+def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedModule, dict[str, bytes]]:
+    def fail(member: str, problem: str) -> ModulePackageError:
+        return ModulePackageError(f"{source}: {member}: {problem}")
+
+    if len(safe_bytes) > MAX_TOTAL_BYTES:
+        raise fail("package", f"{len(safe_bytes)} bytes is over the {MAX_TOTAL_BYTES} byte limit")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(safe_bytes))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise fail("package", f"not a zip file ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise fail("package", f"{len(infos)} members is over the limit of {MAX_MEMBERS}")
+        members = [_check_member(info, fail) for info in infos]
+        total = sum(m.size for m in members)
+        if total > MAX_TOTAL_BYTES:
+            raise fail("package", f"{total} bytes uncompressed is over the {MAX_TOTAL_BYTES} byte limit")
+        _check_names(members, fail)
+        contents: dict[str, bytes] = {}
+        for info, member in zip(infos, members):
+            if member.is_dir:
+                continue
+            try:
+                # ZipExtFile stops at the declared size and checks the CRC, so a
+                # member cannot deliver more than the header claimed.
+                with zf.open(info) as f:
+                    data = f.read(member.size + 1)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
+                raise fail(member.name, f"unreadable ({exc})") from None
+            if len(data) != member.size:
+                raise fail(member.name, "size does not match its header")
+            contents[member.name] = data
+    if USERCONFIG not in contents:
+        raise fail(USERCONFIG, "missing: a module needs conf/userconfig.xml")
+    try:
+        config = parse_userconfig(contents[USERCONFIG], f"{source}:{USERCONFIG}", name)
+    except UserConfigError as exc:
+        raise ModulePackageError(str(exc)) from None
+    by_name = {m.name: m for m in members}
+    for script in SCRIPTS:
+        member = by_name.get(f"bin/{script}")
+        if member is not None and (member.is_dir or not member.mode & 0o100):
+            raise fail(member.name, "script is not executable (set its exec bit before packaging)")
+    for script in REQUIRED_SCRIPTS[config.mode]:
+        if f"bin/{script}" not in by_name:
+            raise fail(f"bin/{script}", f"missing: a {config.mode} module needs "
+                                        f"{' and '.join('bin/' + s for s in REQUIRED_SCRIPTS[config.mode])}")
+    return CheckedModule(name, digest(safe_bytes), config, tuple(members)), contents
+
+
+def _check_member(info: zipfile.ZipInfo, fail) -> Member:
+    raw = info.filename
+    is_dir = raw.endswith("/")
+    name = raw[:-1] if is_dir else raw
+    if "\\" in raw:
+        raise fail(repr(raw), "backslash in member name")
+    if raw.startswith("/") or _DRIVE.match(raw):
+        raise fail(repr(raw), "absolute path")
+    parts = name.split("/")
+    if "\0" in raw or any(p in ("", ".", "..") for p in parts):
+        raise fail(repr(raw), "path escapes or is not normalised ('..', '.', empty part or NUL)")
+    if info.flag_bits & 0x1:
+        raise fail(name, "encrypted members are not accepted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise fail(name, f"compression method {info.compress_type} not accepted (store or deflate only)")
+    unix_mode = info.external_attr >> 16
+    kind = stat.S_IFMT(unix_mode)
+    if stat.S_ISLNK(unix_mode):
+        raise fail(name, "symlink members are not accepted")
+    if kind and not (stat.S_ISREG(unix_mode) or stat.S_ISDIR(unix_mode)):
+        raise fail(name, "device, fifo or socket members are not accepted")
+    if stat.S_ISDIR(unix_mode) and not is_dir:
+        raise fail(name, "directory entry without a trailing '/'")
+    if is_dir and info.file_size:
+        raise fail(name, "directory entry with content")
+    if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise fail(name, f"compression ratio over {MAX_RATIO}:1 (zip bomb?)")
+    return Member(name=name, size=info.file_size, mode=unix_mode & 0o777, is_dir=is_dir)
+
+
+def _check_names(members: list[Member], fail) -> None:
+    seen: dict[str, Member] = {}
+    for m in members:
+        if m.name in seen:
+            raise fail(m.name, "duplicate member name")
+        seen[m.name] = m
+    for m in members:
+        parts = m.name.split("/")
+        for i in range(1, len(parts)):
+            parent = seen.get("/".join(parts[:i]))
+            if parent is not None and not parent.is_dir:
+                raise fail(m.name, f"{parent.name} is a file and a directory")
+
+
+# --- install / uninstall / list --------------------------------------------------------
+
+def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledModule:
+    """Check, then atomically install a package as ``modules_dir/<name>`` (+ ``<name>.safe``).
+
+    On any error nothing of the new version is left and an older version stays.
+    """
+    check_module_name(name)
+    checked, contents = _read_package(safe_bytes, f"{name}.safe", name)
+    base = Path(modules_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(base, name)
+    tag = uuid.uuid4().hex[:8]
+    staged = base / f".{name}.new-{tag}"
+    staged_safe = base / f".{name}.safe.new-{tag}"
+    aside = base / f".{name}.old-{tag}"
+    aside_safe = base / f".{name}.safe.old-{tag}"
+    target, target_safe = base / name, base / f"{name}.safe"
+    try:
+        _extract(checked, contents, staged)
+        _write_durably(staged_safe, safe_bytes, 0o644)
+        _fsync_dir(base)
+        done: list[str] = []
+        try:
+            if target.exists():
+                os.rename(target, aside)
+                done.append("old aside")
+            if target_safe.exists():
+                os.rename(target_safe, aside_safe)
+                done.append("old safe aside")
+            os.rename(staged, target)
+            done.append("new in")
+            os.rename(staged_safe, target_safe)
+        except OSError:
+            # Undo in reverse so that the old version (or nothing) is what remains.
+            undo = {"new in": (target, staged), "old safe aside": (aside_safe, target_safe),
+                    "old aside": (aside, target)}
+            for step in reversed(done):
+                os.rename(*undo[step])
+            raise
+        _fsync_dir(base)
+    except OSError as exc:
+        raise ModulePackageError(f"{name}.safe: install into {base}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (staged, aside):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in (staged_safe, aside_safe):
+            leftover.unlink(missing_ok=True)
+    log.info("event=module_installed module=%s digest=%s path=%s", name, checked.digest, target)
+    return InstalledModule(name, checked.digest, target, checked.config)
+
+
+def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -> None:
+    os.mkdir(staged, 0o755)
+    dirs = {staged}
+    for member in checked.members:
+        path = staged.joinpath(*member.name.split("/"))
+        # Parents first, whether or not the zip lists them as entries.
+        for parent in reversed(path.parents if not member.is_dir else (path, *path.parents)):
+            if parent in dirs or not parent.is_relative_to(staged):
+                continue
+            os.mkdir(parent, 0o755)
+            dirs.add(parent)
+        if member.is_dir:
+            continue
+        # No group/other write and no setuid bits, whatever the zip says.
+        mode = 0o755 if member.mode & 0o100 else 0o644
+        _write_durably(path, contents[member.name], mode)
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        _fsync_dir(d)
+
+
+def _write_durably(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, mode)  # umask must not change what the package says
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(base: Path, name: str) -> None:
+    """Staging copies left by a crash during an earlier install or uninstall of ``name``."""
+    for entry in base.iterdir():
+        if entry.name.startswith((f".{name}.new-", f".{name}.old-", f".{name}.safe.new-",
+                                  f".{name}.safe.old-", f".{name}.removing-")):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def uninstall(modules_dir: str | Path, name: str) -> None:
+    """Remove an installed module (its folder and its ``.safe``)."""
+    check_module_name(name)
+    base = Path(modules_dir)
+    target, target_safe = base / name, base / f"{name}.safe"
+    if not target.exists() and not target_safe.exists():
+        raise ModulePackageError(f"{name}: not installed in {base}")
+    aside = base / f".{name}.removing-{uuid.uuid4().hex[:8]}"
+    if target.exists():
+        os.rename(target, aside)
+    target_safe.unlink(missing_ok=True)
+    _fsync_dir(base)
+    shutil.rmtree(aside, ignore_errors=True)
+    log.info("event=module_uninstalled module=%s", name)
+
+
+def list_installed(modules_dir: str | Path) -> list[InstalledModule]:
+    """Installed modules, by name; a folder without its ``.safe`` or with a broken config is skipped (logged)."""
+    base = Path(modules_dir)
+    if not base.is_dir():
+        return []
+    result = []
+    for entry in sorted(base.iterdir()):
+        if not _NAME.fullmatch(entry.name) or not entry.is_dir() or entry.is_symlink():
+            continue
+        safe = base / f"{entry.name}.safe"
+        try:
+            data = safe.read_bytes()
+            config = load_userconfig(entry / USERCONFIG, entry.name)
+        except (OSError, UserConfigError) as exc:
+            log.warning("event=module_skipped module=%s reason=%r", entry.name, str(exc))
+            continue
+        result.append(InstalledModule(entry.name, digest(data), entry, config))
+    return result
