@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chaos.lab import wait_until
 from tests.conftest import needs_root
 from vip import (VipAnnouncer, VipError, add_vip, build_arp_frame, gratuitous_arp_frames,
                  has_vip, is_gratuitous, parse_arp_frame, remove_vip)
@@ -199,7 +200,6 @@ def listened_frames(log_path: Path) -> list[dict]:
 
 def start_listener(lab, vip, name):
     listener = lab.spawn("c", [*VIP_PROC, "listen", vip, "30"], name=name)
-    from chaos.lab import wait_until
     wait_until("listener ready", lambda: '"ready"' in listener.log_path.read_text(), 10)
     return listener
 
@@ -242,3 +242,12 @@ def test_announcer_without_refresh_sends_only_the_burst(make_lab):
     assert result["present_after_drop"] is None
     frames = [f for f in listened_frames(listener.log_path) if f["gratuitous"]]
     assert len(frames) == 4, frames  # 2 rounds x (request + reply), nothing after
+
+
+@needs_root
+def test_drop_after_cancelled_raise_leaves_nothing(make_lab):
+    # The add of a cancelled raise_ still completes in its thread; drop must come after.
+    lab = make_lab(["a", "b", "c"])
+    assert proc(lab, "a", "race", vip_of(lab), "--rounds", "30") == {"leftovers": 0,
+                                                                      "rounds": 30}
+    assert f"{vip_of(lab)}/" not in v4_addrs(lab, "a")

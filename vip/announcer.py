@@ -3,7 +3,9 @@ burst + periodic refresh) on promotion, drop it before demotion completes.
 
 Netlink calls go through ``run_in_executor``: pyroute2 0.9's synchronous IPRoute raises
 "event loop is already running" on the loop's thread, and its AsyncIPRoute cannot open
-its socket on uvloop (the daemon's loop). They take a few milliseconds in a thread.
+its socket on uvloop (the daemon's loop). They take a few milliseconds in one dedicated
+thread, so they run in the order they were asked for: a drop() that follows a cancelled
+raise_() always removes after the add, never before.
 Gratuitous ARP frames are sent directly on the loop from a non-blocking raw socket
 (microseconds, never blocks); so a cancelled refresh task has no frame in flight and
 nothing announces the VIP after drop() returns.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from vip.address import VipError, add_vip, remove_vip
 from vip.garp import GarpSocket
@@ -21,6 +24,8 @@ from vip.garp import GarpSocket
 log = logging.getLogger("hacluster.vip.announcer")
 
 BURST_INTERVAL_S = 0.05
+# One worker: netlink changes are applied strictly in submission order.
+_NETLINK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip-netlink")
 
 
 class VipAnnouncer:
@@ -57,9 +62,10 @@ class VipAnnouncer:
         loop = asyncio.get_running_loop()
         # shield: if our caller is cancelled, the change still completes in its thread
         # and we never leave without knowing the address state.
-        return await asyncio.shield(loop.run_in_executor(None, functools.partial(fn, *args)))
+        return await asyncio.shield(
+            loop.run_in_executor(_NETLINK_THREAD, functools.partial(fn, *args)))
 
-    def _send_rounds_now(self, rounds_done: int, why: str) -> int:
+    def _send_round(self, rounds_done: int, why: str) -> int:
         assert self._garp is not None
         sent = self._garp.send_round()
         log.info("event=garp_sent addr=%s interface=%s count=%d why=%s round=%d",
@@ -79,10 +85,14 @@ class VipAnnouncer:
                 except VipError:
                     await self._remove_locked()  # nothing half-applied
                     raise
-            for i in range(self.burst):
-                if i:
-                    await asyncio.sleep(BURST_INTERVAL_S)
-                self._send_rounds_now(i, "burst")
+            try:
+                for i in range(self.burst):
+                    if i:
+                        await asyncio.sleep(BURST_INTERVAL_S)
+                    self._send_round(i, "burst")
+            except VipError:
+                await self._remove_locked()  # not announced: do not hold it half-raised
+                raise
             if self.refresh_s > 0 and self._refresh_task is None:
                 self._refresh_task = asyncio.create_task(
                     self._refresh_loop(), name=f"vip-refresh-{self.addr}")
@@ -92,8 +102,8 @@ class VipAnnouncer:
         while True:
             await asyncio.sleep(self.refresh_s)
             try:
-                self._send_rounds_now(rounds, "refresh")
-            except VipError as exc:
+                self._send_round(rounds, "refresh")
+            except (VipError, OSError) as exc:
                 # e.g. link down for a moment: keep refreshing, the checkers decide
                 log.warning("event=garp_failed addr=%s error=%r", self.addr, str(exc))
             rounds += 1

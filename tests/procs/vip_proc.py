@@ -7,6 +7,9 @@
     vip_proc.py announce ADDR --hold S [--refresh S] [--burst N]
         raise_, hold, drop (on uvloop, as the daemon) -> {"raised_before_drop": ...,
         "held_on": ..., "present_after_drop": ..., "dropped_at": monotonic}
+    vip_proc.py race ADDR --rounds N
+        N times: raise_ as a task, cancel it after a varying delay, drop; counts the
+        rounds that left the address behind -> {"leftovers": n, "rounds": N}
     vip_proc.py listen ADDR SECONDS
         prints {"ready": true} once listening, then one JSON line per ARP frame about ADDR
         ({"t": monotonic, "op": 1|2, "sender_mac": ..., "gratuitous": bool}).
@@ -45,6 +48,21 @@ async def announce(args) -> dict:
             "present_after_drop": present, "dropped_at": dropped_at}
 
 
+async def race(args) -> dict:
+    loop = asyncio.get_running_loop()
+    leftovers = 0
+    for i in range(args.rounds):
+        ann = VipAnnouncer(args.addr, None, None, refresh_s=0.05, burst=2)
+        task = asyncio.create_task(ann.raise_())
+        await asyncio.sleep((i % 10) * 0.002)  # cancel at different points of raise_
+        task.cancel()
+        await asyncio.wait([task])
+        await ann.drop()
+        if await loop.run_in_executor(None, has_vip, args.addr) is not None:
+            leftovers += 1
+    return {"leftovers": leftovers, "rounds": args.rounds}
+
+
 def listen(addr: str, seconds: float) -> None:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
     emit({"ready": True})
@@ -80,6 +98,9 @@ def main() -> int:
     n.add_argument("--hold", type=float, required=True)
     n.add_argument("--refresh", type=float, default=10.0)
     n.add_argument("--burst", type=int, default=3)
+    ra = sub.add_parser("race")
+    ra.add_argument("addr")
+    ra.add_argument("--rounds", type=int, default=20)
     li = sub.add_parser("listen")
     li.add_argument("addr")
     li.add_argument("seconds", type=float)
@@ -97,6 +118,8 @@ def main() -> int:
             emit({"sent": send_gratuitous_arp(args.interface, args.addr, args.count)})
         elif args.cmd == "announce":
             emit(uvloop.run(announce(args)))
+        elif args.cmd == "race":
+            emit(uvloop.run(race(args)))
         elif args.cmd == "listen":
             listen(args.addr, args.seconds)
     except VipError as exc:
