@@ -1,0 +1,188 @@
+"""Peers fetch a module's ``.safe`` bytes, by digest, from a node that has them.
+
+Protocol (one request per connection):
+
+    server -> client  nonce (32 random bytes)
+    client -> server  digest (64 lower-case hex ASCII) + HMAC-SHA256(secret, b"hacluster-fetch" + nonce + digest)
+    server -> client  status (1 byte) [+ length (8 bytes, big endian) + content, when status is OK]
+
+The nonce makes a recorded request useless on another connection. Content is not
+secret (the scripts are the same on every node) but only cluster members may pull it,
+and the client trusts nothing it receives until its sha256 equals the digest that
+Raft committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import os
+import re
+import struct
+from typing import Callable
+
+log = logging.getLogger("hacluster.module_fetch")
+
+NONCE_BYTES = 32
+MAC_BYTES = 32
+DIGEST_HEX = 64
+CONTEXT = b"hacluster-fetch"
+STATUS_OK = 0
+STATUS_UNKNOWN = 1
+STATUS_REFUSED = 2
+MAX_MODULE_BYTES = 64 << 20
+_DIGEST = re.compile(rb"[0-9a-f]{64}")
+_LENGTH = struct.Struct(">Q")
+
+
+class ModuleFetchError(Exception):
+    """A fetch that did not deliver verified content; one line naming peer and digest."""
+
+
+def request_mac(secret: str, nonce: bytes, digest: bytes) -> bytes:
+    return hmac.new(secret.encode(), CONTEXT + nonce + digest, hashlib.sha256).digest()
+
+
+def _check_secret(secret: str) -> None:
+    if not isinstance(secret, str) or not secret:
+        raise ValueError("module fetch: the cluster secret must be a non-empty string")
+
+
+class ModuleFetchServer:
+    """Serves ``lookup(digest) -> bytes | None`` to peers that know the cluster secret.
+
+    Every read has a timeout and a fixed size, and the number of connections being
+    served is capped, so a peer that sends garbage or nothing cannot hold the service.
+    """
+
+    def __init__(self, host: str, port: int, secret: str, lookup: Callable[[str], bytes | None], *,
+                 request_timeout: float = 5.0, send_timeout: float = 60.0, max_connections: int = 32) -> None:
+        _check_secret(secret)
+        self.host = host
+        self.port = port
+        self._secret = secret
+        self._lookup = lookup
+        self._request_timeout = request_timeout
+        self._send_timeout = send_timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("event=fetch_listening host=%s port=%d", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        try:
+            if self._slots.locked():
+                log.warning("event=fetch_refused peer=%s reason=\"too many connections\"", peer)
+                return
+            async with self._slots:
+                await self._serve(reader, writer, peer)
+        except (asyncio.TimeoutError, TimeoutError):
+            log.warning("event=fetch_dropped peer=%s reason=timeout", peer)
+        except asyncio.IncompleteReadError:
+            log.warning("event=fetch_dropped peer=%s reason=\"short request\"", peer)
+        except (ConnectionError, OSError) as exc:
+            log.warning("event=fetch_dropped peer=%s reason=%r", peer, str(exc))
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+        nonce = os.urandom(NONCE_BYTES)
+        writer.write(nonce)
+        async with asyncio.timeout(self._request_timeout):
+            await writer.drain()
+            request = await reader.readexactly(DIGEST_HEX + MAC_BYTES)
+        digest, mac = request[:DIGEST_HEX], request[DIGEST_HEX:]
+        if not hmac.compare_digest(mac, request_mac(self._secret, nonce, digest)):
+            log.warning('event=fetch_refused peer=%s reason="wrong cluster secret"', peer)
+            writer.write(bytes([STATUS_REFUSED]))
+            return
+        if not _DIGEST.fullmatch(digest):
+            log.warning('event=fetch_refused peer=%s reason="malformed digest"', peer)
+            writer.write(bytes([STATUS_REFUSED]))
+            return
+        name = digest.decode()
+        # lookup may read a file: keep the loop (heartbeats, leases) free meanwhile.
+        content = await asyncio.to_thread(self._lookup, name)
+        async with asyncio.timeout(self._send_timeout):
+            if content is None:
+                log.info("event=fetch_unknown peer=%s digest=%s", peer, name)
+                writer.write(bytes([STATUS_UNKNOWN]))
+            else:
+                writer.write(bytes([STATUS_OK]) + _LENGTH.pack(len(content)))
+                writer.write(content)
+                log.info("event=fetch_served peer=%s digest=%s bytes=%d", peer, name, len(content))
+            await writer.drain()
+
+
+async def fetch_module(host: str, port: int, secret: str, digest: str,
+                       timeout: float = 10.0, max_bytes: int = MAX_MODULE_BYTES) -> bytes:
+    """Fetch the content whose sha256 hex digest is ``digest`` from ``host:port``.
+
+    Returns it only once verified; raises ModuleFetchError otherwise.
+    """
+    _check_secret(secret)
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest.encode()):
+        raise ValueError(f"module fetch: {digest!r} is not a sha256 hex digest (64 lower-case hex digits)")
+    where = f"fetch {digest[:12]} from {host}:{port}"
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                return await _request(reader, writer, secret, digest, max_bytes, where)
+            finally:
+                writer.close()
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ModuleFetchError(f"{where}: no complete answer within {timeout:g} s") from None
+    except asyncio.IncompleteReadError:
+        raise ModuleFetchError(f"{where}: connection closed before the answer was complete") from None
+    except OSError as exc:
+        # asyncio's connect errors carry errno but a message without its meaning.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        raise ModuleFetchError(f"{where}: {reason}") from None
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, secret: str,
+                   digest: str, max_bytes: int, where: str) -> bytes:
+    nonce = await reader.readexactly(NONCE_BYTES)
+    writer.write(digest.encode() + request_mac(secret, nonce, digest.encode()))
+    await writer.drain()
+    status = (await reader.readexactly(1))[0]
+    if status == STATUS_REFUSED:
+        raise ModuleFetchError(f"{where}: refused (wrong cluster secret?)")
+    if status == STATUS_UNKNOWN:
+        raise ModuleFetchError(f"{where}: the peer does not have this module content")
+    if status != STATUS_OK:
+        raise ModuleFetchError(f"{where}: unknown status {status}")
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if length > max_bytes:
+        raise ModuleFetchError(f"{where}: {length} bytes is over the {max_bytes} byte limit")
+    content = await reader.readexactly(length)
+    got = hashlib.sha256(content).hexdigest()
+    if got != digest:
+        raise ModuleFetchError(f"{where}: content has digest {got[:12]}, not the one asked for; refused")
+    return content

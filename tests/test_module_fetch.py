@@ -1,0 +1,148 @@
+import asyncio
+import hashlib
+import logging
+import os
+import time
+
+import pytest
+
+from hacluster.module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+
+SECRET = "cluster-secret"
+CONTENT = os.urandom(300_000)
+DIGEST = hashlib.sha256(CONTENT).hexdigest()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+async def started(lookup=None, **kw) -> ModuleFetchServer:
+    store = {DIGEST: CONTENT}
+    server = ModuleFetchServer("127.0.0.1", 0, SECRET, lookup or store.get, **kw)
+    await server.start()
+    return server
+
+
+def test_good_fetch():
+    async def main():
+        server = await started()
+        try:
+            assert server.port != 0
+            assert await fetch_module("127.0.0.1", server.port, SECRET, DIGEST) == CONTENT
+            # Several at once.
+            results = await asyncio.gather(*(fetch_module("127.0.0.1", server.port, SECRET, DIGEST)
+                                             for _ in range(5)))
+            assert results == [CONTENT] * 5
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_wrong_secret_is_refused_and_logged(caplog):
+    async def main():
+        server = await started()
+        try:
+            with pytest.raises(ModuleFetchError, match=r"^fetch [0-9a-f]{12} from 127.0.0.1:\d+: refused"):
+                await fetch_module("127.0.0.1", server.port, "not-the-secret", DIGEST)
+        finally:
+            await server.close()
+    with caplog.at_level(logging.INFO, logger="hacluster.module_fetch"):
+        run(main())
+    assert any('event=fetch_refused peer=127.0.0.1:' in r.getMessage()
+               and 'reason="wrong cluster secret"' in r.getMessage() for r in caplog.records)
+
+
+def test_unknown_digest():
+    async def main():
+        server = await started()
+        try:
+            with pytest.raises(ModuleFetchError, match=r"the peer does not have this module content"):
+                await fetch_module("127.0.0.1", server.port, SECRET, "0" * 64)
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_content_with_the_wrong_digest_is_refused_by_the_client():
+    async def main():
+        server = await started(lookup=lambda digest: b"other bytes")
+        try:
+            with pytest.raises(ModuleFetchError, match=r"content has digest [0-9a-f]{12}, not the one asked for"):
+                await fetch_module("127.0.0.1", server.port, SECRET, DIGEST)
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_client_limits_and_bad_arguments():
+    async def main():
+        server = await started()
+        try:
+            with pytest.raises(ModuleFetchError, match=r"300000 bytes is over the 1000 byte limit"):
+                await fetch_module("127.0.0.1", server.port, SECRET, DIGEST, max_bytes=1000)
+            with pytest.raises(ValueError, match=r"is not a sha256 hex digest"):
+                await fetch_module("127.0.0.1", server.port, SECRET, DIGEST.upper())
+            with pytest.raises(ValueError, match=r"secret must be a non-empty string"):
+                await fetch_module("127.0.0.1", server.port, "", DIGEST)
+        finally:
+            await server.close()
+        with pytest.raises(ModuleFetchError, match=r"from 127.0.0.1:\d+: Connection refused$"):
+            await fetch_module("127.0.0.1", server.port, SECRET, DIGEST)  # nothing listens now
+    run(main())
+
+
+def test_client_times_out_on_a_silent_server():
+    async def main():
+        silent = await asyncio.start_server(lambda r, w: asyncio.sleep(10), "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        try:
+            start = time.monotonic()
+            with pytest.raises(ModuleFetchError, match=r"no complete answer within 0.3 s"):
+                await fetch_module("127.0.0.1", port, SECRET, DIGEST, timeout=0.3)
+            assert time.monotonic() - start < 2
+        finally:
+            silent.close()
+    run(main())
+
+
+def test_garbage_or_silent_clients_do_not_block_others():
+    async def main():
+        server = await started(request_timeout=0.5, max_connections=9)
+        try:
+            # Silent clients that take every slot but one, and one that sends garbage.
+            silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(7)]
+            _, garbage = await asyncio.open_connection("127.0.0.1", server.port)
+            garbage.write(os.urandom(96))
+            await garbage.drain()
+            # A good client is served while they hang on.
+            start = time.monotonic()
+            assert await fetch_module("127.0.0.1", server.port, SECRET, DIGEST) == CONTENT
+            assert time.monotonic() - start < 0.4
+            # The silent ones are dropped after the request timeout.
+            for reader, _ in silent:
+                data = await asyncio.wait_for(reader.read(), 3)
+                assert len(data) == 32  # the nonce, then EOF
+            assert await fetch_module("127.0.0.1", server.port, SECRET, DIGEST) == CONTENT
+            for _, writer in silent:
+                writer.close()
+            garbage.close()
+        finally:
+            await server.close()
+    run(main())
+
+
+def test_connections_over_the_cap_are_closed_at_once():
+    async def main():
+        server = await started(request_timeout=5.0, max_connections=2)
+        try:
+            hogs = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+            writer.close()
+            for _, w in hogs:
+                w.close()
+        finally:
+            await server.close()
+    run(main())
