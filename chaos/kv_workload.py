@@ -98,6 +98,7 @@ class KvWriter:
         self._failures: list[Failure] = []
         self._answers: list[Answer] = []
         self._lock = threading.Lock()
+        self._down = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -147,10 +148,18 @@ class KvWriter:
         except (RequestError, KeyError, TypeError, ValueError) as exc:
             with self._lock:
                 self._failures.append(Failure(key, time.monotonic(), str(exc)))
+                if not self._down:  # log outages, not every retry
+                    self._down = True
+                    log.info("event=kv_write_failing url=%s key=%s error=%r",
+                             self.base_url, key, str(exc))
             return None
         with self._lock:
             self._acks.append(ack)
             self._answers.append((ack.t_acked, ack.node, ack.epoch))
+            if self._down:
+                self._down = False
+                log.info("event=kv_write_recovered url=%s key=%s node=%s epoch=%d",
+                         self.base_url, key, ack.node, ack.epoch)
         return ack
 
     def _run(self) -> None:

@@ -24,7 +24,7 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, quote_from_bytes, unquote, unquote_to_bytes
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 log = logging.getLogger("chaos.kvapp")
 
