@@ -108,7 +108,8 @@ class KvStore:
         if not self.data_dir.is_dir():
             raise FileNotFoundError(f"data directory {self.data_dir} does not exist")
         self.path = self.data_dir / LOG_NAME
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends; held across write + fsync
+        self._table_lock = threading.Lock()  # short: readers never wait for an fsync
         self._table: dict[str, str] = {}
         self.records = 0
         self.dropped_tail_bytes = 0
@@ -129,7 +130,8 @@ class KvStore:
         return self._table.get(key)
 
     def keys(self) -> list[str]:
-        return sorted(self._table)
+        with self._table_lock:  # a put may insert while we iterate
+            return sorted(self._table)
 
     def put(self, key: str, value: str) -> None:
         """Append and fsync; the table changes only once the record is durable."""
@@ -147,8 +149,9 @@ class KvStore:
                 self._undo(exc)
                 raise
             self._good += len(record)
-            self._table[key] = value
-            self.records += 1
+            with self._table_lock:
+                self._table[key] = value
+                self.records += 1
 
     def _undo(self, exc: OSError) -> None:
         # A half-written record would corrupt the middle of the log after the next append.

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -249,3 +250,22 @@ def test_writer_survives_a_crash_and_restart_without_losing_acks(tmp_path, kvapp
     assert epoch_violations(writer.answers) == []
     gap = failover_gap(writer.answers, t_fault)
     assert gap is not None and 0.3 <= gap < 10
+
+
+def test_concurrent_puts_all_land_in_a_valid_log(tmp_path, kvapps):
+    app = kvapps(tmp_path)
+    statuses: list[int] = []
+
+    def put_many(t: int) -> None:
+        for i in range(25):
+            statuses.append(request_json(app.url, "PUT", f"/kv/t{t}-{i}", f"v{t}-{i}".encode())[0])
+
+    threads = [threading.Thread(target=put_many, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert statuses == [200] * 100
+    assert app.stop() == 0
+    table, count, good = replay((tmp_path / "kv.log").read_bytes())
+    assert count == 100 and table == {f"t{t}-{i}": f"v{t}-{i}" for t in range(4) for i in range(25)}
