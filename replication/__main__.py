@@ -2,16 +2,20 @@
 
 One function per subcommand (cmd_<name>), registered in build_parser():
 `receive` on the secondary, `mount` on the primary (FUSE over the directory,
-synchronous replication to the receiver, reintegration when it (re)connects).
+synchronous replication to the receiver, reintegration when it (re)connects),
+`verify` to compare both copies (SafeKit's rfsverify).
 """
 from __future__ import annotations
 
 import argparse
+import enum
 import logging
 import signal
 import sys
 import threading
 from typing import Any, Callable
+
+from .block_diff import DEFAULT_BLOCK_SIZE
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -134,6 +138,93 @@ def cmd_mount(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ReadOnlyRemote:
+    """Queries only: verify must change nothing on the receiver."""
+
+    def __init__(self, remote: Any) -> None:
+        self._remote = remote
+
+    def query_tree(self) -> Any:
+        return self._remote.query_tree()
+
+    def query_digests(self, path: str, block_size: int) -> list[int]:
+        return self._remote.query_digests(path, block_size)
+
+    def send(self, op: Any) -> None:
+        raise RuntimeError(f"verify is read-only; refused to send {op.describe()}")
+
+
+def _plain(value: Any) -> Any:
+    # FileType is a StrEnum: show "file", not <FileType.FILE: 'file'>.
+    return str(value) if isinstance(value, enum.Enum) else value
+
+
+def describe_difference(diff: Any) -> str:
+    """One line for a reintegration.Difference, from this side's point of view."""
+    path = diff.path or "/"
+    if diff.kind == "missing":
+        return f"{path}: missing on the peer (here: {_plain(diff.local)})"
+    if diff.kind == "extra":
+        return f"{path}: only on the peer (there: {_plain(diff.remote)})"
+    if diff.kind == "content":
+        shown = ", ".join(f"{off}+{length}" for off, length in diff.ranges[:4])
+        more = f" and {len(diff.ranges) - 4} more" if len(diff.ranges) > 4 else ""
+        changed = sum(length for _, length in diff.ranges)
+        return (f"{path}: content differs in {len(diff.ranges)} range(s), {changed} bytes "
+                f"(offset+length: {shown}{more})")
+    return f"{path}: {diff.kind} differs (here {_plain(diff.local)!r}, peer {_plain(diff.remote)!r})"
+
+
+def _difference_json(diff: Any) -> dict[str, Any]:
+    return {"path": diff.path, "kind": diff.kind, "local": _plain(diff.local),
+            "remote": _plain(diff.remote), "ranges": [list(r) for r in diff.ranges],
+            "text": describe_difference(diff)}
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """SafeKit's rfsverify: both copies compared by tree and block digests."""
+    import json
+    import os
+
+    from .channel import ChannelClient, ChannelError
+    from .primary_link import ChannelRemote
+    from .reintegration import FileType, ReintegrationError, scan_tree, verify
+
+    host, port = args.peer
+    try:
+        if not os.path.isdir(args.root):
+            raise NotADirectoryError(f"--root {args.root} is not a directory")
+        secret = read_secret(args.secret_file)
+        client = ChannelClient(host, port, secret, args.epoch, "apply", timeout=args.timeout)
+        client.connect()
+        try:
+            differences = verify(args.root, _ReadOnlyRemote(ChannelRemote(client, args.timeout)),
+                                 block_size=args.block_size)
+        finally:
+            client.close()
+        local = scan_tree(args.root)
+    except (OSError, ChannelError, ReintegrationError, ValueError) as exc:
+        print(f"error: verify {args.root} against {host}:{port}: {exc}", file=sys.stderr)
+        return 2
+    files = [e for e in local.values() if e.type == FileType.FILE]
+    total_bytes = sum(e.size for e in files)
+    differing_paths = {d.path for d in differences}
+    if args.json:
+        print(json.dumps({"root": args.root, "peer": f"{host}:{port}", "epoch": args.epoch,
+                          "identical": not differences, "files": len(files),
+                          "bytes": total_bytes, "differing_paths": len(differing_paths),
+                          "differences": [_difference_json(d) for d in differences]},
+                         indent=2, default=str))
+    else:
+        for diff in differences:
+            print(describe_difference(diff))
+        if differences:
+            print(f"verify: {len(differences)} differences in {len(differing_paths)} files")
+        else:
+            print(f"verify: copies identical ({len(files)} files, {total_bytes} bytes)")
+    return 1 if differences else 0
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -182,6 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hook-timeout", type=float, default=10.0,
                    help="seconds to wait for the owner's answer")
     p.set_defaults(func=cmd_mount, check=_check_mount_args)
+
+    p = sub.add_parser(
+        "verify", help="compare this copy with the receiver's by digests (changes nothing)",
+        description="Compare --root with the receiver's copy (tree, metadata, block digests) "
+                    "and list every difference; exit 0 identical, 1 different, 2 error. "
+                    "The receiver serves one sender at a time: a verify connection replaces "
+                    "a connected primary (which then reintegrates), so run it with the "
+                    "mirror quiet, and pass the current epoch (an older one is refused; a "
+                    "newer one would fence the primary).")
+    p.add_argument("--root", required=True, help="this side's directory")
+    p.add_argument("--peer", required=True, type=parse_listen, metavar="HOST:PORT",
+                   help="the receiver holding the other copy")
+    p.add_argument("--secret-file", required=True, help="file holding the cluster secret")
+    p.add_argument("--epoch", type=int, default=1, help="the module's current epoch")
+    p.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
+                   help="digest block size in bytes")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per receiver query")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_verify, check=_check_verify_args)
     return parser
 
 
@@ -192,6 +302,15 @@ def _check_mount_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("mount: --module is only used with --hook-socket PATH")
     if args.hook_timeout <= 0:
         parser.error(f"mount: --hook-timeout must be positive, got {args.hook_timeout}")
+
+
+def _check_verify_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.block_size <= 0 or args.block_size % 4096:
+        parser.error(f"verify: --block-size must be a positive multiple of 4096, got {args.block_size}")
+    if args.timeout <= 0:
+        parser.error(f"verify: --timeout must be positive, got {args.timeout}")
+    if args.epoch < 0:
+        parser.error(f"verify: --epoch must not be negative, got {args.epoch}")
 
 
 def main(argv: list[str] | None = None) -> int:

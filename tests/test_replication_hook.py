@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -314,3 +317,52 @@ def test_primary_link_reports_in_sync_then_a_refused_loss_fails_writes(owner, tm
         hook.stop()
         receiver.stop()
         os.close(root_fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse")
+                    or not shutil.which("fusermount3"), reason="needs root, /dev/fuse, fusermount3")
+def test_mount_cli_with_hook_socket_end_to_end(owner, tmp_path):
+    """python -m replication mount --hook-socket: the owner learns in-sync, and
+    when it refuses the loss, the application's write fails with EIO."""
+    import errno
+    import subprocess
+    import sys
+
+    from replication.receiver import Receiver
+
+    secret = "correct horse battery staple"
+    prim, copy, state = tmp_path / "prim", tmp_path / "copy", tmp_path / "state"
+    prim.mkdir()
+    copy.mkdir()
+    (tmp_path / "secret").write_text(secret)
+    owner.behaviour = lambda req: ({"ok": False, "error": "no quorum"}
+                                   if req["cmd"] == "replication_peer_lost"
+                                   else {"ok": True, "result": None})
+    receiver = Receiver(str(copy), secret, "127.0.0.1", 0).start()
+    host, port = receiver.address
+    out = open(tmp_path / "mount.log", "w")
+    mount = subprocess.Popen(
+        [sys.executable, "-m", "replication", "mount", "--root", str(prim),
+         "--peer", f"{host}:{port}", "--secret-file", str(tmp_path / "secret"),
+         "--state", str(state), "--ack-timeout", "0.5", "--status-interval", "0",
+         "--epoch", "4", "--hook-socket", owner.path, "--module", "db", "--hook-timeout", "2"],
+        cwd=Path(__file__).resolve().parent.parent, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for(lambda: "event=mounted" in (tmp_path / "mount.log").read_text(), 15)
+        assert wait_for(lambda: "replication_in_sync" in owner.cmds(), 15)
+        assert {"cmd": "replication_in_sync", "module": "db", "epoch": 4} in owner.requests
+        (prim / "a").write_text("replicated")
+        assert (copy / "a").read_text() == "replicated"
+        receiver.stop()
+        with pytest.raises(OSError) as failed:     # the create already is not acknowledged
+            (prim / "b").write_text("never acknowledged")
+        assert failed.value.errno == errno.EIO
+        peer_lost = [r for r in owner.requests if r["cmd"] == "replication_peer_lost"]
+        assert peer_lost and peer_lost[0]["module"] == "db" and peer_lost[0]["epoch"] == 4
+    finally:
+        # A clean shutdown is not what this test is about (see the report on SIGTERM).
+        mount.kill()
+        mount.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(prim)], capture_output=True)
+        receiver.stop()
+        out.close()
