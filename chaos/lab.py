@@ -404,6 +404,15 @@ class Lab:
 
     # -- faults -------------------------------------------------------------------------
 
+    def kill_host(self, host: str) -> int:
+        """Power loss: SIGKILL every process in the host's namespace (found by
+        namespace, so the children of daemons die too). Returns how many."""
+        ns = self.hosts[host].netns
+        procs = [p for p in (_same_process(pid, None) for pid in _netns_pids(ns)) if p is not None]
+        self._log("kill_host", host=host, processes=len(procs))
+        _kill_and_wait(procs)
+        return len(procs)
+
     def _nets(self, net: str | None) -> tuple[str, ...]:
         if net is None:
             return self.networks

@@ -38,6 +38,9 @@ class ClusterConfig:
     raft: RaftSettings = field(default_factory=RaftSettings)
     data_dir: Path | None = None
     control_socket: Path | None = None
+    # Lab only: every module path (replicated directories) lives under this
+    # prefix, so that several "servers" can share one machine's file system.
+    path_prefix: str | None = None
 
     @property
     def me(self) -> dict[str, str]:
@@ -83,6 +86,8 @@ class ClusterConfig:
             d["data_dir"] = str(self.data_dir)
         if self.control_socket:
             d["control_socket"] = str(self.control_socket)
+        if self.path_prefix:
+            d["path_prefix"] = self.path_prefix
         return d
 
     def save(self) -> None:
@@ -130,7 +135,16 @@ def load(directory: str | os.PathLike) -> ClusterConfig:
         raft=raft,
         data_dir=Path(raw["data_dir"]) if raw.get("data_dir") else None,
         control_socket=Path(raw["control_socket"]) if raw.get("control_socket") else None,
+        path_prefix=_path_prefix(raw.get("path_prefix"), path),
     )
+
+
+def _path_prefix(value: Any, path: Path) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
+        raise ConfigError(f"{path}: path_prefix must be an absolute path without '..', got {value!r}")
+    return value.rstrip("/")
 
 
 def new_secret() -> str:

@@ -96,6 +96,12 @@ class Daemon:
             "remove_member": self._remove_member,
         }
 
+    def track(self, task: asyncio.Task) -> asyncio.Task:
+        """A background task cancelled at shutdown."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(task)
+        return task
+
     # ---- leases ------------------------------------------------------------------
     def hold(self, resource: str, force: bool = False) -> LeaseHolder:
         holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
@@ -237,18 +243,47 @@ class Daemon:
 
 
 class NodeDaemon(Daemon):
-    """A data node. For now it can contend for named leases (``--contend``);
-    the mirror and farm modules build on the same LeaseHolder."""
+    """A data node: runs the application modules installed in the cluster
+    (``ModuleRegistry``) and can contend for plain named leases (``--contend``)."""
 
     kind = "node"
 
     def __init__(self, config: ClusterConfig, contend: list[str] | None = None) -> None:
         super().__init__(config)
         self.contend = list(contend or [])
+        self.modules = None
 
     async def started(self) -> None:
+        from .module_registry import ModuleRegistry
+        self.modules = ModuleRegistry(self)
+        await self.modules.start()
+        self.track(asyncio.create_task(self.modules.sync()))
         for resource in self.contend:
             self.hold(resource)
+
+    async def stopping(self) -> None:
+        if self.modules is not None:
+            await self.modules.close()
+
+    def control_handlers(self) -> dict[str, Any]:
+        handlers = super().control_handlers()
+        handlers.update({cmd: self._module_handler(cmd) for cmd in (
+            "module_install", "module_uninstall", "module_list", "module_cmd", "module_state",
+            "module_log", "module_waitstate", "replication_peer_lost", "replication_in_sync",
+            "replication_progress")})
+        return handlers
+
+    def _module_handler(self, cmd: str):
+        async def handle(request: dict) -> Any:
+            if self.modules is None:
+                raise ControlError("the daemon is still starting")
+            return await self.modules.handlers()[cmd](request)
+        return handle
+
+    def _applied(self, op: str, args: tuple, result: dict) -> None:
+        super()._applied(op, args, result)
+        if self.modules is not None:
+            self.modules.applied(op)
 
 
 class WitnessDaemon(Daemon):

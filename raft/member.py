@@ -15,8 +15,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import _socket
+import socket
+
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
+
+# pysyncobj 0.3.17 (win_inet_pton) replaces socket.inet_ntop with a Windows-only
+# version on every OS; pyroute2 and others then fail to decode addresses.
+socket.inet_ntop = _socket.inet_ntop
 
 from . import durable_storage
 from .cluster_state import ClusterState, Result

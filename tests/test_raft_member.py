@@ -26,3 +26,10 @@ def test_submit_refuses_unknown_ops_and_non_plain_arguments():
     with pytest.raises(NotPlainData, match="acquire arguments"):
         member.submit("acquire", "demo", object(), 1.5)
     assert "acquire" in OPS
+
+
+def test_importing_raft_keeps_a_working_inet_ntop():
+    import socket
+
+    import raft.member  # noqa: F401  (pysyncobj patches socket on import)
+    assert socket.inet_ntop(socket.AF_INET, bytes([10, 0, 0, 1])) == "10.0.0.1"

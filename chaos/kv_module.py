@@ -1,0 +1,85 @@
+"""The demo application packaged as a mirror module: ``chaos.kvapp`` with its
+log under a replicated directory, a virtual IP, start/stop scripts."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DATADIR = "/srv/kvdemo"
+
+USERCONFIG = """<!DOCTYPE safe>
+<!-- the hacluster demo: an HTTP key/value service on a replicated directory -->
+<safe>
+  <service mode="mirror" failover="on" scripts_timeout="30s">
+    <heart pulse="700" timeout="30000"/>
+    <vip garp_refresh="{garp}">
+      <interface_list>
+        <interface check="on" arpreroute="on">
+          <real_interface>
+            <virtual_addr addr="{vip}" where="one_side_alias"/>
+          </real_interface>
+        </interface>
+      </interface_list>
+    </vip>
+    <rfs async="none" ack_timeout="{ack_timeout}">
+      <replicated dir="{datadir}" mode="read_only"/>
+    </rfs>
+    <user>
+      <var name="DATADIR" value="{datadir}"/>
+      <var name="PORT" value="{port}"/>
+      <var name="PYTHON" value="{python}"/>
+    </user>
+  </service>
+</safe>
+"""
+
+START_PRIM = r"""#!/bin/sh
+# start_prim <state> <next state> <action>: start the key/value service, wait until it listens
+RUN="$HACLUSTER_ROOT_PREFIX/run"; mkdir -p "$RUN"
+DATA="$HACLUSTER_ROOT_PREFIX$DATADIR"
+rm -f "$RUN/kvapp.pid"
+"$PYTHON" -m chaos.kvapp --data "$DATA" --listen "0.0.0.0:$PORT" --node "$HACLUSTER_NODE" \
+    --epoch "$HACLUSTER_EPOCH" --pidfile "$RUN/kvapp.pid" >>"$RUN/kvapp.log" 2>&1 </dev/null &
+i=0
+while [ $i -lt 400 ]; do
+    [ -s "$RUN/kvapp.pid" ] && exit 0
+    kill -0 $! 2>/dev/null || { echo "kvapp exited at start"; exit 1; }
+    i=$((i+1)); sleep 0.01
+done
+echo "kvapp not listening after 4 s"; exit 1
+"""
+
+STOP_PRIM = r"""#!/bin/sh
+# stop_prim <state> <next state> <action>: stop the service (at once with action force)
+RUN="$HACLUSTER_ROOT_PREFIX/run"
+[ -s "$RUN/kvapp.pid" ] || exit 0
+pid=$(cat "$RUN/kvapp.pid")
+if [ "$3" = force ]; then kill -KILL "$pid" 2>/dev/null; rm -f "$RUN/kvapp.pid"; exit 0; fi
+kill -TERM "$pid" 2>/dev/null || { rm -f "$RUN/kvapp.pid"; exit 0; }
+i=0
+while kill -0 "$pid" 2>/dev/null; do
+    i=$((i+1)); [ $i -gt 300 ] && { echo "kvapp $pid did not stop"; exit 1; }
+    sleep 0.01
+done
+rm -f "$RUN/kvapp.pid"
+"""
+
+TRANSITION = r"""#!/bin/sh
+echo "transition $1 -> $2 ($3) on $HACLUSTER_NODE epoch $HACLUSTER_EPOCH"
+"""
+
+
+def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: float = 1.0,
+                    garp_refresh_s: float = 5.0) -> Path:
+    """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``."""
+    (folder / "conf").mkdir(parents=True, exist_ok=True)
+    (folder / "bin").mkdir(exist_ok=True)
+    (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(
+        vip=vip, port=port, datadir=DATADIR, python=sys.executable,
+        ack_timeout=f"{ack_timeout_s}s", garp=f"{garp_refresh_s}s"))
+    for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM),
+                       ("transition", TRANSITION)):
+        path = folder / "bin" / name
+        path.write_text(text)
+        path.chmod(0o755)
+    return folder

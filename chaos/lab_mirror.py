@@ -1,0 +1,170 @@
+"""A mirror module on the lab: two nodes, a witness, a client host.
+
+Shared by the mirror lab tests, ``make demo`` and ``python -m bench failover``:
+real daemons (``LabCluster``), the demo key/value application packaged as a
+``.safe`` with the real CLI, a VIP in the lab subnet, a writer process on the
+client host whose acknowledged records are read back from its log.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hacluster.control import ControlError, request
+
+from .kv_module import DATADIR, write_kv_module
+from .lab import Lab, LabProcess, wait_until
+from .lab_cluster import LabCluster
+
+MODULE = "kvdemo"
+PORT = 8080
+
+
+class MirrorLab:
+    def __init__(self, lab: Lab, nodes=("n1", "n2"), witness="w", client="c",
+                 ack_timeout_s: float = 1.0) -> None:
+        self.lab = lab
+        self.nodes = list(nodes)
+        self.client = client
+        self.cluster = LabCluster(lab, self.nodes, [witness])
+        net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
+        self.vip = str(net.network_address + 200)
+        self.url = f"http://{self.vip}:{PORT}"
+        self.ack_timeout_s = ack_timeout_s
+        self.writer: LabProcess | None = None
+
+    # ---- set-up ----------------------------------------------------------------
+    def root(self, node: str) -> Path:
+        """What the node sees as '/' for module paths (cluster.json path_prefix)."""
+        return self.lab.host_dir(node) / "root"
+
+    def data_dir(self, node: str) -> Path:
+        return Path(str(self.root(node)) + DATADIR)
+
+    def start(self, prim: str | None = "n1") -> "MirrorLab":
+        self.cluster.init()
+        for n in self.nodes:
+            path = self.cluster.config_dir(n) / "cluster.json"
+            cfg = json.loads(path.read_text())
+            cfg["path_prefix"] = str(self.root(n))
+            path.write_text(json.dumps(cfg, indent=2))
+            self.data_dir(n).mkdir(parents=True, exist_ok=True)
+        self.cluster.start_all()
+        self.cluster.wait_leader()
+        folder = write_kv_module(self.lab.workdir / "kvdemo-module", self.vip,
+                                 port=PORT, ack_timeout_s=self.ack_timeout_s)
+        safe = self.lab.workdir / f"{MODULE}.safe"
+        self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
+        self.cli(self.nodes[0], "module", "install", str(safe), check=True)
+        for n in self.nodes:
+            wait_until(f"module installed on {n}", lambda n=n: self._installed(n), 30)
+        if prim is not None:
+            self.cli(prim, "-m", MODULE, "prim", check=True)
+            for n in self.nodes:
+                if n != prim:
+                    self.cli(n, "-m", MODULE, "second", check=True)
+            self.wait_pair(prim)
+        return self
+
+    def _installed(self, node: str) -> bool:
+        try:
+            return any(r["module"] == MODULE and r["installed_here"] and r["state"]
+                       for r in self.call(node, "module_list"))
+        except ControlError:
+            return False
+
+    # ---- talking to the daemons -----------------------------------------------------
+    def cli(self, node: str, *args: str, check: bool = False, timeout: float = 120):
+        res = self.cluster.hacluster(node, *args, timeout=timeout)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"hacluster {' '.join(args)} on {node} failed ({res.returncode}): "
+                               f"{res.stderr.strip() or res.stdout.strip()}")
+        return res
+
+    def call(self, node: str, cmd: str, timeout: float = 5.0, **kw: Any) -> Any:
+        return request(self.cluster.config_dir(node) / "control.sock", cmd, timeout=timeout, **kw)
+
+    def state(self, node: str) -> dict | None:
+        try:
+            return self.call(node, "module_state", module=MODULE, timeout=2.0)
+        except (ControlError, OSError, ValueError):
+            return None
+
+    def states(self) -> dict[str, str | None]:
+        out = {}
+        for n in self.nodes:
+            st = self.state(n)
+            out[n] = f"{st['state']}/{st['ready']}" if st else None
+        return out
+
+    def wait_state(self, node: str, state: str, timeout: float = 30.0) -> dict:
+        return wait_until(f"{node} {state}", lambda: (lambda st: st if st and st["state"] == state
+                                                      and st["ready"] == "Ready" else None)(
+            self.state(node)), timeout)
+
+    def wait_pair(self, prim: str, timeout: float = 60.0) -> None:
+        self.wait_state(prim, "PRIM", timeout)
+        for n in self.nodes:
+            if n != prim:
+                self.wait_state(n, "SECOND", timeout)
+
+    def other(self, node: str) -> str:
+        return next(n for n in self.nodes if n != node)
+
+    # ---- the client -------------------------------------------------------------------
+    def start_writer(self, prefix: str = "rec") -> LabProcess:
+        self.writer = self.lab.spawn(self.client, [
+            sys.executable, "-m", "chaos.kv_writer_proc", "--url", self.url, "--prefix", prefix,
+            "--timeout", "1.0"], name=f"writer-{prefix}")
+        return self.writer
+
+    def acks(self, proc: LabProcess | None = None) -> list[dict]:
+        proc = proc or self.writer
+        out = []
+        for line in proc.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass    # a line cut by a kill
+        return out
+
+    def wait_acks(self, count: int, timeout: float = 30.0) -> list[dict]:
+        return wait_until(f"{count} acknowledged writes",
+                          lambda: (lambda a: a if len(a) >= count else None)(self.acks()), timeout)
+
+    def client_get(self, path: str, timeout: float = 2.0) -> dict | None:
+        code = ("import json,sys,urllib.request\n"
+                f"r=urllib.request.urlopen({self.url + path!r}, timeout={timeout})\n"
+                "sys.stdout.write(r.read().decode())")
+        res = self.lab.run(self.client, [sys.executable, "-c", code], check=False,
+                           timeout=timeout + 10)
+        if res.returncode != 0:
+            return None
+        return json.loads(res.stdout)
+
+    def keys_via_vip(self) -> set[str] | None:
+        body = self.client_get("/keys", timeout=5.0)
+        return set(body["keys"]) if body else None
+
+    def log_records(self, node: str) -> dict[str, str]:
+        """The records in a node's real copy of the replicated directory."""
+        from .kvapp import replay
+        path = self.data_dir(node) / "kv.log"
+        return replay(path.read_bytes(), str(path))[0] if path.exists() else {}
+
+    # ---- faults ------------------------------------------------------------------------
+    def kill_host(self, node: str) -> float:
+        """Power loss of a node: every process SIGKILLed and its network cut."""
+        t = time.monotonic()
+        self.lab.cut(node)
+        self.lab.kill_host(node)
+        return t
+
+    def restart_node(self, node: str) -> None:
+        self.lab.heal(node)
+        self.cluster.start(node)

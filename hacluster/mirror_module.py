@@ -1,0 +1,444 @@
+"""The mirror module's driver: carries out what ``MirrorMachine`` decides.
+
+I/O lives here and only here: the module's Raft lease (``mirror/<module>``),
+commits of intents and in-sync sets, the replication processes (one
+``python -m replication mount`` per replicated directory on the primary, one
+``receive`` on the secondary — out of the daemon so that disk and FUSE load
+never starve lease renewals), the virtual IPs and the scripts.
+
+Plans run one at a time in a task. An *urgent* plan (lease lost) cancels the
+running one and is carried out at once; its first two actions (drop the VIP,
+kill the mount) are synchronous enough that writes stop within the lease.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from raft.cluster_state import liveness_resource, mirror_resource
+from replication.mount import unmount
+from vip import VipAnnouncer
+
+from . import mirror_machine as mm
+from .control import ControlError
+from .lease_holder import LeaseHolder
+from .module_scripts import ScriptRunner
+from .userconfig import ModuleConfig
+
+if TYPE_CHECKING:
+    from .daemon import NodeDaemon
+
+log = logging.getLogger("hacluster.mirror")
+
+REPLICATION_BASE_PORT = 7610
+PROCESS_READY_S = 20.0
+PROCESS_STOP_S = 15.0
+
+
+def replication_port(module: str, index: int) -> int:
+    """Stable per module and directory, so both nodes agree without a setting."""
+    return REPLICATION_BASE_PORT + (zlib.crc32(module.encode()) % 200) * 4 + index
+
+
+class PlanFailed(RuntimeError):
+    pass
+
+
+class _Proc:
+    """A replication child process whose output goes to the module's log."""
+
+    def __init__(self, kind: str, root: str, argv: list[str], log_path: Path) -> None:
+        self.kind, self.root, self.argv, self.log_path = kind, root, argv, log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self.stopping = False
+        self.reader: asyncio.Task | None = None
+
+    async def start(self, ready_marker: str, on_exit) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+        self.reader = asyncio.create_task(self._read(ready_marker, on_exit))
+        try:
+            await asyncio.wait_for(self.ready.wait(), PROCESS_READY_S)
+        except asyncio.TimeoutError:
+            await self.stop(kill=True)
+            raise PlanFailed(f"{self.kind} for {self.root} not ready within {PROCESS_READY_S} s "
+                             f"(see {self.log_path})") from None
+        if self.proc.returncode is not None:
+            raise PlanFailed(f"{self.kind} for {self.root} exited with {self.proc.returncode} "
+                             f"(see {self.log_path})")
+
+    async def _read(self, marker: str, on_exit) -> None:
+        assert self.proc and self.proc.stdout
+        with open(self.log_path, "ab") as out:
+            while line := await self.proc.stdout.readline():
+                out.write(line)
+                out.flush()
+                if line.startswith(marker.encode()):
+                    self.ready.set()
+        rc = await self.proc.wait()
+        self.ready.set()
+        if not self.stopping:
+            on_exit(f"{self.kind} for {self.root} exited with {rc}")
+
+    async def stop(self, kill: bool) -> None:
+        self.stopping = True
+        p = self.proc
+        if p is None or p.returncode is not None:
+            return
+        try:
+            p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(p.wait(), PROCESS_STOP_S)
+        except asyncio.TimeoutError:
+            log.warning("event=process_kill kind=%s root=%s pid=%d", self.kind, self.root, p.pid)
+            p.kill()
+            await p.wait()
+
+
+class MirrorModule:
+    def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
+                 peer: str) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.module_dir = module_dir
+        self.config = config
+        self.node = daemon.name
+        self.peer = peer
+        self.resource = mirror_resource(name)
+        self.machine = mm.MirrorMachine(self.node, peer)
+        self.state_dir = daemon.config.data_path / "module_state" / name
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.module_log = self.state_dir / "module.log"
+        self.prefix = daemon.config.path_prefix
+        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log",
+                                   dict(config.user_vars), config.scripts_timeout_s)
+        self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s)
+                     for v in config.vips]
+        self.holder: LeaseHolder | None = None
+        self.mounts: list[_Proc] = []
+        self.receivers: list[_Proc] = []
+        self.progress: dict[str, Any] = {}
+        self._plan_task: asyncio.Task | None = None
+        self._last_view: mm.View | None = None
+        self._state_waiters: list[tuple[str, asyncio.Future]] = []
+        self._last_display: tuple[mm.State, str] | None = None
+        self.closed = False
+
+    # ---- paths ---------------------------------------------------------------
+    def real_dir(self, d: str) -> str:
+        return self.prefix + d if self.prefix else d
+
+    @property
+    def epoch(self) -> int | None:
+        return self.machine.epoch
+
+    # ---- the committed view --------------------------------------------------------
+    def view_from(self, snap: dict) -> mm.View:
+        lease = snap["leases"].get(self.resource) or {}
+        module = snap["modules"].get(self.name) or {}
+        peer_lease = snap["leases"].get(liveness_resource(self.peer)) or {}
+        return mm.View(holder=lease.get("holder"), epoch=lease.get("epoch", 0),
+                       in_sync=frozenset(lease.get("eligible") or ()),
+                       peer_live=peer_lease.get("holder") == self.peer,
+                       failover=module.get("failover", True),
+                       intent=(module.get("intent") or {}).get(self.node))
+
+    def refresh(self) -> None:
+        """Called on the loop after every applied Raft entry."""
+        if self.closed:
+            return
+        view = self.view_from(self.daemon.raft.snapshot())
+        if view != self._last_view:
+            self._last_view = view
+            self.feed(mm.ViewChanged(view))
+
+    # ---- feeding the machine ---------------------------------------------------------
+    def feed(self, event: mm.Event) -> mm.Output:
+        out = self.machine.handle(event)
+        for line in out.log:
+            log.warning("event=module_note module=%s note=%r", self.name, line)
+            self._module_log(line)
+        if out.contend is not None:
+            self._set_contend(out.contend)
+        for plan in out.plans:
+            self._launch(plan)
+        self._state_changed()
+        return out
+
+    def _state_changed(self) -> None:
+        display = self.machine.display
+        if display != self._last_display:
+            self._last_display = display
+            log.info("event=module_state module=%s state=%s ready=%s epoch=%s",
+                     self.name, display[0].value, display[1], self.epoch)
+            self._module_log(f"state {display[0].value} ({display[1]}) epoch {self.epoch}")
+        for want, fut in list(self._state_waiters):
+            if not fut.done() and display[1] == "Ready" and display[0].value == want:
+                fut.set_result(True)
+
+    def _module_log(self, text: str) -> None:
+        with open(self.module_log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def _launch(self, plan: mm.Plan) -> None:
+        if plan.urgent and self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+        previous = self._plan_task if not plan.urgent else None
+        self._plan_task = asyncio.create_task(self._run_plan(plan, previous))
+
+    async def _run_plan(self, plan: mm.Plan, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.gather(previous, return_exceptions=True)
+        log.info("event=plan_started module=%s reason=%r next=%s actions=%s", self.name, plan.reason,
+                 plan.next_state.value, ",".join(type(a).__name__ for a in plan.actions))
+        ok, error = True, None
+        try:
+            for action in plan.actions:
+                await self._do(action)
+        except asyncio.CancelledError:
+            log.warning("event=plan_interrupted module=%s reason=%r", self.name, plan.reason)
+            raise
+        except (PlanFailed, ControlError, OSError, RuntimeError) as e:
+            ok, error = False, str(e)
+            log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
+        self._last_view = self.view_from(self.daemon.raft.snapshot())
+        self.machine.handle(mm.ViewChanged(self._last_view))
+        self.feed(mm.PlanDone(ok, error))
+
+    # ---- actions ----------------------------------------------------------------------
+    async def _do(self, a: mm.Action) -> None:
+        if isinstance(a, mm.RunScript):
+            env = {"HACLUSTER_NODE": self.node, "HACLUSTER_PEER": self.peer,
+                   "HACLUSTER_EPOCH": str(self.epoch if self.epoch is not None
+                                          else (self._last_view.epoch if self._last_view else 0)),
+                   "HACLUSTER_ROOT_PREFIX": self.prefix or ""}
+            if a.stop:
+                r = await self.runner.run_stop(a.script, a.state, a.next_state, a.action)
+                if not r.ok:
+                    log.error("event=stop_script_failed module=%s script=%s rc=%s forced=%s",
+                              self.name, a.script, r.returncode, r.forced)
+            else:
+                r = await self.runner.run(a.script, a.state, a.next_state, a.action, extra_env=env)
+                if not r.ok:
+                    raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
+                                     f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
+        elif isinstance(a, mm.CommitIntent):
+            await self._commit("set_intent", self.name, self.node, a.intent)
+        elif isinstance(a, mm.CommitGoodCopy):
+            await self._commit("name_good_copy", self.resource, self.node, a.force)
+        elif isinstance(a, mm.CommitLeaveInSync):
+            await self._commit("leave_in_sync", self.resource, self.node)
+        elif isinstance(a, mm.CommitInSyncSelf):
+            await self._commit("set_in_sync", self.resource, self.node, a.epoch, [self.node])
+        elif isinstance(a, mm.ReleaseLease):
+            holder, self.holder = self.holder, None
+            if holder is not None:
+                await holder.stop(release=True)
+                self.daemon.holders.pop(self.resource, None)
+        elif isinstance(a, mm.StartReceiver):
+            await self._start_receivers(a.epoch)
+        elif isinstance(a, mm.StopReceiver):
+            await asyncio.gather(*(p.stop(kill=False) for p in self.receivers))
+            self.receivers = []
+        elif isinstance(a, mm.StartMount):
+            await self._start_mounts(a.epoch)
+        elif isinstance(a, mm.StopMount):
+            await self._stop_mounts(a.kill)
+        elif isinstance(a, mm.RaiseVip):
+            for v in self.vips:
+                await v.raise_()
+        elif isinstance(a, mm.DropVip):
+            for v in self.vips:
+                await v.drop()
+        else:
+            raise PlanFailed(f"unknown action {a!r}")
+
+    async def _commit(self, op: str, *args: Any) -> dict:
+        result = await self.daemon.commit(op, *args)
+        if not result.get("ok"):
+            raise PlanFailed(f"{op}: {result.get('error')}")
+        return result
+
+    def _set_contend(self, on: bool) -> None:
+        if on and self.holder is None:
+            self.holder = LeaseHolder(self.daemon.raft, self.resource, self.node,
+                                      self.daemon.config.raft.lease_timing,
+                                      on_acquired=lambda epoch: self.feed(mm.LeaseAcquired(epoch)),
+                                      on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
+            self.daemon.holders[self.resource] = self.holder
+            self.daemon.track(asyncio.create_task(self.holder.run()))
+        elif not on and self.holder is not None and self.holder.lease.epoch is None:
+            holder, self.holder = self.holder, None
+            self.daemon.holders.pop(self.resource, None)
+            asyncio.create_task(holder.stop(release=False))
+
+    def _peer_host(self) -> str:
+        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
+        return members[self.peer]["address"].rsplit(":", 1)[0]
+
+    def _my_host(self) -> str:
+        return self.daemon.config.me["address"].rsplit(":", 1)[0]
+
+    async def _start_receivers(self, epoch: int) -> None:
+        procs = []
+        for i, d in enumerate(self.config.rfs.dirs):
+            root = self.real_dir(d)
+            os.makedirs(root, exist_ok=True)
+            argv = [sys.executable, "-m", "replication", "receive", "--root", root,
+                    "--listen", f"{self._my_host()}:{replication_port(self.name, i)}",
+                    "--secret-file", str(self.daemon.config.secret_path),
+                    "--min-epoch", str(epoch), "--status-interval", "0"]
+            p = _Proc("receiver", root, argv, self.state_dir / f"receiver{i}.log")
+            procs.append(p)
+            await p.start("event=listening", lambda reason: self._died(reason))
+        self.receivers = procs
+
+    async def _start_mounts(self, epoch: int) -> None:
+        procs = []
+        ack = {"none": "apply", "second": "receipt", "async": "async"}[self.config.rfs.async_mode]
+        for i, d in enumerate(self.config.rfs.dirs):
+            root = self.real_dir(d)
+            os.makedirs(root, exist_ok=True)
+            state = self.state_dir / f"rfs{i}"
+            state.mkdir(exist_ok=True)
+            # After a change of primary the peer's copy may hold writes this node
+            # never acknowledged (in flight when the old primary died): compare
+            # digests once instead of trusting bitmaps.
+            (state / "baseline").unlink(missing_ok=True)
+            unmount(root)   # a mount left by a killed server of ours
+            argv = [sys.executable, "-m", "replication", "mount", "--root", root,
+                    "--peer", f"{self._peer_host()}:{replication_port(self.name, i)}",
+                    "--secret-file", str(self.daemon.config.secret_path),
+                    "--state", str(state), "--epoch", str(epoch), "--alone",
+                    "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
+                    "--hook-socket", str(self.daemon.config.socket_path), "--module", self.name,
+                    "--status-interval", "0"]
+            if self.config.rfs.reintegration_bandwidth_Bps:
+                argv += ["--bandwidth", str(self.config.rfs.reintegration_bandwidth_Bps)]
+            p = _Proc("mount", root, argv, self.state_dir / f"mount{i}.log")
+            procs.append(p)
+            self.mounts = procs
+            await p.start("event=mounted", lambda reason: self._died(reason))
+
+    async def _stop_mounts(self, kill: bool) -> None:
+        mounts, self.mounts = self.mounts, []
+        loop = asyncio.get_running_loop()
+        if not kill:
+            # The mount process ends when its file system is unmounted (libfuse
+            # keeps SIGTERM from reaching Python while it serves).
+            for p in mounts:
+                p.stopping = True
+                try:
+                    await loop.run_in_executor(None, unmount, p.root)
+                except RuntimeError as e:
+                    log.error("event=unmount_failed module=%s root=%s error=%r", self.name, p.root, str(e))
+            for p in mounts:
+                if p.proc is not None:
+                    try:
+                        await asyncio.wait_for(p.proc.wait(), PROCESS_STOP_S)
+                    except asyncio.TimeoutError:
+                        pass
+        await asyncio.gather(*(p.stop(kill=True) for p in mounts))
+        for p in mounts:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, unmount, p.root)
+            except RuntimeError as e:
+                log.error("event=unmount_failed module=%s root=%s error=%r", self.name, p.root, str(e))
+
+    def _died(self, reason: str) -> None:
+        log.warning("event=replication_process_ended module=%s reason=%r", self.name, reason)
+        self.feed(mm.ReplicationDied(reason))
+
+    # ---- hooks from the mount process (control socket) ---------------------------------
+    async def replication_peer_lost(self, epoch: int, reason: str) -> dict:
+        """DESIGN rule 3: the secondary leaves the in-sync set *before* the blocked
+        writes are answered. Any failure here makes the mount fail them with EIO."""
+        if self.epoch is None or epoch != self.epoch:
+            raise ControlError(f"module {self.name}: not primary at epoch {epoch} "
+                               f"(holding {self.epoch})")
+        started = time.monotonic()
+        result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch, [self.node])
+        if not result.get("ok"):
+            raise ControlError(f"module {self.name}: {result.get('error')}")
+        log.warning("event=secondary_out_of_sync module=%s peer=%s epoch=%d reason=%r commit_s=%.3f",
+                    self.name, self.peer, epoch, reason, time.monotonic() - started)
+        self.refresh()
+        return {"in_sync": result["eligible"]}
+
+    async def replication_in_sync(self, epoch: int) -> dict:
+        if self.epoch is None or epoch != self.epoch:
+            raise ControlError(f"module {self.name}: not primary at epoch {epoch}")
+        result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch,
+                                          [self.node, self.peer])
+        if not result.get("ok"):
+            raise ControlError(f"module {self.name}: {result.get('error')}")
+        log.info("event=secondary_in_sync module=%s peer=%s epoch=%d", self.name, self.peer, epoch)
+        self.progress = {}
+        self.refresh()
+        return {"in_sync": result["eligible"]}
+
+    def replication_progress(self, progress: dict) -> None:
+        self.progress = progress
+
+    # ---- commands -------------------------------------------------------------------------
+    def command(self, name: str) -> str:
+        out = self.feed(mm.Command(name))
+        if out.refused:
+            raise ControlError(f"module {self.name}: {out.refused}")
+        return f"{name}: accepted"
+
+    async def wait_state(self, state: str, timeout: float) -> bool:
+        fut = asyncio.get_running_loop().create_future()
+        self._state_waiters.append((state, fut))
+        self._state_changed()
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._state_waiters.remove((state, fut))
+
+    def status(self) -> dict:
+        state, ready = self.machine.display
+        view = self._last_view or mm.View()
+        st: dict[str, Any] = {
+            "module": self.name, "mode": "mirror", "node": self.node, "peer": self.peer,
+            "state": state.value, "ready": ready, "exit_code": state.exit_code,
+            "epoch": self.epoch if self.epoch is not None else view.epoch,
+            "primary": view.holder, "in_sync": sorted(view.in_sync), "failover": view.failover,
+            "intent": view.intent, "vip": [v.addr for v in self.vips if v.raised],
+            "transition": self.machine.running.reason if self.machine.running else None,
+        }
+        if self.progress:
+            st["reintegration"] = self.progress
+        return st
+
+    async def close(self) -> None:
+        """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""
+        self.closed = True
+        if self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+            await asyncio.gather(self._plan_task, return_exceptions=True)
+        for v in self.vips:
+            await v.drop()
+        cur = self.machine.display[0].value
+        if self.mounts:
+            await self.runner.run_stop("stop_prim", cur, "STOP", "stop")
+            await self._stop_mounts(kill=False)
+        if self.receivers:
+            await self.runner.run_stop("stop_second", cur, "STOP", "stop")
+            await asyncio.gather(*(p.stop(kill=False) for p in self.receivers))
+        await self.runner.kill_leftovers()

@@ -1,0 +1,130 @@
+"""The mirror module end to end: real daemons, the demo key/value app packaged
+as a .safe, a real VIP reached from a client host, real kills and cuts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chaos.history_check import epoch_violations, lost_acked_writes
+from chaos.lab import wait_until
+from chaos.lab_mirror import MirrorLab
+from tests.conftest import needs_root
+
+pytestmark = [needs_root, pytest.mark.lab]
+
+
+@pytest.fixture
+def mirror(make_lab):
+    def make(prim="n1"):
+        lab = make_lab(["n1", "n2", "w", "c"])
+        return MirrorLab(lab).start(prim=prim)
+    return make
+
+
+def _check_history(m: MirrorLab, node: str, acks: list[dict]) -> None:
+    """Every acknowledged record is in the node's real copy with its value;
+    the client never saw an epoch go back or two nodes in one epoch."""
+    records = m.log_records(node)
+    lost = lost_acked_writes(acks_as_tuples(acks), records)
+    assert not lost, f"acknowledged writes lost: {lost[:5]}"
+    answers = [(a["t_acked"], a["node"], a["epoch"]) for a in acks]
+    assert not epoch_violations(answers), epoch_violations(answers)
+
+
+class _Ack:
+    def __init__(self, d):
+        self.__dict__.update(d)
+
+
+def acks_as_tuples(acks):
+    return [_Ack(a) for a in acks]
+
+
+def test_primary_host_killed_fails_over_and_returns_as_secondary(mirror):
+    m = mirror()
+    m.start_writer()
+    before = m.wait_acks(20)
+    assert {a["node"] for a in before} == {"n1"}
+    t_kill = m.kill_host("n1")
+    m.wait_state("n2", "ALONE", timeout=20)
+    wait_until("writes through the VIP on n2", lambda: any(
+        a["node"] == "n2" for a in m.acks()), 20)
+    first_n2 = min(a["t_acked"] for a in m.acks() if a["node"] == "n2")
+    assert first_n2 - t_kill < 10
+    m.writer.stop()
+    acks = m.acks()
+    _check_history(m, "n2", acks)
+    assert m.keys_via_vip() >= {a["key"] for a in acks}
+    # the old primary comes back: reintegration, then in sync
+    m.restart_node("n1")
+    m.wait_state("n1", "SECOND", timeout=60)
+    st = m.wait_state("n2", "PRIM", timeout=30)
+    assert st["in_sync"] == ["n1", "n2"] and st["epoch"] == 2
+    assert m.log_records("n1") == m.log_records("n2")
+
+
+def test_secondary_cut_off_primary_goes_alone_and_keeps_serving(mirror):
+    m = mirror()
+    m.start_writer()
+    m.wait_acks(10)
+    m.lab.cut("n2")
+    m.wait_state("n1", "ALONE", timeout=20)
+    n = len(m.acks())
+    m.wait_acks(n + 20, timeout=20)
+    ev = [e for e in m.cluster.events("n1") if e.get("event") == "secondary_out_of_sync"]
+    assert ev, "the primary must commit the secondary's removal before going on"
+    m.lab.heal("n2")
+    m.wait_state("n1", "PRIM", timeout=60)
+    m.writer.stop()
+    acks = m.acks()
+    _check_history(m, "n1", acks)
+    time.sleep(0.5)
+    assert m.log_records("n2") == m.log_records("n1")
+
+
+def test_swap_and_stop_start(mirror):
+    m = mirror()
+    m.start_writer()
+    m.wait_acks(10)
+    m.cli("n1", "-m", "kvdemo", "swap", check=True)
+    m.wait_pair("n2", timeout=60)
+    n = len(m.acks())
+    m.wait_acks(n + 10, timeout=20)
+    m.cli("n2", "-m", "kvdemo", "stop", check=True)
+    m.wait_state("n2", "STOP", timeout=30)
+    m.wait_state("n1", "ALONE", timeout=30)
+    m.cli("n2", "-m", "kvdemo", "start", check=True)
+    m.wait_pair("n1", timeout=60)
+    m.writer.stop()
+    acks = m.acks()
+    _check_history(m, "n1", acks)
+    epochs = [a["epoch"] for a in acks]
+    assert epochs == sorted(epochs) and epochs[-1] >= 3
+    res = m.cli("n1", "-m", "kvdemo", "state")
+    assert res.returncode == 3, res.stdout
+
+
+def test_stale_node_refused_as_primary_and_primforce_overrides(mirror):
+    m = mirror()
+    m.start_writer()
+    m.wait_acks(10)
+    m.cli("n2", "-m", "kvdemo", "stop", check=True)
+    m.wait_state("n1", "ALONE", timeout=30)
+    m.wait_acks(len(m.acks()) + 10)
+    m.writer.stop()
+    m.kill_host("n1")                      # the only current copy goes away
+    m.lab.heal("n1")
+    m.cli("n2", "-m", "kvdemo", "start", check=True)
+    time.sleep(4)
+    st = m.state("n2")
+    assert st["state"] == "WAIT", st       # not in sync: never primary by itself
+    res = m.cli("n2", "-m", "kvdemo", "prim")
+    assert res.returncode == 0             # accepted, but the commit is refused:
+    time.sleep(2)
+    assert m.state("n2")["state"] == "WAIT"
+    log = m.cli("n2", "-m", "kvdemo", "log").stdout
+    assert "not current" in log and "primforce" in log
+    m.cli("n2", "-m", "kvdemo", "primforce", check=True)
+    st = m.wait_state("n2", "ALONE", timeout=30)
+    assert st["in_sync"] == ["n2"]
