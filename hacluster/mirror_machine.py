@@ -75,6 +75,13 @@ class LeaseLost:
 
 
 @dataclass(frozen=True)
+class LeaseReleased:
+    """This node handed its lease back (a clean stop or swap): no fence needed,
+    the plan that released it already stopped everything."""
+    epoch: int
+
+
+@dataclass(frozen=True)
 class PlanDone:
     ok: bool
     error: str | None = None
@@ -86,7 +93,7 @@ class ReplicationDied:
     reason: str
 
 
-Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, PlanDone, ReplicationDied]
+Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, LeaseReleased, PlanDone, ReplicationDied]
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -232,6 +239,10 @@ class MirrorMachine:
             return self._reconcile()
         if isinstance(event, LeaseLost):
             return self._lease_lost(event)
+        if isinstance(event, LeaseReleased):
+            if self.epoch is not None and event.epoch == self.epoch:
+                self.epoch = None
+            return self._reconcile()
         if isinstance(event, PlanDone):
             return self._plan_done(event)
         if isinstance(event, ReplicationDied):

@@ -122,8 +122,10 @@ class MirrorModule:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.module_log = self.state_dir / "module.log"
         self.prefix = daemon.config.path_prefix
-        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log",
-                                   dict(config.user_vars), config.scripts_timeout_s)
+        env = {**config.user_vars, "HACLUSTER_NODE": self.node, "HACLUSTER_PEER": peer,
+               "HACLUSTER_ROOT_PREFIX": self.prefix or "", "HACLUSTER_EPOCH": "0"}
+        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log", env,
+                                   config.scripts_timeout_s)
         self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s)
                      for v in config.vips]
         self.holder: LeaseHolder | None = None
@@ -220,17 +222,15 @@ class MirrorModule:
     # ---- actions ----------------------------------------------------------------------
     async def _do(self, a: mm.Action) -> None:
         if isinstance(a, mm.RunScript):
-            env = {"HACLUSTER_NODE": self.node, "HACLUSTER_PEER": self.peer,
-                   "HACLUSTER_EPOCH": str(self.epoch if self.epoch is not None
-                                          else (self._last_view.epoch if self._last_view else 0)),
-                   "HACLUSTER_ROOT_PREFIX": self.prefix or ""}
+            self.runner.env["HACLUSTER_EPOCH"] = str(
+                self.epoch if self.epoch is not None else (self._last_view.epoch if self._last_view else 0))
             if a.stop:
                 r = await self.runner.run_stop(a.script, a.state, a.next_state, a.action)
                 if not r.ok:
                     log.error("event=stop_script_failed module=%s script=%s rc=%s forced=%s",
                               self.name, a.script, r.returncode, r.forced)
             else:
-                r = await self.runner.run(a.script, a.state, a.next_state, a.action, extra_env=env)
+                r = await self.runner.run(a.script, a.state, a.next_state, a.action)
                 if not r.ok:
                     raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
                                      f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
@@ -244,9 +244,13 @@ class MirrorModule:
             await self._commit("set_in_sync", self.resource, self.node, a.epoch, [self.node])
         elif isinstance(a, mm.ReleaseLease):
             holder, self.holder = self.holder, None
+            epoch = self.machine.epoch
             if holder is not None:
+                holder._on_lost = None      # a release is not a loss: no fence to run
                 await holder.stop(release=True)
                 self.daemon.holders.pop(self.resource, None)
+            if epoch is not None:
+                self.feed(mm.LeaseReleased(epoch))
         elif isinstance(a, mm.StartReceiver):
             await self._start_receivers(a.epoch)
         elif isinstance(a, mm.StopReceiver):

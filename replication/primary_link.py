@@ -109,7 +109,7 @@ class PrimaryLink:
         self._stop.set()
         self._lost.set()
         self._thread.join(10)
-        self.sender.detach("stopping")
+        self.sender.shutdown("stopping")
         self.store.close()
 
     def status(self) -> dict[str, Any]:

@@ -102,6 +102,23 @@ class Sender:
         """Owner-initiated: stop replicating (e.g. the secondary was stopped)."""
         self._lose_peer(self._generation, reason)
 
+    def shutdown(self, reason: str) -> None:
+        """Owner-initiated clean stop (the mount is gone, nothing writes any more).
+        If the receiver acknowledged every op, its copy is exactly this one: close
+        without ``peer_lost``, so a clean stop or swap keeps it in sync. With ops
+        still unacknowledged it is an ordinary loss."""
+        with self._lock:
+            quiet = self._state is SenderState.CONNECTED and not self._in_flight
+            if quiet:
+                self._state = SenderState.ALONE
+                channel, self._channel = self._channel, None
+        if not quiet:
+            self.detach(reason)
+            return
+        if channel is not None:
+            channel.close()
+        log.info("event=sender_closed reason=%r unacknowledged=0", reason)
+
     def status(self) -> dict:
         with self._lock:
             return {"state": self._state.value, "in_flight": len(self._in_flight),

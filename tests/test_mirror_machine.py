@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from hacluster.mirror_machine import (
     CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, Contend, DropVip,
-    LeaseAcquired, LeaseLost, MirrorMachine, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
+    LeaseAcquired, LeaseLost, LeaseReleased, MirrorMachine, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
     RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
 
 
@@ -96,8 +96,11 @@ class Sim:
                 assert not self.vip[n] and not self.mount[n], "released while still acting"
                 if self.holder == n:
                     self.holder = None
-                self.m[n].epoch = None  # LeaseHolder.stop() drops it locally first
                 self.contending[n] = False
+                if self.m[n].epoch is not None:
+                    out = self.m[n].handle(LeaseReleased(self.m[n].epoch))
+                    if out.contend is not None:
+                        self.contending[n] = out.contend
             elif isinstance(action, RunScript):
                 self.scripts.append((n, action.script))
                 if action.script in ("start_prim", "start_second"):

@@ -152,3 +152,23 @@ def test_reattach_after_alone_replicates_again():
     s.attach(ch)
     s.wait(s.submit(write(2)))
     assert ch.sent == [write(2)] and rec.ops == [write(1)] and s.state is SenderState.CONNECTED
+
+
+def test_clean_shutdown_with_everything_acknowledged_keeps_the_peer_in_sync():
+    lost = []
+    s = Sender(Recorder(), lost.append, ack_timeout_s=1.0)
+    ch = MemoryChannel()
+    s.attach(ch)
+    s.wait(s.submit(write(1)))
+    s.shutdown("stopping")
+    assert lost == [] and ch.closed
+
+
+def test_shutdown_with_an_unacknowledged_op_is_a_peer_loss():
+    lost, rec = [], Recorder()
+    s = Sender(rec, lost.append, ack_timeout_s=1.0)
+    ch = MemoryChannel(ack=False)
+    s.attach(ch)
+    s.submit(write(1))
+    s.shutdown("stopping")
+    assert lost == ["stopping"] and rec.ops == [write(1)]
