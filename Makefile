@@ -5,12 +5,15 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench chaos-cleanup apt venv clean
+.PHONY: test demo demo-coordinator bench chaos-cleanup apt venv clean
 
 test: apt venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: apt venv
+	$(PY) -m chaos.mirror_demo
+
+demo-coordinator: apt venv
 	$(PY) -m chaos.demo
 
 bench: apt venv

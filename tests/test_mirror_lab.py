@@ -128,3 +128,29 @@ def test_stale_node_refused_as_primary_and_primforce_overrides(mirror):
     m.cli("n2", "-m", "kvdemo", "primforce", check=True)
     st = m.wait_state("n2", "ALONE", timeout=30)
     assert st["in_sync"] == ["n2"]
+
+
+def test_primary_host_cut_off_stops_acting_and_the_secondary_takes_over(mirror):
+    m = mirror()
+    m.start_writer()
+    m.wait_acks(10)
+    m.lab.cut("n1")              # n1 keeps running, but sees no majority
+    m.wait_state("n2", "ALONE", timeout=20)
+    wait_until("n1 gave up", lambda: (m.state("n1") or {}).get("state") in ("WAIT", "SECOND"), 20)
+    st = m.state("n1")
+    assert st["vip"] == [], "a cut-off primary must drop its VIP"
+    lost = [e for e in m.cluster.events("n1") if e.get("event") == "lease_lost"
+            and e.get("resource") == "mirror/kvdemo"]
+    granted = [e for e in m.cluster.events("n2") if e.get("event") == "lease_granted"
+               and e.get("resource") == "mirror/kvdemo" and e.get("holder") == "n2"]
+    assert lost and granted and float(lost[0]["mono"]) < float(granted[-1]["mono"]), \
+        "the old primary must stop acting before the new one is granted the lease"
+    wait_until("writes on n2", lambda: any(a["node"] == "n2" for a in m.acks()), 20)
+    m.lab.heal("n1")
+    m.wait_state("n1", "SECOND", timeout=60)
+    m.wait_state("n2", "PRIM", timeout=30)
+    m.writer.stop()
+    acks = m.acks()
+    _check_history(m, "n2", acks)
+    time.sleep(0.5)
+    assert m.log_records("n1") == m.log_records("n2")
