@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile")
+BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived")
 
 
 def main() -> int:
@@ -27,6 +27,12 @@ def main() -> int:
     elif args.name == "replication-profile":
         from .replication_profile import run
         run()
+    elif args.name == "failover":
+        from .failover_bench import run
+        run(trials=max(args.trials, 20))
+    elif args.name == "keepalived":
+        from .keepalived_baseline import measure_keepalived_failover
+        print(measure_keepalived_failover(args.trials))
     return 0
 
 
