@@ -167,7 +167,7 @@ class ScriptRunner:
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
         # pgid (= the script's pid) -> its create_time, to never signal a reused PID.
-        self._groups: dict[int, float] = {}
+        self._groups: dict[int, float | None] = {}
         self._loggers: set[_LineLogger] = set()
 
     # ---- public API ---------------------------------------------------------------
@@ -267,16 +267,20 @@ class ScriptRunner:
         try:
             self._groups[pid] = psutil.Process(pid).create_time()
         except psutil.NoSuchProcess:
-            pass    # already gone (and reaped): nothing to remember
+            # A fast script may be gone already while its background children
+            # (the application) live on in its group: remember the group anyway.
+            self._groups[pid] = None
 
     def _same_group(self, pgid: int) -> bool:
         """Whether ``pgid`` can still be our group: its leader is our process,
         or there is no process with that PID (a live PID with another
         create_time means ours exited and the group emptied)."""
         try:
-            return psutil.Process(pgid).create_time() == self._groups[pgid]
+            created = psutil.Process(pgid).create_time()
         except psutil.NoSuchProcess:
             return True
+        # Leader gone before we saw it (None): a live process with that PID is another one.
+        return self._groups[pgid] is not None and created == self._groups[pgid]
 
     async def _kill_group(self, pgid: int, exited: asyncio.Future[None] | None) -> None:
         """SIGTERM to the group, SIGKILL after the grace period if any member is left."""
