@@ -45,7 +45,9 @@ def measure_failover(trials: int) -> dict[str, Any]:
         prim = "n1"
         for i in range(trials):
             sec = m.other(prim)
-            writer = m.start_writer(prefix=f"t{i:02d}")
+            # A short client timeout, like the keepalived poller's: the figure is the
+            # cluster's, not the client's retry period.
+            writer = m.start_writer(prefix=f"t{i:02d}", timeout_s=0.25)
             m.wait_acks(20)
             t_kill = m.kill_host(prim)
             wait_until(f"trial {i}: writes from {sec}", lambda: any(

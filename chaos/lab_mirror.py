@@ -116,10 +116,10 @@ class MirrorLab:
         return next(n for n in self.nodes if n != node)
 
     # ---- the client -------------------------------------------------------------------
-    def start_writer(self, prefix: str = "rec") -> LabProcess:
+    def start_writer(self, prefix: str = "rec", timeout_s: float = 1.0) -> LabProcess:
         self.writer = self.lab.spawn(self.client, [
             sys.executable, "-m", "chaos.kv_writer_proc", "--url", self.url, "--prefix", prefix,
-            "--timeout", "1.0"], name=f"writer-{prefix}")
+            "--timeout", str(timeout_s)], name=f"writer-{prefix}")
         return self.writer
 
     def acks(self, proc: LabProcess | None = None) -> list[dict]:
