@@ -40,6 +40,7 @@ log = logging.getLogger("hacluster.mirror")
 REPLICATION_BASE_PORT = 7610
 PROCESS_READY_S = 20.0
 PROCESS_STOP_S = 15.0
+COMMIT_RETRY_S = 15.0
 
 
 def replication_port(module: str, index: int) -> int:
@@ -270,7 +271,17 @@ class MirrorModule:
             raise PlanFailed(f"unknown action {a!r}")
 
     async def _commit(self, op: str, *args: Any) -> dict:
-        result = await self.daemon.commit(op, *args)
+        # Across a leader change an entry can fail to commit without being refused:
+        # retry for a while (every op here is idempotent or fenced); a refusal is final.
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        while True:
+            try:
+                result = await self.daemon.commit(op, *args)
+                break
+            except ControlError as e:
+                if time.monotonic() > deadline:
+                    raise PlanFailed(f"{op}: {e}") from None
+                await asyncio.sleep(0.2)
         if not result.get("ok"):
             raise PlanFailed(f"{op}: {result.get('error')}")
         return result
