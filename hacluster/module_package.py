@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+from replication.dirty_bitmap import fsync_dir
 
 log = logging.getLogger("hacluster.module_package")
 
@@ -279,7 +280,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
     try:
         _extract(checked, contents, staged)
         _write_durably(staged_safe, safe_bytes, 0o644)
-        _fsync_dir(base)
+        fsync_dir(base)
         done: list[str] = []
         try:
             if target.exists():
@@ -298,7 +299,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
             for step in reversed(done):
                 os.rename(*undo[step])
             raise
-        _fsync_dir(base)
+        fsync_dir(base)
     except OSError as exc:
         raise ModulePackageError(f"{name}.safe: install into {base}: {exc.strerror or exc}") from None
     finally:
@@ -327,7 +328,7 @@ def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -
         mode = 0o755 if member.mode & 0o100 else 0o644
         _write_durably(path, contents[member.name], mode)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _write_durably(path: Path, data: bytes, mode: int) -> None:
@@ -337,14 +338,6 @@ def _write_durably(path: Path, data: bytes, mode: int) -> None:
         while view:
             view = view[os.write(fd, view):]
         os.fchmod(fd, mode)  # umask must not change what the package says
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -372,7 +365,7 @@ def uninstall(modules_dir: str | Path, name: str) -> None:
     if target.exists():
         os.rename(target, aside)
     target_safe.unlink(missing_ok=True)
-    _fsync_dir(base)
+    fsync_dir(base)
     shutil.rmtree(aside, ignore_errors=True)
     log.info("event=module_uninstalled module=%s", name)
 
