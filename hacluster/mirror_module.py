@@ -48,6 +48,14 @@ def replication_port(module: str, index: int) -> int:
     return REPLICATION_BASE_PORT + (zlib.crc32(module.encode()) % 200) * 4 + index
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the daemon dies, so a killed daemon
+    never leaves a mount accepting writes or a receiver behind."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class PlanFailed(RuntimeError):
     pass
 
@@ -66,7 +74,8 @@ class _Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+            stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent)
         self.reader = asyncio.create_task(self._read(ready_marker, on_exit))
         try:
             await asyncio.wait_for(self.ready.wait(), PROCESS_READY_S)

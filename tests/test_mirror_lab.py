@@ -158,3 +158,21 @@ def test_primary_host_cut_off_stops_acting_and_the_secondary_takes_over(mirror):
     _check_history(m, "n2", acks)
     time.sleep(0.5)
     assert m.log_records("n1") == m.log_records("n2")
+
+
+def test_primary_daemon_killed_its_mount_dies_with_it_and_the_secondary_takes_over(mirror):
+    m = mirror()
+    m.start_writer()
+    m.wait_acks(10)
+    m.cluster.kill("n1")         # SIGKILL of the daemon alone: its children stay on the host
+    m.wait_state("n2", "ALONE", timeout=20)
+    wait_until("writes on n2", lambda: any(a["node"] == "n2" for a in m.acks()), 20)
+    # the replication mount died with its daemon (PDEATHSIG): no writes accepted there
+    mounts = [p for p in __import__("psutil").process_iter(["cmdline"])
+              if "mount" in (p.info["cmdline"] or []) and str(m.data_dir("n1")) in (p.info["cmdline"] or [])]
+    assert mounts == []
+    n = len(m.acks())
+    m.wait_acks(n + 20, timeout=20)
+    m.writer.stop()
+    acks = m.acks()
+    _check_history(m, "n2", acks)
