@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from raft.cluster_state import liveness_resource, mirror_resource
 from replication.mount import unmount
-from vip import VipAnnouncer
+from vip import VipAnnouncer, has_vip
 
 from . import mirror_machine as mm
 from .control import ControlError
@@ -147,6 +147,7 @@ class MirrorModule:
         self._state_waiters: list[tuple[str, asyncio.Future]] = []
         self._last_display: tuple[mm.State, str] | None = None
         self.closed = False
+        self.started = False
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -155,6 +156,22 @@ class MirrorModule:
     @property
     def epoch(self) -> int | None:
         return self.machine.epoch
+
+    async def start(self) -> None:
+        """Before following the cluster: a daemon that died as primary may have
+        left the VIP on this host and the application running. Remove both."""
+        loop = asyncio.get_running_loop()
+        was_primary = False
+        for v in self.vips:
+            if await loop.run_in_executor(None, has_vip, v.addr):
+                was_primary = True
+            await v.drop()
+        if was_primary:
+            log.warning("event=leftovers_cleaned module=%s reason=%r", self.name,
+                        "the VIP was still here: the daemon died as primary")
+            await self.runner.run_stop("stop_prim", "STOP", "STOP", "force")
+        self.started = True
+        self.refresh()
 
     # ---- the committed view --------------------------------------------------------
     def view_from(self, snap: dict) -> mm.View:
@@ -169,7 +186,7 @@ class MirrorModule:
 
     def refresh(self) -> None:
         """Called on the loop after every applied Raft entry."""
-        if self.closed:
+        if self.closed or not self.started:
             return
         view = self.view_from(self.daemon.raft.snapshot())
         if view != self._last_view:

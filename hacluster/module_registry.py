@@ -150,7 +150,7 @@ class ModuleRegistry:
             return
         rt = MirrorModule(self.daemon, name, path, config, peers[0])
         self.runtimes[name] = rt
-        rt.refresh()
+        self.daemon.track(asyncio.create_task(rt.start()))
 
     # ---- control handlers ----------------------------------------------------------------
     def handlers(self) -> dict[str, Any]:

@@ -76,8 +76,10 @@ def test_secondary_cut_off_primary_goes_alone_and_keeps_serving(mirror):
     # the applied entry), or -- when the cut-off secondary was the Raft leader and the
     # election outlasted n1's lease -- n1 was fenced and re-acquired the lease at a new
     # epoch, committing "in sync = n1" before it mounted. Both commit before writing.
-    wait_until("the primary committed the secondary's removal", lambda: m.cluster.events(
-        "n1", "secondary_out_of_sync") or m.state("n1")["epoch"] > 1, 5)
+    log = m.lab.workdir / "n1" / "hacluster.log"
+    wait_until("the primary committed the secondary's removal", lambda: (
+        "event=secondary_out_of_sync" in log.read_text(errors="replace")
+        or m.state("n1")["epoch"] > 1), 5)
     m.lab.heal("n2")
     m.wait_state("n1", "PRIM", timeout=60)
     m.writer.stop()
@@ -173,6 +175,12 @@ def test_primary_daemon_killed_its_mount_dies_with_it_and_the_secondary_takes_ov
     assert mounts == []
     n = len(m.acks())
     m.wait_acks(n + 20, timeout=20)
+    # its daemon restarts: the VIP left on n1 is removed, n1 returns as SECOND
+    m.cluster.start("n1")
+    m.wait_state("n1", "SECOND", timeout=60)
+    assert m.cluster.events("n1", "leftovers_cleaned")
+    res = m.lab.run("n1", ["ip", "-4", "addr", "show"])
+    assert m.vip not in res.stdout
     m.writer.stop()
     acks = m.acks()
     _check_history(m, "n2", acks)
