@@ -22,6 +22,8 @@ import re
 import struct
 from typing import Callable
 
+from hacluster.module_package import MAX_TOTAL_BYTES
+
 log = logging.getLogger("hacluster.module_fetch")
 
 NONCE_BYTES = 32
@@ -31,7 +33,7 @@ CONTEXT = b"hacluster-fetch"
 STATUS_OK = 0
 STATUS_UNKNOWN = 1
 STATUS_REFUSED = 2
-MAX_MODULE_BYTES = 64 << 20
+MAX_MODULE_BYTES = MAX_TOTAL_BYTES  # check() refuses a bigger .safe anyway
 _DIGEST = re.compile(rb"[0-9a-f]{64}")
 _LENGTH = struct.Struct(">Q")
 

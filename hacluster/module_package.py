@@ -18,14 +18,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hacluster.module_scripts import SCRIPTS
 from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+from raft.durable_storage import durable_replace
 from replication.dirty_bitmap import fsync_dir
 
 log = logging.getLogger("hacluster.module_package")
 
 USERCONFIG = "conf/userconfig.xml"
-SCRIPTS = ("prestart", "poststop", "start_prim", "stop_prim", "start_second", "stop_second",
-           "start_both", "stop_both", "transition")
 REQUIRED_SCRIPTS = {"mirror": ("start_prim", "stop_prim"), "farm": ("start_both", "stop_both")}
 MAX_TOTAL_BYTES = 64 << 20
 MAX_MEMBERS = 10_000
@@ -112,14 +112,11 @@ def package(src_dir: str | Path, out_path: str | Path) -> str:
             with open(path, "rb") as f:
                 zf.writestr(info, f.read(), compresslevel=9)
     data = buffer.getvalue()
-    check(data, str(out), src.resolve().name if _NAME.fullmatch(src.resolve().name) else "module")
+    check(data, str(out), root.name if _NAME.fullmatch(root.name) else "module")
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        tmp.write_bytes(data)
+        durable_replace(str(tmp), str(out))
     finally:
         tmp.unlink(missing_ok=True)
     return digest(data)

@@ -106,7 +106,11 @@ def test_client_times_out_on_a_silent_server():
     run(main())
 
 
-def test_garbage_or_silent_clients_do_not_block_others():
+def test_garbage_or_silent_clients_do_not_block_others(caplog):
+    def silent_ones_dropped() -> bool:
+        return any("event=fetch_dropped" in r.getMessage() and "reason=timeout" in r.getMessage()
+                   for r in caplog.records)
+
     async def main():
         server = await started(request_timeout=0.5, max_connections=9)
         try:
@@ -115,10 +119,9 @@ def test_garbage_or_silent_clients_do_not_block_others():
             _, garbage = await asyncio.open_connection("127.0.0.1", server.port)
             garbage.write(os.urandom(96))
             await garbage.drain()
-            # A good client is served while they hang on.
-            start = time.monotonic()
+            # A good client is served while they hang on (before their request timeout).
             assert await fetch_module("127.0.0.1", server.port, SECRET, DIGEST) == CONTENT
-            assert time.monotonic() - start < 0.4
+            assert not silent_ones_dropped()
             # The silent ones are dropped after the request timeout.
             for reader, _ in silent:
                 data = await asyncio.wait_for(reader.read(), 3)
@@ -127,9 +130,11 @@ def test_garbage_or_silent_clients_do_not_block_others():
             for _, writer in silent:
                 writer.close()
             garbage.close()
+            assert silent_ones_dropped()
         finally:
             await server.close()
-    run(main())
+    with caplog.at_level(logging.INFO, logger="hacluster.module_fetch"):
+        run(main())
 
 
 def test_connections_over_the_cap_are_closed_at_once():
@@ -137,7 +142,8 @@ def test_connections_over_the_cap_are_closed_at_once():
         server = await started(request_timeout=5.0, max_connections=2)
         try:
             hogs = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-            await asyncio.sleep(0.05)
+            for hog, _ in hogs:
+                await hog.readexactly(32)  # the nonce: this hog holds a slot
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             assert await asyncio.wait_for(reader.read(), 2) == b""
             writer.close()

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+import uvloop
 
+from chaos.lab import wait_until
 from hacluster.module_scripts import ScriptRunner
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+): (.*)$")
@@ -51,12 +53,7 @@ def gone(pid: int) -> bool:
 
 
 def wait_gone(pid: int, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.02)
-    return gone(pid)
+    return wait_until(f"pid {pid} to be gone", lambda: gone(pid), timeout=timeout)
 
 
 def test_args_env_stdin_and_process_group_reach_the_script(module):
@@ -233,7 +230,6 @@ def test_cancelled_run_does_not_leave_the_script_running(module):
 
 def test_runs_on_uvloop_too(module):
     # The daemon runs on uvloop: exit detection must not depend on asyncio's own loop.
-    uvloop = pytest.importorskip("uvloop")
     script(module, "start_prim", 'sleep 100 &\necho "app=$!"\n')
     script(module, "stop_prim", 'echo "stop $3"\nsleep 100\n')
     r = runner(module, timeout_s=0.3)
