@@ -7,7 +7,7 @@ and k2 (BACKUP, priority 100) with advert_int 1 and the default preemption; each
 also runs chaos.kvapp on 0.0.0.0:8080 answering with its node name. A poller in kc
 probes http://VIP:8080/health every 20 ms (connect timeout 100 ms).
 
-Each trial kills every process of k1 with SIGKILL and cuts k1 off, and measures from the
+Each trial cuts k1 off and kills every process of k1 with SIGKILL, and measures from the
 kill to the first answer from k2 through the VIP. Then k1's VIP is removed (as a reboot
 would), its processes restart, k1 is healed, and the trial ends once the VIP answers from
 k1 again: k1 preempts back (keepalived's default), so every trial kills k1.
@@ -19,13 +19,9 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-
-import psutil
 
 from chaos.kv_workload import parse_poll_output
 from chaos.lab import Lab, LabProcess, wait_until
@@ -125,30 +121,11 @@ class KeepalivedPair:
                    steady_from_host, timeout=timeout)
 
     def kill_host(self, host: str) -> float:
-        """SIGKILL every process in the host's namespace; returns the kill time."""
-        ns = self.lab.hosts[host].netns
-        out = subprocess.run([IP, "netns", "pids", ns], capture_output=True, text=True,
-                             check=True).stdout
-        procs = []
-        for pid in (int(tok) for tok in out.split()):
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.Error:
-                pass
+        """Power loss, as bench/failover_bench does it: network cut, then every process of
+        the host's namespace SIGKILLed; returns the fault time."""
         t_kill = time.monotonic()
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
         self.lab.cut(host)
-        # reap ours (Popen objects), so later waits on them do not see zombies as alive
-        for p in self.lab.processes:
-            if p.host == host:
-                try:
-                    p.popen.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+        self.lab.kill_host(host)
         return t_kill
 
     def drop_vip(self, host: str) -> None:

@@ -87,12 +87,11 @@ class KvWriter:
     was maybe written is resent until it is acknowledged."""
 
     def __init__(self, base_url: str, prefix: str = "rec", timeout: float = 1.0,
-                 interval_s: float = 0.0, retry_delay_s: float = 0.01) -> None:
+                 retry_delay_s: float = 0.01) -> None:
         _split(base_url)
         self.base_url = base_url
         self.prefix = prefix
         self.timeout = timeout
-        self.interval_s = interval_s
         self.retry_delay_s = retry_delay_s
         self._acks: list[Ack] = []
         self._failures: list[Failure] = []
@@ -116,11 +115,6 @@ class KvWriter:
     def answers(self) -> list[Answer]:
         with self._lock:
             return list(self._answers)
-
-    def record_answer(self, answer: Answer) -> None:
-        """Add an answer seen by another client (a read) to this history."""
-        with self._lock:
-            self._answers.append(answer)
 
     def start(self) -> KvWriter:
         if self._thread is not None:
@@ -171,8 +165,6 @@ class KvWriter:
                 if self._stop.wait(self.retry_delay_s):
                     return
             n += 1
-            if self.interval_s:
-                self._stop.wait(self.interval_s)
 
 
 def read_all(base_url: str, keys: Iterable[str], timeout: float = 1.0, attempts: int = 3,

@@ -110,8 +110,6 @@ class KvStore:
         self.path = self.data_dir / LOG_NAME
         self._lock = threading.Lock()  # appends; held across write + fsync
         self._table_lock = threading.Lock()  # short: readers never wait for an fsync
-        self._table: dict[str, str] = {}
-        self.records = 0
         self.dropped_tail_bytes = 0
         self._failed: str | None = None
         existed = self.path.exists()

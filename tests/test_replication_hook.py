@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from chaos.lab import wait_until
 from replication import hook_client
 from replication.hook_client import HookClient, HookFailed
 from replication.ops import Op, OpKind
@@ -75,15 +75,6 @@ def owner(tmp_path):
     o.close()
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
 def test_peer_lost_ok_sends_the_request_and_returns(owner, caplog):
     caplog.set_level("INFO", logger="replication.hook")
     hook = HookClient(owner.path, "db", 7, timeout_s=2.0)
@@ -129,9 +120,9 @@ def test_in_sync_returns_at_once_and_retries_until_the_owner_takes_it(owner, mon
     started = time.monotonic()
     hook.in_sync()
     assert time.monotonic() - started < 0.2
-    assert wait_for(lambda: len(owner.requests) >= 3)
+    wait_until("3 in-sync attempts", lambda: len(owner.requests) >= 3, 5)
     owner.behaviour = lambda req: {"ok": True, "result": None}
-    assert wait_for(lambda: not any(t.is_alive() for t in hook._threads))
+    wait_until("the in-sync thread to end", lambda: not any(t.is_alive() for t in hook._threads), 5)
     count = len(owner.requests)
     time.sleep(0.2)
     assert len(owner.requests) == count      # stopped retrying once ok
@@ -148,7 +139,7 @@ def test_in_sync_retries_while_the_socket_is_missing(tmp_path, monkeypatch):
     time.sleep(0.2)
     late = Owner(path)      # the owner (re)starts: it must still learn it
     try:
-        assert wait_for(lambda: late.cmds() == ["replication_in_sync"])
+        wait_until("in-sync at the late owner", lambda: late.cmds() == ["replication_in_sync"], 5)
     finally:
         hook.stop()
         late.close()
@@ -163,7 +154,7 @@ def test_peer_lost_cancels_a_pending_in_sync_and_is_never_overtaken(owner, monke
                                    else {"ok": True, "result": None})
     hook = HookClient(owner.path, "db", 3, timeout_s=1.0)
     hook.in_sync()
-    assert wait_for(lambda: len(owner.requests) >= 2)
+    wait_until("2 in-sync attempts", lambda: len(owner.requests) >= 2, 5)
     hook.peer_lost("gone")
     refuse_in_sync.clear()
     time.sleep(0.3)
@@ -194,7 +185,7 @@ def test_progress_is_best_effort(owner, tmp_path, monkeypatch):
     time.sleep(0.3)
     assert owner.requests == []
     running.set()
-    assert wait_for(lambda: len(owner.requests) >= 2)
+    wait_until("2 progress reports", lambda: len(owner.requests) >= 2, 5)
     hook.stop()
 
 
@@ -301,7 +292,7 @@ def test_primary_link_reports_in_sync_then_a_refused_loss_fails_writes(owner, tm
                        peer_lost=hook.peer_lost, on_in_sync=hook.in_sync)
     try:
         link.start()
-        assert wait_for(lambda: "replication_in_sync" in owner.cmds(), timeout=10)
+        wait_until("in-sync at the owner", lambda: "replication_in_sync" in owner.cmds(), 10)
         assert (copy / "data").read_bytes() == b"hello" * 1000
         receiver.stop()
         with open(local / "data", "r+b") as f:
@@ -319,8 +310,9 @@ def test_primary_link_reports_in_sync_then_a_refused_loss_fails_writes(owner, tm
         os.close(root_fd)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse")
-                    or not shutil.which("fusermount3"), reason="needs root, /dev/fuse, fusermount3")
+# fusermount3 comes with the Makefile's fuse3 package: missing is a failure, not a skip
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                    reason="needs root and /dev/fuse")
 def test_mount_cli_with_hook_socket_end_to_end(owner, tmp_path):
     """python -m replication mount --hook-socket: the owner learns in-sync, and
     when it refuses the loss, the application's write fails with EIO."""
@@ -348,8 +340,8 @@ def test_mount_cli_with_hook_socket_end_to_end(owner, tmp_path):
          "--epoch", "4", "--hook-socket", owner.path, "--module", "db", "--hook-timeout", "2"],
         cwd=Path(__file__).resolve().parent.parent, stdout=out, stderr=subprocess.STDOUT)
     try:
-        assert wait_for(lambda: "event=mounted" in (tmp_path / "mount.log").read_text(), 15)
-        assert wait_for(lambda: "replication_in_sync" in owner.cmds(), 15)
+        wait_until("the mount", lambda: "event=mounted" in (tmp_path / "mount.log").read_text(), 15)
+        wait_until("in-sync at the owner", lambda: "replication_in_sync" in owner.cmds(), 15)
         assert {"cmd": "replication_in_sync", "module": "db", "epoch": 4} in owner.requests
         (prim / "a").write_text("replicated")
         assert (copy / "a").read_text() == "replicated"

@@ -117,7 +117,8 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
                 raise VipError(f"virtual IP {addr}: no local interface has an IPv4 network "
                                f"containing it (name the interface)")
             interface = picked[0]
-        elif not ipr.link_lookup(ifname=interface):
+        links = ipr.link_lookup(ifname=interface)
+        if not links:
             raise VipError(f"virtual IP {addr}: no interface named {interface!r}")
         if prefixlen is None:
             prefixlen = picked[1] if picked else 32
@@ -125,8 +126,7 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
         if prefixlen < 31 and vip in (network.network_address, network.broadcast_address):
             raise VipError(f"virtual IP {addr}/{prefixlen} is the network or broadcast "
                            f"address of {network}")
-        index = ipr.link_lookup(ifname=interface)[0]
-        request: dict = {"index": index, "address": str(vip), "prefixlen": prefixlen}
+        request: dict = {"index": links[0], "address": str(vip), "prefixlen": prefixlen}
         if prefixlen < 31:
             request["broadcast"] = str(network.broadcast_address)
         label = _label_for(interface)

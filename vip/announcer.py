@@ -103,7 +103,7 @@ class VipAnnouncer:
             await asyncio.sleep(self.refresh_s)
             try:
                 self._send_round(rounds, "refresh")
-            except (VipError, OSError) as exc:
+            except VipError as exc:
                 # e.g. link down for a moment: keep refreshing, the checkers decide
                 log.warning("event=garp_failed addr=%s error=%r", self.addr, str(exc))
             rounds += 1

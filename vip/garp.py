@@ -10,7 +10,6 @@ Sent with a raw AF_PACKET socket: no subprocess, microseconds per frame.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import socket
 import struct
@@ -137,11 +136,9 @@ class GarpSocket:
                 sent += 1
             except BlockingIOError:
                 pass  # queue full: the next round or refresh makes up for it
-            except OSError as exc:
-                if exc.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
-                    raise VipError(f"cannot send gratuitous ARP for {self.addr} on "
-                                   f"{self.interface}: {exc.strerror}") from None
-                raise
+            except OSError as exc:  # ENETDOWN, ENXIO, ENODEV, ...: one error type for callers
+                raise VipError(f"cannot send gratuitous ARP for {self.addr} on "
+                               f"{self.interface}: {exc.strerror or exc}") from None
         return sent
 
     def close(self) -> None:
