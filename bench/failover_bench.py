@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.history_check import lost_acked_writes
+from chaos.kv_workload import Ack
 from chaos.lab import Lab, wait_until
 from chaos.lab_mirror import MirrorLab
 
@@ -24,11 +25,6 @@ from .keepalived_baseline import measure_keepalived_failover
 from .stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class _Ack:
-    def __init__(self, d: dict) -> None:
-        self.__dict__.update(d)
 
 
 def _start_prim_seconds(m: MirrorLab, node: str, after_mono: float) -> float | None:
@@ -60,7 +56,7 @@ def measure_failover(trials: int) -> dict[str, Any]:
             writer.stop()
             acks = m.acks(writer)
             acked_total += len(acks)
-            lost_total += len(lost_acked_writes([_Ack(a) for a in acks], m.log_records(sec)))
+            lost_total += len(lost_acked_writes([Ack(**a) for a in acks], m.log_records(sec)))
             m.restart_node(prim)
             m.wait_pair(sec, timeout=90)
             print(f"failover trial {i + 1}/{trials}: {failovers[-1]:.3f} s "

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Iterable, Sequence
+from typing import IO, Callable, Iterable, Sequence
 from urllib.parse import quote, urlsplit
 
 log = logging.getLogger("chaos.kv_workload")
@@ -87,8 +87,12 @@ class KvWriter:
     was maybe written is resent until it is acknowledged."""
 
     def __init__(self, base_url: str, prefix: str = "rec", timeout: float = 1.0,
-                 retry_delay_s: float = 0.01) -> None:
+                 retry_delay_s: float = 0.01,
+                 on_ack: Callable[[Ack], None] | None = None) -> None:
+        """``on_ack``: called with every acknowledged write, in order (from the
+        writer's thread), e.g. to stream the history out of a lab host."""
         _split(base_url)
+        self.on_ack = on_ack
         self.base_url = base_url
         self.prefix = prefix
         self.timeout = timeout
@@ -154,6 +158,8 @@ class KvWriter:
                 self._down = False
                 log.info("event=kv_write_recovered url=%s key=%s node=%s epoch=%d",
                          self.base_url, key, ack.node, ack.epoch)
+        if self.on_ack is not None:
+            self.on_ack(ack)
         return ack
 
     def _run(self) -> None:

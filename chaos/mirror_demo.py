@@ -16,6 +16,7 @@ import sys
 import time
 
 from .history_check import epoch_violations, lost_acked_writes
+from .kv_workload import Ack
 from .lab import Lab, wait_until
 from .lab_mirror import MODULE, MirrorLab
 
@@ -29,11 +30,6 @@ def cli(m: MirrorLab, node: str, *args: str) -> None:
     res = m.cli(node, *args)
     out = (res.stdout + res.stderr).rstrip()
     print("\n".join("    " + line for line in out.splitlines()), flush=True)
-
-
-class _Ack:
-    def __init__(self, d: dict) -> None:
-        self.__dict__.update(d)
 
 
 def main() -> int:
@@ -73,7 +69,7 @@ def main() -> int:
         m.wait_acks(len(m.acks()) + 100)
         m.writer.stop()
         acks = m.acks()
-        lost = lost_acked_writes([_Ack(a) for a in acks], m.log_records("n2"))
+        lost = lost_acked_writes([Ack(**a) for a in acks], m.log_records("n2"))
         violations = epoch_violations([(a["t_acked"], a["node"], a["epoch"]) for a in acks])
         via_vip = m.keys_via_vip() or set()
         missing_vip = {a["key"] for a in acks} - via_vip

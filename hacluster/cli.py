@@ -324,8 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_state)
     sp = sub.add_parser("waitstate", help="wait until the module is in STATE (Ready)")
-    sp.add_argument("state", choices=[s.lower() for s in ("STOP", "WAIT", "ALONE", "PRIM", "SECOND")]
-                    + ["STOP", "WAIT", "ALONE", "PRIM", "SECOND"])
+    sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND"])
     sp.add_argument("--timeout", type=float, default=60.0)
     json_flag(sp)
     sp.set_defaults(func=cmd_waitstate)

@@ -21,7 +21,7 @@ Safety lives in the order of each plan (DESIGN rules 1–3):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Union
 
 
@@ -127,11 +127,6 @@ class CommitInSyncSelf:
 
 
 @dataclass(frozen=True)
-class Contend:
-    on: bool
-
-
-@dataclass(frozen=True)
 class ReleaseLease:
     pass
 
@@ -167,7 +162,7 @@ class DropVip:
 
 
 Action = Union[RunScript, CommitIntent, CommitGoodCopy, CommitLeaveInSync, CommitInSyncSelf,
-               Contend, ReleaseLease, StartReceiver, StopReceiver, StartMount, StopMount,
+               ReleaseLease, StartReceiver, StopReceiver, StartMount, StopMount,
                RaiseVip, DropVip]
 
 
@@ -332,14 +327,17 @@ class MirrorMachine:
         # when Raft lets it (it is in the in-sync set, e.g. named with prim).
         return v.failover or self.state is State.WAIT
 
+    def _contend_change(self) -> Output:
+        want = self._wants_lease()
+        if want == self._contend:
+            return Output()
+        self._contend = want
+        return Output(contend=want)
+
     def _reconcile(self) -> Output:
-        out = Output()
         if self.swap_pending and self.view.holder == self.peer:
             self.swap_pending = False
-        want = self._wants_lease()
-        if want != self._contend:
-            self._contend = want
-            out = Output(contend=want)
+        out = self._contend_change()
         if self.running is not None:
             return out
         if self._queued:
@@ -362,34 +360,25 @@ class MirrorMachine:
         if s in PRIMARY:
             cur = self._primary_state().value
             force = self.force_stop
-            if self.epoch is None:      # lease gone: the urgent fence already ran
-                return Plan((DropVip(), StopMount(kill=True),
-                             RunScript("stop_prim", cur, "WAIT", "force" if force else "stop", stop=True),
-                             RunScript("transition", cur, "WAIT", "stop")), State.WAIT, "lease lost")
+            if self.epoch is None:      # lease gone: the urgent fence already ran; again, idempotent
+                return self._fence(cur, "lease lost", urgent=False)
             nxt = State.STOP if target is State.STOP else State.WAIT
-            actions: list[Action] = [DropVip(),
-                                     RunScript("stop_prim", cur, nxt.value, "force" if force else "stop",
-                                               stop=True),
-                                     StopMount(kill=force), ReleaseLease()]
-            if nxt is State.STOP:
-                actions.append(RunScript("poststop", cur, "STOP", "stop", stop=True))
-            actions.append(RunScript("transition", cur, nxt.value, "stop"))
-            return Plan(tuple(actions), nxt, "swap" if self.swap_pending else f"to {nxt.value}")
+            actions = (DropVip(), RunScript("stop_prim", cur, nxt.value, "force" if force else "stop",
+                                            stop=True),
+                       StopMount(kill=force), ReleaseLease())
+            return Plan(actions + self._stop_tail(cur, nxt), nxt,
+                        "swap" if self.swap_pending else f"to {nxt.value}")
         if s is State.SECOND:
             if target in PRIMARY:
                 return self._promotion("SECOND", (RunScript("stop_second", "SECOND", "ALONE", "stop", stop=True),
                                                   StopReceiver()))
             nxt = State.STOP if target is State.STOP else State.WAIT
             action = "force" if self.force_stop else "stop"
-            actions = [RunScript("stop_second", "SECOND", nxt.value, action, stop=True), StopReceiver()]
-            if nxt is State.STOP:
-                actions.append(RunScript("poststop", "SECOND", "STOP", action, stop=True))
-            actions.append(RunScript("transition", "SECOND", nxt.value, "stop"))
-            return Plan(tuple(actions), nxt, f"to {nxt.value}")
+            actions = (RunScript("stop_second", "SECOND", nxt.value, action, stop=True), StopReceiver())
+            return Plan(actions + self._stop_tail("SECOND", nxt), nxt, f"to {nxt.value}")
         # WAIT
         if target is State.STOP:
-            return Plan((RunScript("poststop", "WAIT", "STOP", "stop", stop=True),
-                         RunScript("transition", "WAIT", "STOP", "stop")), State.STOP, "to STOP")
+            return Plan(self._stop_tail("WAIT", State.STOP), State.STOP, "to STOP")
         if target in PRIMARY:
             return self._promotion("WAIT", ())
         if target is State.SECOND:
@@ -398,6 +387,21 @@ class MirrorMachine:
                          RunScript("transition", "WAIT", "SECOND", "start")), State.SECOND,
                         f"secondary of {self.peer}")
         return None
+
+    def _stop_tail(self, cur: str, nxt: State) -> tuple[Action, ...]:
+        """What ends every stop plan: poststop when the module stops, transition."""
+        action = "force" if self.force_stop else "stop"
+        tail: tuple[Action, ...] = ()
+        if nxt is State.STOP:
+            tail = (RunScript("poststop", cur, "STOP", action, stop=True),)
+        return tail + (RunScript("transition", cur, nxt.value, "stop"),)
+
+    def _fence(self, cur: str, reason: str, urgent: bool) -> Plan:
+        """The lease is gone: drop the VIP and kill the mount (writes blocked) before anything else."""
+        return Plan((DropVip(), StopMount(kill=True),
+                     RunScript("stop_prim", cur, "WAIT", "force", stop=True),
+                     RunScript("transition", cur, "WAIT", "stop")),
+                    State.WAIT, reason, urgent=urgent)
 
     def _promotion(self, frm: str, before: tuple[Action, ...]) -> Plan:
         assert self.epoch is not None
@@ -447,20 +451,12 @@ class MirrorMachine:
             return self._reconcile()
         was_running = self.running
         cur = self._primary_state().value if self.state in PRIMARY else self.state.value
-        fence = Plan((DropVip(), StopMount(kill=True),
-                      RunScript("stop_prim", cur, "WAIT", "force", stop=True),
-                      RunScript("transition", cur, "WAIT", "stop")),
-                     State.WAIT, f"lease lost: {event.reason}", urgent=True)
+        fence = self._fence(cur, f"lease lost: {event.reason}", urgent=True)
         self.running = fence
         log = (f"lease epoch {event.epoch} lost ({event.reason}): writes blocked, VIP dropped",)
         if was_running is not None:
             log += (f"interrupted: {was_running.reason}",)
-        out = Output(plans=(fence,), log=log)
-        want = self._wants_lease()
-        if want != self._contend:
-            self._contend = want
-            out = _merge(Output(contend=want), out)
-        return out
+        return _merge(self._contend_change(), Output(plans=(fence,), log=log))
 
 
 def _merge(a: Output, b: Output) -> Output:

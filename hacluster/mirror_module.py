@@ -242,8 +242,9 @@ class MirrorModule:
         except (PlanFailed, ControlError, OSError, RuntimeError) as e:
             ok, error = False, str(e)
             log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
+        # The plan's own commits are applied by now: decide on the view they made.
         self._last_view = self.view_from(self.daemon.raft.snapshot())
-        self.machine.handle(mm.ViewChanged(self._last_view))
+        self.feed(mm.ViewChanged(self._last_view))
         self.feed(mm.PlanDone(ok, error))
 
     # ---- actions ----------------------------------------------------------------------

@@ -43,6 +43,7 @@ class ModuleRegistry:
         self.errors: dict[str, str] = {}
         self._sync_lock = asyncio.Lock()
         self._sync_again = False
+        self._synced_once = False
         host, port = fetch_address(daemon.config.me["address"])
         self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup)
 
@@ -70,8 +71,6 @@ class ModuleRegistry:
             self.daemon.track(asyncio.create_task(self.sync()))
         for rt in list(self.runtimes.values()):
             rt.refresh()
-
-    _synced_once = False
 
     async def sync(self) -> None:
         """Make this node's installed modules and runtimes match the committed ones."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import psutil
 import pytest
 
 from chaos.history_check import epoch_violations, lost_acked_writes
+from chaos.kv_workload import Ack
 from chaos.lab import wait_until
 from chaos.lab_mirror import MirrorLab
 from tests.conftest import needs_root
@@ -26,19 +28,22 @@ def _check_history(m: MirrorLab, node: str, acks: list[dict]) -> None:
     """Every acknowledged record is in the node's real copy with its value;
     the client never saw an epoch go back or two nodes in one epoch."""
     records = m.log_records(node)
-    lost = lost_acked_writes(acks_as_tuples(acks), records)
+    lost = lost_acked_writes([Ack(**a) for a in acks], records)
     assert not lost, f"acknowledged writes lost: {lost[:5]}"
     answers = [(a["t_acked"], a["node"], a["epoch"]) for a in acks]
     assert not epoch_violations(answers), epoch_violations(answers)
 
 
-class _Ack:
-    def __init__(self, d):
-        self.__dict__.update(d)
-
-
-def acks_as_tuples(acks):
-    return [_Ack(a) for a in acks]
+def _rejoin_and_check(m: MirrorLab, returning: str, primary: str) -> dict:
+    """The node that was away comes back as SECOND in sync; nothing acknowledged
+    was lost; both real copies end identical. Returns the primary's state."""
+    m.wait_state(returning, "SECOND", timeout=60)
+    st = m.wait_state(primary, "PRIM", timeout=30)
+    m.writer.stop()
+    _check_history(m, primary, m.acks())
+    # a write the stopped client left in flight may still be on its way
+    wait_until("identical copies", lambda: m.log_records(returning) == m.log_records(primary), 10)
+    return st
 
 
 def test_primary_host_killed_fails_over_and_returns_as_secondary(mirror):
@@ -46,22 +51,16 @@ def test_primary_host_killed_fails_over_and_returns_as_secondary(mirror):
     m.start_writer()
     before = m.wait_acks(20)
     assert {a["node"] for a in before} == {"n1"}
-    t_kill = m.kill_host("n1")
+    m.kill_host("n1")            # how long it takes is measured by python -m bench failover
     m.wait_state("n2", "ALONE", timeout=20)
     wait_until("writes through the VIP on n2", lambda: any(
         a["node"] == "n2" for a in m.acks()), 20)
-    first_n2 = min(a["t_acked"] for a in m.acks() if a["node"] == "n2")
-    assert first_n2 - t_kill < 10
-    m.writer.stop()
-    acks = m.acks()
-    _check_history(m, "n2", acks)
-    assert m.keys_via_vip() >= {a["key"] for a in acks}
+    acked = {a["key"] for a in m.acks()}         # before asking: later acks may come in
+    assert m.keys_via_vip() >= acked
     # the old primary comes back: reintegration, then in sync
     m.restart_node("n1")
-    m.wait_state("n1", "SECOND", timeout=60)
-    st = m.wait_state("n2", "PRIM", timeout=30)
+    st = _rejoin_and_check(m, "n1", "n2")
     assert st["in_sync"] == ["n1", "n2"] and st["epoch"] == 2
-    assert m.log_records("n1") == m.log_records("n2")
 
 
 def test_secondary_cut_off_primary_goes_alone_and_keeps_serving(mirror):
@@ -79,14 +78,9 @@ def test_secondary_cut_off_primary_goes_alone_and_keeps_serving(mirror):
     log = m.lab.workdir / "n1" / "hacluster.log"
     wait_until("the primary committed the secondary's removal", lambda: (
         "event=secondary_out_of_sync" in log.read_text(errors="replace")
-        or m.state("n1")["epoch"] > 1), 5)
+        or m.state("n1")["epoch"] > 1), 15)
     m.lab.heal("n2")
-    m.wait_state("n1", "PRIM", timeout=60)
-    m.writer.stop()
-    acks = m.acks()
-    _check_history(m, "n1", acks)
-    time.sleep(0.5)
-    assert m.log_records("n2") == m.log_records("n1")
+    _rejoin_and_check(m, "n2", "n1")
 
 
 def test_swap_and_stop_start(mirror):
@@ -145,42 +139,35 @@ def test_primary_host_cut_off_stops_acting_and_the_secondary_takes_over(mirror):
     wait_until("n1 gave up", lambda: (m.state("n1") or {}).get("state") in ("WAIT", "SECOND"), 20)
     st = m.state("n1")
     assert st["vip"] == [], "a cut-off primary must drop its VIP"
-    lost = [e for e in m.cluster.events("n1") if e.get("event") == "lease_lost"
-            and e.get("resource") == "mirror/kvdemo"]
-    granted = [e for e in m.cluster.events("n2") if e.get("event") == "lease_granted"
-               and e.get("resource") == "mirror/kvdemo" and e.get("holder") == "n2"]
+    lost = [e for e in m.cluster.events("n1", "lease_lost") if e.get("resource") == "mirror/kvdemo"]
+    granted = [e for e in m.cluster.events("n2", "lease_granted")
+               if e.get("resource") == "mirror/kvdemo" and e.get("holder") == "n2"]
     assert lost and granted and float(lost[0]["mono"]) < float(granted[-1]["mono"]), \
         "the old primary must stop acting before the new one is granted the lease"
     wait_until("writes on n2", lambda: any(a["node"] == "n2" for a in m.acks()), 20)
     m.lab.heal("n1")
-    m.wait_state("n1", "SECOND", timeout=60)
-    m.wait_state("n2", "PRIM", timeout=30)
-    m.writer.stop()
-    acks = m.acks()
-    _check_history(m, "n2", acks)
-    time.sleep(0.5)
-    assert m.log_records("n1") == m.log_records("n2")
+    _rejoin_and_check(m, "n1", "n2")
 
 
 def test_primary_daemon_killed_its_mount_dies_with_it_and_the_secondary_takes_over(mirror):
     m = mirror()
+
+    def mounts_of_n1() -> list[psutil.Process]:
+        root = str(m.data_dir("n1"))
+        return [p for p in psutil.process_iter(["cmdline"])
+                if "mount" in (p.info["cmdline"] or []) and root in (p.info["cmdline"] or [])]
+
     m.start_writer()
     m.wait_acks(10)
+    assert mounts_of_n1(), "the primary's replication mount runs"
     m.cluster.kill("n1")         # SIGKILL of the daemon alone: its children stay on the host
     m.wait_state("n2", "ALONE", timeout=20)
     wait_until("writes on n2", lambda: any(a["node"] == "n2" for a in m.acks()), 20)
     # the replication mount died with its daemon (PDEATHSIG): no writes accepted there
-    mounts = [p for p in __import__("psutil").process_iter(["cmdline"])
-              if "mount" in (p.info["cmdline"] or []) and str(m.data_dir("n1")) in (p.info["cmdline"] or [])]
-    assert mounts == []
-    n = len(m.acks())
-    m.wait_acks(n + 20, timeout=20)
+    assert mounts_of_n1() == []
+    m.wait_acks(len(m.acks()) + 20, timeout=20)
     # its daemon restarts: the VIP left on n1 is removed, n1 returns as SECOND
     m.cluster.start("n1")
-    m.wait_state("n1", "SECOND", timeout=60)
+    _rejoin_and_check(m, "n1", "n2")
     assert m.cluster.events("n1", "leftovers_cleaned")
-    res = m.lab.run("n1", ["ip", "-4", "addr", "show"])
-    assert m.vip not in res.stdout
-    m.writer.stop()
-    acks = m.acks()
-    _check_history(m, "n2", acks)
+    assert m.vip not in m.lab.run("n1", ["ip", "-4", "addr", "show"]).stdout

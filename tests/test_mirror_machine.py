@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from hacluster.mirror_machine import (
-    CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, Contend, DropVip,
+    CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
     LeaseAcquired, LeaseLost, LeaseReleased, MirrorMachine, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
     RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
 
