@@ -1,0 +1,94 @@
+"""The farm's bucket allocator, pure: who owns each of the 256 traffic buckets.
+
+Applied inside a replicated op, so it must give the same table on every Raft
+member: no randomness, no dict-order dependence (members are sorted by name),
+integer arithmetic only.
+
+Shares: each member's exact share is power/total*256. Its quota is that share
+rounded down or up, so it is always within one bucket of proportional. Which
+members get the rounded-up quota: first those that already own that many
+buckets (so a balanced table never moves), then by largest remainder, ties by
+name. Moves: a member keeps its buckets up to its quota (lowest indexes
+first); buckets of members that left, unowned buckets and each member's
+surplus go, in index order, to the members under quota. Nothing else moves, so
+the number of buckets that change owner is the least any allocation with these
+quotas can achieve: the sum over old owners of (old count - new count) where
+positive.
+"""
+from __future__ import annotations
+
+BUCKETS = 256
+
+
+class AllocationError(ValueError):
+    """Bad input to the allocator (not a plain table or power map)."""
+
+
+def _check(table: list[str | None] | None, powers: dict[str, int]) -> None:
+    if not isinstance(powers, dict):
+        raise AllocationError(f"farm powers must be a dict of member -> power, got {powers!r}")
+    for name, power in powers.items():
+        if not isinstance(name, str) or not name:
+            raise AllocationError(f"farm member name must be a non-empty string, got {name!r}")
+        if not isinstance(power, int) or isinstance(power, bool) or power <= 0:
+            raise AllocationError(f"farm power of {name!r} must be a positive integer, got {power!r}")
+    if table is None:
+        return
+    if not isinstance(table, (list, tuple)) or len(table) != BUCKETS:
+        raise AllocationError(f"bucket table must be a list of {BUCKETS} owners, got "
+                              f"{type(table).__name__} of length {len(table) if hasattr(table, '__len__') else '?'}")
+    for i, owner in enumerate(table):
+        if owner is not None and not isinstance(owner, str):
+            raise AllocationError(f"bucket {i}: owner must be a member name or None, got {owner!r}")
+
+
+def shares(table: list[str | None]) -> dict[str, int]:
+    """How many buckets each owner holds (unowned buckets are not counted)."""
+    counts: dict[str, int] = {}
+    for owner in table:
+        if owner is not None:
+            counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+def quotas(powers: dict[str, int], current: dict[str, int] | None = None) -> dict[str, int]:
+    """Each member's bucket count: its proportional share rounded down or up,
+    summing to BUCKETS. ``current``: counts owned now; a member that already
+    owns the rounded-up count is preferred for it, so that it keeps its buckets."""
+    _check(None, powers)
+    if not powers:
+        return {}
+    current = current or {}
+    total = sum(powers.values())
+    floor = {n: p * BUCKETS // total for n, p in powers.items()}
+    remainder = {n: p * BUCKETS % total for n, p in powers.items()}
+    spare = BUCKETS - sum(floor.values())
+    # Only members with a fractional share can take a rounded-up bucket.
+    candidates = sorted((n for n in powers if remainder[n] > 0),
+                        key=lambda n: (current.get(n, 0) <= floor[n], -remainder[n], n))
+    result = dict(floor)
+    for n in candidates[:spare]:
+        result[n] += 1
+    return result
+
+
+def allocate(table: list[str | None] | None, powers: dict[str, int]) -> list[str | None]:
+    """The new owner of each bucket for the members ``powers`` (name -> power),
+    starting from ``table`` (None: no owners yet). Raises AllocationError on bad input."""
+    _check(table, powers)
+    old: list[str | None] = list(table) if table is not None else [None] * BUCKETS
+    if not powers:
+        return [None] * BUCKETS
+    current = shares([o if o in powers else None for o in old])
+    target = quotas(powers, current)
+    new: list[str | None] = [None] * BUCKETS
+    kept: dict[str, int] = {n: 0 for n in powers}
+    for i, owner in enumerate(old):
+        if owner in powers and kept[owner] < target[owner]:
+            new[i] = owner
+            kept[owner] += 1
+    free = iter(i for i in range(BUCKETS) if new[i] is None)
+    for name in sorted(powers):
+        for _ in range(target[name] - kept[name]):
+            new[next(free)] = name
+    return new
