@@ -12,8 +12,14 @@ State is plain data so that it can be dumped and checked:
   modules: name -> {"digest": sha256 hex, "mode": "mirror"|"farm", "size": int,
                     "source": member that has the package, "failover": bool,
                     "intent": {member: "start"|"stop"}}
+  farm modules also have "farm": {"members": {node: power}, "table": [256 owners
+                    or None], "version": int} (a snapshot without it: empty farm)
 A mirror module's primary is the holder of the lease ``mirror/<module>``; its
 ``eligible`` list is the module's in-sync set (DESIGN rule 3).
+A farm's table is recomputed inside every op that changes its members, with the
+deterministic ``bucket_allocator.allocate``; ``version`` rises whenever the
+table changes. A node leaves every farm in the same op that ends its liveness
+lease (expiry or release) or removes it; uninstalling a farm drops its members.
 ``epoch`` rises with every grant; ``seq`` rises with every change (grant,
 renewal, release, expiry) so the leader's expiry decision can be fenced.
 """
@@ -24,6 +30,7 @@ import math
 import re
 from typing import Any
 
+from .bucket_allocator import BUCKETS, allocate
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
 
 Result = dict[str, Any]
@@ -32,6 +39,7 @@ LIVENESS_PREFIX = "node/"
 MIRROR_PREFIX = "mirror/"
 _MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+FARM_POWER_MAX = 1000
 
 
 def liveness_resource(name: str) -> str:
@@ -42,6 +50,16 @@ def mirror_resource(module: str) -> str:
     return MIRROR_PREFIX + module
 
 
+def empty_farm() -> dict[str, Any]:
+    return {"members": {}, "table": [None] * BUCKETS, "version": 0}
+
+
+def farm_of(module: dict[str, Any]) -> dict[str, Any]:
+    """A farm module's farm section (also from a snapshot dict); older snapshots
+    have none, which means an empty farm."""
+    return module.get("farm") or empty_farm()
+
+
 def _valid_duration(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0)
@@ -49,6 +67,12 @@ def _valid_duration(value: Any) -> bool:
 
 def _ok(**kw: Any) -> Result:
     return {"ok": True, **kw}
+
+
+def _farms_left(farms: list[str]) -> dict[str, list[str]]:
+    """Results name the farms a node left only when there are some (older
+    results stay as they were)."""
+    return {"farms_left": farms} if farms else {}
 
 
 def _refused(error: str, **kw: Any) -> Result:
@@ -79,7 +103,18 @@ class ClusterState:
         state.members = copy.deepcopy(data.get("members", {}))
         state.leases = copy.deepcopy(data.get("leases", {}))
         state.modules = copy.deepcopy(data.get("modules", {}))
+        for module in state.modules.values():
+            if module.get("mode") == "farm":
+                module["farm"] = farm_of(module)
         return state
+
+    def farm_table(self, name: str) -> tuple[int, list[str | None], dict[str, int]]:
+        """(version, bucket owners, members with power) of farm module ``name``."""
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None or module["mode"] != "farm":
+            raise KeyError(f"no farm module {name!r}")
+        farm = farm_of(module)
+        return farm["version"], list(farm["table"]), dict(farm["members"])
 
     # ---- membership ----------------------------------------------------------
     def bootstrap(self, members: dict[str, dict[str, str]]) -> Result:
@@ -113,12 +148,13 @@ class ClusterState:
                             "stop its modules first")
         address = self.members.pop(name)["address"]
         self.leases.pop(liveness_resource(name), None)
+        farms = self._leave_every_farm(name)
         for module in self.modules.values():
             module["intent"].pop(name, None)
         for lease in self.leases.values():
             if lease["eligible"] is not None and name in lease["eligible"]:
                 lease["eligible"] = [n for n in lease["eligible"] if n != name]
-        return _ok(name=name, address=address)
+        return _ok(name=name, address=address, **_farms_left(farms))
 
     # ---- leases ---------------------------------------------------------------
     def _lease(self, resource: str, lease_s: float) -> dict[str, Any]:
@@ -173,7 +209,7 @@ class ClusterState:
             return _refused(f"{node} does not hold {resource} epoch {epoch}")
         lease["holder"] = None
         lease["seq"] += 1
-        return _ok(epoch=epoch)
+        return _ok(epoch=epoch, **_farms_left(self._not_live(resource, node)))
 
     def expire(self, resource: str, epoch: int, seq: int) -> Result:
         """The leader saw no renewal for a full lease. Fenced by (epoch, seq):
@@ -187,7 +223,7 @@ class ClusterState:
         holder = lease["holder"]
         lease["holder"] = None
         lease["seq"] += 1
-        return _ok(epoch=epoch, holder=holder)
+        return _ok(epoch=epoch, holder=holder, **_farms_left(self._not_live(resource, holder)))
 
     def set_eligible(self, resource: str, nodes: list[str] | None, lease_s: float) -> Result:
         if not isinstance(resource, str) or not resource:
@@ -239,6 +275,8 @@ class ClusterState:
         self.modules[name] = {"digest": digest, "mode": mode, "size": size, "source": source,
                               "failover": old["failover"] if old else True,
                               "intent": dict(old["intent"]) if old else {}}
+        if mode == "farm":
+            self.modules[name]["farm"] = farm_of(old) if old else empty_farm()
         if mode == "mirror" and old is None:
             lease = self._lease(mirror_resource(name), lease_s)
             if lease["holder"] is None:
@@ -257,7 +295,8 @@ class ClusterState:
             return _refused(f"module {name} is still primary on {holder}; stop it first")
         del self.modules[name]
         self.leases.pop(mirror_resource(name), None)
-        return _ok(name=name)
+        left = sorted(farm_of(module)["members"]) if module["mode"] == "farm" else []
+        return _ok(name=name, **({"farm_members_left": left} if left else {}))
 
     def set_intent(self, name: str, node: str, intent: str) -> Result:
         module = self.modules.get(name) if isinstance(name, str) else None
@@ -326,3 +365,72 @@ class ClusterState:
             return _refused(f"{node} is the primary of {resource}; stop it first")
         lease["eligible"] = [n for n in (lease["eligible"] or []) if n != node]
         return _ok(eligible=lease["eligible"])
+
+
+    # ---- farms -------------------------------------------------------------------------
+    def _farm_module(self, name: Any) -> tuple[dict[str, Any] | None, str | None]:
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return None, f"unknown module {name!r}"
+        if module["mode"] != "farm":
+            return None, f"module {name} is a {module['mode']} module, not a farm"
+        module["farm"] = farm_of(module)
+        return module["farm"], None
+
+    @staticmethod
+    def _set_farm_members(farm: dict[str, Any], members: dict[str, int]) -> bool:
+        """Recompute the table for ``members``; True when the table changed."""
+        table = allocate(farm["table"], members)
+        farm["members"] = members
+        if table == farm["table"]:
+            return False
+        farm["table"] = table
+        farm["version"] += 1
+        return True
+
+    def farm_join(self, name: str, node: str, power: int) -> Result:
+        """``node`` serves farm ``name`` with weight ``power``; it must hold its
+        liveness lease, so that an expiry can take it out again."""
+        farm, error = self._farm_module(name)
+        if farm is None:
+            return _refused(error)
+        if not isinstance(node, str) or node not in self.members:
+            return _refused(f"unknown member {node!r}")
+        if self.members[node]["role"] != "node":
+            return _refused(f"{node} is a {self.members[node]['role']}; only data nodes join farm {name}")
+        if (not isinstance(power, int) or isinstance(power, bool)
+                or not 1 <= power <= FARM_POWER_MAX):
+            return _refused(f"invalid farm power {power!r} for {node} in farm {name} "
+                            f"(an integer 1..{FARM_POWER_MAX})")
+        if self.holder(liveness_resource(node)) != node:
+            return _refused(f"{node} is not live (it does not hold {liveness_resource(node)}); "
+                            f"it cannot join farm {name}")
+        if farm["members"].get(node) == power:
+            return _ok(name=name, node=node, version=farm["version"], changed=False)
+        changed = self._set_farm_members(farm, {**farm["members"], node: power})
+        return _ok(name=name, node=node, version=farm["version"], changed=changed)
+
+    def farm_leave(self, name: str, node: str) -> Result:
+        farm, error = self._farm_module(name)
+        if farm is None:
+            return _refused(error)
+        if not isinstance(node, str) or node not in farm["members"]:
+            return _ok(name=name, node=node, version=farm["version"], changed=False)
+        changed = self._set_farm_members(
+            farm, {n: p for n, p in farm["members"].items() if n != node})
+        return _ok(name=name, node=node, version=farm["version"], changed=changed)
+
+    def _leave_every_farm(self, node: str) -> list[str]:
+        left = []
+        for name in sorted(self.modules):
+            module = self.modules[name]
+            if module["mode"] == "farm" and node in farm_of(module)["members"]:
+                self.farm_leave(name, node)
+                left.append(name)
+        return left
+
+    def _not_live(self, resource: str, node: str) -> list[str]:
+        """A liveness lease just ended: its node leaves every farm."""
+        if resource == liveness_resource(node):
+            return self._leave_every_farm(node)
+        return []

@@ -131,6 +131,14 @@ class _StateConsumer(SyncObjConsumer):
     def leave_in_sync(self, resource, node):
         return self._apply("leave_in_sync", resource, node)
 
+    @replicated
+    def farm_join(self, name, node, power):
+        return self._apply("farm_join", name, node, power)
+
+    @replicated
+    def farm_leave(self, name, node):
+        return self._apply("farm_leave", name, node)
+
     def _serialize(self):
         with self.lock:
             return self.state.to_dict()
@@ -142,7 +150,8 @@ class _StateConsumer(SyncObjConsumer):
 
 OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
        "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
-       "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync")
+       "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync", "farm_join",
+       "farm_leave")
 
 
 class _SyncObj(SyncObj):
