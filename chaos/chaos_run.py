@@ -1,0 +1,359 @@
+"""The chaos episode runner on one MirrorLab (n1, n2, witness w, client c).
+
+One lab for the whole run. Each episode: wait for a healthy pair (PRIM + SECOND, both
+in sync), start a writer on the client, let it write a little, start a nemesis, hold
+for a seeded time, heal, wait for PRIM + SECOND again (recovery time, within a bound),
+let the client write again, stop it, then check the history:
+
+- every acknowledged write of the whole run is in the primary's real copy with its
+  value, and its key is listed through the VIP (chaos.history_check);
+- the epochs clients saw only rise, one node per epoch (chaos.history_check);
+- recovery happened within the bound, the client was answered after it, and both real
+  copies are identical.
+
+The per-node states are sampled all along for the timeline. Every random choice comes
+from ``random.Random(f"{seed}/{index}/{nemesis}")``: a run is reproducible from its seed
+(up to timing: targets depend on who is primary when the episode starts).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .history_check import epoch_violations, lost_acked_writes
+from .kv_workload import Ack, Answer, failover_gap
+from .lab import Lab, wait_until
+from .lab_mirror import MODULE, MirrorLab
+from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis
+
+log = logging.getLogger("chaos.chaos_run")
+
+HOSTS = ("n1", "n2", "w", "c")
+SAMPLED = ("n1", "n2", "w")      # the rows of the timeline: data nodes, then the witness
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ---- pure parts -----------------------------------------------------------------------
+
+def healthy_pair(states: Mapping[str, dict | None]) -> tuple[str, str, int] | None:
+    """(primary, secondary, epoch) when one node is PRIM/Ready, the other SECOND/Ready
+    and the primary's in-sync set holds both; else None."""
+    prim = [n for n, st in states.items() if st and st["state"] == "PRIM" and st["ready"] == "Ready"]
+    sec = [n for n, st in states.items() if st and st["state"] == "SECOND" and st["ready"] == "Ready"]
+    if len(prim) != 1 or len(sec) != 1 or len(states) != 2:
+        return None
+    p, s = prim[0], sec[0]
+    if sorted(states[p].get("in_sync") or []) != sorted([p, s]):
+        return None
+    return p, s, int(states[p]["epoch"])
+
+
+def longest_gap(times: Iterable[float], start: float, end: float) -> float:
+    """The longest time in [start, end] without an event (times of acks)."""
+    points = [start, *sorted(t for t in times if start < t < end), end]
+    return max(b - a for a, b in zip(points, points[1:]))
+
+
+@dataclass
+class EpisodeObservation:
+    """What an episode saw, as the checks need it."""
+    acks: list[Ack]                       # every acknowledged write of the run so far
+    answers: list[Answer]                 # every (t, node, epoch) the client was answered
+    read_back: Mapping[str, str | None] | None  # the primary's real copy; None: no primary
+    vip_keys: set[str] | None             # keys listed through the VIP; None: no answer
+    recovery_s: float | None              # None: no recovery within the bound
+    recovery_bound_s: float
+    answered_after_recovery: bool
+    copies_identical: bool | None         # None: not compared (no recovery)
+
+
+def check_episode(obs: EpisodeObservation) -> list[str]:
+    """Every invariant the observation breaks, one line each (empty: all held)."""
+    violations = []
+    if obs.recovery_s is None:
+        violations.append(f"no recovery: not PRIM+SECOND in sync within {obs.recovery_bound_s:g} s "
+                          "after heal")
+    elif obs.recovery_s > obs.recovery_bound_s:
+        violations.append(f"recovery took {obs.recovery_s:.1f} s > {obs.recovery_bound_s:g} s")
+    if obs.read_back is None:
+        violations.append("no primary copy to read the acknowledged writes back from")
+    else:
+        lost = lost_acked_writes(obs.acks, obs.read_back)
+        if lost:
+            violations.append(f"{len(lost)} acknowledged writes lost, e.g. {lost[0]}")
+    if obs.vip_keys is None:
+        violations.append("keys not readable through the VIP after recovery")
+    else:
+        missing = sorted({a.key for a in obs.acks} - obs.vip_keys)
+        if missing:
+            violations.append(f"{len(missing)} acknowledged keys not listed through the VIP, "
+                              f"e.g. {missing[0]!r}")
+    violations += epoch_violations(obs.answers)
+    if obs.recovery_s is not None and not obs.answered_after_recovery:
+        violations.append("the client got no acknowledgement after recovery")
+    if obs.copies_identical is False:
+        violations.append("the two real copies differ after recovery")
+    return violations
+
+
+def episode_plan(names: Sequence[str], episodes: int) -> list[str]:
+    """Nemesis of each episode: every nemesis once per round, ``episodes`` rounds."""
+    return [name for _ in range(episodes) for name in names]
+
+
+def episode_rng(seed: int, index: int, nemesis: str) -> random.Random:
+    return random.Random(f"{seed}/{index}/{nemesis}")   # str seeds hash with sha512: stable
+
+
+# ---- observation of the lab --------------------------------------------------------------
+
+class StateSampler:
+    """Samples each data node's module state (one thread per node, so a paused daemon
+    delays only its own row) and the witness's liveness; keeps the changes."""
+
+    def __init__(self, m: MirrorLab, witness: str, interval_s: float = 0.2) -> None:
+        self.m, self.witness, self.interval_s = m, witness, interval_s
+        self.changes: list[dict[str, Any]] = []
+        self._last: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(n,), daemon=True,
+                                          name=f"sampler-{n}") for n in [*m.nodes, witness]]
+
+    def start(self) -> StateSampler:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+
+    def _sample(self, node: str) -> tuple:
+        if node == self.witness:
+            return ("UP" if self.m.cluster.status(node, timeout=1.0) else "DOWN", "", None)
+        st = self.m.state(node)
+        return (st["state"], st["ready"], st["epoch"]) if st else ("DOWN", "", None)
+
+    def _loop(self, node: str) -> None:
+        while not self._stop.is_set():
+            sample = self._sample(node)
+            with self._lock:
+                if self._last.get(node) != sample:
+                    self._last[node] = sample
+                    self.changes.append({"t": time.monotonic(), "node": node, "state": sample[0],
+                                         "ready": sample[1], "epoch": sample[2]})
+            self._stop.wait(self.interval_s)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return sorted(self.changes, key=lambda c: c["t"])
+
+
+def _states(m: MirrorLab) -> dict[str, dict | None]:
+    return {n: m.state(n) for n in m.nodes}
+
+
+def wait_healthy(m: MirrorLab, timeout: float) -> tuple[str, str, int] | None:
+    try:
+        return wait_until("PRIM+SECOND in sync", lambda: healthy_pair(_states(m)), timeout, 0.1)
+    except TimeoutError:
+        return None
+
+
+def repair(m: MirrorLab) -> None:
+    """After an episode that did not recover: undo every fault and restart whatever is
+    dead, so the next episode starts from a healthy pair (or says it could not)."""
+    log.info("event=chaos_repair")
+    m.lab.heal()
+    for member in m.cluster.members:
+        proc = m.cluster.procs.get(member)
+        if proc is None or not proc.alive():
+            m.cluster.start(member)
+        else:
+            proc.resume()
+    for n in m.nodes:
+        m.cli(n, "-m", MODULE, "start")
+
+
+# ---- the run ----------------------------------------------------------------------------
+
+@dataclass
+class EpisodeRecord:
+    index: int
+    nemesis: str
+    seed: str
+    hold_s: float
+    primary_before: str | None
+    epoch_before: int | None
+    targets: dict[str, Any] = field(default_factory=dict)
+    t_start: float = 0.0
+    t_fault: float | None = None
+    t_heal: float | None = None
+    t_recovered: float | None = None
+    recovery_s: float | None = None
+    failover_s: float | None = None
+    max_gap_s: float | None = None
+    primary_after: str | None = None
+    epoch_after: int | None = None
+    acked: int = 0
+    violations: list[str] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ChaosRun:
+    seed: int
+    nemeses: list[str]
+    episodes_per_nemesis: int
+    hold_range_s: tuple[float, float] = (2.0, 5.0)
+    recovery_bound_s: float = 60.0
+    t0: float = field(default_factory=time.monotonic)
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M:%S"))
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    t_end: float | None = None
+
+    @property
+    def violations(self) -> int:
+        return sum(len(e.violations) for e in self.episodes)
+
+    def to_history(self) -> dict[str, Any]:
+        """Plain data for history.json (times: time.monotonic(), t0 = start of the run)."""
+        return {
+            "seed": self.seed, "nemeses": self.nemeses,
+            "episodes_per_nemesis": self.episodes_per_nemesis,
+            "hold_range_s": list(self.hold_range_s), "recovery_bound_s": self.recovery_bound_s,
+            "started": self.started, "t0": self.t0, "t_end": self.t_end or time.monotonic(),
+            "hosts": list(HOSTS), "sampled": list(SAMPLED),
+            "episodes": [asdict(e) for e in self.episodes],
+            "faults": [f for e in self.episodes for f in e.faults],
+            "client": [[a.key, a.value, a.node, a.epoch, a.t_sent, a.t_acked] for a in self.acks],
+            "states": self.states,
+        }
+
+
+def _acks(m: MirrorLab, writer) -> list[Ack]:
+    return [Ack(**a) for a in m.acks(writer)]
+
+
+def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
+                writer_timeout_s: float = 0.5) -> EpisodeRecord:
+    rng = episode_rng(run.seed, index, name)
+    nemesis = make_nemesis(name)
+    hold_s = round(max(nemesis.min_hold_s, rng.uniform(*run.hold_range_s)), 3)
+    settle_s = rng.uniform(0.3, 1.0)
+    t_start = time.monotonic()
+    pair = wait_healthy(m, run.recovery_bound_s)
+    if pair is None:
+        repair(m)
+        pair = wait_healthy(m, run.recovery_bound_s)
+    rec = EpisodeRecord(index, name, f"{run.seed}/{index}/{name}", hold_s,
+                        pair[0] if pair else None, pair[2] if pair else None, t_start=t_start)
+    if pair is None:
+        rec.violations.append("the pair was not healthy before the episode, even after repair")
+        return rec
+    log.info("event=episode_start index=%d nemesis=%s primary=%s epoch=%d hold_s=%.2f",
+             index, name, pair[0], pair[2], hold_s)
+    writer = m.start_writer(prefix=f"e{index:03d}", timeout_s=writer_timeout_s)
+    try:
+        m.wait_acks(5, timeout=20)
+    except TimeoutError:
+        pass                      # reported below: no answer before the fault
+    time.sleep(settle_s)
+    roles = Roles(primary=pair[0], secondary=pair[1], witness=m.cluster.witnesses[0],
+                  client=m.client)
+    ctx = NemesisContext(m, roles, rng)
+    rec.t_fault = time.monotonic()
+    try:
+        nemesis.start(ctx)
+        rec.targets = dict(nemesis.targets)
+        time.sleep(hold_s)
+    finally:
+        nemesis.heal(ctx)
+    rec.t_heal = time.monotonic()
+    after = wait_healthy(m, run.recovery_bound_s)
+    if after is not None:
+        rec.t_recovered = time.monotonic()
+        rec.recovery_s = rec.t_recovered - rec.t_heal
+        rec.primary_after, _sec, rec.epoch_after = after
+    answered = False
+    if after is not None:
+        try:
+            wait_until("an acknowledgement after recovery", lambda: any(
+                a.t_acked > rec.t_recovered for a in _acks(m, writer)), 20, 0.05)
+            answered = True
+        except TimeoutError:
+            pass
+    writer.stop()
+    acks = _acks(m, writer)
+    run.acks.extend(acks)
+    rec.acked = len(acks)
+    answers = [(a.t_acked, a.node, a.epoch) for a in acks]
+    rec.failover_s = failover_gap(answers, rec.t_fault)
+    rec.max_gap_s = longest_gap([a.t_acked for a in acks], rec.t_fault,
+                                rec.t_recovered or rec.t_heal)
+    read_back = vip_keys = identical = None
+    if after is not None:
+        prim, sec = after[0], after[1]
+        read_back = m.log_records(prim)
+        vip_keys = m.keys_via_vip()
+        try:   # a write the stopped client left in flight may still be on its way
+            wait_until("identical copies", lambda: m.log_records(sec) == m.log_records(prim), 10, 0.1)
+            identical = True
+        except TimeoutError:
+            identical = False
+    obs = EpisodeObservation(
+        acks=list(run.acks), answers=[(a.t_acked, a.node, a.epoch) for a in run.acks],
+        read_back=read_back, vip_keys=vip_keys, recovery_s=rec.recovery_s,
+        recovery_bound_s=run.recovery_bound_s, answered_after_recovery=answered,
+        copies_identical=identical)
+    rec.violations = check_episode(obs)
+    rec.faults = [{**asdict(ev), "episode": index} for ev in nemesis.events]
+    log.info("event=episode_done index=%d nemesis=%s recovery_s=%s failover_s=%s acked=%d "
+             "violations=%d", index, name, _r(rec.recovery_s), _r(rec.failover_s), rec.acked,
+             len(rec.violations))
+    for v in rec.violations:
+        log.warning("event=violation index=%d nemesis=%s what=%r", index, name, v)
+    return rec
+
+
+def _r(x: float | None) -> str:
+    return "none" if x is None else f"{x:.3f}"
+
+
+def run_chaos(names: Sequence[str], episodes: int, seed: int,
+              hold_range_s: tuple[float, float] = (2.0, 5.0), recovery_bound_s: float = 60.0,
+              on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None = None) -> ChaosRun:
+    """Start one MirrorLab, run every episode on it, clean it up; returns the run.
+    ``on_episode(run, record)`` is called after each episode (e.g. to save progress)."""
+    unknown = [n for n in names if n not in NEMESES]
+    if unknown:
+        raise ValueError(f"unknown nemesis {unknown[0]!r}; have {', '.join(NEMESES)}")
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not 0 < hold_range_s[0] <= hold_range_s[1]:
+        raise ValueError(f"hold range must be 0 < min <= max, got {hold_range_s}")
+    run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s)
+    with Lab(list(HOSTS)) as lab:
+        m = MirrorLab(lab).start(prim="n1")
+        sampler = StateSampler(m, m.cluster.witnesses[0]).start()
+        try:
+            for index, name in enumerate(episode_plan(names, episodes)):
+                rec = run_episode(m, run, index, name)
+                run.episodes.append(rec)
+                if on_episode is not None:
+                    on_episode(run, rec)
+        finally:
+            sampler.stop()
+            run.states = sampler.snapshot()
+            run.t_end = time.monotonic()
+    return run
