@@ -212,9 +212,10 @@ class Flap(Nemesis):
                 return
 
     def heal(self, ctx: NemesisContext) -> None:
-        self._stop.set()
+        # The whole schedule runs even when the hold is shorter: flapping is the fault.
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(sum(d + u for d, u in self.targets["schedule"]) + 5)
+        self._stop.set()
         ctx.lab.heal()
         self.record("heal", self.targets.get("host"))
 

@@ -1,0 +1,123 @@
+"""Nemesis target selection: from the roles and a seeded rng only, so a chaos run is
+reproducible from its seed; every choice names real hosts in a sensible role."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, strategies as st
+
+from chaos.chaos_run import episode_plan, episode_rng
+from chaos.nemesis import NEMESES, Nemesis, Roles, make_nemesis
+
+ROLES = Roles(primary="n1", secondary="n2", witness="w", client="c")
+SWAPPED = Roles(primary="n2", secondary="n1", witness="w", client="c")
+
+
+def _choose(name: str, seed: int, roles: Roles = ROLES) -> dict:
+    return make_nemesis(name).choose(random.Random(seed), roles)
+
+
+@given(name=st.sampled_from(sorted(NEMESES)), seed=st.integers(0, 2**32))
+def test_same_seed_same_roles_same_targets(name, seed):
+    assert _choose(name, seed) == _choose(name, seed)
+
+
+@pytest.mark.parametrize("name", sorted(NEMESES))
+def test_targets_follow_the_roles_not_the_host_names(name):
+    """The same seed with the primary on the other node picks the mirrored targets."""
+    def rename(obj):
+        if isinstance(obj, str):
+            return {"n1": "n2", "n2": "n1"}.get(obj, obj)
+        if isinstance(obj, list):
+            return [rename(o) for o in obj]
+        if isinstance(obj, dict):
+            return {k: rename(v) for k, v in obj.items()}
+        return obj
+    for seed in range(20):
+        assert _choose(name, seed, SWAPPED) == rename(_choose(name, seed, ROLES))
+
+
+def test_random_choices_vary_with_the_seed():
+    for name in ("partition-halves", "one-way", "kill-replication", "kill-host", "flap", "kill-all"):
+        assert len({repr(_choose(name, seed)) for seed in range(40)}) > 1, name
+
+
+def test_fixed_role_nemeses_hit_the_role():
+    for seed in range(10):
+        assert _choose("isolate-primary", seed) == {"host": "n1"}
+        assert _choose("isolate-secondary", seed) == {"host": "n2"}
+        assert _choose("isolate-witness", seed) == {"host": "w"}
+        assert _choose("kill-daemon", seed) == {"host": "n1"}
+        assert _choose("pause-primary", seed) == {"host": "n1"}
+        assert _choose("bridge", seed) == {"groups": [["n1"], ["n2"]], "bridge": "w"}
+
+
+def test_partition_halves_puts_the_witness_with_one_node_and_everyone_somewhere():
+    seen = set()
+    for seed in range(60):
+        groups = _choose("partition-halves", seed)["groups"]
+        assert sorted(h for g in groups for h in g) == ["c", "n1", "n2", "w"]
+        majority, minority = groups
+        assert "w" in majority and len({"n1", "n2"} & set(majority)) == 1
+        assert len({"n1", "n2"} & set(minority)) == 1
+        seen.add((tuple(sorted(majority)), tuple(sorted(minority))))
+    assert len(seen) == 4   # witness with either node, client on either side
+
+
+def test_one_way_blocks_a_data_node_towards_the_other_voters():
+    for seed in range(20):
+        t = _choose("one-way", seed)
+        assert t["src"] in ("n1", "n2")
+        assert sorted(t["dst"]) == sorted({"n1", "n2", "w"} - {t["src"]})
+
+
+def test_kill_replication_kills_the_primary_mount_or_the_secondary_receiver():
+    kinds = {tuple(_choose("kill-replication", s).items()) for s in range(40)}
+    assert kinds == {(("host", "n1"), ("kind", "mount")), (("host", "n2"), ("kind", "receive"))}
+
+
+def test_flap_schedule_is_short_and_on_a_voter():
+    for seed in range(20):
+        t = _choose("flap", seed)
+        assert t["host"] in ("n1", "n2", "w")
+        assert 3 <= len(t["schedule"]) <= 6
+        assert all(0.2 <= d <= 0.8 and 0.2 <= u <= 0.8 for d, u in t["schedule"])
+
+
+def test_kill_all_powers_off_every_voter():
+    for seed in range(10):
+        assert sorted(_choose("kill-all", seed)["hosts"]) == ["n1", "n2", "w"]
+
+
+def test_zombie_pause_outlasts_the_lease():
+    from raft.settings import RaftSettings
+    assert NEMESES["pause-primary"].min_hold_s >= 2 * RaftSettings().lease_s
+
+
+def test_episode_rng_is_stable_per_episode():
+    a = episode_rng(7, 3, "flap")
+    b = episode_rng(7, 3, "flap")
+    assert [a.random() for _ in range(5)] == [b.random() for _ in range(5)]
+    assert episode_rng(7, 3, "flap").random() != episode_rng(7, 4, "flap").random()
+    assert episode_rng(7, 3, "flap").random() != episode_rng(8, 3, "flap").random()
+
+
+def test_episode_plan_runs_every_nemesis_each_round():
+    assert episode_plan(["a", "b"], 3) == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_unknown_nemesis_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown nemesis 'nope'.*isolate-primary"):
+        make_nemesis("nope")
+
+
+def test_every_nemesis_is_registered_under_its_name():
+    assert all(issubclass(cls, Nemesis) and cls.name == name for name, cls in NEMESES.items())
+    assert len(NEMESES) == 12
+
+
+def test_an_event_is_recorded_with_time_action_and_host():
+    n = make_nemesis("isolate-witness")
+    ev = n.record("cut", "w", "witness isolated")
+    assert n.events == [ev] and ev.nemesis == "isolate-witness" and ev.host == "w" and ev.t > 0
