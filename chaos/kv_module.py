@@ -10,7 +10,7 @@ DATADIR = "/srv/kvdemo"
 USERCONFIG = """<!DOCTYPE safe>
 <!-- the hacluster demo: an HTTP key/value service on a replicated directory -->
 <safe>
-  <service mode="mirror" failover="on" scripts_timeout="30s">
+  <service mode="mirror" failover="on" scripts_timeout="30s"{service_extra}>
     <heart pulse="700" timeout="30000"/>
     <vip garp_refresh="{garp}">
       <interface_list>
@@ -70,13 +70,14 @@ echo "transition $1 -> $2 ($3) on $HACLUSTER_NODE epoch $HACLUSTER_EPOCH"
 
 
 def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: float = 1.0,
-                    garp_refresh_s: float = 5.0) -> Path:
+                    garp_refresh_s: float = 5.0, defaultprim: str | None = None) -> Path:
     """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``."""
     (folder / "conf").mkdir(parents=True, exist_ok=True)
     (folder / "bin").mkdir(exist_ok=True)
     (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(
         vip=vip, port=port, datadir=DATADIR, python=sys.executable,
-        ack_timeout=f"{ack_timeout_s}s", garp=f"{garp_refresh_s}s"))
+        ack_timeout=f"{ack_timeout_s}s", garp=f"{garp_refresh_s}s",
+        service_extra=f' defaultprim="{defaultprim}"' if defaultprim else ""))
     for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM),
                        ("transition", TRANSITION)):
         path = folder / "bin" / name

@@ -26,7 +26,7 @@ PORT = 8080
 
 class MirrorLab:
     def __init__(self, lab: Lab, nodes=("n1", "n2"), witness="w", client="c",
-                 ack_timeout_s: float = 1.0) -> None:
+                 ack_timeout_s: float = 1.0, defaultprim: str | None = None) -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
@@ -35,6 +35,7 @@ class MirrorLab:
         self.vip = str(net.network_address + 200)
         self.url = f"http://{self.vip}:{PORT}"
         self.ack_timeout_s = ack_timeout_s
+        self.defaultprim = defaultprim
         self.writer: LabProcess | None = None
 
     # ---- set-up ----------------------------------------------------------------
@@ -56,7 +57,8 @@ class MirrorLab:
         self.cluster.start_all()
         self.cluster.wait_leader()
         folder = write_kv_module(self.lab.workdir / "kvdemo-module", self.vip,
-                                 port=PORT, ack_timeout_s=self.ack_timeout_s)
+                                 port=PORT, ack_timeout_s=self.ack_timeout_s,
+                                 defaultprim=self.defaultprim)
         safe = self.lab.workdir / f"{MODULE}.safe"
         self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
         self.cli(self.nodes[0], "module", "install", str(safe), check=True)

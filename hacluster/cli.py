@@ -31,6 +31,40 @@ def _call(args: argparse.Namespace, cmd: str, **kw: Any) -> Any:
     return request(_load(args).socket_path, cmd, **kw)
 
 
+def _hosts(args: argparse.Namespace) -> list[str] | None:
+    spec = getattr(args, "hosts", None)
+    if not spec:
+        return None
+    hosts = [h.strip() for h in spec.split(",") if h.strip()]
+    if not hosts:
+        raise ConfigError(f"-H {spec!r}: expected 'all' or node names separated by commas")
+    return hosts
+
+
+def _on_hosts(args: argparse.Namespace, cmd: str, human: Any, timeout: float = 30.0,
+              **kw: Any) -> list[dict] | None:
+    """With ``-H``: run ``cmd`` on every named node through the local daemon (which
+    forwards it, authenticated, to its peers), print one block per node, and return
+    the rows; without ``-H``: None (the caller runs the command locally)."""
+    hosts = _hosts(args)
+    if hosts is None:
+        return None
+    rows = _call(args, "forward", hosts="all" if hosts == ["all"] else hosts,
+                 request={"cmd": cmd, **kw}, timeout=timeout + 5)
+    if getattr(args, "json", False):
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        for row in rows:
+            text = human(row["result"]) if row["ok"] else f"error: {row['error']}"
+            sep = "\n" if "\n" in text else " "
+            print(f"{row['node']}:{sep}{text}")
+    return rows
+
+
+def _rows_exit(rows: list[dict]) -> int:
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """Plain aligned columns: [(key, HEADER), ...]."""
     def cell(v: Any) -> str:
@@ -163,14 +197,21 @@ def cmd_module_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_module_list(args: argparse.Namespace) -> int:
-    rows = _call(args, "module_list")
+def _module_table(rows: list[dict]) -> str:
     for r in rows:
         r["started_on"] = sorted(n for n, i in r["intent"].items() if i == "start")
-    _print(args, rows, table(rows, [("module", "MODULE"), ("mode", "MODE"), ("digest", "SHA256"),
-                                    ("installed_here", "HERE"), ("state", "STATE"),
-                                    ("failover", "FAILOVER"), ("started_on", "STARTED ON"),
-                                    ("error", "ERROR")]))
+    return table(rows, [("module", "MODULE"), ("mode", "MODE"), ("digest", "SHA256"),
+                        ("installed_here", "HERE"), ("state", "STATE"),
+                        ("failover", "FAILOVER"), ("started_on", "STARTED ON"),
+                        ("error", "ERROR")])
+
+
+def cmd_module_list(args: argparse.Namespace) -> int:
+    on_hosts = _on_hosts(args, "module_list", _module_table)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    rows = _call(args, "module_list")
+    _print(args, rows, _module_table(rows))
     return 0
 
 
@@ -183,16 +224,29 @@ def _module(args: argparse.Namespace) -> str:
 def cmd_module_command(args: argparse.Namespace) -> int:
     name = args.mcmd
     if name in ("prim", "second") and getattr(args, "fullsync", None):
-        raise ConfigError(f"{name} fullsync is not implemented yet (reintegration compares "
-                          "digests after every change of primary already)")
-    res = _call(args, "module_cmd", module=_module(args), cmd_name=name)
-    _print(args, res, f"{res['module']} on {res['node']}: {res['message']}")
+        name += "_fullsync"
+    kw = {"module": _module(args), "cmd_name": name}
+
+    def human(res: dict) -> str:
+        return f"{res['module']} on {res['node']}: {res['message']}"
+    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, "module_cmd", **kw)
+    _print(args, res, human(res))
     return 0
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    res = _call(args, "module_cmd", module=_module(args), cmd_name=f"failover_{args.onoff}")
-    _print(args, res, f"{res['module']}: automatic failover {'on' if res['failover'] else 'off'}")
+    kw = {"module": _module(args), "cmd_name": f"failover_{args.onoff}"}
+
+    def human(res: dict) -> str:
+        return f"{res['module']}: automatic failover {'on' if res['failover'] else 'off'}"
+    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, "module_cmd", **kw)
+    _print(args, res, human(res))
     return 0
 
 
@@ -208,26 +262,49 @@ def _state_line(st: dict) -> str:
     return line
 
 
+def _states_text(rows: list[dict]) -> str:
+    return "\n".join(_state_line(r) for r in rows) or "no modules"
+
+
 def cmd_state(args: argparse.Namespace) -> int:
     if not args.module:
+        on_hosts = _on_hosts(args, "module_state", _states_text)
+        if on_hosts is not None:
+            return _rows_exit(on_hosts)
         rows = _call(args, "module_state")
-        _print(args, rows, "\n".join(_state_line(r) for r in rows) or "no modules")
+        _print(args, rows, _states_text(rows))
         return 0
+    on_hosts = _on_hosts(args, "module_state", _state_line, module=args.module)
+    if on_hosts is not None:
+        # One node: its SafeKit exit code; several: whether every node answered.
+        if len(on_hosts) == 1 and on_hosts[0]["ok"]:
+            return on_hosts[0]["result"]["exit_code"]
+        return _rows_exit(on_hosts)
     st = _call(args, "module_state", module=args.module)
     _print(args, st, _state_line(st))
     return st["exit_code"]
 
 
 def cmd_waitstate(args: argparse.Namespace) -> int:
-    st = _call(args, "module_waitstate", module=_module(args), state=args.state,
-               wait_s=args.timeout, timeout=args.timeout + 10)
-    _print(args, st, _state_line(st) + ("" if st["reached"] else f"  (not {args.state.upper()} "
-                                                                   f"within {args.timeout} s)"))
+    kw = {"module": _module(args), "state": args.state, "wait_s": args.timeout}
+
+    def human(st: dict) -> str:
+        return _state_line(st) + ("" if st["reached"] else f"  (not {args.state.upper()} "
+                                                          f"within {args.timeout} s)")
+    on_hosts = _on_hosts(args, "module_waitstate", human, timeout=args.timeout + 10, **kw)
+    if on_hosts is not None:
+        return 0 if all(r["ok"] and r["result"]["reached"] for r in on_hosts) else 1
+    st = _call(args, "module_waitstate", timeout=args.timeout + 10, **kw)
+    _print(args, st, human(st))
     return 0 if st["reached"] else 1
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    res = _call(args, "module_log", module=_module(args), kind=args.kind, lines=args.lines)
+    kw = {"module": _module(args), "kind": args.kind, "lines": args.lines}
+    on_hosts = _on_hosts(args, "module_log", lambda res: "\n".join(res["lines"]), **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, "module_log", **kw)
     _print(args, res, "\n".join(res["lines"]))
     return 0
 
@@ -248,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="member configuration directory "
                    "(default $HACLUSTER_CONFIG or /etc/hacluster)")
     p.add_argument("--module", "-m", help="the module a state/start/stop/... command is for")
+    p.add_argument("-H", "--hosts", metavar="all|NODE[,NODE...]",
+                   help="run a module command on these nodes (through the local daemon)")
     sub = p.add_subparsers(dest="group", required=True)
 
     def json_flag(sp: argparse.ArgumentParser) -> None:

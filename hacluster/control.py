@@ -60,10 +60,15 @@ class ControlServer:
     async def _dispatch(self, line: bytes) -> dict[str, Any]:
         try:
             request = json.loads(line)
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                raise ValueError("request must be an object with a string 'cmd'")
         except ValueError as e:
             return {"ok": False, "error": f"bad control request: {e}"}
+        return await self.dispatch(request)
+
+    async def dispatch(self, request: Any) -> dict[str, Any]:
+        """One request → ``{"ok": True, "result": ...}`` or ``{"ok": False, "error": ...}``."""
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            return {"ok": False, "error": "bad control request: request must be an object "
+                                          "with a string 'cmd'"}
         handler = self.handlers.get(request["cmd"])
         if handler is None:
             return {"ok": False, "error": f"unknown control command {request['cmd']!r} "

@@ -23,6 +23,7 @@ from . import structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer
 from .lease_holder import LeaseHolder
+from .peer_control import PeerControlError, PeerControlServer, call_peer, peer_control_address
 
 log = logging.getLogger("hacluster.daemon")
 
@@ -43,6 +44,7 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._control: ControlServer | None = None
         self.exit_reason = "stopped"
 
     # ---- entry point --------------------------------------------------------
@@ -63,6 +65,10 @@ class Daemon:
             on_role_change=self._role_changed_threadsafe))
         control = ControlServer(self.config.socket_path, self.control_handlers())
         await control.start()
+        host, port = peer_control_address(self.config.me["address"])
+        self._control = control
+        peer_control = PeerControlServer(host, port, secret, control.dispatch)
+        await peer_control.start()
         log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                  self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                  self.config.socket_path)
@@ -76,6 +82,7 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await peer_control.close()
         await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
         log.info("event=daemon_stopped reason=%r", self.exit_reason)
@@ -94,6 +101,7 @@ class Daemon:
             "leases": self._leases,
             "add_member": self._add_member,
             "remove_member": self._remove_member,
+            "forward": self._forward,
         }
 
     def track(self, task: asyncio.Task) -> asyncio.Task:
@@ -201,6 +209,38 @@ class Daemon:
 
     async def _leases(self, request: dict) -> list[dict]:
         return self._lease_rows(self.raft.snapshot())
+
+    async def _forward(self, request: dict) -> list[dict]:
+        """Run ``request["request"]`` on each of ``request["hosts"]`` ("all" = every node)
+        and return one ``{"node", "ok", "result" | "error"}`` per host, in order."""
+        inner, hosts = request.get("request"), request.get("hosts")
+        if not isinstance(inner, dict) or inner.get("cmd") == "forward":
+            raise ControlError("forward: 'request' must be a control request (not a forward)")
+        members = self.raft.snapshot()["members"] or self.config.members
+        if hosts == "all" or hosts == ["all"]:
+            names = sorted(n for n, m in members.items() if m["role"] == "node")
+        elif isinstance(hosts, list) and hosts and all(isinstance(h, str) for h in hosts):
+            unknown = [h for h in hosts if h not in members]
+            if unknown:
+                raise ControlError(f"-H: unknown node(s) {', '.join(unknown)} "
+                                   f"(members: {', '.join(sorted(members))})")
+            names = list(dict.fromkeys(hosts))
+        else:
+            raise ControlError("forward: 'hosts' must be 'all' or a list of member names")
+        timeout = float(inner.get("wait_s") or 0) + 30.0
+        secret = self.config.read_secret()
+
+        async def one(name: str) -> dict:
+            if name == self.name:
+                reply = await self._control.dispatch(inner)
+            else:
+                host, port = peer_control_address(members[name]["address"])
+                try:
+                    reply = await call_peer(host, port, secret, inner, timeout=timeout)
+                except PeerControlError as e:
+                    reply = {"ok": False, "error": str(e)}
+            return {"node": name, **reply}
+        return list(await asyncio.gather(*(one(n) for n in names)))
 
     async def _add_member(self, request: dict) -> dict:
         name, address, role = request.get("name"), request.get("address"), request.get("role")

@@ -327,6 +327,11 @@ class MirrorMachine:
         # when Raft lets it (it is in the in-sync set, e.g. named with prim).
         return v.failover or self.state is State.WAIT
 
+    @property
+    def contending(self) -> bool:
+        """The last contend decision given to the driver."""
+        return self._contend
+
     def _contend_change(self) -> Output:
         want = self._wants_lease()
         if want == self._contend:

@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raft.cluster_state import liveness_resource, mirror_resource
+from raft.durable_storage import durable_replace
 from replication.mount import unmount
 from vip import VipAnnouncer, has_vip
 
+from . import default_primary
 from . import mirror_machine as mm
 from .control import ControlError
 from .lease_holder import LeaseHolder
 from .module_scripts import ScriptRunner
+from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
@@ -148,6 +151,9 @@ class MirrorModule:
         self._last_display: tuple[mm.State, str] | None = None
         self.closed = False
         self.started = False
+        self._last_epoch_path = self.state_dir / "last_primary_epoch"
+        self._deferred: asyncio.TimerHandle | None = None
+        self._deferral_done = False
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -315,16 +321,55 @@ class MirrorModule:
 
     def _set_contend(self, on: bool) -> None:
         if on and self.holder is None:
+            if self._deferred is not None:
+                return
+            view = self._last_view or mm.View()
+            if not self._deferral_done and default_primary.preferred_is_peer(
+                    self.config.defaultprim, self.node, self.peer, view,
+                    self._last_primary_epoch(), starting=self.machine.state is not mm.State.SECOND):
+                # defaultprim prefers the peer: give it one lease to take the role first.
+                delay = self.daemon.config.raft.lease_s
+                log.info("event=contend_deferred module=%s preferred=%s defaultprim=%s delay_s=%.1f",
+                         self.name, self.peer, self.config.defaultprim, delay)
+                self._deferred = asyncio.get_running_loop().call_later(delay, self._deferred_contend)
+                return
             self.holder = LeaseHolder(self.daemon.raft, self.resource, self.node,
                                       self.daemon.config.raft.lease_timing,
-                                      on_acquired=lambda epoch: self.feed(mm.LeaseAcquired(epoch)),
+                                      on_acquired=self._lease_acquired,
                                       on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
             self.daemon.holders[self.resource] = self.holder
             self.daemon.track(asyncio.create_task(self.holder.run()))
-        elif not on and self.holder is not None and self.holder.lease.epoch is None:
-            holder, self.holder = self.holder, None
-            self.daemon.holders.pop(self.resource, None)
-            asyncio.create_task(holder.stop(release=False))
+        elif not on:
+            self._deferral_done = False
+            if self._deferred is not None:
+                self._deferred.cancel()
+                self._deferred = None
+            if self.holder is not None and self.holder.lease.epoch is None:
+                holder, self.holder = self.holder, None
+                self.daemon.holders.pop(self.resource, None)
+                asyncio.create_task(holder.stop(release=False))
+
+    def _deferred_contend(self) -> None:
+        # After one deferral ask regardless: a preference must never keep the module down.
+        self._deferred = None
+        self._deferral_done = True
+        if not self.closed and self.machine.contending:
+            self._set_contend(True)
+
+    def _lease_acquired(self, epoch: int) -> None:
+        try:
+            tmp = self._last_epoch_path.with_suffix(".tmp")
+            tmp.write_text(f"{epoch}\n")
+            durable_replace(str(tmp), str(self._last_epoch_path))
+        except OSError as e:
+            log.warning("event=last_epoch_not_saved module=%s error=%r", self.name, str(e))
+        self.feed(mm.LeaseAcquired(epoch))
+
+    def _last_primary_epoch(self) -> int | None:
+        try:
+            return int(self._last_epoch_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _peer_host(self) -> str:
         members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
@@ -435,11 +480,52 @@ class MirrorModule:
         self.progress = progress
 
     # ---- commands -------------------------------------------------------------------------
-    def command(self, name: str) -> str:
+    async def command(self, name: str) -> str:
+        note = ""
+        view = self._last_view or mm.View()
+        if name == "start" and default_primary.first_start_names_good_copy(
+                self.config.defaultprim, self.node, view):
+            name, note = "prim", " (defaultprim: first start, this node's copy is the good one)"
+            self._module_log(f"defaultprim={self.node}: first start names this copy good")
+        elif name == "prim_fullsync":
+            # Every start as primary compares all blocks' digests with the secondary
+            # (the sync point is dropped at promotion): a full check already.
+            name, note = "prim", " (the first reintegration compares every block)"
+        elif name == "second_fullsync":
+            if self.machine.state not in (mm.State.STOP, mm.State.WAIT):
+                raise ControlError(f"module {self.name}: second fullsync starts a stopped or "
+                                   f"waiting module (state {self.machine.display[0].value}); "
+                                   "stop it first")
+            if view.holder == self.peer:
+                await self._peer_forgets_sync_point()
+            name, note = "second", " (the primary will compare every block)"
+        elif name == "forget_sync_point":
+            return self.forget_sync_point()
         out = self.feed(mm.Command(name))
         if out.refused:
             raise ControlError(f"module {self.name}: {out.refused}")
-        return f"{name}: accepted"
+        return f"{name}: accepted{note}"
+
+    def forget_sync_point(self) -> str:
+        """Drop the record that both copies were identical: the next reintegration
+        compares the digests of every block instead of trusting the bitmaps."""
+        for i in range(len(self.config.rfs.dirs)):
+            (self.state_dir / f"rfs{i}" / "baseline").unlink(missing_ok=True)
+        self._module_log("sync point dropped: the next reintegration compares every block")
+        log.info("event=sync_point_dropped module=%s", self.name)
+        return "sync point dropped: the next reintegration compares every block"
+
+    async def _peer_forgets_sync_point(self) -> None:
+        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
+        host, port = peer_control_address(members[self.peer]["address"])
+        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "forget_sync_point"}
+        try:
+            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=10)
+        except PeerControlError as e:
+            raise ControlError(f"module {self.name}: second fullsync: {e}") from None
+        if not reply.get("ok"):
+            raise ControlError(f"module {self.name}: second fullsync: the primary {self.peer} "
+                               f"refused: {reply.get('error')}")
 
     async def wait_state(self, state: str, timeout: float) -> bool:
         fut = asyncio.get_running_loop().create_future()

@@ -239,7 +239,7 @@ class ModuleRegistry:
             return {"module": rt.name, "failover": cmd == "failover_on"}
         if not isinstance(cmd, str):
             raise ControlError("module_cmd needs cmd_name")
-        return {"module": rt.name, "node": self.daemon.name, "message": rt.command(cmd)}
+        return {"module": rt.name, "node": self.daemon.name, "message": await rt.command(cmd)}
 
     async def _state(self, request: dict) -> Any:
         if request.get("module") in (None, ""):

@@ -161,6 +161,8 @@ class PrimaryLink:
                 p["phase"], p["files_done"], p["files_total"], p["bytes_done"], p["bytes_total"],
                 p["rate_Bps"]))
         started = time.monotonic()
+        log.info("event=reintegration_started peer=%s:%d force_digests=%s",
+                 self.host, self.port, self.reintegration.force_digests)
         result = self.reintegration.run()
         with self.sender.ordering_lock:
             if self.sender.state is not SenderState.CONNECTED:

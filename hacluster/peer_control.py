@@ -1,0 +1,190 @@
+"""Control requests between nodes, for ``hacluster -H HOSTS ...``.
+
+The CLI talks only to its local daemon (Unix socket, root only); that daemon
+forwards the request to each named peer over TCP on Raft port + 3. Both
+directions are authenticated with the cluster secret, so the CLI never needs
+the secret and a host outside the cluster can neither drive a node nor fake
+an answer. One request per connection:
+
+    server -> client  nonce (32 random bytes)
+    client -> server  length (4 bytes, big endian) + JSON request
+                      + HMAC-SHA256(secret, b"hacluster-control" + nonce + JSON)
+    server -> client  length + JSON reply
+                      + HMAC-SHA256(secret, b"hacluster-control-reply" + nonce + JSON)
+
+The nonce makes a recorded request or reply useless on another connection.
+Only the commands in ``REMOTE_COMMANDS`` are served: the replication hooks and
+module installation (which names a local file) stay local.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import struct
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger("hacluster.peer_control")
+
+PORT_OFFSET = 3
+NONCE_BYTES = 32
+MAC_BYTES = 32
+MAX_BODY_BYTES = 1 << 20
+REQUEST_CONTEXT = b"hacluster-control"
+REPLY_CONTEXT = b"hacluster-control-reply"
+REMOTE_COMMANDS = frozenset({"status", "leases", "module_list", "module_cmd", "module_state",
+                             "module_log", "module_waitstate"})
+_LENGTH = struct.Struct(">I")
+
+Dispatch = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class PeerControlError(Exception):
+    """A forwarded request that got no authenticated answer; one line naming the peer."""
+
+
+def peer_control_address(raft_address: str) -> tuple[str, int]:
+    host, port = raft_address.rsplit(":", 1)
+    return host, int(port) + PORT_OFFSET
+
+
+def _mac(secret: str, context: bytes, nonce: bytes, body: bytes) -> bytes:
+    return hmac.new(secret.encode(), context + nonce + body, hashlib.sha256).digest()
+
+
+def _frame(secret: str, context: bytes, nonce: bytes, body: bytes) -> bytes:
+    return _LENGTH.pack(len(body)) + body + _mac(secret, context, nonce, body)
+
+
+async def _read_frame(reader: asyncio.StreamReader, secret: str, context: bytes,
+                      nonce: bytes) -> bytes | None:
+    """The body, or None when its MAC is wrong. Raises ValueError when oversize."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if length > MAX_BODY_BYTES:
+        raise ValueError(f"{length} bytes is over the {MAX_BODY_BYTES} byte limit")
+    body = await reader.readexactly(length)
+    mac = await reader.readexactly(MAC_BYTES)
+    return body if hmac.compare_digest(mac, _mac(secret, context, nonce, body)) else None
+
+
+class PeerControlServer:
+    """Serves ``dispatch(request) -> reply`` to peers that know the cluster secret."""
+
+    def __init__(self, host: str, port: int, secret: str, dispatch: Dispatch, *,
+                 request_timeout: float = 5.0, max_connections: int = 16) -> None:
+        if not secret:
+            raise ValueError("peer control: the cluster secret must be a non-empty string")
+        self.host, self.port = host, port
+        self._secret = secret
+        self._dispatch = dispatch
+        self._request_timeout = request_timeout
+        self._slots = asyncio.Semaphore(max_connections)
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("event=peer_control_listening host=%s port=%d", self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        try:
+            if self._slots.locked():
+                log.warning('event=peer_control_refused peer=%s reason="too many connections"', peer)
+                return
+            async with self._slots:
+                await self._serve(reader, writer, peer)
+        except (asyncio.TimeoutError, TimeoutError):
+            log.warning("event=peer_control_dropped peer=%s reason=timeout", peer)
+        except asyncio.IncompleteReadError:
+            log.warning('event=peer_control_dropped peer=%s reason="short request"', peer)
+        except (ConnectionError, OSError, ValueError) as exc:
+            log.warning("event=peer_control_dropped peer=%s reason=%r", peer, str(exc))
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     peer: str) -> None:
+        nonce = os.urandom(NONCE_BYTES)
+        writer.write(nonce)
+        async with asyncio.timeout(self._request_timeout):
+            await writer.drain()
+            body = await _read_frame(reader, self._secret, REQUEST_CONTEXT, nonce)
+        if body is None:
+            # No reply at all: a reply would need the secret the peer does not have.
+            log.warning('event=peer_control_refused peer=%s reason="wrong cluster secret"', peer)
+            return
+        reply = await self._answer(body, peer)
+        writer.write(_frame(self._secret, REPLY_CONTEXT, nonce, json.dumps(reply).encode()))
+        await writer.drain()
+
+    async def _answer(self, body: bytes, peer: str) -> dict[str, Any]:
+        try:
+            request = json.loads(body)
+        except ValueError as e:
+            return {"ok": False, "error": f"bad peer control request: {e}"}
+        if not isinstance(request, dict) or request.get("cmd") not in REMOTE_COMMANDS:
+            cmd = request.get("cmd") if isinstance(request, dict) else None
+            return {"ok": False, "error": f"{cmd!r} cannot be run from another node "
+                                          f"(remote commands: {', '.join(sorted(REMOTE_COMMANDS))})"}
+        log.info("event=peer_control_request peer=%s cmd=%s module=%s", peer, request["cmd"],
+                 request.get("module", "-"))
+        return await self._dispatch(request)
+
+
+async def call_peer(host: str, port: int, secret: str, request: dict[str, Any],
+                    timeout: float = 30.0) -> dict[str, Any]:
+    """Send one control request to a peer; return its reply ``{"ok": ..., ...}``."""
+    where = f"node at {host}:{port}"
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                nonce = await reader.readexactly(NONCE_BYTES)
+                writer.write(_frame(secret, REQUEST_CONTEXT, nonce, json.dumps(request).encode()))
+                await writer.drain()
+                body = await _read_frame(reader, secret, REPLY_CONTEXT, nonce)
+            finally:
+                writer.close()
+    except (asyncio.TimeoutError, TimeoutError):
+        raise PeerControlError(f"{where}: no answer within {timeout:g} s") from None
+    except asyncio.IncompleteReadError:
+        raise PeerControlError(f"{where}: connection closed without an answer "
+                               "(wrong cluster secret?)") from None
+    except ValueError as e:
+        raise PeerControlError(f"{where}: {e}") from None
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+        raise PeerControlError(f"{where}: {reason}") from None
+    if body is None:
+        raise PeerControlError(f"{where}: answer not authenticated with the cluster secret; ignored")
+    try:
+        reply = json.loads(body)
+    except ValueError as e:
+        raise PeerControlError(f"{where}: unreadable answer: {e}") from None
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise PeerControlError(f"{where}: answer is not a control reply")
+    return reply
