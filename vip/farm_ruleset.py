@@ -1,0 +1,329 @@
+"""Farm traffic sharing on one VIP: the nftables ruleset that keeps this node's buckets.
+
+Every farm node receives every frame sent to the VIP (a shared MAC, see vip.shared_mac);
+each one hashes the client into 256 buckets and accepts only the buckets it owns.
+
+The rendered script (``render_ruleset``, pure) holds two tables, replaced together in one
+nft transaction (declare-then-delete, so a reload never leaves a moment with no filter):
+
+``table inet hacluster_farm_<module>``
+    ``prerouting`` at priority -300 (raw: before conntrack, so a node that drops a
+    packet never creates conntrack state for it; after defragmentation at -400 when
+    conntrack is loaded). Packets arriving on the farm interface for the VIP jump to
+    ``to_vip``, which first does ``meta pkttype set host`` (TCP drops frames that came on
+    a multicast MAC otherwise), then takes the first matching rule:
+    ``on_addr`` hashes ``jhash ip saddr``, ``on_port`` hashes ``jhash ip saddr . <proto>
+    sport``, ``mod 256 seed <seed>``, into a verdict map {owned: accept, others: drop}
+    that covers all 256 buckets.
+    **Packets to the VIP that match no rule** (other ports, ICMP, ...) are bucketed by
+    source address like ``on_addr``: exactly one node answers any packet to the VIP, so
+    a ping gets one reply and no service is answered by every node at once.
+    Packets from loopback are not filtered: a node's own clients reach its own VIP.
+    Limit: a non-first IPv4 fragment has no port, so with ``on_port`` it falls to the
+    by-address rule; load conntrack (defragmentation) if fragmented UDP is served.
+``table arp hacluster_farm_<module>``
+    ``output``: drops the kernel's own ARP replies for the VIP (they would announce the
+    node's real MAC; vip.arp_responder answers with the shared MAC instead), and rewrites
+    the sender address of the kernel's ARP requests sent *from* the VIP to the node's own
+    address: a request from the VIP with the real MAC would repoint the client's entry
+    for the VIP at this one node.
+
+The inet table carries a comment naming the VIP, interface and shared MAC, so that
+``vip.farm_vip.cleanup_leftovers`` can undo a crashed node from the table alone.
+``bucket_of`` computes the kernel's bucket for a client (bit-exact with nft_hash.c's
+jhash and reciprocal_scale, checked against the kernel in tests/test_farm_traffic.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from vip.address import VipError
+
+log = logging.getLogger("hacluster.vip.farm_ruleset")
+
+NFT = shutil.which("nft") or "/usr/sbin/nft"
+BUCKETS = 256
+TABLE_PREFIX = "hacluster_farm_"
+PRIORITY = -300
+PROTOS = ("tcp", "udp")
+FILTERS = ("on_addr", "on_port")
+_MODULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_NFT_TIMEOUT_S = 10
+
+
+class LbRule(NamedTuple):
+    """One ``<loadbalancing_list>`` rule: port (None = any), protocol, filter."""
+    port: int | None
+    proto: str
+    filter: str
+
+
+def table_name(module: str) -> str:
+    """The nft table name (both families) of a farm module; ValueError if unusable."""
+    if not isinstance(module, str) or not _MODULE_RE.match(module):
+        raise ValueError(f"bad farm module name {module!r}: need 1-64 letters, digits, "
+                         f"'_' or '-', starting with a letter or digit")
+    return TABLE_PREFIX + module
+
+
+def _ipv4(addr: object, what: str) -> ipaddress.IPv4Address:
+    try:
+        ip = ipaddress.IPv4Address(addr)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ValueError(f"bad {what} {addr!r}: not an IPv4 address") from None
+    return ip
+
+
+def _vip(vip: object) -> ipaddress.IPv4Address:
+    ip = _ipv4(vip, "farm VIP")
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or str(ip) == "255.255.255.255":
+        raise ValueError(f"bad farm VIP {vip!r}: not a unicast address")
+    return ip
+
+
+def _seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"bad farm hash seed {seed!r}: need an integer 0..2**32-1")
+    return seed
+
+
+def _filter(filter: object) -> str:
+    if filter not in FILTERS:
+        raise ValueError(f"bad farm filter {filter!r}: need on_addr or on_port")
+    return filter  # type: ignore[return-value]
+
+
+def check_rules(rules: Iterable[object]) -> list[LbRule]:
+    """The rules as LbRule, in order; ValueError naming the first bad one."""
+    checked = []
+    for i, raw in enumerate(rules):
+        try:
+            port, proto, filter = raw  # type: ignore[misc]
+        except (TypeError, ValueError):
+            raise ValueError(f"bad farm rule #{i} {raw!r}: need (port, proto, filter)") from None
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 1 <= port <= 65535):
+            raise ValueError(f"bad port {port!r} in farm rule #{i}: need 1..65535 or None")
+        if proto not in PROTOS:
+            raise ValueError(f"bad protocol {proto!r} in farm rule #{i}: need tcp or udp")
+        if filter not in FILTERS:
+            raise ValueError(f"bad filter {filter!r} in farm rule #{i}: need on_addr or on_port")
+        checked.append(LbRule(port, proto, filter))
+    return checked
+
+
+def check_buckets(owned: Iterable[object]) -> frozenset[int]:
+    """The owned bucket set; ValueError naming a bucket outside 0..255."""
+    if isinstance(owned, (str, bytes)):
+        raise ValueError(f"bad farm bucket set {owned!r}: need a set of integers 0..255")
+    result = set()
+    for b in owned:
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < BUCKETS:
+            raise ValueError(f"bad farm bucket {b!r}: need an integer 0..{BUCKETS - 1}")
+        result.add(b)
+    return frozenset(result)
+
+
+def _ranges(buckets: Iterable[int]) -> list[str]:
+    """Sorted buckets as nft interval elements: [0, 1, 2, 7] -> ["0-2", "7"]."""
+    out: list[str] = []
+    run: list[int] = []
+    for b in sorted(buckets):
+        if run and b == run[-1] + 1:
+            run.append(b)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [b]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return out
+
+
+def _verdicts(owned: frozenset[int]) -> str:
+    """A verdict map over all 256 buckets (or a plain verdict if all go one way)."""
+    if len(owned) == BUCKETS:
+        return "accept"
+    if not owned:
+        return "drop"
+    others = frozenset(range(BUCKETS)) - owned
+    elements = [f"{r} : accept" for r in _ranges(owned)] + [f"{r} : drop" for r in _ranges(others)]
+    return "vmap { " + ", ".join(elements) + " }"
+
+
+def _hash(filter: str, proto: str | None, seed: int) -> str:
+    key = "ip saddr" if filter == "on_addr" else f"ip saddr . {proto} sport"
+    return f"jhash {key} mod {BUCKETS} seed {seed:#x}"
+
+
+def table_comment(vip: str, interface: str, mac: str) -> str:
+    return f"hacluster farm vip={vip} interface={interface} mac={mac}"
+
+
+COMMENT_RE = re.compile(r'comment "hacluster farm vip=(\S+) interface=(\S+) mac=(\S+)"')
+
+
+def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterable[object],
+                   seed: int, interface: str, node_addr: str, mac: str = "") -> str:
+    """The nft script that installs (or atomically replaces) the module's two tables.
+
+    ``rules`` are (port|None, "tcp"|"udp", "on_addr"|"on_port"), first match wins;
+    ``owned`` ⊆ range(256); ``node_addr`` is this node's own address on ``interface``
+    (the sender of its ARP requests); ``mac`` is only recorded in the table comment.
+    Pure; ValueError with a one-line message for any bad input."""
+    table = table_name(module)
+    ip = _vip(vip)
+    checked = check_rules(rules)
+    buckets = check_buckets(owned)
+    seed = _seed(seed)
+    if not isinstance(interface, str) or not _IFNAME_RE.match(interface):
+        raise ValueError(f"bad farm interface name {interface!r}")
+    node = _ipv4(node_addr, "node address")
+    if node == ip:
+        raise ValueError(f"bad node address {node_addr!r}: it is the farm VIP itself")
+    if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}|", mac):
+        raise ValueError(f"bad shared MAC {mac!r}: need xx:xx:xx:xx:xx:xx (lower case)")
+    verdicts = _verdicts(buckets)
+    to_vip = ["meta pkttype set host"]  # the frame came to the shared multicast MAC
+    # All buckets or none: a plain verdict (a hash expression alone is no match).
+    hashed = verdicts.startswith("vmap")
+    for r in checked:
+        match = f"{r.proto} dport {r.port}" if r.port is not None else f"meta l4proto {r.proto}"
+        key = f"{_hash(r.filter, r.proto, seed)} " if hashed else ""
+        to_vip.append(f"{match} {key}{verdicts}")
+    to_vip.append(f"{_hash('on_addr', None, seed)} {verdicts}" if hashed  # everything else
+                  else verdicts)
+    lines = [
+        f"table inet {table} {{}}", f"delete table inet {table}",
+        f"table arp {table} {{}}", f"delete table arp {table}",
+        f"table inet {table} {{",
+        f'  comment "{table_comment(str(ip), interface, mac)}"',
+        "  chain prerouting {",
+        f"    type filter hook prerouting priority {PRIORITY}; policy accept;",
+        f'    iifname "{interface}" ip daddr {ip} jump to_vip',
+        "  }",
+        "  chain to_vip {",
+        *(f"    {rule}" for rule in to_vip),
+        "  }",
+        "}",
+        f"table arp {table} {{",
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+        f"    arp operation reply arp saddr ip {ip} drop",
+        f"    arp operation request arp saddr ip {ip} arp saddr ip set {node}",
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_removal(module: str) -> str:
+    """The nft script removing the module's tables (idempotent, one transaction)."""
+    table = table_name(module)
+    return (f"table inet {table} {{}}\ndelete table inet {table}\n"
+            f"table arp {table} {{}}\ndelete table arp {table}\n")
+
+
+def _nft(args: Sequence[str], script: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([NFT, *args], input=script, capture_output=True, text=True,
+                              timeout=_NFT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VipError(f"cannot run {NFT}: {exc}") from None
+
+
+def _first_error(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln]
+    return (errors or lines or ["no message"])[0]
+
+
+def apply_ruleset(script: str) -> None:
+    """Load a rendered script with ``nft -f -``: one transaction, all or nothing."""
+    done = _nft(["-f", "-"], script)
+    if done.returncode != 0:
+        raise VipError(f"nft refused the farm ruleset: {_first_error(done.stderr)}")
+
+
+def remove_ruleset(module: str) -> None:
+    """Remove the module's tables; nothing to remove is fine."""
+    done = _nft(["-f", "-"], render_removal(module))
+    if done.returncode != 0:
+        raise VipError(f"nft cannot remove the farm tables of {module}: "
+                       f"{_first_error(done.stderr)}")
+    log.info("event=farm_ruleset_removed module=%s", module)
+
+
+def read_table_comment(module: str) -> tuple[str, str, str] | None:
+    """(vip, interface, mac) recorded in the module's inet table, or None if no table."""
+    done = _nft(["list", "table", "inet", table_name(module)])
+    if done.returncode != 0:
+        return None  # no such table
+    found = COMMENT_RE.search(done.stdout)
+    return found.groups() if found else None  # type: ignore[return-value]
+
+
+# -- the kernel's hash, in Python -----------------------------------------------------
+
+_JHASH_INITVAL = 0xDEADBEEF
+_M32 = 0xFFFFFFFF
+
+
+def _rol32(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def jhash(key: bytes, initval: int) -> int:
+    """Linux's jhash() (include/linux/jhash.h, Bob Jenkins' lookup3) on a little-endian CPU."""
+    length = len(key)
+    a = b = c = (_JHASH_INITVAL + length + initval) & _M32
+    k = key
+    while length > 12:
+        a = (a + int.from_bytes(k[0:4], "little")) & _M32
+        b = (b + int.from_bytes(k[4:8], "little")) & _M32
+        c = (c + int.from_bytes(k[8:12], "little")) & _M32
+        a = (a - c) & _M32; a ^= _rol32(c, 4); c = (c + b) & _M32
+        b = (b - a) & _M32; b ^= _rol32(a, 6); a = (a + c) & _M32
+        c = (c - b) & _M32; c ^= _rol32(b, 8); b = (b + a) & _M32
+        a = (a - c) & _M32; a ^= _rol32(c, 16); c = (c + b) & _M32
+        b = (b - a) & _M32; b ^= _rol32(a, 19); a = (a + c) & _M32
+        c = (c - b) & _M32; c ^= _rol32(b, 4); b = (b + a) & _M32
+        length -= 12
+        k = k[12:]
+    if length == 0:
+        return c
+    tail = k.ljust(12, b"\x00")  # the switch's fallthrough adds exactly these bytes
+    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    c ^= b; c = (c - _rol32(b, 14)) & _M32
+    a ^= c; a = (a - _rol32(c, 11)) & _M32
+    b ^= a; b = (b - _rol32(a, 25)) & _M32
+    c ^= b; c = (c - _rol32(b, 16)) & _M32
+    a ^= c; a = (a - _rol32(c, 4)) & _M32
+    b ^= a; b = (b - _rol32(a, 14)) & _M32
+    c ^= b; c = (c - _rol32(b, 24)) & _M32
+    return c
+
+
+def bucket_of(client_ip: str, client_port: int | None, filter: str, seed: int) -> int:
+    """The bucket nft puts a client in: ``jhash ip saddr [. sport] mod 256 seed S``.
+
+    nft hashes its registers: the address (4 bytes, network order) and, for on_port, the
+    port in the next 32-bit register (2 bytes network order, 2 zero bytes); the bucket
+    is reciprocal_scale(hash, 256) = hash * 256 >> 32."""
+    key = _ipv4(client_ip, "client address").packed
+    if _filter(filter) == "on_port":
+        if isinstance(client_port, bool) or not isinstance(client_port, int) \
+                or not 0 <= client_port <= 65535:
+            raise ValueError(f"bad client port {client_port!r}: need 0..65535 for on_port")
+        key += client_port.to_bytes(2, "big") + b"\x00\x00"
+    return (jhash(key, _seed(seed)) * BUCKETS) >> 32
