@@ -70,3 +70,42 @@ def test_defaultprim_first_start_with_H_all_then_second_fullsync(make_lab):
 
     res = m.cli("n1", "-m", MODULE, "second", "fullsync")
     assert res.returncode == 1 and "stop it first" in res.stderr
+
+
+def test_cli_refuses_bad_packages_and_installs_nothing(make_lab, tmp_path):
+    import zipfile
+    lab = make_lab(["n1", "n2", "w", "c"])
+    m = MirrorLab(lab).start(prim=None)
+    good = (lab.workdir / "kvdemo-module" / "conf" / "userconfig.xml").read_text()
+    script = "#!/bin/sh\nexit 0\n"
+
+    def safe(name: str, members: list[tuple[str, str, int]]) -> str:
+        path = lab.workdir / f"{name}.safe"
+        with zipfile.ZipFile(path, "w") as z:
+            for member, text, mode in members:
+                info = zipfile.ZipInfo(member)
+                info.external_attr = mode << 16
+                z.writestr(info, text)
+        return str(path)
+
+    cases = {
+        "escape": (safe("escape", [("conf/userconfig.xml", good, 0o644),
+                                   ("bin/start_prim", script, 0o755),
+                                   ("../../etc/evil", script, 0o755)]), "escapes"),
+        "badxml": (safe("badxml", [("conf/userconfig.xml", good.replace('mode="mirror"', 'mode="mirr"'), 0o644),
+                                   ("bin/start_prim", script, 0o755)]), "service@mode"),
+        "entity": (safe("entity", [("conf/userconfig.xml", '<!DOCTYPE x [<!ENTITY a "aaaa">]>'
+                                    '<service mode="mirror">&a;</service>', 0o644),
+                                   ("bin/start_prim", script, 0o755)]), "userconfig.xml"),
+        "noexec": (safe("noexec", [("conf/userconfig.xml", good, 0o644),
+                                   ("bin/start_prim", script, 0o644)]), "executable"),
+    }
+    for name, (path, needle) in cases.items():
+        res = m.cli("n1", "module", "install", path)
+        assert res.returncode == 1, (name, res.stdout, res.stderr)
+        err = res.stderr.strip()
+        assert "\n" not in err and needle in err and f"{name}.safe" in err, (name, err)
+    res = m.cli("n2", "module", "list", "--json", check=True)
+    assert [r["module"] for r in json.loads(res.stdout)] == [MODULE]
+    for n in m.nodes:
+        assert sorted(p.name for p in (m.cluster.config_dir(n) / "data" / "modules").iterdir()) == [MODULE, f"{MODULE}.safe"]
