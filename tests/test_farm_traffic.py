@@ -30,7 +30,7 @@ CLIENT = "d"
 MODULE = "web"
 SEED = 0x5EED1234
 PORT_ON_PORT, PORT_ON_ADDR, PORT_UNLISTED = 8080, 8081, 8082
-SPLIT = {"a": set(range(0, 100)), "b": set(range(100, 180)), "c": set(range(180, 256))}
+SPLIT = {"a": set(range(100)), "b": set(range(100, 180)), "c": set(range(180, 256))}
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -242,3 +242,22 @@ def test_drop_leaves_nothing_and_cleanup_after_a_crash(farm):
     for name, src, sport in answers:
         bucket = bucket_of(src, sport, "on_port", SEED)
         assert name == ("a" if bucket in SPLIT["a"] else None), (bucket, name)
+
+
+def test_node_arp_requests_from_the_vip_do_not_repoint_the_client(farm):
+    """A server resolving the client for a reply sent from the VIP asks with its own
+    address (the arp table rewrites it); the client keeps the VIP on the shared MAC."""
+    farm.raise_all(SPLIT)
+    assert None not in {a[0] for a in farm.ask_many(PORT_ON_PORT, 3)}
+    time.sleep(1.1)  # past the client's neighbour locktime (1 s): an update would stick
+    for h in SERVERS:
+        farm.lab.run(h, ["ip", "neigh", "flush", "dev", "eth0"])
+    check_predicted(farm.ask_many(PORT_ON_PORT, 30), "on_port", SPLIT)
+    neigh = farm.lab.run(CLIENT, ["ip", "neigh", "show", farm.vip]).stdout
+    assert shared_mac_for(farm.vip) in neigh, neigh
+    rewritten = 0
+    for h in SERVERS:
+        arp_table = farm.lab.run(h, ["nft", "list", "table", "arp", f"hacluster_farm_{MODULE}"])
+        line = next(ln for ln in arp_table.stdout.splitlines() if "operation request" in ln)
+        rewritten += int(line.split("packets ")[1].split()[0])
+    assert rewritten >= 1  # the servers did ask from the VIP, and were rewritten

@@ -18,8 +18,16 @@ import socket
 import threading
 
 from vip.address import VipError
-from vip.garp import (ARP_REPLY, ARP_REQUEST, ARPHRD_ETHER, BROADCAST_MAC, ETH_P_ARP, ZERO_MAC,
-                      build_arp_frame, parse_arp_frame)
+from vip.garp import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ARPHRD_ETHER,
+    BROADCAST_MAC,
+    ETH_P_ARP,
+    ZERO_MAC,
+    build_arp_frame,
+    parse_arp_frame,
+)
 
 log = logging.getLogger("hacluster.vip.arp_responder")
 

@@ -22,8 +22,13 @@ from pyroute2 import IPRoute
 
 from vip.address import VipError, add_vip, remove_vip
 from vip.arp_responder import ArpResponder
-from vip.farm_ruleset import (apply_ruleset, check_buckets, read_table_comment,
-                              remove_ruleset, render_ruleset)
+from vip.farm_ruleset import (
+    apply_ruleset,
+    check_buckets,
+    read_table_comment,
+    remove_ruleset,
+    render_ruleset,
+)
 from vip.shared_mac import join_shared_mac, leave_shared_mac, mac_bytes, shared_mac_for
 
 log = logging.getLogger("hacluster.vip.farm_vip")
