@@ -18,6 +18,7 @@ from vip.farm_ruleset import (
     render_removal,
     render_ruleset,
 )
+from vip.farm_vip import FarmVip
 from vip.garp import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -148,6 +149,13 @@ def test_bad_input_is_refused_with_one_line_naming_it(kw, needle):
 def test_check_helpers_accept_good_input():
     assert check_rules([(None, "tcp", "on_addr")])[0].port is None
     assert check_buckets(range(256)) == frozenset(range(256))
+
+
+def test_farm_vip_refuses_bad_settings_before_touching_anything():
+    with pytest.raises(ValueError, match="bad filter 'on_ip' in farm rule #0"):
+        FarmVip("web", VIP, "eth0", [(80, "tcp", "on_ip")], SEED)
+    with pytest.raises(ValueError, match="bad farm VIP"):
+        FarmVip("web", "10.0.0", "eth0", RULES, SEED)
 
 
 # -- bucket_of against values the kernel computed ----------------------------------

@@ -106,14 +106,14 @@ class Farm:
     def log(self, host: str) -> str:
         return self.procs[host].log_path.read_text()
 
-    def control(self, host: str, op: str, owned=None) -> dict:
+    def control(self, host: str, op: str, owned=None, expect_ok: bool = True) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(20)
             s.connect(str(self.lab.host_dir(host) / "farm.sock"))
             request = {"op": op} if owned is None else {"op": op, "owned": sorted(owned)}
             s.sendall((json.dumps(request) + "\n").encode())
             answer = json.loads(s.makefile("r").readline())
-        assert answer["ok"], f"{host} {op}: {answer}"
+        assert answer["ok"] == expect_ok, f"{host} {op}: {answer}"
         return answer
 
     def raise_all(self, table: dict[str, set[int]]) -> None:
@@ -130,7 +130,7 @@ class Farm:
         found += [ln for ln in tables.splitlines() if "hacluster_farm_" in ln]
         maddr = self.lab.run(host, ["ip", "maddr", "show", "dev", "eth0"]).stdout
         found += [ln.strip() for ln in maddr.splitlines() if shared_mac_for(self.vip) in ln]
-        addrs = self.lab.run(host, ["ip", "-4", "-o", "addr", "show"]).stdout
+        addrs = self.lab.run(host, ["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).stdout
         found += [ln.strip() for ln in addrs.splitlines() if f" {self.vip}/" in ln]
         return found
 
@@ -261,3 +261,13 @@ def test_node_arp_requests_from_the_vip_do_not_repoint_the_client(farm):
         line = next(ln for ln in arp_table.stdout.splitlines() if "operation request" in ln)
         rewritten += int(line.split("packets ")[1].split()[0])
     assert rewritten >= 1  # the servers did ask from the VIP, and were rewritten
+
+
+def test_failed_raise_leaves_nothing_half_applied(farm):
+    # the VIP already sits on lo: add_vip refuses it after the ruleset and MAC are in place
+    farm.lab.run("a", ["ip", "addr", "add", f"{farm.vip}/32", "dev", "lo"])
+    answer = farm.control("a", "raise", SPLIT["a"], expect_ok=False)
+    assert "already on lo" in answer["error"], answer
+    assert farm.leftovers("a") == []  # no table, no maddr, nothing on eth0
+    assert farm.control("a", "set", SPLIT["a"], expect_ok=False)["error"].endswith(
+        "raise_ it before setting buckets")
