@@ -167,8 +167,9 @@ def test_on_port_splits_connections_per_bucket_table(farm):
     counts = check_predicted(answers, "on_port", SPLIT)
     assert len({sport for _n, _s, sport in answers}) > 550  # varied source ports
     for h, owned in SPLIT.items():
-        expected = 600 * len(owned) / 256
-        assert abs(counts[h] - expected) <= 0.2 * expected, (h, counts, expected)
+        share = len(owned) / 256
+        # ports are random: allow 4 binomial standard deviations (about 20-25 % here)
+        assert abs(counts[h] - 600 * share) <= 4 * (600 * share * (1 - share)) ** 0.5, counts
     neigh = farm.lab.run(CLIENT, ["ip", "neigh", "show", farm.vip]).stdout
     assert shared_mac_for(farm.vip) in neigh  # learned from our ARP responder
     print(f"on_port split of 600: {dict(counts)} (buckets 100/80/76)")
