@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .lab import _netns_pids
+from .lab import Lab, _netns_pids
 from .lab_mirror import MirrorLab
 
 log = logging.getLogger("chaos.nemesis")
@@ -57,7 +57,7 @@ class NemesisContext:
     rng: random.Random
 
     @property
-    def lab(self):
+    def lab(self) -> Lab:
         return self.mirror.lab
 
 
