@@ -71,10 +71,25 @@ class EpisodeObservation:
     recovery_bound_s: float
     answered_after_recovery: bool
     copies_identical: bool | None         # None: not compared (no recovery)
+    # Already reported by earlier episodes of the run (the history is cumulative), so a
+    # write lost once is charged to the episode that lost it, not to every later one.
+    reported_keys: frozenset[str] = frozenset()
+    earlier_epoch_violations: int = 0
+
+
+def damaged_keys(obs: EpisodeObservation) -> set[str]:
+    """Acknowledged keys lost from the primary's copy or missing through the VIP."""
+    keys = set()
+    if obs.read_back is not None:
+        keys |= {lw.key for lw in lost_acked_writes(obs.acks, obs.read_back)}
+    if obs.vip_keys is not None:
+        keys |= {a.key for a in obs.acks} - obs.vip_keys
+    return keys
 
 
 def check_episode(obs: EpisodeObservation) -> list[str]:
-    """Every invariant the observation breaks, one line each (empty: all held)."""
+    """Every invariant the observation breaks that earlier episodes did not already
+    report, one line each (empty: all held)."""
     violations = []
     if obs.recovery_s is None:
         violations.append(f"no recovery: not PRIM+SECOND in sync within {obs.recovery_bound_s:g} s "
@@ -84,17 +99,19 @@ def check_episode(obs: EpisodeObservation) -> list[str]:
     if obs.read_back is None:
         violations.append("no primary copy to read the acknowledged writes back from")
     else:
-        lost = lost_acked_writes(obs.acks, obs.read_back)
+        lost = [lw for lw in lost_acked_writes(obs.acks, obs.read_back)
+                if lw.key not in obs.reported_keys]
         if lost:
             violations.append(f"{len(lost)} acknowledged writes lost, e.g. {lost[0]}")
     if obs.vip_keys is None:
         violations.append("keys not readable through the VIP after recovery")
     else:
-        missing = sorted({a.key for a in obs.acks} - obs.vip_keys)
+        missing = sorted({a.key for a in obs.acks} - obs.vip_keys - obs.reported_keys)
         if missing:
             violations.append(f"{len(missing)} acknowledged keys not listed through the VIP, "
                               f"e.g. {missing[0]!r}")
-    violations += epoch_violations(obs.answers)
+    # answers only grow at the end (time order), so earlier violations are a prefix
+    violations += epoch_violations(obs.answers)[obs.earlier_epoch_violations:]
     if obs.recovery_s is not None and not obs.answered_after_recovery:
         violations.append("the client got no acknowledgement after recovery")
     if obs.copies_identical is False:
@@ -221,6 +238,8 @@ class ChaosRun:
     acks: list[Ack] = field(default_factory=list)
     states: list[dict[str, Any]] = field(default_factory=list)
     t_end: float | None = None
+    reported_keys: set[str] = field(default_factory=set)     # lost writes reported so far
+    epoch_violations_seen: int = 0
 
     @property
     def violations(self) -> int:
@@ -315,8 +334,11 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
         acks=list(run.acks), answers=[(a.t_acked, a.node, a.epoch) for a in run.acks],
         read_back=read_back, vip_keys=vip_keys, recovery_s=rec.recovery_s,
         recovery_bound_s=run.recovery_bound_s, answered_after_recovery=answered,
-        copies_identical=identical)
+        copies_identical=identical, reported_keys=frozenset(run.reported_keys),
+        earlier_epoch_violations=run.epoch_violations_seen)
     rec.violations = check_episode(obs)
+    run.reported_keys |= damaged_keys(obs)
+    run.epoch_violations_seen = len(epoch_violations(obs.answers))
     rec.faults = [{**asdict(ev), "episode": index} for ev in nemesis.events]
     log.info("event=episode_done index=%d nemesis=%s recovery_s=%s failover_s=%s acked=%d "
              "violations=%d", index, name, _r(rec.recovery_s), _r(rec.failover_s), rec.acked,

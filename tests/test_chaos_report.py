@@ -243,3 +243,27 @@ def test_load_history_names_the_file_it_cannot_read(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"history.json: not a chaos history"):
         load_history(bad)
+
+
+def test_a_write_lost_earlier_is_charged_once_not_to_every_later_episode():
+    from chaos.chaos_run import damaged_keys
+    acks = _acks()
+    read_back = {a.key: a.value for a in acks[1:]}
+    first = _obs(acks, read_back=read_back)
+    assert damaged_keys(first) == {"e000-000001"}
+    later = _obs(acks + _acks(prefix="e001", t=5.0), read_back=read_back | {
+        a.key: a.value for a in _acks(prefix="e001", t=5.0)},
+        vip_keys={a.key for a in acks[1:]} | {a.key for a in _acks(prefix="e001", t=5.0)},
+        reported_keys=frozenset(damaged_keys(first)))
+    assert check_episode(later) == []
+    assert check_episode(_obs(later.acks, read_back={}, reported_keys=later.reported_keys))
+
+
+def test_an_epoch_violation_is_charged_to_the_episode_that_saw_it():
+    answers = [(0.1, "n1", 1), (0.3, "n2", 2), (0.5, "n1", 1)]          # episode 0
+    v0 = check_episode(_obs([], answers=answers))
+    assert len(v0) == 1
+    later = answers + [(1.0, "n2", 2), (1.1, "n2", 2)]                     # episode 1: clean
+    assert check_episode(_obs([], answers=later, earlier_epoch_violations=1)) == []
+    worse = later + [(1.2, "n1", 1)]
+    assert len(check_episode(_obs([], answers=worse, earlier_epoch_violations=1))) == 1
