@@ -1,7 +1,7 @@
 """``python -m chaos run --nemesis NAME|all --episodes N --seed S [--out DIR]``
 
 Runs chaos episodes on one mirror lab (see chaos.chaos_run) and writes
-``chaos/results/<run>/`` (or DIR): history.json, summary.md, timeline.png.
+``chaos/results/<run>/`` (or DIR): history.json, summary.md, summary.json, timeline.png.
 Exit status: 0 no violation, 1 violations found, 2 bad arguments.
 """
 from __future__ import annotations

@@ -309,11 +309,17 @@ def render_timeline(history: dict[str, Any], px_per_s: float = 10.0,
 
 
 def write_report(history: dict[str, Any], out_dir: Path, title: str = "chaos run") -> dict[str, Path]:
-    """history.json, summary.md and timeline.png in ``out_dir``; returns their paths."""
+    """history.json, summary.md, summary.json (the table as data, for
+    bench/results/chaos.json) and timeline.png in ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"history": out_dir / "history.json", "summary": out_dir / "summary.md",
-             "timeline": out_dir / "timeline.png"}
+             "summary_json": out_dir / "summary.json", "timeline": out_dir / "timeline.png"}
     write_history(history, paths["history"])
+    rows = summarize(history)
+    paths["summary_json"].write_text(json.dumps({
+        "seed": history["seed"], "episodes_per_nemesis": history["episodes_per_nemesis"],
+        "episodes": len(history["episodes"]), "violations": sum(r["violations"] for r in rows),
+        "measured": history["started"], "nemeses": rows}, indent=2) + "\n")
     paths["summary"].write_text(render_summary(history, title))
     paths["timeline"].write_bytes(render_timeline(history).png())
     return paths

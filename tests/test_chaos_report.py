@@ -236,6 +236,9 @@ def test_write_report_writes_three_files_and_the_history_reads_back(tmp_path):
     assert load_history(paths["history"]) == json.loads(json.dumps(_history()))
     assert paths["summary"].read_text().startswith("# chaos run")
     assert paths["timeline"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads(paths["summary_json"].read_text())
+    assert table["violations"] == 2 and table["episodes"] == 4
+    assert [r["nemesis"] for r in table["nemeses"]] == ["kill-host", "isolate-witness"]
 
 
 def test_load_history_names_the_file_it_cannot_read(tmp_path):
