@@ -121,3 +121,15 @@ def test_an_event_is_recorded_with_time_action_and_host():
     n = make_nemesis("isolate-witness")
     ev = n.record("cut", "w", "witness isolated")
     assert n.events == [ev] and ev.nemesis == "isolate-witness" and ev.host == "w" and ev.t > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--nemesis", "nope"], "unknown nemesis 'nope'; have all, isolate-primary"),
+    (["run", "--episodes", "0"], "--episodes: must be > 0, got 0"),
+    (["run", "--hold", "3", "1"], "--hold: MIN_S 3.0 is above MAX_S 1.0"),
+])
+def test_cli_refuses_bad_arguments_before_starting_a_lab(argv, message, capsys):
+    from chaos.__main__ import main
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
