@@ -30,6 +30,7 @@ class Check:
     timeout_s: float | None = None   # bound on one probe; default: the interval
     when: str = "both"               # prim|second|both|pre (see resource.is_active)
     reset: Callable[[], None] | None = None  # forget debounce state when deactivated
+    blocking: bool = True            # False: call probe on the loop (it must be quick, or async)
 
     @property
     def klass(self) -> str:
@@ -49,6 +50,10 @@ class CheckRunner:
         self._wake: dict[str, asyncio.Event] = {}
         self._active: Callable[[Check], bool] = lambda check: True
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="checker")
+        # a blocking probe still stuck in the pool is not started again: one hung probe
+        # holds one thread, never the whole pool
+        self._running: dict[str, asyncio.Future[Any]] = {}
+        self._stopping = False
 
     def add(self, check: Check) -> None:
         if check.resource in self._checks:
@@ -66,7 +71,11 @@ class CheckRunner:
                 self._tasks[name] = asyncio.create_task(self._poll(check), name=f"check:{name}")
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
+        # the flag as well as cancel(): Python 3.11's wait_for/timeout can swallow a
+        # cancellation that lands as their own deadline expires
+        self._stopping = True
+        for name, task in self._tasks.items():
+            self._wake[name].set()
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
@@ -92,18 +101,32 @@ class CheckRunner:
         timeout = check.timeout_s if check.timeout_s is not None else check.interval_s
         try:
             async with asyncio.timeout(timeout):
-                if inspect.iscoroutinefunction(check.probe):
-                    observation = await check.probe()
-                else:
-                    observation = await asyncio.get_running_loop().run_in_executor(self._pool, check.probe)
+                observation = await self._observe(check)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a probe failure is an observation, not a crash
             log.info("event=probe_failed resource=%s error=%r", check.resource, exc)
         value = check.decide(observation)
-        if self._active(check):  # the module may have changed state during the probe
+        if self._active(check) and not self._stopping:  # the module may have changed state during the probe
             self._report(check.resource, value)
         return value
+
+    async def _observe(self, check: Check) -> Any:
+        if inspect.iscoroutinefunction(check.probe) or not check.blocking:
+            result = check.probe()
+            return await result if inspect.isawaitable(result) else result
+        pending = self._running.get(check.resource)
+        if pending is not None and not pending.done():
+            raise TimeoutError("the previous probe has not returned yet")
+        future = asyncio.get_running_loop().run_in_executor(self._pool, check.probe)
+        self._running[check.resource] = future
+        # shield: a timeout abandons the wait, not the thread's result (kept for the check above)
+        result = await asyncio.shield(future)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()
+            raise TypeError(f"check {check.resource}: probe returned an awaitable; set blocking=False")
+        return result
 
     def _report(self, name: str, value: str) -> None:
         changed = self.table.set(name, value, self.clock())
@@ -118,9 +141,9 @@ class CheckRunner:
 
     async def _poll(self, check: Check) -> None:
         wake = self._wake[check.resource]
-        while True:
+        while not self._stopping:
             wake.clear()
-            if self._active(check):
+            if self._active(check) and not self._stopping:
                 started = self.clock()
                 await self.probe_once(check)
                 delay = max(0.0, check.interval_s - (self.clock() - started))
