@@ -7,6 +7,7 @@ line and attribute: ``"<file>:<line>: <section>@<attr>: <problem>"``.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import posixpath
 import re
@@ -21,6 +22,9 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 # never needs; a bare <!DOCTYPE safe> (no internal subset) stays accepted.
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
+
+from checkers.failover_rules import WILDCARD, FailoverRulesError, Rule, parse_rules, resources_of
+from checkers.resource import valid_ident
 
 MAX_USERCONFIG_BYTES = 1 << 20  # a real one is a few KiB; refuse before parsing
 
@@ -38,7 +42,15 @@ ASYNC_MODES = ("none", "second", "async")
 ERRD_ACTIONS = ("restart", "stopstart", "stop", "none")
 ERRD_CLASSES = ("prim", "second", "both")
 VIP_WHERE = {"mirror": "one_side_alias", "farm": "alias"}
-NOT_IMPLEMENTED_SECTIONS = ("check", "failover", "farm", "lan")
+NOT_IMPLEMENTED_SECTIONS = ("lan",)
+CHECK_ACTIONS = ("restart", "stopstart", "stop", "wait", "swap", "none")
+CHECK_KINDS = ("tcp", "ping", "intf", "ip", "custom", "module", "splitbrain")
+# the action of a checker without action= (SafeKit's static failover rules where known:
+# ip -> stopstart, ping -> wait); splitbrain only reports (Raft quorum decides)
+CHECK_DEFAULT_ACTION = {"tcp": "restart", "ping": "wait", "intf": "wait", "ip": "stopstart",
+                        "custom": "restart", "module": "wait", "splitbrain": "none"}
+LB_PROTOS = ("tcp", "udp")
+LB_FILTERS = ("on_addr", "on_port")
 
 
 class UserConfigError(ValueError):
@@ -85,6 +97,41 @@ class ErrdProc:
     atmax: int | None
     action: str
     klass: str
+    resource: str = ""  # errd.<name>, made a valid resource name
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One checker of ``<check>``; ``kind`` is the resource class."""
+    kind: str
+    ident: str
+    when: str
+    action: str                     # of its implicit rule; "none" = no rule
+    interval_s: float = 10.0
+    timeout_s: float = 5.0
+    addrs: tuple[str, ...] = ()     # tcp/ip: one; ping/splitbrain: one or more; module: peer or ()
+    port: int | None = None         # tcp; module on a peer
+    interface: str | None = None    # intf
+    exec: str | None = None         # custom
+    arg: str | None = None          # custom
+
+    @property
+    def resource(self) -> str:
+        return f"{self.kind}.{self.ident}"
+
+
+@dataclass(frozen=True)
+class FarmNode:
+    name: str
+    addr: str
+    power: int = 1
+
+
+@dataclass(frozen=True)
+class LbRule:
+    port: int | None  # None: every port
+    proto: str
+    filter: str
 
 
 @dataclass(frozen=True)
@@ -102,6 +149,12 @@ class ModuleConfig:
     user_vars: dict[str, str] = field(default_factory=dict)
     errd: tuple[ErrdProc, ...] = ()
     errd_poll_s: float = 10.0
+    checks: tuple[CheckConfig, ...] = ()
+    # every rule the module evaluates: one per errd proc / checker with an action, then
+    # the <failover> rules (a <failover> rule with the same label replaces the implicit one)
+    failover_rules: tuple[Rule, ...] = ()
+    farm_nodes: tuple[FarmNode, ...] = ()
+    lb_rules: tuple[LbRule, ...] = ()
     warnings: tuple[str, ...] = ()
 
     @property
@@ -276,7 +329,7 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
         sections[child.tag] = child
         if child.tag in NOT_IMPLEMENTED_SECTIONS:
             r.warn(child, child.tag, "section not implemented yet, ignored")
-        elif child.tag not in ("heart", "vip", "rfs", "user", "errd"):
+        elif child.tag not in ("heart", "vip", "rfs", "user", "errd", "check", "failover", "farm"):
             r.warn(child, child.tag, "unknown section, ignored")
 
     if "heart" in sections:
@@ -293,6 +346,15 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
         kw["user_vars"] = _read_user(r, sections["user"])
     if "errd" in sections:
         kw["errd"], kw["errd_poll_s"] = _read_errd(r, sections["errd"])
+    if "check" in sections:
+        kw["checks"] = _read_check(r, sections["check"], mode)
+    if "farm" in sections:
+        if mode != "farm":
+            raise r.error(sections["farm"], "farm", "only a farm module has <farm>; remove it or use mode=\"farm\"")
+        kw["farm_nodes"] = _read_farm(r, sections["farm"])
+    if "vip" in sections:
+        kw["lb_rules"] = _read_lb_rules(r, sections["vip"], mode)
+    kw["failover_rules"] = _read_rules(r, sections.get("failover"), kw.get("errd", ()), kw.get("checks", ()))
     return ModuleConfig(**kw, warnings=tuple(w for _, w in sorted(r.warnings, key=lambda lw: lw[0])))  # type: ignore[arg-type]
 
 
@@ -349,7 +411,9 @@ def _read_vip(r: _Reader, vip: Element, mode: str) -> tuple[Vip, ...]:
     if "garp_refresh" in a:
         garp_refresh = r.time_s(vip, "vip@garp_refresh", a["garp_refresh"], "s")
     vips: list[Vip] = []
-    for ilist in r.children(vip, "vip", ("interface_list",)):
+    for ilist in r.children(vip, "vip", ("interface_list", "loadbalancing_list")):
+        if ilist.tag != "interface_list":
+            continue  # read by _read_lb_rules
         r.attrs(ilist, "interface_list", ())
         for iface in r.children(ilist, "interface_list", ("interface",)):
             ia = r.attrs(iface, "interface", ("name", "arpreroute"), ignored=("check",))
@@ -480,6 +544,189 @@ def _read_errd(r: _Reader, errd: Element) -> tuple[tuple[ErrdProc, ...], float]:
             raise r.error(proc, "proc@action", f"required ({', '.join(ERRD_ACTIONS)})")
         action = r.choice(proc, "proc@action", pa["action"], ERRD_ACTIONS)
         klass = r.choice(proc, "proc@class", pa.get("class", "prim"), ERRD_CLASSES)
+        resource = "errd." + (re.sub(r"[^A-Za-z0-9_.-]", "_", proc_name).lstrip(".-") or "proc")[:100]
+        if any(p.resource == resource for p in procs):
+            resource = f"{resource}.{len(procs) + 1}"
         procs.append(ErrdProc(name=proc_name, name_is_regex=is_regex, regex_args=args,
-                              atleast=atleast, atmax=atmax, action=action, klass=klass))
+                              atleast=atleast, atmax=atmax, action=action, klass=klass, resource=resource))
     return tuple(procs), poll
+
+
+def _ident(r: _Reader, element: Element, what: str, value: str | None) -> str:
+    if value is None:
+        raise r.error(element, what, "required")
+    if not valid_ident(value):
+        raise r.error(element, what, f"{value!r} must be letters, digits, '_', '.', '-' (at most 128)")
+    return value
+
+
+def _address(r: _Reader, element: Element, what: str, value: str | None, ip_only: bool = False) -> str:
+    if value is None:
+        raise r.error(element, what, "required")
+    if _is_ip(value) or (not ip_only and _HOST_NAME.fullmatch(value)):
+        return value
+    raise r.error(element, what, f"{value!r} is not an IP address" + ("" if ip_only else " or host name"))
+
+
+def _port(r: _Reader, element: Element, what: str, value: str) -> int:
+    port = r.integer(element, what, value, 1)
+    if port > 65535:
+        raise r.error(element, what, f"{port} is above the maximum 65535")
+    return port
+
+
+def _read_check(r: _Reader, check: Element, mode: str) -> tuple[CheckConfig, ...]:
+    r.attrs(check, "check", ())
+    result: list[CheckConfig] = []
+    seen: dict[str, Element] = {}
+    for el in r.children(check, "check", CHECK_KINDS):
+        config = _read_checker(r, el, mode)
+        if config.resource in seen:
+            raise r.error(el, f"{el.tag}@ident", f"resource {config.resource} is defined twice "
+                                                  f"(first at line {r.line_of.get(id(seen[config.resource]))})")
+        seen[config.resource] = el
+        result.append(config)
+    return tuple(result)
+
+
+def _read_checker(r: _Reader, el: Element, mode: str) -> CheckConfig:
+    kind = el.tag
+    known = {"tcp": ("ident", "when", "action"), "ping": ("ident", "when", "action"),
+             "intf": ("ident", "when", "action"), "ip": ("ident", "when", "action"),
+             "custom": ("ident", "when", "action", "exec", "arg"), "module": ("name", "action"),
+             "splitbrain": ("ident", "exec", "arg", "action")}[kind]
+    a = r.attrs(el, kind, known)
+    ident = _ident(r, el, f"{kind}@{'name' if kind == 'module' else 'ident'}",
+                   a.get("name") if kind == "module" else a.get("ident"))
+    default_when = "prim" if mode == "mirror" else "both"
+    allowed_when = ("prim", "both") if kind == "ip" else ("pre", "prim", "second", "both")
+    when = r.choice(el, f"{kind}@when", a.get("when", default_when), allowed_when)
+    action = r.choice(el, f"{kind}@action", a.get("action", CHECK_DEFAULT_ACTION[kind]), CHECK_ACTIONS)
+    kw: dict[str, object] = {"kind": kind, "ident": ident, "when": when, "action": action}
+    tos = r.children(el, kind, ("to",)) if kind not in ("custom", "splitbrain") else []
+    if kind in ("custom", "splitbrain"):
+        for child in el:
+            r.warn(child, f"{kind}/{child.tag}", "unknown element, ignored")
+    if kind in ("tcp", "intf", "ip") and len(tos) != 1:
+        raise r.error(el, f"{kind}/to", f"expected exactly one <to .../>, found {len(tos)}")
+    if kind == "ping" and not tos:
+        raise r.error(el, "ping/to", "expected at least one <to addr=.../>")
+    if kind == "module" and len(tos) > 1:
+        raise r.error(el, "module/to", f"expected at most one <to addr= port=/>, found {len(tos)}")
+    addrs: list[str] = []
+    for to in tos:
+        ta = r.attrs(to, "to", {"tcp": ("addr", "port", "interval", "timeout"), "ping": ("addr", "interval", "timeout"),
+                                "intf": ("name", "interval"), "ip": ("addr", "interval", "timeout"),
+                                "module": ("addr", "port")}[kind])
+        if "interval" in ta:
+            kw["interval_s"] = _positive(r, to, "to@interval", r.time_s(to, "to@interval", ta["interval"], "s"))
+        if "timeout" in ta:
+            kw["timeout_s"] = _positive(r, to, "to@timeout", r.time_s(to, "to@timeout", ta["timeout"], "s"))
+        if kind == "intf":
+            name = ta.get("name")
+            if not name or "/" in name or name in (".", "..") or len(name) > 15:
+                raise r.error(to, "to@name", f"{name!r} is not an interface name" if name else "required")
+            kw["interface"] = name
+        elif kind == "module" and "addr" not in ta:
+            if "port" in ta:
+                raise r.error(to, "to@addr", "required with port=")
+        else:
+            addrs.append(_address(r, to, "to@addr", ta.get("addr"), ip_only=kind == "ip"))
+        if kind in ("tcp", "module") and "port" in ta:
+            kw["port"] = _port(r, to, "to@port", ta["port"])
+        elif kind == "tcp":
+            raise r.error(to, "to@port", "required")
+    if kind == "custom":
+        exec_name = a.get("exec")
+        if not exec_name:
+            raise r.error(el, "custom@exec", "required (a program in the module's bin/, or an absolute path)")
+        if "\0" in exec_name or ".." in exec_name.split("/"):
+            raise r.error(el, "custom@exec", f"{exec_name!r} must not contain '..' or NUL")
+        kw["exec"], kw["arg"] = exec_name, a.get("arg")
+    if kind == "splitbrain":
+        r.warn(el, "splitbrain", "reported only: Raft quorum, not this checker, prevents split brain")
+        if a.get("exec", "ping") != "ping":
+            raise r.error(el, "splitbrain@exec", f"{a['exec']!r}: only exec=\"ping\" is supported")
+        targets = (a.get("arg") or "").split()
+        if not targets:
+            raise r.error(el, "splitbrain@arg", "required: the witness address(es) to ping")
+        addrs = [_address(r, el, "splitbrain@arg", t) for t in targets]
+    kw["addrs"] = tuple(addrs)
+    return CheckConfig(**kw)  # type: ignore[arg-type]
+
+
+def _read_rules(r: _Reader, failover: Element | None, errd: tuple[ErrdProc, ...],
+                checks: tuple[CheckConfig, ...]) -> tuple[Rule, ...]:
+    implicit = [Rule(f"errd_{p.resource[5:]}", _down(p.resource), p.action) for p in errd if p.action != "none"]
+    implicit += [Rule(f"{c.kind}_{c.ident}", _down(c.resource), c.action) for c in checks if c.action != "none"]
+    if failover is None:
+        return tuple(implicit)
+    r.attrs(failover, "failover", ())
+    for child in failover:
+        r.warn(child, f"failover/{child.tag}", "unknown element, ignored")
+    first_line = r.line_of.get(id(failover), 0)
+    try:
+        explicit = parse_rules(failover.text or "")
+    except FailoverRulesError as exc:
+        raise UserConfigError(f"{r.source}:{first_line + exc.line - 1}: failover: {exc.problem}") from None
+    declared = {p.resource for p in errd} | {c.resource for c in checks}
+    for rule in explicit:
+        for name in sorted(resources_of(rule.condition)):
+            if not name.endswith("." + WILDCARD) and name not in declared:
+                raise UserConfigError(f"{r.source}:{first_line + rule.line - 1}: failover: rule {rule.label!r}: "
+                                      f"no resource {name} in <errd> or <check>")
+    # lines (and the names of unlabelled rules) relative to the file, as in every message
+    explicit = [dataclasses.replace(rule, line=first_line + rule.line - 1,
+                                    label=f"line{first_line + rule.line - 1}" if rule.label == f"line{rule.line}"
+                                    else rule.label) for rule in explicit]
+    labels = {rule.label for rule in explicit}
+    return tuple([rule for rule in implicit if rule.label not in labels] + explicit)
+
+
+def _down(resource: str):
+    from checkers.failover_rules import Compare
+    return Compare(resource, "==", "down")
+
+
+def _read_farm(r: _Reader, farm: Element) -> tuple[FarmNode, ...]:
+    r.attrs(farm, "farm", ())
+    lans = r.children(farm, "farm", ("lan",))
+    for extra in lans[1:]:
+        r.warn(extra, "farm/lan", "only the first <lan> is used; more are not implemented yet, ignored")
+    nodes: list[FarmNode] = []
+    for lan in lans[:1]:
+        r.attrs(lan, "lan", ("name",))
+        for node in r.children(lan, "lan", ("node",)):
+            na = r.attrs(node, "node", ("name", "addr", "power"))
+            name = na.get("name")
+            if not name or not _NODE_NAME.fullmatch(name):
+                raise r.error(node, "node@name", f"{name!r} is not a node name" if name else "required")
+            addr = _address(r, node, "node@addr", na.get("addr"))
+            power = r.integer(node, "node@power", na.get("power", "1"), 1)
+            if power > 1000:
+                raise r.error(node, "node@power", f"{power} is above the maximum 1000")
+            for other in nodes:
+                if other.name == name or other.addr == addr:
+                    raise r.error(node, "node@name" if other.name == name else "node@addr",
+                                  f"{name if other.name == name else addr} is listed twice")
+            nodes.append(FarmNode(name, addr, power))
+    return tuple(nodes)
+
+
+def _read_lb_rules(r: _Reader, vip: Element, mode: str) -> tuple[LbRule, ...]:
+    rules: list[LbRule] = []
+    for lb in vip:
+        if lb.tag != "loadbalancing_list":
+            continue
+        if mode != "farm":
+            raise r.error(lb, "vip/loadbalancing_list", "load balancing is only for a farm module")
+        r.attrs(lb, "loadbalancing_list", ())
+        for group in r.children(lb, "loadbalancing_list", ("group",)):
+            r.attrs(group, "group", ("name",))
+            for rule in r.children(group, "group", ("rule",)):
+                ra = r.attrs(rule, "rule", ("port", "proto", "filter"))
+                port = _port(r, rule, "rule@port", ra["port"]) if "port" in ra else None
+                proto = r.choice(rule, "rule@proto", ra.get("proto", "tcp"), LB_PROTOS)
+                filt = r.choice(rule, "rule@filter", ra.get("filter", "on_addr"), LB_FILTERS)
+                rules.append(LbRule(port, proto, filt))
+    return tuple(rules)

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+from hacluster.userconfig import FarmNode, LbRule, ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
 
 SAFEKIT_MIRROR = b"""<?xml version="1.0"?>
 <!DOCTYPE safe>
@@ -38,7 +38,7 @@ SAFEKIT_MIRROR = b"""<?xml version="1.0"?>
     <proc name="myapp" atleast="1" action="restart" class="prim"/>
     <proc nameregex="java.*" argregex=".*tomcat.*" atleast="1" atmax="2" action="stopstart" class="both"/>
   </errd>
-  <check><tcp ident="t"/></check>
+  <check><tcp ident="t"><to addr="127.0.0.1" port="80"/></tcp></check>
 </service>
 </safe>
 """
@@ -88,6 +88,12 @@ def test_safekit_mirror_is_accepted_with_historical_units():
     assert (second.name, second.name_is_regex, second.regex_args, second.atmax, second.klass) == (
         "java.*", True, ".*tomcat.*", 2, "both")
     assert c.scripts_timeout_s == 120.0
+    assert (first.resource, second.resource) == ("errd.myapp", "errd.java._")
+    [tcp] = c.checks
+    assert (tcp.resource, tcp.when, tcp.action, tcp.addrs, tcp.port, tcp.interval_s) == (
+        "tcp.t", "prim", "restart", ("127.0.0.1",), 80, 10.0)
+    assert [(x.label, x.action) for x in c.failover_rules] == [
+        ("errd_myapp", "restart"), ("errd_java._", "stopstart"), ("tcp_t", "restart")]
 
 
 def test_unimplemented_parts_are_warnings_with_file_and_line():
@@ -96,7 +102,6 @@ def test_unimplemented_parts_are_warnings_with_file_and_line():
         "userconfig.xml:7: heartbeat@ident: not implemented yet, ignored",
         "userconfig.xml:14: interface@check: not implemented yet, ignored",
         "userconfig.xml:21: rfs@acl: not implemented yet, ignored",
-        "userconfig.xml:32: check: section not implemented yet, ignored",
     )
 
 
@@ -135,7 +140,7 @@ def test_farm_module():
         </service></safe>""", "uc.xml", "f")
     assert c.mode == "farm" and c.rfs is None
     assert [v.where for v in c.vips] == ["alias"]
-    assert any("farm: section not implemented yet" in w for w in c.warnings)
+    assert c.farm_nodes == () and c.lb_rules == ()
     assert any("virtual_interface@type: not implemented yet" in w for w in c.warnings)
 
 
@@ -253,3 +258,116 @@ def test_unitless_times_use_safekit_units(number):
     assert c.scripts_timeout_s == float(number)
     assert c.heart.pulse_s == number / 1000
     assert c.errd_poll_s == float(number)
+
+
+CHECKS = """<check>
+<tcp ident="db" when="both" action="stopstart"><to addr="db.local" port="5432" interval="2s" timeout="500ms"/></tcp>
+<ping ident="gw" when="pre"><to addr="10.0.0.254" interval="5"/><to addr="10.0.0.253"/></ping>
+<intf ident="eth0"><to name="eth0"/></intf>
+<ip ident="vip"><to addr="10.0.0.10"/></ip>
+<custom ident="app" exec="check_app" arg="-q 1" action="none"/>
+<module name="backend"><to addr="10.0.0.2" port="9010"/></module>
+<module name="local"/>
+<splitbrain ident="witness" exec="ping" arg="10.0.0.100 10.0.0.101"/>
+</check>
+<failover><![CDATA[
+db_or_gw: if (tcp.db == down || ping.gw == failure) then swap();
+if (intf.? == down && !(ip.vip == up)) then stop();
+ip_vip: if (ip.vip == down) then restart();
+]]></failover>"""
+
+
+def test_check_section_and_failover_rules():
+    c = parse_userconfig(mirror(body=CHECKS), "uc.xml", "m")
+    by = {x.resource: x for x in c.checks}
+    assert list(by) == ["tcp.db", "ping.gw", "intf.eth0", "ip.vip", "custom.app", "module.backend",
+                        "module.local", "splitbrain.witness"]
+    db = by["tcp.db"]
+    assert (db.when, db.action, db.addrs, db.port, db.interval_s, db.timeout_s) == (
+        "both", "stopstart", ("db.local",), 5432, 2.0, 0.5)
+    gw = by["ping.gw"]
+    assert (gw.when, gw.action, gw.addrs, gw.interval_s) == ("pre", "wait", ("10.0.0.254", "10.0.0.253"), 5.0)
+    assert (by["intf.eth0"].interface, by["intf.eth0"].action) == ("eth0", "wait")
+    assert (by["ip.vip"].addrs, by["ip.vip"].action, by["ip.vip"].when) == (("10.0.0.10",), "stopstart", "prim")
+    assert (by["custom.app"].exec, by["custom.app"].arg, by["custom.app"].action) == ("check_app", "-q 1", "none")
+    assert (by["module.backend"].addrs, by["module.backend"].port, by["module.local"].addrs) == (
+        ("10.0.0.2",), 9010, ())
+    assert by["splitbrain.witness"].addrs == ("10.0.0.100", "10.0.0.101")
+    assert any("splitbrain: reported only: Raft quorum" in w for w in c.warnings)
+    # implicit rules (custom action=none and splitbrain have none); ip_vip replaced by <failover>
+    assert [(x.label, x.action) for x in c.failover_rules] == [
+        ("tcp_db", "stopstart"), ("ping_gw", "wait"), ("intf_eth0", "wait"), ("module_backend", "wait"),
+        ("module_local", "wait"), ("db_or_gw", "swap"), ("line17", "stop"), ("ip_vip", "restart")]
+    assert c.failover_rules[6].line == 17
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('<check>\n<tcp ident="t"/></check>', "uc.xml:6: tcp/to: expected exactly one <to .../>, found 0"),
+    ('<check>\n<tcp ident="t"><to addr="1.2.3.4"/></tcp></check>', "uc.xml:6: to@port: required"),
+    ('<check>\n<tcp ident="t"><to addr="1.2.3.4" port="70000"/></tcp></check>',
+     "uc.xml:6: to@port: 70000 is above the maximum 65535"),
+    ('<check>\n<tcp><to addr="1.2.3.4" port="1"/></tcp></check>', "uc.xml:6: tcp@ident: required"),
+    ('<check>\n<tcp ident="a b"><to addr="1.2.3.4" port="1"/></tcp></check>', "uc.xml:6: tcp@ident: 'a b' must be"),
+    ('<check>\n<tcp ident="t" when="never"><to addr="h" port="1"/></tcp></check>',
+     "uc.xml:6: tcp@when: 'never' must be one of pre, prim, second, both"),
+    ('<check>\n<ip ident="v" when="second"><to addr="10.0.0.1"/></ip></check>',
+     "uc.xml:6: ip@when: 'second' must be one of prim, both"),
+    ('<check>\n<ip ident="v"><to addr="vip.example"/></ip></check>', "uc.xml:6: to@addr: 'vip.example' is not an IP"),
+    ('<check>\n<tcp ident="t" action="reboot"><to addr="h" port="1"/></tcp></check>',
+     "uc.xml:6: tcp@action: 'reboot' must be one of restart, stopstart, stop, wait, swap, none"),
+    ('<check>\n<tcp ident="t"><to addr="h" port="1" interval="often"/></tcp></check>', "uc.xml:6: to@interval: 'often'"),
+    ('<check>\n<ping ident="p"/></check>', "uc.xml:6: ping/to: expected at least one"),
+    ('<check>\n<intf ident="i"><to name="../x"/></intf></check>', "uc.xml:6: to@name: '../x' is not an interface"),
+    ('<check>\n<custom ident="c"/></check>', "uc.xml:6: custom@exec: required"),
+    ('<check>\n<custom ident="c" exec="../../bin/sh"/></check>', "uc.xml:6: custom@exec: '../../bin/sh' must not"),
+    ('<check>\n<splitbrain ident="w" exec="arping" arg="1.2.3.4"/></check>',
+     "uc.xml:6: splitbrain@exec: 'arping': only exec=\"ping\""),
+    ('<check>\n<splitbrain ident="w"/></check>', "uc.xml:6: splitbrain@arg: required"),
+    ('<check><ping ident="p"><to addr="h"/></ping>\n<ping ident="p"><to addr="h"/></ping></check>',
+     "uc.xml:6: ping@ident: resource ping.p is defined twice (first at line 5)"),
+    ('<check><tcp ident="t"><to addr="h" port="1"/></tcp></check>\n<failover>\n'
+     'a: if (tcp.t == down) then restart();\nb: if (tcp.t == down then stop();\n</failover>',
+     "uc.xml:8: failover: expected ')' after 'down', found 'then'"),
+    ('<failover><![CDATA[\n\nx: if (tcp.nope == down) then stop();]]></failover>',
+     "uc.xml:7: failover: rule 'x': no resource tcp.nope in <errd> or <check>"),
+    ('<farm><lan><node name="a" addr="1.2.3.4"/></lan></farm>', "uc.xml:5: farm: only a farm module has <farm>"),
+    ('<vip><loadbalancing_list/></vip>', "uc.xml:5: vip/loadbalancing_list: load balancing is only for a farm"),
+])
+def test_malformed_check_and_failover_are_refused_with_file_line(body, expected):
+    assert error_of(mirror(body=body)).startswith(expected)
+
+
+def farm(body: str) -> bytes:
+    return f'<safe>\n<service mode="farm">\n{body}\n</service>\n</safe>'.encode()
+
+
+def test_farm_nodes_and_load_balancing_rules():
+    c = parse_userconfig(farm(
+        '<farm><lan name="default"><node name="n1" addr="10.0.0.1" power="2"/><node name="n2" addr="n2.local"/>'
+        '</lan></farm><vip><interface_list/><loadbalancing_list><group name="web">'
+        '<rule port="80" proto="tcp" filter="on_port"/><rule proto="udp"/></group></loadbalancing_list></vip>'),
+        "uc.xml", "f")
+    assert c.farm_nodes == (FarmNode("n1", "10.0.0.1", 2), FarmNode("n2", "n2.local", 1))
+    assert c.lb_rules == (LbRule(80, "tcp", "on_port"), LbRule(None, "udp", "on_addr"))
+    assert not any("farm" in w for w in c.warnings)
+
+
+@pytest.mark.parametrize("body, expected", [
+    ('<farm><lan><node addr="10.0.0.1"/></lan></farm>', "uc.xml:3: node@name: required"),
+    ('<farm><lan><node name="n1" addr="10.0.0.1" power="0"/></lan></farm>', "uc.xml:3: node@power: 0 is below"),
+    ('<farm><lan><node name="n1" addr="10.0.0.1" power="1001"/></lan></farm>', "uc.xml:3: node@power: 1001 is above"),
+    ('<farm><lan><node name="n1" addr="10.0.0.1" power="x"/></lan></farm>', "uc.xml:3: node@power: 'x' is not"),
+    ('<farm><lan><node name="n1" addr="bad addr"/></lan></farm>', "uc.xml:3: node@addr: 'bad addr' is not"),
+    ('<farm><lan><node name="n1" addr="10.0.0.1"/><node name="n1" addr="10.0.0.2"/></lan></farm>',
+     "uc.xml:3: node@name: n1 is listed twice"),
+    ('<farm><lan><node name="n1" addr="10.0.0.1"/><node name="n2" addr="10.0.0.1"/></lan></farm>',
+     "uc.xml:3: node@addr: 10.0.0.1 is listed twice"),
+    ('<vip><loadbalancing_list><group><rule port="0"/></group></loadbalancing_list></vip>',
+     "uc.xml:3: rule@port: 0 is below the minimum 1"),
+    ('<vip><loadbalancing_list><group><rule proto="sctp"/></group></loadbalancing_list></vip>',
+     "uc.xml:3: rule@proto: 'sctp' must be one of tcp, udp"),
+    ('<vip><loadbalancing_list><group><rule filter="on_mac"/></group></loadbalancing_list></vip>',
+     "uc.xml:3: rule@filter: 'on_mac' must be one of on_addr, on_port"),
+])
+def test_malformed_farm_is_refused(body, expected):
+    assert error_of(farm(body)).startswith(expected)
