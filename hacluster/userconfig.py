@@ -4,6 +4,21 @@ A SafeKit user's existing file is accepted as it is (``<!DOCTYPE safe>``, commen
 unitless numbers in SafeKit's historical units). What we do not implement yet is
 reported as a warning naming file and line; invalid values are errors naming file,
 line and attribute: ``"<file>:<line>: <section>@<attr>: <problem>"``.
+
+Checkers accepted in ``<check>`` (resource ``kind.ident``; ``when`` pre|prim|second|both,
+default prim for mirror, both for farm; ``action`` restart|stopstart|stop|wait|swap|none
+makes an implicit rule ``kind_ident: if (kind.ident == down) then action();``):
+``<tcp ident when action><to addr port interval timeout/></tcp>`` (default restart),
+``<ping ident when action><to addr interval timeout/>...</ping>`` (wait),
+``<intf ident when action><to name interval/></intf>`` (wait),
+``<ip ident when=prim|both action><to addr interval timeout/></ip>`` (stopstart),
+``<custom ident when exec arg action/>`` (restart), ``<module name action><to addr port/></module>``
+(wait; no <to> = a local module), ``<splitbrain ident exec="ping" arg="ADDR ..."/>`` (none:
+reported only). Intervals default to 10 s, timeouts to 5 s (unitless = seconds).
+``<failover>`` holds rules in checkers.failover_rules' grammar; a rule naming an implicit
+rule's label replaces it. ``<farm><lan><node name addr power/></lan></farm>`` and
+``<vip><loadbalancing_list><group><rule port proto filter/></group></loadbalancing_list>``
+are for farm modules only.
 """
 from __future__ import annotations
 
@@ -23,7 +38,7 @@ from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from checkers.failover_rules import WILDCARD, FailoverRulesError, Rule, parse_rules, resources_of
+from checkers.failover_rules import WILDCARD, Compare, FailoverRulesError, Rule, parse_rules, resources_of
 from checkers.resource import valid_ident
 
 MAX_USERCONFIG_BYTES = 1 << 20  # a real one is a few KiB; refuse before parsing
@@ -683,8 +698,7 @@ def _read_rules(r: _Reader, failover: Element | None, errd: tuple[ErrdProc, ...]
     return tuple([rule for rule in implicit if rule.label not in labels] + explicit)
 
 
-def _down(resource: str):
-    from checkers.failover_rules import Compare
+def _down(resource: str) -> Compare:
     return Compare(resource, "==", "down")
 
 
