@@ -20,12 +20,6 @@ from checkers.tcp import TcpDecision, probe_tcp
 from tests.conftest import needs_root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_tcp_probe_against_a_real_listener():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
