@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived")
+BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm")
 
 
 def main() -> int:
@@ -30,6 +30,9 @@ def main() -> int:
     elif args.name == "failover":
         from .failover_bench import run
         run(trials=max(args.trials, 20))
+    elif args.name == "farm":
+        from .farm_bench import run
+        run(trials=max(args.trials, 10))
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))

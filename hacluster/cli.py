@@ -251,6 +251,15 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 
 def _state_line(st: dict) -> str:
+    if st.get("mode") == "farm":
+        members = ",".join(f"{n}:{p}" for n, p in sorted(st["members"].items())) or "-"
+        line = (f"{st['module']} on {st['node']}: {st['state']} ({st['ready']})  table v{st['version']}"
+                f"  buckets {st['buckets']}/256  members {members}")
+        if st.get("transition"):
+            line += f"  [{st['transition']}]"
+        if st.get("error"):
+            line += f"  error: {st['error']}"
+        return line
     line = (f"{st['module']} on {st['node']}: {st['state']} ({st['ready']})  epoch {st['epoch']}  "
             f"primary {st['primary'] or '-'}  in sync {','.join(st['in_sync']) or '-'}")
     if st.get("transition"):
@@ -399,11 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("onoff", choices=["on", "off"])
     json_flag(sp)
     sp.set_defaults(func=cmd_failover)
-    sp = sub.add_parser("state", help="module state; exit code STOP 0 WAIT 1 ALONE 2 PRIM 3 SECOND 4")
+    sp = sub.add_parser("state", help="module state; exit code STOP 0 WAIT 1 ALONE/UP 2 PRIM 3 SECOND 4")
     json_flag(sp)
     sp.set_defaults(func=cmd_state)
     sp = sub.add_parser("waitstate", help="wait until the module is in STATE (Ready)")
-    sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND"])
+    sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP"])
     sp.add_argument("--timeout", type=float, default=60.0)
     json_flag(sp)
     sp.set_defaults(func=cmd_waitstate)

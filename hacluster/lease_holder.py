@@ -28,6 +28,7 @@ class LeaseHolder:
         self.force = force
         self._on_acquired = on_acquired
         self._on_lost = on_lost
+        self._watchers: list[Callable[[bool], None]] = []
         self._wake = asyncio.Event()
         self._deadline_timer: asyncio.TimerHandle | None = None
         # Bumped on every loss, so a late answer to an older renewal is ignored.
@@ -42,6 +43,11 @@ class LeaseHolder:
     @property
     def epoch(self) -> int | None:
         return self.lease.epoch if self.holding() else None
+
+    def watch(self, callback: Callable[[bool], None]) -> None:
+        """``callback(True)`` when the lease is acquired, ``callback(False)`` when it
+        is lost (deadline, refusal, stop): for components that act only while it is held."""
+        self._watchers.append(callback)
 
     def wake(self) -> None:
         """The lease changed in Raft (expired, released): try again now."""
@@ -90,6 +96,8 @@ class LeaseHolder:
                          self.resource, result["epoch"], time.monotonic(), started)
                 if self._on_acquired:
                     self._on_acquired(result["epoch"])
+                for watcher in list(self._watchers):
+                    watcher(True)
         elif self.lease.epoch is not None:
             self._lose(f"refused: {result.get('error')}")
         else:
@@ -125,6 +133,9 @@ class LeaseHolder:
                     self.resource, epoch, reason, time.monotonic())
         if self._on_lost and epoch is not None:
             self._on_lost(epoch, reason)
+        if epoch is not None:
+            for watcher in list(self._watchers):
+                watcher(False)
         self._wake.set()
 
     async def stop(self, release: bool = True) -> None:

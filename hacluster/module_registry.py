@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import module_package
 from .control import ControlError
+from .farm_module import FarmModule
 from .mirror_module import MirrorModule
 from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from .module_package import ModulePackageError
@@ -132,8 +133,15 @@ class ModuleRegistry:
         return True
 
     def _start_runtime(self, name: str, mod: dict, snap: dict) -> None:
-        if mod["mode"] != "mirror":
-            self.errors[name] = f"{mod['mode']} modules are not supported yet"
+        path = self.dir / name
+        config = next((m.config for m in module_package.list_installed(self.dir) if m.name == name), None)
+        if config is None:
+            self.errors[name] = f"module {name} is not installed on this node"
+            return
+        if mod["mode"] == "farm":
+            rt: MirrorModule | FarmModule = FarmModule(self.daemon, name, path, config)
+            self.runtimes[name] = rt
+            self.daemon.track(asyncio.create_task(rt.start()))
             return
         peers = sorted(n for n, m in snap["members"].items()
                        if m["role"] == "node" and n != self.daemon.name)
@@ -141,11 +149,6 @@ class ModuleRegistry:
             self.errors[name] = (f"a mirror module needs exactly two data nodes; this cluster has "
                                  f"{len(peers) + 1}")
             log.error("event=module_not_started module=%s reason=%r", name, self.errors[name])
-            return
-        path = self.dir / name
-        config = next((m.config for m in module_package.list_installed(self.dir) if m.name == name), None)
-        if config is None:
-            self.errors[name] = f"module {name} is not installed on this node"
             return
         rt = MirrorModule(self.daemon, name, path, config, peers[0])
         self.runtimes[name] = rt

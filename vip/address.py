@@ -168,3 +168,14 @@ def has_vip(addr: str) -> str | None:
             if a.local == vip:
                 return a.interface
     return None
+
+
+def interface_for(addr: str) -> str:
+    """The interface whose IPv4 network contains ``addr`` (longest prefix wins)."""
+    vip = _parse_addr(addr)
+    with _netlink("interface_for") as ipr:
+        picked = _pick_interface(vip, _dump(ipr), None)
+    if picked is None:
+        raise VipError(f"virtual IP {addr}: no local interface has an IPv4 network "
+                       f"containing it (name the interface)")
+    return picked[0]

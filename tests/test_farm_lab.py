@@ -1,0 +1,112 @@
+"""The farm module end to end: three real daemons sharing one VIP by buckets
+committed in Raft, a real TCP service answering with its node name, a client
+host, a real kill -9 of a whole node."""
+from __future__ import annotations
+
+import socket
+from collections import Counter
+
+import pytest
+
+from chaos.farm_client import in_netns
+from chaos.lab import wait_until
+from chaos.lab_farm import MODULE, PORT_ON_ADDR, PORT_ON_PORT, FarmLab
+from tests.conftest import needs_root
+from vip.farm_ruleset import bucket_of
+
+pytestmark = [needs_root, pytest.mark.lab]
+
+POWERS = {"f1": 2, "f2": 1, "f3": 1}
+
+
+@pytest.fixture
+def farm(make_lab):
+    lab = make_lab(["f1", "f2", "f3", "c"])
+    return FarmLab(lab, powers=POWERS).start()
+
+
+def _shares(counts: Counter, nodes: list[str]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {n: counts[n] / total for n in nodes}
+
+
+def _check_owner(farm: FarmLab, answers: list, filt: str, live: list[str]) -> None:
+    """Every answer came from the node whose loaded ruleset holds the bucket."""
+    from hacluster.farm_module import hash_seed
+    owner = {b: n for n in live for b in farm.ruleset_buckets(n)}
+    wrong = [(name, src, sport) for name, src, sport in answers
+             if name != owner[bucket_of(src, sport if filt == "on_port" else None, filt,
+                                        hash_seed(MODULE))]]
+    assert not wrong, f"answered by a node that does not own the bucket: {wrong[:5]}"
+
+
+def test_connections_split_by_power_and_on_addr_keeps_a_client_on_one_node(farm):
+    answers = farm.ask_many(PORT_ON_PORT, 2000)
+    assert None not in {a[0] for a in answers}, Counter(a[0] for a in answers)
+    assert len({sport for _n, _s, sport in answers}) > 1900      # varied source ports
+    shares = _shares(Counter(a[0] for a in answers), farm.nodes)
+    total_power = sum(POWERS.values())
+    for n in farm.nodes:
+        assert abs(shares[n] - POWERS[n] / total_power) <= 0.05, shares
+    _check_owner(farm, answers, "on_port", farm.nodes)
+
+    base = farm.vip.rsplit(".", 1)[0]
+    sources = [f"{base}.{150 + i}" for i in range(12)]
+    for src in sources:
+        farm.lab.run("c", ["ip", "addr", "add", f"{src}/32", "dev", "eth0"])
+    by_addr = farm.ask_many(PORT_ON_ADDR, 6, sources)
+    seen: dict[str, set] = {}
+    for name, src, _sport in by_addr:
+        seen.setdefault(src, set()).add(name)
+    assert all(len(names) == 1 and None not in names for names in seen.values()), seen
+    assert len({next(iter(v)) for v in seen.values()}) >= 2      # and still shared
+    _check_owner(farm, by_addr, "on_addr", farm.nodes)
+
+
+def test_killed_node_share_moves_established_connections_survive_and_it_comes_back(farm):
+    def open_conn_to(node: str):
+        for _ in range(200):
+            sock = socket.create_connection((farm.vip, PORT_ON_PORT), timeout=2)
+            stream = sock.makefile("rw")
+            if stream.readline().strip() == node:
+                return sock, stream
+            stream.close()
+            sock.close()
+        raise AssertionError(f"no connection landed on {node}")
+    netns = farm.lab.hosts["c"].netns
+    kept = {n: in_netns(netns, open_conn_to, n) for n in ("f1", "f2")}
+
+    farm.kill_host("f3")
+    wait_until("f3's buckets owned by f1 and f2", lambda: farm.complete_on(["f1", "f2"]), 20)
+    for node, (sock, stream) in kept.items():
+        stream.write(f"still {node}\n")
+        stream.flush()
+        assert stream.readline() == f"still {node}\n"            # not disturbed
+    answers = farm.ask_many(PORT_ON_PORT, 300)
+    counts = Counter(a[0] for a in answers)
+    assert set(counts) == {"f1", "f2"} and None not in counts, counts
+    st = farm.state("f1")
+    assert sorted(st["members"]) == ["f1", "f2"]
+
+    farm.restart_node("f3")
+    farm.wait_farm(farm.nodes, timeout=60)
+    shares = {n: len(farm.ruleset_buckets(n)) for n in farm.nodes}
+    assert shares == {"f1": 128, "f2": 64, "f3": 64}
+    counts = Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 300))
+    assert set(counts) == {"f1", "f2", "f3"}, counts
+    for node, (sock, stream) in kept.items():
+        stream.close()
+        sock.close()
+
+
+def test_stopping_the_module_hands_its_share_over_and_start_takes_it_back(farm):
+    farm.cli("f2", "-m", MODULE, "stop", check=True)
+    farm.wait_state("f2", "STOP")
+    wait_until("f2's buckets with f1 and f3", lambda: farm.complete_on(["f1", "f3"]), 20)
+    assert farm.ruleset_buckets("f2") is None                     # nothing left on f2
+    counts = Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 200))
+    assert set(counts) == {"f1", "f3"}, counts
+    res = farm.cli("f1", "-H", "all", "-m", MODULE, "state")
+    assert res.returncode == 0 and "f2: names on f2: STOP" in res.stdout, res.stdout
+    farm.cli("f1", "-H", "f2", "-m", MODULE, "start", check=True)
+    farm.wait_farm(farm.nodes)
