@@ -100,6 +100,12 @@ def render_summary(history: dict[str, Any], title: str = "chaos run") -> str:
         lines.append(f"- episode {e['index']} `{e['nemesis']}` (seed `{e['seed']}`, primary "
                      f"{e['primary_before']}, targets {json.dumps(e['targets'])}):")
         lines += [f"  - {v}" for v in e["violations"]]
+    repaired = [e for e in history["episodes"] if e.get("repaired")]
+    if repaired:
+        lines += ["", "## Repairs", "",
+                  "The lab was not healthy at the start of these episodes (the one before "
+                  "did not recover) and was repaired first:", ""]
+        lines += [f"- episode {e['index']} `{e['nemesis']}`: {e['repaired']}" for e in repaired]
     lines += ["", "## Episodes", "",
               "| # | nemesis | targets | hold s | primary | epoch | failover s | recovery s "
               "| acked | violations |", "|---:|---|---|---:|---|---|---:|---:|---:|---:|"]

@@ -185,14 +185,19 @@ def wait_healthy(m: MirrorLab, timeout: float) -> tuple[str, str, int] | None:
         return None
 
 
-def repair(m: MirrorLab) -> None:
-    """After an episode that did not recover: undo every fault and restart whatever is
-    dead, so the next episode starts from a healthy pair (or says it could not)."""
-    log.info("event=chaos_repair")
+def repair(m: MirrorLab, restart_daemons: bool) -> None:
+    """After an episode that did not recover (already a violation): undo every fault,
+    restart whatever is dead and, with ``restart_daemons``, every node's daemon too (a
+    stuck module may hold its lease without acting), so the next episode starts from a
+    healthy pair or says it could not."""
+    log.info("event=chaos_repair restart_daemons=%s", restart_daemons)
     m.lab.heal()
     for member in m.cluster.members:
         proc = m.cluster.procs.get(member)
         if proc is None or not proc.alive():
+            m.cluster.start(member)
+        elif restart_daemons and member in m.nodes:
+            proc.stop()
             m.cluster.start(member)
         else:
             proc.resume()
@@ -212,6 +217,7 @@ class EpisodeRecord:
     epoch_before: int | None
     targets: dict[str, Any] = field(default_factory=dict)
     t_start: float = 0.0
+    repaired: str | None = None     # how the lab was repaired before this episode, if it was
     t_fault: float | None = None
     t_heal: float | None = None
     t_recovered: float | None = None
@@ -271,12 +277,17 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
     hold_s = round(max(nemesis.min_hold_s, rng.uniform(*run.hold_range_s)), 3)
     settle_s = rng.uniform(0.3, 1.0)
     t_start = time.monotonic()
-    pair = wait_healthy(m, run.recovery_bound_s)
-    if pair is None:
-        repair(m)
+    pair = wait_healthy(m, 15.0)     # instant unless the last episode did not recover
+    repaired = None
+    for restart_daemons in (False, True):
+        if pair is not None:
+            break
+        repair(m, restart_daemons)
+        repaired = "daemons restarted" if restart_daemons else "faults undone, dead restarted"
         pair = wait_healthy(m, run.recovery_bound_s)
     rec = EpisodeRecord(index, name, f"{run.seed}/{index}/{name}", hold_s,
-                        pair[0] if pair else None, pair[2] if pair else None, t_start=t_start)
+                        pair[0] if pair else None, pair[2] if pair else None, t_start=t_start,
+                        repaired=repaired)
     if pair is None:
         rec.violations.append("the pair was not healthy before the episode, even after repair")
         return rec

@@ -164,6 +164,13 @@ def test_summary_markdown_lists_the_table_and_every_violation_with_its_seed():
     assert "  - acknowledged key 'x' missing" in md and "  - no recovery: ..." in md
 
 
+def test_repairs_are_listed():
+    h = _history()
+    assert "## Repairs" not in render_summary(h)
+    h["episodes"][3]["repaired"] = "daemons restarted"
+    assert "- episode 3 `isolate-witness`: daemons restarted" in render_summary(h)
+
+
 def test_a_clean_history_says_none_under_violations():
     h = _history()
     for e in h["episodes"]:
