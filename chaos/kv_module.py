@@ -11,7 +11,7 @@ USERCONFIG = """<!DOCTYPE safe>
 <!-- the hacluster demo: an HTTP key/value service on a replicated directory -->
 <safe>
   <service mode="mirror" failover="on" scripts_timeout="30s"{service_extra}>
-    <heart pulse="700" timeout="30000"/>
+    <heart pulse="700" timeout="30000">{heartbeat}</heart>
     <vip garp_refresh="{garp}">
       <interface_list>
         <interface check="on" arpreroute="on">
@@ -70,12 +70,16 @@ echo "transition $1 -> $2 ($3) on $HACLUSTER_NODE epoch $HACLUSTER_EPOCH"
 
 
 def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: float = 1.0,
-                    garp_refresh_s: float = 5.0, defaultprim: str | None = None) -> Path:
-    """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``."""
+                    garp_refresh_s: float = 5.0, defaultprim: str | None = None,
+                    datadir: str = DATADIR, servers: tuple[str, ...] = ()) -> Path:
+    """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``.
+    ``servers``: the two nodes' addresses when the cluster has more data nodes."""
+    heartbeat = ("<heartbeat name=\"default\">" + "".join(f'<server addr="{a}"/>' for a in servers)
+                 + "</heartbeat>") if servers else ""
     (folder / "conf").mkdir(parents=True, exist_ok=True)
     (folder / "bin").mkdir(exist_ok=True)
     (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(
-        vip=vip, port=port, datadir=DATADIR, python=sys.executable,
+        vip=vip, port=port, datadir=datadir, python=sys.executable, heartbeat=heartbeat,
         ack_timeout=f"{ack_timeout_s}s", garp=f"{garp_refresh_s}s",
         service_extra=f' defaultprim="{defaultprim}"' if defaultprim else ""))
     for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM),

@@ -17,6 +17,7 @@ from . import module_package
 from .control import ControlError
 from .farm_module import FarmModule
 from .mirror_module import MirrorModule
+from .module_nodes import ModuleNodesError, module_nodes
 from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from .module_package import ModulePackageError
 
@@ -138,19 +139,22 @@ class ModuleRegistry:
         if config is None:
             self.errors[name] = f"module {name} is not installed on this node"
             return
-        if mod["mode"] == "farm":
-            rt: MirrorModule | FarmModule = FarmModule(self.daemon, name, path, config)
-            self.runtimes[name] = rt
-            self.daemon.track(asyncio.create_task(rt.start()))
-            return
-        peers = sorted(n for n, m in snap["members"].items()
-                       if m["role"] == "node" and n != self.daemon.name)
-        if len(peers) != 1:
-            self.errors[name] = (f"a mirror module needs exactly two data nodes; this cluster has "
-                                 f"{len(peers) + 1}")
+        try:
+            nodes = module_nodes(config, snap["members"])
+        except ModuleNodesError as e:
+            self.errors[name] = str(e)
             log.error("event=module_not_started module=%s reason=%r", name, self.errors[name])
             return
-        rt = MirrorModule(self.daemon, name, path, config, peers[0])
+        if self.daemon.name not in nodes:
+            # Installed everywhere (any node may be asked about it), run only on its nodes.
+            self.errors[name] = f"runs on {', '.join(nodes)}, not on this node"
+            return
+        self.errors.pop(name, None)
+        if mod["mode"] == "farm":
+            rt: MirrorModule | FarmModule = FarmModule(self.daemon, name, path, config)
+        else:
+            rt = MirrorModule(self.daemon, name, path, config,
+                              next(n for n in nodes if n != self.daemon.name))
         self.runtimes[name] = rt
         self.daemon.track(asyncio.create_task(rt.start()))
 
