@@ -17,6 +17,10 @@ Safety lives in the order of each plan (DESIGN rules 1–3):
     blocked) before any script runs;
   * a clean stop drops the VIP and stops the application before the lease is
     released, so the successor never overlaps.
+
+Checker actions (``CheckerDown``) only ever make this node give up or redo
+its role locally: restart/swap are the commands, stopstart/stop hold STOP,
+wait holds WAIT (no lease contended) until ``CheckerUp`` for every cause.
 """
 from __future__ import annotations
 
@@ -93,7 +97,24 @@ class ReplicationDied:
     reason: str
 
 
-Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, LeaseReleased, PlanDone, ReplicationDied]
+@dataclass(frozen=True)
+class CheckerDown:
+    """A failover rule fired (``cause``: its label) with ``action``
+    restart | stopstart | stop | wait | swap (after the action loop's verdict)."""
+    cause: str
+    action: str
+
+
+@dataclass(frozen=True)
+class CheckerUp:
+    """The resource a ``wait`` was holding for is up again."""
+    cause: str
+
+
+CHECKER_ACTIONS = ("restart", "stopstart", "stop", "wait", "swap")
+
+Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, LeaseReleased, PlanDone, ReplicationDied,
+              CheckerDown, CheckerUp]
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -196,6 +217,7 @@ class MirrorMachine:
         self.restart_after_stop = False
         self.swap_pending = False            # after a swap: do not contend until the peer holds
         self.force_stop = False
+        self.waiting: set[str] = set()       # checker `wait`: causes still down (hold WAIT)
         self._contend = False
         self._queued: list[Plan] = []        # plans decided while another ran (commands)
 
@@ -240,6 +262,13 @@ class MirrorMachine:
             return self._reconcile()
         if isinstance(event, PlanDone):
             return self._plan_done(event)
+        if isinstance(event, CheckerDown):
+            return self._checker_down(event)
+        if isinstance(event, CheckerUp):
+            if event.cause not in self.waiting:
+                return Output()
+            self.waiting.discard(event.cause)
+            return _merge(Output(log=(f"checker {event.cause}: up again, wait over",)), self._reconcile())
         if isinstance(event, ReplicationDied):
             if self.state in PRIMARY and self.epoch is not None:
                 # Writes cannot be replicated any more: stop and start again; the
@@ -254,9 +283,36 @@ class MirrorMachine:
             return Output()
         raise TypeError(f"unknown event {event!r}")
 
+    # ---- checkers -------------------------------------------------------------------
+    def _checker_down(self, event: CheckerDown) -> Output:
+        why = f"checker {event.cause}: {event.action}"
+        if event.action in ("restart", "swap"):
+            out = self._command(event.action, reason=why)
+            if out.refused:     # not in a role it applies to, or busy: nothing to do now
+                return Output(log=(f"{why} ignored: {out.refused}",))
+            return _merge(Output(log=(why,)), out)
+        if event.action == "stopstart":
+            if self.state is State.STOP:
+                return Output(log=(f"{why} ignored: the module is stopped",))
+            self.hold_stop = self.restart_after_stop = True
+        elif event.action == "stop":
+            # a local hold, not a committed intent: `start` (or a daemon restart) lifts it
+            self.hold_stop = True
+            self.restart_after_stop = False
+        elif event.action == "wait":
+            self.waiting.add(event.cause)
+        else:
+            return Output(refused=f"checker {event.cause}: unknown action {event.action!r} "
+                                  f"(one of {', '.join(CHECKER_ACTIONS)})")
+        return _merge(Output(log=(why,)), self._reconcile())
+
     # ---- commands -------------------------------------------------------------------
-    def _command(self, name: str) -> Output:
+    def _command(self, name: str, reason: str | None = None) -> Output:
         st = self.display[0]
+        if name in ("start", "prim", "second", "primforce"):
+            # an administrator's start lifts a checker's stop (and a failed start's hold)
+            if self.hold_stop and not self.restart_after_stop:
+                self.hold_stop = False
         if name == "start":
             return self._queue(Plan((CommitIntent("start"),), self.state, "start command"))
         if name in ("stop", "forcestop"):
@@ -274,11 +330,11 @@ class MirrorMachine:
             if self.state in PRIMARY:
                 return self._start(Plan((RunScript("stop_prim", st.value, st.value, "restart", stop=True),
                                          RunScript("start_prim", st.value, st.value, "restart")),
-                                        self.state, "restart command"))
+                                        self.state, reason or "restart command"))
             if self.state is State.SECOND:
                 return self._start(Plan((RunScript("stop_second", "SECOND", "SECOND", "restart", stop=True),
                                          RunScript("start_second", "SECOND", "SECOND", "restart")),
-                                        self.state, "restart command"))
+                                        self.state, reason or "restart command"))
             return Output(refused=f"restart needs PRIM, ALONE or SECOND (state {st.value})")
         if name == "swap":
             if self.state not in PRIMARY or self.running is not None:
@@ -309,6 +365,8 @@ class MirrorMachine:
         v = self.view
         if v.intent != "start" or self.hold_stop:
             return State.STOP
+        if self.waiting:
+            return State.WAIT
         if self.epoch is not None and not self.swap_pending:
             return State.ALONE
         if v.holder == self.peer:
@@ -319,7 +377,7 @@ class MirrorMachine:
 
     def _wants_lease(self) -> bool:
         v = self.view
-        if v.intent != "start" or self.hold_stop or self.swap_pending:
+        if v.intent != "start" or self.hold_stop or self.swap_pending or self.waiting:
             return False
         if self.state in PRIMARY or self.epoch is not None:
             return True

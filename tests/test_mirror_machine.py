@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from hacluster.mirror_machine import (
-    CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
+    CheckerDown, CheckerUp, CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
     LeaseAcquired, LeaseLost, LeaseReleased, MirrorMachine, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
     RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
 
@@ -274,7 +274,90 @@ def test_exit_codes_are_safekits():
     assert [s.exit_code for s in State] == [0, 1, 2, 3, 4]
 
 
+def test_checker_wait_on_the_primary_hands_over_then_returns_as_secondary():
+    sim = _running_pair()
+    sim.feed("a", CheckerDown("intf_eth0", "wait"))
+    for _ in range(4):
+        sim.tick()
+        sim.check()
+    assert sim.m["a"].display[0] is State.WAIT and not sim.contending["a"]
+    assert sim.holder == "b" and sim.m["b"].display[0] is State.ALONE
+    for _ in range(3):      # still held: a does not come back while the resource is down
+        sim.tick()
+    assert sim.m["a"].display[0] is State.WAIT
+    sim.feed("a", CheckerUp("intf_eth0"))
+    for _ in range(4):
+        sim.tick()
+        sim.check()
+    assert sim.m["a"].display == (State.SECOND, "Ready")
+    assert sim.m["b"].display == (State.PRIM, "Ready")
+
+
+def test_checker_wait_ends_only_for_its_own_cause():
+    m = MirrorMachine("a", "b")
+    m.handle(CheckerDown("ping_gw", "wait"))
+    m.handle(CheckerDown("intf_eth0", "wait"))
+    m.handle(CheckerUp("ping_gw"))
+    assert m.waiting == {"intf_eth0"} and not m._wants_lease()
+    assert m.handle(CheckerUp("unknown")).plans == ()
+
+
+def test_checker_restart_runs_stop_then_start_scripts_in_the_same_role():
+    sim = _running_pair()
+    before = len(sim.scripts)
+    sim.feed("a", CheckerDown("errd_kvapp", "restart"))
+    assert sim.scripts[before:] == [("a", "stop_prim"), ("a", "start_prim")]
+    assert sim.m["a"].display == (State.PRIM, "Ready") and sim.holder == "a"
+
+
+def test_checker_restart_while_busy_or_stopped_is_ignored_with_a_note():
+    m = MirrorMachine("a", "b")
+    out = m.handle(CheckerDown("errd_kvapp", "restart"))
+    assert not out.plans and not out.refused and "ignored" in out.log[0]
+
+
+def test_checker_stopstart_fails_over_and_starts_again():
+    sim = _running_pair()
+    sim.feed("a", CheckerDown("ip_vip", "stopstart"))
+    for _ in range(6):
+        sim.tick()
+        sim.check()
+    assert sim.epoch == 2, "the module stopped and the lease was handed out again"
+    assert ("a", "poststop") in sim.scripts and ("a", "prestart") in sim.scripts[-8:]
+    assert sorted(sim.m[n].display[0].value for n in "ab") == ["PRIM", "SECOND"]
+
+
+def test_checker_stop_holds_stop_until_an_administrator_starts():
+    sim = _running_pair()
+    sim.feed("a", CheckerDown("errd_kvapp", "stop"))
+    for _ in range(5):
+        sim.tick()
+        sim.check()
+    assert sim.m["a"].display[0] is State.STOP and sim.holder == "b"
+    assert sim.intent["a"] == "start"       # a local hold: nothing committed
+    sim.feed("a", Command("start"))
+    for _ in range(5):
+        sim.tick()
+    assert sim.m["a"].display == (State.SECOND, "Ready")
+
+
+def test_checker_swap_hands_over():
+    sim = _running_pair()
+    sim.feed("a", CheckerDown("tcp_db", "swap"))
+    for _ in range(5):
+        sim.tick()
+        sim.check()
+    assert sim.holder == "b" and sim.m["a"].display == (State.SECOND, "Ready")
+
+
+def test_unknown_checker_action_is_refused():
+    out = MirrorMachine("a", "b").handle(CheckerDown("x", "reboot"))
+    assert out.refused and "reboot" in out.refused
+
+
 ACTIONS = st.sampled_from([
+    ("down", "a", "wait"), ("down", "b", "wait"), ("down", "a", "restart"), ("down", "b", "stopstart"),
+    ("down", "a", "stop"), ("down", "b", "swap"), ("down", "a", "swap"), ("up", "a", None), ("up", "b", None),
     ("cmd", "a", "start"), ("cmd", "b", "start"), ("cmd", "a", "stop"), ("cmd", "b", "stop"),
     ("cmd", "a", "prim"), ("cmd", "b", "prim"), ("cmd", "a", "swap"), ("cmd", "b", "swap"),
     ("cmd", "a", "stopstart"), ("cmd", "b", "second"), ("cmd", "a", "primforce"),
@@ -299,6 +382,10 @@ def test_random_histories_never_have_two_acting_primaries(steps):
             sim.expire(n)
         elif kind == "repl" and sim.live[n]:
             sim.feed(n, ReplicationDied("test"))
+        elif kind == "down" and sim.live[n]:
+            sim.feed(n, CheckerDown("res", arg))
+        elif kind == "up" and sim.live[n]:
+            sim.feed(n, CheckerUp("res"))
         elif kind == "failover":
             sim.failover = not sim.failover
         elif kind == "heal":
@@ -310,6 +397,7 @@ def test_random_histories_never_have_two_acting_primaries(steps):
     for n in "ab":
         if not sim.live[n]:
             sim.revive(n)
+        sim.feed(n, CheckerUp("res"))
         sim.feed(n, Command("start"))
     sim.failover = True
     sim.cut = {"a": False, "b": False}
