@@ -35,7 +35,7 @@ USERCONFIG = """<!DOCTYPE safe>
 
 START_PRIM = r"""#!/bin/sh
 # start_prim <state> <next state> <action>: start the key/value service, wait until it listens
-RUN="$HACLUSTER_ROOT_PREFIX/run"; mkdir -p "$RUN"
+RUN="$HACLUSTER_ROOT_PREFIX/run/$HACLUSTER_MODULE"; mkdir -p "$RUN"
 DATA="$HACLUSTER_ROOT_PREFIX$DATADIR"
 rm -f "$RUN/kvapp.pid"
 "$PYTHON" -m chaos.kvapp --data "$DATA" --listen "0.0.0.0:$PORT" --node "$HACLUSTER_NODE" \
@@ -51,7 +51,7 @@ echo "kvapp not listening after 4 s"; exit 1
 
 STOP_PRIM = r"""#!/bin/sh
 # stop_prim <state> <next state> <action>: stop the service (at once with action force)
-RUN="$HACLUSTER_ROOT_PREFIX/run"
+RUN="$HACLUSTER_ROOT_PREFIX/run/$HACLUSTER_MODULE"
 [ -s "$RUN/kvapp.pid" ] || exit 0
 pid=$(cat "$RUN/kvapp.pid")
 if [ "$3" = force ]; then kill -KILL "$pid" 2>/dev/null; rm -f "$RUN/kvapp.pid"; exit 0; fi

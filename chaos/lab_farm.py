@@ -9,7 +9,6 @@ and each node's loaded nftables ruleset read back.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import subprocess
 import time
@@ -22,6 +21,7 @@ from hacluster.control import ControlError, request
 from .farm_client import ask, ask_many, in_netns
 from .lab import Lab, wait_until
 from .lab_cluster import LabCluster
+from .lab_mirror import start_cluster
 from .name_module import write_name_module
 
 MODULE = "names"
@@ -31,12 +31,13 @@ _VMAP_ACCEPT = re.compile(r"(\d+)(?:-(\d+))?\s*:\s*accept")
 
 class FarmLab:
     def __init__(self, lab: Lab, nodes=("f1", "f2", "f3"), client="c",
-                 powers: dict[str, int] | None = None) -> None:
+                 powers: dict[str, int] | None = None, cluster: LabCluster | None = None) -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
         self.powers = {n: (powers or {}).get(n, 1) for n in self.nodes}
-        self.cluster = LabCluster(lab, self.nodes, [])
+        self._own_cluster = cluster is None
+        self.cluster = cluster or LabCluster(lab, self.nodes, [])
         net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
         self.vip = str(net.network_address + 200)
 
@@ -44,15 +45,8 @@ class FarmLab:
         return self.lab.host_dir(node) / "root"
 
     def start(self, up: bool = True) -> "FarmLab":
-        self.cluster.init()
-        for n in self.nodes:
-            path = self.cluster.config_dir(n) / "cluster.json"
-            cfg = json.loads(path.read_text())
-            cfg["path_prefix"] = str(self.root(n))
-            path.write_text(json.dumps(cfg, indent=2))
-            self.root(n).mkdir(parents=True, exist_ok=True)
-        self.cluster.start_all()
-        self.cluster.wait_leader()
+        if self._own_cluster:
+            start_cluster(self.cluster, self.root)
         folder = write_name_module(
             self.lab.workdir / "names-module", self.vip,
             {n: (self.lab.addr(n), self.powers[n]) for n in self.nodes},

@@ -24,16 +24,42 @@ MODULE = "kvdemo"
 PORT = 8080
 
 
+def start_cluster(cluster: LabCluster, root) -> None:
+    """Write the cluster's configuration (each node's '/' for module paths is
+    ``root(node)``), start every member and wait for a leader."""
+    cluster.init()
+    for n in cluster.members:
+        if cluster.role(n) != "node":
+            continue
+        path = cluster.config_dir(n) / "cluster.json"
+        cfg = json.loads(path.read_text())
+        cfg["path_prefix"] = str(root(n))
+        path.write_text(json.dumps(cfg, indent=2))
+        root(n).mkdir(parents=True, exist_ok=True)
+    cluster.start_all()
+    cluster.wait_leader()
+
+
 class MirrorLab:
+    """One kv mirror module. By default it owns a cluster of its two nodes and a
+    witness; given ``cluster`` (already started, e.g. with more nodes or other
+    modules on it) it only installs its module there, on ``nodes``."""
+
     def __init__(self, lab: Lab, nodes=("n1", "n2"), witness="w", client="c",
-                 ack_timeout_s: float = 1.0, defaultprim: str | None = None) -> None:
+                 ack_timeout_s: float = 1.0, defaultprim: str | None = None, *,
+                 module: str = MODULE, port: int = PORT, datadir: str = DATADIR,
+                 vip_host: int = 200, cluster: LabCluster | None = None) -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
-        self.cluster = LabCluster(lab, self.nodes, [witness])
+        self.module = module
+        self.port = port
+        self.datadir = datadir
+        self._own_cluster = cluster is None
+        self.cluster = cluster or LabCluster(lab, self.nodes, [witness])
         net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
-        self.vip = str(net.network_address + 200)
-        self.url = f"http://{self.vip}:{PORT}"
+        self.vip = str(net.network_address + vip_host)
+        self.url = f"http://{self.vip}:{port}"
         self.ack_timeout_s = ack_timeout_s
         self.defaultprim = defaultprim
         self.writer: LabProcess | None = None
@@ -44,37 +70,36 @@ class MirrorLab:
         return self.lab.host_dir(node) / "root"
 
     def data_dir(self, node: str) -> Path:
-        return Path(str(self.root(node)) + DATADIR)
+        return Path(str(self.root(node)) + self.datadir)
 
     def start(self, prim: str | None = "n1") -> "MirrorLab":
-        self.cluster.init()
+        if self._own_cluster:
+            start_cluster(self.cluster, self.root)
         for n in self.nodes:
-            path = self.cluster.config_dir(n) / "cluster.json"
-            cfg = json.loads(path.read_text())
-            cfg["path_prefix"] = str(self.root(n))
-            path.write_text(json.dumps(cfg, indent=2))
             self.data_dir(n).mkdir(parents=True, exist_ok=True)
-        self.cluster.start_all()
-        self.cluster.wait_leader()
-        folder = write_kv_module(self.lab.workdir / "kvdemo-module", self.vip,
-                                 port=PORT, ack_timeout_s=self.ack_timeout_s,
-                                 defaultprim=self.defaultprim)
-        safe = self.lab.workdir / f"{MODULE}.safe"
+        # With more data nodes than two, the module names its pair (heartbeat servers).
+        data_nodes = [m for m in self.cluster.members if self.cluster.role(m) == "node"]
+        servers = tuple(self.lab.addr(n) for n in self.nodes) if len(data_nodes) > 2 else ()
+        folder = write_kv_module(self.lab.workdir / f"{self.module}-module", self.vip,
+                                 port=self.port, ack_timeout_s=self.ack_timeout_s,
+                                 defaultprim=self.defaultprim, datadir=self.datadir,
+                                 servers=servers)
+        safe = self.lab.workdir / f"{self.module}.safe"
         self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
         self.cli(self.nodes[0], "module", "install", str(safe), check=True)
         for n in self.nodes:
             wait_until(f"module installed on {n}", lambda n=n: self._installed(n), 30)
         if prim is not None:
-            self.cli(prim, "-m", MODULE, "prim", check=True)
+            self.cli(prim, "-m", self.module, "prim", check=True)
             for n in self.nodes:
                 if n != prim:
-                    self.cli(n, "-m", MODULE, "second", check=True)
+                    self.cli(n, "-m", self.module, "second", check=True)
             self.wait_pair(prim)
         return self
 
     def _installed(self, node: str) -> bool:
         try:
-            return any(r["module"] == MODULE and r["installed_here"] and r["state"]
+            return any(r["module"] == self.module and r["installed_here"] and r["state"]
                        for r in self.call(node, "module_list"))
         except ControlError:
             return False
@@ -92,7 +117,7 @@ class MirrorLab:
 
     def state(self, node: str) -> dict | None:
         try:
-            return self.call(node, "module_state", module=MODULE, timeout=2.0)
+            return self.call(node, "module_state", module=self.module, timeout=2.0)
         except (ControlError, OSError, ValueError):
             return None
 
@@ -121,7 +146,7 @@ class MirrorLab:
     def start_writer(self, prefix: str = "rec", timeout_s: float = 1.0) -> LabProcess:
         self.writer = self.lab.spawn(self.client, [
             sys.executable, "-m", "chaos.kv_writer_proc", "--url", self.url, "--prefix", prefix,
-            "--timeout", str(timeout_s)], name=f"writer-{prefix}")
+            "--timeout", str(timeout_s)], name=f"writer-{self.module}-{prefix}")
         return self.writer
 
     def acks(self, proc: LabProcess | None = None) -> list[dict]:

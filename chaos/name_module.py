@@ -38,7 +38,7 @@ USERCONFIG = """<!DOCTYPE safe>
 
 START_BOTH = r"""#!/bin/sh
 # start_both <state> <next state> <action>: start the name server, wait until it listens
-RUN="$HACLUSTER_ROOT_PREFIX/run"; mkdir -p "$RUN"
+RUN="$HACLUSTER_ROOT_PREFIX/run/$HACLUSTER_MODULE"; mkdir -p "$RUN"
 rm -f "$RUN/names.pid"
 args=""
 for p in $PORTS; do args="$args --port $p"; done
@@ -55,7 +55,7 @@ echo "name server not listening after 4 s"; exit 1
 
 STOP_BOTH = r"""#!/bin/sh
 # stop_both <state> <next state> <action>: stop the name server (at once with force)
-RUN="$HACLUSTER_ROOT_PREFIX/run"
+RUN="$HACLUSTER_ROOT_PREFIX/run/$HACLUSTER_MODULE"
 [ -s "$RUN/names.pid" ] || exit 0
 pid=$(cat "$RUN/names.pid")
 if [ "$3" = force ]; then kill -KILL "$pid" 2>/dev/null; rm -f "$RUN/names.pid"; exit 0; fi

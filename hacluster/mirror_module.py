@@ -31,6 +31,7 @@ from . import default_primary
 from . import mirror_machine as mm
 from .control import ControlError
 from .lease_holder import LeaseHolder
+from .module_checks import RESUME, ModuleChecks
 from .module_scripts import ScriptRunner
 from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
@@ -136,6 +137,7 @@ class MirrorModule:
         self.module_log = self.state_dir / "module.log"
         self.prefix = daemon.config.path_prefix
         env = {**config.user_vars, "HACLUSTER_NODE": self.node, "HACLUSTER_PEER": peer,
+               "HACLUSTER_MODULE": name,
                "HACLUSTER_ROOT_PREFIX": self.prefix or "", "HACLUSTER_EPOCH": "0"}
         self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log", env,
                                    config.scripts_timeout_s)
@@ -154,6 +156,7 @@ class MirrorModule:
         self._last_epoch_path = self.state_dir / "last_primary_epoch"
         self._deferred: asyncio.TimerHandle | None = None
         self._deferral_done = False
+        self.checks: ModuleChecks | None = None
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -177,6 +180,8 @@ class MirrorModule:
                         "the VIP was still here: the daemon died as primary")
             await self.runner.run_stop("stop_prim", "STOP", "STOP", "force")
         self.started = True
+        self.checks = ModuleChecks.for_runtime(self)
+        self.checks.start()
         self.refresh()
 
     # ---- the committed view --------------------------------------------------------
@@ -219,6 +224,9 @@ class MirrorModule:
             log.info("event=module_state module=%s state=%s ready=%s epoch=%s",
                      self.name, display[0].value, display[1], self.epoch)
             self._module_log(f"state {display[0].value} ({display[1]}) epoch {self.epoch}")
+            if self.checks is not None:
+                self.checks.module_state(display[0].value, display[1] == "Ready",
+                                         self.machine.running.reason if self.machine.running else None)
         for want, fut in list(self._state_waiters):
             if not fut.done() and display[1] == "Ready" and display[0].value == want:
                 fut.set_result(True)
@@ -506,6 +514,16 @@ class MirrorModule:
             raise ControlError(f"module {self.name}: {out.refused}")
         return f"{name}: accepted{note}"
 
+    def checker_action(self, action: str, cause: str) -> None:
+        """What a fired failover rule asks (after the action loop): restart, stopstart,
+        stop, wait, swap, or resume (the wait of ``cause`` is over)."""
+        event = mm.CheckerUp(cause) if action == RESUME else mm.CheckerDown(cause, action)
+        out = self.feed(event)
+        if out.refused:
+            log.warning("event=checker_action_refused module=%s action=%s cause=%s reason=%r",
+                        self.name, action, cause, out.refused)
+            self._module_log(f"checker {cause}: {action} refused: {out.refused}")
+
     def forget_sync_point(self) -> str:
         """Drop the record that both copies were identical: the next reintegration
         compares the digests of every block instead of trusting the bitmaps."""
@@ -557,6 +575,8 @@ class MirrorModule:
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""
         self.closed = True
+        if self.checks is not None:
+            await self.checks.stop()
         if self._plan_task is not None and not self._plan_task.done():
             self._plan_task.cancel()
             await asyncio.gather(self._plan_task, return_exceptions=True)
