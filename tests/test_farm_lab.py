@@ -110,3 +110,15 @@ def test_stopping_the_module_hands_its_share_over_and_start_takes_it_back(farm):
     assert res.returncode == 0 and "f2: names on f2: STOP" in res.stdout, res.stdout
     farm.cli("f1", "-H", "f2", "-m", MODULE, "start", check=True)
     farm.wait_farm(farm.nodes)
+
+
+def test_cut_off_node_stops_serving_and_rejoins_when_healed(farm):
+    farm.lab.cut("f2")
+    wait_until("f2's buckets with f1 and f3", lambda: farm.complete_on(["f1", "f3"]), 20)
+    # f2 cannot prove it is in the majority: it dropped its VIP and ruleset itself
+    wait_until("f2 dropped its farm VIP", lambda: farm.ruleset_buckets("f2") is None, 20)
+    counts = Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 200))
+    assert set(counts) == {"f1", "f3"}, counts
+    farm.lab.heal("f2")
+    farm.wait_farm(farm.nodes, timeout=60)
+    assert {n: len(farm.ruleset_buckets(n)) for n in farm.nodes} == {"f1": 128, "f2": 64, "f3": 64}
