@@ -19,6 +19,8 @@ demo-coordinator: apt venv
 bench: apt venv
 	$(PY) -m bench raft
 	$(PY) -m bench replication
+	$(PY) -m bench failover
+	$(PY) -m bench farm
 
 chaos-cleanup: venv
 	$(PY) -m chaos.lab cleanup
