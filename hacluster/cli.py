@@ -250,6 +250,60 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- checkers -------------------------------------------------------------------
+def _resources_text(res: dict) -> str:
+    import time as _time
+    rows = [{**r, "since": _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r["since"])),
+             "age": f"{r['age_s']:.1f}s"} for r in res["resources"]]
+    head = (f"{res['module']} on {res['node']}: {res['state']}  errd {'on' if res['errd'] else 'off'}  "
+            f"checker {'on' if res['checker'] else 'off'}  loop {res['loop_count']}/{res['maxloop']}")
+    if res.get("waiting"):
+        head += f"  waiting for {','.join(res['waiting'])}"
+    if not rows:
+        return head + "\nno resources (no <errd> or <check> in this module)"
+    return head + "\n" + table(rows, [("resource", "RESOURCE"), ("value", "VALUE"), ("since", "SINCE"),
+                                      ("age", "AGE")])
+
+
+def cmd_resources(args: argparse.Namespace) -> int:
+    kw = {"module": _module(args), "cmd_name": "resources"}
+    on_hosts = _on_hosts(args, "module_cmd", _resources_text, **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, "module_cmd", **kw)
+    _print(args, res, _resources_text(res))
+    return 0
+
+
+def cmd_checks_command(args: argparse.Namespace) -> int:
+    """errd on|off, checker on|off, resetloop."""
+    name = f"{args.flag}_{args.onoff}" if getattr(args, "flag", None) else args.ccmd
+    kw = {"module": _module(args), "cmd_name": name}
+
+    def human(res: dict) -> str:
+        return f"{res['module']} on {res['node']}: {res['message']}"
+    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, "module_cmd", **kw)
+    _print(args, res, human(res))
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """``set -r custom.NAME -v up|down``: run by a module's custom checker program, on
+    its own node (never with -H); the module comes from -m or $HACLUSTER_MODULE."""
+    if getattr(args, "hosts", None):
+        raise ConfigError("set is local: a checker program sets the resources of its own node (no -H)")
+    module = args.module or os.environ.get("HACLUSTER_MODULE")
+    if not module:
+        raise ConfigError("set needs a module: hacluster -m MODULE set ... (or $HACLUSTER_MODULE)")
+    res = _call(args, "module_cmd", module=module, cmd_name="set_resource", resource=args.resource,
+                value=args.value)
+    _print(args, res, f"{res['module']} on {res['node']}: {res['message']}")
+    return 0
+
+
 def _state_line(st: dict) -> str:
     if st.get("mode") == "farm":
         members = ",".join(f"{n}:{p}" for n, p in sorted(st["members"].items())) or "-"
@@ -421,6 +475,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--lines", type=int, default=100)
     json_flag(sp)
     sp.set_defaults(func=cmd_log)
+
+    sp = sub.add_parser("resources", help="the module's checker resources: value and when it last changed")
+    json_flag(sp)
+    sp.set_defaults(func=cmd_resources)
+    for flag, text in (("errd", "process monitoring (errd) actions on or off, for maintenance"),
+                       ("checker", "actions of every other checker on or off, for maintenance")):
+        sp = sub.add_parser(flag, help=text)
+        sp.add_argument("onoff", choices=["on", "off"])
+        json_flag(sp)
+        sp.set_defaults(func=cmd_checks_command, flag=flag)
+    sp = sub.add_parser("resetloop", help="forget the restarts counted against maxloop")
+    json_flag(sp)
+    sp.set_defaults(func=cmd_checks_command, ccmd="resetloop", flag=None)
+    sp = sub.add_parser("set", help="set a custom checker's resource (run by the checker program)")
+    sp.add_argument("-r", "--resource", required=True, metavar="custom.NAME")
+    sp.add_argument("-v", "--value", required=True, metavar="up|down")
+    json_flag(sp)
+    sp.set_defaults(func=cmd_set)
 
     node = sub.add_parser("node", help="the node daemon").add_subparsers(dest="cmd", required=True)
     sp = node.add_parser("run", help="run the node daemon in the foreground")

@@ -25,6 +25,7 @@ from vip.farm_vip import FarmVip, cleanup_leftovers
 
 from . import farm_machine as fm
 from .control import ControlError
+from .module_checks import RESUME, ModuleChecks
 from .module_scripts import ScriptRunner
 from .userconfig import ModuleConfig
 
@@ -78,6 +79,7 @@ class FarmModule:
         self.closed = False
         self.started = False
         self.error: str | None = None
+        self.checks: ModuleChecks | None = None
 
     # ---- set-up -----------------------------------------------------------------
     async def _make_vip(self) -> FarmVip | None:
@@ -103,6 +105,8 @@ class FarmModule:
         if liveness is not None:
             liveness.watch(lambda held: self.refresh())
         self.started = True
+        self.checks = ModuleChecks.for_runtime(self)
+        self.checks.start()
         self.feed(fm.Restarted())
         self.refresh()
 
@@ -149,6 +153,9 @@ class FarmModule:
             log.info("event=module_state module=%s state=%s ready=%s version=%d buckets=%d",
                      self.name, display[0].value, display[1], view.version, len(view.buckets))
             self._module_log(f"state {display[0].value} ({display[1]}) table version {view.version}")
+            if self.checks is not None:
+                self.checks.module_state(display[0].value, display[1] == "Ready",
+                                         self.machine.running.reason if self.machine.running else None)
         for want, fut in list(self._state_waiters):
             if not fut.done() and display[1] == "Ready" and display[0].value == want:
                 fut.set_result(True)
@@ -255,6 +262,18 @@ class FarmModule:
         """A checker's report (issue 6 wiring): down with its action, or up again."""
         self.feed(fm.CheckerUp(resource) if up else fm.CheckerDown(resource, action))
 
+    def checker_action(self, action: str, cause: str) -> None:
+        """What a fired failover rule asks (after the action loop): restart, stopstart,
+        stop, wait, or resume (the wait of ``cause`` is over); a farm has no swap."""
+        if action == "swap":
+            self._module_log(f"checker {cause}: swap ignored (a farm module has no primary)")
+            return
+        out = self.feed(fm.CheckerUp(cause) if action == RESUME else fm.CheckerDown(cause, action))
+        if out.refused:
+            log.warning("event=checker_action_refused module=%s action=%s cause=%s reason=%r",
+                        self.name, action, cause, out.refused)
+            self._module_log(f"checker {cause}: {action} refused: {out.refused}")
+
     async def wait_state(self, state: str, timeout: float) -> bool:
         fut = asyncio.get_running_loop().create_future()
         self._state_waiters.append((state, fut))
@@ -287,6 +306,8 @@ class FarmModule:
         """Daemon shutdown: stop serving (the liveness release takes this node out of
         the farm in Raft), stop the application, keep the intent."""
         self.closed = True
+        if self.checks is not None:
+            await self.checks.stop()
         if self._plan_task is not None and not self._plan_task.done():
             self._plan_task.cancel()
             await asyncio.gather(self._plan_task, return_exceptions=True)

@@ -17,6 +17,7 @@ from . import module_package
 from .control import ControlError
 from .farm_module import FarmModule
 from .mirror_module import MirrorModule
+from .module_checks import CHECKS_COMMANDS, checks_command
 from .module_nodes import ModuleNodesError, module_nodes
 from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from .module_package import ModulePackageError
@@ -246,6 +247,8 @@ class ModuleRegistry:
             return {"module": rt.name, "failover": cmd == "failover_on"}
         if not isinstance(cmd, str):
             raise ControlError("module_cmd needs cmd_name")
+        if cmd in CHECKS_COMMANDS:      # resources, set, errd/checker on|off, resetloop
+            return checks_command(rt, request)
         return {"module": rt.name, "node": self.daemon.name, "message": await rt.command(cmd)}
 
     async def _state(self, request: dict) -> Any:

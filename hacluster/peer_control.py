@@ -37,6 +37,9 @@ REQUEST_CONTEXT = b"hacluster-control"
 REPLY_CONTEXT = b"hacluster-control-reply"
 REMOTE_COMMANDS = frozenset({"status", "leases", "module_list", "module_cmd", "module_state",
                              "module_log", "module_waitstate"})
+# module_cmd also carries the checker commands (resources, errd/checker on|off,
+# resetloop); set_resource stays local: a checker program sets its own node's resources
+LOCAL_MODULE_COMMANDS = frozenset({"set_resource"})
 _LENGTH = struct.Struct(">I")
 
 Dispatch = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -150,6 +153,9 @@ class PeerControlServer:
             cmd = request.get("cmd") if isinstance(request, dict) else None
             return {"ok": False, "error": f"{cmd!r} cannot be run from another node "
                                           f"(remote commands: {', '.join(sorted(REMOTE_COMMANDS))})"}
+        if request["cmd"] == "module_cmd" and request.get("cmd_name") in LOCAL_MODULE_COMMANDS:
+            return {"ok": False, "error": f"module_cmd {request['cmd_name']} cannot be run from another node "
+                                          "(a checker program sets its own node's resources)"}
         log.info("event=peer_control_request peer=%s cmd=%s module=%s", peer, request["cmd"],
                  request.get("module", "-"))
         return await self._dispatch(request)
