@@ -32,7 +32,6 @@ from . import mirror_machine as mm
 from .control import ControlError
 from .lease_holder import LeaseHolder
 from .module_checks import RESUME, ModuleChecks
-from .module_checks import RESUME, ModuleChecks
 from .module_scripts import ScriptRunner
 from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
@@ -225,9 +224,6 @@ class MirrorModule:
             log.info("event=module_state module=%s state=%s ready=%s epoch=%s",
                      self.name, display[0].value, display[1], self.epoch)
             self._module_log(f"state {display[0].value} ({display[1]}) epoch {self.epoch}")
-            if self.checks is not None:
-                self.checks.module_state(display[0].value, display[1] == "Ready",
-                                         self.machine.running.reason if self.machine.running else None)
             if self.checks is not None:
                 self.checks.module_state(display[0].value, display[1] == "Ready",
                                          self.machine.running.reason if self.machine.running else None)
@@ -517,16 +513,6 @@ class MirrorModule:
         if out.refused:
             raise ControlError(f"module {self.name}: {out.refused}")
         return f"{name}: accepted{note}"
-
-    def checker_action(self, action: str, cause: str) -> None:
-        """What a fired failover rule asks (after the action loop): restart, stopstart,
-        stop, wait, swap, or resume (the wait of ``cause`` is over)."""
-        event = mm.CheckerUp(cause) if action == RESUME else mm.CheckerDown(cause, action)
-        out = self.feed(event)
-        if out.refused:
-            log.warning("event=checker_action_refused module=%s action=%s cause=%s reason=%r",
-                        self.name, action, cause, out.refused)
-            self._module_log(f"checker {cause}: {action} refused: {out.refused}")
 
     def checker_action(self, action: str, cause: str) -> None:
         """What a fired failover rule asks (after the action loop): restart, stopstart,
