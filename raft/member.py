@@ -50,7 +50,8 @@ class RaftCommandError(RuntimeError):
 
 
 class _StateConsumer(SyncObjConsumer):
-    """The replicated methods. Each one is applied on every member in log order."""
+    """The replicated state machine: ``command(op, args)`` entries applied on every
+    member in log order."""
 
     def __init__(self, on_applied: Callable[[str, tuple, Result], None]) -> None:
         super().__init__()
@@ -61,6 +62,8 @@ class _StateConsumer(SyncObjConsumer):
     def _apply(self, op: str, *args: Any) -> Result:
         with self.lock:
             try:
+                if op not in OPS:
+                    raise ValueError("not a cluster state operation of this version")
                 result = getattr(self.state, op)(*args)
             except Exception as e:  # noqa: BLE001
                 # pysyncobj retries an entry whose apply raised, forever, on every
@@ -72,72 +75,12 @@ class _StateConsumer(SyncObjConsumer):
         return result
 
     @replicated
-    def bootstrap(self, members):
-        return self._apply("bootstrap", members)
-
-    @replicated
-    def add_member(self, name, address, role):
-        return self._apply("add_member", name, address, role)
-
-    @replicated
-    def remove_member(self, name, role):
-        return self._apply("remove_member", name, role)
-
-    @replicated
-    def acquire(self, resource, node, lease_s, force=False):
-        return self._apply("acquire", resource, node, lease_s, force)
-
-    @replicated
-    def renew(self, resource, node, epoch):
-        return self._apply("renew", resource, node, epoch)
-
-    @replicated
-    def release(self, resource, node, epoch):
-        return self._apply("release", resource, node, epoch)
-
-    @replicated
-    def expire(self, resource, epoch, seq):
-        return self._apply("expire", resource, epoch, seq)
-
-    @replicated
-    def set_eligible(self, resource, nodes, lease_s):
-        return self._apply("set_eligible", resource, nodes, lease_s)
-
-    @replicated
-    def install_module(self, name, digest, mode, size, source, lease_s):
-        return self._apply("install_module", name, digest, mode, size, source, lease_s)
-
-    @replicated
-    def uninstall_module(self, name):
-        return self._apply("uninstall_module", name)
-
-    @replicated
-    def set_intent(self, name, node, intent):
-        return self._apply("set_intent", name, node, intent)
-
-    @replicated
-    def set_failover(self, name, on):
-        return self._apply("set_failover", name, on)
-
-    @replicated
-    def set_in_sync(self, resource, node, epoch, nodes):
-        return self._apply("set_in_sync", resource, node, epoch, nodes)
-
-    @replicated
-    def name_good_copy(self, resource, node, force=False):
-        return self._apply("name_good_copy", resource, node, force)
-
-    @replicated
-    def leave_in_sync(self, resource, node):
-        return self._apply("leave_in_sync", resource, node)
-
-    @replicated
-    def farm_join(self, name, node, power):
-        return self._apply("farm_join", name, node, power)
-
-    @replicated
-    def farm_leave(self, name, node):
-        return self._apply("farm_leave", name, node)
+    def command(self, op, args):
+        # One replicated method, the operation named inside the entry: pysyncobj
+        # numbers replicated methods by their sorted names, so with one method per
+        # operation a new operation would renumber the others, and a journal written
+        # by the previous version would replay as different operations.
+        return self._apply(op, *args)
 
     def _serialize(self):
         with self.lock:
@@ -242,7 +185,7 @@ class RaftMember:
             self._pending_expiry.add(key)
             log.info("event=lease_expiry_proposed resource=%s holder=%s epoch=%d mono=%.6f",
                      resource, lease["holder"], lease["epoch"], now)
-            self.consumer.expire(resource, lease["epoch"], lease["seq"],
+            self.consumer.command("expire", [resource, lease["epoch"], lease["seq"]],
                                  callback=lambda res, err, key=key: self._pending_expiry.discard(key))
 
     # ---- any thread -----------------------------------------------------------
@@ -263,7 +206,7 @@ class RaftMember:
                 fut.set_exception(RaftCommandError(
                     f"{op} not committed: {_FAIL_NAMES.get(err, err)}"))
 
-        getattr(self.consumer, op)(*args, callback=done)
+        self.consumer.command(op, list(args), callback=done)
         return fut
 
     def call(self, op: str, *args: Any, timeout: float = 5.0) -> Result:

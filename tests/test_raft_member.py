@@ -33,3 +33,15 @@ def test_importing_raft_keeps_a_working_inet_ntop():
 
     import raft.member  # noqa: F401  (pysyncobj patches socket on import)
     assert socket.inet_ntop(socket.AF_INET, bytes([10, 0, 0, 1])) == "10.0.0.1"
+
+
+def test_one_replicated_method_so_new_operations_never_renumber_the_journal():
+    # pysyncobj numbers @replicated methods by sorted name; with the operation named
+    # inside the entry, a journal replays the same way after operations are added.
+    names = {n.split("_v")[0] for n in dir(_StateConsumer)
+             if getattr(getattr(_StateConsumer, n, None), "replicated", False)}
+    assert names == {"command"}
+    applied = []
+    consumer = _StateConsumer(lambda op, args, result: applied.append(op))
+    refused = consumer._apply("to_dict")          # a ClusterState method, not an operation
+    assert refused["ok"] is False and "not a cluster state operation" in refused["error"]
