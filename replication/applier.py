@@ -21,7 +21,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import xxhash
 
-from .ops import UTIME_NOW, UTIME_OMIT, Op, OpKind
+from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
 from .paths import DIR_FLAGS, check_relative, parent_dir
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,6 +47,12 @@ FALLOC_FL_KEEP_SIZE = 1
 FALLOC_FL_PUNCH_HOLE = 2
 _READ_CHUNK = 8 * 1024 * 1024
 _FD_CACHE = 64
+_SYNCED_DIRS_MAX = 4096
+# Ops that change which names a directory holds (its entries must be fsynced again).
+_DIRENT_KINDS = frozenset({OpKind.CREATE, OpKind.MKNOD, OpKind.MKDIR, OpKind.SYMLINK,
+                           OpKind.LINK, OpKind.UNLINK})
+# Ops that may move or remove whole directories: every cached "synced" mark is dropped.
+_TREE_KINDS = frozenset({OpKind.RENAME, OpKind.RMDIR, OpKind.DELETE})
 MAX_BLOCK_SIZE = 64 * 1024 * 1024
 
 
@@ -98,6 +104,10 @@ def _type_letter(mode: int) -> str:
             stat.S_IFCHR: "c", stat.S_IFBLK: "b", stat.S_IFSOCK: "s"}.get(fmt, "?")
 
 
+def _parent(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
@@ -113,6 +123,9 @@ class Applier:
         # writable fds of regular files, by path; valid until a namespace op
         # changes what a cached path names (see _forget)
         self._files: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # directories fsynced by an FSYNC and whose entries no op changed since: an
+        # FSYNC of a file in them need not fsync them again
+        self._synced_dirs: set[str] = set()
         self._dispatch: dict[OpKind, Callable[[Op], None]] = {
             OpKind.WRITE: self._write, OpKind.TRUNCATE: self._truncate,
             OpKind.CREATE: self._create, OpKind.MKNOD: self._mknod, OpKind.MKDIR: self._mkdir,
@@ -139,6 +152,12 @@ class Applier:
 
     def apply(self, op: Op) -> None:
         """Apply one op; raises OSError (errno set) when it cannot be applied."""
+        if op.kind in _DIRENT_KINDS:
+            self._synced_dirs.discard(_parent(op.path))
+            if op.kind == OpKind.LINK:
+                self._synced_dirs.discard(_parent(op.path2))
+        elif op.kind in _TREE_KINDS:
+            self._synced_dirs.clear()
         try:
             self._dispatch[op.kind](op)
         except OSError:
@@ -197,6 +216,9 @@ class Applier:
             if n <= 0:
                 raise OSError(errno.EIO, "short write", op.path)
             done += n
+        if op.mode & WRITE_SETS_TIMES:
+            times = (_Timespec * 2)(_timespec(op.atime_ns), _timespec(op.mtime_ns))
+            _check(_libc.futimens(fd, times), "futimens", op.path)
 
     def _truncate(self, op: Op) -> None:
         os.ftruncate(self._file(op.path), op.length)
@@ -209,18 +231,25 @@ class Applier:
         if op.path == "":
             _check(_libc.syncfs(self.root_fd), "syncfs", "")
             return
+        sync = os.fdatasync if op.mode & FSYNC_DATASYNC else os.fsync
         with parent_dir(self.root_fd, op.path) as (pfd, name):
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):
-                os.fsync(self._file(op.path))
+                sync(self._file(op.path))
             elif stat.S_ISDIR(st.st_mode):
                 fd = os.open(name, DIR_FLAGS, dir_fd=pfd)
                 try:
-                    os.fsync(fd)
+                    sync(fd)
                 finally:
                     os.close(fd)
+                self._synced_dirs.add(op.path)   # its own entries: synced just now
             # the entry itself (and, for a new file, its name) lives in the parent
-            os.fsync(pfd)
+            parent = _parent(op.path)
+            if parent not in self._synced_dirs:
+                os.fsync(pfd)
+                if len(self._synced_dirs) >= _SYNCED_DIRS_MAX:
+                    self._synced_dirs.clear()
+                self._synced_dirs.add(parent)
 
     # ------------------------------------------------------------ namespace ops
 

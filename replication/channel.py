@@ -2,31 +2,43 @@
 
 Handshake (both sides know the cluster secret; nothing secret crosses the wire)::
 
-    client -> HELLO  version, epoch, ack mode, client nonce (32 random bytes)
-    server -> HELLO  server nonce
+    client -> HELLO  version, epoch, ack mode, features offered, client nonce (32 bytes)
+    server -> HELLO  features accepted, server nonce
     client -> AUTH   HMAC-SHA256(secret, "client" | transcript)
     server -> AUTH   HMAC-SHA256(secret, "receiver" | transcript)   or a refusal
                      (status EACCES: wrong secret, ESTALE: old epoch, ...)
 
-transcript = version, ack mode, epoch, both nonces: each proof is bound to this
-connection and to a role, so it can be neither replayed nor reflected. The
+transcript = version, ack mode, epoch, both nonces (and, when both sides know
+features, both feature words): each proof is bound to this connection and to a
+role, so it can be neither replayed nor reflected. A peer from before features
+offers and accepts none, and its transcript has no feature words; a client that
+needs a feature the receiver did not accept gives up before AUTH, so the
+receiver admits nothing. The
 client proves first, so a peer without the secret learns nothing. Afterwards
 frames are integrity-checked by xxh3 only: this authenticates the peer that
 connects, it does not protect against an active man-in-the-middle on the
 replication LAN (that would need TLS).
 
-Blocking sockets with threads: one background reader per client collects
-ACKs; senders may call send_op/wait from many threads.
+Blocking sockets with threads; senders may call send_op/wait from many
+threads. Whoever waits for an answer reads the socket itself (one reader at a
+time; the others sleep until it has handled what arrived): a synchronous write
+then costs no thread hand-off between an ack-reader thread and the writer. The
+client's background thread reads only when nobody has waited for a while
+(frames nobody asked for: EPOCH, RESET, late errors, acks of async ops), and
+runs the late-error hook.
 """
 from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import errno as errno_mod
 import hashlib
 import hmac
 import logging
+import math
 import os
+import select
 import socket
 import struct
 import threading
@@ -36,8 +48,8 @@ from typing import Callable, Iterable, Protocol
 
 from . import frame as fr
 from .applier import Entry
-from .frame import AckMode, Frame, FrameError, FrameType, QueryKind
-from .ops import Op
+from .frame import AckMode, Feature, Frame, FrameError, FrameType, QueryKind
+from .ops import WRITE_SETS_TIMES, Op, OpKind
 
 log = logging.getLogger("replication.channel")
 
@@ -46,6 +58,8 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 NONCE_SIZE = 32
 _RECV_SIZE = 1024 * 1024
 _REFUSAL_LOG_INTERVAL_S = 10.0
+IDLE_GRACE_S = 0.05     # the ack thread reads only once waiters have been gone this long
+_IDLE_POLL_MS = 200     # ...and then checks the socket at least this often
 
 
 # ---------------------------------------------------------------- errors
@@ -78,6 +92,10 @@ class ReplicationRefused(ChannelError):
 
     def __reduce__(self) -> tuple:
         return (self.__class__, (self.errno, self.message))
+
+
+class IncompatiblePeer(ChannelError):
+    """The receiver is an older version without a feature this client needs."""
 
 
 class StaleEpoch(ReplicationRefused):
@@ -158,8 +176,22 @@ def _peer_name(sock: socket.socket) -> str:
 # ---------------------------------------------------------------- handshake
 
 
-def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s: bytes) -> bytes:
-    return struct.pack("<BBQ", version, ack_mode, epoch) + nonce_c + nonce_s
+def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s: bytes,
+                offered: int = 0, accepted: int = 0) -> bytes:
+    out = struct.pack("<BBQ", version, ack_mode, epoch) + nonce_c + nonce_s
+    if accepted & Feature.NEGOTIATE:
+        out += struct.pack("<II", offered, accepted)
+    return out
+
+
+SERVER_FEATURES = Feature.WRITE_TIMES
+
+
+def accept_features(offered: int) -> int:
+    """What a receiver answers to a client's offer (0 to a client from before features)."""
+    if not offered & Feature.NEGOTIATE:
+        return 0
+    return int(Feature.NEGOTIATE | (offered & SERVER_FEATURES))
 
 
 def _proof(secret: bytes, role: bytes, transcript: bytes) -> bytes:
@@ -227,7 +259,10 @@ class ChannelClient:
     def __init__(self, host: str, port: int, secret: str | bytes, epoch: int,
                  ack_mode: str | AckMode = "apply", *, timeout: float = 10.0,
                  compress: bool = True,
-                 on_late_error: Callable[[int, int, str], None] | None = None) -> None:
+                 on_late_error: Callable[[int, int, str], None] | None = None,
+                 query_only: bool = False) -> None:
+        """``query_only``: this connection only asks questions (verify); the
+        receiver keeps its sender connected, and send_op is refused."""
         self.host = host
         self.port = port
         self.epoch = epoch
@@ -236,6 +271,9 @@ class ChannelClient:
         self.compress = compress
         self.on_late_error = on_late_error
         self._secret = _secret_bytes(secret)
+        self.query_only = query_only
+        self.features = Feature(0)   # what the receiver accepted (set by connect)
+        self._companions: dict[int, int] = {}   # seq of a UTIMENS sent for its WRITE
         self._sock: socket.socket | None = None
         self._reader: FrameReader | None = None
         self._thread: threading.Thread | None = None
@@ -251,6 +289,14 @@ class ChannelClient:
         self._closed: ChannelError | None = ChannelClosed("not connected")
         self.late_errors: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
         self.acked_ops = 0
+        # the read side: at most one thread reads the socket at a time (see module doc)
+        self._reading = False
+        self._waiters = 0
+        self._last_wait = 0.0
+        self._late_hooks: collections.deque[tuple[int, int, str]] = collections.deque()
+        self._wake = threading.Event()   # wakes the ack thread (close, late errors)
+        self._read_poll = select.poll()
+        self._idle_poll = select.poll()
 
     # ------------------------------------------------------------ connection
 
@@ -275,6 +321,8 @@ class ChannelClient:
             raise
         sock.settimeout(self.timeout)   # bounds a blocked send; the reader treats it as idle
         self._sock, self._reader = sock, reader
+        for poller in (self._read_poll, self._idle_poll):
+            poller.register(sock.fileno(), select.POLLIN)
         with self._cond:
             self._closed = None
         self._thread = threading.Thread(target=self._read_loop, name=f"repl-acks-{self.peer}",
@@ -283,17 +331,29 @@ class ChannelClient:
 
     def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
         nonce_c = os.urandom(NONCE_SIZE)
-        sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c))
+        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES
+        if self.query_only:
+            offered |= Feature.QUERY_ONLY
+        sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c, offered))
         hello = self._handshake_frame(reader, FrameType.HELLO)
         if len(hello.payload) != NONCE_SIZE:
             raise AuthError(f"{self.peer}: malformed receiver HELLO")
+        accepted = hello.header.mode
+        features = Feature(accepted & offered & ~Feature.NEGOTIATE) \
+            if accepted & Feature.NEGOTIATE else Feature(0)
+        if self.query_only and not features & Feature.QUERY_ONLY:
+            # before AUTH: the receiver admits nothing, its sender stays connected
+            raise IncompatiblePeer(f"receiver {self.peer} is an older version without "
+                                   f"query-only connections (verify would take the primary's "
+                                   f"place there): upgrade it; nothing was sent")
         transcript = _transcript(fr.PROTOCOL_VERSION, self.ack_mode, self.epoch, nonce_c,
-                                 hello.payload)
+                                 hello.payload, offered, accepted)
         sock.sendall(fr.encode_auth(_proof(self._secret, b"client", transcript)))
         auth = self._handshake_frame(reader, FrameType.AUTH)
         if not hmac.compare_digest(auth.payload, _proof(self._secret, b"receiver", transcript)):
             raise AuthError(f"receiver {self.peer} did not prove the cluster secret (a different "
                             f"secret is configured there, or it is not our receiver)")
+        self.features = features
 
     def _handshake_frame(self, reader: FrameReader, want: FrameType) -> Frame:
         try:
@@ -345,6 +405,7 @@ class ChannelClient:
                 return
             self._closed = exc
             self._cond.notify_all()
+        self._wake.set()
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)   # wakes a sender blocked in send
@@ -354,18 +415,34 @@ class ChannelClient:
     # ------------------------------------------------------------ ops
 
     def send_op(self, op: Op) -> int:
-        """Queue op on the wire; returns its seq. Raises ChannelClosed/PeerTimeout."""
-        prepared = fr.prepare_op(op, self.compress)   # compress + digest outside the lock
+        """Queue op on the wire; returns its seq. Raises ChannelClosed/PeerTimeout.
+
+        A WRITE carrying its times (WRITE_SETS_TIMES) to a receiver that does
+        not know them goes as the bare WRITE plus a UTIMENS; the seq returned is
+        the UTIMENS's, and wait() reports either one's error."""
+        if self.query_only:
+            raise ChannelClosed("a query-only connection sends no ops")
+        ops = [op]
+        if (op.kind == OpKind.WRITE and op.mode & WRITE_SETS_TIMES
+                and not self.features & Feature.WRITE_TIMES):
+            ops = [dataclasses.replace(op, mode=op.mode & ~WRITE_SETS_TIMES),
+                   Op(OpKind.UTIMENS, op.path, atime_ns=op.atime_ns, mtime_ns=op.mtime_ns)]
+        prepared = [fr.prepare_op(o, self.compress) for o in ops]   # outside the lock
         with self._send_lock:
             seq = self._next_seq
-            parts = prepared.parts(self.epoch, seq)   # FrameError here: nothing sent
+            parts = [p for i, one in enumerate(prepared)       # FrameError here: nothing sent
+                     for p in one.parts(self.epoch, seq + i)]
+            last = seq + len(prepared) - 1
             with self._cond:
                 if self._closed is not None:
                     raise self._closed_error()
-                self._outstanding.add(seq)   # before sending: the ack may come fast
+                # before sending: the ack may come fast
+                self._outstanding.update(range(seq, last + 1))
+                if last != seq and self.ack_mode != AckMode.ASYNC:
+                    self._companions[last] = seq
             self._send(parts)
-            self._next_seq = seq + 1
-        return seq
+            self._next_seq = last + 1
+        return last
 
     def _send(self, parts: list[bytes]) -> None:
         """Caller holds _send_lock. A failed send leaves the stream out of step:
@@ -391,6 +468,9 @@ class ChannelClient:
         self._wait_acked(lambda: seq in self._outstanding, timeout, f"seq {seq}")
         with self._cond:
             err = self._errors.pop(seq, None)
+            first = self._companions.pop(seq, None)
+            if first is not None:
+                err = self._errors.pop(first, None) or err
         if err is not None:
             raise _refusal(*err)
 
@@ -405,13 +485,34 @@ class ChannelClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
-            while pending():
-                if self._closed is not None:
-                    raise self._closed_error()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PeerTimeout(f"no ack for {what} from {self.peer} within {timeout} s")
-                self._cond.wait(remaining)
+            self._waiters += 1
+            try:
+                while pending():
+                    if self._closed is not None:
+                        raise self._closed_error()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PeerTimeout(f"no ack for {what} from {self.peer} within {timeout} s")
+                    self._pump(remaining)
+            finally:
+                self._waiters -= 1
+                self._last_wait = time.monotonic()
+
+    def _pump(self, timeout: float) -> None:
+        """Called by a waiter holding _cond: read and handle what arrives within
+        timeout when nobody else is reading, else sleep until the reader has
+        handled something (or timeout)."""
+        if self._reading:
+            self._cond.wait(timeout)
+            return
+        self._reading = True
+        self._cond.release()
+        try:
+            self._read_once(self._read_poll, timeout)
+        finally:
+            self._cond.acquire()
+            self._reading = False
+            self._cond.notify_all()   # answers for others, or the read side is free
 
     @property
     def unacked(self) -> int:
@@ -437,17 +538,22 @@ class ChannelClient:
             with self._cond:
                 seen = -1
                 deadline = time.monotonic() + timeout
-                while qid not in self._complete:
-                    if self._closed is not None:
-                        raise self._closed_error()
-                    if len(self._replies[qid]) != seen:     # progress: inactivity timeout
-                        seen = len(self._replies[qid])
-                        deadline = time.monotonic() + timeout
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise PeerTimeout(f"no reply to query {qid} from {self.peer} "
-                                          f"within {timeout} s")
-                    self._cond.wait(remaining)
+                self._waiters += 1
+                try:
+                    while qid not in self._complete:
+                        if self._closed is not None:
+                            raise self._closed_error()
+                        if len(self._replies[qid]) != seen:     # progress: inactivity timeout
+                            seen = len(self._replies[qid])
+                            deadline = time.monotonic() + timeout
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise PeerTimeout(f"no reply to query {qid} from {self.peer} "
+                                              f"within {timeout} s")
+                        self._pump(remaining)
+                finally:
+                    self._waiters -= 1
+                    self._last_wait = time.monotonic()
                 frames = self._replies[qid]
         finally:
             with self._cond:
@@ -499,27 +605,71 @@ class ChannelClient:
     # ------------------------------------------------------------ reader thread
 
     def _read_loop(self) -> None:
-        assert self._reader is not None
+        """The ack thread: reads only while nobody waits (see module doc)."""
         while self._closed is None:
+            self._run_late_hooks()
+            with self._cond:
+                busy = (self._waiters or self._reading
+                        or time.monotonic() - self._last_wait < IDLE_GRACE_S)
+            if busy:
+                self._wake.wait(IDLE_GRACE_S)
+                self._wake.clear()
+                continue
             try:
-                frames = self._reader.read()
-            except (TimeoutError, socket.timeout):
-                continue   # idle
-            except FrameError as exc:
-                self._fail(ChannelClosed(f"bad frame from {self.peer}: {exc}"))
-                return
+                ready = self._idle_poll.poll(_IDLE_POLL_MS)
             except OSError as exc:
                 self._fail(ChannelClosed(f"connection to {self.peer} lost: {exc}"))
+                break
+            if not ready:
+                continue
+            with self._cond:
+                if self._reading or self._waiters:
+                    continue   # a waiter reads it
+                self._reading = True
+            try:
+                self._read_once(self._idle_poll, 0)
+            finally:
+                with self._cond:
+                    self._reading = False
+                    self._cond.notify_all()
+        self._run_late_hooks()
+
+    def _read_once(self, poller: select.poll, timeout: float) -> None:
+        """Caller holds the read side: wait up to timeout for data, then read and
+        handle one recv worth of frames. A broken stream closes the channel."""
+        assert self._reader is not None
+        try:
+            if not poller.poll(math.ceil(max(timeout, 0.0) * 1000)):
                 return
-            if frames is None:
-                self._fail(ChannelClosed(f"{self.peer} closed the connection"))
+            frames = self._reader.read()
+        except (TimeoutError, socket.timeout):
+            return   # idle
+        except FrameError as exc:
+            self._fail(ChannelClosed(f"bad frame from {self.peer}: {exc}"))
+            return
+        except OSError as exc:
+            self._fail(ChannelClosed(f"connection to {self.peer} lost: {exc}"))
+            return
+        if frames is None:
+            self._fail(ChannelClosed(f"{self.peer} closed the connection"))
+            return
+        for f in frames:
+            try:
+                self._handle(f)
+            except ChannelError as exc:
+                self._fail(exc)
                 return
-            for f in frames:
-                try:
-                    self._handle(f)
-                except ChannelError as exc:
-                    self._fail(exc)
-                    return
+
+    def _run_late_hooks(self) -> None:
+        """On the ack thread: a hook may take long (the owner commits to Raft)."""
+        while self._late_hooks:
+            late = self._late_hooks.popleft()
+            if self.on_late_error is None:
+                continue
+            try:
+                self.on_late_error(*late)
+            except Exception:  # noqa: BLE001 - the ack thread must keep running
+                log.exception("event=late_error_hook_failed seq=%d", late[0])
 
     def _handle(self, f: Frame) -> None:
         h = f.header
@@ -545,10 +695,8 @@ class ChannelClient:
                         self._errors[h.seq] = (h.status, f.message)
                 self._cond.notify_all()
             if late is not None and self.on_late_error is not None:
-                try:
-                    self.on_late_error(*late)
-                except Exception:  # noqa: BLE001 - the ack reader must keep running
-                    log.exception("event=late_error_hook_failed seq=%d", late[0])
+                self._late_hooks.append(late)
+                self._wake.set()
         elif h.ftype == FrameType.REPLY:
             with self._cond:
                 if h.seq in self._replies:
@@ -580,6 +728,7 @@ class ServerConn:
     peer: str
     epoch: int
     ack_mode: AckMode
+    features: Feature = Feature(0)   # accepted in the handshake (QUERY_ONLY: verify)
 
     def __post_init__(self) -> None:
         self._send_lock = threading.Lock()
@@ -723,14 +872,17 @@ class ChannelServer:
                 return None
             ack_mode = AckMode(hello.header.kind)
             epoch = hello.header.epoch
+            offered = hello.header.mode
+            accepted = accept_features(offered)
             nonce_s = os.urandom(NONCE_SIZE)
-            sock.sendall(fr.encode_hello(0, ack_mode, nonce_s))   # echoes the ack mode
+            sock.sendall(fr.encode_hello(0, ack_mode, nonce_s, accepted))   # echoes the ack mode
             auth = reader.next_frame()
             if auth is None or auth.ftype != FrameType.AUTH:
                 log_refusal(peer, "no AUTH after HELLO (client gave up: wrong secret on "
                                   "this receiver?)")
                 return None
-            transcript = _transcript(fr.PROTOCOL_VERSION, ack_mode, epoch, hello.payload, nonce_s)
+            transcript = _transcript(fr.PROTOCOL_VERSION, ack_mode, epoch, hello.payload, nonce_s,
+                                     offered, accepted)
             if not hmac.compare_digest(auth.payload, _proof(self._secret, b"client", transcript)):
                 self._refuse(sock, peer, errno_mod.EACCES,
                              "authentication failed: wrong or missing cluster secret")
@@ -744,7 +896,8 @@ class ChannelServer:
         except OSError as exc:
             log_refusal(peer, f"connection lost during handshake: {exc}")
             return None
-        conn = ServerConn(sock, reader, peer, epoch, ack_mode)
+        conn = ServerConn(sock, reader, peer, epoch, ack_mode,
+                          Feature(accepted & ~Feature.NEGOTIATE) if accepted else Feature(0))
         refused = self.handler.admit(conn)
         if refused is not None:
             self._refuse(sock, peer, *refused)

@@ -107,6 +107,16 @@ class Flag(enum.IntFlag):
     LATE = 4        # ACK: an op acknowledged on receipt failed when applied
 
 
+class Feature(enum.IntFlag):
+    """Optional protocol features, offered by the client in its HELLO's mode field
+    and accepted (echoed) by the receiver in its own. A peer from before this
+    field sends and echoes 0, so each side knows what the other understands."""
+    WRITE_TIMES = 1       # WRITE ops may carry WRITE_SETS_TIMES (no separate UTIMENS)
+    QUERY_ONLY = 2        # client: this connection only asks questions (verify); it
+                          # sends no ops and must not take the sender's place
+    NEGOTIATE = 1 << 31   # set by every peer that knows this field
+
+
 _KNOWN_FLAGS = int(Flag.COMPRESSED | Flag.MORE | Flag.LATE)
 _KIND_ENUM = {FrameType.OP: OpKind, FrameType.QUERY: QueryKind, FrameType.HELLO: AckMode}
 
@@ -286,7 +296,7 @@ def encode_op(op: Op, epoch: int, seq: int, compress: bool = True) -> bytes:
 
 def encode_frame(ftype: FrameType, *, epoch: int = 0, seq: int = 0, kind: int = 0,
                  status: int = 0, flags: int = 0, offset: int = 0, length: int = 0,
-                 path: str = "", path2: str = "", payload: bytes = b"",
+                 mode: int = 0, path: str = "", path2: str = "", payload: bytes = b"",
                  compress: bool = True) -> bytes:
     """Any non-OP frame (and the generic form behind the helpers below)."""
     pathb = _fsencode(path, "path")
@@ -296,7 +306,7 @@ def encode_frame(ftype: FrameType, *, epoch: int = 0, seq: int = 0, kind: int = 
                          seq=seq)
     cflags, wire = _compress(payload) if compress else (0, payload)
     names = pathb + path2b
-    head = _pack(ftype, flags | cflags, kind, status, epoch, seq, offset, length, 0,
+    head = _pack(ftype, flags | cflags, kind, status, epoch, seq, offset, length, mode,
                  _U32_NONE, _U32_NONE, 0, 0, 0, len(pathb), len(path2b), len(wire),
                  len(payload), _xxh(payload), _body_digest(names, cflags, wire), seq=seq,
                  path=path or None)
@@ -330,9 +340,10 @@ def encode_reply(qid: int, payload: bytes = b"", *, status: int = 0, more: bool 
                         flags=int(Flag.MORE) if more else 0, payload=payload)
 
 
-def encode_hello(epoch: int, ack_mode: AckMode, nonce: bytes) -> bytes:
-    return encode_frame(FrameType.HELLO, epoch=epoch, kind=int(ack_mode), payload=nonce,
-                        compress=False)
+def encode_hello(epoch: int, ack_mode: AckMode, nonce: bytes, features: int = 0) -> bytes:
+    """``features``: Feature bits offered (client) or accepted (receiver)."""
+    return encode_frame(FrameType.HELLO, epoch=epoch, kind=int(ack_mode), mode=int(features),
+                        payload=nonce, compress=False)
 
 
 def encode_auth(proof: bytes = b"", *, status: int = 0, message: str = "") -> bytes:

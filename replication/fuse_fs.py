@@ -21,10 +21,14 @@ them literally, never following a symlink at the final component):
 * UTIMENS: explicit ``atime_ns``/``mtime_ns`` read back after the change
   (UTIME_NOW / UTIME_OMIT resolved). The layer also sends UTIMENS for times
   that changed as a side effect: the parent directories of namespace changes
-  and new directories / nodes / symlinks at once; files written through a
-  handle on flush (close), fsync and release.
+  and new directories / nodes / symlinks at once; files created, truncated or
+  fallocated through a handle on flush (close), fsync and release.
+* WRITE carries the bytes actually written (a short write sends what landed)
+  and the file's times just after it (WRITE_SETS_TIMES): they supersede any
+  earlier side effect on that inode, so no UTIMENS follows a write.
+* FSYNC is sent before the local fsync runs, and the caller is answered when
+  both are done: the two syncs overlap instead of adding up.
 * CHOWN / CHMOD: the resulting owner / permission bits.
-* WRITE carries the bytes actually written (a short write sends what landed).
 
 Changes to the replicated root's own attributes (chmod/chown/utimens on the
 mount point) are applied locally but not replicated: ops never name the root.
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .ordering_lock import OrderingLock
-from .ops import UTIME_NOW, UTIME_OMIT, Op, OpKind
+from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
 
 log = logging.getLogger("replication.fuse")
 
@@ -415,12 +419,18 @@ class ReplicatedFS:
         h = self._handle(fh)
         with self._lock.shared(), h.ilock:
             n = os.pwrite(h.fd, data, offset)
-            h.times_dirty = True
             rel = self._data_path(path, h)
             if n < len(data):
                 data = data[:n]
-            tickets = self._submit([Op(OpKind.WRITE, rel, offset=offset, data=data)
-                                    if rel and n else None])
+            op = None
+            if rel and n:
+                st = os.fstat(h.fd)
+                op = Op(OpKind.WRITE, rel, offset=offset, data=data, mode=WRITE_SETS_TIMES,
+                        atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
+                h.times_dirty = False   # these times supersede earlier side effects
+            elif n:
+                h.times_dirty = True
+            tickets = self._submit([op])
         self._wait(tickets)
         return n
 
@@ -460,28 +470,47 @@ class ReplicatedFS:
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         h = self._handle(fh)
-        (os.fdatasync if datasync else os.fsync)(h.fd)
+        sync = os.fdatasync if datasync else os.fsync
         if self.read_only:
+            sync(h.fd)
             return 0
         with self._lock.shared(), h.ilock:
             tickets = self._flush_times(path, h)
             rel = self._data_path(path, h)
-            tickets += self._submit([Op(OpKind.FSYNC, rel) if rel else None])
-        self._wait(tickets)
+            tickets += self._submit([Op(OpKind.FSYNC, rel, mode=FSYNC_DATASYNC if datasync else 0)
+                                     if rel else None])
+        self._sync_and_wait(lambda: sync(h.fd), tickets)
         return 0
+
+    def _sync_and_wait(self, local_sync: Callable[[], None], tickets: list[object]) -> None:
+        """The local sync while the replica syncs; answered when both are done
+        (the local error first: it is the caller's own file system)."""
+        try:
+            local_sync()
+        except OSError as e:
+            local_error = e
+        else:
+            local_error = None
+        self._wait(tickets)   # always: every submitted op is waited for
+        if local_error is not None:
+            raise local_error
 
     def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
         rel = path[1:]
-        fd = os.open(_at(rel), os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self._root)
-        try:
-            (os.fdatasync if datasync else os.fsync)(fd)
-        finally:
-            os.close(fd)
+
+        def local_sync() -> None:
+            fd = os.open(_at(rel), os.O_RDONLY | os.O_DIRECTORY | _OPEN_FLAGS, dir_fd=self._root)
+            try:
+                (os.fdatasync if datasync else os.fsync)(fd)
+            finally:
+                os.close(fd)
+
         if self.read_only:
+            local_sync()
             return 0
         with self._lock.shared():
             tickets = self._submit([Op(OpKind.FSYNC, rel)])  # '' = the whole tree
-        self._wait(tickets)
+        self._sync_and_wait(local_sync, tickets)
         return 0
 
     def flush(self, path: str | None, fh: int) -> int:

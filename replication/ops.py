@@ -16,8 +16,13 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
 
+# Op.mode bits of WRITE and FSYNC (other kinds use mode for their own meaning).
+WRITE_SETS_TIMES = 1   # WRITE: then set atime_ns/mtime_ns (the times the write left)
+FSYNC_DATASYNC = 1     # FSYNC: fdatasync is enough (the caller asked for no more)
+
+
 class OpKind(enum.IntEnum):
-    WRITE = 1       # path, offset, data
+    WRITE = 1       # path, offset, data; mode WRITE_SETS_TIMES: atime_ns, mtime_ns
     TRUNCATE = 2    # path, length (new size)
     CREATE = 3      # path, mode (regular file, O_EXCL semantics not required)
     MKNOD = 4       # path, mode (incl. file type bits), rdev
@@ -31,7 +36,8 @@ class OpKind(enum.IntEnum):
     CHOWN = 12      # path, uid, gid (-1 = unchanged); never follows a symlink
     UTIMENS = 13    # path, atime_ns, mtime_ns (UTIME_NOW / UTIME_OMIT allowed)
     FALLOCATE = 14  # path, mode (fallocate flags), offset, length
-    FSYNC = 15      # path ('' = whole tree): durable on the receiver before the ack
+    FSYNC = 15      # path ('' = whole tree): durable on the receiver before the ack;
+                    # mode FSYNC_DATASYNC: data (and size) durable, like fdatasync
     DELETE = 16     # reintegration: remove path whatever it is (file, link, whole tree)
 
 

@@ -3,8 +3,11 @@
 One sender at a time. Per connection two threads: the connection thread reads
 and verifies frames (frame.py), refuses stale epochs and unsafe paths at once
 (error ACK, nothing applied), and queues the rest; the apply thread applies
-them in arrival order (applier.py) and acknowledges. A corrupt or oversized
-frame resets the channel after everything queued before it was applied and
+them in arrival order (applier.py) and acknowledges. A small op that finds the
+apply thread idle and nothing queued is applied by the connection thread
+itself: order is the same (nothing is ahead of it), and a synchronous writer
+saves a thread wake-up per round trip (~0.1-0.3 ms on a small VM). A corrupt
+or oversized frame resets the channel after everything queued before it was applied and
 acknowledged: once a frame is lost, applying later ones could reorder writes
 (the sender resends from its unacknowledged ops on a new connection).
 """
@@ -29,6 +32,7 @@ from .paths import PathError, check_relative
 log = logging.getLogger("replication.receiver")
 
 QUEUE_BYTES = 64 * 1024 * 1024      # applied-but-not-yet queue: backpressure beyond this
+INLINE_MAX_BYTES = 64 * 1024         # ops up to this size may be applied by the reader
 ACK_BATCH = 256                      # at most this many ops per success ACK
 ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data than this
 ACK_HOLD_S = 0.0005                  # ...or longer than this
@@ -70,13 +74,18 @@ class _Item:
 
 
 class _WorkQueue:
-    """FIFO bounded by bytes (always admits one item so a big frame never deadlocks)."""
+    """FIFO bounded by bytes (always admits one item so a big frame never deadlocks).
+
+    ``busy`` is set from the moment the consumer takes an item until it calls
+    ``done()``; ``claim_idle()`` lets the producer apply an item itself when
+    nothing is queued or being applied."""
 
     def __init__(self, limit: int) -> None:
         self._items: collections.deque[_Item] = collections.deque()
         self._bytes = 0
         self._limit = limit
         self._cond = threading.Condition()
+        self._busy = False
 
     def put(self, item: _Item) -> None:
         with self._cond:
@@ -92,8 +101,22 @@ class _WorkQueue:
                 self._cond.wait()
             item = self._items.popleft()
             self._bytes -= item.size
+            self._busy = True
             self._cond.notify_all()
             return item
+
+    def done(self) -> None:
+        """The consumer (or an idle claim) finished its item."""
+        with self._cond:
+            self._busy = False
+
+    def claim_idle(self) -> bool:
+        """True (and busy) when nothing is queued or being worked on."""
+        with self._cond:
+            if self._items or self._busy:
+                return False
+            self._busy = True
+            return True
 
     def empty(self) -> bool:
         return not self._items
@@ -143,6 +166,7 @@ class _Session:
         self.applier_thread: threading.Thread | None = None
         self.done = threading.Event()     # the apply thread has drained and exited
         self.end_reason = "sender closed the connection"
+        self._inline_acks = _AckRun(conn, conn.epoch)
 
     # ------------------------------------------------------------ control
 
@@ -226,6 +250,13 @@ class _Session:
                 receipts.add(h.seq)
             else:
                 receipts.flush()   # keep receipt ACKs from overtaking this op's ACK range
+                if len(f.payload) <= INLINE_MAX_BYTES and self.queue.claim_idle():
+                    try:
+                        self._apply_item(item, self._inline_acks)
+                        self._inline_acks.flush()
+                    finally:
+                        self.queue.done()
+                    return True
             self.queue.put(item)
         elif h.ftype == FrameType.QUERY:
             self.queue.put(_Item("query", f, size=200))
@@ -266,49 +297,60 @@ class _Session:
     # ------------------------------------------------------------ applying (apply thread)
 
     def _apply_loop(self) -> None:
-        rx = self.receiver
         acks = _AckRun(self.conn, self.conn.epoch)
         try:
             while True:
                 item = self.queue.get()
-                if item.kind == "end":
-                    break
-                if item.kind == "reset":
-                    acks.flush()
-                    err, message = item.err or (errno.EBADMSG, "bad frame")
-                    if item.seq is not None:
-                        self.conn.send(fr.encode_ack(item.seq, err, message))
-                    self.conn.send(fr.encode_reset(err, message))
-                    self.conn.shutdown()
-                    continue   # drain until "end"
-                if item.kind == "query":
-                    acks.flush()
-                    self._answer(item.frame)
-                    continue
-                op = item.frame.op
-                seq = item.frame.header.seq
                 try:
-                    rx.applier.apply(op)
-                except Exception as exc:  # noqa: BLE001 - an op must not stop the session
-                    acks.flush()
-                    err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
-                    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                    message = f"{op.describe()}: {detail}"
-                    rx._count_error(message)
-                    if rx._limiter.allow("apply_failed"):
-                        log.warning("event=apply_failed peer=%s seq=%d op=%s errno=%s "
-                                    "reason=%s", self.conn.peer, seq, _q(op.describe()),
-                                    errno.errorcode.get(err, err), _q(str(detail)))
-                    self.conn.send(fr.encode_ack(seq, err, message, late=item.receipt_acked))
-                else:
-                    rx._count_applied(seq, len(op.data))
-                    if not item.receipt_acked:
-                        acks.add(seq, len(op.data))
-                if self.queue.empty() or acks.due():
-                    acks.flush()
+                    if item.kind == "end":
+                        break
+                    if item.kind == "reset":
+                        acks.flush()
+                        err, message = item.err or (errno.EBADMSG, "bad frame")
+                        if item.seq is not None:
+                            self.conn.send(fr.encode_ack(item.seq, err, message))
+                        self.conn.send(fr.encode_reset(err, message))
+                        self.conn.shutdown()
+                        continue   # drain until "end"
+                    if item.kind == "query":
+                        acks.flush()
+                        self._answer(item.frame)
+                        continue
+                    self._apply_item(item, acks)
+                    if self.queue.empty() or acks.due():
+                        acks.flush()
+                finally:
+                    # idle only with every ACK sent: an inline apply must not overtake them
+                    if self.queue.empty():
+                        acks.flush()
+                    self.queue.done()
         finally:
             acks.flush()
             self.done.set()
+
+    def _apply_item(self, item: _Item, acks: _AckRun) -> None:
+        """Apply one op and acknowledge it (or send its error). Runs on the apply
+        thread, or on the connection thread when the apply thread is idle."""
+        rx = self.receiver
+        op = item.frame.op
+        seq = item.frame.header.seq
+        try:
+            rx.applier.apply(op)
+        except Exception as exc:  # noqa: BLE001 - an op must not stop the session
+            acks.flush()
+            err = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            message = f"{op.describe()}: {detail}"
+            rx._count_error(message)
+            if rx._limiter.allow("apply_failed"):
+                log.warning("event=apply_failed peer=%s seq=%d op=%s errno=%s "
+                            "reason=%s", self.conn.peer, seq, _q(op.describe()),
+                            errno.errorcode.get(err, err), _q(str(detail)))
+            self.conn.send(fr.encode_ack(seq, err, message, late=item.receipt_acked))
+        else:
+            rx._count_applied(seq, len(op.data))
+            if not item.receipt_acked:
+                acks.add(seq, len(op.data))
 
     def _answer(self, f: Frame) -> None:
         h = f.header

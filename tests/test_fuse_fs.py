@@ -8,6 +8,7 @@ with the mirror: names, types, content, size, mode, owner, mtime, link targets.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import os
@@ -17,6 +18,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 from replication.applier import Applier
 from replication.fuse_fs import RENAME_EXCHANGE, RENAME_NOREPLACE, fuse_mount_at
 from replication.mount import mount_in_process, mount_in_thread, unmount
-from replication.ops import Op, OpKind
+from replication.ops import FSYNC_DATASYNC, WRITE_SETS_TIMES, Op, OpKind
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),
@@ -57,17 +59,22 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 class MirrorApplier:
     """replication.applier.Applier, with a hostile clock: after each op it sets
     the mtime of whatever the op touched to 1 ns, so only the UTIMENS ops the FUSE
-    layer sends can make times equal (the kernel's coarse clock, 4 ms here, would
-    often hide a missing one)."""
+    layer sends (or the times a WRITE carries, set after the write as the real
+    applier does) can make times equal (the kernel's coarse clock, 4 ms here,
+    would often hide a missing one)."""
 
     def __init__(self, root: str) -> None:
         self.applier = Applier(root)
         self.fd = self.applier.root_fd
 
     def apply(self, op: Op) -> None:
-        self.applier.apply(op)
+        carried = op.kind is OpKind.WRITE and op.mode & WRITE_SETS_TIMES
+        self.applier.apply(dataclasses.replace(op, mode=0) if carried else op)
         for touched in self._touched(op):
             os.utime(touched, ns=(1, 1), dir_fd=self.fd, follow_symlinks=False)
+        if carried:
+            self.applier.apply(Op(OpKind.UTIMENS, op.path, atime_ns=op.atime_ns,
+                                  mtime_ns=op.mtime_ns))
 
     @staticmethod
     def _touched(op: Op) -> set[str]:
@@ -359,6 +366,38 @@ def test_concurrent_writers_keep_their_order_on_the_mirror(fs):
         t.join()
     os.close(shared_fd)
     assert not errors and not rep.errors
+    assert_same_tree(tree(fs.under), tree(fs.mirror))
+
+
+def test_writes_carry_their_times_and_fsync_overlaps_the_replica(fs, monkeypatch):
+    rep = MirrorReplicator(fs.mirror)
+    fs.mount(rep)
+    last_sent_at_local_sync = []
+
+    def spy(real):
+        def sync(fd):
+            if sys._getframe(1).f_code.co_filename.endswith("replication/fuse_fs.py"):
+                last_sent_at_local_sync.append(rep.ops[-1].kind)
+            return real(fd)
+        return sync
+
+    monkeypatch.setattr(os, "fsync", spy(os.fsync))
+    monkeypatch.setattr(os, "fdatasync", spy(os.fdatasync))
+    fd = os.open(fs.p("f"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.fsync(fd)
+        os.write(fd, b"y")
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    ops = [op for op in rep.ops if op.path == "f"]
+    assert [op.kind for op in ops] == [OpKind.CREATE, OpKind.WRITE, OpKind.FSYNC, OpKind.WRITE,
+                                       OpKind.FSYNC]   # no UTIMENS after the writes
+    assert all(op.mode & WRITE_SETS_TIMES and op.mtime_ns for op in ops if op.kind is OpKind.WRITE)
+    assert [op.mode for op in ops if op.kind is OpKind.FSYNC] == [0, FSYNC_DATASYNC]
+    # the replica's FSYNC was on its way before the local sync started
+    assert last_sent_at_local_sync == [OpKind.FSYNC, OpKind.FSYNC]
     assert_same_tree(tree(fs.under), tree(fs.mirror))
 
 

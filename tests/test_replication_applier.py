@@ -9,7 +9,7 @@ import xxhash
 
 from replication.applier import (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, RENAME_EXCHANGE,
                                  RENAME_NOREPLACE, Applier)
-from replication.ops import UTIME_NOW, UTIME_OMIT, Op, OpKind
+from replication.ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
 from replication.paths import PathError
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -372,3 +372,70 @@ def test_fd_cache_is_bounded_and_closed(ap):
     assert len(os.listdir("/proc/self/fd")) <= before + 64
     ap.close()
     assert len(os.listdir("/proc/self/fd")) == before - 1    # the root fd too
+
+
+def test_a_write_can_carry_the_times_it_left(ap):
+    run(ap, Op(OpKind.CREATE, "f"))
+    ap.apply(Op(OpKind.WRITE, "f", data=b"data", mode=WRITE_SETS_TIMES,
+                atime_ns=1_000_000_007, mtime_ns=1_600_000_000_123_456_789))
+    st = os.stat(ap.path / "f")
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_007, 1_600_000_000_123_456_789)
+    ap.apply(Op(OpKind.WRITE, "f", offset=4, data=b"more"))   # reintegration: no times
+    assert os.stat(ap.path / "f").st_mtime_ns != 1_600_000_000_123_456_789
+
+
+@pytest.fixture
+def syncs(ap, monkeypatch):
+    """(call, path relative to the root) of every fsync/fdatasync the applier makes."""
+    calls = []
+    inodes = {}
+
+    def spy(name, real):
+        def sync(fd):
+            st = os.fstat(fd)
+            calls.append((name, inodes.get(st.st_ino, "?")))
+            return real(fd)
+        return sync
+
+    def refresh():
+        inodes.clear()
+        for dirpath, dirnames, filenames in os.walk(ap.path):
+            for n in [""] + dirnames + filenames:
+                full = os.path.join(dirpath, n)
+                inodes[os.lstat(full).st_ino] = os.path.relpath(full, ap.path).lstrip(".")
+
+    monkeypatch.setattr(os, "fsync", spy("fsync", os.fsync))
+    monkeypatch.setattr(os, "fdatasync", spy("fdatasync", os.fdatasync))
+
+    def fsync(*ops):
+        run(ap, *ops[:-1])
+        refresh()
+        calls.clear()
+        ap.apply(ops[-1])
+        return list(calls)
+
+    return fsync
+
+
+def test_fsync_syncs_the_parent_only_when_its_entries_changed(ap, syncs):
+    run(ap, Op(OpKind.MKDIR, "d", mode=0o755), Op(OpKind.CREATE, "d/f"),
+        Op(OpKind.WRITE, "d/f", data=b"x"))
+    assert syncs(Op(OpKind.FSYNC, "d/f")) == [("fsync", "d/f"), ("fsync", "d")]
+    # nothing changed in d since: the file alone
+    assert syncs(Op(OpKind.WRITE, "d/f", data=b"y"), Op(OpKind.FSYNC, "d/f")) == \
+        [("fsync", "d/f")]
+    # a new name in d, a rename anywhere: d again
+    assert syncs(Op(OpKind.CREATE, "d/g"), Op(OpKind.FSYNC, "d/f")) == \
+        [("fsync", "d/f"), ("fsync", "d")]
+    assert syncs(Op(OpKind.CREATE, "h"), Op(OpKind.RENAME, "h", "i"), Op(OpKind.FSYNC, "d/f")) \
+        == [("fsync", "d/f"), ("fsync", "d")]
+    assert syncs(Op(OpKind.UNLINK, "d/g"), Op(OpKind.FSYNC, "d/f")) == \
+        [("fsync", "d/f"), ("fsync", "d")]
+    # a directory's own FSYNC covers its entries
+    assert syncs(Op(OpKind.CREATE, "d/j"), Op(OpKind.FSYNC, "d")) == [("fsync", "d"), ("fsync", "")]
+    assert syncs(Op(OpKind.FSYNC, "d/f")) == [("fsync", "d/f")]
+
+
+def test_fsync_datasync_uses_fdatasync_for_the_data(ap, syncs):
+    run(ap, Op(OpKind.CREATE, "f"), Op(OpKind.WRITE, "f", data=b"x"))
+    assert syncs(Op(OpKind.FSYNC, "f", mode=FSYNC_DATASYNC)) == [("fdatasync", "f"), ("fsync", "")]

@@ -17,7 +17,7 @@ from replication import frame as fr
 from replication.applier import Applier
 from replication.channel import (AuthError, ChannelClient, ChannelClosed, PeerTimeout,
                                  ReplicationRefused, StaleEpoch)
-from replication.ops import Op, OpKind
+from replication.ops import WRITE_SETS_TIMES, Op, OpKind
 from replication import receiver as receiver_mod
 from replication.receiver import Receiver
 
@@ -520,3 +520,99 @@ def test_an_unencodable_op_is_refused_locally_and_the_channel_goes_on(receiver, 
     c.wait(c.send_op(Op(OpKind.CREATE, "f")))
     c.drain(timeout=2)
     assert c.unacked == 0 and c.last_seq == 1
+
+
+# ---- features, and peers from before them --------------------------------------------------
+
+def test_a_current_pair_agrees_on_write_times(receiver, connect):
+    c = connect(receiver)
+    assert c.features == fr.Feature.WRITE_TIMES
+    c.wait(c.send_op(Op(OpKind.CREATE, "f")))
+    before = receiver.status()["ops_applied"]
+    c.wait(c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
+                        mtime_ns=1_600_000_000_000_000_001)))
+    assert receiver.status()["ops_applied"] == before + 1    # no separate UTIMENS
+    assert os.stat(receiver.path / "f").st_mtime_ns == 1_600_000_000_000_000_001
+
+
+def test_a_receiver_without_features_gets_a_separate_utimens(receiver, connect, monkeypatch):
+    monkeypatch.setattr(channel, "accept_features", lambda offered: 0)   # an older receiver
+    c = connect(receiver)
+    assert c.features == 0
+    c.wait(c.send_op(Op(OpKind.CREATE, "f")))
+    before = receiver.status()["ops_applied"]
+    seq = c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
+                       mtime_ns=1_600_000_000_000_000_001))
+    c.wait(seq)
+    assert receiver.status()["ops_applied"] == before + 2
+    assert (receiver.path / "f").read_bytes() == b"x"
+    assert os.stat(receiver.path / "f").st_mtime_ns == 1_600_000_000_000_000_001
+    # the WRITE's own error is reported, not hidden behind its UTIMENS's
+    seq = c.send_op(Op(OpKind.WRITE, "missing/f", data=b"x", mode=WRITE_SETS_TIMES,
+                       mtime_ns=1))
+    with pytest.raises(ReplicationRefused) as info:
+        c.wait(seq)
+    assert info.value.errno == errno.ENOENT and "WRITE missing/f" in str(info.value)
+    _still_serving(receiver, connect)
+
+
+def test_a_client_without_features_still_authenticates(receiver):
+    """The handshake of a client from before features (no feature word anywhere)."""
+    sock = socket.create_connection(receiver.address, timeout=5)
+    try:
+        reader = channel.FrameReader(sock)
+        nonce_c = os.urandom(channel.NONCE_SIZE)
+        sock.sendall(fr.encode_hello(1, fr.AckMode.APPLY, nonce_c))
+        hello = reader.next_frame()
+        assert hello.ftype == fr.FrameType.HELLO and hello.header.mode == 0
+        transcript = (channel.struct.pack("<BBQ", fr.PROTOCOL_VERSION, fr.AckMode.APPLY, 1)
+                      + nonce_c + hello.payload)
+        sock.sendall(fr.encode_auth(channel._proof(SECRET.encode(), b"client", transcript)))
+        auth = reader.next_frame()
+        assert auth.ftype == fr.FrameType.AUTH and auth.header.status == 0
+        assert auth.payload == channel._proof(SECRET.encode(), b"receiver", transcript)
+        sock.sendall(fr.encode_op(Op(OpKind.CREATE, "old-client"), 1, 1))
+        ack = reader.next_frame()
+        assert ack.ftype == fr.FrameType.ACK and ack.header.status == 0 and ack.header.seq == 1
+    finally:
+        sock.close()
+    assert (receiver.path / "old-client").exists()
+
+
+# ---- who reads the socket ------------------------------------------------------------------
+
+def test_synchronous_waits_read_their_own_acks(receiver, connect, monkeypatch):
+    """With the ack thread held off for good, waiters still get every answer."""
+    monkeypatch.setattr(channel, "IDLE_GRACE_S", 3600.0)
+    c = connect(receiver)
+    c.wait(c.send_op(Op(OpKind.CREATE, "f")))
+    for i in range(200):
+        c.wait(c.send_op(Op(OpKind.WRITE, "f", offset=i, data=b"x")))
+    assert c.ping() > 0
+    assert [e.path for e in c.query_tree()] == ["f"]
+    assert (receiver.path / "f").read_bytes() == b"x" * 200
+
+
+def test_when_nobody_waits_the_ack_thread_reads(receiver, connect, gate):
+    release, entered = gate
+    c = connect(receiver, ack_mode="async")
+    c.send_op(Op(OpKind.CREATE, "slow"))
+    for i in range(20):
+        c.send_op(Op(OpKind.WRITE, "slow", offset=i, data=b"a"))
+    assert entered.wait(5) and c.unacked > 0
+    release.set()
+    wait_for(lambda: c.unacked == 0)          # no wait(), no drain(): the ack thread read them
+    receiver.set_min_epoch(5)
+    wait_for(lambda: isinstance(c.closed, StaleEpoch))   # an EPOCH frame nobody asked for
+
+
+def test_late_error_hooks_run_on_the_ack_thread(receiver, connect):
+    threads = []
+    got = threading.Event()
+    c = connect(receiver, ack_mode="receipt",
+                on_late_error=lambda *e: (threads.append(threading.current_thread().name),
+                                          got.set()))
+    c.wait(c.send_op(Op(OpKind.WRITE, "missing/file", data=b"x")))
+    c.wait(c.send_op(Op(OpKind.FSYNC, "")))   # this waiter may read the late error itself
+    assert got.wait(5)
+    assert threads[0].startswith("repl-acks-")
