@@ -270,6 +270,31 @@ def _acks(m: MirrorLab, writer) -> list[Ack]:
     return [Ack(**a) for a in m.acks(writer)]
 
 
+def _healthy_start(m: MirrorLab, run: ChaosRun, index: int, writer_timeout_s: float):
+    """(pair, writer, how it was repaired): PRIM+SECOND in sync *and* the client's
+    writes acknowledged (a module may look healthy while its app serves nothing).
+    Repairs in two steps when not; (None, None, ...) when even that did not help."""
+    repaired = None
+    for attempt, restart_daemons in enumerate((None, False, True)):
+        if restart_daemons is not None:
+            repair(m, restart_daemons)
+            repaired = "daemons restarted" if restart_daemons else "faults undone, dead restarted"
+        # instant unless the last episode did not recover
+        pair = wait_healthy(m, 15.0 if restart_daemons is None else run.recovery_bound_s)
+        if pair is None:
+            continue
+        writer = m.start_writer(prefix=f"e{index:03d}" + (f"r{attempt}" if attempt else ""),
+                                timeout_s=writer_timeout_s)
+        try:
+            m.wait_acks(5, timeout=20)
+            return pair, writer, repaired
+        except TimeoutError:
+            writer.stop()
+            run.acks.extend(_acks(m, writer))     # whatever it got acknowledged is checked
+            log.warning("event=no_service_before_episode index=%d primary=%s", index, pair[0])
+    return None, None, repaired
+
+
 def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
                 writer_timeout_s: float = 0.5) -> EpisodeRecord:
     rng = episode_rng(run.seed, index, name)
@@ -277,27 +302,15 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
     hold_s = round(max(nemesis.min_hold_s, rng.uniform(*run.hold_range_s)), 3)
     settle_s = rng.uniform(0.3, 1.0)
     t_start = time.monotonic()
-    pair = wait_healthy(m, 15.0)     # instant unless the last episode did not recover
-    repaired = None
-    for restart_daemons in (False, True):
-        if pair is not None:
-            break
-        repair(m, restart_daemons)
-        repaired = "daemons restarted" if restart_daemons else "faults undone, dead restarted"
-        pair = wait_healthy(m, run.recovery_bound_s)
+    pair, writer, repaired = _healthy_start(m, run, index, writer_timeout_s)
     rec = EpisodeRecord(index, name, f"{run.seed}/{index}/{name}", hold_s,
                         pair[0] if pair else None, pair[2] if pair else None, t_start=t_start,
                         repaired=repaired)
-    if pair is None:
-        rec.violations.append("the pair was not healthy before the episode, even after repair")
+    if pair is None or writer is None:
+        rec.violations.append("no healthy pair serving writes before the episode, even after repair")
         return rec
     log.info("event=episode_start index=%d nemesis=%s primary=%s epoch=%d hold_s=%.2f",
              index, name, pair[0], pair[2], hold_s)
-    writer = m.start_writer(prefix=f"e{index:03d}", timeout_s=writer_timeout_s)
-    try:
-        m.wait_acks(5, timeout=20)
-    except TimeoutError:
-        pass                      # reported below: no answer before the fault
     time.sleep(settle_s)
     roles = Roles(primary=pair[0], secondary=pair[1], witness=m.cluster.witnesses[0],
                   client=m.client)
