@@ -29,7 +29,7 @@ from typing import Any
 from .history_check import epoch_violations, lost_acked_writes
 from .kv_workload import Ack, Answer, failover_gap
 from .lab import Lab, wait_until
-from .lab_mirror import MODULE, MirrorLab
+from .lab_mirror import MirrorLab
 from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis
 
 log = logging.getLogger("chaos.chaos_run")
@@ -202,7 +202,7 @@ def repair(m: MirrorLab, restart_daemons: bool) -> None:
         else:
             proc.resume()
     for n in m.nodes:
-        m.cli(n, "-m", MODULE, "start")
+        m.cli(n, "-m", m.module, "start")
 
 
 # ---- the run ----------------------------------------------------------------------------
