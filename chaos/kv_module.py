@@ -28,7 +28,7 @@ USERCONFIG = """<!DOCTYPE safe>
       <var name="DATADIR" value="{datadir}"/>
       <var name="PORT" value="{port}"/>
       <var name="PYTHON" value="{python}"/>
-    </user>
+    </user>{extra_sections}
   </service>
 </safe>
 """
@@ -71,9 +71,11 @@ echo "transition $1 -> $2 ($3) on $HACLUSTER_NODE epoch $HACLUSTER_EPOCH"
 
 def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: float = 1.0,
                     garp_refresh_s: float = 5.0, defaultprim: str | None = None,
-                    datadir: str = DATADIR, servers: tuple[str, ...] = ()) -> Path:
+                    datadir: str = DATADIR, servers: tuple[str, ...] = (),
+                    extra_sections: str = "") -> Path:
     """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``.
-    ``servers``: the two nodes' addresses when the cluster has more data nodes."""
+    ``servers``: the two nodes' addresses when the cluster has more data nodes;
+    ``extra_sections``: XML put inside <service> as it is (e.g. <errd>, <check>, <failover>)."""
     heartbeat = ("<heartbeat name=\"default\">" + "".join(f'<server addr="{a}"/>' for a in servers)
                  + "</heartbeat>") if servers else ""
     (folder / "conf").mkdir(parents=True, exist_ok=True)
@@ -81,7 +83,8 @@ def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: flo
     (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(
         vip=vip, port=port, datadir=datadir, python=sys.executable, heartbeat=heartbeat,
         ack_timeout=f"{ack_timeout_s}s", garp=f"{garp_refresh_s}s",
-        service_extra=f' defaultprim="{defaultprim}"' if defaultprim else ""))
+        service_extra=f' defaultprim="{defaultprim}"' if defaultprim else "",
+        extra_sections=f"\n{extra_sections}" if extra_sections else ""))
     for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM),
                        ("transition", TRANSITION)):
         path = folder / "bin" / name

@@ -48,7 +48,8 @@ class MirrorLab:
     def __init__(self, lab: Lab, nodes=("n1", "n2"), witness="w", client="c",
                  ack_timeout_s: float = 1.0, defaultprim: str | None = None, *,
                  module: str = MODULE, port: int = PORT, datadir: str = DATADIR,
-                 vip_host: int = 200, cluster: LabCluster | None = None) -> None:
+                 vip_host: int = 200, cluster: LabCluster | None = None,
+                 extra_sections: str = "") -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
@@ -62,6 +63,7 @@ class MirrorLab:
         self.url = f"http://{self.vip}:{port}"
         self.ack_timeout_s = ack_timeout_s
         self.defaultprim = defaultprim
+        self.extra_sections = extra_sections    # <errd>/<check>/<failover> for the module
         self.writer: LabProcess | None = None
 
     # ---- set-up ----------------------------------------------------------------
@@ -83,7 +85,7 @@ class MirrorLab:
         folder = write_kv_module(self.lab.workdir / f"{self.module}-module", self.vip,
                                  port=self.port, ack_timeout_s=self.ack_timeout_s,
                                  defaultprim=self.defaultprim, datadir=self.datadir,
-                                 servers=servers)
+                                 servers=servers, extra_sections=self.extra_sections)
         safe = self.lab.workdir / f"{self.module}.safe"
         self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
         self.cli(self.nodes[0], "module", "install", str(safe), check=True)

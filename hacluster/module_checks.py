@@ -11,8 +11,9 @@ module in WAIT until their resources are reported up again.
 CheckRunner from the ModuleConfig (errd procs, tcp, ping, intf, ip, module,
 splitbrain), starts and stops the ``custom`` programs (which report with
 ``hacluster -m MOD set -r custom.NAME -v up|down``), follows the module's state
-(which checks run: their ``when``/``class``; none while the module is Transient,
-so that a restart in progress is not taken for a second failure) and calls
+(which checks run: their ``when``/``class``; no polled check while the module is
+Transient, so that a restart in progress is not taken for a second failure; custom
+programs keep running through transitions) and calls
 ``runtime.checker_action(action, cause)``; ``action`` is one of restart,
 stopstart, stop, wait, swap, or ``resume`` (the wait of ``cause`` is over).
 """
@@ -327,6 +328,10 @@ class ModuleChecks:
         name = check if isinstance(check, str) else check.resource
         if name in self.policy.held_resources(self.table.values()):
             return self.state != "STOP"     # a wait holds: keep watching for the way back
+        if name in self.custom:
+            # its program reports only changes: keep it (and its last value) across a
+            # transition rather than lose a down it will not repeat
+            return is_active(self._when[name], self.state)
         return self.ready and is_active(self._when[name], self.state)
 
     # ---- resource changes -------------------------------------------------------------
