@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm")
+BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers")
 
 
 def main() -> int:
@@ -32,6 +32,9 @@ def main() -> int:
         run(trials=max(args.trials, 20))
     elif args.name == "farm":
         from .farm_bench import run
+        run(trials=max(args.trials, 10))
+    elif args.name == "checkers":
+        from .checkers_bench import run
         run(trials=max(args.trials, 10))
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover

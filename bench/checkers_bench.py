@@ -1,0 +1,149 @@
+"""python -m bench checkers: how fast errd notices a dead application, and what the
+checkers cost an idle daemon.
+
+* ``detect_p50_s``: the kv demo's process SIGKILLed on the primary → the daemon logs
+  the restart action (``event=action ... action=restart``), median over the trials
+  (``resetloop`` between trials so that maxloop never stops the module). Baseline:
+  the errd poll interval; goal: within one poll interval + 0.5 s.
+* ``daemon_cpu_percent_idle``: psutil cpu_percent of the primary's daemon over
+  ~20 s idle with 10 checkers configured (2 errd, 2 tcp, 2 ping, 2 intf, 1 ip,
+  1 splitbrain, every one polling each second). Baseline: the same daemon and module
+  with no checkers, measured in the same run; goal: <= 1 %.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import psutil
+
+from chaos.lab import Lab, wait_until
+from chaos.lab_mirror import MirrorLab
+
+from .stats import pct
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 1.0
+IDLE_S = 20.0
+
+
+def ten_checkers(m: MirrorLab, poll_s: float = POLL_S) -> str:
+    n2, w = m.lab.addr("n2"), m.lab.addr("w")
+    iv = f'interval="{poll_s:g}s"'
+    return f"""<errd polltimer="{poll_s:g}s">
+  <proc nameregex="python.*" argregex="-m chaos\\.kvapp --data \\S*{m.datadir} .*" atleast="1" action="restart" class="prim"/>
+  <proc nameregex="nothing-runs-as-this.*" atleast="0" atmax="0" action="none" class="both"/>
+</errd>
+<check>
+  <tcp ident="kv"><to addr="127.0.0.1" port="{m.port}" {iv} timeout="500ms"/></tcp>
+  <tcp ident="peer" when="both" action="none"><to addr="{n2}" port="7600" {iv} timeout="500ms"/></tcp>
+  <ping ident="peer" when="both" action="none"><to addr="{n2}" {iv} timeout="500ms"/></ping>
+  <ping ident="witness" when="both" action="none"><to addr="{w}" {iv} timeout="500ms"/></ping>
+  <intf ident="lan" when="both" action="none"><to name="eth0" {iv}/></intf>
+  <intf ident="lo" when="both" action="none"><to name="lo" {iv}/></intf>
+  <ip ident="vip" action="none"><to addr="{m.vip}" {iv} timeout="300ms"/></ip>
+  <splitbrain ident="w" exec="ping" arg="{w}"/>
+</check>"""
+
+
+def _daemon(m: MirrorLab, node: str) -> psutil.Process:
+    config = str(m.cluster.config_dir(node))
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "hacluster" in cmd and config in cmd and "run" in cmd:
+            return p
+    raise RuntimeError(f"no hacluster daemon found for {node} ({config})")
+
+
+def idle_cpu_percent(m: MirrorLab, node: str = "n1", seconds: float = IDLE_S) -> float:
+    proc = _daemon(m, node)
+    time.sleep(2.0)                     # let the start settle
+    proc.cpu_percent(None)
+    time.sleep(seconds)
+    return proc.cpu_percent(None)
+
+
+def _pid(m: MirrorLab, node: str) -> int | None:
+    try:
+        return int((m.root(node) / "run" / m.module / "kvapp.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def measure_detection(m: MirrorLab, trials: int, node: str = "n1") -> list[float]:
+    log_path = m.lab.workdir / node / "hacluster.log"
+    times = []
+    for i in range(trials):
+        m.cli(node, "-m", m.module, "resetloop", check=True)
+        m.wait_state(node, "PRIM", 30)
+        wait_until("errd up", lambda: all(
+            r["value"] == "up" for r in json.loads(m.cli(node, "-m", m.module, "resources", "--json").stdout)[
+                "resources"] if r["resource"].startswith("errd.")), 20)
+        pid = _pid(m, node)
+        # a random phase against the poll timer, as a real failure would have
+        time.sleep((i * 0.37) % POLL_S)
+        offset = _log_size(log_path)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+        def seen() -> float | None:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            return time.monotonic() if "event=action " in text and "action=restart" in text else None
+        t1 = wait_until("the restart action in the daemon log", seen, 20, interval=0.005)
+        times.append(t1 - t0)
+        print(f"detect trial {i + 1}/{trials}: {times[-1]:.3f} s", flush=True)
+        wait_until("a new kvapp", lambda: (lambda p: p if p and p != pid else None)(_pid(m, node)), 20)
+    return times
+
+
+def run(trials: int = 10, out_dir: Path = ROOT / "bench" / "results") -> dict:
+    datadir = f"/srv/kvbench{os.getpid()}"
+    with Lab(["n1", "n2", "w", "c"]) as lab:
+        base = MirrorLab(lab, datadir=datadir).start()
+        cpu_base = idle_cpu_percent(base)
+        base.cluster.stop_all()
+    with Lab(["n1", "n2", "w", "c"]) as lab:
+        m = MirrorLab(lab, datadir=datadir + "c")
+        m.extra_sections = ten_checkers(m)
+        m.start()
+        resources = json.loads(m.cli("n1", "-m", m.module, "resources", "--json", check=True).stdout)
+        cpu_checks = idle_cpu_percent(m)
+        times = measure_detection(m, max(trials, 10))
+        m.cluster.stop_all()
+    results = {
+        "detect_p50_s": round(statistics.median(times), 3),
+        "detect_p99_s": round(pct(times, 99), 3),
+        "detect_trials": len(times),
+        "poll_interval_s": POLL_S,
+        "detect_all_s": [round(t, 3) for t in times],
+        "daemon_cpu_percent_idle": round(cpu_checks, 2),
+        "daemon_cpu_percent_idle_no_checkers": round(cpu_base, 2),
+        # what the checkers add (the rest is the daemon itself: Raft ticks, leases)
+        "checkers_cpu_percent_added": round(cpu_checks - cpu_base, 2),
+        "checkers": len(resources["resources"]),
+        "idle_s": IDLE_S,
+        "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "checkers.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"detect_p50_s: {results['detect_p50_s']:.3f} s ({results['detect_p50_s'] / POLL_S:.2f} x vs "
+          f"poll interval {POLL_S:g} s; p99 {results['detect_p99_s']:.3f} s; goal <= {POLL_S + 0.5:g} s)")
+    ratio = cpu_checks / cpu_base if cpu_base > 0 else float("inf")
+    print(f"daemon_cpu_percent_idle: {results['daemon_cpu_percent_idle']:.2f} % ({ratio:.2f} x vs "
+          f"{results['daemon_cpu_percent_idle_no_checkers']:.2f} % with no checkers; "
+          f"{results['checkers']} checkers; goal <= 1 %; the checkers add "
+          f"{results['checkers_cpu_percent_added']:.2f} points)")
+    return results
