@@ -73,12 +73,16 @@ def test_secondary_cut_off_primary_goes_alone_and_keeps_serving(mirror):
     m.wait_acks(n + 20, timeout=20)
     # Either the mount's peer_lost hook committed the removal (the log line follows
     # the applied entry), or -- when the cut-off secondary was the Raft leader and the
-    # election outlasted n1's lease -- n1 was fenced and re-acquired the lease at a new
-    # epoch, committing "in sync = n1" before it mounted. Both commit before writing.
+    # election outlasted n1's lease -- n1 was fenced and acquired the lease again (at a
+    # new epoch, or at the same one when Raft had not expired it yet), committing "in
+    # sync = n1" before it mounted. Every path commits before writing.
     log = m.lab.workdir / "n1" / "hacluster.log"
-    wait_until("the primary committed the secondary's removal", lambda: (
-        "event=secondary_out_of_sync" in log.read_text(errors="replace")
-        or m.state("n1")["epoch"] > 1), 15)
+
+    def committed() -> bool:
+        text = log.read_text(errors="replace")
+        return ("event=secondary_out_of_sync" in text or m.state("n1")["epoch"] > 1
+                or text.count("event=lease_acquired resource=mirror/kvdemo") > 1)
+    wait_until("the primary committed the secondary's removal", committed, 15)
     m.lab.heal("n2")
     _rejoin_and_check(m, "n2", "n1")
 
