@@ -3,10 +3,12 @@
 One sender at a time. Per connection two threads: the connection thread reads
 and verifies frames (frame.py), refuses stale epochs and unsafe paths at once
 (error ACK, nothing applied), and queues the rest; the apply thread applies
-them in arrival order (applier.py) and acknowledges. A small op that finds the
-apply thread idle and nothing queued is applied by the connection thread
-itself: order is the same (nothing is ahead of it), and a synchronous writer
-saves a thread wake-up per round trip (~0.1-0.3 ms on a small VM). A corrupt
+them in arrival order (applier.py) and acknowledges. An op that arrives alone
+(nothing more received behind it) and finds the apply thread idle with nothing
+queued is applied by the connection thread itself: order is the same (nothing
+is ahead of it), and a synchronous writer, which sends one op and waits, saves
+a thread wake-up per round trip (~0.1-0.3 ms on a small VM). A sender that
+pipelines keeps both threads busy, reading overlapping applying. A corrupt
 or oversized frame resets the channel after everything queued before it was applied and
 acknowledged: once a frame is lost, applying later ones could reorder writes
 (the sender resends from its unacknowledged ops on a new connection).
@@ -32,7 +34,6 @@ from .paths import PathError, check_relative
 log = logging.getLogger("replication.receiver")
 
 QUEUE_BYTES = 64 * 1024 * 1024      # applied-but-not-yet queue: backpressure beyond this
-INLINE_MAX_BYTES = 64 * 1024         # ops up to this size may be applied by the reader
 ACK_BATCH = 256                      # at most this many ops per success ACK
 ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data than this
 ACK_HOLD_S = 0.0005                  # ...or longer than this
@@ -220,8 +221,10 @@ class _Session:
                 return
             if frames is None:
                 return
-            for f in frames:
-                if not self._dispatch(f, receipts):
+            for i, f in enumerate(frames):
+                # alone: the last of this read, and no part of another frame behind it
+                alone = i == len(frames) - 1 and not reader.decoder.buffered
+                if not self._dispatch(f, receipts, alone):
                     return
             receipts.flush()   # one ACK for everything that arrived in this read
 
@@ -235,7 +238,7 @@ class _Session:
         self.end_reason = f"bad frame: {exc.reason}"
         self.queue.put(_Item("reset", err=(errno.EBADMSG, str(exc)), seq=exc.seq))
 
-    def _dispatch(self, f: Frame, receipts: _AckRun) -> bool:
+    def _dispatch(self, f: Frame, receipts: _AckRun, alone: bool = False) -> bool:
         h = f.header
         if h.ftype == FrameType.OP:
             refusal = self._refusal(f)
@@ -250,7 +253,7 @@ class _Session:
                 receipts.add(h.seq)
             else:
                 receipts.flush()   # keep receipt ACKs from overtaking this op's ACK range
-                if len(f.payload) <= INLINE_MAX_BYTES and self.queue.claim_idle():
+                if alone and self.queue.claim_idle():
                     try:
                         self._apply_item(item, self._inline_acks)
                         self._inline_acks.flush()

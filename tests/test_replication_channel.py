@@ -616,3 +616,27 @@ def test_late_error_hooks_run_on_the_ack_thread(receiver, connect):
     c.wait(c.send_op(Op(OpKind.FSYNC, "")))   # this waiter may read the late error itself
     assert got.wait(5)
     assert threads[0].startswith("repl-acks-")
+
+
+def test_an_op_arriving_while_the_apply_thread_works_waits_its_turn(receiver, connect, gate):
+    """Ops are applied by the reading thread only when nothing is queued or being
+    applied: a lone op behind held work is queued, not applied ahead of it."""
+    release, entered = gate
+    c = connect(receiver)
+    with c._send_lock:                      # two frames in one send: the first is not alone
+        first = c._next_seq
+        frames = fr.encode_op(Op(OpKind.CREATE, "slow"), 1, first) + \
+            fr.encode_op(Op(OpKind.WRITE, "slow", data=b"1"), 1, first + 1)
+        with c._cond:
+            c._outstanding.update((first, first + 1))
+        c._send([frames])
+        c._next_seq = first + 2
+    assert entered.wait(5)                  # the apply thread is held on "slow"
+    lone = c.send_op(Op(OpKind.RENAME, "slow", "renamed"))
+    with pytest.raises(PeerTimeout):
+        c.wait(lone, timeout=0.3)
+    assert not (receiver.path / "renamed").exists()
+    release.set()
+    c.wait(lone)
+    assert (receiver.path / "renamed").read_bytes() == b"1"
+    assert not (receiver.path / "slow").exists()
