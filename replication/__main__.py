@@ -195,7 +195,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not os.path.isdir(args.root):
             raise NotADirectoryError(f"--root {args.root} is not a directory")
         secret = read_secret(args.secret_file)
-        client = ChannelClient(host, port, secret, args.epoch, "apply", timeout=args.timeout)
+        client = ChannelClient(host, port, secret, args.epoch, "apply", timeout=args.timeout,
+                               query_only=True)   # the receiver keeps its primary connected
         client.connect()
         try:
             differences = verify(args.root, _ReadOnlyRemote(ChannelRemote(client, args.timeout)),
@@ -278,10 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="compare this copy with the receiver's by digests (changes nothing)",
         description="Compare --root with the receiver's copy (tree, metadata, block digests) "
                     "and list every difference; exit 0 identical, 1 different, 2 error. "
-                    "The receiver serves one sender at a time: a verify connection replaces "
-                    "a connected primary (which then reintegrates), so run it with the "
-                    "mirror quiet, and pass the current epoch (an older one is refused; a "
-                    "newer one would fence the primary).")
+                    "A verify connection only asks questions: the receiver keeps its "
+                    "primary connected, so it can run while the mirror works (a file being "
+                    "written may show a difference that the next op removes). Pass the "
+                    "current epoch: an older one is refused. A receiver from before "
+                    "query-only connections is refused with an error (exit 2) rather than "
+                    "disconnecting its primary.")
     p.add_argument("--root", required=True, help="this side's directory")
     p.add_argument("--peer", required=True, type=parse_listen, metavar="HOST:PORT",
                    help="the receiver holding the other copy")

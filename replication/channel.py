@@ -184,7 +184,7 @@ def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s
     return out
 
 
-SERVER_FEATURES = Feature.WRITE_TIMES
+SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY
 
 
 def accept_features(offered: int) -> int:

@@ -1,6 +1,8 @@
 """The secondary's side of the replication channel: verify, confine, apply, ack.
 
-One sender at a time. Per connection two threads: the connection thread reads
+One sender at a time (plus a few query-only connections: verify, answered on
+their own threads; they never replace the sender). Per sender connection two
+threads: the connection thread reads
 and verifies frames (frame.py), refuses stale epochs and unsafe paths at once
 (error ACK, nothing applied), and queues the rest; the apply thread applies
 them in arrival order (applier.py) and acknowledges. An op that arrives alone
@@ -27,7 +29,7 @@ from typing import Any, Iterator
 from . import frame as fr
 from .applier import Applier
 from .channel import ChannelServer, ServerConn, pack_entries
-from .frame import AckMode, Frame, FrameError, FrameType, QueryKind
+from .frame import AckMode, Feature, Frame, FrameError, FrameType, QueryKind
 from .ops import OpKind
 from .paths import PathError, check_relative
 
@@ -39,6 +41,7 @@ ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data
 ACK_HOLD_S = 0.0005                  # ...or longer than this
 DIGESTS_PER_REPLY = 128 * 1024       # 1 MiB of u64 per REPLY chunk
 TREE_CHUNK_BYTES = 1024 * 1024       # manifest entries per REPLY chunk
+MAX_QUERY_SESSIONS = 4               # query-only connections (verify) at once
 _PATH2_CONFINED = (OpKind.RENAME, OpKind.LINK)   # SYMLINK's path2 is target text
 _ROOT_OK = (OpKind.FSYNC, OpKind.CHMOD, OpKind.CHOWN, OpKind.UTIMENS)   # '' = the root
 
@@ -356,34 +359,85 @@ class _Session:
                 acks.add(seq, len(op.data))
 
     def _answer(self, f: Frame) -> None:
-        h = f.header
-        applier = self.receiver.applier
-        sent_any = False
+        answer_query(self.conn, self.receiver.applier, f)
+
+
+class _QuerySession:
+    """A query-only connection (verify): answers QUERY and PING frames on its own
+    thread while the sender's session goes on; any op is refused and ends it."""
+
+    def __init__(self, receiver: "Receiver", conn: ServerConn) -> None:
+        self.receiver = receiver
+        self.conn = conn
+
+    def run(self) -> None:
+        rx, conn = self.receiver, self.conn
+        log.info("event=query_session_started peer=%s", conn.peer)
+        reason = "peer closed the connection"
         try:
-            if f.path:
-                check_relative(f.path)
-            if h.kind == QueryKind.TREE:
-                chunks = pack_entries(applier.tree_manifest(include_root=bool(h.offset)),
-                                      TREE_CHUNK_BYTES)
-            elif h.kind == QueryKind.DIGESTS:
-                chunks = _digest_chunks(applier.iter_block_digests(f.path, h.length, h.offset))
-            else:
-                chunks = iter([applier.read_block(f.path, h.offset,
-                                                  min(h.length, fr.MAX_PAYLOAD))])
-            pending: bytes | None = None
-            for chunk in chunks:
-                if pending is not None:
-                    self.conn.send(fr.encode_reply(h.seq, pending, more=True))
-                    sent_any = True
-                pending = chunk
-            self.conn.send(fr.encode_reply(h.seq, pending or b""))
-        except OSError as exc:
-            # also after partial chunks: the final REPLY carries the error
-            self.conn.send(fr.encode_reply(h.seq, fr._text(f"{exc}"),
-                                           status=exc.errno or errno.EIO))
-            if sent_any:
-                log.info("event=query_failed peer=%s query=%d after_partial_reply=1",
-                         self.conn.peer, h.seq)
+            while conn.alive:
+                try:
+                    frames = conn.reader.read()
+                except TimeoutError:
+                    continue
+                except FrameError as exc:
+                    rx._count_error(str(exc))
+                    reason = f"bad frame: {exc.reason}"
+                    conn.send(fr.encode_reset(errno.EBADMSG, str(exc)))
+                    return
+                except OSError as exc:
+                    reason = f"connection lost: {exc}"
+                    return
+                if frames is None:
+                    return
+                for f in frames:
+                    if f.ftype == FrameType.QUERY:
+                        answer_query(conn, rx.applier, f)
+                    elif f.ftype == FrameType.PING:
+                        conn.send(fr.encode_pong(f.header.offset))
+                    else:
+                        reason = (f"a query-only connection sent {f.ftype.name} "
+                                  f"(seq {f.header.seq}): refused, nothing applied")
+                        rx._count_error(reason)
+                        if rx._limiter.allow("query_session_refused"):
+                            log.warning("event=frame_refused peer=%s reason=%s action=reset",
+                                        conn.peer, _q(reason))
+                        conn.send(fr.encode_reset(errno.EPERM, reason))
+                        return
+        finally:
+            conn.shutdown()
+            rx._query_session_ended(self)
+            log.info("event=query_session_ended peer=%s reason=%s", conn.peer, _q(reason))
+
+
+def answer_query(conn: ServerConn, applier: Applier, f: Frame) -> None:
+    """Answer one QUERY frame (REPLY chunks; the last one carries any error)."""
+    h = f.header
+    sent_any = False
+    try:
+        if f.path:
+            check_relative(f.path)
+        if h.kind == QueryKind.TREE:
+            chunks = pack_entries(applier.tree_manifest(include_root=bool(h.offset)),
+                                  TREE_CHUNK_BYTES)
+        elif h.kind == QueryKind.DIGESTS:
+            chunks = _digest_chunks(applier.iter_block_digests(f.path, h.length, h.offset))
+        else:
+            chunks = iter([applier.read_block(f.path, h.offset,
+                                              min(h.length, fr.MAX_PAYLOAD))])
+        pending: bytes | None = None
+        for chunk in chunks:
+            if pending is not None:
+                conn.send(fr.encode_reply(h.seq, pending, more=True))
+                sent_any = True
+            pending = chunk
+        conn.send(fr.encode_reply(h.seq, pending or b""))
+    except OSError as exc:
+        # also after partial chunks: the final REPLY carries the error
+        conn.send(fr.encode_reply(h.seq, fr._text(f"{exc}"), status=exc.errno or errno.EIO))
+        if sent_any:
+            log.info("event=query_failed peer=%s query=%d after_partial_reply=1",
+                     conn.peer, h.seq)
 
 
 def _digest_chunks(digests: Iterator[int]) -> Iterator[bytes]:
@@ -407,6 +461,7 @@ class Receiver:
         self._lock = threading.Lock()
         self._min_epoch = min_epoch
         self._current: _Session | None = None
+        self._query_sessions: set[_QuerySession] = set()
         self._limiter = _LogLimiter()
         self._stats: dict[str, Any] = {"ops_applied": 0, "bytes_applied": 0, "last_seq": 0,
                                        "errors": 0, "last_error": "", "sessions": 0,
@@ -436,8 +491,11 @@ class Receiver:
         self._server.stop()
         with self._lock:
             session = self._current
+            queries = list(self._query_sessions)
         if session is not None:
             session.stop(errno.ESHUTDOWN, "receiver stopping")
+        for query in queries:
+            query.conn.shutdown()
         self._server.join_connections()
         self.applier.close()
         log.info("event=receiver_stopped ops_applied=%d errors=%d",
@@ -467,7 +525,8 @@ class Receiver:
         connected = session is not None and session.conn.alive
         out.update(connected=connected, peer=session.conn.peer if connected else "",
                    ack_mode=session.conn.ack_mode.name.lower() if connected else "",
-                   queued=len(session.queue) if session else 0)
+                   queued=len(session.queue) if session else 0,
+                   query_connections=len(self._query_sessions))
         if connected:
             out["epoch"] = session.conn.epoch
         return out
@@ -481,6 +540,15 @@ class Receiver:
             if conn.epoch < self._min_epoch:
                 return errno.ESTALE, (f"epoch {conn.epoch} is older than this receiver's "
                                       f"epoch {self._min_epoch}")
+            if conn.features & Feature.QUERY_ONLY:
+                # questions only: the sender's session and the epoch stay as they are
+                if len(self._query_sessions) >= MAX_QUERY_SESSIONS:
+                    return errno.EBUSY, (f"already {MAX_QUERY_SESSIONS} query-only "
+                                         f"connections; try again later")
+                query = _QuerySession(self, conn)
+                self._query_sessions.add(query)
+                conn.session = query  # type: ignore[attr-defined]
+                return None
             old = self._current
             if old is not None and old.conn.alive and conn.epoch < old.conn.epoch:
                 return errno.ESTALE, (f"epoch {conn.epoch} is older than the connected "
@@ -516,6 +584,10 @@ class Receiver:
         session.conn.shutdown()
         log.info("event=session_ended peer=%s reason=%s", session.conn.peer,
                  _q(session.end_reason))
+
+    def _query_session_ended(self, query: _QuerySession) -> None:
+        with self._lock:
+            self._query_sessions.discard(query)
 
     def _count_applied(self, seq: int, nbytes: int) -> None:
         with self._lock:

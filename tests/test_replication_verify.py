@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from chaos.lab import wait_until
+
 from replication import channel
 from replication.__main__ import main
-from replication.channel import ChannelClient
+from replication import frame as fr
+from replication.channel import ChannelClient, ChannelClosed
+from replication.ops import Op, OpKind
 from replication.primary_link import ChannelRemote
 from replication.receiver import Receiver
 from replication.reintegration import Reintegration
@@ -186,3 +190,64 @@ def test_metadata_and_many_ranges_are_reported(pair, capsys):
     assert "sub/small: mode differs (here '0o644', peer '0o600')" in out
     assert ("big: content differs in 1 range(s), 262144 bytes (offset+length: 0+262144)" in out)
     assert out[-1] == "verify: 2 differences in 2 files"
+
+
+# ---- query-only connections: verify next to a connected primary -----------------------------
+
+def _primary(receiver):
+    client = ChannelClient(*receiver.address, SECRET, 1, "apply", timeout=5)
+    client.connect()
+    return client
+
+
+def test_verify_runs_while_a_primary_is_connected(pair, capsys):
+    local, copy, receiver, _ = pair
+    primary = _primary(receiver)
+    try:
+        primary.wait(primary.send_op(Op(OpKind.CREATE, "live")))
+        sessions = receiver.status()["sessions"]
+        assert main(verify_args(pair)) == 1          # "live" exists only there
+        assert "live: only on the peer" in capsys.readouterr().out
+        status = receiver.status()
+        assert status["connected"] and status["sessions"] == sessions
+        wait_until("the verify's connection ended",
+                   lambda: receiver.status()["query_connections"] == 0, timeout=5)
+        primary.wait(primary.send_op(Op(OpKind.WRITE, "live", data=b"still the primary")))
+    finally:
+        primary.close()
+    assert (copy / "live").read_bytes() == b"still the primary"
+
+
+def test_an_older_receiver_is_refused_before_it_drops_its_primary(pair, capsys, monkeypatch):
+    _, _, receiver, _ = pair
+    primary = _primary(receiver)
+    try:
+        monkeypatch.setattr(channel, "accept_features", lambda offered: 0)   # its HELLO
+        assert main(verify_args(pair)) == 2
+        err = capsys.readouterr().err
+        assert "is an older version without query-only connections" in err
+        assert receiver.status()["connected"]
+        primary.wait(primary.send_op(Op(OpKind.CREATE, "after")))
+    finally:
+        primary.close()
+
+
+def test_a_query_only_connection_sends_no_ops(pair):
+    local, copy, receiver, _ = pair
+    primary = _primary(receiver)
+    client = ChannelClient(*receiver.address, SECRET, 1, "apply", timeout=5, query_only=True)
+    client.connect()
+    try:
+        assert client.features & fr.Feature.QUERY_ONLY
+        assert {e.path for e in client.query_tree()} >= {"big", "sub"}
+        with pytest.raises(ChannelClosed, match="sends no ops"):
+            client.send_op(Op(OpKind.CREATE, "nope"))
+        with client._send_lock:                       # a hand-made op frame all the same
+            client._send([fr.encode_op(Op(OpKind.CREATE, "nope"), 1, 1)])
+        with pytest.raises(ChannelClosed, match="query-only connection sent OP"):
+            client.ping()
+        assert not (copy / "nope").exists()
+        primary.wait(primary.send_op(Op(OpKind.CREATE, "primary-still-there")))
+    finally:
+        client.close()
+        primary.close()
