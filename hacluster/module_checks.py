@@ -203,7 +203,7 @@ def build_check(c: CheckConfig, module_source: Callable[[CheckConfig], Callable[
     probe_timeout = c.timeout_s + 1.0
     if c.kind == "tcp":
         d = tcp.TcpDecision()
-        send, expect = getattr(c, "send", None), getattr(c, "expect", None)
+        send, expect = c.send, c.expect
         probe = functools.partial(tcp.probe_tcp, c.addrs[0], c.port, c.timeout_s,
                                   send.encode() if isinstance(send, str) else send,
                                   expect.encode() if isinstance(expect, str) else expect)

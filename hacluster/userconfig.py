@@ -129,6 +129,8 @@ class CheckConfig:
     interface: str | None = None    # intf
     exec: str | None = None         # custom
     arg: str | None = None          # custom
+    send: str | None = None         # tcp: sent after connecting ...
+    expect: str | None = None       # ... and the answer must start with this
 
     @property
     def resource(self) -> str:
@@ -630,7 +632,7 @@ def _read_checker(r: _Reader, el: Element, mode: str) -> CheckConfig:
         raise r.error(el, "module/to", f"expected at most one <to addr= port=/>, found {len(tos)}")
     addrs: list[str] = []
     for to in tos:
-        ta = r.attrs(to, "to", {"tcp": ("addr", "port", "interval", "timeout"), "ping": ("addr", "interval", "timeout"),
+        ta = r.attrs(to, "to", {"tcp": ("addr", "port", "interval", "timeout", "send", "expect"), "ping": ("addr", "interval", "timeout"),
                                 "intf": ("name", "interval"), "ip": ("addr", "interval", "timeout"),
                                 "module": ("addr", "port")}[kind])
         if "interval" in ta:
@@ -647,6 +649,10 @@ def _read_checker(r: _Reader, el: Element, mode: str) -> CheckConfig:
                 raise r.error(to, "to@addr", "required with port=")
         else:
             addrs.append(_address(r, to, "to@addr", ta.get("addr"), ip_only=kind == "ip"))
+        if kind == "tcp" and ("send" in ta or "expect" in ta):
+            # A plain connect succeeds against a stopped server (the kernel accepts):
+            # an exchange notices it.
+            kw["send"], kw["expect"] = ta.get("send"), ta.get("expect")
         if kind in ("tcp", "module") and "port" in ta:
             kw["port"] = _port(r, to, "to@port", ta["port"])
         elif kind == "tcp":

@@ -262,6 +262,7 @@ def test_unitless_times_use_safekit_units(number):
 
 CHECKS = """<check>
 <tcp ident="db" when="both" action="stopstart"><to addr="db.local" port="5432" interval="2s" timeout="500ms"/></tcp>
+<tcp ident="web"><to addr="127.0.0.1" port="80" send="GET / HTTP/1.0&#13;&#10;&#13;&#10;" expect="HTTP/1."/></tcp>
 <ping ident="gw" when="pre"><to addr="10.0.0.254" interval="5"/><to addr="10.0.0.253"/></ping>
 <intf ident="eth0"><to name="eth0"/></intf>
 <ip ident="vip"><to addr="10.0.0.10"/></ip>
@@ -280,7 +281,9 @@ ip_vip: if (ip.vip == down) then restart();
 def test_check_section_and_failover_rules():
     c = parse_userconfig(mirror(body=CHECKS), "uc.xml", "m")
     by = {x.resource: x for x in c.checks}
-    assert list(by) == ["tcp.db", "ping.gw", "intf.eth0", "ip.vip", "custom.app", "module.backend",
+    assert (by["tcp.web"].send, by["tcp.web"].expect) == ("GET / HTTP/1.0\r\n\r\n", "HTTP/1.")
+    assert (by["tcp.db"].send, by["tcp.db"].expect) == (None, None)
+    assert list(by) == ["tcp.db", "tcp.web", "ping.gw", "intf.eth0", "ip.vip", "custom.app", "module.backend",
                         "module.local", "splitbrain.witness"]
     db = by["tcp.db"]
     assert (db.when, db.action, db.addrs, db.port, db.interval_s, db.timeout_s) == (
@@ -296,8 +299,8 @@ def test_check_section_and_failover_rules():
     assert any("splitbrain: reported only: Raft quorum" in w for w in c.warnings)
     # implicit rules (custom action=none and splitbrain have none); ip_vip replaced by <failover>
     assert [(x.label, x.action) for x in c.failover_rules] == [
-        ("tcp_db", "stopstart"), ("ping_gw", "wait"), ("intf_eth0", "wait"), ("module_backend", "wait"),
-        ("module_local", "wait"), ("db_or_gw", "swap"), ("line17", "stop"), ("ip_vip", "restart")]
+        ("tcp_db", "stopstart"), ("tcp_web", "restart"), ("ping_gw", "wait"), ("intf_eth0", "wait"), ("module_backend", "wait"),
+        ("module_local", "wait"), ("db_or_gw", "swap"), ("line18", "stop"), ("ip_vip", "restart")]
     assert c.failover_rules[6].line == 17
 
 
