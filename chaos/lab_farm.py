@@ -31,13 +31,15 @@ _VMAP_ACCEPT = re.compile(r"(\d+)(?:-(\d+))?\s*:\s*accept")
 
 class FarmLab:
     def __init__(self, lab: Lab, nodes=("f1", "f2", "f3"), client="c",
-                 powers: dict[str, int] | None = None, cluster: LabCluster | None = None) -> None:
+                 powers: dict[str, int] | None = None, cluster: LabCluster | None = None,
+                 extra_sections: str = "") -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
         self.powers = {n: (powers or {}).get(n, 1) for n in self.nodes}
         self._own_cluster = cluster is None
         self.cluster = cluster or LabCluster(lab, self.nodes, [])
+        self.extra_sections = extra_sections
         net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
         self.vip = str(net.network_address + 200)
 
@@ -50,7 +52,8 @@ class FarmLab:
         folder = write_name_module(
             self.lab.workdir / "names-module", self.vip,
             {n: (self.lab.addr(n), self.powers[n]) for n in self.nodes},
-            [(PORT_ON_PORT, "tcp", "on_port"), (PORT_ON_ADDR, "tcp", "on_addr")])
+            [(PORT_ON_PORT, "tcp", "on_port"), (PORT_ON_ADDR, "tcp", "on_addr")],
+            extra_sections=self.extra_sections)
         safe = self.lab.workdir / f"{MODULE}.safe"
         self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
         self.cli(self.nodes[0], "module", "install", str(safe), check=True)

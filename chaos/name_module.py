@@ -31,7 +31,7 @@ USERCONFIG = """<!DOCTYPE safe>
     <user>
       <var name="PORTS" value="{ports}"/>
       <var name="PYTHON" value="{python}"/>
-    </user>
+    </user>{extra_sections}
   </service>
 </safe>
 """
@@ -70,9 +70,10 @@ rm -f "$RUN/names.pid"
 
 
 def write_name_module(folder: Path, vip: str, nodes: dict[str, tuple[str, int]],
-                      rules: list[tuple[int, str, str]]) -> Path:
+                      rules: list[tuple[int, str, str]], extra_sections: str = "") -> Path:
     """The module folder. ``nodes``: name -> (address, power); ``rules``:
-    (port, proto, filter) load-balancing rules, each port served by the app."""
+    (port, proto, filter) load-balancing rules, each port served by the app;
+    ``extra_sections``: XML put inside <service> as it is (<check>, <errd>, ...)."""
     (folder / "conf").mkdir(parents=True, exist_ok=True)
     (folder / "bin").mkdir(exist_ok=True)
     node_lines = "\n".join(f'        <node name="{n}" addr="{a}" power="{p}"/>'
@@ -81,7 +82,7 @@ def write_name_module(folder: Path, vip: str, nodes: dict[str, tuple[str, int]],
                            for port, proto, filt in rules)
     (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(
         nodes=node_lines, vip=vip, rules=rule_lines, python=sys.executable,
-        ports=" ".join(str(port) for port, _, _ in rules)))
+        ports=" ".join(str(port) for port, _, _ in rules), extra_sections=extra_sections))
     for name, text in (("start_both", START_BOTH), ("stop_both", STOP_BOTH)):
         path = folder / "bin" / name
         path.write_text(text)

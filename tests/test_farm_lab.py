@@ -122,3 +122,20 @@ def test_cut_off_node_stops_serving_and_rejoins_when_healed(farm):
     farm.lab.heal("f2")
     farm.wait_farm(farm.nodes, timeout=60)
     assert {n: len(farm.ruleset_buckets(n)) for n in farm.nodes} == {"f1": 128, "f2": 64, "f3": 64}
+
+
+def test_a_failing_checker_takes_the_node_out_of_the_farm_until_it_is_up(make_lab):
+    lab = make_lab(["f1", "f2", "f3", "c"])
+    gate = lab.workdir / "gate.sh"
+    gate.write_text("#!/bin/sh\nexec sleep 3600\n")     # the value comes from hacluster set
+    gate.chmod(0o755)
+    farm = FarmLab(lab, powers=POWERS, extra_sections=(
+        f'<check><custom ident="gate" exec="{gate}" action="wait"/></check>')).start()
+    farm.cli("f2", "-m", MODULE, "set", "-r", "custom.gate", "-v", "down", check=True)
+    farm.wait_state("f2", "WAIT")
+    wait_until("f2's buckets with f1 and f3", lambda: farm.complete_on(["f1", "f3"]), 20)
+    assert farm.ruleset_buckets("f2") is None
+    assert set(Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 200))) == {"f1", "f3"}
+    farm.cli("f2", "-m", MODULE, "set", "-r", "custom.gate", "-v", "up", check=True)
+    farm.wait_farm(farm.nodes)
+    assert len(farm.ruleset_buckets("f2")) == 64
