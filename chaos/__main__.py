@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "summary.md").write_text(render_summary(run.to_history(), f"chaos run {out.name}"))
         rs = "-" if rec.recovery_s is None else f"{rec.recovery_s:.2f}"
         fs = "-" if rec.failover_s is None else f"{rec.failover_s:.2f}"
-        print(f"episode {rec.index + 1}/{total} {rec.nemesis} {rec.targets}: failover {fs} s, "
+        print(f"episode {rec.index} ({rec.index + 1}/{total}) {rec.nemesis} {rec.targets}: failover {fs} s, "
               f"recovery {rs} s, {rec.acked} acked, {len(rec.violations)} violation(s)"
               + "".join(f"\n  VIOLATION {v}" for v in rec.violations), flush=True)
 
