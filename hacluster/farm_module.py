@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from raft.cluster_state import liveness_resource
 from vip.address import VipError, interface_for
@@ -26,7 +25,7 @@ from vip.farm_vip import FarmVip, cleanup_leftovers
 from . import farm_machine as fm
 from .control import ControlError
 from .module_checks import RESUME, ModuleChecks
-from .module_scripts import ScriptRunner
+from .module_runtime import ModuleRuntime, PlanFailed
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
@@ -34,12 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hacluster.farm")
 
-COMMIT_RETRY_S = 10.0
 RETRY_VIEW_S = 1.0
-
-
-class PlanFailed(Exception):
-    pass
 
 
 def hash_seed(module: str) -> int:
@@ -47,39 +41,22 @@ def hash_seed(module: str) -> int:
     return zlib.crc32(f"hacluster-farm/{module}".encode())
 
 
-class FarmModule:
+class FarmModule(ModuleRuntime):
     mode = "farm"
+    # The machine retries a failed commit on the next view: give it one even if
+    # nothing changed in Raft meanwhile.
+    retry_view_after_failure_s = RETRY_VIEW_S
 
     def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path,
                  config: ModuleConfig) -> None:
-        self.daemon = daemon
-        self.name = name
-        self.module_dir = module_dir
-        self.config = config
-        self.node = daemon.name
-        self.machine = fm.FarmMachine(self.node)
-        self.state_dir = daemon.config.data_path / "module_state" / name
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.module_log = self.state_dir / "module.log"
-        self.prefix = daemon.config.path_prefix
-        env = {**config.user_vars, "HACLUSTER_NODE": self.node,
-               "HACLUSTER_ROOT_PREFIX": self.prefix or "", "HACLUSTER_MODULE": name}
-        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log", env,
-                                   config.scripts_timeout_s)
+        super().__init__(daemon, name, module_dir, config, fm.FarmMachine(daemon.name), fm, {})
         powers = {n.name: n.power for n in config.farm_nodes}
         self.power = powers.get(self.node, 1)
         self.farm_vip: FarmVip | None = None
         # One thread for every VIP operation: an urgent drop queues behind a
         # raise that is already in the kernel, never beside it.
         self._vip_thread = concurrent.futures.ThreadPoolExecutor(1, f"farm-vip-{name}")
-        self._plan_task: asyncio.Task | None = None
-        self._last_view: fm.View | None = None
-        self._state_waiters: list[tuple[str, asyncio.Future]] = []
-        self._last_display: tuple[fm.State, str] | None = None
-        self.closed = False
-        self.started = False
         self.error: str | None = None
-        self.checks: ModuleChecks | None = None
 
     # ---- set-up -----------------------------------------------------------------
     async def _make_vip(self) -> FarmVip | None:
@@ -125,100 +102,23 @@ class FarmModule:
                        connected=self._connected(),
                        intent=(module.get("intent") or {}).get(self.node))
 
-    def refresh(self) -> None:
-        """After every applied Raft entry and every change of the liveness lease."""
-        if self.closed or not self.started:
-            return
-        view = self.view_from(self.daemon.raft.snapshot())
-        if view != self._last_view:
-            self._last_view = view
-            self.feed(fm.ViewChanged(view))
-
-    # ---- feeding the machine -----------------------------------------------------------
-    def feed(self, event: fm.Event) -> fm.Output:
-        out = self.machine.handle(event)
-        for line in out.log:
-            log.warning("event=module_note module=%s note=%r", self.name, line)
-            self._module_log(line)
-        for plan in out.plans:
-            self._launch(plan)
-        self._state_changed()
-        return out
-
-    def _state_changed(self) -> None:
-        display = self.machine.display
-        if display != self._last_display:
-            self._last_display = display
-            view = self._last_view or fm.View()
-            log.info("event=module_state module=%s state=%s ready=%s version=%d buckets=%d",
-                     self.name, display[0].value, display[1], view.version, len(view.buckets))
-            self._module_log(f"state {display[0].value} ({display[1]}) table version {view.version}")
-            if self.checks is not None:
-                self.checks.module_state(display[0].value, display[1] == "Ready",
-                                         self.machine.running.reason if self.machine.running else None)
-        for want, fut in list(self._state_waiters):
-            if not fut.done() and display[1] == "Ready" and display[0].value == want:
-                fut.set_result(True)
-
-    def _module_log(self, text: str) -> None:
-        with open(self.module_log, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-    def _launch(self, plan: fm.Plan) -> None:
-        if plan.urgent and self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-        previous = self._plan_task if not plan.urgent else None
-        self._plan_task = asyncio.create_task(self._run_plan(plan, previous))
-
-    async def _run_plan(self, plan: fm.Plan, previous: asyncio.Task | None) -> None:
-        if previous is not None and not previous.done():
-            await asyncio.gather(previous, return_exceptions=True)
-        log.info("event=plan_started module=%s reason=%r next=%s actions=%s", self.name, plan.reason,
-                 plan.next_state.value, ",".join(type(a).__name__ for a in plan.actions))
-        ok, error = True, None
-        try:
-            for action in plan.actions:
-                await self._do(action)
-        except asyncio.CancelledError:
-            log.warning("event=plan_interrupted module=%s reason=%r", self.name, plan.reason)
-            raise
-        except (PlanFailed, ControlError, VipError, OSError, RuntimeError, ValueError) as e:
-            ok, error = False, str(e)
-            log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
-        self._last_view = self.view_from(self.daemon.raft.snapshot())
-        self.feed(fm.ViewChanged(self._last_view))
-        self.feed(fm.PlanDone(ok, error))
-        if not ok:
-            # The machine retries a failed commit on the next view: give it one
-            # even if nothing changed in Raft meanwhile.
-            asyncio.get_running_loop().call_later(RETRY_VIEW_S, self._refeed)
-
-    def _refeed(self) -> None:
-        if not self.closed:
-            self._last_view = self.view_from(self.daemon.raft.snapshot())
-            self.feed(fm.ViewChanged(self._last_view))
+    def _state_fields(self) -> tuple[str, str]:
+        view = self._last_view or fm.View()
+        return (f"version={view.version} buckets={len(view.buckets)}",
+                f"table version {view.version}")
 
     # ---- actions -------------------------------------------------------------------------
     async def _do(self, a: fm.Action) -> None:
         loop = asyncio.get_running_loop()
         if isinstance(a, fm.RunScript):
-            if a.stop:
-                r = await self.runner.run_stop(a.script, a.state, a.next_state, a.action)
-                if not r.ok:
-                    log.error("event=stop_script_failed module=%s script=%s rc=%s forced=%s",
-                              self.name, a.script, r.returncode, r.forced)
-            else:
-                r = await self.runner.run(a.script, a.state, a.next_state, a.action)
-                if not r.ok:
-                    raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
-                                     f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
+            await self._run_script(a)
         elif isinstance(a, fm.CommitIntent):
             try:
                 await self._commit("set_intent", self.name, self.node, a.intent)
             except PlanFailed as e:     # best effort: the local command holds meanwhile
                 log.warning("event=intent_not_committed module=%s error=%r", self.name, str(e))
         elif isinstance(a, fm.CommitFarmJoin):
-            await self._commit("farm_join", self.name, self.node, self.power)
+            await self._commit("farm_join", self.name, self.node, self.power, retry_s=10.0)
         elif isinstance(a, fm.CommitFarmLeave):
             try:
                 await self._commit("farm_leave", self.name, self.node, retry_s=2.0)
@@ -237,30 +137,12 @@ class FarmModule:
         else:
             raise PlanFailed(f"unknown action {a!r}")
 
-    async def _commit(self, op: str, *args: Any, retry_s: float = COMMIT_RETRY_S) -> dict:
-        deadline = time.monotonic() + retry_s
-        while True:
-            try:
-                result = await self.daemon.commit(op, *args)
-                break
-            except ControlError as e:
-                if time.monotonic() > deadline:
-                    raise PlanFailed(f"{op}: {e}") from None
-                await asyncio.sleep(0.2)
-        if not result.get("ok"):
-            raise PlanFailed(f"{op}: {result.get('error')}")
-        return result
-
     # ---- commands ---------------------------------------------------------------------------
     async def command(self, name: str) -> str:
         out = self.feed(fm.Command(name))
         if out.refused:
             raise ControlError(f"module {self.name}: {out.refused}")
         return f"{name}: accepted"
-
-    def checker(self, resource: str, up: bool, action: str = "wait") -> None:
-        """A checker's report (issue 6 wiring): down with its action, or up again."""
-        self.feed(fm.CheckerUp(resource) if up else fm.CheckerDown(resource, action))
 
     def checker_action(self, action: str, cause: str) -> None:
         """What a fired failover rule asks (after the action loop): restart, stopstart,
@@ -273,18 +155,6 @@ class FarmModule:
             log.warning("event=checker_action_refused module=%s action=%s cause=%s reason=%r",
                         self.name, action, cause, out.refused)
             self._module_log(f"checker {cause}: {action} refused: {out.refused}")
-
-    async def wait_state(self, state: str, timeout: float) -> bool:
-        fut = asyncio.get_running_loop().create_future()
-        self._state_waiters.append((state, fut))
-        self._state_changed()
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            self._state_waiters.remove((state, fut))
 
     def status(self) -> dict:
         state, ready = self.machine.display

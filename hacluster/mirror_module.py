@@ -32,7 +32,7 @@ from . import mirror_machine as mm
 from .control import ControlError
 from .lease_holder import LeaseHolder
 from .module_checks import RESUME, ModuleChecks
-from .module_scripts import ScriptRunner
+from .module_runtime import ModuleRuntime, PlanFailed
 from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
 
@@ -44,7 +44,6 @@ log = logging.getLogger("hacluster.mirror")
 REPLICATION_BASE_PORT = 7610
 PROCESS_READY_S = 20.0
 PROCESS_STOP_S = 15.0
-COMMIT_RETRY_S = 15.0
 
 
 def replication_port(module: str, index: int) -> int:
@@ -58,10 +57,6 @@ def _die_with_parent() -> None:
     import ctypes
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-class PlanFailed(RuntimeError):
-    pass
 
 
 class _Proc:
@@ -121,42 +116,24 @@ class _Proc:
             await p.wait()
 
 
-class MirrorModule:
+class MirrorModule(ModuleRuntime):
+    mode = "mirror"
+
     def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
                  peer: str) -> None:
-        self.daemon = daemon
-        self.name = name
-        self.module_dir = module_dir
-        self.config = config
-        self.node = daemon.name
+        super().__init__(daemon, name, module_dir, config, mm.MirrorMachine(daemon.name, peer), mm,
+                         {"HACLUSTER_PEER": peer, "HACLUSTER_EPOCH": "0"})
         self.peer = peer
         self.resource = mirror_resource(name)
-        self.machine = mm.MirrorMachine(self.node, peer)
-        self.state_dir = daemon.config.data_path / "module_state" / name
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.module_log = self.state_dir / "module.log"
-        self.prefix = daemon.config.path_prefix
-        env = {**config.user_vars, "HACLUSTER_NODE": self.node, "HACLUSTER_PEER": peer,
-               "HACLUSTER_MODULE": name,
-               "HACLUSTER_ROOT_PREFIX": self.prefix or "", "HACLUSTER_EPOCH": "0"}
-        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log", env,
-                                   config.scripts_timeout_s)
         self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s)
                      for v in config.vips]
         self.holder: LeaseHolder | None = None
         self.mounts: list[_Proc] = []
         self.receivers: list[_Proc] = []
         self.progress: dict[str, Any] = {}
-        self._plan_task: asyncio.Task | None = None
-        self._last_view: mm.View | None = None
-        self._state_waiters: list[tuple[str, asyncio.Future]] = []
-        self._last_display: tuple[mm.State, str] | None = None
-        self.closed = False
-        self.started = False
         self._last_epoch_path = self.state_dir / "last_primary_epoch"
         self._deferred: asyncio.TimerHandle | None = None
         self._deferral_done = False
-        self.checks: ModuleChecks | None = None
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -195,87 +172,22 @@ class MirrorModule:
                        failover=module.get("failover", True),
                        intent=(module.get("intent") or {}).get(self.node))
 
-    def refresh(self) -> None:
-        """Called on the loop after every applied Raft entry."""
-        if self.closed or not self.started:
-            return
-        view = self.view_from(self.daemon.raft.snapshot())
-        if view != self._last_view:
-            self._last_view = view
-            self.feed(mm.ViewChanged(view))
-
-    # ---- feeding the machine ---------------------------------------------------------
-    def feed(self, event: mm.Event) -> mm.Output:
-        out = self.machine.handle(event)
-        for line in out.log:
-            log.warning("event=module_note module=%s note=%r", self.name, line)
-            self._module_log(line)
+    # ---- hooks of ModuleRuntime ---------------------------------------------------------
+    def _on_output(self, out: mm.Output) -> None:
         if out.contend is not None:
             self._set_contend(out.contend)
-        for plan in out.plans:
-            self._launch(plan)
-        self._state_changed()
-        return out
 
-    def _state_changed(self) -> None:
-        display = self.machine.display
-        if display != self._last_display:
-            self._last_display = display
-            log.info("event=module_state module=%s state=%s ready=%s epoch=%s",
-                     self.name, display[0].value, display[1], self.epoch)
-            self._module_log(f"state {display[0].value} ({display[1]}) epoch {self.epoch}")
-            if self.checks is not None:
-                self.checks.module_state(display[0].value, display[1] == "Ready",
-                                         self.machine.running.reason if self.machine.running else None)
-        for want, fut in list(self._state_waiters):
-            if not fut.done() and display[1] == "Ready" and display[0].value == want:
-                fut.set_result(True)
+    def _state_fields(self) -> tuple[str, str]:
+        return f"epoch={self.epoch}", f"epoch {self.epoch}"
 
-    def _module_log(self, text: str) -> None:
-        with open(self.module_log, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-    def _launch(self, plan: mm.Plan) -> None:
-        if plan.urgent and self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-        previous = self._plan_task if not plan.urgent else None
-        self._plan_task = asyncio.create_task(self._run_plan(plan, previous))
-
-    async def _run_plan(self, plan: mm.Plan, previous: asyncio.Task | None) -> None:
-        if previous is not None and not previous.done():
-            await asyncio.gather(previous, return_exceptions=True)
-        log.info("event=plan_started module=%s reason=%r next=%s actions=%s", self.name, plan.reason,
-                 plan.next_state.value, ",".join(type(a).__name__ for a in plan.actions))
-        ok, error = True, None
-        try:
-            for action in plan.actions:
-                await self._do(action)
-        except asyncio.CancelledError:
-            log.warning("event=plan_interrupted module=%s reason=%r", self.name, plan.reason)
-            raise
-        except (PlanFailed, ControlError, OSError, RuntimeError) as e:
-            ok, error = False, str(e)
-            log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
-        # The plan's own commits are applied by now: decide on the view they made.
-        self._last_view = self.view_from(self.daemon.raft.snapshot())
-        self.feed(mm.ViewChanged(self._last_view))
-        self.feed(mm.PlanDone(ok, error))
+    def _before_script(self) -> None:
+        self.runner.env["HACLUSTER_EPOCH"] = str(
+            self.epoch if self.epoch is not None else (self._last_view.epoch if self._last_view else 0))
 
     # ---- actions ----------------------------------------------------------------------
     async def _do(self, a: mm.Action) -> None:
         if isinstance(a, mm.RunScript):
-            self.runner.env["HACLUSTER_EPOCH"] = str(
-                self.epoch if self.epoch is not None else (self._last_view.epoch if self._last_view else 0))
-            if a.stop:
-                r = await self.runner.run_stop(a.script, a.state, a.next_state, a.action)
-                if not r.ok:
-                    log.error("event=stop_script_failed module=%s script=%s rc=%s forced=%s",
-                              self.name, a.script, r.returncode, r.forced)
-            else:
-                r = await self.runner.run(a.script, a.state, a.next_state, a.action)
-                if not r.ok:
-                    raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
-                                     f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
+            await self._run_script(a)
         elif isinstance(a, mm.CommitIntent):
             await self._commit("set_intent", self.name, self.node, a.intent)
         elif isinstance(a, mm.CommitGoodCopy):
@@ -310,22 +222,6 @@ class MirrorModule:
                 await v.drop()
         else:
             raise PlanFailed(f"unknown action {a!r}")
-
-    async def _commit(self, op: str, *args: Any) -> dict:
-        # Across a leader change an entry can fail to commit without being refused:
-        # retry for a while (every op here is idempotent or fenced); a refusal is final.
-        deadline = time.monotonic() + COMMIT_RETRY_S
-        while True:
-            try:
-                result = await self.daemon.commit(op, *args)
-                break
-            except ControlError as e:
-                if time.monotonic() > deadline:
-                    raise PlanFailed(f"{op}: {e}") from None
-                await asyncio.sleep(0.2)
-        if not result.get("ok"):
-            raise PlanFailed(f"{op}: {result.get('error')}")
-        return result
 
     def _set_contend(self, on: bool) -> None:
         if on and self.holder is None:
@@ -391,7 +287,10 @@ class MirrorModule:
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)
             os.makedirs(root, exist_ok=True)
+            state = self.state_dir / f"rfs{i}"     # its activity log, if it was primary
+            state.mkdir(exist_ok=True)
             argv = [sys.executable, "-m", "replication", "receive", "--root", root,
+                    "--state", str(state),
                     "--listen", f"{self._my_host()}:{replication_port(self.name, i)}",
                     "--secret-file", str(self.daemon.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
@@ -409,9 +308,12 @@ class MirrorModule:
             state = self.state_dir / f"rfs{i}"
             state.mkdir(exist_ok=True)
             # After a change of primary the peer's copy may hold writes this node
-            # never acknowledged (in flight when the old primary died): compare
-            # digests once instead of trusting bitmaps.
-            (state / "baseline").unlink(missing_ok=True)
+            # never acknowledged (in flight when the old primary died): the baseline
+            # goes; if this node's receiver was in sync with that primary, the first
+            # reintegration resyncs the old primary's activity-log regions plus this
+            # node's marks, else it compares every block.
+            from replication.activity_log import prepare_promotion
+            prepare_promotion(str(state))
             unmount(root)   # a mount left by a killed server of ours
             argv = [sys.executable, "-m", "replication", "mount", "--root", root,
                     "--peer", f"{self._peer_host()}:{replication_port(self.name, i)}",
@@ -544,18 +446,6 @@ class MirrorModule:
         if not reply.get("ok"):
             raise ControlError(f"module {self.name}: second fullsync: the primary {self.peer} "
                                f"refused: {reply.get('error')}")
-
-    async def wait_state(self, state: str, timeout: float) -> bool:
-        fut = asyncio.get_running_loop().create_future()
-        self._state_waiters.append((state, fut))
-        self._state_changed()
-        try:
-            await asyncio.wait_for(fut, timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-        finally:
-            self._state_waiters.remove((state, fut))
 
     def status(self) -> dict:
         state, ready = self.machine.display

@@ -169,7 +169,7 @@ class ModuleRegistry:
             "replication_progress": self._progress,
         }
 
-    def _runtime(self, request: dict) -> MirrorModule:
+    def _runtime(self, request: dict) -> MirrorModule | FarmModule:
         name = request.get("module")
         rt = self.runtimes.get(name) if isinstance(name, str) else None
         if rt is None:

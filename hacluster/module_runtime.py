@@ -1,0 +1,200 @@
+"""What a mirror and a farm module have in common on a node: feeding their pure
+state machine, running its plans one at a time (an urgent plan cancels the one
+running), the module log, state waiters, scripts and Raft commits with retry.
+
+A subclass supplies the machine, ``view_from(snapshot)``, ``_do(action)`` for
+its own actions and ``_state_fields()`` for its state log line.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from .control import ControlError
+from .module_scripts import ScriptRunner
+from .userconfig import ModuleConfig
+
+if TYPE_CHECKING:
+    from .daemon import NodeDaemon
+    from .module_checks import ModuleChecks
+
+log = logging.getLogger("hacluster.module")
+
+COMMIT_RETRY_S = 15.0
+
+
+class PlanFailed(RuntimeError):
+    """An action of a plan failed; the machine gets PlanDone(ok=False)."""
+
+
+class ModuleRuntime:
+    mode = "?"
+    # After a failed plan, feed the view again a little later even if Raft did
+    # not change (a machine that retries failed commits on the next view needs it).
+    retry_view_after_failure_s: float | None = None
+
+    def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
+                 machine: Any, events: ModuleType, env: dict[str, str]) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.module_dir = module_dir
+        self.config = config
+        self.node = daemon.name
+        self.machine = machine
+        self._events = events       # the machine's module: ViewChanged, PlanDone
+        self.state_dir = daemon.config.data_path / "module_state" / name
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.module_log = self.state_dir / "module.log"
+        self.prefix = daemon.config.path_prefix
+        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log",
+                                   {**config.user_vars, "HACLUSTER_NODE": self.node,
+                                    "HACLUSTER_MODULE": name,
+                                    "HACLUSTER_ROOT_PREFIX": self.prefix or "", **env},
+                                   config.scripts_timeout_s)
+        self._plan_task: asyncio.Task | None = None
+        self._last_view: Any = None
+        self._state_waiters: list[tuple[str, asyncio.Future]] = []
+        self._last_display: tuple[Any, str] | None = None
+        self.closed = False
+        self.started = False
+        self.checks: ModuleChecks | None = None
+
+    # ---- for the subclass ------------------------------------------------------------
+    def view_from(self, snap: dict) -> Any:
+        raise NotImplementedError
+
+    async def _do(self, action: Any) -> None:
+        raise NotImplementedError
+
+    def _state_fields(self) -> tuple[str, str]:
+        """(key=value text for the state log line, text for the module log)."""
+        return "", ""
+
+    def _on_output(self, out: Any) -> None:
+        """Anything of the machine's output besides log lines and plans."""
+
+    def _before_script(self) -> None:
+        """Just before a script runs (e.g. to set the epoch in its environment)."""
+
+    # ---- the committed view ----------------------------------------------------------
+    def refresh(self) -> None:
+        """After every applied Raft entry (and whatever else may change the view)."""
+        if self.closed or not self.started:
+            return
+        view = self.view_from(self.daemon.raft.snapshot())
+        if view != self._last_view:
+            self._last_view = view
+            self.feed(self._events.ViewChanged(view))
+
+    # ---- feeding the machine ---------------------------------------------------------
+    def feed(self, event: Any) -> Any:
+        out = self.machine.handle(event)
+        for line in out.log:
+            log.warning("event=module_note module=%s note=%r", self.name, line)
+            self._module_log(line)
+        self._on_output(out)
+        for plan in out.plans:
+            self._launch(plan)
+        self._state_changed()
+        return out
+
+    def _state_changed(self) -> None:
+        display = self.machine.display
+        if display != self._last_display:
+            self._last_display = display
+            fields, text = self._state_fields()
+            log.info("event=module_state module=%s state=%s ready=%s %s",
+                     self.name, display[0].value, display[1], fields)
+            self._module_log(f"state {display[0].value} ({display[1]}) {text}".rstrip())
+            if self.checks is not None:
+                self.checks.module_state(display[0].value, display[1] == "Ready",
+                                         self.machine.running.reason if self.machine.running else None)
+        for want, fut in list(self._state_waiters):
+            if not fut.done() and display[1] == "Ready" and display[0].value == want:
+                fut.set_result(True)
+
+    def _module_log(self, text: str) -> None:
+        with open(self.module_log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    # ---- plans ---------------------------------------------------------------------------
+    def _launch(self, plan: Any) -> None:
+        if plan.urgent and self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+        previous = self._plan_task if not plan.urgent else None
+        self._plan_task = asyncio.create_task(self._run_plan(plan, previous))
+
+    async def _run_plan(self, plan: Any, previous: asyncio.Task | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.gather(previous, return_exceptions=True)
+        log.info("event=plan_started module=%s reason=%r next=%s actions=%s", self.name, plan.reason,
+                 plan.next_state.value, ",".join(type(a).__name__ for a in plan.actions))
+        ok, error = True, None
+        try:
+            for action in plan.actions:
+                await self._do(action)
+        except asyncio.CancelledError:
+            log.warning("event=plan_interrupted module=%s reason=%r", self.name, plan.reason)
+            raise
+        except (PlanFailed, ControlError, OSError, RuntimeError, ValueError) as e:
+            ok, error = False, str(e)
+            log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
+        # The plan's own commits are applied by now: decide on the view they made.
+        self._last_view = self.view_from(self.daemon.raft.snapshot())
+        self.feed(self._events.ViewChanged(self._last_view))
+        self.feed(self._events.PlanDone(ok, error))
+        if not ok and self.retry_view_after_failure_s is not None:
+            asyncio.get_running_loop().call_later(self.retry_view_after_failure_s, self._refeed)
+
+    def _refeed(self) -> None:
+        if not self.closed:
+            self._last_view = self.view_from(self.daemon.raft.snapshot())
+            self.feed(self._events.ViewChanged(self._last_view))
+
+    async def _run_script(self, a: Any) -> None:
+        """A RunScript action: a stop script's failure is logged (it had its forced
+        retry), any other script's failure fails the plan."""
+        self._before_script()
+        if a.stop:
+            r = await self.runner.run_stop(a.script, a.state, a.next_state, a.action)
+            if not r.ok:
+                log.error("event=stop_script_failed module=%s script=%s rc=%s forced=%s",
+                          self.name, a.script, r.returncode, r.forced)
+        else:
+            r = await self.runner.run(a.script, a.state, a.next_state, a.action)
+            if not r.ok:
+                raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
+                                 f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
+
+    async def _commit(self, op: str, *args: Any, retry_s: float = COMMIT_RETRY_S) -> dict:
+        # Across a leader change an entry can fail to commit without being refused:
+        # retry for a while (every op here is idempotent or fenced); a refusal is final.
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                result = await self.daemon.commit(op, *args)
+                break
+            except ControlError as e:
+                if time.monotonic() > deadline:
+                    raise PlanFailed(f"{op}: {e}") from None
+                await asyncio.sleep(0.2)
+        if not result.get("ok"):
+            raise PlanFailed(f"{op}: {result.get('error')}")
+        return result
+
+    # ---- waiting ------------------------------------------------------------------------
+    async def wait_state(self, state: str, timeout: float) -> bool:
+        fut = asyncio.get_running_loop().create_future()
+        self._state_waiters.append((state, fut))
+        self._state_changed()
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._state_waiters.remove((state, fut))
