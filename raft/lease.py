@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# A holder renews three times per lease, so one lost renewal is not a demotion.
-RENEWALS_PER_LEASE = 3
+# A holder renews four times per lease, so one lost renewal is not a demotion and a
+# Raft election after the leader's death (0.3-0.6 s timeout, a split vote sometimes)
+# still fits between a holder's last renewal and its deadline.
+RENEWALS_PER_LEASE = 4
 
 
 class LeaseConfigError(ValueError):

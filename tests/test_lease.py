@@ -36,14 +36,14 @@ def timings(draw) -> LeaseTiming:
 # ---- LeaseTiming ------------------------------------------------------------------
 def test_timing_defaults_shape():
     t = LeaseTiming(1.5, 0.3)
-    assert t.renew_interval_s == pytest.approx(0.5)
+    assert t.renew_interval_s == pytest.approx(0.375)
     assert t.max_drift == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("lease, margin, words", [
     (1.5, 0.0, "margin"),            # margin 0: no protection against drift at all
     (1.5, -0.1, "margin"),
-    (1.5, 1.0, "margin"),            # = lease - lease/3: the holder would stop at its renewal time
+    (1.5, 1.125, "margin"),          # = lease - lease/4: the holder would stop at its renewal time
     (1.5, 1.2, "margin"),            # beyond that
     (1.5, 1.5, "margin"),
     (0.0, 0.0, "lease must be > 0"),
@@ -120,7 +120,7 @@ def test_max_drift_is_the_exact_limit(timing, s_real, frac):
 
 
 # ---- (3) HolderLease ------------------------------------------------------------------
-T = LeaseTiming(3.0, 0.6)  # renew every 1.0 s, holder deadline start + 2.4 s
+T = LeaseTiming(4.0, 1.6)  # renew every 1.0 s, holder deadline start + 2.4 s
 
 
 def test_fresh_holder_lease_is_invalid_and_wants_to_renew():
@@ -208,7 +208,7 @@ renewal_events = st.lists(
 @given(timing=timings(), events=renewal_events, now=st.floats(0.0, 200.0))
 def test_holder_lease_matches_model(timing, events, now):
     """valid_until = latest deadline among the renewals of the current epoch since the last
-    loss; the renewal is due lease/3 after the start of that renewal."""
+    loss; the renewal is due lease/4 after the start of that renewal."""
     h = HolderLease(timing)
     epoch = None
     best_start = None

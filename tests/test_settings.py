@@ -16,7 +16,7 @@ from raft.settings import RaftSettings, SettingsError
 def test_defaults_valid():
     s = RaftSettings()
     assert s.lease_timing == LeaseTiming(1.5, 0.3)
-    # renewal (lease/3) comes well before the holder deadline (lease - margin)
+    # renewal (lease/4) comes well before the holder deadline (lease - margin)
     assert s.lease_timing.renew_interval_s < s.lease_s - s.lease_margin_s
     # a lost leader steps down before a lease could run out on it
     assert s.leader_fallback_s <= s.lease_s
@@ -88,7 +88,7 @@ def test_from_dict_not_an_object(data):
     ({"tick_period_s": math.inf}, "tick_period_s"),
     ({"lease_check_period_s": math.inf}, "lease_check_period_s"),
     ({"lease_margin_s": 0}, "lease_margin_s"),
-    ({"lease_margin_s": 1.0}, "lease_margin_s"),                           # >= lease - lease/3
+    ({"lease_margin_s": 1.125}, "lease_margin_s"),                         # >= lease - lease/4
     ({"lease_s": 0.3}, "lease_s"),                                         # margin no longer fits
     ({"lease_s": -1}, "lease_s"),
 ])
