@@ -4,19 +4,16 @@ real process each), a client host connects to it over the lab bridge.
 The client side runs in this test process: a worker thread enters the client's network
 namespace (setns) and makes real TCP connections there.
 """
-import ctypes
 import json
-import os
 import socket
 import sys
-import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
+from chaos.farm_client import ask_many, in_netns
 from chaos.lab import wait_until
 from tests.conftest import needs_root
 from vip.farm_ruleset import bucket_of
@@ -31,54 +28,6 @@ MODULE = "web"
 SEED = 0x5EED1234
 PORT_ON_PORT, PORT_ON_ADDR, PORT_UNLISTED = 8080, 8081, 8082
 SPLIT = {"a": set(range(100)), "b": set(range(100, 180)), "c": set(range(180, 256))}
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(netns: str, fn, *args):
-    """Run fn(*args) on a fresh thread inside a network namespace; its result.
-    Sockets it creates stay in that namespace and can be used from any thread."""
-    done: Future = Future()
-
-    def run() -> None:
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
-        finally:
-            os.close(fd)
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:
-            done.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return done.result(timeout=120)
-
-
-def ask(addr: str, port: int, source: str | None = None,
-        timeout: float = 2.0) -> tuple[str | None, str, int]:
-    """One connection: (the node name that answered or None, source address, port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        if source is not None:
-            sock.bind((source, 0))
-        sock.connect((addr, port))
-        src, sport = sock.getsockname()
-        with sock.makefile("r") as f:
-            return f.readline().strip() or None, src, sport
-    except OSError:
-        src, sport = sock.getsockname()
-        return None, src, sport
-    finally:
-        sock.close()
-
-
-def ask_many(addr: str, port: int, count: int, sources=(None,), timeout: float = 2.0) -> list:
-    return [ask(addr, port, src, timeout) for _ in range(count) for src in sources]
-
-
 def owner_of(bucket: int, table: dict[str, set[int]]) -> str:
     owners = [h for h, owned in table.items() if bucket in owned]
     assert len(owners) == 1, f"bucket {bucket} owned by {owners}"
