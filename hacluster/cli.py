@@ -65,6 +65,17 @@ def _rows_exit(rows: list[dict]) -> int:
     return 0 if all(r["ok"] for r in rows) else 1
 
 
+def _run(args: argparse.Namespace, cmd: str, human: Any, **kw: Any) -> int:
+    """Run ``cmd`` here, or with ``-H`` on the named nodes; print it for people or
+    as JSON. Exit 0, or 1 if a node refused."""
+    on_hosts = _on_hosts(args, cmd, human, **kw)
+    if on_hosts is not None:
+        return _rows_exit(on_hosts)
+    res = _call(args, cmd, **kw)
+    _print(args, res, human(res))
+    return 0
+
+
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """Plain aligned columns: [(key, HEADER), ...]."""
     def cell(v: Any) -> str:
@@ -207,12 +218,7 @@ def _module_table(rows: list[dict]) -> str:
 
 
 def cmd_module_list(args: argparse.Namespace) -> int:
-    on_hosts = _on_hosts(args, "module_list", _module_table)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    rows = _call(args, "module_list")
-    _print(args, rows, _module_table(rows))
-    return 0
+    return _run(args, "module_list", _module_table)
 
 
 def _module(args: argparse.Namespace) -> str:
@@ -229,12 +235,7 @@ def cmd_module_command(args: argparse.Namespace) -> int:
 
     def human(res: dict) -> str:
         return f"{res['module']} on {res['node']}: {res['message']}"
-    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    res = _call(args, "module_cmd", **kw)
-    _print(args, res, human(res))
-    return 0
+    return _run(args, "module_cmd", human, **kw)
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -242,12 +243,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
     def human(res: dict) -> str:
         return f"{res['module']}: automatic failover {'on' if res['failover'] else 'off'}"
-    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    res = _call(args, "module_cmd", **kw)
-    _print(args, res, human(res))
-    return 0
+    return _run(args, "module_cmd", human, **kw)
 
 
 # ---- checkers -------------------------------------------------------------------
@@ -267,12 +263,7 @@ def _resources_text(res: dict) -> str:
 
 def cmd_resources(args: argparse.Namespace) -> int:
     kw = {"module": _module(args), "cmd_name": "resources"}
-    on_hosts = _on_hosts(args, "module_cmd", _resources_text, **kw)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    res = _call(args, "module_cmd", **kw)
-    _print(args, res, _resources_text(res))
-    return 0
+    return _run(args, "module_cmd", _resources_text, **kw)
 
 
 def cmd_checks_command(args: argparse.Namespace) -> int:
@@ -282,12 +273,7 @@ def cmd_checks_command(args: argparse.Namespace) -> int:
 
     def human(res: dict) -> str:
         return f"{res['module']} on {res['node']}: {res['message']}"
-    on_hosts = _on_hosts(args, "module_cmd", human, **kw)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    res = _call(args, "module_cmd", **kw)
-    _print(args, res, human(res))
-    return 0
+    return _run(args, "module_cmd", human, **kw)
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -331,12 +317,7 @@ def _states_text(rows: list[dict]) -> str:
 
 def cmd_state(args: argparse.Namespace) -> int:
     if not args.module:
-        on_hosts = _on_hosts(args, "module_state", _states_text)
-        if on_hosts is not None:
-            return _rows_exit(on_hosts)
-        rows = _call(args, "module_state")
-        _print(args, rows, _states_text(rows))
-        return 0
+        return _run(args, "module_state", _states_text)
     on_hosts = _on_hosts(args, "module_state", _state_line, module=args.module)
     if on_hosts is not None:
         # One node: its SafeKit exit code; several: whether every node answered.
@@ -364,12 +345,7 @@ def cmd_waitstate(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     kw = {"module": _module(args), "kind": args.kind, "lines": args.lines}
-    on_hosts = _on_hosts(args, "module_log", lambda res: "\n".join(res["lines"]), **kw)
-    if on_hosts is not None:
-        return _rows_exit(on_hosts)
-    res = _call(args, "module_log", **kw)
-    _print(args, res, "\n".join(res["lines"]))
-    return 0
+    return _run(args, "module_log", lambda res: "\n".join(res["lines"]), **kw)
 
 
 # ---- daemons -------------------------------------------------------------------
