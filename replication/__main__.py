@@ -48,7 +48,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     host, port = args.listen
     try:
         receiver = Receiver(args.root, read_secret(args.secret_file), host, port,
-                            min_epoch=args.min_epoch)
+                            min_epoch=args.min_epoch, state_dir=args.state)
     except OSError as exc:     # missing root, port in use, unreadable secret file
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", required=True, help="file holding the cluster secret")
     p.add_argument("--min-epoch", type=int, default=0,
                    help="refuse senders and frames of older epochs")
+    p.add_argument("--state", default=None, metavar="DIR",
+                   help="this node's state directory for the root (the one its mount "
+                        "used): its activity log is reported to the new primary")
     p.add_argument("--status-interval", type=float, default=10.0,
                    help="seconds between status lines (0: only on SIGUSR1)")
     p.set_defaults(func=cmd_receive)

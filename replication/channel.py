@@ -184,7 +184,7 @@ def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s
     return out
 
 
-SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY
+SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY | Feature.ACTIVITY_LOG
 
 
 def accept_features(offered: int) -> int:
@@ -331,7 +331,7 @@ class ChannelClient:
 
     def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
         nonce_c = os.urandom(NONCE_SIZE)
-        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES
+        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES | Feature.ACTIVITY_LOG
         if self.query_only:
             offered |= Feature.QUERY_ONLY
         sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c, offered))
@@ -582,6 +582,21 @@ class ChannelClient:
         for f in frames:
             out.extend(struct.unpack(f"<{len(f.payload) // 8}Q", f.payload))
         return out
+
+    def query_activity(self, timeout: float | None = None) -> dict:
+        """The receiver's activity report (``activity_log.read_report``)."""
+        import json
+        frames = self._query(lambda q: fr.encode_query(q, QueryKind.ACTIVITY, epoch=self.epoch),
+                             timeout)
+        try:
+            report = json.loads(b"".join(f.payload for f in frames))
+        except ValueError as e:
+            raise ChannelError(f"unreadable activity report from {self.peer}: {e}") from None
+        return report if isinstance(report, dict) else {}
+
+    def declare_in_sync(self, timeout: float | None = None) -> None:
+        """Tell the receiver its copy equals ours now (after every op sent before)."""
+        self._query(lambda q: fr.encode_query(q, QueryKind.IN_SYNC, epoch=self.epoch), timeout)
 
     def read_block(self, path: str, offset: int, length: int,
                    timeout: float | None = None) -> bytes:

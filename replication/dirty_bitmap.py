@@ -443,6 +443,11 @@ class BitmapStore:
                     if self._bitmaps.pop(gone, None) is not None:
                         self._unlink_bitmap(gone)
 
+    def note(self, path: str) -> None:
+        """Journal ``path`` as changed (reintegration then compares digests at
+        and under it): a returning node's activity-log path notes."""
+        self._journal_op(OpKind.CREATE, path)
+
     def journal_position(self) -> int:
         with self._lock:
             return len(self._journal)

@@ -84,6 +84,8 @@ class QueryKind(enum.IntEnum):
     TREE = 1     # manifest of the receiver's tree
     DIGESTS = 2  # xxh3 per block of path, length = block size, offset = start
     READ = 3     # bytes of path at offset, length
+    ACTIVITY = 4  # the receiver's activity report (JSON; activity_log.read_report)
+    IN_SYNC = 5   # primary: the copies are identical now (epoch); the receiver notes it
 
 
 class AckMode(enum.IntEnum):
@@ -114,6 +116,7 @@ class Feature(enum.IntFlag):
     WRITE_TIMES = 1       # WRITE ops may carry WRITE_SETS_TIMES (no separate UTIMENS)
     QUERY_ONLY = 2        # client: this connection only asks questions (verify); it
                           # sends no ops and must not take the sender's place
+    ACTIVITY_LOG = 4      # ACTIVITY and IN_SYNC queries are understood
     NEGOTIATE = 1 << 31   # set by every peer that knows this field
 
 

@@ -35,6 +35,7 @@ mount point) are applied locally but not replicated: ops never name the root.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import itertools
@@ -44,6 +45,7 @@ import re
 import stat
 import threading
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Callable, Protocol
 
 from .ordering_lock import OrderingLock
@@ -197,6 +199,30 @@ class ReplicatedFS:
                 log.error("event=replicate_submit_failed op=%r error=%r", op.describe(), e)
                 raise OSError(errno.EIO, f"not replicated: {e}") from e
         return tickets
+
+    @contextlib.contextmanager
+    def _noted(self, *paths: str | None) -> Iterator[None]:
+        """Activity log (if the replicator keeps one): the paths are durably
+        noted before the change is applied; held until it was submitted."""
+        activity = getattr(self._rep, "activity", None)
+        token = activity.begin_paths(*[p for p in paths if p]) if activity is not None else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                activity.end(token)
+
+    @contextlib.contextmanager
+    def _written(self, rel: str | None, offset: int, length: int) -> Iterator[None]:
+        """Same for the regions a write touches."""
+        activity = getattr(self._rep, "activity", None)
+        token = (activity.begin_write(rel, offset, length)
+                 if activity is not None and rel else None)
+        try:
+            yield
+        finally:
+            if token is not None:
+                activity.end(token)
 
     def _wait(self, tickets: list[object]) -> None:
         for ticket in tickets:
@@ -370,7 +396,7 @@ class ReplicatedFS:
         oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
         if not flags & os.O_TRUNC:
             return self._register(os.open(rel, oflags, dir_fd=self._root))
-        with self._lock:  # open(O_TRUNC) changes the file
+        with self._lock, self._noted(rel):  # open(O_TRUNC) changes the file
             fd = os.open(rel, oflags, dir_fd=self._root)
             try:
                 fh = self._register(fd, dirty=True)
@@ -386,7 +412,7 @@ class ReplicatedFS:
         uid, gid, _ = self._context()
         rel = path[1:]
         oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
-        with self._lock:
+        with self._lock, self._noted(rel):
             try:
                 fd = os.open(rel, oflags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self._root)
             except FileExistsError:
@@ -417,7 +443,8 @@ class ReplicatedFS:
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         self._writable()
         h = self._handle(fh)
-        with self._lock.shared(), h.ilock:
+        with self._lock.shared(), h.ilock, \
+                self._written(self._data_path(path, h), offset, len(data)):
             n = os.pwrite(h.fd, data, offset)
             rel = self._data_path(path, h)
             if n < len(data):
@@ -438,14 +465,14 @@ class ReplicatedFS:
         self._writable()
         h = self._handles.get(fh) if fh else None
         if h is not None:
-            with self._lock.shared(), h.ilock:
+            with self._lock.shared(), h.ilock, self._noted(self._data_path(path, h)):
                 os.ftruncate(h.fd, length)
                 h.times_dirty = True
                 rel = self._data_path(path, h)
                 tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length) if rel else None])
         else:
             rel = path[1:]
-            with self._lock:
+            with self._lock, self._noted(rel):
                 fd = os.open(rel, os.O_WRONLY | os.O_NONBLOCK | _OPEN_FLAGS, dir_fd=self._root)
                 try:
                     os.ftruncate(fd, length)
@@ -459,7 +486,7 @@ class ReplicatedFS:
     def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
         self._writable()
         h = self._handle(fh)
-        with self._lock.shared(), h.ilock:
+        with self._lock.shared(), h.ilock, self._noted(self._data_path(path, h)):
             _check(_libc.fallocate(h.fd, mode, offset, length), "fallocate")
             h.times_dirty = True
             rel = self._data_path(path, h)
@@ -541,7 +568,7 @@ class ReplicatedFS:
         self._writable()
         uid, gid, _ = self._context()
         rel = path[1:]
-        with self._lock:
+        with self._lock, self._noted(rel):
             os.mknod(rel, mode, dev, dir_fd=self._root)
             try:
                 st = self._own(rel, self._lstat(rel), uid, gid, stat.S_IMODE(mode))
@@ -594,7 +621,7 @@ class ReplicatedFS:
         """mfusepy order: ``target`` is the new name, ``source`` the existing file."""
         self._writable()
         new, old = target[1:], source[1:]
-        with self._lock:
+        with self._lock, self._noted(new):
             os.link(old, new, src_dir_fd=self._root, dst_dir_fd=self._root, follow_symlinks=False)
             tickets = self._submit([Op(OpKind.LINK, old, path2=new), self._times_op(_parent(new))])
         self._wait(tickets)
@@ -623,7 +650,7 @@ class ReplicatedFS:
         src, dst = old[1:], new[1:]
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
             raise OSError(errno.EINVAL, "rename flags not supported")
-        with self._lock:
+        with self._lock, self._noted(src, dst):
             if flags:
                 _check(_libc.renameat2(self._root, os.fsencode(src), self._root, os.fsencode(dst), flags),
                        "renameat2")

@@ -19,8 +19,11 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import activity_log
+from .activity_log import NOTE, ActivityLog
 from .channel import ChannelClient
 from .dirty_bitmap import BitmapStore, fsync_dir
+from .frame import Feature
 from .ops import NAMESPACE_KINDS, Op
 from .reintegration import Entry, Reintegration, tree_from_manifest
 from .sender import Sender, SenderState
@@ -95,6 +98,12 @@ class PrimaryLink:
         self.sender = Sender(self._recorder, self._peer_lost, ack_timeout_s=ack_timeout_s,
                              alone=alone)
         self.sender.on_sent = self._recorder.sent
+        # Regions are marked here before the FUSE layer applies a change to them.
+        self.activity = ActivityLog(state_dir, epoch)
+        self.sender.activity = self.activity
+        self._client: ChannelClient | None = None
+        self._clearer = threading.Thread(target=self._clear_cold_loop, name="activity-log",
+                                         daemon=True)
         self.phase = "alone" if alone else "connecting"
         self.reintegration: Reintegration | None = None
         self._stop = threading.Event()
@@ -104,12 +113,15 @@ class PrimaryLink:
     # ---- lifecycle ----------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+        self._clearer.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._lost.set()
         self._thread.join(10)
         self.sender.shutdown("stopping")
+        self._clearer.join(5)
+        self.activity.close()
         self.store.close()
 
     def status(self) -> dict[str, Any]:
@@ -119,6 +131,56 @@ class PrimaryLink:
         if self.reintegration is not None:
             st["reintegration"] = self.reintegration.progress()
         return st
+
+    # ---- activity log ----------------------------------------------------------------
+    def _quiescent(self) -> bool:
+        """The receiver acknowledged every op sent so far (so it holds every
+        change made before): only then may cold regions be cleared."""
+        client = self._client
+        return (client is not None and self.sender.state is SenderState.CONNECTED
+                and client.closed is None and client.unacked == 0)
+
+    def _clear_cold_loop(self) -> None:
+        while not self._stop.wait(min(0.5, self.activity.cold_s / 2)):
+            try:
+                self.activity.clear_cold(self._quiescent)
+            except OSError as e:
+                log.warning("event=activity_log_clear_failed error=%r", str(e))
+
+    def _use_peer_activity(self, client: ChannelClient) -> bool:
+        """After a change of primary: if this node was the in-sync receiver of
+        the old primary (``al_pending``) and the returning node's activity log
+        is trustworthy, add its active regions to the store (on top of this
+        node's own marks) and keep the bitmaps trusted. Else False: digests."""
+        after = activity_log.pending_epoch(self.state_dir)
+        if after is None:
+            return False
+        if not client.features & Feature.ACTIVITY_LOG:
+            reason = "receiver does not report activity logs"
+        else:
+            report = client.query_activity(self.ack_timeout_s)
+            reason = activity_log.check_report(report, after)
+        if reason is not None:
+            log.warning("event=activity_log_refused peer=%s:%d reason=%r action=full_digest",
+                        self.host, self.port, reason)
+            return False
+        size = report["region_size"]
+        regions = notes = 0
+        for path, region in report["keys"]:
+            if region == NOTE:
+                self.store.note(path)
+                notes += 1
+            else:
+                self.store.mark(path, region * size, size)
+                regions += 1
+        # The marks now cover every difference: as good as a baseline.
+        _write_durably(self._baseline_path, f"copies identical at epoch {after} "
+                                            f"outside the activity log merged at epoch {self.epoch}\n")
+        os.unlink(os.path.join(self.state_dir, activity_log.PENDING_FILE))
+        fsync_dir(self.state_dir)
+        log.info("event=activity_log_used peer=%s:%d after_epoch=%d regions=%d notes=%d "
+                 "region_size=%d", self.host, self.port, after, regions, notes, size)
+        return True
 
     # ---- the loop -------------------------------------------------------------------
     def _peer_lost(self, reason: str) -> None:
@@ -149,6 +211,9 @@ class PrimaryLink:
         self._recorder.journaling = True
         with self.sender.ordering_lock:
             self.sender.attach(client)
+            self._client = client
+        if not os.path.exists(self._baseline_path):
+            self._use_peer_activity(client)
         self.reintegration = Reintegration(
             self.local_root, ChannelRemote(client, self.ack_timeout_s), store=self.store,
             state_dir=self.state_dir, bandwidth=self.bandwidth,
@@ -168,11 +233,15 @@ class PrimaryLink:
             if self.sender.state is not SenderState.CONNECTED:
                 raise ConnectionError("receiver lost during reintegration")
             # Everything up to here is on the receiver; live ops are replicated.
+            if client.features & Feature.ACTIVITY_LOG:
+                client.declare_in_sync(self.ack_timeout_s)
             self._recorder.journaling = False
             self.store.reset()
             if not os.path.exists(self._baseline_path):
                 _write_durably(self._baseline_path, f"copies identical at epoch {self.epoch}\n")
             self.phase = "in_sync"
-        log.info("event=in_sync peer=%s:%d seconds=%.3f bytes_sent=%d",
-                 self.host, self.port, time.monotonic() - started, result.get("bytes_sent", 0))
+        log.info("event=in_sync peer=%s:%d seconds=%.3f bytes_sent=%d bytes_read=%d "
+                 "force_digests=%s", self.host, self.port, time.monotonic() - started,
+                 result.get("bytes_sent", 0), result.get("bytes_done", 0),
+                 self.reintegration.force_digests)
         self._on_in_sync()

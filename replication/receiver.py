@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import json
 import logging
 import struct
 import threading
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from . import activity_log
 from . import frame as fr
 from .applier import Applier
 from .channel import ChannelServer, ServerConn, pack_entries
@@ -359,7 +361,10 @@ class _Session:
                 acks.add(seq, len(op.data))
 
     def _answer(self, f: Frame) -> None:
-        answer_query(self.conn, self.receiver.applier, f)
+        if f.header.kind == QueryKind.IN_SYNC:
+            self.receiver._declared_in_sync(self.conn, f)
+        else:
+            answer_query(self.conn, self.receiver.applier, f, self.receiver.state_dir)
 
 
 class _QuerySession:
@@ -391,8 +396,11 @@ class _QuerySession:
                 if frames is None:
                     return
                 for f in frames:
-                    if f.ftype == FrameType.QUERY:
-                        answer_query(conn, rx.applier, f)
+                    if f.ftype == FrameType.QUERY and f.header.kind == QueryKind.IN_SYNC:
+                        conn.send(fr.encode_reply(f.header.seq, fr._text(
+                            "IN_SYNC on a query-only connection: refused"), status=errno.EPERM))
+                    elif f.ftype == FrameType.QUERY:
+                        answer_query(conn, rx.applier, f, rx.state_dir)
                     elif f.ftype == FrameType.PING:
                         conn.send(fr.encode_pong(f.header.offset))
                     else:
@@ -410,8 +418,10 @@ class _QuerySession:
             log.info("event=query_session_ended peer=%s reason=%s", conn.peer, _q(reason))
 
 
-def answer_query(conn: ServerConn, applier: Applier, f: Frame) -> None:
-    """Answer one QUERY frame (REPLY chunks; the last one carries any error)."""
+def answer_query(conn: ServerConn, applier: Applier, f: Frame,
+                 state_dir: str | None = None) -> None:
+    """Answer one QUERY frame (REPLY chunks; the last one carries any error).
+    ``state_dir``: where this node's activity log is (ACTIVITY queries)."""
     h = f.header
     sent_any = False
     try:
@@ -422,6 +432,15 @@ def answer_query(conn: ServerConn, applier: Applier, f: Frame) -> None:
                                   TREE_CHUNK_BYTES)
         elif h.kind == QueryKind.DIGESTS:
             chunks = _digest_chunks(applier.iter_block_digests(f.path, h.length, h.offset))
+        elif h.kind == QueryKind.ACTIVITY:
+            report = (activity_log.read_report(state_dir) if state_dir else
+                      {"version": activity_log.VERSION, "valid": False,
+                       "reason": "receiver runs without a state directory"})
+            data = json.dumps(report).encode("ascii")
+            chunks = iter([data[i:i + fr.MAX_PAYLOAD]
+                           for i in range(0, len(data), fr.MAX_PAYLOAD)] or [b""])
+        elif h.kind != QueryKind.READ:
+            raise OSError(errno.EINVAL, f"unknown query kind {h.kind}")
         else:
             chunks = iter([applier.read_block(f.path, h.offset,
                                               min(h.length, fr.MAX_PAYLOAD))])
@@ -455,8 +474,12 @@ class Receiver:
     """Receives one sender's ops into root. Thread-safe control methods."""
 
     def __init__(self, root: str, secret: str | bytes, host: str = "0.0.0.0", port: int = 0,
-                 min_epoch: int = 0, *, io_timeout: float = 10.0) -> None:
+                 min_epoch: int = 0, *, io_timeout: float = 10.0,
+                 state_dir: str | None = None) -> None:
+        """``state_dir``: this node's state for the root (its activity log from
+        when it was primary; the in-sync marker its primary sets)."""
         self.root = root
+        self.state_dir = state_dir
         self.applier = Applier(root)
         self._lock = threading.Lock()
         self._min_epoch = min_epoch
@@ -555,6 +578,10 @@ class Receiver:
                                       f"sender's epoch {old.conn.epoch} ({old.conn.peer})")
             # an authenticated sender's epoch was handed out by Raft: older ones are stale
             self._min_epoch = max(self._min_epoch, conn.epoch)
+            if self.state_dir:
+                # A new primary session reintegrates: the copy is not known identical
+                # until it says so again (before it can apply anything).
+                activity_log.drop_receiver_in_sync(self.state_dir)
             session = _Session(self, conn, old)
             self._current = session
             conn.session = session  # type: ignore[attr-defined]
@@ -571,6 +598,10 @@ class Receiver:
     # ------------------------------------------------------------ bookkeeping
 
     def _session_started(self, session: _Session) -> None:
+        if self.state_dir:
+            # Again once the previous session drained: its queued IN_SYNC may have
+            # noted a copy that this session is about to change.
+            activity_log.drop_receiver_in_sync(self.state_dir)
         with self._lock:
             self._stats["sessions"] += 1
             self._stats["epoch"] = session.conn.epoch
@@ -584,6 +615,17 @@ class Receiver:
         session.conn.shutdown()
         log.info("event=session_ended peer=%s reason=%s", session.conn.peer,
                  _q(session.end_reason))
+
+    def _declared_in_sync(self, conn: ServerConn, f: Frame) -> None:
+        """The primary's IN_SYNC: every op before it is applied (queries run in order)."""
+        try:
+            if self.state_dir:
+                activity_log.mark_receiver_in_sync(self.state_dir, conn.epoch)
+            log.info("event=declared_in_sync peer=%s epoch=%d noted=%s", conn.peer, conn.epoch,
+                     bool(self.state_dir))
+            conn.send(fr.encode_reply(f.header.seq, b""))
+        except OSError as exc:
+            conn.send(fr.encode_reply(f.header.seq, fr._text(str(exc)), status=exc.errno or errno.EIO))
 
     def _query_session_ended(self, query: _QuerySession) -> None:
         with self._lock:

@@ -82,6 +82,9 @@ class Sender:
         # Called with each op sent while connected (reintegration journals
         # namespace ops with it); runs under the ordering lock.
         self.on_sent: Callable[[Op], None] | None = None
+        # The activity log (DESIGN.md "In-flight writes"): the FUSE layer marks
+        # regions in it before it applies a change. None: no activity log.
+        self.activity = None
 
     # ---- owner API -----------------------------------------------------------
     @property

@@ -526,7 +526,7 @@ def test_an_unencodable_op_is_refused_locally_and_the_channel_goes_on(receiver, 
 
 def test_a_current_pair_agrees_on_write_times(receiver, connect):
     c = connect(receiver)
-    assert c.features == fr.Feature.WRITE_TIMES
+    assert c.features == fr.Feature.WRITE_TIMES | fr.Feature.ACTIVITY_LOG
     c.wait(c.send_op(Op(OpKind.CREATE, "f")))
     before = receiver.status()["ops_applied"]
     c.wait(c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
