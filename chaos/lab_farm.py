@@ -11,17 +11,13 @@ from __future__ import annotations
 import ipaddress
 import re
 import subprocess
-import time
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
-from hacluster.control import ControlError, request
 
 from .farm_client import ask, ask_many, in_netns
 from .lab import Lab, wait_until
 from .lab_cluster import LabCluster
-from .lab_mirror import start_cluster
+from .lab_module import LabModule, start_cluster
 from .name_module import write_name_module
 
 MODULE = "names"
@@ -29,12 +25,13 @@ PORT_ON_PORT, PORT_ON_ADDR = 8080, 8081
 _VMAP_ACCEPT = re.compile(r"(\d+)(?:-(\d+))?\s*:\s*accept")
 
 
-class FarmLab:
+class FarmLab(LabModule):
     def __init__(self, lab: Lab, nodes=("f1", "f2", "f3"), client="c",
                  powers: dict[str, int] | None = None, cluster: LabCluster | None = None,
                  extra_sections: str = "") -> None:
         self.lab = lab
         self.nodes = list(nodes)
+        self.module = MODULE
         self.client = client
         self.powers = {n: (powers or {}).get(n, 1) for n in self.nodes}
         self._own_cluster = cluster is None
@@ -42,9 +39,6 @@ class FarmLab:
         self.extra_sections = extra_sections
         net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
         self.vip = str(net.network_address + 200)
-
-    def root(self, node: str) -> Path:
-        return self.lab.host_dir(node) / "root"
 
     def start(self, up: bool = True) -> "FarmLab":
         if self._own_cluster:
@@ -54,44 +48,11 @@ class FarmLab:
             {n: (self.lab.addr(n), self.powers[n]) for n in self.nodes},
             [(PORT_ON_PORT, "tcp", "on_port"), (PORT_ON_ADDR, "tcp", "on_addr")],
             extra_sections=self.extra_sections)
-        safe = self.lab.workdir / f"{MODULE}.safe"
-        self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
-        self.cli(self.nodes[0], "module", "install", str(safe), check=True)
-        for n in self.nodes:
-            wait_until(f"module installed on {n}", lambda n=n: self._installed(n), 30)
+        self.install(folder)
         if up:
             self.cli(self.nodes[0], "-H", "all", "-m", MODULE, "start", check=True)
             self.wait_farm(self.nodes)
         return self
-
-    def _installed(self, node: str) -> bool:
-        try:
-            return any(r["module"] == MODULE and r["installed_here"] and r["state"]
-                       for r in self.call(node, "module_list"))
-        except ControlError:
-            return False
-
-    # ---- daemons ------------------------------------------------------------------
-    def cli(self, node: str, *args: str, check: bool = False, timeout: float = 120):
-        res = self.cluster.hacluster(node, *args, timeout=timeout)
-        if check and res.returncode != 0:
-            raise RuntimeError(f"hacluster {' '.join(args)} on {node} failed ({res.returncode}): "
-                               f"{res.stderr.strip() or res.stdout.strip()}")
-        return res
-
-    def call(self, node: str, cmd: str, timeout: float = 5.0, **kw: Any) -> Any:
-        return request(self.cluster.config_dir(node) / "control.sock", cmd, timeout=timeout, **kw)
-
-    def state(self, node: str) -> dict | None:
-        try:
-            return self.call(node, "module_state", module=MODULE, timeout=2.0)
-        except (ControlError, OSError, ValueError):
-            return None
-
-    def wait_state(self, node: str, state: str, timeout: float = 30.0) -> dict:
-        return wait_until(f"{node} {state}", lambda: (lambda st: st if st and st["state"] == state
-                                                      and st["ready"] == "Ready" else None)(
-            self.state(node)), timeout)
 
     # ---- the bucket table -------------------------------------------------------------
     def ruleset_buckets(self, node: str) -> frozenset[int] | None:
@@ -139,15 +100,3 @@ class FarmLab:
 
     def ask(self, port: int, source: str | None = None, timeout: float = 2.0):
         return in_netns(self.lab.hosts[self.client].netns, ask, self.vip, port, source, timeout)
-
-    # ---- faults -----------------------------------------------------------------------------
-    def kill_host(self, node: str) -> float:
-        """Power loss of a node: every process SIGKILLed and its network cut."""
-        t = time.monotonic()
-        self.lab.cut(node)
-        self.lab.kill_host(node)
-        return t
-
-    def restart_node(self, node: str) -> None:
-        self.lab.heal(node)
-        self.cluster.start(node)

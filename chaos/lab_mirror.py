@@ -10,37 +10,19 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-from hacluster.control import ControlError, request
 
 from .kv_module import DATADIR, write_kv_module
 from .lab import Lab, LabProcess, wait_until
 from .lab_cluster import LabCluster
+from .lab_module import LabModule, start_cluster
 
 MODULE = "kvdemo"
 PORT = 8080
 
 
-def start_cluster(cluster: LabCluster, root) -> None:
-    """Write the cluster's configuration (each node's '/' for module paths is
-    ``root(node)``), start every member and wait for a leader."""
-    cluster.init()
-    for n in cluster.members:
-        if cluster.role(n) != "node":
-            continue
-        path = cluster.config_dir(n) / "cluster.json"
-        cfg = json.loads(path.read_text())
-        cfg["path_prefix"] = str(root(n))
-        path.write_text(json.dumps(cfg, indent=2))
-        root(n).mkdir(parents=True, exist_ok=True)
-    cluster.start_all()
-    cluster.wait_leader()
-
-
-class MirrorLab:
+class MirrorLab(LabModule):
     """One kv mirror module. By default it owns a cluster of its two nodes and a
     witness; given ``cluster`` (already started, e.g. with more nodes or other
     modules on it) it only installs its module there, on ``nodes``."""
@@ -67,10 +49,6 @@ class MirrorLab:
         self.writer: LabProcess | None = None
 
     # ---- set-up ----------------------------------------------------------------
-    def root(self, node: str) -> Path:
-        """What the node sees as '/' for module paths (cluster.json path_prefix)."""
-        return self.lab.host_dir(node) / "root"
-
     def data_dir(self, node: str) -> Path:
         return Path(str(self.root(node)) + self.datadir)
 
@@ -86,11 +64,7 @@ class MirrorLab:
                                  port=self.port, ack_timeout_s=self.ack_timeout_s,
                                  defaultprim=self.defaultprim, datadir=self.datadir,
                                  servers=servers, extra_sections=self.extra_sections)
-        safe = self.lab.workdir / f"{self.module}.safe"
-        self.cli(self.nodes[0], "module", "package", str(folder), "-o", str(safe), check=True)
-        self.cli(self.nodes[0], "module", "install", str(safe), check=True)
-        for n in self.nodes:
-            wait_until(f"module installed on {n}", lambda n=n: self._installed(n), 30)
+        self.install(folder)
         if prim is not None:
             self.cli(prim, "-m", self.module, "prim", check=True)
             for n in self.nodes:
@@ -98,30 +72,6 @@ class MirrorLab:
                     self.cli(n, "-m", self.module, "second", check=True)
             self.wait_pair(prim)
         return self
-
-    def _installed(self, node: str) -> bool:
-        try:
-            return any(r["module"] == self.module and r["installed_here"] and r["state"]
-                       for r in self.call(node, "module_list"))
-        except ControlError:
-            return False
-
-    # ---- talking to the daemons -----------------------------------------------------
-    def cli(self, node: str, *args: str, check: bool = False, timeout: float = 120):
-        res = self.cluster.hacluster(node, *args, timeout=timeout)
-        if check and res.returncode != 0:
-            raise RuntimeError(f"hacluster {' '.join(args)} on {node} failed ({res.returncode}): "
-                               f"{res.stderr.strip() or res.stdout.strip()}")
-        return res
-
-    def call(self, node: str, cmd: str, timeout: float = 5.0, **kw: Any) -> Any:
-        return request(self.cluster.config_dir(node) / "control.sock", cmd, timeout=timeout, **kw)
-
-    def state(self, node: str) -> dict | None:
-        try:
-            return self.call(node, "module_state", module=self.module, timeout=2.0)
-        except (ControlError, OSError, ValueError):
-            return None
 
     def states(self) -> dict[str, str | None]:
         out = {}
@@ -185,15 +135,3 @@ class MirrorLab:
         from .kvapp import replay
         path = self.data_dir(node) / "kv.log"
         return replay(path.read_bytes(), str(path))[0] if path.exists() else {}
-
-    # ---- faults ------------------------------------------------------------------------
-    def kill_host(self, node: str) -> float:
-        """Power loss of a node: every process SIGKILLed and its network cut."""
-        t = time.monotonic()
-        self.lab.cut(node)
-        self.lab.kill_host(node)
-        return t
-
-    def restart_node(self, node: str) -> None:
-        self.lab.heal(node)
-        self.cluster.start(node)

@@ -12,7 +12,8 @@ from chaos.kv_workload import Ack
 from chaos.lab import wait_until
 from chaos.lab_cluster import LabCluster
 from chaos.lab_farm import PORT_ON_PORT, FarmLab
-from chaos.lab_mirror import MirrorLab, start_cluster
+from chaos.lab_mirror import MirrorLab
+from chaos.lab_module import start_cluster
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
