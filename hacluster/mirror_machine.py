@@ -25,7 +25,7 @@ wait holds WAIT (no lease contended) until ``CheckerUp`` for every cause.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 
@@ -253,6 +253,10 @@ class MirrorMachine:
             return out
         if isinstance(event, LeaseAcquired):
             self.epoch = event.epoch
+            if not self._wants_lease() and self.running is None and self.state not in PRIMARY:
+                # Regained by a renewal that was in flight when a stop plan (and its
+                # ReleaseLease) was cut short: holding it would block the peer forever.
+                return self._start(Plan((ReleaseLease(),), self.state, "lease not wanted"))
             return self._reconcile()
         if isinstance(event, LeaseLost):
             return self._lease_lost(event)
@@ -398,13 +402,19 @@ class MirrorMachine:
         return Output(contend=want)
 
     def _reconcile(self) -> Output:
-        if self.swap_pending and self.view.holder == self.peer:
+        # The swap is over once the peer holds the lease, or void once the peer can no
+        # longer take it (it left the in-sync set): then this node may contend again.
+        if self.swap_pending and (self.view.holder == self.peer
+                                  or (self.view.holder is None
+                                      and self.peer not in self.view.in_sync)):
             self.swap_pending = False
         out = self._contend_change()
         if self.running is not None:
             return out
         if self._queued:
-            return _merge(out, self._start(self._queued.pop(0)))
+            # A queued command changes no state: it leads to the state *now*, not the
+            # one it was queued in (else it would rewind a promotion that ran meanwhile).
+            return _merge(out, self._start(replace(self._queued.pop(0), next_state=self.state)))
         plan = self._plan_towards(self._target())
         if plan is None:
             if self.state is State.STOP and self.hold_stop and self.restart_after_stop:

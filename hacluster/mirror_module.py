@@ -44,6 +44,7 @@ log = logging.getLogger("hacluster.mirror")
 REPLICATION_BASE_PORT = 7610
 PROCESS_READY_S = 20.0
 PROCESS_STOP_S = 15.0
+PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_client, 10 s)
 
 
 def replication_port(module: str, index: int) -> int:
@@ -366,7 +367,18 @@ class MirrorModule(ModuleRuntime):
             raise ControlError(f"module {self.name}: not primary at epoch {epoch} "
                                f"(holding {self.epoch})")
         started = time.monotonic()
-        result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch, [self.node])
+        # A leader change discards an entry without refusing it (a bridge partition cuts
+        # the primary off the old leader): retry while this lease lasts. The entry is
+        # fenced by the epoch, so a late retry cannot remove the secondary for a newer primary.
+        while True:
+            try:
+                result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch,
+                                                  [self.node])
+                break
+            except ControlError:
+                if self.epoch != epoch or time.monotonic() - started > PEER_LOST_RETRY_S:
+                    raise
+                await asyncio.sleep(0.1)
         if not result.get("ok"):
             raise ControlError(f"module {self.name}: {result.get('error')}")
         log.warning("event=secondary_out_of_sync module=%s peer=%s epoch=%d reason=%r commit_s=%.3f",

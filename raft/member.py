@@ -110,6 +110,31 @@ class _SyncObj(SyncObj):
             journal.sync()
 
 
+JOURNAL_FORMAT = "hacluster-raft 2 command(op, args)\n"
+
+
+def check_journal_format(data: Path) -> None:
+    """Refuse a Raft data directory written with another entry format: pysyncobj
+    would fail on every entry of it, forever, on its tick thread. A new directory
+    gets the current format."""
+    marker = data / "format"
+    has_journal = any(data.glob("raft.journal*")) or any(data.glob("raft.dump*"))
+    if marker.exists():
+        found = marker.read_text()
+        if found != JOURNAL_FORMAT:
+            raise ValueError(f"{data}: Raft data in format {found.strip()!r}, this hacluster "
+                             f"writes {JOURNAL_FORMAT.strip()!r}; move the directory away to "
+                             "rejoin with an empty log (the cluster state comes from the peers)")
+        return
+    if has_journal:
+        raise ValueError(f"{data}: Raft data of an older hacluster (one replicated method per "
+                         "operation); move the directory away to rejoin with an empty log "
+                         "(the cluster state comes from the peers)")
+    tmp = data / "format.tmp"
+    tmp.write_text(JOURNAL_FORMAT)
+    durable_storage.durable_replace(str(tmp), str(marker))
+
+
 class RaftMember:
     def __init__(self, self_address: str, peers: list[str], data_dir: str | os.PathLike,
                  secret: str, settings: RaftSettings,
@@ -128,6 +153,7 @@ class RaftMember:
         self.role = "follower"
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
+        check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
         conf = SyncObjConf(
             password=secret,

@@ -6,7 +6,9 @@ lease losses and replication events at it and checks the safety rules after
 every step."""
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from dataclasses import replace
+
+from hypothesis import example, given, settings, strategies as st
 
 from hacluster.mirror_machine import (
     CheckerDown, CheckerUp, CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
@@ -369,6 +371,10 @@ ACTIONS = st.sampled_from([
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ACTIONS, max_size=60))
+# found by hypothesis in a chaos-suite run: a swap to a peer that then left the in-sync
+# set (second) left both nodes waiting, the old primary for a takeover that could not come
+@example([("cmd", "b", "prim"), ("expire", "b", None), ("cmd", "a", "primforce"),
+          ("cmd", "a", "swap"), ("cmd", "b", "second")])
 def test_random_histories_never_have_two_acting_primaries(steps):
     sim = Sim()
     for kind, n, arg in steps:
@@ -410,3 +416,53 @@ def test_random_histories_never_have_two_acting_primaries(steps):
         assert sim.holder is not None
     else:
         assert states == ["WAIT", "WAIT"]
+
+
+# ---- regressions found by the chaos suite ------------------------------------------
+def _settle(m, out):
+    while out.plans:
+        out = m.handle(PlanDone(True))
+    return out
+
+
+def test_a_lease_regained_after_an_interrupted_stop_is_released_and_start_restarts():
+    """chaos episode 11/11/flap: the promotion failed (GARP ENOBUFS), the stop plan that
+    would release the lease was cut short by a lease loss, a late renewal gave the lease
+    back: the node sat in STOP holding it (the peer could never take over) and a
+    `start` command did nothing."""
+    m = MirrorMachine("n2", "n1")
+    view = View(holder=None, epoch=5, in_sync=frozenset({"n1", "n2"}), peer_live=True,
+                intent="start")
+    _settle(m, m.handle(ViewChanged(view)))
+    m.handle(LeaseAcquired(6))                                   # the promotion plan runs
+    m.handle(ViewChanged(replace(view, holder="n2", epoch=6)))
+    m.handle(PlanDone(False, "cannot send gratuitous ARP: No buffer space available"))
+    _settle(m, m.handle(LeaseLost(6, "deadline")))               # the fence replaces it
+    assert m.state is State.STOP
+    out = m.handle(LeaseAcquired(6))
+    assert any(isinstance(a, ReleaseLease) for p in out.plans for a in p.actions)
+    _settle(m, out)
+    m.handle(LeaseReleased(6))
+    _settle(m, m.handle(Command("start")))
+    assert m.state is State.WAIT and m.contending
+
+
+def test_a_command_queued_during_a_promotion_does_not_rewind_the_state():
+    """chaos episode 13/79: `start` typed while the node was being promoted ran after
+    the promotion with the state it was queued in (WAIT): the machine promoted a
+    second time over the running app (start_prim failed: port in use) and stopped."""
+    m = MirrorMachine("n1", "n2")
+    view = View(holder=None, epoch=38, in_sync=frozenset({"n1", "n2"}), peer_live=True,
+                intent="start")
+    out = m.handle(ViewChanged(view))
+    while out.plans:
+        out = m.handle(PlanDone(True))
+    assert m.state is State.WAIT
+    promotion = m.handle(LeaseAcquired(39)).plans
+    assert promotion and promotion[0].next_state is State.ALONE
+    assert m.handle(Command("start")).plans == ()        # queued behind the promotion
+    out = m.handle(PlanDone(True))                        # promotion done: ALONE
+    assert out.plans and out.plans[0].reason == "start command"
+    out = m.handle(PlanDone(True))                        # the queued commit done
+    assert m.state is State.ALONE, m.state
+    assert not any(p.reason.startswith("primary at epoch") for p in out.plans)

@@ -45,3 +45,21 @@ def test_one_replicated_method_so_new_operations_never_renumber_the_journal():
     consumer = _StateConsumer(lambda op, args, result: applied.append(op))
     refused = consumer._apply("to_dict")          # a ClusterState method, not an operation
     assert refused["ok"] is False and "not a cluster state operation" in refused["error"]
+
+
+def test_raft_data_of_another_entry_format_is_refused_with_a_clear_error(tmp_path):
+    from raft.member import JOURNAL_FORMAT, check_journal_format
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    check_journal_format(fresh)                       # new directory: marked, accepted
+    assert (fresh / "format").read_text() == JOURNAL_FORMAT
+    check_journal_format(fresh)                       # and accepted again
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "raft.journal").write_bytes(b"\0" * 64)    # a journal without a format marker
+    with pytest.raises(ValueError, match="older hacluster"):
+        check_journal_format(old)
+    (fresh / "format").write_text("hacluster-raft 3 something else\n")
+    with pytest.raises(ValueError, match=r"format 'hacluster-raft 3"):
+        check_journal_format(fresh)

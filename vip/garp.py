@@ -10,6 +10,7 @@ Sent with a raw AF_PACKET socket: no subprocess, microseconds per frame.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -137,6 +138,8 @@ class GarpSocket:
             except BlockingIOError:
                 pass  # queue full: the next round or refresh makes up for it
             except OSError as exc:  # ENETDOWN, ENXIO, ENODEV, ...: one error type for callers
+                if exc.errno == errno.ENOBUFS:
+                    continue  # dropped on the way out (qdisc, egress filter): as a full queue
                 raise VipError(f"cannot send gratuitous ARP for {self.addr} on "
                                f"{self.interface}: {exc.strerror or exc}") from None
         return sent
