@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-coordinator bench chaos-cleanup apt venv clean
+.PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean
 
 test: apt venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -21,6 +21,11 @@ bench: apt venv
 	$(PY) -m bench replication
 	$(PY) -m bench failover
 	$(PY) -m bench farm
+
+# The full chaos sweep: every nemesis, 10 episodes each (chaos/results/<run>/ and
+# bench/results/chaos.json); make test runs a short sweep (each nemesis once).
+chaos: apt venv
+	$(PY) -m chaos run --nemesis all --episodes 10 --seed 1 --bench-json bench/results/chaos.json
 
 chaos-cleanup: venv
 	$(PY) -m chaos.lab cleanup

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                    metavar=("MIN_S", "MAX_S"), help="fault duration range, seconds")
     r.add_argument("--recovery-bound", type=_positive(float), default=60.0,
                    help="seconds after heal for PRIM+SECOND in sync")
+    r.add_argument("--bench-json", type=Path,
+                   help="also copy summary.json here (bench/results/chaos.json)")
     r.add_argument("-v", "--verbose", action="store_true", help="log every lab action")
     args = p.parse_args(argv)
     if args.hold[0] > args.hold[1]:
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     run = run_chaos(args.nemesis, args.episodes, args.seed, tuple(args.hold),
                     args.recovery_bound, on_episode=progress)
     paths = write_report(run.to_history(), out, f"chaos run {out.name}")
+    if args.bench_json is not None:
+        args.bench_json.parent.mkdir(parents=True, exist_ok=True)
+        args.bench_json.write_text(paths["summary_json"].read_text())
     for row in summarize(run.to_history()):
         print(f"{row['nemesis']}: {row['episodes']} episode(s), {row['violations']} violation(s)")
     print(f"{run.violations} violation(s); report in {paths['summary'].parent}")

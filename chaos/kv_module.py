@@ -46,6 +46,7 @@ while [ $i -lt 400 ]; do
     kill -0 $! 2>/dev/null || { echo "kvapp exited at start"; exit 1; }
     i=$((i+1)); sleep 0.01
 done
+kill -KILL $! 2>/dev/null   # never leave a half-started app behind
 echo "kvapp not listening after 4 s"; exit 1
 """
 

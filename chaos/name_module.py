@@ -50,6 +50,7 @@ while [ $i -lt 400 ]; do
     kill -0 $! 2>/dev/null || { echo "name server exited at start"; exit 1; }
     i=$((i+1)); sleep 0.01
 done
+kill -KILL $! 2>/dev/null   # never leave a half-started server behind
 echo "name server not listening after 4 s"; exit 1
 """
 
