@@ -5,10 +5,8 @@ flipping its resource, and a module dependency restarting."""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
-import sys
 
 import pytest
 
@@ -63,12 +61,16 @@ def _new_pid(m: MirrorLab, node: str, old: int | None, timeout: float = 20.0, mo
         _pid(m, node, module)), timeout)
 
 
+# Polled in wait_until loops: through the control socket, not a CLI process each
+# time (a Python start every 20 ms starves the daemons on 2 cores and Raft stalls).
+# The CLI forms of the same commands are run explicitly below.
 def _log(m: MirrorLab, node: str, module: str | None = None) -> str:
-    return m.cli(node, "-m", module or m.module, "log", "--lines", "500", check=True).stdout
+    res = m.call(node, "module_log", module=module or m.module, kind="module", lines=500)
+    return "\n".join(res["lines"]) + "\n"
 
 
 def _resources(m: MirrorLab, node: str) -> dict:
-    res = json.loads(m.cli(node, "-m", m.module, "resources", "--json", check=True).stdout)
+    res = m.call(node, "module_cmd", module=m.module, cmd_name="resources")
     res["values"] = {r["resource"]: r["value"] for r in res["resources"]}
     return res
 
@@ -92,6 +94,7 @@ def test_app_killed_is_restarted_then_after_maxloop_the_module_stops(make_lab):
     os.kill(pid, signal.SIGKILL)                # the fourth failure inside loop_interval
     m.wait_state("n1", "STOP", 30)
     assert "event=maxloop_reached" in _log(m, "n1") and "requested=restart action=stop" in _log(m, "n1")
+    assert "event=maxloop_reached" in m.cli("n1", "-m", m.module, "log", "--lines", "500").stdout
     m.wait_state("n2", "ALONE", 30)             # the secondary took over
     # resetloop and start bring it back (as secondary now)
     assert m.cli("n1", "-m", m.module, "resetloop").returncode == 0
