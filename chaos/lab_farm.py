@@ -91,7 +91,8 @@ class FarmLab(LabModule):
     def wait_farm(self, live: list[str], timeout: float = 30.0) -> None:
         for n in live:
             self.wait_state(n, "UP", timeout)
-        wait_until(f"buckets split over {','.join(live)}", lambda: self.complete_on(live), timeout)
+        wait_until(f"buckets split over {','.join(live)}", lambda: self.complete_on(live), timeout,
+                   interval=0.1)   # each look runs nft in every namespace
 
     # ---- clients ------------------------------------------------------------------------
     def ask_many(self, port: int, count: int, sources=(None,), timeout: float = 2.0) -> list:
