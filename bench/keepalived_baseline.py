@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import time
@@ -134,8 +135,11 @@ class KeepalivedPair:
         self.lab.run(host, [IP, "addr", "del", f"{self.vip}/24", "dev", iface], check=False)
 
 
-def measure_keepalived_failover(trials: int, workdir: str | os.PathLike | None = None) -> dict:
-    """Kill-to-first-answer-from-the-backup times through the keepalived VIP, seconds."""
+def measure_keepalived_failover(trials: int, workdir: str | os.PathLike | None = None,
+                                seed: int = 1) -> dict:
+    """Kill-to-first-answer-from-the-backup times through the keepalived VIP, seconds.
+    Each kill comes at a random moment of a second (the default advert interval)."""
+    rng = random.Random(seed)
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
     if not Path(KEEPALIVED).exists():
@@ -150,6 +154,7 @@ def measure_keepalived_failover(trials: int, workdir: str | os.PathLike | None =
         pair.start_poller()
         pair.wait_serving("k1")
         for trial in range(trials):
+            time.sleep(rng.uniform(0.0, 1.0))
             t_kill = pair.kill_host("k1")
             t_answer = wait_until("an answer from k2 through the VIP",
                                   lambda: pair.first_answer_from("k2", t_kill), timeout=60)
