@@ -1,0 +1,620 @@
+"""Chaos episodes for the farm module: f1, f2, f3 (nodes, Raft voters) and c (client).
+
+``python -m chaos.farm_chaos --episodes N --seed S [--out DIR]`` runs every farm nemesis
+N times on one FarmLab and writes history.json, summary.md, summary.json, timeline.png.
+
+An episode: a steady period (the client's connections through the VIP on the on_port
+rule, the rulesets read back before and after), the fault, its hold, the heal, recovery
+(every node UP and every bucket accepted by exactly one node's loaded ruleset), a second
+steady period. Checks (``check_episode``, pure): in the steady periods every connection
+is answered, and by the node whose ruleset holds the connection's bucket
+(``vip.farm_ruleset.bucket_of``); the table is complete and unchanged across each steady
+period; recovery comes within its bound; a node taken out is rebalanced away within
+its bound. During the fault itself answers are recorded but not judged.
+
+Exit status: 0 no violation, 1 violations found, 2 bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vip.farm_ruleset import BUCKETS, bucket_of
+
+from .chaos_report import percentile, render_timeline, write_history
+from .farm_client import ask, in_netns
+from .lab import Lab
+from .lab_farm import MODULE, PORT_ON_PORT, FarmLab
+from .nemesis import FaultEvent
+
+log = logging.getLogger("chaos.farm_chaos")
+
+NODES = ("f1", "f2", "f3")
+CLIENT = "c"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+Rulesets = Mapping[str, "frozenset[int] | None"]
+
+
+# ---- nemeses -------------------------------------------------------------------------------
+
+class FarmNemesis:
+    """``choose`` (pure, from the seeded rng) picks the target; ``start``/``heal`` act.
+    ``out`` says whether the target leaves the farm for the hold (its buckets must move)."""
+    name = "farm-nemesis"
+    out = True
+    min_hold_s = 0.0
+
+    def __init__(self) -> None:
+        self.events: list[FaultEvent] = []
+        self.targets: dict[str, Any] = {}
+
+    def choose(self, rng: random.Random, nodes: Sequence[str]) -> dict[str, Any]:
+        return {"host": rng.choice(list(nodes))}
+
+    def start(self, farm: FarmLab, rng: random.Random) -> None:
+        self.targets = self.choose(rng, farm.nodes)
+        self._start(farm)
+
+    def _start(self, farm: FarmLab) -> None:
+        raise NotImplementedError
+
+    def heal(self, farm: FarmLab) -> None:
+        raise NotImplementedError
+
+    def record(self, action: str, host: str | None, detail: str = "") -> None:
+        self.events.append(FaultEvent(time.monotonic(), self.name, action, host, detail))
+        log.info("event=nemesis nemesis=%s action=%s host=%s detail=%r",
+                 self.name, action, host, detail)
+
+
+class KillHost(FarmNemesis):
+    """Power loss of a node (every process SIGKILLed, network cut); it boots at heal."""
+    name = "kill-host"
+
+    def _start(self, farm: FarmLab) -> None:
+        farm.kill_host(self.targets["host"])
+        self.record("power-off", self.targets["host"])
+
+    def heal(self, farm: FarmLab) -> None:
+        farm.restart_node(self.targets["host"])
+        self.record("power-on", self.targets["host"])
+
+
+class Isolate(FarmNemesis):
+    """The node cut off both ways: it must drop its share itself (no quorum)."""
+    name = "isolate"
+
+    def _start(self, farm: FarmLab) -> None:
+        farm.lab.cut(self.targets["host"])
+        self.record("cut", self.targets["host"], "both directions")
+
+    def heal(self, farm: FarmLab) -> None:
+        farm.lab.heal(self.targets["host"])
+        self.record("heal", self.targets["host"])
+
+
+class KillDaemon(FarmNemesis):
+    """SIGKILL of the node's daemon alone; restarted at heal."""
+    name = "kill-daemon"
+
+    def _start(self, farm: FarmLab) -> None:
+        farm.cluster.kill(self.targets["host"])
+        self.record("sigkill", self.targets["host"], "hacluster daemon")
+
+    def heal(self, farm: FarmLab) -> None:
+        farm.cluster.start(self.targets["host"])
+        self.record("restart", self.targets["host"], "hacluster daemon")
+
+
+class PauseDaemon(FarmNemesis):
+    """SIGSTOP of the node's daemon for longer than the lease, then SIGCONT."""
+    name = "pause-daemon"
+    min_hold_s = 3.0     # the lease is 1.5 s by default: hold at least twice that
+
+    def _start(self, farm: FarmLab) -> None:
+        farm.cluster.pause(self.targets["host"])
+        self.record("sigstop", self.targets["host"], "hacluster daemon")
+
+    def heal(self, farm: FarmLab) -> None:
+        farm.cluster.resume(self.targets["host"])
+        self.record("sigcont", self.targets["host"], "hacluster daemon")
+
+
+class Flap(FarmNemesis):
+    """The node's link cut and restored a few times quickly (schedule drawn up front)."""
+    name = "flap"
+    out = False          # it may or may not leave the farm: no rebalance is required
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def choose(self, rng: random.Random, nodes: Sequence[str]) -> dict[str, Any]:
+        host = rng.choice(list(nodes))
+        schedule = [(round(rng.uniform(0.2, 0.8), 3), round(rng.uniform(0.2, 0.8), 3))
+                    for _ in range(rng.randint(3, 5))]
+        return {"host": host, "schedule": schedule}
+
+    def _start(self, farm: FarmLab) -> None:
+        self._thread = threading.Thread(target=self._flap, args=(farm,), daemon=True,
+                                        name="farm-nemesis-flap")
+        self._thread.start()
+
+    def _flap(self, farm: FarmLab) -> None:
+        host = self.targets["host"]
+        for down_s, up_s in self.targets["schedule"]:
+            farm.lab.cut(host, method="link")
+            self.record("cut", host, f"link down {down_s} s")
+            if self._stop.wait(down_s):
+                return
+            farm.lab.heal(host)
+            self.record("heal", host, f"link up {up_s} s")
+            if self._stop.wait(up_s):
+                return
+
+    def heal(self, farm: FarmLab) -> None:
+        # The whole schedule runs even when the hold is shorter: flapping is the fault.
+        if self._thread is not None:
+            self._thread.join(sum(d + u for d, u in self.targets["schedule"]) + 5)
+        self._stop.set()
+        farm.lab.heal(self.targets["host"])
+        self.record("heal", self.targets["host"])
+
+
+FARM_NEMESES: dict[str, type[FarmNemesis]] = {cls.name: cls for cls in (
+    KillHost, Isolate, KillDaemon, PauseDaemon, Flap)}
+
+
+def make_farm_nemesis(name: str) -> FarmNemesis:
+    try:
+        return FARM_NEMESES[name]()
+    except KeyError:
+        raise ValueError(f"unknown farm nemesis {name!r}; have {', '.join(FARM_NEMESES)}") from None
+
+
+# ---- the pure checks -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Conn:
+    """One client connection: answered by ``node`` (None: failed) from (src, sport)."""
+    t_sent: float
+    t_done: float
+    node: str | None
+    src: str
+    sport: int
+
+
+@dataclass
+class SteadyWindow:
+    """A period without a fault, with the rulesets read back at its start and end."""
+    name: str
+    start: float
+    end: float
+    rulesets_start: dict[str, frozenset[int] | None]
+    rulesets_end: dict[str, frozenset[int] | None]
+
+
+@dataclass
+class FarmObservation:
+    nodes: list[str]
+    conns: list[Conn]
+    windows: list[SteadyWindow]
+    hash_seed: int
+    t_fault: float | None = None
+    t_heal: float | None = None
+    t_rebalanced: float | None = None    # fault -> complete table on the live nodes
+    t_recovered: float | None = None     # heal -> all UP and complete table on all
+    rebalance_required: bool = False
+    rebalance_bound_s: float = 10.0
+    recovery_bound_s: float = 60.0
+    filter: str = "on_port"
+
+
+def table_problems(rulesets: Rulesets) -> list[str]:
+    """What keeps a bucket table from being complete: no ruleset, buckets nobody
+    accepts, buckets accepted by more than one node. Empty when complete."""
+    problems = [f"{n} has no farm ruleset loaded" for n, r in rulesets.items() if r is None]
+    counts: Counter = Counter()
+    holders: dict[int, list[str]] = {}
+    for n, owned in rulesets.items():
+        for b in owned or ():
+            counts[b] += 1
+            holders.setdefault(b, []).append(n)
+    missing = sorted(set(range(BUCKETS)) - set(counts))
+    if missing:
+        problems.append(f"{len(missing)} bucket(s) accepted by no node (first {missing[:5]})")
+    twice = sorted(b for b, c in counts.items() if c > 1)
+    if twice:
+        problems.append(f"{len(twice)} bucket(s) accepted by more than one node "
+                        f"(bucket {twice[0]} by {','.join(holders[twice[0]])})")
+    return problems
+
+
+def owner_table(rulesets: Rulesets) -> dict[int, str]:
+    return {b: n for n, owned in rulesets.items() for b in owned or ()}
+
+
+def check_episode(obs: FarmObservation) -> list[str]:
+    """Violations of one episode, as one-line messages."""
+    out: list[str] = []
+    for w in obs.windows:
+        for when, rs in (("start", w.rulesets_start), ("end", w.rulesets_end)):
+            out += [f"{w.name} steady period, table at its {when}: {p}" for p in table_problems(rs)]
+        if w.rulesets_start != w.rulesets_end:
+            out.append(f"{w.name} steady period: the bucket table changed during it")
+        owner = owner_table(w.rulesets_start)
+        inside = [c for c in obs.conns if c.t_sent >= w.start and c.t_done <= w.end]
+        if not inside:
+            out.append(f"{w.name} steady period: no connection was made")
+        failed = [c for c in inside if c.node is None]
+        if failed:
+            out.append(f"{w.name} steady period: {len(failed)} of {len(inside)} connection(s) "
+                       f"unanswered (first from {failed[0].src}:{failed[0].sport} "
+                       f"at +{failed[0].t_sent - w.start:.2f} s)")
+        wrong = []
+        for c in inside:
+            if c.node is None:
+                continue
+            b = bucket_of(c.src, c.sport if obs.filter == "on_port" else None, obs.filter,
+                          obs.hash_seed)
+            if owner.get(b) != c.node:
+                wrong.append((c, b))
+        if wrong:
+            c, b = wrong[0]
+            out.append(f"{w.name} steady period: {len(wrong)} connection(s) answered by a node "
+                       f"that does not own the bucket (bucket {b} of {c.src}:{c.sport} answered "
+                       f"by {c.node}, owned by {owner.get(b)})")
+    if obs.rebalance_required and obs.t_fault is not None:
+        if obs.t_rebalanced is None or obs.t_rebalanced - obs.t_fault > obs.rebalance_bound_s:
+            out.append(f"no complete table on the live nodes within "
+                       f"{obs.rebalance_bound_s:g} s of the fault")
+    if obs.t_heal is not None:
+        if obs.t_recovered is None or obs.t_recovered - obs.t_heal > obs.recovery_bound_s:
+            out.append(f"not every node UP with a complete table within "
+                       f"{obs.recovery_bound_s:g} s of the heal")
+    return out
+
+
+# ---- the workload --------------------------------------------------------------------------
+
+class FarmWorkload:
+    """Short connections through the VIP from the client's namespace, one after the
+    other with a small pause, each recorded with its times and who answered."""
+
+    def __init__(self, farm: FarmLab, port: int = PORT_ON_PORT, timeout_s: float = 1.0,
+                 pause_s: float = 0.005) -> None:
+        self.farm, self.port, self.timeout_s, self.pause_s = farm, port, timeout_s, pause_s
+        self.conns: list[Conn] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "FarmWorkload":
+        netns = self.farm.lab.hosts[self.farm.client].netns
+        self._thread = threading.Thread(target=in_netns, args=(netns, self._loop),
+                                        kwargs={"timeout": 24 * 3600}, daemon=True,
+                                        name="farm-workload")
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t_sent = time.monotonic()
+            node, src, sport = ask(self.farm.vip, self.port, None, self.timeout_s)
+            self.conns.append(Conn(t_sent, time.monotonic(), node, src, sport))
+            self._stop.wait(self.pause_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+# ---- the runner ----------------------------------------------------------------------------
+
+@dataclass
+class FarmEpisode:
+    index: int
+    nemesis: str
+    seed: str
+    targets: dict[str, Any]
+    hold_s: float
+    t_fault: float | None = None
+    t_heal: float | None = None
+    rebalance_s: float | None = None
+    recovery_s: float | None = None
+    connections: int = 0
+    failed: int = 0
+    answers_by_target_after_rebalance: int = 0   # seen, not judged (e.g. a paused daemon)
+    violations: list[str] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+
+def episode_rng(seed: int, index: int, nemesis: str) -> random.Random:
+    return random.Random(f"farm/{seed}/{index}/{nemesis}")
+
+
+def _rulesets(farm: FarmLab, nodes: Sequence[str]) -> dict[str, frozenset[int] | None]:
+    return {n: farm.ruleset_buckets(n) for n in nodes}
+
+
+def _all_up(farm: FarmLab) -> bool:
+    return all((st := farm.state(n)) is not None and st["state"] == "UP"
+               and st["ready"] == "Ready" for n in farm.nodes)
+
+
+def _poll(predicate, timeout: float, interval: float = 0.1) -> float | None:
+    """The time predicate first held, or None after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def _steady(farm: FarmLab, name: str, duration_s: float) -> SteadyWindow:
+    start_rs = _rulesets(farm, farm.nodes)
+    start = time.monotonic()
+    time.sleep(duration_s)
+    end = time.monotonic()
+    return SteadyWindow(name, start, end, start_rs, _rulesets(farm, farm.nodes))
+
+
+def _healthy(farm: FarmLab) -> bool:
+    return _all_up(farm) and farm.complete_on(farm.nodes)
+
+
+def _repair(farm: FarmLab, timeout: float) -> str | None:
+    """Undo every fault and restart dead daemons when the last episode left the farm
+    unhealthy; what was done (None: nothing needed)."""
+    if _poll(lambda: _healthy(farm), 5.0) is not None:
+        return None
+    farm.lab.heal()
+    for n in farm.nodes:
+        proc = farm.cluster.procs.get(n)
+        if proc is not None and proc.alive():
+            farm.cluster.resume(n)
+        else:
+            farm.cluster.start(n)
+    ok = _poll(lambda: _healthy(farm), timeout) is not None
+    log.warning("event=farm_repair ok=%s", ok)
+    return "faults undone, dead daemons restarted" + ("" if ok else " (still unhealthy)")
+
+
+def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
+                     hold_range_s: tuple[float, float], steady_s: float = 1.0,
+                     rebalance_bound_s: float = 10.0,
+                     recovery_bound_s: float = 60.0) -> tuple[FarmEpisode, list[Conn]]:
+    rng = episode_rng(seed, index, name)
+    nem = make_farm_nemesis(name)
+    hold = max(nem.min_hold_s, rng.uniform(*hold_range_s))
+    from hacluster.farm_module import hash_seed
+    repaired = _repair(farm, recovery_bound_s)
+    work = FarmWorkload(farm).start()
+    ep = FarmEpisode(index, name, f"farm/{seed}/{index}/{name}", {}, hold)
+    obs = FarmObservation(list(farm.nodes), [], [], hash_seed(MODULE),
+                          rebalance_required=nem.out, rebalance_bound_s=rebalance_bound_s,
+                          recovery_bound_s=recovery_bound_s)
+    t_rebalanced = t_recovered = None
+    try:
+        obs.windows.append(_steady(farm, "before", steady_s))
+        t_fault = time.monotonic()
+        nem.start(farm, rng)
+        ep.targets = nem.targets
+        target = nem.targets["host"]
+        live = [n for n in farm.nodes if n != target]
+        if nem.out:
+            t_rebalanced = _poll(lambda: farm.complete_on(live), max(hold, rebalance_bound_s))
+        time.sleep(max(0.0, t_fault + hold - time.monotonic()))
+        t_heal = time.monotonic()
+        nem.heal(farm)
+        t_recovered = _poll(lambda: _healthy(farm), recovery_bound_s)
+        if t_recovered is not None:
+            obs.windows.append(_steady(farm, "after", steady_s))
+    finally:
+        work.stop()
+    obs.conns = work.conns
+    obs.t_fault, obs.t_heal = t_fault, t_heal
+    obs.t_rebalanced, obs.t_recovered = t_rebalanced, t_recovered
+    ep.t_fault, ep.t_heal = t_fault, t_heal
+    ep.rebalance_s = None if t_rebalanced is None else t_rebalanced - t_fault
+    ep.recovery_s = None if t_recovered is None else t_recovered - t_heal
+    ep.connections, ep.failed = len(work.conns), sum(c.node is None for c in work.conns)
+    if t_rebalanced is not None:
+        ep.answers_by_target_after_rebalance = sum(
+            c.node == target for c in work.conns if t_rebalanced <= c.t_sent <= t_heal)
+    ep.violations = check_episode(obs)
+    ep.faults = [asdict(e) for e in nem.events]
+    if repaired:
+        ep.faults.insert(0, {"t": ep.t_fault, "action": "repair", "detail": repaired})
+    log.info("event=farm_episode index=%d nemesis=%s target=%s hold_s=%.2f rebalance_s=%s "
+             "recovery_s=%s connections=%d failed=%d violations=%d", index, name, target, hold,
+             _r(ep.rebalance_s), _r(ep.recovery_s), ep.connections, ep.failed,
+             len(ep.violations))
+    for v in ep.violations:
+        log.warning("event=farm_violation index=%d nemesis=%s detail=%r", index, name, v)
+    return ep, work.conns
+
+
+def _r(x: float | None) -> str:
+    return "none" if x is None else f"{x:.2f}"
+
+
+def run_farm_chaos(lab: Lab, names: Sequence[str], episodes: int, seed: int,
+                   hold_range_s: tuple[float, float] = (2.0, 4.0), steady_s: float = 1.0,
+                   recovery_bound_s: float = 60.0) -> dict[str, Any]:
+    """Every nemesis ``episodes`` times (interleaved) on a fresh FarmLab on ``lab``
+    (hosts f1, f2, f3, c); the history as plain data."""
+    for n in names:
+        make_farm_nemesis(n)        # unknown names refused before anything starts
+    t0 = time.monotonic()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    farm = FarmLab(lab, nodes=NODES, client=CLIENT).start()
+    eps: list[FarmEpisode] = []
+    conns: list[tuple[int, Conn]] = []
+    plan = [n for _ in range(episodes) for n in names]
+    for i, name in enumerate(plan):
+        ep, cs = run_farm_episode(farm, i, name, seed, hold_range_s, steady_s,
+                                  recovery_bound_s=recovery_bound_s)
+        eps.append(ep)
+        conns += [(i, c) for c in cs]
+    farm.cluster.stop_all()
+    return {
+        "kind": "farm", "seed": seed, "nemeses": list(names), "episodes_per_nemesis": episodes,
+        "hold_range_s": list(hold_range_s), "recovery_bound_s": recovery_bound_s,
+        "started": started, "t0": t0, "t_end": time.monotonic(), "hosts": [*NODES, CLIENT],
+        "sampled": list(NODES), "states": [],
+        "episodes": [asdict(e) for e in eps],
+        # [episode, t_sent, t_done, node or null, src, sport]
+        "connections": [[i, c.t_sent, c.t_done, c.node, c.src, c.sport] for i, c in conns],
+    }
+
+
+# ---- report --------------------------------------------------------------------------------
+
+def summarize_farm(history: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name in dict.fromkeys(e["nemesis"] for e in history["episodes"]):
+        eps = [e for e in history["episodes"] if e["nemesis"] == name]
+        reb = [e["rebalance_s"] for e in eps if e["rebalance_s"] is not None]
+        rec = [e["recovery_s"] for e in eps if e["recovery_s"] is not None]
+        rows.append({
+            "nemesis": name, "episodes": len(eps),
+            "violations": sum(len(e["violations"]) for e in eps),
+            "rebalance_p50_s": percentile(reb, 50), "rebalance_p99_s": percentile(reb, 99),
+            "recovery_p50_s": percentile(rec, 50), "recovery_p99_s": percentile(rec, 99),
+            "connections": sum(e["connections"] for e in eps),
+            "failed": sum(e["failed"] for e in eps),
+        })
+    return rows
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def render_farm_summary(history: dict[str, Any], title: str = "farm chaos run") -> str:
+    rows = summarize_farm(history)
+    total = sum(r["violations"] for r in rows)
+    lines = [
+        f"# {title}", "",
+        f"seed {history['seed']}, {history['episodes_per_nemesis']} episode(s) per nemesis, "
+        f"hold {history['hold_range_s'][0]:g}-{history['hold_range_s'][1]:g} s, recovery bound "
+        f"{history['recovery_bound_s']:g} s, started {history['started']}; **{total} "
+        f"violation(s)** in {len(history['episodes'])} episodes, "
+        f"{len(history['connections'])} connections.", "",
+        "Rebalance: from the fault to a complete bucket table on the live nodes (nemeses "
+        "that take a node out). Recovery: from the heal to every node UP with a complete "
+        "table. Failed: connections without an answer, mostly during faults (not judged "
+        "there; in steady periods every one is a violation).", "",
+        "| nemesis | episodes | violations | rebalance p50 s | rebalance p99 s "
+        "| recovery p50 s | recovery p99 s | connections | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['nemesis']} | {r['episodes']} | {r['violations']} "
+                     f"| {_s(r['rebalance_p50_s'])} | {_s(r['rebalance_p99_s'])} "
+                     f"| {_s(r['recovery_p50_s'])} | {_s(r['recovery_p99_s'])} "
+                     f"| {r['connections']} | {r['failed']} |")
+    lines += ["", "## Violations", ""]
+    bad = [e for e in history["episodes"] if e["violations"]]
+    if not bad:
+        lines.append("None.")
+    for e in bad:
+        lines.append(f"- episode {e['index']} `{e['nemesis']}` (seed `{e['seed']}`, "
+                     f"targets {json.dumps(e['targets'])}):")
+        lines += [f"  - {v}" for v in e["violations"]]
+    lines += ["", "## Episodes", "",
+              "| # | nemesis | targets | hold s | rebalance s | recovery s | connections "
+              "| failed | answers by target after rebalance | violations |",
+              "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in history["episodes"]:
+        lines.append(f"| {e['index']} | {e['nemesis']} | {json.dumps(e['targets'])} "
+                     f"| {e['hold_s']:.2f} | {_s(e['rebalance_s'])} | {_s(e['recovery_s'])} "
+                     f"| {e['connections']} | {e['failed']} "
+                     f"| {e['answers_by_target_after_rebalance']} | {len(e['violations'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _timeline_history(history: dict[str, Any]) -> dict[str, Any]:
+    """The shape chaos_report.render_timeline reads: answered connections as client
+    acknowledgements (keyed by episode so outages are cut per episode)."""
+    return {**history,
+            "client": [[f"e{i:03d}-{k}", None, node, None, ts, td]
+                       for k, (i, ts, td, node, _s, _p) in enumerate(history["connections"])
+                       if node is not None]}
+
+
+def write_farm_report(history: dict[str, Any], out_dir: Path,
+                      title: str = "farm chaos run") -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"history": out_dir / "history.json", "summary": out_dir / "summary.md",
+             "summary_json": out_dir / "summary.json", "timeline": out_dir / "timeline.png"}
+    write_history(history, paths["history"])
+    rows = summarize_farm(history)
+    paths["summary_json"].write_text(json.dumps({
+        "seed": history["seed"], "episodes_per_nemesis": history["episodes_per_nemesis"],
+        "episodes": len(history["episodes"]), "violations": sum(r["violations"] for r in rows),
+        "measured": history["started"], "nemeses": rows}, indent=2) + "\n")
+    paths["summary"].write_text(render_farm_summary(history, title))
+    paths["timeline"].write_bytes(render_timeline(_timeline_history(history)).png())
+    return paths
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+
+def _nemeses(arg: str) -> list[str]:
+    if arg == "all":
+        return list(FARM_NEMESES)
+    names = [n.strip() for n in arg.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FARM_NEMESES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown farm nemesis {unknown[0] if unknown else arg!r}"
+                                         f"; have all, {', '.join(FARM_NEMESES)}")
+    return names
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m chaos.farm_chaos",
+                                description="chaos episodes on the farm module")
+    p.add_argument("--nemesis", type=_nemeses, default=list(FARM_NEMESES),
+                   help=f"all or a comma list of {', '.join(FARM_NEMESES)}")
+    p.add_argument("--episodes", type=_positive_int, default=1, help="episodes per nemesis")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default chaos/results/farm-<time>-seed<S>)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = args.out or RESULTS_DIR / f"farm-{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
+    lab = Lab([*NODES, CLIENT]).start()
+    try:
+        history = run_farm_chaos(lab, args.nemesis, args.episodes, args.seed)
+    finally:
+        lab.cleanup()
+    paths = write_farm_report(history, out)
+    total = sum(len(e["violations"]) for e in history["episodes"])
+    print(f"{total} violation(s); {paths['summary']}")
+    return 1 if total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
