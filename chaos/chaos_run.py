@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +32,14 @@ from .history_check import epoch_violations, lost_acked_writes
 from .kv_workload import Ack, Answer, failover_gap
 from .lab import Lab, wait_until
 from .lab_mirror import MirrorLab
-from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis
+from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis, small_fs_dir
 
 log = logging.getLogger("chaos.chaos_run")
 
 HOSTS = ("n1", "n2", "w", "c")
 SAMPLED = ("n1", "n2", "w")      # the rows of the timeline: data nodes, then the witness
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SMALL_FS_MIB = 64    # room for the kv log and a bulk file; fills in a fraction of a second
 
 
 # ---- pure parts -----------------------------------------------------------------------
@@ -205,6 +208,33 @@ def repair(m: MirrorLab, restart_daemons: bool) -> None:
         m.cli(n, "-m", m.module, "start")
 
 
+@contextmanager
+def small_file_systems(m: MirrorLab, size_mib: int = SMALL_FS_MIB) -> Iterator[list[Path]]:
+    """A tmpfs of ``size_mib`` over each data node's data-dir parent (before the module
+    starts, so the data dir and a disk filler share it); every mount is removed on exit,
+    also on failure. Lazy unmount: the FUSE mount of a primary may still sit inside."""
+    mounted: list[Path] = []
+    try:
+        for n in m.nodes:
+            where = small_fs_dir(m, n)
+            where.mkdir(parents=True, exist_ok=True)
+            if any(where.iterdir()):
+                raise RuntimeError(f"small file system: {where} on {n} is not empty; mount it "
+                                   "before the module starts")
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755",
+                            "chaos-small-fs", str(where)], check=True, capture_output=True,
+                           text=True, timeout=10)
+            mounted.append(where)
+            log.info("event=small_fs_mounted node=%s path=%s size_mib=%d", n, where, size_mib)
+        yield mounted
+    finally:
+        for where in reversed(mounted):
+            res = subprocess.run(["umount", "-l", str(where)], capture_output=True, text=True,
+                                 timeout=10)
+            log.info("event=small_fs_unmounted path=%s rc=%d %s", where, res.returncode,
+                     res.stderr.strip())
+
+
 # ---- the run ----------------------------------------------------------------------------
 
 @dataclass
@@ -360,7 +390,9 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
         recovery_bound_s=run.recovery_bound_s, answered_after_recovery=answered,
         copies_identical=identical, reported_keys=frozenset(run.reported_keys),
         earlier_epoch_violations=run.epoch_violations_seen)
-    rec.violations = check_episode(obs)
+    rec.violations = check_episode(obs) + nemesis.violations
+    if after is not None:
+        rec.violations += nemesis.verify(ctx)
     run.reported_keys |= damaged_keys(obs)
     run.epoch_violations_seen = len(epoch_violations(obs.answers))
     rec.faults = [{**asdict(ev), "episode": index} for ev in nemesis.events]
@@ -389,8 +421,12 @@ def run_chaos(names: Sequence[str], episodes: int, seed: int,
     if not 0 < hold_range_s[0] <= hold_range_s[1]:
         raise ValueError(f"hold range must be 0 < min <= max, got {hold_range_s}")
     run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s)
-    with Lab(list(HOSTS)) as lab:
-        m = MirrorLab(lab).start(prim="n1")
+    needs_small_fs = any(NEMESES[n].needs_small_fs for n in names)
+    with Lab(list(HOSTS)) as lab, ExitStack() as mounts:
+        m = MirrorLab(lab)
+        if needs_small_fs:
+            mounts.enter_context(small_file_systems(m))
+        m.start(prim="n1")
         sampler = StateSampler(m, m.cluster.witnesses[0]).start()
         try:
             for index, name in enumerate(episode_plan(names, episodes)):

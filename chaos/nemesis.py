@@ -14,15 +14,19 @@ nodes cannot see each other but the witness and the client see both.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
+import os
 import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
-from .lab import Lab, _netns_pids
+from .lab import Lab, _netns_pids, wait_until
 from .lab_mirror import MirrorLab
 
 log = logging.getLogger("chaos.nemesis")
@@ -64,10 +68,12 @@ class NemesisContext:
 class Nemesis:
     name = "nemesis"
     min_hold_s = 0.0      # a fault that must last at least this long to mean anything
+    needs_small_fs = False  # the runner must mount a small file system over each data dir
 
     def __init__(self) -> None:
         self.events: list[FaultEvent] = []
         self.targets: dict[str, object] = {}
+        self.violations: list[str] = []     # what the nemesis itself saw go wrong
 
     def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
         """The targets of this fault, from the roles and the seeded rng only."""
@@ -82,6 +88,11 @@ class Nemesis:
 
     def _start(self, ctx: NemesisContext) -> None:
         raise NotImplementedError
+
+    def verify(self, ctx: NemesisContext) -> list[str]:
+        """After recovery: what this fault's own data shows broken (default: nothing to
+        check beyond the runner's invariants)."""
+        return []
 
     def record(self, action: str, host: str | None, detail: str = "") -> FaultEvent:
         ev = FaultEvent(time.monotonic(), self.name, action, host, detail)
@@ -341,9 +352,180 @@ class KillAll(Nemesis):
             self.record("power-on", h)
 
 
+# ---- disks ---------------------------------------------------------------------------------
+
+FILLER_NAME = ".chaos-disk-filler"     # beside the data dir, not in it: the app never sees it
+_CHUNK = 1 << 20
+
+
+def small_fs_dir(mirror: MirrorLab, node: str) -> Path:
+    """Where the runner mounts the node's small file system: the data dir's parent, so a
+    filler can sit on the same file system beside the data dir, outside the FUSE mount
+    that covers the data dir on the primary."""
+    return mirror.data_dir(node).parent
+
+
+def fill_until_full(path: Path) -> int:
+    """Write ``path`` until the file system says ENOSPC (halving the chunk down to one
+    page so that it is really full); returns the bytes written."""
+    written, chunk = 0, _CHUNK
+    block = b"\xa5" * _CHUNK
+    with open(path, "wb", buffering=0) as f:
+        while chunk >= 4096:
+            try:
+                written += f.write(block[:chunk])
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                chunk //= 2
+    return written
+
+
+class _DiskFull(Nemesis):
+    """The data node's replicated file system full: the kv app's writes (primary) or the
+    receiver's applies (secondary) fail with ENOSPC until heal deletes the filler."""
+    role = "primary"
+    needs_small_fs = True
+
+    def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
+        return {"host": getattr(roles, self.role)}
+
+    def _filler(self, ctx: NemesisContext) -> Path:
+        fs_dir = small_fs_dir(ctx.mirror, self.targets["host"])
+        if not os.path.ismount(fs_dir):
+            raise RuntimeError(f"{self.name}: {fs_dir} is not a mount point: the runner must "
+                               "prepare a small file system there (chaos_run.small_file_systems)")
+        return fs_dir / FILLER_NAME
+
+    def _start(self, ctx: NemesisContext) -> None:
+        filler = self._filler(ctx)
+        size = fill_until_full(filler)
+        self.record("fill", self.targets["host"], f"{filler} {size} bytes until ENOSPC")
+
+    def heal(self, ctx: NemesisContext) -> None:
+        host = self.targets["host"]
+        filler = small_fs_dir(ctx.mirror, host) / FILLER_NAME
+        filler.unlink(missing_ok=True)
+        self.record("heal", host, f"{filler} deleted")
+
+
+class DiskFullPrimary(_DiskFull):
+    name, role = "disk-full-primary", "primary"
+
+
+class DiskFullSecondary(_DiskFull):
+    name, role = "disk-full-secondary", "secondary"
+
+
+# ---- failover in the middle of reintegration ----------------------------------------------
+
+BULK_NAME = "chaos-bulk.bin"     # one name, rewritten each time: the space it takes is bounded
+
+
+class FailoverDuringReintegration(Nemesis):
+    """The secondary cut off while a bulk file is written through the primary's mount;
+    healed; the primary's host killed as soon as reintegration starts. The old secondary
+    holds a half copy: it must not be made primary (it is not in the in-sync set). Heal
+    boots the old primary, which must take over again and reintegrate the secondary."""
+    name = "failover-during-reintegration"
+    min_hold_s = 3.0       # long enough for a wrong promotion to show (lease 1.5 s)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        self._watch: threading.Thread | None = None
+        self._excluded = False     # the in-sync set lacked the secondary when its primary died
+
+    def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
+        return {"primary": roles.primary, "secondary": roles.secondary,
+                "bulk_mib": rng.randint(12, 20), "bulk_seed": rng.getrandbits(32)}
+
+    def _start(self, ctx: NemesisContext) -> None:
+        m, prim, sec = ctx.mirror, self.targets["primary"], self.targets["secondary"]
+        ctx.lab.cut(sec)
+        self.record("cut", sec, "secondary isolated")
+        # the primary must run ALONE before the bulk write can be acknowledged
+        wait_until(f"{prim} alone", lambda: (lambda st: st is not None and
+                   st.get("in_sync") == [prim])(m.state(prim)), 15, 0.05)
+        data = self._bulk_data()
+        bulk = m.data_dir(prim) / BULK_NAME    # the primary's FUSE mount: replicated
+        with open(bulk, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.record("write", prim, f"{bulk} {len(data)} bytes while {sec} is cut")
+        # the primary's replication process logs the start of reintegration there
+        mount_logs = sorted(m.cluster.config_dir(prim).rglob(f"module_state/{m.module}/mount*.log"))
+        if not mount_logs:
+            raise RuntimeError(f"{self.name}: no mount*.log of module {m.module} under "
+                               f"{m.cluster.config_dir(prim)}")
+        offsets = {p: p.stat().st_size for p in mount_logs}
+        ctx.lab.heal(sec)
+        self.record("heal", sec, "secondary reconnected: reintegration starts")
+        try:
+            wait_until("reintegration started", lambda: any(
+                b"event=reintegration_started" in _read_from(p, o) for p, o in offsets.items()),
+                10, 0.005)
+            caught = "reintegration started"
+        except TimeoutError:
+            caught = "reintegration start not seen in 10 s"
+        m.kill_host(prim)
+        self.record("power-off", prim, caught)
+        st = m.state(sec)
+        in_sync = st.get("in_sync") if st else None
+        self._excluded = in_sync is not None and sec not in in_sync
+        self.record("observe", sec, f"in_sync={in_sync} after the primary died"
+                    + ("" if self._excluded else ": reintegration had already completed"))
+        self._watch = threading.Thread(target=self._watch_secondary, args=(ctx,),
+                                       name="nemesis-watch-secondary", daemon=True)
+        self._watch.start()
+
+    def _bulk_data(self) -> bytes:
+        return random.Random(self.targets["bulk_seed"]).randbytes(self.targets["bulk_mib"] << 20)
+
+    def verify(self, ctx: NemesisContext) -> list[str]:
+        """The bulk file (fsynced, so acknowledged) is whole on both nodes after recovery."""
+        want = hashlib.sha256(self._bulk_data()).hexdigest()
+        bad = []
+        for node in ctx.mirror.nodes:
+            path = ctx.mirror.data_dir(node) / BULK_NAME
+            got = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+            if got != want:
+                bad.append(f"bulk file {path} on {node}: sha256 {got[:12]}, want {want[:12]}")
+        return bad
+
+    def _watch_secondary(self, ctx: NemesisContext) -> None:
+        sec = self.targets["secondary"]
+        while not self._stop.wait(0.1):
+            st = ctx.mirror.state(sec)
+            if st and st["state"] == "PRIM" and self._excluded:
+                v = (f"{sec} became PRIM (epoch {st['epoch']}) with a half copy: it was not "
+                     "in the in-sync set when the primary died")
+                self.violations.append(v)
+                self.record("violation", sec, v)
+                return
+
+    def heal(self, ctx: NemesisContext) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.join(5)
+        prim = self.targets.get("primary")
+        if prim is not None:
+            ctx.lab.heal()
+            ctx.mirror.restart_node(prim)
+            self.record("power-on", prim)
+
+
+def _read_from(path: Path, offset: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read()
+
+
 NEMESES: dict[str, type[Nemesis]] = {cls.name: cls for cls in (
     IsolatePrimary, IsolateSecondary, IsolateWitness, PartitionHalves, Bridge, OneWay,
-    KillDaemon, KillReplication, KillHost, PausePrimary, KillAll, Flap)}
+    KillDaemon, KillReplication, KillHost, PausePrimary, KillAll, Flap,
+    DiskFullPrimary, DiskFullSecondary, FailoverDuringReintegration)}
 
 
 def make_nemesis(name: str) -> Nemesis:

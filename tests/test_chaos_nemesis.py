@@ -7,8 +7,10 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from chaos.chaos_run import episode_plan, episode_rng
-from chaos.nemesis import NEMESES, Nemesis, Roles, make_nemesis
+from chaos.chaos_run import episode_plan, episode_rng, small_file_systems
+from chaos.nemesis import (FILLER_NAME, NEMESES, Nemesis, Roles, fill_until_full, make_nemesis,
+                           small_fs_dir)
+from tests.conftest import needs_root
 
 ROLES = Roles(primary="n1", secondary="n2", witness="w", client="c")
 SWAPPED = Roles(primary="n2", secondary="n1", witness="w", client="c")
@@ -114,7 +116,7 @@ def test_unknown_nemesis_is_refused_by_name():
 
 def test_every_nemesis_is_registered_under_its_name():
     assert all(issubclass(cls, Nemesis) and cls.name == name for name, cls in NEMESES.items())
-    assert len(NEMESES) == 12
+    assert len(NEMESES) == 15
 
 
 def test_an_event_is_recorded_with_time_action_and_host():
@@ -133,3 +135,65 @@ def test_cli_refuses_bad_arguments_before_starting_a_lab(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_disk_full_fills_the_role_it_names():
+    for seed in range(10):
+        assert _choose("disk-full-primary", seed) == {"host": "n1"}
+        assert _choose("disk-full-secondary", seed) == {"host": "n2"}
+        assert _choose("disk-full-primary", seed, SWAPPED) == {"host": "n2"}
+    assert NEMESES["disk-full-primary"].needs_small_fs and NEMESES["disk-full-secondary"].needs_small_fs
+    assert not NEMESES["failover-during-reintegration"].needs_small_fs
+
+
+def test_failover_during_reintegration_targets_the_pair_with_a_seeded_bulk():
+    bulks = set()
+    for seed in range(40):
+        t = _choose("failover-during-reintegration", seed)
+        assert (t["primary"], t["secondary"]) == ("n1", "n2")
+        assert 12 <= t["bulk_mib"] <= 20 and 0 <= t["bulk_seed"] < 2**32
+        bulks.add((t["bulk_mib"], t["bulk_seed"]))
+    assert len(bulks) > 30       # the bulk content varies with the seed
+    # a wrong promotion must have time to show: longer than the lease
+    from raft.settings import RaftSettings
+    assert NEMESES["failover-during-reintegration"].min_hold_s >= 2 * RaftSettings().lease_s
+
+
+class _DataDirs:
+    """Only what small_file_systems reads of a MirrorLab: node names and data dirs."""
+    def __init__(self, base) -> None:
+        self.nodes = ["n1", "n2"]
+        self.base = base
+
+    def data_dir(self, node: str):
+        return self.base / node / "root" / "srv" / "kvdemo"
+
+
+@needs_root
+def test_small_file_systems_fill_to_enospc_and_are_unmounted(tmp_path):
+    import os
+    dirs = _DataDirs(tmp_path)
+    with small_file_systems(dirs, size_mib=4) as mounted:
+        assert mounted == [small_fs_dir(dirs, n) for n in dirs.nodes]
+        assert all(os.path.ismount(p) for p in mounted)
+        filler = mounted[0] / FILLER_NAME
+        size = fill_until_full(filler)
+        assert 3 << 20 < size <= 4 << 20
+        with pytest.raises(OSError, match="No space left"):
+            (mounted[0] / "more").write_bytes(b"x" * 8192)
+        (mounted[1] / "room").write_bytes(b"x" * 8192)   # one file system per node
+        filler.unlink()
+        (mounted[0] / "more").write_bytes(b"x" * 8192)   # heal: room again
+    assert not any(os.path.ismount(p) for p in mounted)
+
+
+@needs_root
+def test_small_file_systems_unmount_what_they_mounted_on_failure(tmp_path):
+    import os
+    dirs = _DataDirs(tmp_path)
+    small_fs_dir(dirs, "n2").mkdir(parents=True)
+    (small_fs_dir(dirs, "n2") / "stale").write_text("x")
+    with pytest.raises(RuntimeError, match=r"small file system: .*n2/root/srv on n2 is not empty"):
+        with small_file_systems(dirs, size_mib=4):
+            pass
+    assert not os.path.ismount(small_fs_dir(dirs, "n1"))
