@@ -419,6 +419,7 @@ class DiskFullSecondary(_DiskFull):
 
 # ---- failover in the middle of reintegration ----------------------------------------------
 
+SHAPED_RATE = "40mbit"           # 12-20 MiB of bulk then take 2.5-4 s to reintegrate
 BULK_NAME = "chaos-bulk.bin"     # one name, rewritten each time: the space it takes is bounded
 
 
@@ -460,6 +461,11 @@ class FailoverDuringReintegration(Nemesis):
             raise RuntimeError(f"{self.name}: no mount*.log of module {m.module} under "
                                f"{m.cluster.config_dir(prim)}")
         offsets = {p: p.stat().st_size for p in mount_logs}
+        # A LAN copies the bulk in a blink: slow the primary's egress so that reintegration
+        # lasts seconds (tbf's latency bound keeps Raft's packets from queueing long).
+        ctx.lab.run(prim, ["tc", "qdisc", "replace", "dev", self._iface(ctx), "root", "tbf",
+                           "rate", SHAPED_RATE, "burst", "32kbit", "latency", "50ms"])
+        self.record("shape", prim, f"egress {SHAPED_RATE}")
         ctx.lab.heal(sec)
         self.record("heal", sec, "secondary reconnected: reintegration starts")
         try:
@@ -469,16 +475,25 @@ class FailoverDuringReintegration(Nemesis):
             caught = "reintegration started"
         except TimeoutError:
             caught = "reintegration start not seen in 10 s"
-        m.kill_host(prim)
-        self.record("power-off", prim, caught)
-        st = m.state(sec)
+        # Cut first: no more commits from the primary, so its in-sync set read next (over
+        # its Unix socket) is the one the survivors have (the secondary's own view may
+        # still lag the removal committed while it was cut off).
+        ctx.lab.cut(prim)
+        st = m.state(prim)
         in_sync = st.get("in_sync") if st else None
+        m.kill_host(prim)
         self._excluded = in_sync is not None and sec not in in_sync
-        self.record("observe", sec, f"in_sync={in_sync} after the primary died"
-                    + ("" if self._excluded else ": reintegration had already completed"))
+        self.record("power-off", prim, f"{caught}; primary's in_sync={in_sync}"
+                    + (f" reintegration={st['reintegration']}" if st and st.get("reintegration")
+                       else "")
+                    + ("" if self._excluded or in_sync is None
+                       else ": reintegration had already completed"))
         self._watch = threading.Thread(target=self._watch_secondary, args=(ctx,),
                                        name="nemesis-watch-secondary", daemon=True)
         self._watch.start()
+
+    def _iface(self, ctx: NemesisContext) -> str:
+        return ctx.lab.hosts[self.targets["primary"]].ifaces["lan"]
 
     def _bulk_data(self) -> bytes:
         return random.Random(self.targets["bulk_seed"]).randbytes(self.targets["bulk_mib"] << 20)
@@ -511,6 +526,7 @@ class FailoverDuringReintegration(Nemesis):
             self._watch.join(5)
         prim = self.targets.get("primary")
         if prim is not None:
+            ctx.lab.run(prim, ["tc", "qdisc", "del", "dev", self._iface(ctx), "root"], check=False)
             ctx.lab.heal()
             ctx.mirror.restart_node(prim)
             self.record("power-on", prim)
