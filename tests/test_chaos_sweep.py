@@ -1,6 +1,6 @@
 """A short chaos sweep on one real MirrorLab: every nemesis once, short holds; no
 acknowledged write lost, no epoch going back, PRIM+SECOND in sync after every heal.
-(About a minute and a half; the full sweep is ``python -m chaos run --episodes 10``.)"""
+(About a minute to a minute and a half; the full sweep is ``python -m chaos run --episodes 10``.)"""
 from __future__ import annotations
 
 import pytest
@@ -31,6 +31,18 @@ def test_every_nemesis_once_without_violation(tmp_path):
     zombie = next(e for e in run.episodes if e.nemesis == "pause-primary")
     assert zombie.failover_s is not None and zombie.epoch_after > zombie.epoch_before, zombie
     assert zombie.primary_after != zombie.primary_before, zombie
+    # a full disk is really filled, on the role it names, and the pair recovers from it
+    for name, role in (("disk-full-primary", "primary_before"), ("disk-full-secondary", None)):
+        e = next(e for e in run.episodes if e.nemesis == name)
+        fill = next(f for f in e.faults if f["action"] == "fill")
+        assert "until ENOSPC" in fill["detail"] and (role is None or fill["host"] == e.primary_before), e
+    # the primary dies mid-reintegration (the secondary not yet back in sync): the half
+    # copy is not promoted; the old primary comes back at a newer epoch
+    reint = next(e for e in run.episodes if e.nemesis == "failover-during-reintegration")
+    off = next(f for f in reint.faults if f["action"] == "power-off")
+    assert f"in_sync=['{reint.primary_before}']" in off["detail"], reint.faults
+    assert not any(f["action"] == "violation" for f in reint.faults), reint.faults
+    assert reint.primary_after == reint.primary_before and reint.epoch_after > reint.epoch_before
     # the report shows every nemesis, and the timeline is a picture of the whole run
     summary = paths["summary"].read_text()
     assert all(f"| {name} | 1 | 0 |" in summary for name in NEMESES), summary
