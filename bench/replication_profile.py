@@ -54,26 +54,28 @@ def run(seconds: float = 8.0) -> None:
     try:
         with Lab(["prim", "sec"]) as lab:
             pair = ReplicationPair(lab, base / "pair")
-            pair.start_receiver()
-            pair.start_mount()
-            for name, work in (("sync_4k", lambda: sync_4k(pair.prim, 200)),
-                               ("seq_write", lambda: seq_write(pair.prim, 128))):
-                outs = {role: base / f"{name}-{role}.raw" for role in ("mount", "receiver")}
-                spies = [record(pair.mount.pid, seconds, outs["mount"]),
-                         record(pair.receiver.pid, seconds, outs["receiver"])]
-                stop = time.monotonic() + seconds
-                worker = threading.Thread(target=lambda: [
-                    work() for _ in iter(lambda: time.monotonic() < stop, False)])
-                worker.start()
-                for spy in spies:
-                    _, err = spy.communicate()
-                    if spy.returncode:
-                        print(f"py-spy failed: {err.strip()}")
-                worker.join()
-                for role, out in outs.items():
-                    print(f"{name} / {role} (py-spy, {seconds:.0f} s, idle threads excluded):")
-                    print("\n".join(summarize(out)) if out.exists() else "  (no samples)")
-            pair.close()
+            try:
+                pair.start_receiver()
+                pair.start_mount()
+                for name, work in (("sync_4k", lambda: sync_4k(pair.prim, 200)),
+                                   ("seq_write", lambda: seq_write(pair.prim, 128))):
+                    outs = {role: base / f"{name}-{role}.raw" for role in ("mount", "receiver")}
+                    spies = [record(pair.mount.pid, seconds, outs["mount"]),
+                             record(pair.receiver.pid, seconds, outs["receiver"])]
+                    stop = time.monotonic() + seconds
+                    worker = threading.Thread(target=lambda: [
+                        work() for _ in iter(lambda: time.monotonic() < stop, False)])
+                    worker.start()
+                    for spy in spies:
+                        _, err = spy.communicate()
+                        if spy.returncode:
+                            print(f"py-spy failed: {err.strip()}")
+                    worker.join()
+                    for role, out in outs.items():
+                        print(f"{name} / {role} (py-spy, {seconds:.0f} s, idle threads excluded):")
+                        print("\n".join(summarize(out)) if out.exists() else "  (no samples)")
+            finally:
+                pair.close()   # unmounts also when py-spy or a workload failed
     finally:
         shutil.rmtree(base, ignore_errors=True)
         os.sync()
