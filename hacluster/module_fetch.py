@@ -23,6 +23,7 @@ import struct
 from typing import Callable
 
 from hacluster.module_package import MAX_TOTAL_BYTES
+from hacluster.tcp_service import TcpService
 
 log = logging.getLogger("hacluster.module_fetch")
 
@@ -51,7 +52,8 @@ def _check_secret(secret: str) -> None:
         raise ValueError("module fetch: the cluster secret must be a non-empty string")
 
 
-class ModuleFetchServer:
+class ModuleFetchServer(TcpService):
+    event_prefix = "fetch"
     """Serves ``lookup(digest) -> bytes | None`` to peers that know the cluster secret.
 
     Every read has a timeout and a fixed size, and the number of connections being
@@ -61,56 +63,11 @@ class ModuleFetchServer:
     def __init__(self, host: str, port: int, secret: str, lookup: Callable[[str], bytes | None], *,
                  request_timeout: float = 5.0, send_timeout: float = 60.0, max_connections: int = 32) -> None:
         _check_secret(secret)
-        self.host = host
-        self.port = port
+        super().__init__(host, port, log, max_connections)
         self._secret = secret
         self._lookup = lookup
         self._request_timeout = request_timeout
         self._send_timeout = send_timeout
-        self._slots = asyncio.Semaphore(max_connections)
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("event=fetch_listening host=%s port=%d", self.host, self.port)
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        try:
-            if self._slots.locked():
-                log.warning("event=fetch_refused peer=%s reason=\"too many connections\"", peer)
-                return
-            async with self._slots:
-                await self._serve(reader, writer, peer)
-        except (asyncio.TimeoutError, TimeoutError):
-            log.warning("event=fetch_dropped peer=%s reason=timeout", peer)
-        except asyncio.IncompleteReadError:
-            log.warning("event=fetch_dropped peer=%s reason=\"short request\"", peer)
-        except (ConnectionError, OSError) as exc:
-            log.warning("event=fetch_dropped peer=%s reason=%r", peer, str(exc))
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
-                pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         nonce = os.urandom(NONCE_BYTES)

@@ -27,6 +27,8 @@ import os
 import struct
 from typing import Any, Awaitable, Callable
 
+from .tcp_service import TcpService
+
 log = logging.getLogger("hacluster.peer_control")
 
 PORT_OFFSET = 3
@@ -73,61 +75,18 @@ async def _read_frame(reader: asyncio.StreamReader, secret: str, context: bytes,
     return body if hmac.compare_digest(mac, _mac(secret, context, nonce, body)) else None
 
 
-class PeerControlServer:
+class PeerControlServer(TcpService):
+    event_prefix = "peer_control"
     """Serves ``dispatch(request) -> reply`` to peers that know the cluster secret."""
 
     def __init__(self, host: str, port: int, secret: str, dispatch: Dispatch, *,
                  request_timeout: float = 5.0, max_connections: int = 16) -> None:
         if not secret:
             raise ValueError("peer control: the cluster secret must be a non-empty string")
-        self.host, self.port = host, port
+        super().__init__(host, port, log, max_connections)
         self._secret = secret
         self._dispatch = dispatch
         self._request_timeout = request_timeout
-        self._slots = asyncio.Semaphore(max_connections)
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("event=peer_control_listening host=%s port=%d", self.host, self.port)
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        try:
-            if self._slots.locked():
-                log.warning('event=peer_control_refused peer=%s reason="too many connections"', peer)
-                return
-            async with self._slots:
-                await self._serve(reader, writer, peer)
-        except (asyncio.TimeoutError, TimeoutError):
-            log.warning("event=peer_control_dropped peer=%s reason=timeout", peer)
-        except asyncio.IncompleteReadError:
-            log.warning('event=peer_control_dropped peer=%s reason="short request"', peer)
-        except (ConnectionError, OSError, ValueError) as exc:
-            log.warning("event=peer_control_dropped peer=%s reason=%r", peer, str(exc))
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
-                pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: str) -> None:
