@@ -16,7 +16,10 @@ makes an implicit rule ``kind_ident: if (kind.ident == down) then action();``):
 (wait; no <to> = a local module), ``<splitbrain ident exec="ping" arg="ADDR ..."/>`` (none:
 reported only). Intervals default to 10 s, timeouts to 5 s (unitless = seconds).
 ``<failover>`` holds rules in checkers.failover_rules' grammar; a rule naming an implicit
-rule's label replaces it. ``<farm><lan><node name addr power/></lan></farm>`` and
+rule's label replaces it. ``<heart><heartbeat name ident="flow"><server addr/>...</heartbeat></heart>``: the servers of
+the first heartbeat name a mirror's nodes; the one heartbeat marked ``ident="flow"`` carries
+the replication, its servers being the nodes' replication addresses in the same order (how
+they map to nodes: hacluster.module_nodes). ``<farm><lan><node name addr power/></lan></farm>`` and
 ``<vip><loadbalancing_list><group><rule port proto filter/></group></loadbalancing_list>``
 are for farm modules only.
 """
@@ -76,6 +79,7 @@ class UserConfigError(ValueError):
 class HeartbeatNet:
     name: str
     servers: tuple[str, ...]
+    flow: bool = False      # ident="flow": this network carries the replication flow
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,17 @@ class Heart:
     pulse_s: float = 0.7
     timeout_s: float = 30.0  # SafeKit's failure timeout; informational (Raft decides)
     nets: tuple[HeartbeatNet, ...] = ()
+
+    @property
+    def flow(self) -> HeartbeatNet | None:
+        """The heartbeat marked ``ident="flow"`` (at most one), if any."""
+        return next((n for n in self.nets if n.flow), None)
+
+    @property
+    def node_servers(self) -> tuple[str, ...]:
+        """The servers of the first heartbeat: they name the module's nodes, and every
+        other heartbeat lists its addresses in the same order."""
+        return self.nets[0].servers if self.nets else ()
 
 
 @dataclass(frozen=True)
@@ -350,7 +365,7 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
             r.warn(child, child.tag, "unknown section, ignored")
 
     if "heart" in sections:
-        kw["heart"] = _read_heart(r, sections["heart"])
+        kw["heart"] = _read_heart(r, sections["heart"], mode)
     if "vip" in sections:
         kw["vips"] = _read_vip(r, sections["vip"], mode)
     if "rfs" in sections:
@@ -389,7 +404,7 @@ def _defaultprim(r: _Reader, service: Element, value: str, mode: str) -> str:
     raise r.error(service, "service@defaultprim", f"{value!r} must be alone, lastprim or a node name")
 
 
-def _read_heart(r: _Reader, heart: Element) -> Heart:
+def _read_heart(r: _Reader, heart: Element, mode: str) -> Heart:
     a = r.attrs(heart, "heart", ("pulse", "timeout"))
     pulse = Heart.pulse_s
     timeout = Heart.timeout_s
@@ -397,21 +412,67 @@ def _read_heart(r: _Reader, heart: Element) -> Heart:
         pulse = _positive(r, heart, "heart@pulse", r.time_s(heart, "heart@pulse", a["pulse"], "ms"))
     if "timeout" in a:
         timeout = _positive(r, heart, "heart@timeout", r.time_s(heart, "heart@timeout", a["timeout"], "ms"))
-    nets: list[HeartbeatNet] = []
+    nets: list[tuple[HeartbeatNet, Element]] = []
     for hb in r.children(heart, "heart", ("heartbeat",)):
-        ha = r.attrs(hb, "heartbeat", ("name",), ignored=("ident",))
+        ha = r.attrs(hb, "heartbeat", ("name", "ident"))
         net_name = ha.get("name", "default")
-        if any(n.name == net_name for n in nets):
+        if any(n.name == net_name for n, _ in nets):
             raise r.error(hb, "heartbeat@name", f"duplicate heartbeat network {net_name!r}")
+        flow = _flow_ident(r, hb, ha.get("ident"), [(n, el) for n, el in nets if n.flow])
         servers: list[str] = []
         for server in r.children(hb, "heartbeat", ("server",)):
             sa = r.attrs(server, "server", ("addr",))
             addr = sa.get("addr", "")
             if not _is_ip(addr) and not _HOST_NAME.fullmatch(addr):
                 raise r.error(server, "server@addr", f"{addr!r} is not an IP address or host name")
+            if flow and addr in servers:
+                raise r.error(server, "server@addr", f"{addr} is listed twice in the flow heartbeat "
+                                                     f"{net_name!r}: one replication address per node")
             servers.append(addr)
-        nets.append(HeartbeatNet(net_name, tuple(servers)))
-    return Heart(pulse_s=pulse, timeout_s=timeout, nets=tuple(nets))
+        nets.append((HeartbeatNet(net_name, tuple(servers), flow), hb))
+    _check_flow(r, nets, mode)
+    return Heart(pulse_s=pulse, timeout_s=timeout, nets=tuple(n for n, _ in nets))
+
+
+def _flow_ident(r: _Reader, hb: Element, ident: str | None,
+                earlier_flows: list[tuple[HeartbeatNet, Element]]) -> bool:
+    if ident is None:
+        return False
+    if ident != "flow":
+        raise r.error(hb, "heartbeat@ident", f"{ident!r}: the only ident is \"flow\" "
+                                             "(this heartbeat's network carries the replication)")
+    if earlier_flows:
+        first, el = earlier_flows[0]
+        raise r.error(hb, "heartbeat@ident", f"a second flow heartbeat: {first.name!r} "
+                                             f"(line {r.line_of.get(id(el))}) already carries the replication")
+    return True
+
+
+def _check_flow(r: _Reader, nets: list[tuple[HeartbeatNet, Element]], mode: str) -> None:
+    """A flow heartbeat after the first lists one replication address per node, in the
+    order of the first heartbeat's servers (or, when that lists none, of the module's
+    two nodes by name): see hacluster.module_nodes.replication_hosts."""
+    flow = next(((n, el) for n, el in nets if n.flow), None)
+    if flow is None:
+        return
+    net, el = flow
+    if mode == "farm":
+        r.warn(el, "heartbeat@ident", "a farm module replicates nothing: the flow mark is ignored")
+        return
+    if net is nets[0][0]:
+        return      # the first heartbeat names the nodes and so gives their addresses too
+    first, first_el = nets[0]
+    want = len(first.servers) or 2
+    if len(net.servers) != want:
+        against = (f"the first heartbeat {first.name!r} (line {r.line_of.get(id(first_el))}) lists "
+                   f"{want}" if first.servers else "a mirror module has 2 nodes")
+        raise r.error(el, "heartbeat/server",
+                      f"the flow heartbeat {net.name!r} lists {_count(len(net.servers), 'server')} but {against}: "
+                      "give one replication address per node, in the same order")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _is_ip(text: str) -> bool:

@@ -72,7 +72,7 @@ def test_safekit_mirror_is_accepted_with_historical_units():
     assert (c.name, c.mode, c.failover, c.defaultprim, c.maxloop) == ("demo", "mirror", True, "alone", 3)
     assert c.loop_interval_s == 24 * 3600
     assert (c.heart.pulse_s, c.heart.timeout_s) == (0.7, 30.0)
-    assert [(n.name, n.servers) for n in c.hosts] == [("default", ("10.0.0.1", "node-b"))]
+    assert [(n.name, n.servers, n.flow) for n in c.hosts] == [("default", ("10.0.0.1", "node-b"), True)]
     [vip] = c.vips
     assert (vip.addr, vip.prefixlen, vip.interface, vip.arpreroute, vip.garp_refresh_s, vip.where) == (
         "10.0.0.10", None, None, True, 10.0, "one_side_alias")
@@ -99,7 +99,6 @@ def test_safekit_mirror_is_accepted_with_historical_units():
 def test_unimplemented_parts_are_warnings_with_file_and_line():
     c = parse_userconfig(SAFEKIT_MIRROR, "userconfig.xml", "demo")
     assert c.warnings == (
-        "userconfig.xml:7: heartbeat@ident: not implemented yet, ignored",
         "userconfig.xml:14: interface@check: not implemented yet, ignored",
         "userconfig.xml:21: rfs@acl: not implemented yet, ignored",
     )
