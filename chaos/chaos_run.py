@@ -1,6 +1,7 @@
-"""The chaos episode runner on one MirrorLab (n1, n2, witness w, client c).
+"""The chaos episode runner on MirrorLabs (n1, n2, witness w, client c; more witnesses
+in the five-voter shape).
 
-One lab for the whole run. Each episode: wait for a healthy pair (PRIM + SECOND, both
+One lab per lab shape in use (chaos.lab_shapes), the episodes of that shape run on it. Each episode: wait for a healthy pair (PRIM + SECOND, both
 in sync), start a writer on the client, let it write a little, start a nemesis, hold
 for a seeded time, heal, wait for PRIM + SECOND again (recovery time, within a bound),
 let the client write again, stop it, then check the history:
@@ -31,8 +32,9 @@ from typing import Any
 from .history_check import epoch_violations, lost_acked_writes
 from .kvapp import CorruptLogError
 from .kv_workload import Ack, Answer, failover_gap
-from .lab import Lab, wait_until
+from .lab import wait_until
 from .lab_mirror import MirrorLab
+from .lab_shapes import LabShape, plan_by_shape, shape
 from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis, small_fs_dir
 
 log = logging.getLogger("chaos.chaos_run")
@@ -126,6 +128,11 @@ def check_episode(obs: EpisodeObservation) -> list[str]:
 def episode_plan(names: Sequence[str], episodes: int) -> list[str]:
     """Nemesis of each episode: every nemesis once per round, ``episodes`` rounds."""
     return [name for _ in range(episodes) for name in names]
+
+
+def shape_of(name: str) -> str:
+    """The lab shape a nemesis runs on."""
+    return NEMESES[name].lab_shape
 
 
 def episode_rng(seed: int, index: int, nemesis: str) -> random.Random:
@@ -249,6 +256,8 @@ class EpisodeRecord:
     targets: dict[str, Any] = field(default_factory=dict)
     t_start: float = 0.0
     repaired: str | None = None     # how the lab was repaired before this episode, if it was
+    lab_shape: str = "standard"
+    lab_broken: str | None = None   # the fault left a lab heal could not undo: rebuilt after
     t_fault: float | None = None
     t_heal: float | None = None
     t_recovered: float | None = None
@@ -276,7 +285,19 @@ class ChaosRun:
     states: list[dict[str, Any]] = field(default_factory=list)
     t_end: float | None = None
     reported_keys: set[str] = field(default_factory=set)     # lost writes reported so far
-    epoch_violations_seen: int = 0
+    epoch_violations_seen: int = 0      # in the current lab
+    lab_acks_from: int = 0      # acks[lab_acks_from:] were written to the current lab
+    hosts: list[str] = field(default_factory=lambda: list(HOSTS))   # of every lab used
+
+    def lab_acks(self) -> list[Ack]:
+        """The acknowledged writes of the current lab: another lab has other copies
+        and epochs that start again at 1."""
+        return self.acks[self.lab_acks_from:]
+
+    def new_lab(self, hosts: Sequence[str]) -> None:
+        self.lab_acks_from = len(self.acks)
+        self.epoch_violations_seen = 0
+        self.hosts += [h for h in hosts if h not in self.hosts]
 
     @property
     def violations(self) -> int:
@@ -289,7 +310,7 @@ class ChaosRun:
             "episodes_per_nemesis": self.episodes_per_nemesis,
             "hold_range_s": list(self.hold_range_s), "recovery_bound_s": self.recovery_bound_s,
             "started": self.started, "t0": self.t0, "t_end": self.t_end or time.monotonic(),
-            "hosts": list(HOSTS), "sampled": list(SAMPLED),
+            "hosts": list(self.hosts), "sampled": list(SAMPLED),
             "episodes": [asdict(e) for e in self.episodes],
             "faults": [f for e in self.episodes for f in e.faults],
             "client": [[a.key, a.value, a.node, a.epoch, a.t_sent, a.t_acked] for a in self.acks],
@@ -346,7 +367,7 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
     pair, writer, repaired = _healthy_start(m, run, index, writer_timeout_s)
     rec = EpisodeRecord(index, name, f"{run.seed}/{index}/{name}", hold_s,
                         pair[0] if pair else None, pair[2] if pair else None, t_start=t_start,
-                        repaired=repaired)
+                        repaired=repaired, lab_shape=nemesis.lab_shape)
     if pair is None or writer is None:
         rec.violations.append("no healthy pair serving writes before the episode, even after repair")
         return rec
@@ -354,7 +375,7 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
              index, name, pair[0], pair[2], hold_s)
     time.sleep(settle_s)
     roles = Roles(primary=pair[0], secondary=pair[1], witness=m.cluster.witnesses[0],
-                  client=m.client)
+                  client=m.client, witnesses=tuple(m.cluster.witnesses))
     ctx = NemesisContext(m, roles, rng)
     rec.t_fault = time.monotonic()
     try:
@@ -396,8 +417,9 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
             identical = True
         except TimeoutError:
             identical = False
+    lab_acks = run.lab_acks()
     obs = EpisodeObservation(
-        acks=list(run.acks), answers=[(a.t_acked, a.node, a.epoch) for a in run.acks],
+        acks=lab_acks, answers=[(a.t_acked, a.node, a.epoch) for a in lab_acks],
         read_back=read_back, vip_keys=vip_keys, recovery_s=rec.recovery_s,
         recovery_bound_s=run.recovery_bound_s, answered_after_recovery=answered,
         copies_identical=identical, reported_keys=frozenset(run.reported_keys),
@@ -408,6 +430,7 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
     run.reported_keys |= damaged_keys(obs)
     run.epoch_violations_seen = len(epoch_violations(obs.answers))
     rec.faults = [{**asdict(ev), "episode": index} for ev in nemesis.events]
+    rec.lab_broken = nemesis.lab_broken
     log.info("event=episode_done index=%d nemesis=%s recovery_s=%s failover_s=%s acked=%d "
              "violations=%d", index, name, _r(rec.recovery_s), _r(rec.failover_s), rec.acked,
              len(rec.violations))
@@ -423,8 +446,9 @@ def _r(x: float | None) -> str:
 def run_chaos(names: Sequence[str], episodes: int, seed: int,
               hold_range_s: tuple[float, float] = (2.0, 5.0), recovery_bound_s: float = 60.0,
               on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None = None) -> ChaosRun:
-    """Start one MirrorLab, run every episode on it, clean it up; returns the run.
-    ``on_episode(run, record)`` is called after each episode (e.g. to save progress)."""
+    """For each lab shape the nemeses need: start its MirrorLab, run its episodes (in
+    the seeded plan's order), clean it up; returns the run. ``on_episode(run, record)``
+    is called after each episode (e.g. to save progress)."""
     unknown = [n for n in names if n not in NEMESES]
     if unknown:
         raise ValueError(f"unknown nemesis {unknown[0]!r}; have {', '.join(NEMESES)}")
@@ -432,22 +456,54 @@ def run_chaos(names: Sequence[str], episodes: int, seed: int,
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not 0 < hold_range_s[0] <= hold_range_s[1]:
         raise ValueError(f"hold range must be 0 < min <= max, got {hold_range_s}")
+    groups = plan_by_shape(episode_plan(names, episodes), shape_of)
+    shapes = [shape(name) for name, _ in groups]      # an unknown shape fails before any lab
     run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s)
-    needs_small_fs = any(NEMESES[n].needs_small_fs for n in names)
-    with Lab(list(HOSTS)) as lab, ExitStack() as mounts:
-        m = MirrorLab(lab)
+    try:
+        for lab_shape, (_name, plan) in zip(shapes, groups):
+            _run_on_shape(run, lab_shape, plan, on_episode)
+    finally:
+        run.t_end = time.monotonic()
+    return run
+
+
+def _run_on_shape(run: ChaosRun, lab_shape: LabShape, plan: Sequence[tuple[int, str]],
+                  on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None) -> None:
+    """The shape's episodes on a lab of that shape; a fresh lab after an episode that
+    left its lab broken (reported as that episode's violation), for the rest."""
+    todo = list(plan)
+    while todo:
+        done = _run_on_lab(run, lab_shape, todo, on_episode)
+        todo = todo[done:]
+        if todo:
+            log.warning("event=lab_rebuilt shape=%s reason=%r remaining=%d", lab_shape.name,
+                        run.episodes[-1].lab_broken, len(todo))
+
+
+def _run_on_lab(run: ChaosRun, lab_shape: LabShape, plan: Sequence[tuple[int, str]],
+                on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None) -> int:
+    """Episodes of ``plan`` on one new lab until one breaks it; returns how many ran."""
+    needs_small_fs = any(NEMESES[name].needs_small_fs for _, name in plan)
+    log.info("event=lab_shape_episodes shape=%s episodes=%d", lab_shape.name, len(plan))
+    run.new_lab(lab_shape.hosts)
+    ran = 0
+    with lab_shape.lab() as lab, ExitStack() as mounts:
+        m = lab_shape.mirror(lab)
         if needs_small_fs:
             mounts.enter_context(small_file_systems(m))
-        m.start(prim="n1")
+        lab_shape.start(m, prim="n1")
         sampler = StateSampler(m, m.cluster.witnesses[0]).start()
         try:
-            for index, name in enumerate(episode_plan(names, episodes)):
+            for index, name in plan:
                 rec = run_episode(m, run, index, name)
                 run.episodes.append(rec)
+                ran += 1
                 if on_episode is not None:
                     on_episode(run, rec)
+                if rec.lab_broken:
+                    break
         finally:
             sampler.stop()
-            run.states = sampler.snapshot()
+            run.states += sampler.snapshot()
             run.t_end = time.monotonic()
-    return run
+    return ran

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import os
 import random
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -37,12 +39,17 @@ class Roles:
     """Who is what at the start of an episode."""
     primary: str
     secondary: str
-    witness: str
+    witness: str            # the first witness: the one the state sampler shows
     client: str
+    witnesses: tuple[str, ...] = ()     # every witness, in lab order; () means (witness,)
 
     @property
-    def voters(self) -> tuple[str, str, str]:
-        return (self.primary, self.secondary, self.witness)
+    def all_witnesses(self) -> tuple[str, ...]:
+        return self.witnesses or (self.witness,)
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        return (self.primary, self.secondary, *self.all_witnesses)
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,12 @@ class NemesisContext:
 
 class Nemesis:
     name = "nemesis"
+    lab_shape = "standard"  # which lab it runs on (chaos.lab_shapes.SHAPES)
     min_hold_s = 0.0      # a fault that must last at least this long to mean anything
     needs_small_fs = False  # the runner must mount a small file system over each data dir
+    # Set (to why) when the fault left the lab in a state heal could not undo: the
+    # runner then builds a fresh lab for the episodes that follow.
+    lab_broken: str | None = None
 
     def __init__(self) -> None:
         self.events: list[FaultEvent] = []
@@ -538,10 +549,277 @@ def _read_from(path: Path, offset: int) -> bytes:
         return f.read()
 
 
+# ---- five voters: majorities ring, membership change ----------------------------------------
+
+def ring_neighbours(order: list[str]) -> dict[str, tuple[str, str]]:
+    """Each host of a ring and its two neighbours (previous, next)."""
+    if len(order) < 3 or len(set(order)) != len(order):
+        raise ValueError(f"a ring needs at least 3 distinct hosts, got {order}")
+    n = len(order)
+    return {h: (order[i - 1], order[(i + 1) % n]) for i, h in enumerate(order)}
+
+
+def ring_blocks(order: list[str], client: str | None = None,
+                client_sees: list[str] | None = None) -> dict[str, list[str]]:
+    """Who drops traffic to whom (both directions listed) so that every voter of the ring
+    sees only its two neighbours; the client, if named, sees only ``client_sees``
+    (None: everyone)."""
+    near = ring_neighbours(order)
+    blocks = {h: [o for o in order if o != h and o not in near[h]] for h in order}
+    if client is not None and client_sees is not None:
+        hidden = [h for h in order if h not in client_sees]
+        blocks[client] = hidden
+        for h in hidden:
+            blocks[h].append(client)
+    return {h: dsts for h, dsts in blocks.items() if dsts}
+
+
+class MajoritiesRing(Nemesis):
+    """Jepsen's majorities ring on five voters: each sees only its two ring neighbours,
+    so each sees a majority (itself and two) but no two agree on which. The client sees
+    everyone, or (seeded) only the primary and its neighbours."""
+    name = "majorities-ring"
+    lab_shape = "five_voters"
+
+    def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
+        order = list(roles.voters)
+        rng.shuffle(order)
+        client_view = rng.choice(["all", "primary-side"])
+        sees = None
+        if client_view == "primary-side":
+            sees = [roles.primary, *ring_neighbours(order)[roles.primary]]
+        # pairs, not a dict: targets hold host names as values only
+        return {"ring": order, "client": client_view,
+                "blocks": [[src, dsts] for src, dsts in ring_blocks(order, roles.client, sees).items()]}
+
+    def _start(self, ctx: NemesisContext) -> None:
+        for src, dsts in self.targets["blocks"]:
+            ctx.lab.block(src, dsts)
+        self.record("ring", None, f"ring {'-'.join(self.targets['ring'])}, client sees "
+                    f"{self.targets['client']}")
+
+    def heal(self, ctx: NemesisContext) -> None:
+        ctx.lab.heal()
+        self.record("heal", None)
+
+
+CONVERGE_S = 30.0        # after heal: every member shows the committed membership
+_MEMBER_CLI_TIMEOUT_S = 60.0
+
+
+def one_line_error(stderr: str) -> str | None:
+    """The CLI's error if it is one line naming itself ("hacluster: ..."), else None."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[0] if len(lines) == 1 and lines[0].startswith("hacluster: ") else None
+
+
+class MembershipChange(Nemesis):
+    """A membership change while one voter (a witness or the secondary) is cut off.
+
+    The majority side commits it with the real CLI; the isolated voter tries the same
+    change, which must fail with a one-line error and never commit. After heal, every
+    member must show the committed membership (``cluster status --json``); then the
+    original five voters are restored (a removed witness stopped, added back with a
+    fresh configuration, started) — part of heal, so a failure to restore is a violation.
+
+    Changes: ``remove-isolated`` (the cut witness), ``remove-other`` (another witness
+    while the isolated voter misses it) and ``readd`` (the cut witness removed and added
+    back while it is still cut: it must rejoin on heal and stay up)."""
+    name = "membership-change"
+    lab_shape = "five_voters"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._minority: threading.Thread | None = None
+        self._minority_res: subprocess.CompletedProcess | None = None
+        self._original: dict[str, str] = {}
+        self._expected: dict[str, str] = {}
+        self._rejoins = 0
+
+    def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
+        witnesses = list(roles.all_witnesses)
+        if len(witnesses) < 2:
+            raise ValueError(f"{self.name} needs at least two witnesses (lab shape "
+                             f"{self.lab_shape}), got {witnesses}")
+        isolated = rng.choice([roles.secondary, *witnesses])
+        changes = (["remove-isolated", "readd", "remove-other"] if isolated in witnesses
+                   else ["remove-other"])
+        change = rng.choice(changes)
+        target = (isolated if change != "remove-other"
+                  else rng.choice([w for w in witnesses if w != isolated]))
+        via = rng.choice([v for v in roles.voters if v not in (isolated, target)])
+        return {"isolated": isolated, "change": change, "target": target, "via": via}
+
+    # -- the CLI ------------------------------------------------------------------------
+    def _cli(self, ctx: NemesisContext, member: str, *args: str) -> subprocess.CompletedProcess:
+        return ctx.mirror.cluster.hacluster(member, *args, timeout=_MEMBER_CLI_TIMEOUT_S)
+
+    def _change(self, ctx: NemesisContext, member: str, verb: str) -> subprocess.CompletedProcess:
+        target = self.targets["target"]
+        if verb == "add":
+            return self._cli(ctx, member, "cluster", "add-witness", target, ctx.lab.addr(target))
+        return self._cli(ctx, member, "cluster", "remove-witness", target)
+
+    def _members_seen(self, ctx: NemesisContext, member: str) -> dict[str, str] | None:
+        st = ctx.mirror.cluster.status(member, timeout=1.0)
+        return {m["name"]: m["role"] for m in st["members"]} if st else None
+
+    def _members_cli(self, ctx: NemesisContext, member: str) -> dict[str, str] | None:
+        res = self._cli(ctx, member, "cluster", "status", "--json")
+        if res.returncode != 0:
+            return None
+        return {m["name"]: m["role"] for m in json.loads(res.stdout)["members"]}
+
+    # -- fault -------------------------------------------------------------------------
+    def _start(self, ctx: NemesisContext) -> None:
+        t = self.targets
+        cluster = ctx.mirror.cluster
+        self._original = {m: cluster.role(m) for m in cluster.members}
+        self._expected = dict(self._original)
+        ctx.lab.cut(t["isolated"])
+        self.record("cut", t["isolated"], f"isolated for a {t['change']} of {t['target']}")
+        # the same change tried from the minority side, at the same time
+        self._minority = threading.Thread(target=self._try_minority, args=(ctx,),
+                                          name="nemesis-minority-change", daemon=True)
+        self._minority.start()
+        verbs = ["remove", "add"] if t["change"] == "readd" else ["remove"]
+        for verb in verbs:
+            res = self._change(ctx, t["via"], verb)
+            detail = (f"{verb}-witness {t['target']} via {t['via']}: rc={res.returncode} "
+                      f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+            self.record(f"majority-{verb}", t["via"], detail)
+            if res.returncode != 0:
+                self._violation(t["via"], f"majority-side {detail}")
+                return
+            if verb == "remove":
+                self._expected.pop(t["target"], None)
+            else:
+                self._expected[t["target"]] = "witness"
+
+    def _try_minority(self, ctx: NemesisContext) -> None:
+        self._minority_res = self._change(ctx, self.targets["isolated"], "remove")
+
+    def _violation(self, host: str | None, what: str) -> None:
+        self.violations.append(what)
+        self.record("violation", host, what)
+
+    # -- heal ---------------------------------------------------------------------------
+    def heal(self, ctx: NemesisContext) -> None:
+        t = self.targets
+        if self._minority is not None:
+            self._minority.join(_MEMBER_CLI_TIMEOUT_S + 5)   # before heal: it must fail cut off
+        self._judge_minority()
+        ctx.lab.heal()
+        self.record("heal", t.get("isolated"))
+        if not self._original:
+            return
+        self._check_converged(ctx, self._expected, "after the change")
+        self._restore(ctx)
+
+    def _judge_minority(self) -> None:
+        res, host = self._minority_res, self.targets["isolated"]
+        if res is None:
+            self._violation(host, "the minority-side change did not return")
+            return
+        err = one_line_error(res.stderr)
+        self.record("minority-remove", host, f"rc={res.returncode} {res.stderr.strip()!r}")
+        if res.returncode == 0:
+            self._violation(host, f"remove-witness {self.targets['target']} succeeded on the "
+                            f"isolated {host} (a change committed from a minority): "
+                            f"{res.stdout.strip()!r}")
+        elif err is None:
+            self._violation(host, f"the minority-side change failed without a one-line "
+                            f"error: {res.stderr.strip()!r}")
+
+    def _anchor(self) -> str:
+        """A member of the majority side that stays in the cluster: where to read the
+        committed state and run the restore from."""
+        return next(v for v in (self.targets["via"], *self._original)
+                    if v in self._expected and v != self.targets["isolated"])
+
+    def _check_converged(self, ctx: NemesisContext, expected: dict[str, str], when: str) -> bool:
+        """Every member of ``expected`` shows exactly it, having applied at least what the
+        anchor had committed when the check began (socket polls, then the real CLI).
+        The index matters: a member that missed a remove and a re-add shows the right
+        names before it has applied either."""
+        st = ctx.mirror.cluster.status(self._anchor(), timeout=2.0)
+        index = st["commit_index"] if st else 0
+
+        def behind(m: str) -> object:
+            st = ctx.mirror.cluster.status(m, timeout=1.0)
+            if st is None:
+                return "no answer"
+            seen = {x["name"]: x["role"] for x in st["members"]}
+            if seen != expected:
+                return sorted(seen)
+            return None if (st["last_applied"] or 0) >= index else f"applied {st['last_applied']} < {index}"
+        try:
+            wait_until(f"membership converged {when}",
+                       lambda: not any(behind(m) for m in expected), CONVERGE_S, 0.25)
+        except TimeoutError:
+            pass
+        bad = {m: b for m in expected if (b := behind(m))}
+        bad.update({m: f"cli: {sorted(s) if s else 'no answer'}" for m in expected
+                    if m not in bad and (s := self._members_cli(ctx, m)) != expected})
+        if bad:
+            self._violation(None, f"membership {when} not converged within {CONVERGE_S:g} s: "
+                            f"expected {sorted(expected)} (index {index}), seen "
+                            + "; ".join(f"{m}: {b}" for m, b in sorted(bad.items())))
+            minority_wins = sorted(m for m in expected if m != self.targets["target"])
+            if self._members_cli(ctx, self._anchor()) == {m: expected[m] for m in minority_wins}:
+                self._violation(self.targets["isolated"], "the committed membership is "
+                                f"{minority_wins}: the remove-witness {self.targets['target']} "
+                                f"that failed on the isolated {self.targets['isolated']} was "
+                                "committed after heal (a change committed from a minority)")
+            return False
+        self.record("converged", None, f"{when}: {','.join(sorted(expected))} applied to "
+                    f"index {index} on every member")
+        return True
+
+    def _restore(self, ctx: NemesisContext) -> None:
+        """Back to the original voters: each witness that is out (or not working) is
+        removed if still listed, stopped, added back with a fresh configuration, started."""
+        cluster = ctx.mirror.cluster
+        anchor = self._anchor()
+        committed = self._members_cli(ctx, anchor) or {}
+        for member, role in self._original.items():
+            seen = self._members_seen(ctx, member)
+            if member in committed and seen == committed:
+                continue
+            if member in committed:      # listed but not working: start it afresh
+                res = self._cli(ctx, anchor, "cluster", f"remove-{role}", member)
+                self.record("restore-remove", member, f"rc={res.returncode} {res.stderr.strip()!r}")
+                if res.returncode != 0:
+                    self._restore_failed(member, f"remove-{role} {member} failed: "
+                                         f"{res.stderr.strip()!r}")
+                    return
+            proc = cluster.procs.get(member)
+            if proc is not None and proc.alive():
+                proc.stop()
+            self._rejoins += 1
+            out = ctx.lab.workdir / f"rejoin-{member}-{os.getpid()}-{len(self.events)}"
+            res = self._cli(ctx, anchor, "cluster", f"add-{role}", member, ctx.lab.addr(member),
+                            "--out", str(out))
+            self.record("restore-add", member, f"rc={res.returncode} {res.stderr.strip()!r}")
+            if res.returncode != 0:
+                self._restore_failed(member, f"add-{role} {member} failed: "
+                                     f"{res.stderr.strip()!r}")
+                return
+            cluster.start(member, config_dir=out / member)
+            self.record("restore-start", member, f"config {out / member}")
+        if not self._check_converged(ctx, self._original, "after the restore"):
+            self.lab_broken = "the original membership was not restored"
+
+    def _restore_failed(self, member: str, what: str) -> None:
+        self._violation(member, f"restore: {what}")
+        self.lab_broken = f"restore of {member} failed: {what}"
+
+
 NEMESES: dict[str, type[Nemesis]] = {cls.name: cls for cls in (
     IsolatePrimary, IsolateSecondary, IsolateWitness, PartitionHalves, Bridge, OneWay,
     KillDaemon, KillReplication, KillHost, PausePrimary, KillAll, Flap,
-    DiskFullPrimary, DiskFullSecondary, FailoverDuringReintegration)}
+    DiskFullPrimary, DiskFullSecondary, FailoverDuringReintegration, MajoritiesRing,
+    MembershipChange)}
 
 
 def make_nemesis(name: str) -> Nemesis:

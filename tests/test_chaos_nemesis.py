@@ -10,13 +10,19 @@ from hypothesis import given, strategies as st
 from chaos.chaos_run import episode_plan, episode_rng, small_file_systems
 from chaos.nemesis import (FILLER_NAME, NEMESES, Nemesis, Roles, fill_until_full, make_nemesis,
                            small_fs_dir)
+from chaos.lab_shapes import SHAPES
 from tests.conftest import needs_root
 
 ROLES = Roles(primary="n1", secondary="n2", witness="w", client="c")
 SWAPPED = Roles(primary="n2", secondary="n1", witness="w", client="c")
+FIVE = ("w", "w2", "w3")
+# the roles each lab shape gives its nemeses (chaos.lab_shapes)
+SHAPE_ROLES = {"standard": (ROLES, SWAPPED),
+               "five_voters": (Roles("n1", "n2", "w", "c", FIVE), Roles("n2", "n1", "w", "c", FIVE))}
 
 
-def _choose(name: str, seed: int, roles: Roles = ROLES) -> dict:
+def _choose(name: str, seed: int, roles: Roles | None = None) -> dict:
+    roles = roles or SHAPE_ROLES[NEMESES[name].lab_shape][0]
     return make_nemesis(name).choose(random.Random(seed), roles)
 
 
@@ -36,8 +42,9 @@ def test_targets_follow_the_roles_not_the_host_names(name):
         if isinstance(obj, dict):
             return {k: rename(v) for k, v in obj.items()}
         return obj
+    roles, swapped = SHAPE_ROLES[NEMESES[name].lab_shape]
     for seed in range(20):
-        assert _choose(name, seed, SWAPPED) == rename(_choose(name, seed, ROLES))
+        assert _choose(name, seed, swapped) == rename(_choose(name, seed, roles))
 
 
 def test_random_choices_vary_with_the_seed():
@@ -116,7 +123,8 @@ def test_unknown_nemesis_is_refused_by_name():
 
 def test_every_nemesis_is_registered_under_its_name():
     assert all(issubclass(cls, Nemesis) and cls.name == name for name, cls in NEMESES.items())
-    assert len(NEMESES) == 15
+    assert len(NEMESES) == 17
+    assert {cls.lab_shape for cls in NEMESES.values()} <= set(SHAPES)
 
 
 def test_an_event_is_recorded_with_time_action_and_host():
@@ -197,3 +205,108 @@ def test_small_file_systems_unmount_what_they_mounted_on_failure(tmp_path):
         with small_file_systems(dirs, size_mib=4):
             pass
     assert not os.path.ismount(small_fs_dir(dirs, "n1"))
+
+
+# ---- lab shapes, the majorities ring, membership changes ----------------------------------
+
+from chaos.chaos_run import shape_of  # noqa: E402
+from chaos.lab_shapes import FIVE_VOTERS, STANDARD, TWO_NETWORKS, plan_by_shape, shape  # noqa: E402
+from chaos.nemesis import one_line_error, ring_blocks, ring_neighbours  # noqa: E402
+
+
+@given(names=st.lists(st.sampled_from(sorted(NEMESES)), min_size=1, max_size=6, unique=True),
+       episodes=st.integers(1, 4))
+def test_plan_by_shape_keeps_every_episode_with_its_index_in_plan_order(names, episodes):
+    plan = episode_plan(names, episodes)
+    groups = plan_by_shape(plan, shape_of)
+    flat = [item for _, items in groups for item in items]
+    assert sorted(flat) == list(enumerate(plan))          # every episode, its seeded index
+    for lab_shape, items in groups:
+        assert all(NEMESES[n].lab_shape == lab_shape for _, n in items)
+        assert [i for i, _ in items] == sorted(i for i, _ in items)   # seeded order kept
+    assert len({s for s, _ in groups}) == len(groups)     # one lab per shape
+    assert plan_by_shape(plan, shape_of) == groups         # reproducible
+
+
+def test_plan_by_shape_orders_shapes_by_first_use():
+    shapes = {"a": "x", "b": "y", "c": "x"}
+    assert plan_by_shape(["b", "a", "c", "b"], shapes.__getitem__) == [
+        ("y", [(0, "b"), (3, "b")]), ("x", [(1, "a"), (2, "c")])]
+
+
+def test_lab_shapes_have_the_same_pair_client_and_first_witness():
+    assert STANDARD.hosts == ("n1", "n2", "w", "c")
+    assert FIVE_VOTERS.hosts == ("n1", "n2", "w", "w2", "w3", "c") and len(FIVE_VOTERS.voters) == 5
+    assert TWO_NETWORKS.lab_kwargs == {"networks": ("lan", "repl")}
+    assert TWO_NETWORKS.mirror_kwargs == {"flow_network": "repl"}
+    with pytest.raises(ValueError, match="unknown lab shape 'nope'; have standard, five_voters"):
+        shape("nope")
+
+
+@given(order=st.permutations(["n1", "n2", "w", "w2", "w3"]))
+def test_every_ring_voter_sees_exactly_its_two_neighbours(order):
+    blocks = ring_blocks(order)
+    near = ring_neighbours(order)
+    for i, h in enumerate(order):
+        sees = {o for o in order if o != h and o not in blocks.get(h, [])}
+        assert sees == {order[i - 1], order[(i + 1) % 5]} == set(near[h])
+        # each sees a majority (itself and two), blocked both ways
+        assert len(sees) + 1 == 3
+        assert all(h in blocks[o] for o in blocks.get(h, []))
+    # no two voters see the same majority
+    majorities = {frozenset({h, *near[h]}) for h in order}
+    assert len(majorities) == 5
+
+
+def test_ring_client_sees_everyone_or_only_the_primary_side():
+    order = ["n1", "w", "n2", "w3", "w2"]
+    assert "c" not in {d for dsts in ring_blocks(order, "c", None).values() for d in dsts}
+    blocks = ring_blocks(order, "c", ["n1", "w", "w2"])
+    assert sorted(blocks["c"]) == ["n2", "w3"]
+    assert "c" in blocks["n2"] and "c" in blocks["w3"] and "c" not in blocks.get("w", [])
+
+
+def test_ring_needs_three_distinct_hosts():
+    with pytest.raises(ValueError, match="at least 3 distinct hosts"):
+        ring_neighbours(["a", "b"])
+
+
+def test_majorities_ring_targets_are_the_seeded_ring_of_all_voters():
+    seen_views = set()
+    for seed in range(30):
+        t = _choose("majorities-ring", seed)
+        assert sorted(t["ring"]) == ["n1", "n2", "w", "w2", "w3"]
+        assert dict(map(tuple, t["blocks"])) == ring_blocks(
+            t["ring"], "c", None if t["client"] == "all"
+            else ["n1", *ring_neighbours(t["ring"])["n1"]])
+        seen_views.add(t["client"])
+    assert seen_views == {"all", "primary-side"}
+    assert len({tuple(_choose("majorities-ring", s)["ring"]) for s in range(30)}) > 5
+
+
+def test_membership_change_keeps_a_majority_and_never_touches_a_data_node():
+    kinds = set()
+    for seed in range(80):
+        t = _choose("membership-change", seed)
+        assert t["isolated"] in ("n2", "w", "w2", "w3")        # the secondary or a witness
+        assert t["target"] in FIVE                              # only witnesses change
+        assert t["via"] not in (t["isolated"], t["target"])     # from the majority side
+        if t["change"] == "remove-other":
+            assert t["target"] != t["isolated"]
+        else:
+            assert t["target"] == t["isolated"]
+        kinds.add((t["change"], t["isolated"] == "n2"))
+    assert kinds == {("remove-isolated", False), ("readd", False), ("remove-other", False),
+                     ("remove-other", True)}
+
+
+def test_membership_change_refuses_a_lab_without_two_witnesses():
+    with pytest.raises(ValueError, match="membership-change needs at least two witnesses"):
+        make_nemesis("membership-change").choose(random.Random(1), ROLES)
+
+
+def test_one_line_error_is_the_clis_own_single_line():
+    assert one_line_error("hacluster: remove_member: not committed within 5.0 s (no quorum?)\n") \
+        == "hacluster: remove_member: not committed within 5.0 s (no quorum?)"
+    assert one_line_error("Traceback (most recent call last):\n  File ...\nKeyError: 'x'\n") is None
+    assert one_line_error("") is None
