@@ -9,7 +9,11 @@ committed table gives this node).
 
 States (SafeKit's): STOP (application stopped), WAIT (prestart done,
 application stopped, waiting for the cluster or a resource), UP (start_both
-done). Safety lives in the order of each plan:
+done). An UP node that is cut off from the cluster stays UP (Transient): it
+serves nothing, but its application keeps running, so that it serves again
+(farm_join if the leader took it out, then the VIP) as soon as it can commit;
+only a stop command or a checker action stops the application.
+Safety lives in the order of each plan:
   * the VIP is raised only with the buckets of a committed table in which
     this node is a member, and only while the node can commit (``connected``);
   * every plan that leaves UP drops the VIP first and then commits the leave,
@@ -201,7 +205,7 @@ class FarmMachine:
         if self.running is not None:
             return False
         if self.state is State.UP:
-            return self.view.joined and self.vip == self.view.buckets
+            return self.view.connected and self.view.joined and self.vip == self.view.buckets
         return True
 
     @property
@@ -300,8 +304,12 @@ class FarmMachine:
     def _target(self) -> State:
         if self.intent != "start" or self.holds.stop:
             return State.STOP
-        if self.holds.waiting or not self.view.connected:
+        if self.holds.waiting:
             return State.WAIT
+        if not self.view.connected:
+            # Cut off: an UP node keeps its application (it only stops serving); a node
+            # not started yet waits for the cluster before it starts it.
+            return State.UP if self.state is State.UP else State.WAIT
         return State.UP
 
     def _vip_may_be_up(self) -> bool:
@@ -362,6 +370,10 @@ class FarmMachine:
             return Plan(self._release() + (RunScript("stop_both", "UP", target.value, force, stop=True),)
                         + tail + (RunScript("transition", "UP", target.value, "stop"),),
                         target, f"to {target.value}")
+        if not v.connected:
+            if self.vip is not None:
+                return Plan((DropVip(),), State.UP, "cut off from the cluster: no buckets")
+            return None
         if self._await_view and self.vip is None:
             return None
         if not v.joined:
@@ -434,11 +446,22 @@ class FarmMachine:
         return _merge(Output(log=log), self._reconcile())
 
     def _cut_off(self) -> Output:
-        """This node can no longer prove it is in the majority: drop the VIP now."""
+        """This node can no longer prove it is in the majority: drop the VIP now.
+
+        An UP node keeps its application running (its buckets may be given away,
+        its process is not in anyone's way): it serves again as soon as it is
+        connected. Only when the interrupted plan was starting or stopping the
+        application is it stopped, to leave it in a known state."""
         was = self.running
         cur = self.state
-        nxt = State.STOP if cur is State.STOP else State.WAIT
         scripts = {a.script for a in (was.actions if was else ()) if isinstance(a, RunScript)}
+        interrupted = (f"interrupted: {was.reason}",) if was is not None else ()
+        if cur is State.UP and not scripts & {"start_both", "stop_both"}:
+            plan = Plan((DropVip(),), State.UP, "cut off from the cluster", urgent=True)
+            self.running = plan
+            return Output(plans=(plan,), log=("cut off from the cluster: VIP dropped, the "
+                                              "application keeps running",) + interrupted)
+        nxt = State.STOP if cur is State.STOP else State.WAIT
         actions: tuple[Action, ...] = (DropVip(),)
         if cur is State.UP or scripts & {"start_both", "stop_both"}:
             # The application may be running (or half stopped by the interrupted plan).
@@ -447,10 +470,7 @@ class FarmMachine:
             actions += (RunScript("transition", cur.value, nxt.value, "stop"),)
         plan = Plan(actions, nxt, "cut off from the cluster", urgent=True)
         self.running = plan
-        log = ("cut off from the cluster: VIP dropped",)
-        if was is not None:
-            log += (f"interrupted: {was.reason}",)
-        return Output(plans=(plan,), log=log)
+        return Output(plans=(plan,), log=("cut off from the cluster: VIP dropped",) + interrupted)
 
 
 def _with_intent(plan: Plan, intent: str) -> Plan:

@@ -287,39 +287,80 @@ def test_forcestop_runs_the_stop_scripts_with_force():
     assert sim.m["a"].display == (State.STOP, "Ready")
 
 
-def test_cut_off_drops_the_vip_at_once_even_during_a_plan_and_waits():
-    m = FarmMachine("a")
-    view = View(version=1, buckets=frozenset({7}), joined=True, connected=True, intent="start")
+def _serving(m: FarmMachine, view: View) -> None:
+    """Drive a lone machine from STOP to UP Ready on ``view`` (already joined)."""
     m.handle(ViewChanged(view))
     for _ in range(4):      # prestart, start_both, (joined already) raise VIP
         if m.running is None:
             break
         m.handle(PlanDone(True))
-    assert m.vip == frozenset({7})
+    assert m.display == (State.UP, "Ready") and m.vip == view.buckets
+
+
+def test_cut_off_drops_the_vip_at_once_even_during_a_plan_and_keeps_the_application():
+    m = FarmMachine("a")
+    _serving(m, View(version=1, buckets=frozenset({7}), joined=True, connected=True,
+                     intent="start"))
     m.handle(ViewChanged(View(version=2, buckets=frozenset({7, 8}), joined=True, connected=True,
                               intent="start")))
     assert isinstance(m.running.actions[0], SetBuckets)
     out = m.handle(ViewChanged(View(version=2, buckets=frozenset({7, 8}), joined=True,
                                     connected=False, intent="start")))
     plan = out.plans[0]
-    assert plan.urgent and plan.actions[0] == DropVip() and plan.next_state is State.WAIT
+    assert plan.urgent and plan.actions == (DropVip(),) and plan.next_state is State.UP
     assert any("interrupted" in line for line in out.log)
+    assert any("application keeps running" in line for line in out.log)
     m.handle(PlanDone(True))
-    assert m.display == (State.WAIT, "Ready") and m.vip is None
-    # Back in the cluster: start_both again and serve the committed buckets.
-    m.handle(ViewChanged(View(version=2, buckets=frozenset({7, 8}), joined=True, connected=True,
-                              intent="start")))
+    assert m.display == (State.UP, "Transient") and m.vip is None, "UP, serving nothing"
+    # Back in the cluster, still a member: the VIP at once, no script.
+    out = m.handle(ViewChanged(View(version=2, buckets=frozenset({7, 8}), joined=True,
+                                    connected=True, intent="start")))
+    assert out.plans[0].actions == (RaiseVip(2, frozenset({7, 8})),)
+    m.handle(PlanDone(True))
+    assert m.display == (State.UP, "Ready")
+
+
+def test_a_cut_off_node_is_not_ready_even_when_it_owns_no_bucket():
+    m = FarmMachine("a")
+    _serving(m, View(version=1, buckets=frozenset(), joined=True, connected=True,
+                     intent="start"))
+    out = m.handle(ViewChanged(View(version=1, buckets=frozenset(), joined=True,
+                                    connected=False, intent="start")))
+    assert out.plans[0].actions == (DropVip(),)
+    m.handle(PlanDone(True))
+    assert m.display == (State.UP, "Transient")
+
+
+def test_cut_off_while_the_application_starts_lets_it_start_and_serves_once_connected():
+    m = FarmMachine("a")
+    view = View(version=1, buckets=frozenset({7}), joined=True, connected=True, intent="start")
+    m.handle(ViewChanged(view))
+    m.handle(PlanDone(True))                # prestart
     assert [a.script for a in m.running.actions] == ["start_both", "transition"]
-    m.handle(PlanDone(True))
-    assert m.running.actions == (RaiseVip(2, frozenset({7, 8})),)
+    cut = View(version=1, buckets=frozenset({7}), joined=True, connected=False, intent="start")
+    assert m.handle(ViewChanged(cut)).plans == (), "no VIP is up: nothing urgent"
+    assert m.handle(PlanDone(True)).plans == (), "no VIP while cut off"
+    assert m.display == (State.UP, "Transient")
+    assert m.handle(ViewChanged(view)).plans[0].actions == (RaiseVip(1, frozenset({7})),)
 
 
-def test_expiry_of_a_cut_off_node_moves_its_buckets_and_it_takes_its_share_back():
+def test_a_node_not_started_yet_waits_for_the_cluster_before_starting_it():
+    m = FarmMachine("a")
+    m.handle(ViewChanged(View(connected=False, intent="start")))
+    m.handle(PlanDone(True))                # prestart
+    assert m.running is None and m.display == (State.WAIT, "Ready")
+    assert [a.script for a in m.handle(ViewChanged(View(connected=True, intent="start")))
+            .plans[0].actions] == ["start_both", "transition"]
+
+
+def test_expiry_of_a_cut_off_node_moves_its_buckets_and_it_rejoins_without_restarting():
     sim = _started()
     share = sim.vip["b"]
+    sim.scripts.clear()
     sim.cut_off("b")
     sim.check_safe()
-    assert sim.m["b"].display == (State.WAIT, "Ready")
+    assert sim.m["b"].display == (State.UP, "Transient") and sim.vip["b"] is None
+    assert sim.app["b"], "a cut-off node keeps its application running"
     sim.expire("b")
     sim.check_safe()
     sim.check_serving(("a", "c"))
@@ -328,6 +369,26 @@ def test_expiry_of_a_cut_off_node_moves_its_buckets_and_it_takes_its_share_back(
     sim.check_safe()
     sim.check_serving()
     assert len(sim.vip["b"]) == len(share)
+    assert sim.scripts == [], "neither stop_both nor start_both ran for a cut-off"
+
+
+def test_stop_and_checker_actions_while_cut_off_stop_the_application():
+    sim = _started()
+    sim.cut_off("a")
+    sim.cut_off("b")
+    sim.scripts.clear()
+    sim.feed("a", Command("stop"))
+    assert sim.m["a"].display == (State.STOP, "Ready") and not sim.app["a"]
+    assert ("a", "stop_both", "stop") in sim.scripts and ("a", "poststop", "stop") in sim.scripts
+    sim.feed("b", CheckerDown("app.proc", "wait"))
+    assert sim.m["b"].display == (State.WAIT, "Ready") and not sim.app["b"]
+    sim.check_safe()
+    for n in ("a", "b"):
+        sim.heal(n)
+    sim.feed("a", Command("start"))
+    sim.feed("b", CheckerUp("app.proc"))
+    sim.check_safe()
+    sim.check_serving()
 
 
 def test_checker_wait_holds_wait_until_the_resource_is_back():
@@ -469,6 +530,27 @@ def test_failing_scripts_never_leave_a_vip_outside_the_committed_table(steps, fa
     sim = _started(fail_scripts=fail, views_late=views_late)
     sim.check_safe()
     _play(sim, steps)
+
+
+_FLAPS = st.lists(st.tuples(st.sampled_from(["cut", "heal", "expire"]), st.sampled_from(NODES)),
+                 max_size=40)
+
+
+@given(_FLAPS, st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_flapping_links_never_restart_the_application_and_all_serve_after(steps, views_late):
+    """Cut-offs, heals and expiries only (no command, checker or crash): the VIP goes
+    and comes back, the application is never stopped or started again."""
+    sim = _started(views_late=views_late)
+    sim.scripts.clear()
+    _play(sim, steps)
+    assert all(sim.app.values())
+    for n in NODES:
+        sim.heal(n)
+        sim.check_safe()
+    sim.check_serving()
+    assert sorted(b for n in NODES for b in sim.vip[n]) == list(range(BUCKETS))
+    assert sim.scripts == []
 
 
 @given(st.lists(_STEPS, max_size=25))
