@@ -70,15 +70,27 @@ echo "transition $1 -> $2 ($3) on $HACLUSTER_NODE epoch $HACLUSTER_EPOCH"
 """
 
 
+def _heartbeat(name: str, addrs: tuple[str, ...], attrs: str) -> str:
+    return (f'<heartbeat name="{name}"{attrs}>' + "".join(f'<server addr="{a}"/>' for a in addrs)
+            + "</heartbeat>")
+
+
 def write_kv_module(folder: Path, vip: str, port: int = 8080, ack_timeout_s: float = 1.0,
                     garp_refresh_s: float = 5.0, defaultprim: str | None = None,
                     datadir: str = DATADIR, servers: tuple[str, ...] = (),
-                    extra_sections: str = "") -> Path:
+                    extra_sections: str = "", flow_servers: tuple[str, ...] = ()) -> Path:
     """The module folder (conf/userconfig.xml, bin/...), ready for ``module package``.
     ``servers``: the two nodes' addresses when the cluster has more data nodes;
+    ``flow_servers``: their replication addresses, in the order of ``servers`` (a
+    heartbeat ident="flow" after the default one);
     ``extra_sections``: XML put inside <service> as it is (e.g. <errd>, <check>, <failover>)."""
-    heartbeat = ("<heartbeat name=\"default\">" + "".join(f'<server addr="{a}"/>' for a in servers)
-                 + "</heartbeat>") if servers else ""
+    if flow_servers and servers and len(flow_servers) != len(servers):
+        raise ValueError(f"flow_servers {flow_servers} must match servers {servers} one to one")
+    heartbeat = ""
+    if servers or flow_servers:
+        heartbeat = _heartbeat("default", servers, "")
+    if flow_servers:
+        heartbeat += _heartbeat("flow", flow_servers, ' ident="flow"')
     (folder / "conf").mkdir(parents=True, exist_ok=True)
     (folder / "bin").mkdir(exist_ok=True)
     (folder / "conf" / "userconfig.xml").write_text(USERCONFIG.format(

@@ -31,7 +31,7 @@ class MirrorLab(LabModule):
                  ack_timeout_s: float = 1.0, defaultprim: str | None = None, *,
                  module: str = MODULE, port: int = PORT, datadir: str = DATADIR,
                  vip_host: int = 200, cluster: LabCluster | None = None,
-                 extra_sections: str = "") -> None:
+                 extra_sections: str = "", flow_network: str | None = None) -> None:
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
@@ -46,6 +46,12 @@ class MirrorLab(LabModule):
         self.ack_timeout_s = ack_timeout_s
         self.defaultprim = defaultprim
         self.extra_sections = extra_sections    # <errd>/<check>/<failover> for the module
+        if flow_network is not None and flow_network not in lab.networks[1:]:
+            raise ValueError(f"flow_network {flow_network!r} must be one of the lab's networks "
+                             f"other than its first (Raft's), {lab.networks[0]!r}; the lab has "
+                             f"{list(lab.networks)}")
+        # replication on its own network (heartbeat ident="flow"); Raft stays on the first
+        self.flow_network = flow_network
         self.writer: LabProcess | None = None
 
     # ---- set-up ----------------------------------------------------------------
@@ -60,10 +66,16 @@ class MirrorLab(LabModule):
         # With more data nodes than two, the module names its pair (heartbeat servers).
         data_nodes = [m for m in self.cluster.members if self.cluster.role(m) == "node"]
         servers = tuple(self.lab.addr(n) for n in self.nodes) if len(data_nodes) > 2 else ()
+        flow_servers = ()
+        if self.flow_network is not None:
+            # the flow addresses follow the order of the default heartbeat's servers
+            servers = tuple(self.lab.addr(n) for n in self.nodes)
+            flow_servers = tuple(self.flow_addr(n) for n in self.nodes)
         folder = write_kv_module(self.lab.workdir / f"{self.module}-module", self.vip,
                                  port=self.port, ack_timeout_s=self.ack_timeout_s,
                                  defaultprim=self.defaultprim, datadir=self.datadir,
-                                 servers=servers, extra_sections=self.extra_sections)
+                                 servers=servers, extra_sections=self.extra_sections,
+                                 flow_servers=flow_servers)
         self.install(folder)
         if prim is not None:
             self.cli(prim, "-m", self.module, "prim", check=True)
@@ -72,6 +84,10 @@ class MirrorLab(LabModule):
                     self.cli(n, "-m", self.module, "second", check=True)
             self.wait_pair(prim)
         return self
+
+    def flow_addr(self, node: str) -> str:
+        """The address a node replicates on: its flow network's, else its Raft one."""
+        return self.lab.addr(node, self.flow_network)
 
     def states(self) -> dict[str, str | None]:
         out = {}

@@ -13,6 +13,7 @@ kill the mount) are synchronous enough that writes stop within the lease.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from . import mirror_machine as mm
 from .control import ControlError
 from .lease_holder import LeaseHolder
 from .module_checks import RESUME, ModuleChecks
+from .module_nodes import ModuleNodesError, replication_hosts
 from .module_runtime import ModuleRuntime, PlanFailed
 from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
@@ -276,15 +278,37 @@ class MirrorModule(ModuleRuntime):
         except (OSError, ValueError):
             return None
 
-    def _peer_host(self) -> str:
+    def _replication_hosts(self) -> dict[str, str]:
+        """node -> replication host: the flow heartbeat's addresses, else the Raft
+        address hosts. Only the data moves there; leases, fencing and the peer_lost
+        commit stay on Raft's network, so a cut flow network is a lost secondary
+        (DESIGN rule 3), never a lost quorum."""
         members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
-        return members[self.peer]["address"].rsplit(":", 1)[0]
+        try:
+            return replication_hosts(self.config, members, [self.node, self.peer])
+        except ModuleNodesError as e:
+            raise PlanFailed(f"module {self.name}: {e}") from None
 
-    def _my_host(self) -> str:
-        return self.daemon.config.me["address"].rsplit(":", 1)[0]
+    async def _check_local_flow_address(self, host: str) -> None:
+        """Before listening: a flow address that is not on this host means the flow
+        servers are listed in the wrong order (see module_nodes); say so plainly."""
+        if self.config.heart.flow is None:
+            return
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return      # a host name or IPv6: the receiver's bind tells whether it is here
+        if await asyncio.get_running_loop().run_in_executor(None, has_vip, host) is None:
+            raise PlanFailed(f"module {self.name}: the flow heartbeat "
+                             f"{self.config.heart.flow.name!r} gives {self.node} the replication "
+                             f"address {host}, which is not configured on this host: list its "
+                             "servers in the order of the first heartbeat's servers (or of the "
+                             "node names when that lists none)")
 
     async def _start_receivers(self, epoch: int) -> None:
         procs = []
+        my_host = self._replication_hosts()[self.node]
+        await self._check_local_flow_address(my_host)
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)
             os.makedirs(root, exist_ok=True)
@@ -292,7 +316,7 @@ class MirrorModule(ModuleRuntime):
             state.mkdir(exist_ok=True)
             argv = [sys.executable, "-m", "replication", "receive", "--root", root,
                     "--state", str(state),
-                    "--listen", f"{self._my_host()}:{replication_port(self.name, i)}",
+                    "--listen", f"{my_host}:{replication_port(self.name, i)}",
                     "--secret-file", str(self.daemon.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
             p = _Proc("receiver", root, argv, self.state_dir / f"receiver{i}.log")
@@ -302,6 +326,7 @@ class MirrorModule(ModuleRuntime):
 
     async def _start_mounts(self, epoch: int) -> None:
         procs = []
+        peer_host = self._replication_hosts()[self.peer]
         ack = {"none": "apply", "second": "receipt", "async": "async"}[self.config.rfs.async_mode]
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)
@@ -317,7 +342,7 @@ class MirrorModule(ModuleRuntime):
             prepare_promotion(str(state))
             unmount(root)   # a mount left by a killed server of ours
             argv = [sys.executable, "-m", "replication", "mount", "--root", root,
-                    "--peer", f"{self._peer_host()}:{replication_port(self.name, i)}",
+                    "--peer", f"{peer_host}:{replication_port(self.name, i)}",
                     "--secret-file", str(self.daemon.config.secret_path),
                     "--state", str(state), "--epoch", str(epoch), "--alone",
                     "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
