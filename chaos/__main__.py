@@ -1,6 +1,7 @@
-"""``python -m chaos run --nemesis NAME|all --episodes N --seed S [--out DIR]``
+"""``python -m chaos run --nemesis NAME[,NAME...]|all --episodes N --seed S [--out DIR]``
 
-Runs chaos episodes on one mirror lab (see chaos.chaos_run) and writes
+Runs chaos episodes on mirror labs, one per lab shape the nemeses need (see
+chaos.chaos_run, chaos.lab_shapes), and writes
 ``chaos/results/<run>/`` (or DIR): history.json, summary.md, summary.json, timeline.png.
 Exit status: 0 no violation, 1 violations found, 2 bad arguments.
 """
@@ -40,7 +41,7 @@ def _positive(kind):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run chaos episodes on a mirror lab and write a report")
+    r = sub.add_parser("run", help="run chaos episodes on mirror labs and write a report")
     r.add_argument("--nemesis", type=_nemeses, default=list(NEMESES),
                    help=f"all, or a comma-separated list of: {', '.join(NEMESES)}")
     r.add_argument("--episodes", type=_positive(int), default=1, help="episodes per nemesis")

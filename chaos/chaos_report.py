@@ -61,6 +61,7 @@ def summarize(history: dict[str, Any]) -> list[dict[str, Any]]:
             "recovery_p50_s": percentile(recovery, 50), "recovery_p99_s": percentile(recovery, 99),
             "outage_p50_s": percentile(gaps, 50), "outage_max_s": max(gaps) if gaps else None,
             "acked": sum(e["acked"] for e in eps),
+            "lab_shape": eps[0].get("lab_shape", "standard"),
         })
     return rows
 
@@ -84,14 +85,15 @@ def render_summary(history: dict[str, Any], title: str = "chaos run") -> str:
         "sync. Outage: the longest time without an acknowledgement from the fault to "
         "recovery.", "",
         "| nemesis | episodes | violations | failovers | failover p50 s | failover p99 s "
-        "| recovery p50 s | recovery p99 s | outage p50 s | outage max s | acked |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| recovery p50 s | recovery p99 s | outage p50 s | outage max s | acked | lab |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(f"| {r['nemesis']} | {r['episodes']} | {r['violations']} | {r['failovers']} "
                      f"| {_s(r['failover_p50_s'])} | {_s(r['failover_p99_s'])} "
                      f"| {_s(r['recovery_p50_s'])} | {_s(r['recovery_p99_s'])} "
-                     f"| {_s(r['outage_p50_s'])} | {_s(r['outage_max_s'])} | {r['acked']} |")
+                     f"| {_s(r['outage_p50_s'])} | {_s(r['outage_max_s'])} | {r['acked']} "
+                     f"| {r['lab_shape']} |")
     bad = [e for e in history["episodes"] if e["violations"]]
     lines += ["", "## Violations", ""]
     if not bad:
@@ -100,12 +102,15 @@ def render_summary(history: dict[str, Any], title: str = "chaos run") -> str:
         lines.append(f"- episode {e['index']} `{e['nemesis']}` (seed `{e['seed']}`, primary "
                      f"{e['primary_before']}, targets {json.dumps(e['targets'])}):")
         lines += [f"  - {v}" for v in e["violations"]]
-    repaired = [e for e in history["episodes"] if e.get("repaired")]
-    if repaired:
-        lines += ["", "## Repairs", "",
-                  "The lab was not healthy at the start of these episodes (the one before "
-                  "did not recover) and was repaired first:", ""]
-        lines += [f"- episode {e['index']} `{e['nemesis']}`: {e['repaired']}" for e in repaired]
+    for key, title, intro in (
+            ("repaired", "Repairs", "The lab was not healthy at the start of these episodes "
+             "(the one before did not recover) and was repaired first:"),
+            ("lab_broken", "Labs rebuilt", "These episodes left their lab in a state heal "
+             "could not undo; the episodes after them ran on a new lab of the same shape:")):
+        listed = [e for e in history["episodes"] if e.get(key)]
+        if listed:
+            lines += ["", f"## {title}", "", intro, ""]
+            lines += [f"- episode {e['index']} `{e['nemesis']}`: {e[key]}" for e in listed]
     lines += ["", "## Episodes", "",
               "| # | nemesis | targets | hold s | primary | epoch | failover s | recovery s "
               "| acked | violations |", "|---:|---|---|---:|---|---|---:|---:|---:|---:|"]

@@ -1,4 +1,5 @@
-"""Fault injectors ("nemeses") for the mirror lab: n1, n2 (data nodes), w (witness), c (client).
+"""Fault injectors ("nemeses") for the mirror lab: n1, n2 (data nodes), w (witness), c
+(client); in the five-voter lab also witnesses w2, w3 (``Nemesis.lab_shape``).
 
 Each nemesis is a small class: ``choose(rng, roles)`` picks its targets from who holds
 which role *now* (pure, so a run is reproducible from its seed), ``start(ctx)`` injects
@@ -10,7 +11,8 @@ So the partitions worth trying are: the primary or the secondary alone (the othe
 and the witness keep a majority), the witness alone (no failover may happen), halves
 that put the witness with one node and the client with either side (the client may
 be on the minority side with a fenced primary), and the "bridge" where the two data
-nodes cannot see each other but the witness and the client see both.
+nodes cannot see each other but the witness and the client see both. With five voters:
+the majorities ring, and membership changes made while a voter is cut off.
 """
 from __future__ import annotations
 
@@ -634,7 +636,6 @@ class MembershipChange(Nemesis):
         self._minority_res: subprocess.CompletedProcess | None = None
         self._original: dict[str, str] = {}
         self._expected: dict[str, str] = {}
-        self._rejoins = 0
 
     def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
         witnesses = list(roles.all_witnesses)
@@ -753,14 +754,15 @@ class MembershipChange(Nemesis):
             if seen != expected:
                 return sorted(seen)
             return None if (st["last_applied"] or 0) >= index else f"applied {st['last_applied']} < {index}"
-        try:
-            wait_until(f"membership converged {when}",
-                       lambda: not any(behind(m) for m in expected), CONVERGE_S, 0.25)
-        except TimeoutError:
-            pass
-        bad = {m: b for m in expected if (b := behind(m))}
-        bad.update({m: f"cli: {sorted(s) if s else 'no answer'}" for m in expected
-                    if m not in bad and (s := self._members_cli(ctx, m)) != expected})
+        deadline = time.monotonic() + CONVERGE_S
+        while True:      # until one socket poll and then the real CLI both agree
+            bad = {m: b for m in expected if (b := behind(m))}
+            if not bad:
+                bad = {m: f"cli: {sorted(s) if s else 'no answer'}" for m in expected
+                       if (s := self._members_cli(ctx, m)) != expected}
+            if not bad or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         if bad:
             self._violation(None, f"membership {when} not converged within {CONVERGE_S:g} s: "
                             f"expected {sorted(expected)} (index {index}), seen "
@@ -777,26 +779,31 @@ class MembershipChange(Nemesis):
         return True
 
     def _restore(self, ctx: NemesisContext) -> None:
-        """Back to the original voters: each witness that is out (or not working) is
-        removed if still listed, stopped, added back with a fresh configuration, started."""
+        """Back to the original voters: a witness missing from the committed membership
+        is stopped, added back with a fresh configuration and started; one that is
+        listed but whose daemon is gone is removed first, then the same."""
         cluster = ctx.mirror.cluster
         anchor = self._anchor()
-        committed = self._members_cli(ctx, anchor) or {}
+        committed = self._members_cli(ctx, anchor)
+        if committed is None:
+            self._restore_failed(anchor, f"cluster status on {anchor} did not answer")
+            return
         for member, role in self._original.items():
-            seen = self._members_seen(ctx, member)
-            if member in committed and seen == committed:
+            proc = cluster.procs.get(member)
+            running = proc is not None and proc.alive()
+            if member in committed and running:
                 continue
-            if member in committed:      # listed but not working: start it afresh
+            if member in committed:      # listed, but its daemon is gone
                 res = self._cli(ctx, anchor, "cluster", f"remove-{role}", member)
                 self.record("restore-remove", member, f"rc={res.returncode} {res.stderr.strip()!r}")
                 if res.returncode != 0:
                     self._restore_failed(member, f"remove-{role} {member} failed: "
                                          f"{res.stderr.strip()!r}")
                     return
-            proc = cluster.procs.get(member)
-            if proc is not None and proc.alive():
+            if running:
                 proc.stop()
-            self._rejoins += 1
+            self.record("restore-stop", member, "daemon stopped" if running
+                        else "daemon had exited by itself")
             out = ctx.lab.workdir / f"rejoin-{member}-{os.getpid()}-{len(self.events)}"
             res = self._cli(ctx, anchor, "cluster", f"add-{role}", member, ctx.lab.addr(member),
                             "--out", str(out))

@@ -310,3 +310,44 @@ def test_one_line_error_is_the_clis_own_single_line():
         == "hacluster: remove_member: not committed within 5.0 s (no quorum?)"
     assert one_line_error("Traceback (most recent call last):\n  File ...\nKeyError: 'x'\n") is None
     assert one_line_error("") is None
+
+
+def test_a_broken_lab_is_rebuilt_for_the_episodes_after_it(monkeypatch):
+    """_run_on_shape gives the rest of the plan to a new lab when one breaks."""
+    import chaos.chaos_run as cr
+    labs = []
+
+    def one_lab(run, lab_shape, plan, on_episode):
+        labs.append([i for i, _ in plan])
+        for n, (index, name) in enumerate(plan):
+            run.episodes.append(cr.EpisodeRecord(index, name, "s", 1.0, "n1", 1,
+                                                 lab_broken="x" if index == 2 else None))
+            if index == 2:
+                return n + 1
+        return len(plan)
+    monkeypatch.setattr(cr, "_run_on_lab", one_lab)
+    run = cr.ChaosRun(1, ["membership-change"], 5)
+    cr._run_on_shape(run, FIVE_VOTERS, [(i, "membership-change") for i in range(5)], None)
+    assert labs == [[0, 1, 2, 3, 4], [3, 4]]
+    assert [e.index for e in run.episodes] == [0, 1, 2, 3, 4]
+
+
+def test_lab_acks_are_only_those_of_the_current_lab():
+    from chaos.chaos_run import ChaosRun
+    from chaos.kv_workload import Ack
+    run = ChaosRun(1, ["bridge"], 1)
+    run.acks += [Ack("a", "1", "n1", 3, 0.0, 0.1)]
+    run.epoch_violations_seen = 2
+    run.new_lab(FIVE_VOTERS.hosts)
+    run.acks += [Ack("b", "1", "n1", 1, 1.0, 1.1)]
+    assert [a.key for a in run.lab_acks()] == ["b"] and run.epoch_violations_seen == 0
+    assert run.to_history()["hosts"] == ["n1", "n2", "w", "c", "w2", "w3"]
+
+
+def test_cli_takes_a_comma_list_of_nemeses():
+    import argparse
+    from chaos.__main__ import _nemeses
+    assert _nemeses("majorities-ring, membership-change") == ["majorities-ring", "membership-change"]
+    assert _nemeses("all") == list(NEMESES)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown nemesis 'ring'"):
+        _nemeses("majorities-ring,ring")

@@ -171,6 +171,18 @@ def test_repairs_are_listed():
     assert "- episode 3 `isolate-witness`: daemons restarted" in render_summary(h)
 
 
+def test_rebuilt_labs_and_lab_shapes_are_listed():
+    h = _history()
+    assert "## Labs rebuilt" not in render_summary(h)
+    assert {r["lab_shape"] for r in summarize(h)} == {"standard"}    # older histories
+    h["episodes"][3]["lab_shape"] = h["episodes"][1]["lab_shape"] = "five_voters"
+    h["episodes"][3]["lab_broken"] = "restore of w2 failed: ..."
+    md = render_summary(h)
+    assert "- episode 3 `isolate-witness`: restore of w2 failed: ..." in md
+    assert {r["nemesis"]: r["lab_shape"] for r in summarize(h)}["isolate-witness"] == "five_voters"
+    assert md.count("| five_voters |") == 1   # the summary row of isolate-witness
+
+
 def test_a_clean_history_says_none_under_violations():
     h = _history()
     for e in h["episodes"]:

@@ -1,6 +1,8 @@
-"""A short chaos sweep on one real MirrorLab: every nemesis once, short holds; no
+"""A short chaos sweep on real MirrorLabs: every nemesis once, short holds; no
 acknowledged write lost, no epoch going back, PRIM+SECOND in sync after every heal.
-(About a minute to a minute and a half; the full sweep is ``python -m chaos run --episodes 10``.)"""
+One lab per lab shape: the standard one (n1, n2, w, c) and one five-voter lab for the
+majorities ring and the membership change (about 35 s more).
+(About two minutes; the full sweep is ``python -m chaos run --episodes 10``.)"""
 from __future__ import annotations
 
 import pytest
@@ -43,6 +45,17 @@ def test_every_nemesis_once_without_violation(tmp_path):
     assert f"in_sync=['{reint.primary_before}']" in off["detail"], reint.faults
     assert not any(f["action"] == "violation" for f in reint.faults), reint.faults
     assert reint.primary_after == reint.primary_before and reint.epoch_after > reint.epoch_before
+    # five voters: each sees only its ring neighbours; a witness or the secondary cut
+    # off while the majority changes the membership, which the minority cannot
+    ring = next(e for e in run.episodes if e.nemesis == "majorities-ring")
+    assert ring.lab_shape == "five_voters" and [f["action"] for f in ring.faults] == ["ring", "heal"]
+    assert len(ring.targets["ring"]) == 5
+    member = next(e for e in run.episodes if e.nemesis == "membership-change")
+    actions = [f["action"] for f in member.faults]
+    assert member.lab_shape == "five_voters" and "majority-remove" in actions, member.faults
+    minority = next(f for f in member.faults if f["action"] == "minority-remove")
+    assert minority["detail"].startswith("rc=1 'hacluster: "), minority
+    assert actions.count("converged") == 2 and "restore-add" in actions, member.faults
     # the report shows every nemesis, and the timeline is a picture of the whole run
     summary = paths["summary"].read_text()
     assert all(f"| {name} | 1 | 0 |" in summary for name in NEMESES), summary

@@ -20,7 +20,7 @@ ROLES = Roles("n1", "n2", "w", "c", ("w", "w2", "w3"))
 
 
 def _reach(lab, src: str, dst: str) -> bool:
-    res = lab.run(src, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "-q", lab.addr(dst)],
+    res = lab.run(src, ["ping", "-c", "2", "-i", "0.2", "-W", "0.5", "-q", lab.addr(dst)],
                   check=False, timeout=10)
     return res.returncode == 0
 
