@@ -13,8 +13,10 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--commits", type=int, default=500)
     p.add_argument("--tree-mb", type=int, default=2048, help="replication: resync tree size")
-    p.add_argument("--only", choices=("all", "sync_4k"), default="all",
-                   help="replication: sync_4k = only the 4 KiB write+fsync latency (no results file)")
+    p.add_argument("--only", choices=("all", "sync_4k", "seq", "failover_resync"), default="all",
+                   help="replication: one part; sync_4k = only the 4 KiB write+fsync latency "
+                        "(no results file); seq, failover_resync = only those figures "
+                        "(replaced in the results file, the others kept)")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -24,9 +26,13 @@ def main() -> int:
         from .raft_bench import run
         run(trials=args.trials, commits=args.commits)
     elif args.name == "replication":
-        from .replication_bench import run, run_sync_4k_only
+        from .replication_bench import run, run_failover_only, run_seq_only, run_sync_4k_only
         if args.only == "sync_4k":
             run_sync_4k_only()
+        elif args.only == "seq":
+            run_seq_only()
+        elif args.only == "failover_resync":
+            run_failover_only()
         else:
             run(tree_mb=args.tree_mb)
     elif args.name == "replication-profile":

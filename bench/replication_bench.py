@@ -6,7 +6,8 @@ against the same workloads written directly, measured in the same run.
   local_seq_write_MBps  the same to the same disk without hacluster
   tcp_MBps              a plain Python TCP stream between the two hosts
   limit_MBps            min(local / 2, tcp): what one machine allows for
-                        writing the data twice
+                        writing the data twice (all four in alternating
+                        rounds, medians: bench/replication_seq.py says why)
   sync_4k_p50/p99_ms    4 KiB pwrite + fsync, vs local_4k_p50_ms
   small_files_per_s     create + write 4 KiB + close, vs local
   resync_1pct_s         a tree of TREE_MB, 1 % of its blocks changed while
@@ -14,11 +15,18 @@ against the same workloads written directly, measured in the same run.
   rsync_1pct_s          rsync -a --inplace of the same change (local)
   resync_nobitmap_s     another 1 % change, bitmaps discarded: digests
   rsync_full_s          rsync -a --inplace --checksum (reads everything)
+  failover_resync_s     resync of a returning old primary after a failover
+                        with the activity log, vs failover_resync_full_s
+                        (full digest compare); bench/replication_failover.py
 
 The 4 KiB latencies are taken in alternating rounds (local, replicated, local,
 ...) so that both see the same load on a shared machine.
-``python -m bench.replication_bench --only sync_4k`` measures just those (a
-minute, no results file written).
+``python -m bench.replication_bench --only NAME`` runs one part:
+  sync_4k           the 4 KiB latencies (a minute, no results file written)
+  seq               the sequential figures (~1 min)
+  failover_resync   the failover resync figures (~1-2 min)
+the last two replace their own keys in bench/results/replication.json and
+keep the others.
 """
 from __future__ import annotations
 
@@ -39,54 +47,11 @@ from typing import Any
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
 
+from . import replication_failover, replication_seq
 from .stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
-
-TCP_SERVER = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 7501)); s.listen(1)
-c, _ = s.accept()
-n = 0
-while True:
-    d = c.recv(1 << 20)
-    if not d: break
-    n += len(d)
-c.sendall(str(n).encode())
-"""
-TCP_CLIENT = r"""
-import socket, sys, time
-total = int(sys.argv[2]); chunk = b"x" * (1 << 20)
-deadline = time.time() + 10
-while True:
-    try:
-        s = socket.create_connection((sys.argv[1], 7501)); break
-    except OSError:
-        if time.time() > deadline: raise
-        time.sleep(0.05)
-t = time.perf_counter()
-for _ in range(total // len(chunk)):
-    s.sendall(chunk)
-s.shutdown(socket.SHUT_WR); s.recv(64)
-print(total / (time.perf_counter() - t) / 1e6)
-"""
-
-
-def seq_write(directory: Path, total_mb: int) -> float:
-    block = os.urandom(MiB)
-    path = directory / "seq.bin"
-    t = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    for i in range(total_mb):
-        os.write(fd, block)
-    os.fsync(fd)
-    os.close(fd)
-    elapsed = time.perf_counter() - t
-    os.unlink(path)
-    return total_mb * MiB / elapsed / 1e6
-
 
 def sync_4k(directory: Path, n: int) -> list[float]:
     path = directory / "sync4k.bin"
@@ -163,29 +128,78 @@ def rsync(src: Path, dst: Path, *extra: str) -> float:
     return time.perf_counter() - t
 
 
-def run(seq_mb: int = 512, tree_mb: int = 2048, file_mb: int = 32,
-        out_dir: Path = ROOT / "bench" / "results") -> dict[str, Any]:
-    rng = random.Random(7)
-    results: dict[str, Any] = {"seq_mb": seq_mb, "tree_mb": tree_mb}
-    base = Path(tempfile.mkdtemp(prefix="hcbench-", dir="/var/tmp"))
+RESULTS_FILE = "replication.json"
+
+
+def write_results(out_dir: Path, results: dict[str, Any], keep_others: bool) -> Path:
+    """Write ``results`` to replication.json; ``keep_others``: replace only
+    these keys in the file there (a part run alone)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    merged: dict[str, Any] = {}
+    if keep_others and path.exists():
+        try:
+            merged = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path}: not JSON ({e}); remove it or run the whole bench") from None
+    merged.update(results)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def _bench_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="hcbench-", dir="/var/tmp"))   # the disk, not tmpfs
+
+
+def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
+    """The sequential figures in a lab of their own (``replication_seq``)."""
+    base = _bench_dir()
     try:
         local = base / "local"
         local.mkdir()
-        results["local_seq_write_MBps"] = seq_write(local, seq_mb)
+        with Lab(["prim", "sec"]) as lab:
+            pair = ReplicationPair(lab, base / "pair")
+            try:
+                pair.start_receiver()
+                pair.start_mount()
+                seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim,
+                                                            seq_mb=seq_mb, rounds=rounds)
+            finally:
+                pair.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return replication_seq.summarize(seq_rounds, seq_mb)
+
+
+def measure_failover(trials: int, working_set_mb: int) -> dict[str, Any]:
+    """The failover resync figures in a lab of their own (``replication_failover``)."""
+    base = _bench_dir()
+    try:
+        with Lab(["a", "b"]) as lab:
+            got = replication_failover.measure_failover_resync(
+                lab, base, trials=trials, working_set_mb=working_set_mb)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return replication_failover.summarize(got, working_set_mb, 4)
+
+
+def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int = 5,
+        failover_trials: int = 3, working_set_mb: int = 200,
+        out_dir: Path = ROOT / "bench" / "results") -> dict[str, Any]:
+    rng = random.Random(7)
+    results: dict[str, Any] = measure_seq(seq_mb, rounds)
+    results["tree_mb"] = tree_mb
+    base = _bench_dir()
+    try:
+        local = base / "local"
+        local.mkdir()
         results["local_small_files_per_s"] = small_files(local, 2000)
         with Lab(["prim", "sec"]) as lab:
-            server = lab.spawn("sec", [sys.executable, "-c", TCP_SERVER, lab.addr("sec")], name="tcp")
-            res = lab.run("prim", [sys.executable, "-c", TCP_CLIENT, lab.addr("sec"),
-                                   str(2048 * MiB)], timeout=120)
-            server.stop()
-            results["tcp_MBps"] = float(res.stdout.strip())
-            results["limit_MBps"] = min(results["local_seq_write_MBps"] / 2, results["tcp_MBps"])
-
             pair = ReplicationPair(lab, base / "pair")
             pair.start_receiver()
             pair.start_mount()
-            results["seq_write_MBps"] = seq_write(pair.prim, seq_mb)
-            results["seq_ratio_to_limit"] = results["seq_write_MBps"] / results["limit_MBps"]
             local_4k, s4k = sync_4k_rounds(local, pair.prim)
             results["local_4k_p50_ms"] = statistics.median(local_4k)
             results["sync_4k_p50_ms"] = statistics.median(s4k)
@@ -217,24 +231,39 @@ def run(seq_mb: int = 512, tree_mb: int = 2048, file_mb: int = 32,
             pair.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    results.update(measure_failover(failover_trials, working_set_mb))
 
     r = results
-    lines = [
-        f"local_seq_write_MBps: {r['local_seq_write_MBps']:.0f} MB/s (baseline)",
-        f"tcp_MBps: {r['tcp_MBps']:.0f} MB/s (baseline)",
-        f"limit_MBps: {r['limit_MBps']:.0f} MB/s (min(local/2, tcp))",
-        f"seq_write_MBps: {r['seq_write_MBps']:.0f} MB/s ({r['seq_ratio_to_limit']:.2f} x vs limit_MBps)",
+    lines = replication_seq.report_lines(r) + [
         f"sync_4k_p50_ms: {r['sync_4k_p50_ms']:.3f} ms ({r['sync_4k_p50_ms'] / r['local_4k_p50_ms']:.1f} x vs local_4k_p50_ms {r['local_4k_p50_ms']:.3f})",
         f"sync_4k_p99_ms: {r['sync_4k_p99_ms']:.3f} ms",
         f"small_files_per_s: {r['small_files_per_s']:.0f} /s ({r['small_files_per_s'] / r['local_small_files_per_s']:.2f} x vs local {r['local_small_files_per_s']:.0f})",
         f"resync_1pct_s: {r['resync_1pct_s']:.3f} s ({r['resync_1pct_s'] / r['rsync_1pct_s']:.3f} x vs rsync_1pct_s {r['rsync_1pct_s']:.3f})",
         f"resync_nobitmap_s: {r['resync_nobitmap_s']:.3f} s ({r['resync_nobitmap_s'] / r['rsync_full_s']:.3f} x vs rsync_full_s {r['rsync_full_s']:.3f})",
-    ]
+    ] + replication_failover.report_lines(r)
     print("\n".join(lines))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "replication.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out_dir / 'replication.json'}")
+    print(f"wrote {write_results(out_dir, results, keep_others=False)}")
     return results
+
+
+def _print_and_merge(r: dict[str, Any], lines: list[str], out_dir: Path) -> dict[str, Any]:
+    print("\n".join(lines))
+    print(f"wrote {write_results(out_dir, r, keep_others=True)} (these keys; the others kept)")
+    return r
+
+
+def run_seq_only(seq_mb: int = 256, rounds: int = 5,
+                 out_dir: Path = ROOT / "bench" / "results") -> dict[str, Any]:
+    """Just the sequential figures; replaces them in replication.json."""
+    r = measure_seq(seq_mb, rounds)
+    return _print_and_merge(r, replication_seq.report_lines(r), out_dir)
+
+
+def run_failover_only(trials: int = 3, working_set_mb: int = 200,
+                      out_dir: Path = ROOT / "bench" / "results") -> dict[str, Any]:
+    """Just the failover resync figures; replaces them in replication.json."""
+    r = measure_failover(trials, working_set_mb)
+    return _print_and_merge(r, replication_failover.report_lines(r), out_dir)
 
 
 def run_sync_4k_only(n: int = 500, rounds: int = 5) -> dict[str, float]:
@@ -263,24 +292,40 @@ def run_sync_4k_only(n: int = 500, rounds: int = 5) -> dict[str, float]:
     return r
 
 
+ONLY = ("all", "sync_4k", "seq", "failover_resync")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.replication_bench",
                                 description="the replication benchmark, or a part of it")
-    p.add_argument("--only", choices=("all", "sync_4k"), default="all",
-                   help="sync_4k: only the 4 KiB write+fsync latency (writes no results file)")
+    p.add_argument("--only", choices=ONLY, default="all",
+                   help="sync_4k: only the 4 KiB write+fsync latency (writes no results file); "
+                        "seq, failover_resync: only those figures (replaced in the results file)")
     p.add_argument("--n", type=int, default=500, help="sync_4k: write+fsync pairs per side")
-    p.add_argument("--seq-mb", type=int, default=512, help="all: sequential write size")
+    p.add_argument("--seq-mb", type=int, default=256, help="sequential write size")
+    p.add_argument("--rounds", type=int, default=5, help="sequential: alternating rounds")
     p.add_argument("--tree-mb", type=int, default=2048, help="all: resync tree size")
+    p.add_argument("--failover-trials", type=int, default=3,
+                   help="failover_resync: failovers of each kind (with and without the log)")
+    p.add_argument("--working-set-mb", type=int, default=200,
+                   help="failover_resync: data in the mirrored directory")
     args = p.parse_args(argv)
-    if args.n < 5 or args.seq_mb < 1 or args.tree_mb < 32:
-        p.error("--n must be >= 5, --seq-mb >= 1, --tree-mb >= 32 (one 32 MiB file)")
+    if (args.n < 5 or args.seq_mb < 1 or args.tree_mb < 32 or args.rounds < 1
+            or args.failover_trials < 1 or args.working_set_mb < 4):
+        p.error("--n must be >= 5, --seq-mb >= 1, --tree-mb >= 32 (one 32 MiB file), "
+                "--rounds >= 1, --failover-trials >= 1, --working-set-mb >= 4 (one file)")
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
         return 1
     if args.only == "sync_4k":
         run_sync_4k_only(args.n)
+    elif args.only == "seq":
+        run_seq_only(args.seq_mb, args.rounds)
+    elif args.only == "failover_resync":
+        run_failover_only(args.failover_trials, args.working_set_mb)
     else:
-        run(seq_mb=args.seq_mb, tree_mb=args.tree_mb)
+        run(seq_mb=args.seq_mb, tree_mb=args.tree_mb, rounds=args.rounds,
+            failover_trials=args.failover_trials, working_set_mb=args.working_set_mb)
     return 0
 
 

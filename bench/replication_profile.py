@@ -18,7 +18,8 @@ from pathlib import Path
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
 
-from .replication_bench import seq_write, sync_4k
+from .replication_bench import sync_4k
+from .replication_seq import seq_write
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
