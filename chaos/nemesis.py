@@ -615,6 +615,14 @@ def one_line_error(stderr: str) -> str | None:
     return lines[0] if len(lines) == 1 and lines[0].startswith("hacluster: ") else None
 
 
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    """``parent/prefix-N`` for the first N not used yet (each rejoin gets its own)."""
+    n = 1
+    while (parent / f"{prefix}-{n}").exists():
+        n += 1
+    return parent / f"{prefix}-{n}"
+
+
 class MembershipChange(Nemesis):
     """A membership change while one voter (a witness or the secondary) is cut off.
 
@@ -804,7 +812,7 @@ class MembershipChange(Nemesis):
                 proc.stop()
             self.record("restore-stop", member, "daemon stopped" if running
                         else "daemon had exited by itself")
-            out = ctx.lab.workdir / f"rejoin-{member}-{os.getpid()}-{len(self.events)}"
+            out = _fresh_dir(ctx.lab.workdir, f"rejoin-{member}")
             res = self._cli(ctx, anchor, "cluster", f"add-{role}", member, ctx.lab.addr(member),
                             "--out", str(out))
             self.record("restore-add", member, f"rc={res.returncode} {res.stderr.strip()!r}")

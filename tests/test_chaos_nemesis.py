@@ -351,3 +351,11 @@ def test_cli_takes_a_comma_list_of_nemeses():
     assert _nemeses("all") == list(NEMESES)
     with pytest.raises(argparse.ArgumentTypeError, match="unknown nemesis 'ring'"):
         _nemeses("majorities-ring,ring")
+
+
+def test_every_rejoin_gets_a_configuration_folder_of_its_own(tmp_path):
+    from chaos.nemesis import _fresh_dir
+    first = _fresh_dir(tmp_path, "rejoin-w")
+    first.mkdir()
+    second = _fresh_dir(tmp_path, "rejoin-w")
+    assert first != second and not second.exists() and _fresh_dir(tmp_path, "rejoin-w2").name == "rejoin-w2-1"
