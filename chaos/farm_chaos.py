@@ -5,8 +5,8 @@ N times on one FarmLab and writes history.json, summary.md, summary.json, timeli
 
 An episode: a steady period (the client's connections through the VIP on the on_port
 rule, the rulesets read back before and after), the fault, its hold, the heal, recovery
-(every node UP and every bucket accepted by exactly one node's loaded ruleset), a second
-steady period. Checks (``check_episode``, pure): in the steady periods every connection
+(every node UP and every bucket accepted by exactly one node's loaded ruleset, on a
+settled cluster: see ``raft_settled``), a second steady period. Checks (``check_episode``, pure): in the steady periods every connection
 is answered, and by the node whose ruleset holds the connection's bucket
 (``vip.farm_ruleset.bucket_of``); the table is complete and unchanged across each steady
 period; recovery comes within its bound; a node taken out is rebalanced away within
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raft.settings import RaftSettings
 from vip.farm_ruleset import BUCKETS, bucket_of
 
 from .chaos_report import percentile, render_timeline, write_history
@@ -245,6 +246,25 @@ def owner_table(rulesets: Rulesets) -> dict[int, str]:
     return {b: n for n, owned in rulesets.items() for b in owned or ()}
 
 
+def raft_settled(statuses: Mapping[str, Mapping[str, Any] | None], applied_floor: int) -> bool:
+    """Has the cluster settled after a heal? Every node answers, all in one term under
+    one leader, and each has applied past ``applied_floor`` (a commit index read after
+    the heal), so each has taken entries from the current leader since.
+
+    Why a complete table is not enough: a node cut off keeps raising its Raft term (it
+    stands for election); when it gets through again — up to a connection retry after
+    the link is back — it deposes the leader, and the election that follows can stall
+    the lease renewals of every node past their deadline. A table seen before that rests
+    on leases that may still lapse: the fault is not over yet."""
+    if not statuses or any(st is None for st in statuses.values()):
+        return False
+    terms = {st.get("term") for st in statuses.values()}
+    leaders = {st.get("leader") for st in statuses.values()}
+    if len(terms) != 1 or len(leaders) != 1 or None in leaders or None in terms:
+        return False
+    return all((st.get("last_applied") or 0) > applied_floor for st in statuses.values())
+
+
 def check_episode(obs: FarmObservation) -> list[str]:
     """Violations of one episode, as one-line messages."""
     out: list[str] = []
@@ -383,6 +403,38 @@ def _healthy(farm: FarmLab) -> bool:
     return _all_up(farm) and farm.complete_on(farm.nodes)
 
 
+def _holder_deadline_s(farm: FarmLab) -> float:
+    """How long a lease renewed just before the heal can still be held without a new
+    renewal (lease - margin): a node serving later than that renewed after the heal."""
+    timing = RaftSettings.from_dict(farm.cluster.raft_settings or None).lease_timing
+    return timing.lease_s - timing.margin_s
+
+
+class _Settling:
+    """After a heal: recovered once the farm is healthy on a settled cluster
+    (``raft_settled``) and a holder deadline has passed since the heal."""
+
+    def __init__(self, farm: FarmLab) -> None:
+        self.farm = farm
+        self.not_before = time.monotonic() + _holder_deadline_s(farm)
+        self.floor: int | None = None
+
+    def _statuses(self) -> dict[str, dict | None]:
+        return {n: self.farm.cluster.status(n) for n in self.farm.nodes}
+
+    def recovered(self) -> bool:
+        statuses = self._statuses()
+        if self.floor is None:
+            indexes = [st["commit_index"] for st in statuses.values()
+                       if st is not None and st.get("commit_index") is not None]
+            if not indexes:
+                return False
+            self.floor = max(indexes)     # committed by now: later entries come after the heal
+            return False
+        return (time.monotonic() >= self.not_before and raft_settled(statuses, self.floor)
+                and _healthy(self.farm))
+
+
 def _repair(farm: FarmLab, timeout: float) -> str | None:
     """Undo every fault and restart dead daemons when the last episode left the farm
     unhealthy; what was done (None: nothing needed)."""
@@ -427,7 +479,8 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
         time.sleep(max(0.0, t_fault + hold - time.monotonic()))
         t_heal = time.monotonic()
         nem.heal(farm)
-        t_recovered = _poll(lambda: _healthy(farm), recovery_bound_s)
+        settling = _Settling(farm)
+        t_recovered = _poll(settling.recovered, recovery_bound_s)
         if t_recovered is not None:
             obs.windows.append(_steady(farm, "after", steady_s))
     finally:
@@ -524,7 +577,8 @@ def render_farm_summary(history: dict[str, Any], title: str = "farm chaos run") 
         f"{len(history['connections'])} connections.", "",
         "Rebalance: from the fault to a complete bucket table on the live nodes (nemeses "
         "that take a node out). Recovery: from the heal to every node UP with a complete "
-        "table. Failed: connections without an answer, mostly during faults (not judged "
+        "table, on a settled cluster (one Raft term and leader, every node applying the "
+        "leader's entries since the heal, a lease minus margin after the heal). Failed: connections without an answer, mostly during faults (not judged "
         "there; in steady periods every one is a violation).", "",
         "| nemesis | episodes | violations | rebalance p50 s | rebalance p99 s "
         "| recovery p50 s | recovery p99 s | connections | failed |",

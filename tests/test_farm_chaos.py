@@ -7,8 +7,8 @@ import json
 import pytest
 
 from chaos.farm_chaos import (FARM_NEMESES, Conn, FarmObservation, SteadyWindow, check_episode,
-                              main, owner_table, render_farm_summary, run_farm_chaos,
-                              table_problems, write_farm_report)
+                              main, owner_table, raft_settled, render_farm_summary,
+                              run_farm_chaos, table_problems, write_farm_report)
 from tests.conftest import needs_root
 from vip.farm_ruleset import bucket_of
 
@@ -105,6 +105,23 @@ def test_table_changing_during_a_steady_period_is_a_violation():
         "before steady period: the bucket table changed during it"]
 
 
+def _status(term=7, leader="f1", last_applied=120) -> dict:
+    return {"term": term, "leader": leader, "last_applied": last_applied, "role": "follower"}
+
+
+def test_the_cluster_is_settled_only_in_one_term_under_one_leader_past_the_floor():
+    settled = {n: _status() for n in NODES}
+    assert raft_settled(settled, applied_floor=100)
+    # The flapped node still stands for election in a term of its own: it will depose
+    # the leader when it gets through.
+    assert not raft_settled({**settled, "f3": _status(term=12, leader=None)}, 100)
+    assert not raft_settled({**settled, "f3": _status(leader="f3")}, 100)
+    # It has not taken an entry from the leader since the heal (its link not back yet).
+    assert not raft_settled({**settled, "f3": _status(last_applied=100)}, 100)
+    assert not raft_settled({**settled, "f2": None}, 100), "a node that does not answer"
+    assert not raft_settled({}, 100)
+
+
 def test_cli_refuses_an_unknown_nemesis(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--nemesis", "nope"])
@@ -116,10 +133,7 @@ def test_cli_refuses_an_unknown_nemesis(capsys):
 @pytest.mark.lab
 def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path):
     lab = make_lab(["f1", "f2", "f3", "c"])
-    # "flap" is left out here: in one CI run out of two its after-heal steady period saw the
-    # flapped node drop out of the table again (an open farm bug, in the session note);
-    # `python -m chaos.farm_chaos --nemesis flap` still runs it and reports it.
-    names = [n for n in FARM_NEMESES if n != "flap"]
+    names = list(FARM_NEMESES)
     history = run_farm_chaos(lab, names, 1, seed=7, hold_range_s=(2.0, 3.0), steady_s=1.2)
     paths = write_farm_report(history, tmp_path)
     eps = history["episodes"]

@@ -537,7 +537,7 @@ _FLAPS = st.lists(st.tuples(st.sampled_from(["cut", "heal", "expire"]), st.sampl
 
 
 @given(_FLAPS, st.booleans())
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 def test_flapping_links_never_restart_the_application_and_all_serve_after(steps, views_late):
     """Cut-offs, heals and expiries only (no command, checker or crash): the VIP goes
     and comes back, the application is never stopped or started again."""
