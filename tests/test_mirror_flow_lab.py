@@ -40,6 +40,13 @@ def test_a_bad_flow_network_is_refused(make_lab):
         MirrorLab(lab, flow_network="repl")
     with pytest.raises(ValueError, match="other than its first"):
         MirrorLab(lab, flow_network="lan")
+    # the nemesis needs the flow network, and its choice is the seed's
+    ctx = NemesisContext(mirror=MirrorLab(lab), roles=ROLES, rng=random.Random(1))
+    with pytest.raises(RuntimeError, match="needs a mirror lab with a replication network"):
+        CutReplicationNetwork().start(ctx)
+    picks = [CutReplicationNetwork().choose(random.Random(s), ROLES) for s in range(20)]
+    assert picks == [CutReplicationNetwork().choose(random.Random(s), ROLES) for s in range(20)]
+    assert {(p["host"], p["side"]) for p in picks} == {("n1", "primary"), ("n2", "secondary")}
 
 
 @pytest.mark.parametrize("side", ["primary", "secondary"])
@@ -70,8 +77,9 @@ def test_cut_replication_network_primary_goes_alone_on_the_same_epoch_then_resyn
     # under the same lease, with no failover; the secondary stays SECOND, not in sync
     st = m.wait_state("n1", "ALONE", timeout=20)
     assert (st["epoch"], st["in_sync"]) == (epoch, ["n1"])
-    [removed] = [e for e in m.cluster.events("n1", "secondary_out_of_sync")
-                 if float(e["mono"]) > t_cut]
+    # (the hook logs the commit when it returns, a little after the view went ALONE)
+    [removed] = wait_until("the peer_lost commit logged", lambda: [
+        e for e in m.cluster.events("n1", "secondary_out_of_sync") if float(e["mono"]) > t_cut], 10)
     assert int(removed["epoch"]) == epoch
     sec = m.state("n2")
     assert (sec["state"], sec["ready"], sec["epoch"], sec["primary"]) == ("SECOND", "Transient",
