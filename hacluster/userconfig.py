@@ -16,10 +16,11 @@ makes an implicit rule ``kind_ident: if (kind.ident == down) then action();``):
 (wait; no <to> = a local module), ``<splitbrain ident exec="ping" arg="ADDR ..."/>`` (none:
 reported only). Intervals default to 10 s, timeouts to 5 s (unitless = seconds).
 ``<failover>`` holds rules in checkers.failover_rules' grammar; a rule naming an implicit
-rule's label replaces it. ``<heart><heartbeat name ident="flow"><server addr/>...</heartbeat></heart>``: the servers of
-the first heartbeat name a mirror's nodes; the one heartbeat marked ``ident="flow"`` carries
-the replication, its servers being the nodes' replication addresses in the same order (how
-they map to nodes: hacluster.module_nodes). ``<farm><lan><node name addr power/></lan></farm>`` and
+rule's label replaces it. In ``<heart><heartbeat name ident><server addr/>...</heartbeat>``,
+the servers of the first heartbeat name a mirror's nodes; the one heartbeat marked
+``ident="flow"`` carries the replication, its servers being the nodes' replication
+addresses in the same order (how they map to nodes: hacluster.module_nodes).
+``<farm><lan><node name addr power/></lan></farm>`` and
 ``<vip><loadbalancing_list><group><rule port proto filter/></group></loadbalancing_list>``
 are for farm modules only.
 """
@@ -443,8 +444,8 @@ def _flow_ident(r: _Reader, hb: Element, ident: str | None,
                                              "(this heartbeat's network carries the replication)")
     if earlier_flows:
         first, el = earlier_flows[0]
-        raise r.error(hb, "heartbeat@ident", f"a second flow heartbeat: {first.name!r} "
-                                             f"(line {r.line_of.get(id(el))}) already carries the replication")
+        raise r.error(hb, "heartbeat@ident", f"a second flow heartbeat: {first.name!r} (line "
+                                             f"{r.line_of.get(id(el))}) already carries the replication")
     return True
 
 
@@ -467,8 +468,8 @@ def _check_flow(r: _Reader, nets: list[tuple[HeartbeatNet, Element]], mode: str)
         against = (f"the first heartbeat {first.name!r} (line {r.line_of.get(id(first_el))}) lists "
                    f"{want}" if first.servers else "a mirror module has 2 nodes")
         raise r.error(el, "heartbeat/server",
-                      f"the flow heartbeat {net.name!r} lists {_count(len(net.servers), 'server')} but {against}: "
-                      "give one replication address per node, in the same order")
+                      f"the flow heartbeat {net.name!r} lists {_count(len(net.servers), 'server')} "
+                      f"but {against}: give one replication address per node, in the same order")
 
 
 def _count(n: int, noun: str) -> str:
