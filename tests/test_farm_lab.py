@@ -3,6 +3,7 @@ committed in Raft, a real TCP service answering with its node name, a client
 host, a real kill -9 of a whole node."""
 from __future__ import annotations
 
+import os
 import socket
 from collections import Counter
 
@@ -112,16 +113,28 @@ def test_stopping_the_module_hands_its_share_over_and_start_takes_it_back(farm):
     farm.wait_farm(farm.nodes)
 
 
-def test_cut_off_node_stops_serving_and_rejoins_when_healed(farm):
+def _app_pid(farm: FarmLab, node: str) -> int:
+    """The name server's pid (start_both writes the pidfile anew each time)."""
+    pid = int((farm.root(node) / "run" / MODULE / "names.pid").read_text())
+    os.kill(pid, 0)         # and it runs
+    return pid
+
+
+def test_cut_off_node_stops_serving_keeps_its_application_and_rejoins_when_healed(farm):
+    pid = _app_pid(farm, "f2")
     farm.lab.cut("f2")
     wait_until("f2's buckets with f1 and f3", lambda: farm.complete_on(["f1", "f3"]), 20)
     # f2 cannot prove it is in the majority: it dropped its VIP and ruleset itself
     wait_until("f2 dropped its farm VIP", lambda: farm.ruleset_buckets("f2") is None, 20)
     counts = Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 200))
     assert set(counts) == {"f1", "f3"}, counts
+    st = farm.state("f2")
+    assert (st["state"], st["ready"], st["connected"], st["vip"]) == ("UP", "Transient", False, [])
+    assert _app_pid(farm, "f2") == pid, "a cut-off node keeps its application running"
     farm.lab.heal("f2")
     farm.wait_farm(farm.nodes, timeout=60)
     assert {n: len(farm.ruleset_buckets(n)) for n in farm.nodes} == {"f1": 128, "f2": 64, "f3": 64}
+    assert _app_pid(farm, "f2") == pid, "it serves again without a restart"
 
 
 def test_a_failing_checker_takes_the_node_out_of_the_farm_until_it_is_up(make_lab):
