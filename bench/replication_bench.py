@@ -182,7 +182,7 @@ def measure_failover(trials: int, working_set_mb: int) -> dict[str, Any]:
                 lab, base, trials=trials, working_set_mb=working_set_mb)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return replication_failover.summarize(got, working_set_mb, 4)
+    return replication_failover.summarize(got, working_set_mb, replication_failover.DEFAULT_FILE_MB)
 
 
 def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int = 5,
@@ -310,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--working-set-mb", type=int, default=200,
                    help="failover_resync: data in the mirrored directory")
     args = p.parse_args(argv)
-    if (args.n < 5 or args.seq_mb < 1 or args.tree_mb < 32 or args.rounds < 1
-            or args.failover_trials < 1 or args.working_set_mb < 4):
-        p.error("--n must be >= 5, --seq-mb >= 1, --tree-mb >= 32 (one 32 MiB file), "
-                "--rounds >= 1, --failover-trials >= 1, --working-set-mb >= 4 (one file)")
+    minimums = {"n": 5, "seq_mb": 1, "tree_mb": 32, "rounds": 1, "failover_trials": 1,
+                "working_set_mb": replication_failover.DEFAULT_FILE_MB}   # tree: one 32 MiB file
+    for name, least in minimums.items():
+        if getattr(args, name) < least:
+            p.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(args, name)}")
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
         return 1

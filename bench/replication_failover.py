@@ -51,6 +51,7 @@ SECRET = "failover-bench-secret-0123456789abcdef0123"
 JOURNAL = "journal"
 JOURNAL_RECORDS = 4096          # 16 MiB of 4 KiB records, written round and round
 HOT_FILES = 4
+DEFAULT_FILE_MB = 4                # as the activity log's region: one region a file
 
 log = logging.getLogger("hacluster.bench.replication_failover")
 
@@ -297,7 +298,7 @@ class FailoverBench:
 
 
 def measure_failover_resync(lab: Lab, base: Path, *, trials: int = 3, working_set_mb: int = 200,
-                            file_mb: int = 4, writer_s: float = 1.5) -> list[FailoverTrial]:
+                            file_mb: int = DEFAULT_FILE_MB, writer_s: float = 1.5) -> list[FailoverTrial]:
     """``trials`` failovers of each kind, alternating: each trial is a fresh
     pair failed over twice, first with the activity log, then (back the other
     way) without it. Fresh, because a node that crashed as primary keeps its

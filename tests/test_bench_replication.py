@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bench import replication_failover, replication_seq
 from bench.replication_bench import write_results
@@ -33,6 +35,20 @@ def test_summary_takes_medians_and_the_median_of_round_ratios():
     lines = replication_seq.report_lines(r)
     assert lines[-1].startswith("seq_write_MBps: 200 MB/s (0.50 x vs limit_MBps")
     assert "goal >= 0.7 not met" in lines[-1]
+
+
+RATE = st.floats(1, 1e5, allow_nan=False)
+
+
+@given(st.lists(st.tuples(RATE, RATE, RATE), min_size=1, max_size=9))
+def test_summary_ratio_lies_within_its_rounds_and_limits_bound_both_baselines(figures):
+    rounds = [replication_seq.SeqRound(*f) for f in figures]
+    r = replication_seq.summarize(rounds, seq_mb=1)
+    assert r["seq_ratio_min"] <= r["seq_ratio_to_limit"] <= r["seq_ratio_max"]
+    for x in r["seq_per_round"]:
+        assert x["limit_MBps"] <= x["local_MBps"] / 2 and x["limit_MBps"] <= x["tcp_MBps"]
+        assert x["limit_MBps"] in (x["local_MBps"] / 2, x["tcp_MBps"])
+    assert r["seq_rounds"] == len(rounds)
 
 
 def test_failover_summary_splits_the_two_kinds():
