@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import random
 
+from .lab_shapes import SHAPES, TWO_NETWORKS
 from .nemesis import Nemesis, NemesisContext, Roles
+
+# chaos.lab_shapes leaves the two-network shape to the module whose nemeses need it.
+SHAPES.setdefault(TWO_NETWORKS.name, TWO_NETWORKS)
 
 
 class CutReplicationNetwork(Nemesis):
     """The flow network of the primary or of the secondary (seeded) cut in both
     directions with an nft drop on that host's flow interface; heal removes it."""
     name = "cut-replication-network"
-    lab_shape = "two_networks"     # the runner builds the lab with a flow network
+    lab_shape = TWO_NETWORKS.name   # the runner builds the lab with a flow network
 
     def choose(self, rng: random.Random, roles: Roles) -> dict[str, object]:
         side = rng.choice(["primary", "secondary"])
