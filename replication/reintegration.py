@@ -763,23 +763,36 @@ class Reintegration:
                 mode = ("digest" if remote is not None and remote.type == FileType.FILE
                         and not self._foreign_links(path) else "create")
             try:
-                if mode == "create":
-                    self._create_file(path, replace=remote is not None)
-                else:
-                    self._sync_content(path, remote, mode)
-            except OSError as e:
-                if (isinstance(e, (ConnectionError, TimeoutError))
-                        or not self._is_regular_file(path)):
-                    raise
-                # The receiver refused: a live op did something else to its
-                # copy than to ours (it was not in sync yet). Copy it whole.
-                mode = "create"
-                self._create_file(path, replace=True)
+                try:
+                    if mode == "create":
+                        self._create_file(path, replace=remote is not None)
+                    else:
+                        self._sync_content(path, remote, mode)
+                except OSError as e:
+                    if (isinstance(e, (ConnectionError, TimeoutError))
+                            or not self._is_regular_file(path)):
+                        raise
+                    # The receiver refused: a live op did something else to its
+                    # copy than to ours (it was not in sync yet). Copy it whole.
+                    mode = "create"
+                    self._create_file(path, replace=True)
+            except BaseException:
+                if mode in ("create", "digest"):    # bitmap mode clears only acked blocks
+                    self._note_broken_off(path)
+                raise
             if st.st_nlink > 1:
                 self._linked[inode] = (path, mode == "create")
         if self.store is not None:
             with self._guard(path):
                 self.store.drop(path)
+
+    def _note_broken_off(self, path: str) -> None:
+        """This file's sync broke off (the remote refused, e.g. ENOSPC, or the link
+        dropped): its remote copy may be re-created and half copied, and live writes
+        past the hole may have given it our size and mtime. Journal the path, so the
+        next run compares its digests instead of skipping it or sending old marks."""
+        if self.store is not None:      # no store: the next run compares digests anyway
+            self.store.note(path)
 
     def _synced_links(self, path: str, inode: tuple[int, int]) -> list[tuple[str, bool]]:
         """Other names of ``path``'s inode whose remote copy is up to date:

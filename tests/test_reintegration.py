@@ -4,6 +4,7 @@ temporary directory, so every op is applied by real file-system calls."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
@@ -655,3 +656,32 @@ def test_remote_manifest_matches_the_local_scan(trees):
     scanned = {path: Entry(**{**vars(e), "dev": 0}) if e.ino else e
                for path, e in scan_tree(local).items()}
     assert ApplierRemote(local).query_tree() == scanned
+
+
+def test_a_copy_cut_short_by_a_full_remote_disk_is_finished_on_the_next_run(trees, tmp_path):
+    """Chaos sweep, disk-full-secondary: the remote refused a bitmap block with ENOSPC,
+    the driver re-created the file there and the copy failed half-way (still full).
+    The next run must copy the whole file again, not only the old marks (the remote
+    copy kept a hole where the first records were: 'corrupt record at byte 0')."""
+    local, remote_root = trees
+    data = content(3, 10 * BS)
+    for root in trees:
+        write(os.path.join(root, "f"), data)
+    store = BitmapStore(str(tmp_path / "state"), block_size=BS)
+    modify(local, [Op(OpKind.WRITE, "f", offset=5 * BS, data=b"new")], store)
+
+    class FullDisk(ApplierRemote):
+        writes = 0
+
+        def send(self, op):
+            if op.kind == OpKind.WRITE:
+                self.writes += 1
+                if self.writes != 2:        # the bitmap block and all but one chunk
+                    raise OSError(errno.ENOSPC, "No space left on device", op.path)
+            super().send(op)
+
+    with pytest.raises(OSError) as failed:
+        reintegrate(local, FullDisk(remote_root), store=store, state_dir=str(tmp_path / "cursor"))
+    assert failed.value.errno == errno.ENOSPC
+    reintegrate(local, ApplierRemote(remote_root), store=store, state_dir=str(tmp_path / "cursor"))
+    assert_same_trees(local, remote_root)
