@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .dirty_bitmap import fsync_dir
+from .dirty_bitmap import BitmapStore, fsync_dir
 
 log = logging.getLogger("replication.activity_log")
 
@@ -49,6 +49,7 @@ NOTE = -1                               # region index meaning "the whole path"
 AL_FILE = "activity_log"
 IN_SYNC_FILE = "receiver_in_sync"
 PENDING_FILE = "al_pending"
+CHANGES_DIR = "changes"             # the primary sessions' BitmapStore (primary_link)
 
 Key = tuple[str, int]
 
@@ -464,6 +465,13 @@ def prepare_promotion(state_dir: str) -> int | None:
     marker = _read_json(os.path.join(state_dir, IN_SYNC_FILE))
     epoch = marker.get("epoch") if marker else None
     if isinstance(epoch, int):
+        # This copy equals that primary's: the marks of this node's own earlier
+        # primary session, and the sticky crash taint on them, describe nothing
+        # now (left, the taint made this promotion compare every block). A reset
+        # also voids a reintegration cursor of that session.
+        store = BitmapStore(os.path.join(state_dir, CHANGES_DIR))
+        store.reset()
+        store.close()
         _write_new(os.path.join(state_dir, PENDING_FILE),
                    json.dumps({"after_epoch": epoch}).encode("ascii"))
     drop_receiver_in_sync(state_dir)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replication import activity_log as al
+from replication.dirty_bitmap import BitmapStore
 from replication.activity_log import ActivityLog, ActivityState, NOTE, regions_of, replay
 
 
@@ -185,3 +187,37 @@ def test_promotion_bookkeeping(tmp_path):
     assert not os.path.exists(os.path.join(state, al.IN_SYNC_FILE))
     assert al.prepare_promotion(state) is None           # the marker is used once
     assert al.pending_epoch(state) is None
+
+
+def test_promotion_of_an_in_sync_receiver_clears_its_old_primary_sessions_crash_taint(tmp_path):
+    """A node SIGKILLed as primary leaves its change store open (untrusted); resynced
+    since as a receiver and promoted again, it must not compare every block for ever."""
+    state = str(tmp_path / "rfs0")
+    changes = os.path.join(state, al.CHANGES_DIR)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            BitmapStore(changes).mark("f", 0, 4096)     # open, and never closed
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    probe = BitmapStore(changes)
+    assert not probe.trusted()
+    probe.close()
+    al.mark_receiver_in_sync(state, 7)
+    assert al.prepare_promotion(state) == 7
+    store = BitmapStore(changes)
+    assert store.trusted() and store.paths() == []
+    store.close()
+
+
+def test_promotion_of_a_receiver_not_in_sync_keeps_the_old_marks(tmp_path):
+    state = str(tmp_path / "rfs0")
+    changes = os.path.join(state, al.CHANGES_DIR)
+    old = BitmapStore(changes)
+    old.mark("f", 0, 4096)
+    old.close()
+    assert al.prepare_promotion(state) is None
+    store = BitmapStore(changes)
+    assert store.paths() == ["f"]
+    store.close()
