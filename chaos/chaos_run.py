@@ -36,6 +36,10 @@ from .lab import wait_until
 from .lab_mirror import MirrorLab
 from .lab_shapes import LabShape, plan_by_shape, shape
 from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis, small_fs_dir
+from .nemesis_flow import CutReplicationNetwork
+
+# Registered here, not in chaos.nemesis, which chaos.nemesis_flow imports for its base class.
+NEMESES.setdefault(CutReplicationNetwork.name, CutReplicationNetwork)
 
 log = logging.getLogger("chaos.chaos_run")
 

@@ -65,13 +65,11 @@ STANDARD = LabShape("standard", ("w",))
 # Five voters (two data nodes, three witnesses): room for a majorities ring and for
 # membership changes that keep a quorum while one voter is cut off.
 FIVE_VOTERS = LabShape("five_voters", ("w", "w2", "w3"))
-# A second bridge that carries only the replication channel (the flow nemeses). Not in
-# SHAPES until chaos/nemesis_flow.py and MirrorLab(flow_network=...) exist: register it
-# there with ``SHAPES[TWO_NETWORKS.name] = TWO_NETWORKS`` (or add it to the dict below).
+# A second bridge that carries only the replication channel (the flow nemeses).
 TWO_NETWORKS = LabShape("two_networks", ("w",), lab_kwargs={"networks": ("lan", "repl")},
                         mirror_kwargs={"flow_network": "repl"})
 
-SHAPES: dict[str, LabShape] = {s.name: s for s in (STANDARD, FIVE_VOTERS)}
+SHAPES: dict[str, LabShape] = {s.name: s for s in (STANDARD, FIVE_VOTERS, TWO_NETWORKS)}
 
 
 def shape(name: str) -> LabShape:

@@ -607,6 +607,7 @@ class MajoritiesRing(Nemesis):
 
 CONVERGE_S = 30.0        # after heal: every member shows the committed membership
 _MEMBER_CLI_TIMEOUT_S = 60.0
+_MAJORITY_CHANGE_BOUND_S = 20.0   # a leader change during the change: try again until then
 
 
 def one_line_error(stderr: str) -> str | None:
@@ -693,17 +694,44 @@ class MembershipChange(Nemesis):
         self._minority.start()
         verbs = ["remove", "add"] if t["change"] == "readd" else ["remove"]
         for verb in verbs:
-            res = self._change(ctx, t["via"], verb)
-            detail = (f"{verb}-witness {t['target']} via {t['via']}: rc={res.returncode} "
-                      f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
-            self.record(f"majority-{verb}", t["via"], detail)
-            if res.returncode != 0:
-                self._violation(t["via"], f"majority-side {detail}")
+            if not self._majority_change(ctx, verb):
                 return
             if verb == "remove":
                 self._expected.pop(t["target"], None)
             else:
                 self._expected[t["target"]] = "witness"
+
+    def _majority_change(self, ctx: NemesisContext, verb: str) -> bool:
+        t = self.targets
+        args = (("cluster", "add-witness", t["target"], ctx.lab.addr(t["target"])) if verb == "add"
+                else ("cluster", "remove-witness", t["target"]))
+        detail = self._until_committed(ctx, t["via"], args, t["target"], verb == "add",
+                                       f"majority-{verb}")
+        if detail is not None:
+            self._violation(t["via"], f"majority-side {detail}")
+        return detail is None
+
+    def _until_committed(self, ctx: NemesisContext, via: str, args: tuple[str, ...],
+                         member: str, present: bool, action: str) -> str | None:
+        """A membership change made as an administrator makes it, through ``via``: a
+        failure by a leader change (the outcome of a command sent to a deposed leader
+        is not known) is checked against the committed membership and tried again.
+        Returns None once committed, else what failed for the whole bound."""
+        deadline = time.monotonic() + _MAJORITY_CHANGE_BOUND_S
+        while True:
+            res = self._cli(ctx, via, *args)
+            detail = (f"{' '.join(args[1:3])} via {via}: rc={res.returncode} "
+                      f"{(res.stderr or res.stdout).strip().splitlines()[-1:]}")
+            self.record(action, via, detail)
+            if res.returncode == 0:
+                return None
+            members = self._members_cli(ctx, via)
+            if members is not None and (member in members) == present:
+                self.record(action, via, "committed although the CLI failed")
+                return None
+            if time.monotonic() > deadline:
+                return f"{detail} (for {_MAJORITY_CHANGE_BOUND_S:.0f} s)"
+            time.sleep(0.5)
 
     def _try_minority(self, ctx: NemesisContext) -> None:
         self._minority_res = self._change(ctx, self.targets["isolated"], "remove")
@@ -802,11 +830,10 @@ class MembershipChange(Nemesis):
             if member in committed and running:
                 continue
             if member in committed:      # listed, but its daemon is gone
-                res = self._cli(ctx, anchor, "cluster", f"remove-{role}", member)
-                self.record("restore-remove", member, f"rc={res.returncode} {res.stderr.strip()!r}")
-                if res.returncode != 0:
-                    self._restore_failed(member, f"remove-{role} {member} failed: "
-                                         f"{res.stderr.strip()!r}")
+                failed = self._until_committed(ctx, anchor, ("cluster", f"remove-{role}", member),
+                                               member, False, "restore-remove")
+                if failed is not None:
+                    self._restore_failed(member, failed)
                     return
             if running:
                 proc.stop()

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import random
 
-from .lab_shapes import SHAPES, TWO_NETWORKS
+from .lab_shapes import TWO_NETWORKS
 from .nemesis import Nemesis, NemesisContext, Roles
-
-# chaos.lab_shapes leaves the two-network shape to the module whose nemeses need it.
-SHAPES.setdefault(TWO_NETWORKS.name, TWO_NETWORKS)
 
 
 class CutReplicationNetwork(Nemesis):

@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from chaos.chaos_run import episode_plan, episode_rng, small_file_systems
+from chaos.chaos_run import episode_plan, episode_rng, small_file_systems   # registers them all
 from chaos.nemesis import (FILLER_NAME, NEMESES, Nemesis, Roles, fill_until_full, make_nemesis,
                            small_fs_dir)
 from chaos.lab_shapes import SHAPES
@@ -18,7 +18,8 @@ SWAPPED = Roles(primary="n2", secondary="n1", witness="w", client="c")
 FIVE = ("w", "w2", "w3")
 # the roles each lab shape gives its nemeses (chaos.lab_shapes)
 SHAPE_ROLES = {"standard": (ROLES, SWAPPED),
-               "five_voters": (Roles("n1", "n2", "w", "c", FIVE), Roles("n2", "n1", "w", "c", FIVE))}
+               "five_voters": (Roles("n1", "n2", "w", "c", FIVE), Roles("n2", "n1", "w", "c", FIVE)),
+               "two_networks": (ROLES, SWAPPED)}
 
 
 def _choose(name: str, seed: int, roles: Roles | None = None) -> dict:
@@ -123,7 +124,7 @@ def test_unknown_nemesis_is_refused_by_name():
 
 def test_every_nemesis_is_registered_under_its_name():
     assert all(issubclass(cls, Nemesis) and cls.name == name for name, cls in NEMESES.items())
-    assert len(NEMESES) == 17
+    assert len(NEMESES) == 18       # with chaos.chaos_run's cut-replication-network
     assert {cls.lab_shape for cls in NEMESES.values()} <= set(SHAPES)
 
 

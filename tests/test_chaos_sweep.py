@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.chaos_report import decode_png, write_report
-from chaos.chaos_run import run_chaos
+from chaos.chaos_run import run_chaos   # also registers the flow nemesis
 from chaos.nemesis import NEMESES
 from tests.conftest import needs_root
 
