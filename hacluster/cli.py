@@ -152,6 +152,22 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# Daemon errors after which a membership command may still commit: it reached (or may
+# have reached) the Raft leader, and only the committed state tells.
+_OUTCOME_UNKNOWN_MARKS = ("not committed within", "did not answer", "outcome unknown")
+
+
+def _member_request(cfg: cluster_config.ClusterConfig, what: str, cmd: str, **kw: Any) -> Any:
+    try:
+        return request(cfg.socket_path, cmd, **kw)
+    except ControlError as e:
+        if any(mark in str(e) for mark in _OUTCOME_UNKNOWN_MARKS):
+            raise ControlError(f"{what}: no confirmation ({e}); outcome unknown: a command that "
+                               "reached the Raft leader may still commit; check with "
+                               "'hacluster cluster status'") from None
+        raise
+
+
 def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
     cfg = _load(args)
     if adding:
@@ -160,14 +176,16 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
         out = Path(args.out) if args.out else None
         if out is not None and (out / args.name / cluster_config.CONFIG_FILE).exists():
             raise ConfigError(f"{out / args.name}: already holds a configuration; choose another --out")
-        res = request(cfg.socket_path, "add_member", name=args.name, address=address, role=role)
+        res = _member_request(cfg, f"add-{role} {args.name}", "add_member", name=args.name,
+                              address=address, role=role)
         text = f"added {role} {args.name} ({address}) through Raft"
         if out is not None:
             d = cluster_config.write_member_dir(out, cfg.cluster, args.name, res["members"],
                                                 cfg.read_secret(), cfg.raft)
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
-        res = request(cfg.socket_path, "remove_member", name=args.name, role=role)
+        res = _member_request(cfg, f"remove-{role} {args.name}", "remove_member",
+                              name=args.name, role=role)
         text = f"removed {role} {args.name} through Raft"
     text += "\nmembers: " + ", ".join(f"{n} ({m['role']})" for n, m in sorted(res["members"].items()))
     _print(args, res, text)

@@ -46,7 +46,62 @@ AppliedCallback = Callable[[str, tuple, Result], None]
 
 
 class RaftCommandError(RuntimeError):
-    """A command was not committed (no leader, leader changed, timeout)."""
+    """A command was not confirmed. ``outcome_unknown`` False: it was not committed
+    and never will be (nothing sent, refused, overwritten); True: it reached a
+    leader that may still commit it (leader changed, no answer in time), so only
+    the committed state tells."""
+
+    def __init__(self, message: str, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
+# pysyncobj failures after which the command may still be committed.
+_OUTCOME_UNKNOWN = (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "the command queue is full",
+    FAIL_REASON.MISSING_LEADER: "no Raft leader known (nothing sent)",
+    FAIL_REASON.DISCARDED: "discarded (a new leader wrote another entry in its place)",
+    FAIL_REASON.NOT_LEADER: "the member it was sent to is no longer the leader",
+    FAIL_REASON.LEADER_CHANGED: "the leader changed before it answered",
+    FAIL_REASON.REQUEST_DENIED: "refused by the leader",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the leader's answer came too late to match",
+}
+
+
+def command_failure(op: str, err: int) -> RaftCommandError:
+    """The error for a pysyncobj failure code, worded by what it says about the outcome."""
+    reason = _FAIL_TEXT.get(err, _FAIL_NAMES.get(err, str(err)))
+    if err in _OUTCOME_UNKNOWN:
+        return RaftCommandError(f"{op}: outcome unknown: {reason}; it may still commit "
+                                "(check the cluster state)", outcome_unknown=True)
+    return RaftCommandError(f"{op} not committed: {reason}")
+
+
+def _settle(fut: concurrent.futures.Future, result: Any = None,
+            error: BaseException | None = None) -> None:
+    """Answer a future unless it is answered or cancelled (the caller gave up)."""
+    try:
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+class _Submission:
+    """A command on its way. ``waiting_for_leader``: held here, not in pysyncobj's
+    queue, so cancelling ``fut`` guarantees it is never sent."""
+
+    __slots__ = ("op", "args", "fut", "give_up_at", "waiting_for_leader")
+
+    def __init__(self, op: str, args: list, give_up_at: float) -> None:
+        self.op = op
+        self.args = args
+        self.fut: concurrent.futures.Future = concurrent.futures.Future()
+        self.give_up_at = give_up_at
+        self.waiting_for_leader = False
 
 
 class _StateConsumer(SyncObjConsumer):
@@ -151,6 +206,9 @@ class RaftMember:
         self._pending_expiry: set[tuple[str, int, int]] = set()
         self._next_lease_check = 0.0
         self.role = "follower"
+        # Commands that met no leader, re-sent by the tick thread once one is known.
+        self._awaiting_leader: list[_Submission] = []
+        self._awaiting_lock = threading.Lock()
         data = Path(data_dir)
         data.mkdir(parents=True, exist_ok=True)
         check_journal_format(data)
@@ -162,6 +220,10 @@ class RaftMember:
             dynamicMembershipChange=True,
             useFork=False,  # forking a threaded asyncio process is unsafe
             onStateChanged=self._on_state_changed,
+            # pysyncobj's own wait for a leader has no bound and cannot be cancelled: a
+            # command could commit long after its caller was told "not committed".
+            # submit() waits instead, bounded, and drops what the caller gave up on.
+            commandsWaitLeader=False,
             **settings.syncobj_kwargs(),
         )
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
@@ -195,6 +257,8 @@ class RaftMember:
     def _on_tick(self) -> None:
         self.syncobj.sync_journal()
         now = time.monotonic()
+        if self._awaiting_leader:
+            self._resend_awaiting_leader(now)
         if self.lease_clock.leader_since is None or now < self._next_lease_check:
             return
         self._next_lease_check = now + self.settings.lease_check_period_s
@@ -214,33 +278,72 @@ class RaftMember:
             self.consumer.command("expire", [resource, lease["epoch"], lease["seq"]],
                                  callback=lambda res, err, key=key: self._pending_expiry.discard(key))
 
+    def _resend_awaiting_leader(self, now: float) -> None:
+        with self._awaiting_lock:
+            waiting, self._awaiting_leader = self._awaiting_leader, []
+        has_leader = self.syncobj._getLeader() is not None
+        for sub in waiting:
+            if has_leader:
+                self._send(sub)
+            elif now >= sub.give_up_at:
+                _settle(sub.fut, error=command_failure(sub.op, FAIL_REASON.MISSING_LEADER))
+            elif not sub.fut.done():
+                with self._awaiting_lock:
+                    self._awaiting_leader.append(sub)
+
+    def _send(self, sub: _Submission) -> None:
+        # Cleared before the cancellation check: a caller that cancels and then sees
+        # waiting_for_leader still set knows the command was never sent.
+        sub.waiting_for_leader = False
+        if sub.fut.done():
+            return  # the caller gave up while it waited for a leader
+
+        def done(result, err):
+            if sub.fut.done():
+                return
+            if err == FAIL_REASON.SUCCESS:
+                _settle(sub.fut, result)
+            elif err == FAIL_REASON.MISSING_LEADER and time.monotonic() < sub.give_up_at:
+                # pysyncobj reports this before sending anything (election, cut off).
+                sub.waiting_for_leader = True
+                with self._awaiting_lock:
+                    self._awaiting_leader.append(sub)
+            else:
+                _settle(sub.fut, error=command_failure(sub.op, err))
+
+        self.consumer.command(sub.op, sub.args, callback=done)
+
     # ---- any thread -----------------------------------------------------------
-    def submit(self, op: str, *args: Any) -> concurrent.futures.Future:
+    def submit(self, op: str, *args: Any, leader_wait_s: float | None = None) -> concurrent.futures.Future:
         """Propose a replicated command; the future gets its Result once committed
-        and applied here, or RaftCommandError."""
+        and applied here, or RaftCommandError. While no leader is known the command
+        waits here up to ``leader_wait_s`` (default: settings.leader_wait_s) and is
+        then refused unsent; cancelling the future while it waits means it is never
+        sent. Once sent to a leader it may commit even after the caller gave up."""
+        return self._submit(op, args, leader_wait_s).fut
+
+    def _submit(self, op: str, args: tuple, leader_wait_s: float | None) -> _Submission:
         if op not in OPS:
             raise ValueError(f"unknown cluster state operation {op!r}")
         check_plain(list(args), f"{op} arguments")
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def done(result, err):
-            if fut.done():
-                return
-            if err == FAIL_REASON.SUCCESS:
-                fut.set_result(result)
-            else:
-                fut.set_exception(RaftCommandError(
-                    f"{op} not committed: {_FAIL_NAMES.get(err, err)}"))
-
-        self.consumer.command(op, list(args), callback=done)
-        return fut
+        wait = self.settings.leader_wait_s if leader_wait_s is None else leader_wait_s
+        sub = _Submission(op, list(args), time.monotonic() + wait)
+        self._send(sub)
+        return sub
 
     def call(self, op: str, *args: Any, timeout: float = 5.0) -> Result:
-        """Blocking submit (not for the tick thread or the event loop)."""
+        """Blocking submit (not for the tick thread or the event loop); waits for a
+        leader as long as for the answer."""
+        sub = self._submit(op, args, leader_wait_s=timeout)
         try:
-            return self.submit(op, *args).result(timeout)
+            return sub.fut.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise RaftCommandError(f"{op} not committed within {timeout} s") from None
+            pass
+        if sub.fut.cancel() and sub.waiting_for_leader:
+            raise RaftCommandError(f"{op} not committed within {timeout} s: no Raft leader "
+                                   "(nothing sent)") from None
+        raise RaftCommandError(f"{op}: no answer within {timeout} s; outcome unknown, it may "
+                               "still commit (check the cluster state)", outcome_unknown=True) from None
 
     def snapshot(self) -> dict[str, Any]:
         with self.consumer.lock:
@@ -280,10 +383,9 @@ class RaftMember:
             if fut.done():
                 return
             if err == FAIL_REASON.SUCCESS:
-                fut.set_result(True)
+                _settle(fut, True)
             else:
-                fut.set_exception(RaftCommandError(
-                    f"raft {action} {address} not committed: {_FAIL_NAMES.get(err, err)}"))
+                _settle(fut, error=command_failure(f"raft {action} {address}", err))
 
         node = TCPNode(address)
         if action == "add":

@@ -68,6 +68,12 @@ class RaftSettings:
                                 f"{e}") from None
 
     @property
+    def leader_wait_s(self) -> float:
+        """How long a command waits for a leader before it is refused unsent: two
+        election timeouts, so one split vote does not fail it."""
+        return 2 * self.election_timeout_max_s
+
+    @property
     def lease_timing(self) -> LeaseTiming:
         return LeaseTiming(self.lease_s, self.lease_margin_s)
 
