@@ -19,7 +19,9 @@ import _socket
 import socket
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import TCPNode
+from pysyncobj.syncobj import _RAFT_STATE
 
 # pysyncobj 0.3.17 (win_inet_pton) replaces socket.inet_ntop with a Windows-only
 # version on every OS; pyroute2 and others then fail to decode addresses.
@@ -153,11 +155,80 @@ OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release"
 
 
 class _SyncObj(SyncObj):
-    """pysyncobj with the durable journal and the authenticated transport."""
+    """pysyncobj (0.3.17 as vendored here) with the durable journal, the authenticated
+    transport, and Raft's append rule on followers (see _trim_matching_entries).
+
+    Private pysyncobj state is reached by its mangled names (``_SyncObj__x``)."""
 
     def __init__(self, self_address, peers, conf, consumers):
         super().__init__(self_address, peers, conf, consumers=consumers,
                          transportClass=SecureTransport)
+
+    def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 (pysyncobj's name)
+        if message.get("type") == "append_entries":
+            message = self._trim_matching_entries(node, message)
+            if message is None:
+                return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    # ---- append_entries on a follower (Raft §5.3) -----------------------------------
+    def _trim_matching_entries(self, node, message: dict) -> dict | None:
+        """pysyncobj's follower deletes every entry after prevLogIdx before appending,
+        even entries equal to the new ones: a stale or re-sent shorter batch removed
+        committed entries from this journal. Raft: skip new entries already here with
+        the same index and term, truncate only from the first conflict, never when all
+        match. Returns the message for pysyncobj with the matching prefix dropped, or
+        None when it was answered here (everything matched and the local log is longer,
+        where pysyncobj would truncate)."""
+        if (message["term"] < self._SyncObj__raftCurrentTerm or "prevLogIdx" not in message
+                or message.get("transmission") is not None):
+            return message  # ignored, an install or a split entry: pysyncobj as it is
+        prev_idx, prev_term = message["prevLogIdx"], message["prevLogTerm"]
+        prev = self._SyncObj__getEntries(prev_idx, 1)
+        if not prev or prev[0][2] != prev_term:
+            return message  # pysyncobj refuses it
+        entries = message.get("entries") or []
+        local = self._SyncObj__getEntries(prev_idx + 1, len(entries)) if entries else []
+        matched = 0
+        for new, old in zip(entries, local):
+            if new[1] != old[1] or new[2] != old[2]:
+                break
+            matched += 1
+        last_new = entries[matched - 1][1] if matched else prev_idx
+        if matched < len(entries) or self._SyncObj__getCurrentLogIndex() == last_new:
+            # A conflict or new entries after the matching ones (pysyncobj truncates from
+            # the conflict, which is right), or nothing after them to delete.
+            if matched == 0:
+                return message
+            trimmed = dict(message, entries=entries[matched:], prevLogIdx=last_new,
+                           prevLogTerm=entries[matched - 1][2])
+            return trimmed
+        self._acknowledge_matching_append(node, message, last_new)
+        return None
+
+    def _acknowledge_matching_append(self, node, message: dict, last_new: int) -> None:
+        """What pysyncobj 0.3.17's append_entries branch does for an accepted message
+        whose entries are all here already, minus the deletion: follow the sender,
+        reset the election timer, answer success for prevLogIdx + len(entries) only
+        (later local entries are not proven to match), and advance the commit index
+        no further than that."""
+        term = message["term"]
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__transferInProgress = False
+        if not self._SyncObj__transferInProgress:
+            self._SyncObj__raftElectionDeadline = monotonic_time() + self._SyncObj__generateRaftTimeout()
+        if self._SyncObj__raftLeader != node:
+            self._SyncObj__onLeaderChanged()
+        self._SyncObj__raftLeader = node
+        if term > self._SyncObj__raftCurrentTerm:
+            self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+        leader_commit = message["commit_index"]
+        self._SyncObj__leaderCommitIndex = leader_commit
+        self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=last_new + 1, success=True)
+        commit = max(self._SyncObj__raftCommitIndex, min(leader_commit, last_new))
+        self._SyncObj__raftCommitIndex = commit
+        self._SyncObj__raftLog.setRaftCommitIndex(commit)
 
     def sync_journal(self) -> None:
         journal = self._SyncObj__raftLog
