@@ -151,6 +151,12 @@ class FrameReader:
             out = list(self._ready)
             self._ready.clear()
             return out
+        target = self.decoder.body_target()
+        if target is not None:   # a big body: straight into its own buffer
+            n = self.sock.recv_into(target)
+            if n == 0:
+                return None
+            return self.decoder.body_received(n)
         n = self.sock.recv_into(self._buf)
         if n == 0:
             return None

@@ -58,7 +58,8 @@ MAX_PATH = 4096
 MAX_MESSAGE = 1024              # ACK/AUTH/RESET texts are truncated to this
 COMPRESS_MIN = 128              # below this, lz4 cannot pay for itself
 COMPRESS_RATIO = 0.9            # compress only when the result is < 90 % of raw
-_SAMPLE = 64 * 1024             # big payloads: try a sample before the whole
+DIRECT_BODY_MIN = 64 * 1024     # bodies this big are received into a buffer of their own
+_PROBE = 16 * 1024              # payloads of 2 probes or more: try the first one before the whole
 
 _HDR = struct.Struct("<4sBBBBIQQQQIIIQqqHHIIQQ")
 _CHK = struct.Struct("<Q")
@@ -174,8 +175,8 @@ class Frame:
     header: Header
     path: str
     path2: str
-    payload: bytes          # uncompressed
-    op: Op | None = None    # set for OP frames
+    payload: bytes          # uncompressed (a read-only memoryview for a body received
+    op: Op | None = None    # set for OP frames         straight into its own buffer)
 
     @property
     def ftype(self) -> FrameType:
@@ -188,7 +189,7 @@ class Frame:
     @property
     def message(self) -> str:
         """The text of an ACK/AUTH/RESET payload."""
-        return self.payload.decode("utf-8", "replace")
+        return bytes(self.payload).decode("utf-8", "replace")
 
 
 # ---------------------------------------------------------------- encoding
@@ -211,10 +212,10 @@ def _compress(data: bytes) -> tuple[int, bytes]:
     if n < COMPRESS_MIN:
         return 0, data
     limit = n * COMPRESS_RATIO
-    if n > 4 * _SAMPLE:
+    if n >= 2 * _PROBE:
         # a cheap look at the start avoids compressing a whole random block for nothing
-        sample = memoryview(data)[:_SAMPLE]
-        if len(lz4.block.compress(sample, store_size=False)) >= _SAMPLE * COMPRESS_RATIO:
+        probe = memoryview(data)[:_PROBE]
+        if len(lz4.block.compress(probe, store_size=False)) >= _PROBE * COMPRESS_RATIO:
             return 0, data
     packed = lz4.block.compress(data, store_size=False)
     if len(packed) < limit:
@@ -416,8 +417,11 @@ def decode_header(buf: bytes | bytearray | memoryview, max_payload: int = MAX_PA
                   atime_ns, mtime_ns, plen, p2len, paylen, rawlen, pdigest, bdigest)
 
 
-def decode_body(header: Header, body: bytes | bytearray | memoryview) -> Frame:
-    """Verify and decode the header.body_len bytes that follow a header."""
+def decode_body(header: Header, body: bytes | bytearray | memoryview, *,
+                owned: bool = False) -> Frame:
+    """Verify and decode the header.body_len bytes that follow a header.
+    ``owned``: body is a buffer of this frame alone, never changed afterwards, so
+    a raw payload is a read-only view of it rather than a copy."""
     h = header
     if len(body) != h.body_len:
         raise FrameError(f"body is {len(body)} bytes, header says {h.body_len}", seq=h.seq)
@@ -437,6 +441,8 @@ def decode_body(header: Header, body: bytes | bytearray | memoryview) -> Frame:
         if len(payload) != h.raw_len:
             raise FrameError(f"decompressed to {len(payload)} bytes, expected {h.raw_len}",
                              seq=h.seq, path=path)
+    elif owned:
+        payload = wire.toreadonly()
     else:
         payload = bytes(wire)
     if _xxh(payload) != h.payload_digest:
@@ -462,24 +468,66 @@ class FrameDecoder:
 
     The header is checked as soon as it is complete, so a bad or oversized
     header fails before its body is awaited. After a FrameError the stream is
-    out of step and the decoder refuses further input."""
+    out of step and the decoder refuses further input.
+
+    A body of DIRECT_BODY_MIN bytes or more that is still incomplete gets a
+    buffer of its own: ``body_target()`` is where its next bytes go (a reader
+    can ``recv_into`` it, then call ``body_received``), and its raw payload
+    is handed out as a view of that buffer: one copy per byte (the kernel's)
+    instead of three."""
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
         self._buf = bytearray()
         self._header: Header | None = None
         self._max_payload = max_payload
         self._failed: FrameError | None = None
+        self._body: bytearray | None = None   # the current frame's own body buffer
+        self._have = 0                        # bytes of it filled
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (self._have if self._body is not None else 0)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         return list(self.iter_feed(data))
 
+    def body_target(self) -> memoryview | None:
+        """The unfilled part of the current frame's own body buffer, or None."""
+        if self._failed is not None or self._body is None:
+            return None
+        return memoryview(self._body)[self._have:]
+
+    def body_received(self, n: int) -> list[Frame]:
+        """``n`` bytes were written at the start of ``body_target()``."""
+        if self._failed is not None:
+            raise self._failed
+        if self._body is None or not 0 < n <= len(self._body) - self._have:
+            raise ValueError(f"body_received({n}) does not match the body buffer")
+        self._have += n
+        return self._finish_body()
+
+    def _finish_body(self) -> list[Frame]:
+        if self._have < len(self._body):
+            return []
+        header, body = self._header, self._body
+        self._header, self._body, self._have = None, None, 0
+        try:
+            return [decode_body(header, body, owned=True)]
+        except FrameError as exc:
+            self._failed = exc
+            raise
+
     def iter_feed(self, data: bytes | bytearray | memoryview) -> Iterator[Frame]:
         if self._failed is not None:
             raise self._failed
+        if self._body is not None:
+            take = min(len(data), len(self._body) - self._have)
+            self._body[self._have:self._have + take] = data[:take]
+            self._have += take
+            yield from self._finish_body()
+            data = data[take:]
+            if not len(data):
+                return
         self._buf += data
         buf = self._buf
         try:
@@ -490,6 +538,11 @@ class FrameDecoder:
                     self._header = decode_header(buf, self._max_payload)
                 end = HEADER_SIZE + self._header.body_len
                 if len(buf) < end:
+                    if self._header.body_len >= DIRECT_BODY_MIN:
+                        self._body = bytearray(self._header.body_len)
+                        self._have = len(buf) - HEADER_SIZE
+                        self._body[:self._have] = memoryview(buf)[HEADER_SIZE:]
+                        buf.clear()
                     return
                 header, self._header = self._header, None
                 frame = decode_body(header, memoryview(buf)[HEADER_SIZE:end])

@@ -217,3 +217,67 @@ def test_control_frames_round_trip():
     assert AckMode.parse("async") is AckMode.ASYNC
     with pytest.raises(ValueError, match="unknown ack mode"):
         AckMode.parse("sometimes")
+
+
+def _recv_style(dec: FrameDecoder, stream: bytes, chunk: int) -> list:
+    """Feed ``stream`` the way FrameReader does: into the decoder's own body
+    buffer when it offers one, else through feed()."""
+    out, pos = [], 0
+    while pos < len(stream):
+        target = dec.body_target()
+        if target is not None:
+            n = min(len(target), chunk, len(stream) - pos)
+            target[:n] = stream[pos:pos + n]
+            out += dec.body_received(n)
+        else:
+            n = min(chunk, len(stream) - pos)
+            out += dec.feed(stream[pos:pos + n])
+        pos += n
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.lists(st.builds(Op, kind=st.just(OpKind.WRITE), path=paths, offset=U64,
+                                data=payloads()), min_size=1, max_size=4),
+       chunk=st.integers(1, 200_000))
+def test_big_bodies_received_into_their_own_buffer(batch, chunk):
+    stream = b"".join(encode_op(op, 2, i) for i, op in enumerate(batch))
+    dec = FrameDecoder()
+    out = _recv_style(dec, stream, chunk)
+    assert [f.op for f in out] == batch
+    assert dec.buffered == 0 and dec.body_target() is None
+    for f in out:
+        if len(f.payload) >= fr.DIRECT_BODY_MIN and not f.header.flags & Flag.COMPRESSED \
+                and f.header.body_len > chunk:
+            assert isinstance(f.payload, memoryview) and f.payload.readonly   # not copied
+
+
+def test_corrupt_big_body_is_refused_in_its_own_buffer():
+    data = random.Random(5).randbytes(300_000)
+    good = encode_op(Op(OpKind.WRITE, "big", data=data), 1, 9)
+    bad = bytearray(good)
+    bad[-1000] ^= 0x40
+    dec = FrameDecoder()
+    assert dec.feed(bytes(bad[:HEADER_SIZE + 10])) == []
+    assert dec.buffered == 10
+    target = dec.body_target()
+    assert target is not None and len(target) == len(bad) - HEADER_SIZE - 10
+    target[:] = bad[HEADER_SIZE + 10:]
+    with pytest.raises(FrameError, match=r"payload digest mismatch.*seq=9"):
+        dec.body_received(len(target))
+    with pytest.raises(FrameError):          # the stream stays refused
+        dec.feed(encode_op(Op(OpKind.WRITE, "f"), 1, 10))
+    with pytest.raises(ValueError, match="does not match"):
+        FrameDecoder().body_received(5)
+
+
+@pytest.mark.parametrize("size", [32 * 1024, 128 * 1024, 256 * 1024])
+def test_mid_size_blocks_probe_before_compressing(size):
+    """cp-style 128 KiB writes: random data goes raw (found by a 16 KiB probe,
+    not by compressing the whole block), text is compressed."""
+    noise = Op(OpKind.WRITE, "f", data=random.Random(size).randbytes(size))
+    text = Op(OpKind.WRITE, "f", data=(b"mirror block " * size)[:size])
+    raw = decode_frame(encode_op(noise, 1, 1))
+    packed = encode_op(text, 1, 2)
+    assert not raw.header.flags & Flag.COMPRESSED and raw.op == noise
+    assert decode_frame(packed).header.flags & Flag.COMPRESSED and len(packed) < size * 0.9
