@@ -154,22 +154,200 @@ OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release"
        "farm_leave")
 
 
+# ---- elections: pure decisions (time passed in) -------------------------------------
+def leader_is_current(now: float, min_election_timeout_s: float, *, leading: bool,
+                      last_leader_contact: float | None, peer_responses: list[float]) -> bool:
+    """Raft thesis §4.2.3: does this member have reason to think a leader is alive?
+    A follower: it heard the leader's append_entries within the minimum election
+    timeout (``last_leader_contact`` None: no leader known). The leader: a majority,
+    itself included, answered it within that time (``peer_responses``: the last
+    answer of each other voter)."""
+    if leading:
+        recent = 1 + sum(1 for t in peer_responses if now - t < min_election_timeout_s)
+        return recent > (len(peer_responses) + 1) / 2
+    return last_leader_contact is not None and now - last_leader_contact < min_election_timeout_s
+
+
+def log_at_least_as_up_to_date(candidate: tuple[int, int], own: tuple[int, int]) -> bool:
+    """Raft §5.4.1 on (last log term, last log index)."""
+    return candidate >= own
+
+
+def grants_pre_vote(leader_current: bool, proposed_term: int, current_term: int,
+                    candidate_log: tuple[int, int], own_log: tuple[int, int]) -> bool:
+    """Thesis §9.6: would this member vote for the candidate at ``proposed_term``?
+    Never while it believes in a live leader (so a member coming back from a
+    partition cannot start an election that deposes it)."""
+    return (not leader_current and proposed_term > current_term
+            and log_at_least_as_up_to_date(candidate_log, own_log))
+
+
+def ignores_vote_request(leader_current: bool, transfer: bool) -> bool:
+    """§4.2.3: a RequestVote while a leader is believed alive is dropped (no vote, no
+    term change), unless a leadership transfer asked for this election."""
+    return leader_current and not transfer
+
+
+class _RaftTransport(SecureTransport):
+    """Lets the member add fields to what pysyncobj sends (the transfer mark)."""
+
+    def send(self, node, message):
+        return super().send(node, self._syncObj.outgoing(message))
+
+
+class _PreVoteRound:
+    __slots__ = ("term", "grants")
+
+    def __init__(self, term: int) -> None:
+        self.term = term
+        self.grants: set = set()
+
+
 class _SyncObj(SyncObj):
     """pysyncobj (0.3.17 as vendored here) with the durable journal, the authenticated
-    transport, and Raft's append rule on followers (see _trim_matching_entries).
+    transport, Raft's append rule on followers (see _trim_matching_entries), and
+    pre-vote with leader stickiness against disruptive members (see _before_tick).
 
     Private pysyncobj state is reached by its mangled names (``_SyncObj__x``)."""
 
     def __init__(self, self_address, peers, conf, consumers):
+        self._last_leader_contact = None      # monotonic time of the last accepted append
+        self._pre_vote: _PreVoteRound | None = None
+        self._pre_vote_won_at_term: int | None = None
+        self._transfer_election = False
         super().__init__(self_address, peers, conf, consumers=consumers,
-                         transportClass=SecureTransport)
+                         transportClass=_RaftTransport)
 
     def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 (pysyncobj's name)
-        if message.get("type") == "append_entries":
+        kind = message.get("type")
+        if kind in self._OWN_MESSAGES:
+            getattr(self, self._OWN_MESSAGES[kind])(node, message)
+            return
+        if kind == "request_vote" and ignores_vote_request(self._leader_current(monotonic_time()),
+                                                           bool(message.get("transfer"))):
+            return
+        if kind == "append_entries":
+            if message["term"] < self._SyncObj__raftCurrentTerm:
+                self._notify_stale_leader(node)
+                return  # pysyncobj ignores it too
+            self._last_leader_contact = monotonic_time()
+            self._pre_vote = None
+            self._pre_vote_won_at_term = None
             message = self._trim_matching_entries(node, message)
             if message is None:
                 return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    _OWN_MESSAGES = {"pre_vote_request": "_on_pre_vote_request",
+                     "pre_vote_response": "_on_pre_vote_response",
+                     "term_notice": "_on_term_notice"}
+
+    def outgoing(self, message: dict) -> dict:
+        if self._transfer_election and message.get("type") == "request_vote":
+            return dict(message, transfer=True)
+        return message
+
+    # ---- elections (thesis §9.6 pre-vote, §4.2.3) --------------------------------------
+    def _onTick(self, timeToWait=0.0):  # noqa: N802, N803 (pysyncobj's names)
+        self._before_tick()
+        try:
+            SyncObj._onTick(self, timeToWait)
+        finally:
+            self._transfer_election = False
+
+    def _before_tick(self) -> None:
+        """pysyncobj starts an election (term + 1) when its timer runs out; a member
+        cut off from the others kept doing so, and its higher term deposed the leader
+        when it came back. Here the timer first starts a pre-vote round; only when a
+        majority says it would vote (none of them hears a leader) does the timer run
+        out for pysyncobj. An election asked for by a leadership transfer goes at
+        once, marked so that voters who still hear the old leader take part."""
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER or self._SyncObj__selfNode is None:
+            self._pre_vote = None
+            return
+        now = monotonic_time()
+        if self._SyncObj__raftElectionDeadline >= now or not self._SyncObj__connectedToAnyone():
+            return
+        if self._SyncObj__transferInProgress:
+            self._transfer_election = True
+            return
+        if not self._SyncObj__otherNodes:
+            return
+        if self._pre_vote_won_at_term == self._SyncObj__raftCurrentTerm:
+            self._pre_vote_won_at_term = None
+            return
+        self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
+        if self._SyncObj__raftLeader is not None:
+            # As pysyncobj's election start does: no leader heard for a timeout is no
+            # leader (commands are not forwarded to it; those waiting on it fail).
+            self._SyncObj__raftLeader = None
+            self._SyncObj__onLeaderChanged()
+        self._pre_vote = _PreVoteRound(self._SyncObj__raftCurrentTerm + 1)
+        request = {"type": "pre_vote_request", "term": self._pre_vote.term,
+                   "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                   "last_log_term": self._SyncObj__getCurrentLogTerm()}
+        for node in self._SyncObj__otherNodes:
+            self._SyncObj__transport.send(node, request)
+
+    def _leader_current(self, now: float) -> bool:
+        leading = self._SyncObj__raftState == _RAFT_STATE.LEADER
+        responses = self._SyncObj__lastResponseTime
+        return leader_is_current(
+            now, self._SyncObj__conf.raftMinTimeout, leading=leading,
+            last_leader_contact=(self._last_leader_contact
+                                 if self._SyncObj__raftLeader is not None else None),
+            peer_responses=[responses.get(n, 0.0) for n in self._SyncObj__otherNodes])
+
+    def _on_pre_vote_request(self, node, message: dict) -> None:
+        if self._SyncObj__selfNode is None:
+            return
+        current = self._SyncObj__raftCurrentTerm
+        granted = grants_pre_vote(
+            self._leader_current(monotonic_time()), message["term"], current,
+            (message["last_log_term"], message["last_log_index"]),
+            (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex()))
+        self._SyncObj__transport.send(node, {"type": "pre_vote_response", "term": message["term"],
+                                             "granted": granted, "voter_term": current})
+
+    def _on_pre_vote_response(self, node, message: dict) -> None:
+        if message.get("voter_term", 0) > self._SyncObj__raftCurrentTerm:
+            # A member is at a later term (we were away): catch up, as Raft does on any
+            # message with a higher term, so our next round can be granted.
+            self._adopt_term(message["voter_term"])
+            return
+        r = self._pre_vote
+        if (r is None or not message.get("granted") or message["term"] != r.term
+                or self._SyncObj__raftCurrentTerm + 1 != r.term
+                or self._SyncObj__raftState == _RAFT_STATE.LEADER):
+            return
+        r.grants.add(node)
+        others = self._SyncObj__otherNodes
+        if 1 + len(r.grants & others) > (len(others) + 1) / 2:
+            self._pre_vote = None
+            self._pre_vote_won_at_term = self._SyncObj__raftCurrentTerm
+            self._SyncObj__raftElectionDeadline = 0  # pysyncobj's election, next tick
+
+    def _notify_stale_leader(self, node) -> None:
+        """An append_entries from a leader at an older term. Pre-vote keeps our term
+        from running ahead, but a split vote can leave us one term ahead of the leader
+        that won; that leader ignores our votes (§4.2.3) and we ignore its appends:
+        tell it our term, so it steps down and a new election includes us."""
+        self._SyncObj__transport.send(node, {"type": "term_notice",
+                                             "term": self._SyncObj__raftCurrentTerm})
+
+    def _on_term_notice(self, node, message: dict) -> None:
+        if message["term"] > self._SyncObj__raftCurrentTerm:
+            log.info("event=raft_term_notice from=%s term=%d own_term=%d", node.address,
+                     message["term"], self._SyncObj__raftCurrentTerm)
+            self._adopt_term(message["term"])
+
+    def _adopt_term(self, term: int) -> None:
+        # What pysyncobj does on a request_vote with a higher term, minus the vote.
+        self._SyncObj__setCurrentTerm(term, None)
+        self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+        self._SyncObj__raftLeader = None
+        self._pre_vote = None
+        self._pre_vote_won_at_term = None
 
     # ---- append_entries on a follower (Raft §5.3) -----------------------------------
     def _trim_matching_entries(self, node, message: dict) -> dict | None:

@@ -146,19 +146,15 @@ def test_concurrent_commits_on_three_members_never_truncate_a_journal(tmp_path, 
     next index back when an older one arrives, so followers get batches they already
     hold: pysyncobj then truncated (and logged CRITICAL) on every such batch."""
     import logging
-    import socket
     import threading
     import time
 
     from raft.member import RaftCommandError, RaftMember
     from raft.settings import RaftSettings
 
-    socks = [socket.socket() for _ in range(3)]
-    for sk in socks:
-        sk.bind(("127.0.0.1", 0))
-    addrs = [f"127.0.0.1:{sk.getsockname()[1]}" for sk in socks]
-    for sk in socks:
-        sk.close()
+    from tests.test_raft_leader_wait import _free_ports
+
+    addrs = [f"127.0.0.1:{port}" for port in _free_ports(3)]
     caplog.set_level(logging.WARNING, logger="pysyncobj")
     members = [RaftMember(a, addrs, tmp_path / str(i), "append-test-secret-0123456789abcdef",
                           RaftSettings()) for i, a in enumerate(addrs)]
