@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 
@@ -37,3 +38,14 @@ def make_cluster(make_lab):
         return cluster
 
     return make
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on 127.0.0.1 right now (for in-process Raft members)."""
+    socks = [socket.socket() for _ in range(n)]
+    for sk in socks:
+        sk.bind(("127.0.0.1", 0))
+    ports = [sk.getsockname()[1] for sk in socks]
+    for sk in socks:
+        sk.close()
+    return ports

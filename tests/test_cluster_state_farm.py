@@ -3,7 +3,6 @@ ops, and one real three-member pysyncobj cluster agreeing on the table."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 
 import pytest
@@ -12,6 +11,7 @@ from chaos.lab import wait_until
 from raft.bucket_allocator import BUCKETS, allocate, shares
 from raft.cluster_state import ClusterState, liveness_resource
 from raft.member import RaftCommandError
+from tests.conftest import free_ports
 
 log = logging.getLogger("hacluster.tests.farm")
 
@@ -172,14 +172,6 @@ def test_round_trip_and_an_old_snapshot_without_a_farm_section():
 
 
 # ---- a real cluster ------------------------------------------------------------------
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for sk in socks:
-        sk.bind(("127.0.0.1", 0))
-    ports = [sk.getsockname()[1] for sk in socks]
-    for sk in socks:
-        sk.close()
-    return ports
 
 
 def _call(member, op, *args):
@@ -196,7 +188,7 @@ def test_three_real_members_agree_on_the_table_after_two_joins_and_an_expiry(tmp
     from raft.settings import RaftSettings
 
     names = ["a", "b", "c"]
-    addrs = {n: f"127.0.0.1:{p}" for n, p in zip(names, _free_ports(3))}
+    addrs = {n: f"127.0.0.1:{p}" for n, p in zip(names, free_ports(3))}
     settings = RaftSettings()
     members = {n: RaftMember(addrs[n], list(addrs.values()), tmp_path / n, "farm-test-secret-0123456789",
                              settings) for n in names}

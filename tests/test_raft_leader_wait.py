@@ -1,7 +1,6 @@
 """Commands submitted while no Raft leader is known: they wait a bounded time,
 and one the caller gave up on is never committed later (pysyncobj's own
 commandsWaitLeader queue forwarded it whenever a leader appeared)."""
-import socket
 import time
 
 import pytest
@@ -9,24 +8,17 @@ from pysyncobj import FAIL_REASON
 
 from raft.member import RaftCommandError, RaftMember, command_failure
 from raft.settings import RaftSettings
+from tests.conftest import free_ports
 
 SECRET = "leader-wait-test-secret-0123456789abcdef"
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for sk in socks:
-        sk.bind(("127.0.0.1", 0))
-    ports = [sk.getsockname()[1] for sk in socks]
-    for sk in socks:
-        sk.close()
-    return ports
 
 
 @pytest.fixture
 def trio(tmp_path):
     """start(name) -> a RaftMember of a three-member cluster on 127.0.0.1."""
-    addrs = {n: f"127.0.0.1:{p}" for n, p in zip("abc", _free_ports(3))}
+    addrs = {n: f"127.0.0.1:{p}" for n, p in zip("abc", free_ports(3))}
     started: dict[str, RaftMember] = {}
 
     def start(name: str) -> RaftMember:

@@ -3,7 +3,8 @@ import textwrap
 
 import pytest
 
-from hacluster.userconfig import UserConfigError, parse_userconfig
+from hacluster.userconfig import parse_userconfig
+from tests.test_userconfig import error_of
 
 
 def config(heart: str, mode: str = "mirror") -> bytes:
@@ -19,14 +20,6 @@ def config(heart: str, mode: str = "mirror") -> bytes:
         </service>
         </safe>
         """).format(mode=mode, heart=heart, rfs=rfs).encode()
-
-
-def error_of(data: bytes) -> str:
-    with pytest.raises(UserConfigError) as info:
-        parse_userconfig(data, "uc.xml", "m")
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 MAIN = '<heartbeat name="default"><server addr="10.0.0.1"/><server addr="10.0.0.2"/></heartbeat>'
