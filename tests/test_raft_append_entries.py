@@ -152,9 +152,9 @@ def test_concurrent_commits_on_three_members_never_truncate_a_journal(tmp_path, 
     from raft.member import RaftCommandError, RaftMember
     from raft.settings import RaftSettings
 
-    from tests.test_raft_leader_wait import _free_ports
+    from tests.conftest import free_ports
 
-    addrs = [f"127.0.0.1:{port}" for port in _free_ports(3)]
+    addrs = [f"127.0.0.1:{port}" for port in free_ports(3)]
     caplog.set_level(logging.WARNING, logger="pysyncobj")
     members = [RaftMember(a, addrs, tmp_path / str(i), "append-test-secret-0123456789abcdef",
                           RaftSettings()) for i, a in enumerate(addrs)]

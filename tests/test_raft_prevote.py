@@ -214,9 +214,9 @@ def test_an_append_from_an_older_term_gets_the_newer_term_back():
 def test_leadership_transfer_still_moves_the_leader(tmp_path):
     """RaftMember hands leadership over when its member is removed: the target's
     election must win although every voter hears the old leader."""
-    from tests.test_raft_leader_wait import _free_ports
+    from tests.conftest import free_ports
 
-    addrs = [f"127.0.0.1:{port}" for port in _free_ports(3)]
+    addrs = [f"127.0.0.1:{port}" for port in free_ports(3)]
     members = [RaftMember(a, addrs, tmp_path / str(i), SECRET, RaftSettings())
                for i, a in enumerate(addrs)]
     try:
