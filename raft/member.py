@@ -95,7 +95,7 @@ class _StateConsumer(SyncObjConsumer):
 OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
        "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
        "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync", "farm_join",
-       "farm_leave")
+       "farm_leave", "renew_many")
 
 
 def tick_wait(now: float, cap_s: float, deadlines: Iterable[float | None]) -> float:
@@ -214,6 +214,11 @@ class RaftMember:
     def _on_applied(self, op: str, args: tuple, result: Result) -> None:
         if result.get("ok") and op in _RENEWING:
             self.lease_clock.renewal_applied(args[0], time.monotonic())
+        elif result.get("ok") and op == "renew_many":
+            now = time.monotonic()
+            for resource, one in result["results"].items():
+                if one.get("ok"):
+                    self.lease_clock.renewal_applied(resource, now)
         if (op == "remove_member" and result.get("ok") and result.get("address") == self.address
                 and self.is_leader()):
             # pysyncobj's leader cannot remove itself from the Raft configuration:
