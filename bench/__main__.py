@@ -4,7 +4,7 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers")
+BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile")
 
 
 def main() -> int:
@@ -17,6 +17,9 @@ def main() -> int:
                    help="replication: one part; sync_4k = only the 4 KiB write+fsync latency "
                         "(no results file); seq, failover_resync = only those figures "
                         "(replaced in the results file, the others kept)")
+    p.add_argument("--seconds", type=float, default=10.0, help="idle-profile: window per measurement")
+    p.add_argument("--no-checkers", action="store_true", help="idle-profile: the module without checkers")
+    p.add_argument("--strace", action="store_true", help="idle-profile: also count syscalls")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -47,6 +50,9 @@ def main() -> int:
     elif args.name == "checkers":
         from .checkers_bench import run
         run(trials=max(args.trials, 10))
+    elif args.name == "idle-profile":
+        from .idle_profile import run
+        run(seconds=args.seconds, checkers=not args.no_checkers, strace=args.strace)
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))

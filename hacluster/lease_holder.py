@@ -1,18 +1,98 @@
-"""Hold a named Raft lease from the event loop: acquire, renew every lease/3,
+"""Hold a named Raft lease from the event loop: acquire, renew every lease/4,
 and stop acting at the holder's deadline whether or not Raft answers
 (DESIGN.md rule 1). The arithmetic is raft.lease.HolderLease; this is the I/O.
+
+The leases one node holds (its liveness lease, each module's primary lease) are
+renewed together: ``RenewalBatch`` sends one ``renew_many`` entry for all of them
+instead of one ``renew`` entry each, so a node costs one Raft commit (appends,
+fsyncs on every voter, acks) per renewal interval however many modules it runs.
+A holder whose renewal is due within half an interval joins a batch that goes
+anyway: renewing early is always safe (each lease counts from the start of its
+own last renewal), and after one interval the node's leases renew in step.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import weakref
 from typing import Callable
 
 from raft.lease import HolderLease, LeaseTiming
 from raft.member import RaftCommandError, RaftMember
 
 log = logging.getLogger("hacluster.lease")
+
+# After the first holder asks, wait this long for others before committing: a few
+# holders due at the same moment (after a restart, after one early join) share it.
+GATHER_S = 0.002
+
+
+class RenewalBatch:
+    """One ``renew_many`` commit for every lease of one node (see the module doc)."""
+
+    _batches: "weakref.WeakKeyDictionary[RaftMember, dict[str, RenewalBatch]]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, raft: RaftMember, node: str) -> "RenewalBatch":
+        per_node = cls._batches.setdefault(raft, {})
+        if node not in per_node:
+            per_node[node] = cls(raft, node)
+        return per_node[node]
+
+    def __init__(self, raft: RaftMember, node: str) -> None:
+        self.raft = raft
+        self.node = node
+        self.holders: set[LeaseHolder] = set()
+        self._asked: dict[LeaseHolder, asyncio.Future] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def renew(self, holder: "LeaseHolder") -> None:
+        """Renew ``holder``'s lease with the next batch; returns once the holder
+        has taken the answer in (or the renewal went unconfirmed)."""
+        fut = self._asked.get(holder)
+        if fut is None:
+            fut = self._asked[holder] = asyncio.get_running_loop().create_future()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._send)
+        await asyncio.shield(fut)
+
+    def _send(self) -> None:
+        self._timer = None
+        asked, self._asked = self._asked, {}
+        now = time.monotonic()
+        members = [h for h in asked if h.lease.epoch is not None and not h.stopping]
+        members += [h for h in self.holders
+                    if h not in asked and not h.renewing and h.early_renewal_ok(now)]
+        if not members:
+            for fut in asked.values():
+                fut.done() or fut.set_result(None)
+            return
+        asyncio.get_running_loop().create_task(self._commit(members, asked))
+
+    async def _commit(self, members: list["LeaseHolder"], asked: dict) -> None:
+        # Taken before the entry is proposed: each lease counts from no later than this.
+        started = time.monotonic()
+        epochs = {h: (h.lease.epoch, h.generation) for h in members}
+        for h in members:
+            h.renewing += 1
+        try:
+            timeout = min(h.timing.renew_interval_s for h in members)
+            try:
+                result = await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(
+                    "renew_many", self.node, [[h.resource, epochs[h][0]] for h in members])), timeout)
+            except (asyncio.TimeoutError, RaftCommandError) as e:
+                log.debug("event=lease_renew_unconfirmed node=%s resources=%s reason=%r", self.node,
+                          ",".join(h.resource for h in members), str(e))
+                return
+            for h in members:
+                one = (result.get("results") or {}).get(h.resource) if result.get("ok") else result
+                h.answered(epochs[h][1], started, one or {"ok": False, "error": "no answer"})
+        finally:
+            for h in members:
+                h.renewing -= 1
+            for fut in asked.values():
+                fut.done() or fut.set_result(None)
 
 
 class LeaseHolder:
@@ -32,9 +112,11 @@ class LeaseHolder:
         self._wake = asyncio.Event()
         self._deadline_timer: asyncio.TimerHandle | None = None
         # Bumped on every loss, so a late answer to an older renewal is ignored.
-        self._generation = 0
-        self._stopping = False
+        self.generation = 0
+        self.stopping = False
+        self.renewing = 0  # batches with this lease in them that have not been answered
         self.last_refusal: str | None = None
+        self.batch = RenewalBatch.of(raft, node)
 
     # ---- queries ---------------------------------------------------------
     def holding(self) -> bool:
@@ -53,19 +135,30 @@ class LeaseHolder:
         """The lease changed in Raft (expired, released): try again now."""
         self._wake.set()
 
+    def early_renewal_ok(self, now: float) -> bool:
+        """Held, and due within half a renewal interval: worth joining a batch now."""
+        due = self.lease.renewal_due_at()
+        return (self.lease.epoch is not None and not self.stopping and due is not None
+                and due - now < self.timing.renew_interval_s / 2)
+
     # ---- loop ----------------------------------------------------------------
     async def run(self) -> None:
-        while not self._stopping:
-            if self.lease.epoch is None:
-                await self._attempt("acquire", self.resource, self.node, self.timing.lease_s, self.force)
+        self.batch.holders.add(self)
+        try:
+            while not self.stopping:
                 if self.lease.epoch is None:
-                    await self._sleep(self.timing.renew_interval_s)
-                continue
-            now = time.monotonic()
-            if self.lease.renew_due(now):
-                await self._attempt("renew", self.resource, self.node, self.lease.epoch)
-            else:
-                await self._sleep(max(0.0, (self.lease.renewal_due_at() or now) - now))
+                    await self._attempt("acquire", self.resource, self.node, self.timing.lease_s,
+                                        self.force)
+                    if self.lease.epoch is None:
+                        await self._sleep(self.timing.renew_interval_s)
+                    continue
+                now = time.monotonic()
+                if self.lease.renew_due(now):
+                    await self.batch.renew(self)
+                else:
+                    await self._sleep(max(0.0, (self.lease.renewal_due_at() or now) - now))
+        finally:
+            self.batch.holders.discard(self)
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -75,7 +168,7 @@ class LeaseHolder:
             pass
 
     async def _attempt(self, op: str, *args) -> None:
-        generation = self._generation
+        generation = self.generation
         started = time.monotonic()
         # Waiting longer than the renewal interval is pointless: by then we retry.
         timeout = self.timing.renew_interval_s
@@ -84,7 +177,11 @@ class LeaseHolder:
         except (asyncio.TimeoutError, RaftCommandError) as e:
             log.debug("event=lease_%s_unconfirmed resource=%s reason=%r", op, self.resource, str(e))
             return
-        if generation != self._generation or self._stopping:
+        self.answered(generation, started, result)
+
+    def answered(self, generation: int, started: float, result: dict) -> None:
+        """A committed answer to an acquire or renewal that started at ``started``."""
+        if generation != self.generation or self.stopping:
             return
         if result.get("ok"):
             was_holding = self.lease.epoch is not None
@@ -125,7 +222,7 @@ class LeaseHolder:
     def _lose(self, reason: str) -> None:
         epoch = self.lease.epoch
         self.lease.lost()
-        self._generation += 1
+        self.generation += 1
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
@@ -140,7 +237,7 @@ class LeaseHolder:
 
     async def stop(self, release: bool = True) -> None:
         """Stop acting first, then hand the lease back so nobody waits a lease."""
-        self._stopping = True
+        self.stopping = True
         epoch = self.lease.epoch
         if epoch is not None:
             self._lose("stopping")

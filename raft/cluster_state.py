@@ -203,6 +203,23 @@ class ClusterState:
         lease["seq"] += 1
         return _ok(epoch=epoch)
 
+    def renew_many(self, node: str, leases: list) -> Result:
+        """Renew several leases of one holder in one entry: ``leases`` is a list of
+        [resource, epoch]; ``results`` maps each resource to what ``renew`` would
+        have answered (each one renewed or refused on its own)."""
+        if not isinstance(leases, (list, tuple)) or not leases:
+            return _refused(f"renew_many: leases must be a non-empty list of [resource, epoch], "
+                            f"got {leases!r}")
+        pairs = []
+        for item in leases:
+            if (not isinstance(item, (list, tuple)) or len(item) != 2 or not isinstance(item[0], str)
+                    or isinstance(item[1], bool) or not isinstance(item[1], int)):
+                return _refused(f"renew_many: each lease must be [resource, epoch], got {item!r}")
+            pairs.append((item[0], item[1]))
+        if len({r for r, _ in pairs}) != len(pairs):
+            return _refused("renew_many: a resource is listed twice")
+        return _ok(results={r: self.renew(r, node, e) for r, e in pairs})
+
     def release(self, resource: str, node: str, epoch: int) -> Result:
         lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None or lease["holder"] != node or lease["epoch"] != epoch:

@@ -4,7 +4,7 @@ pysyncobj 0.3.17 writes its journal into an mmap and its term/vote file and
 dumps with a rename, and never fsyncs any of them: a power cut can lose an
 entry that this node already acknowledged, or a vote it already cast. Here:
 
-* ``DurableFileJournal`` msyncs + fsyncs the journal (``sync()``), and
+* ``DurableFileJournal`` fsyncs the journal, mmap included (``sync()``), and
   ``RaftMember`` calls it before any message leaves the node (so no ack or
   append is sent for an entry that is not on disk) and once per tick (so a
   single-voter leader is covered too);
@@ -82,8 +82,12 @@ class DurableFileJournal(_journal.FileJournal):
         """Everything added so far is on disk when this returns."""
         if not self._dirty:
             return
-        self.flush()          # msync(MS_SYNC) of the mapped records
-        os.fsync(self._fd)    # and the file size / metadata
+        # One fsync covers the records written through the mmap too: on Linux,
+        # msync(MS_SYNC) is itself an fsync of the mapped range (mm/msync.c calls
+        # vfs_fsync_range), and fsync writes back every dirty page of the file,
+        # mapped or not. So no separate msync: CPython 3.11's mmap.flush() also
+        # holds the GIL while the disk works, freezing the event loop meanwhile.
+        os.fsync(self._fd)
         self._dirty = False
 
     def _destroy(self):

@@ -131,10 +131,15 @@ class LeaderLeaseClock:
     def leader_since(self) -> float | None:
         return self._leader_since
 
-    def expired(self, resource: str, lease_s: float, now: float) -> bool:
-        """True when the leader may take the lease away from its holder."""
+    def expires_at(self, resource: str, lease_s: float) -> float | None:
+        """When the leader may take the lease away (None: not the leader)."""
         if self._leader_since is None:
-            return False
+            return None
         # A lease we never saw applied counts from our election.
         applied = self._applied_at.get(resource, self._leader_since)
-        return now >= leader_expiry(applied, self._leader_since, lease_s)
+        return leader_expiry(applied, self._leader_since, lease_s)
+
+    def expired(self, resource: str, lease_s: float, now: float) -> bool:
+        """True when the leader may take the lease away from its holder."""
+        expiry = self.expires_at(resource, lease_s)
+        return expiry is not None and now >= expiry

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import _socket
 import socket
@@ -151,7 +151,17 @@ class _StateConsumer(SyncObjConsumer):
 OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
        "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
        "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync", "farm_join",
-       "farm_leave")
+       "farm_leave", "renew_many")
+
+
+def tick_wait(now: float, cap_s: float, deadlines: Iterable[float | None]) -> float:
+    """How long the tick thread may block in poll: until the earliest timer that is
+    due (``None`` = no such timer), at most ``cap_s``, never negative."""
+    wait = cap_s
+    for deadline in deadlines:
+        if deadline is not None:
+            wait = min(wait, deadline - now)
+    return max(0.0, wait)
 
 
 # ---- elections: pure decisions (time passed in) -------------------------------------
@@ -205,18 +215,34 @@ class _PreVoteRound:
 
 class _SyncObj(SyncObj):
     """pysyncobj (0.3.17 as vendored here) with the durable journal, the authenticated
-    transport, Raft's append rule on followers (see _trim_matching_entries), and
-    pre-vote with leader stickiness against disruptive members (see _before_tick).
+    transport, Raft's append rule on followers (see _trim_matching_entries),
+    pre-vote with leader stickiness against disruptive members (see _before_tick),
+    and a tick thread that sleeps until its next timer.
+
+    pysyncobj's tick thread polls its sockets with a fixed timeout (autoTickPeriod)
+    and looks at its timers after every wake-up: 50 idle wake-ups a second at 20 ms.
+    Sockets and submitted commands wake the poll at once anyway, so the only reason
+    to wake is a timer: the leader's next heartbeat, a follower's election deadline,
+    or ``extra_wait`` (seconds to the leader's lease check; pysyncobj's timers use
+    CLOCK_MONOTONIC_RAW, ours time.monotonic, so only durations cross). The poll now waits
+    until the earliest of those, and ``autoTickPeriod`` only bounds the wait for the
+    timers without a known deadline (reconnects, the one-second meta flush).
 
     Private pysyncobj state is reached by its mangled names (``_SyncObj__x``)."""
 
-    def __init__(self, self_address, peers, conf, consumers):
+    def __init__(self, self_address, peers, conf, consumers,
+                 extra_wait: Callable[[], float | None] = lambda: None):
+        self._extra_wait = extra_wait
         self._last_leader_contact = None      # monotonic time of the last accepted append
         self._pre_vote: _PreVoteRound | None = None
         self._pre_vote_won_at_term: int | None = None
         self._transfer_election = False
         super().__init__(self_address, peers, conf, consumers=consumers,
                          transportClass=_RaftTransport)
+        # The tick thread calls self._poller.poll(autoTickPeriod) at the end of each
+        # tick, after the tick's own work has moved the timers: the moment to decide.
+        self._poll_sockets = self._poller.poll
+        self._poller.poll = self._poll_until_next_timer
 
     def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 (pysyncobj's name)
         kind = message.get("type")
@@ -408,6 +434,20 @@ class _SyncObj(SyncObj):
         self._SyncObj__raftCommitIndex = commit
         self._SyncObj__raftLog.setRaftCommitIndex(commit)
 
+    def _poll_until_next_timer(self, timeout: float) -> None:
+        now = monotonic_time()
+        self._poll_sockets(tick_wait(now, timeout, self._deadlines(now)))
+
+    def _deadlines(self, now: float) -> list[float | None]:
+        if len(self._SyncObj__commandsQueue._FastQueue__queue):
+            return [now]  # commands left over by a time-boxed tick: carry on at once
+        if self._SyncObj__raftState == _LEADER:
+            extra = self._extra_wait()
+            return [self._SyncObj__newAppendEntriesTime, None if extra is None else now + extra]
+        if self._SyncObj__connectedToAnyone():
+            return [self._SyncObj__raftElectionDeadline]
+        return []  # no election without a peer: the deadline may pass and stay passed
+
     def sync_journal(self) -> None:
         journal = self._SyncObj__raftLog
         if getattr(journal, "dirty", False):
@@ -476,13 +516,18 @@ class RaftMember:
             **settings.syncobj_kwargs(),
         )
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
-                                [self.consumer])
+                                [self.consumer], extra_wait=self._time_to_lease_check)
         self.syncobj.addOnTickCallback(self._on_tick)
 
     # ---- tick thread --------------------------------------------------------
     def _on_applied(self, op: str, args: tuple, result: Result) -> None:
         if result.get("ok") and op in _RENEWING:
             self.lease_clock.renewal_applied(args[0], time.monotonic())
+        elif result.get("ok") and op == "renew_many":
+            now = time.monotonic()
+            for resource, one in result["results"].items():
+                if one.get("ok"):
+                    self.lease_clock.renewal_applied(resource, now)
         if (op == "remove_member" and result.get("ok") and result.get("address") == self.address
                 and self.is_leader()):
             # pysyncobj's leader cannot remove itself from the Raft configuration:
@@ -503,6 +548,11 @@ class RaftMember:
         if self._on_role_change_cb is not None:
             self._on_role_change_cb(self.role)
 
+    def _time_to_lease_check(self) -> float | None:
+        if self.lease_clock.leader_since is None:
+            return None
+        return self._next_lease_check - time.monotonic()
+
     def _on_tick(self) -> None:
         self.syncobj.sync_journal()
         now = time.monotonic()
@@ -510,13 +560,18 @@ class RaftMember:
             self._resend_awaiting_leader(now)
         if self.lease_clock.leader_since is None or now < self._next_lease_check:
             return
-        self._next_lease_check = now + self.settings.lease_check_period_s
+        # Look again at the earliest expiry (the tick thread sleeps until then), and
+        # at least every lease_check_period_s.
+        next_check = now + self.settings.lease_check_period_s
         with self.consumer.lock:
             leases = [(r, dict(lease)) for r, lease in self.consumer.state.leases.items()]
         for resource, lease in leases:
             if lease["holder"] is None:
                 continue
-            if not self.lease_clock.expired(resource, lease["lease_s"], now):
+            expiry = self.lease_clock.expires_at(resource, lease["lease_s"])
+            if expiry is None or now < expiry:
+                if expiry is not None:
+                    next_check = min(next_check, expiry)
                 continue
             key = (resource, lease["epoch"], lease["seq"])
             if key in self._pending_expiry:
@@ -526,6 +581,7 @@ class RaftMember:
                      resource, lease["holder"], lease["epoch"], now)
             self.consumer.command("expire", [resource, lease["epoch"], lease["seq"]],
                                  callback=lambda res, err, key=key: self._pending_expiry.discard(key))
+        self._next_lease_check = next_check
 
     def _resend_awaiting_leader(self, now: float) -> None:
         with self._awaiting_lock:

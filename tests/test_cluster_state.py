@@ -204,7 +204,7 @@ plain = st.recursive(
 
 OPS = {
     "bootstrap": 1, "add_member": 3, "remove_member": 2, "acquire": 4, "renew": 3,
-    "release": 3, "expire": 3, "set_eligible": 3,
+    "release": 3, "expire": 3, "set_eligible": 3, "renew_many": 2,
 }
 
 
