@@ -26,6 +26,11 @@ log = logging.getLogger("hacluster.lease")
 # After the first holder asks, wait this long for others before committing: a few
 # holders due at the same moment (after a restart, after one early join) share it.
 GATHER_S = 0.002
+# A renewal that fails fast (refused unsent, the leader gone) is retried this many
+# times per renewal interval at most, not at once: a member cut off from Raft
+# would otherwise loop on failing commits as fast as they fail. Eight tries still
+# fit several between a missed renewal and the holder's deadline (lease - margin).
+RETRIES_PER_INTERVAL = 8
 
 
 class RenewalBatch:
@@ -84,6 +89,8 @@ class RenewalBatch:
             except (asyncio.TimeoutError, RaftCommandError) as e:
                 log.debug("event=lease_renew_unconfirmed node=%s resources=%s reason=%r", self.node,
                           ",".join(h.resource for h in members), str(e))
+                for h in members:
+                    h.retry_not_before = started + h.timing.renew_interval_s / RETRIES_PER_INTERVAL
                 return
             for h in members:
                 one = (result.get("results") or {}).get(h.resource) if result.get("ok") else result
@@ -116,6 +123,8 @@ class LeaseHolder:
         self.stopping = False
         self.renewing = 0  # batches with this lease in them that have not been answered
         self.last_refusal: str | None = None
+        # After an unconfirmed renewal: the earliest time to try again (monotonic).
+        self.retry_not_before = 0.0
         self.batch = RenewalBatch.of(raft, node)
 
     # ---- queries ---------------------------------------------------------
@@ -153,10 +162,11 @@ class LeaseHolder:
                         await self._sleep(self.timing.renew_interval_s)
                     continue
                 now = time.monotonic()
-                if self.lease.renew_due(now):
+                if self.lease.renew_due(now) and now >= self.retry_not_before:
                     await self.batch.renew(self)
                 else:
-                    await self._sleep(max(0.0, (self.lease.renewal_due_at() or now) - now))
+                    due = max(self.lease.renewal_due_at() or now, self.retry_not_before)
+                    await self._sleep(max(0.0, due - now))
         finally:
             self.batch.holders.discard(self)
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
+import concurrent.futures
 import time
 
+from hacluster.lease_holder import RETRIES_PER_INTERVAL, LeaseHolder
 from raft.cluster_state import ClusterState, liveness_resource
 from raft.lease import LeaseTiming
-from raft.member import RaftMember
+from raft.member import RaftCommandError, RaftMember
 from raft.settings import RaftSettings
-
-from hacluster.lease_holder import LeaseHolder
+from tests.conftest import free_ports
 
 
 def two_holder_state() -> ClusterState:
@@ -47,15 +47,9 @@ def test_malformed_renew_many_changes_nothing():
     assert s.to_dict() == before
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_nodes_leases_renew_in_one_commit_each_interval(tmp_path):
     applied: list[tuple[str, tuple]] = []
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     member = RaftMember(address, [address], tmp_path, "secret", RaftSettings(),
                         on_applied=lambda op, args, result: applied.append((op, args)))
     timing = LeaseTiming(1.0, 0.2)          # renewals every 0.25 s
@@ -97,3 +91,53 @@ def test_a_nodes_leases_renew_in_one_commit_each_interval(tmp_path):
     # and stop released both
     assert sorted(args[0] for op, args in applied if op == "release") == sorted(
         h.resource for h in holders)
+
+
+def test_a_renewal_that_fails_fast_is_retried_at_a_bounded_pace(tmp_path):
+    """A member cut off from Raft gets its renewals refused at once: the holder
+    tries again a few times per interval until its deadline, not in a busy loop."""
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    member = RaftMember(address, [address], tmp_path, "secret", RaftSettings())
+    timing = LeaseTiming(1.0, 0.2)          # renewals every 0.25 s, deadline 0.8 s after one
+    attempts: list[float] = []
+    real_submit = member.submit
+
+    def refusing_submit(op, *args):
+        if op != "renew_many":
+            return real_submit(op, *args)
+        attempts.append(time.monotonic())
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut.set_exception(RaftCommandError("no Raft leader known (nothing sent)"))
+        return fut
+
+    async def scenario() -> tuple[float, bool]:
+        deadline = time.monotonic() + 10
+        while not member.is_leader():
+            assert time.monotonic() < deadline, "a single voter never became leader"
+            await asyncio.sleep(0.02)
+        assert (await asyncio.wrap_future(member.submit(
+            "bootstrap", {"a": {"address": address, "role": "node"}})))["ok"]
+        holder = LeaseHolder(member, liveness_resource("a"), "a", timing)
+        task = asyncio.create_task(holder.run())
+        while not holder.holding():
+            assert time.monotonic() < deadline, "the lease was never acquired"
+            await asyncio.sleep(0.02)
+        member.submit = refusing_submit
+        started = time.monotonic()
+        while holder.holding():
+            await asyncio.sleep(0.01)
+        window = time.monotonic() - started
+        member.submit = real_submit
+        await holder.stop(release=False)
+        await task
+        return window, holder.holding()
+
+    try:
+        window, still_holding = asyncio.run(scenario())
+    finally:
+        member.destroy()
+    assert not still_holding                                   # lost at its deadline, as it must
+    gap = timing.renew_interval_s / RETRIES_PER_INTERVAL
+    assert len(attempts) >= 2, attempts                        # it did keep trying
+    assert len(attempts) <= window / gap + 2, (len(attempts), window)
+    assert all(b - a >= gap * 0.9 for a, b in zip(attempts, attempts[1:])), attempts
