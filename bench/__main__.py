@@ -4,7 +4,8 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile")
+BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile",
+           "idle-floor")
 
 
 def main() -> int:
@@ -17,7 +18,7 @@ def main() -> int:
                    help="replication: one part; sync_4k = only the 4 KiB write+fsync latency "
                         "(no results file); seq, failover_resync = only those figures "
                         "(replaced in the results file, the others kept)")
-    p.add_argument("--seconds", type=float, default=10.0, help="idle-profile: window per measurement")
+    p.add_argument("--seconds", type=float, default=10.0, help="idle-profile, idle-floor: window per measurement")
     p.add_argument("--no-checkers", action="store_true", help="idle-profile: the module without checkers")
     p.add_argument("--strace", action="store_true", help="idle-profile: also count syscalls")
     args = p.parse_args()
@@ -29,7 +30,12 @@ def main() -> int:
         from .raft_bench import run
         run(trials=args.trials, commits=args.commits)
     elif args.name == "replication":
-        from .replication_bench import run, run_failover_only, run_seq_only, run_sync_4k_only
+        from .replication_bench import (
+            run,
+            run_failover_only,
+            run_seq_only,
+            run_sync_4k_only,
+        )
         if args.only == "sync_4k":
             run_sync_4k_only()
         elif args.only == "seq":
@@ -53,6 +59,9 @@ def main() -> int:
     elif args.name == "idle-profile":
         from .idle_profile import run
         run(seconds=args.seconds, checkers=not args.no_checkers, strace=args.strace)
+    elif args.name == "idle-floor":
+        from .idle_floor import run
+        run(seconds=max(args.seconds, 15.0))
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))

@@ -31,12 +31,8 @@ RATE_HZ = 250
 
 
 def daemon_process(m: MirrorLab, member: str) -> psutil.Process:
-    config = str(m.cluster.config_dir(member))
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "hacluster" in cmd and config in cmd and "run" in cmd:
-            return p
-    raise RuntimeError(f"no hacluster daemon found for {member} ({config})")
+    # `ip netns exec` execs the daemon: the lab's Popen pid is the daemon itself
+    return psutil.Process(m.cluster.procs[member].pid)
 
 
 def context_switches(pid: int) -> int:
