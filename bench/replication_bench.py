@@ -46,6 +46,7 @@ from typing import Any
 
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
+from replication.mount import mount_in_process
 
 from . import replication_failover, replication_seq
 from .stats import pct
@@ -159,15 +160,19 @@ def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
     try:
         local = base / "local"
         local.mkdir()
+        passthrough = base / "passthrough"
+        passthrough.mkdir()
         with Lab(["prim", "sec"]) as lab:
             pair = ReplicationPair(lab, base / "pair")
+            ceiling = mount_in_process(str(passthrough), replication_seq.acknowledge_at_once)
             try:
                 pair.start_receiver()
                 pair.start_mount()
-                seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim,
-                                                            seq_mb=seq_mb, rounds=rounds)
+                seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=seq_mb,
+                                                            rounds=rounds, passthrough=passthrough)
             finally:
                 pair.close()
+                ceiling.unmount()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return replication_seq.summarize(seq_rounds, seq_mb)

@@ -10,6 +10,11 @@ The issue's definitions, measured as they stand:
   limit_MBps            min(local / 2, tcp)
   seq_ratio_to_limit    seq_write / limit
 
+and, for where the time goes, ``fuse_passthrough_MBps``: the same writes through
+the same FUSE file system with a replicator that acknowledges every operation at
+once (no channel, no receiver): the ceiling that the FUSE layer alone leaves for
+``seq_write`` (a C FUSE passthrough is not available to compare with).
+
 Why the figures used to be noise, and what is done about it:
 
 - This VM hands freed memory back to its host within ~0.5 s (free page
@@ -78,6 +83,22 @@ print(total / (time.perf_counter() - t) / 1e6)
 """
 
 
+class AcknowledgeAtOnce:
+    """A replicator answering every operation at once: what is measured with it is
+    the FUSE layer's own cost (replication is not under test there)."""
+
+    def submit(self, op: object) -> None:
+        return None
+
+    def wait(self, ticket: object) -> None:
+        return None
+
+
+def acknowledge_at_once() -> AcknowledgeAtOnce:
+    """mount_in_process's factory (module level: it is pickled to the child)."""
+    return AcknowledgeAtOnce()
+
+
 def _write_and_fsync(path: Path, flags: int, total_mb: int) -> float:
     """``total_mb`` 1 MiB writes + fsync; seconds taken."""
     block = os.urandom(MiB)
@@ -127,6 +148,7 @@ class SeqRound:
     local_MBps: float
     mirrored_MBps: float
     tcp_MBps: float
+    passthrough_MBps: float | None = None
 
     @property
     def limit_MBps(self) -> float:
@@ -136,33 +158,41 @@ class SeqRound:
     def ratio(self) -> float:
         return self.mirrored_MBps / self.limit_MBps
 
+    @property
+    def passthrough_ratio(self) -> float | None:
+        return None if self.passthrough_MBps is None else self.passthrough_MBps / self.limit_MBps
+
 
 def measure_rounds(lab: Lab, local: Path, mirrored: Path, *, seq_mb: int = 256,
                    tcp_mb: int = 1024, rounds: int = 5, sender: str = "prim",
-                   receiver: str = "sec") -> list[SeqRound]:
-    """``rounds`` rounds of (local, mirrored, tcp), the order reversed every
-    other round; ``mirrored`` is the mount of a running pair whose receiver
-    is on ``receiver``. Leaves no seq.bin behind."""
+                   receiver: str = "sec", passthrough: Path | None = None) -> list[SeqRound]:
+    """``rounds`` rounds of (local, mirrored, tcp[, passthrough]), the order reversed
+    every other round; ``mirrored`` is the mount of a running pair whose receiver
+    is on ``receiver``, ``passthrough`` a mount with ``AcknowledgeAtOnce``. Leaves
+    no seq.bin behind."""
     if seq_mb < 1 or tcp_mb < 1 or rounds < 1:
         raise ValueError(f"seq rounds: seq_mb, tcp_mb and rounds must be >= 1, "
                          f"got {seq_mb}, {tcp_mb}, {rounds}")
-    preallocate(local, seq_mb)
-    preallocate(mirrored, seq_mb)
+    dirs = [local, mirrored] + ([passthrough] if passthrough is not None else [])
+    for d in dirs:
+        preallocate(d, seq_mb)
     steps = {"local": lambda: seq_write(local, seq_mb, in_place=True),
              "mirrored": lambda: seq_write(mirrored, seq_mb, in_place=True),
              "tcp": lambda: tcp_stream(lab, sender, receiver, tcp_mb)}
+    if passthrough is not None:
+        steps["passthrough"] = lambda: seq_write(passthrough, seq_mb, in_place=True)
     out = []
     try:
         for i in range(rounds):
             order = list(steps) if i % 2 == 0 else list(reversed(steps))
             got = {name: steps[name]() for name in order}
-            r = SeqRound(got["local"], got["mirrored"], got["tcp"])
+            r = SeqRound(got["local"], got["mirrored"], got["tcp"], got.get("passthrough"))
             log.info("event=seq_round round=%d order=%s local_MBps=%.0f mirrored_MBps=%.0f "
-                     "tcp_MBps=%.0f ratio=%.3f", i, ",".join(order), r.local_MBps,
-                     r.mirrored_MBps, r.tcp_MBps, r.ratio)
+                     "tcp_MBps=%.0f passthrough_MBps=%s ratio=%.3f", i, ",".join(order),
+                     r.local_MBps, r.mirrored_MBps, r.tcp_MBps, r.passthrough_MBps, r.ratio)
             out.append(r)
     finally:
-        for d in (local, mirrored):
+        for d in dirs:
             (d / SEQ_FILE).unlink(missing_ok=True)
     return out
 
@@ -172,6 +202,10 @@ def summarize(rounds: list[SeqRound], seq_mb: int) -> dict[str, Any]:
     per-round ratios) plus the per-round figures and the ratio's spread."""
     med = statistics.median
     ratios = [r.ratio for r in rounds]
+    passthrough = {}
+    if all(r.passthrough_MBps is not None for r in rounds):
+        passthrough = {"fuse_passthrough_MBps": med(r.passthrough_MBps for r in rounds),
+                       "fuse_passthrough_ratio_to_limit": med(r.passthrough_ratio for r in rounds)}
     return {
         "seq_mb": seq_mb,
         "seq_rounds": len(rounds),
@@ -184,6 +218,7 @@ def summarize(rounds: list[SeqRound], seq_mb: int) -> dict[str, Any]:
         "seq_ratio_to_limit": med(ratios),
         "seq_ratio_min": min(ratios),
         "seq_ratio_max": max(ratios),
+        **passthrough,
         "seq_per_round": [dict(asdict(r), limit_MBps=r.limit_MBps, ratio=r.ratio)
                           for r in rounds],
     }
@@ -193,10 +228,15 @@ def report_lines(r: dict[str, Any]) -> list[str]:
     goal = "met" if r["seq_ratio_to_limit"] >= 0.7 else "not met"
     spread = f"per round {r['seq_ratio_min']:.2f}..{r['seq_ratio_max']:.2f}"
     rounds = f"median of {r['seq_rounds']} rounds of {r['seq_mb']} MiB"
-    return [
+    lines = [
         f"local_seq_write_MBps: {r['local_seq_write_MBps']:.0f} MB/s (baseline, {rounds})",
         f"tcp_MBps: {r['tcp_MBps']:.0f} MB/s (baseline)",
         f"limit_MBps: {r['limit_MBps']:.0f} MB/s (min(local/2, tcp) per round, median)",
         f"seq_write_MBps: {r['seq_write_MBps']:.0f} MB/s ({r['seq_ratio_to_limit']:.2f} x vs "
         + f"limit_MBps; {spread}; goal >= 0.7 {goal})",
     ]
+    if "fuse_passthrough_MBps" in r:
+        lines.append(f"fuse_passthrough_MBps: {r['fuse_passthrough_MBps']:.0f} MB/s "
+                     f"({r['fuse_passthrough_ratio_to_limit']:.2f} x vs limit_MBps; the FUSE layer "
+                     f"alone, every operation acknowledged at once: the ceiling of seq_write)")
+    return lines

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bench import replication_failover, replication_seq
 from bench.replication_bench import write_results
 from chaos.replication_pair import ReplicationPair
+from replication.mount import mount_in_process
 from tests.conftest import needs_root
 
 
@@ -35,6 +36,18 @@ def test_summary_takes_medians_and_the_median_of_round_ratios():
     lines = replication_seq.report_lines(r)
     assert lines[-1].startswith("seq_write_MBps: 200 MB/s (0.50 x vs limit_MBps")
     assert "goal >= 0.7 not met" in lines[-1]
+
+
+def test_the_fuse_ceiling_is_summarized_only_when_every_round_has_it():
+    rounds = [replication_seq.SeqRound(800, 100, 1000, passthrough_MBps=300),   # 0.75 of 400
+              replication_seq.SeqRound(800, 100, 1000, passthrough_MBps=200)]   # 0.5
+    r = replication_seq.summarize(rounds, seq_mb=64)
+    assert r["fuse_passthrough_MBps"] == 250 and r["fuse_passthrough_ratio_to_limit"] == 0.625
+    assert replication_seq.report_lines(r)[-1].startswith(
+        "fuse_passthrough_MBps: 250 MB/s (0.62 x vs limit_MBps; the FUSE layer alone")
+    partial = replication_seq.summarize(rounds + [replication_seq.SeqRound(800, 100, 1000)], 64)
+    assert "fuse_passthrough_MBps" not in partial
+    assert not any(l.startswith("fuse_passthrough") for l in replication_seq.report_lines(partial))
 
 
 RATE = st.floats(1, 1e5, allow_nan=False)
@@ -97,18 +110,23 @@ def test_seq_rounds_run_through_a_real_mount(make_lab, tmp_path):
     lab = make_lab(["prim", "sec"])
     local = tmp_path / "local"
     local.mkdir()
+    passthrough = tmp_path / "passthrough"
+    passthrough.mkdir()
     pair = ReplicationPair(lab, tmp_path / "pair")
+    ceiling = mount_in_process(str(passthrough), replication_seq.acknowledge_at_once)
     try:
         pair.start_receiver()
         pair.start_mount()
         rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=4, tcp_mb=8,
-                                                rounds=2)
+                                                rounds=2, passthrough=passthrough)
     finally:
         pair.close()
+        ceiling.unmount()
     assert len(rounds) == 2
-    assert all(r.local_MBps > 0 and r.mirrored_MBps > 0 and r.tcp_MBps > 0 for r in rounds)
-    # no run leaves its file behind, on either copy (the unlink was replicated too)
-    for d in (local, pair.prim_real, pair.sec):
+    assert all(r.local_MBps > 0 and r.mirrored_MBps > 0 and r.tcp_MBps > 0 and r.passthrough_MBps > 0
+               for r in rounds)
+    # no run leaves its file behind, on any copy (the unlink was replicated too)
+    for d in (local, pair.prim_real, pair.sec, passthrough):
         assert not (d / replication_seq.SEQ_FILE).exists(), d
 
 
