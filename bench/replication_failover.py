@@ -34,7 +34,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.lab import Lab, wait_until
+from chaos.replication_pair import ReplicationNode
 from replication import activity_log
 
 MiB = 1 << 20
@@ -54,62 +54,6 @@ HOT_FILES = 4
 DEFAULT_FILE_MB = 4                # as the activity log's region: one region a file
 
 log = logging.getLogger("hacluster.bench.replication_failover")
-
-
-class MirrorNode:
-    """One lab host's side: a data root (opened before any mount covers it)
-    and a state directory, used by its mount or its receiver."""
-
-    def __init__(self, lab: Lab, host: str, base: Path, secret: Path) -> None:
-        self.lab, self.host, self.secret = lab, host, secret
-        self.root = base / host / "data"
-        self.state = base / host / "state"
-        self.root.mkdir(parents=True)
-        self.state.mkdir(parents=True)
-        self._fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY)
-        self.real = Path(f"/proc/self/fd/{self._fd}")
-        self.mount_proc = None
-        self.receiver_proc = None
-
-    def log(self, name: str) -> str:
-        path = self.lab.host_dir(self.host) / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-    def receive(self, min_epoch: int) -> None:
-        seen = self.log("receiver").count("event=listening")
-        self.receiver_proc = self.lab.spawn(self.host, [
-            sys.executable, "-m", "replication", "receive", "--root", str(self.root),
-            "--state", str(self.state), "--listen", f"{self.lab.addr(self.host)}:{PORT}",
-            "--secret-file", str(self.secret), "--min-epoch", str(min_epoch),
-            "--status-interval", "0"], name="receiver")
-        wait_until(f"receiver listening on {self.host}",
-                   lambda: self.log("receiver").count("event=listening") > seen, timeout=30)
-
-    def mount(self, peer: MirrorNode, epoch: int, alone: bool) -> None:
-        seen = self.log("mount").count("event=mounted")
-        self.mount_proc = self.lab.spawn(self.host, [
-            sys.executable, "-m", "replication", "mount", "--root", str(self.root),
-            "--peer", f"{self.lab.addr(peer.host)}:{PORT}", "--secret-file", str(self.secret),
-            "--state", str(self.state), "--epoch", str(epoch), "--ack-timeout", "1",
-            "--status-interval", "0", *(["--alone"] if alone else [])],
-            name="mount", share_mounts=True)
-        wait_until(f"mounted on {self.host}",
-                   lambda: self.log("mount").count("event=mounted") > seen, timeout=30)
-
-    def in_sync_lines(self) -> list[str]:
-        text = self.log("mount")
-        text = text[:text.rfind("\n") + 1]      # a line still being written is not one yet
-        return [line for line in text.splitlines() if "event=in_sync peer" in line]
-
-    def unmount(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True, check=False)
-
-    def close(self) -> None:
-        for p in (self.mount_proc, self.receiver_proc):
-            if p is not None and p.alive():
-                p.stop()
-        self.unmount()
-        os.close(self._fd)
 
 
 class HotWriter(threading.Thread):
@@ -194,7 +138,7 @@ def in_sync_figures(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
-def verify(lab: Lab, primary: MirrorNode, receiver: MirrorNode, epoch: int) -> str:
+def verify(lab: Lab, primary: ReplicationNode, receiver: ReplicationNode, epoch: int) -> str:
     """The package's verify, run on the primary's host; raises unless identical."""
     res = lab.run(primary.host, [
         sys.executable, "-m", "replication", "verify", "--root", str(primary.root),
@@ -228,8 +172,8 @@ class FailoverBench:
         secret.chmod(0o600)
         hosts = list(lab.hosts)[:2]
         self.lab = lab
-        self.primary = MirrorNode(lab, hosts[0], base, secret)
-        self.secondary = MirrorNode(lab, hosts[1], base, secret)
+        self.primary = ReplicationNode(lab, hosts[0], base, secret, PORT)
+        self.secondary = ReplicationNode(lab, hosts[1], base, secret, PORT)
         self.file_size = file_mb * MiB
         self.writer_s = writer_s
         self.rng = random.Random(seed)
@@ -241,7 +185,7 @@ class FailoverBench:
         """First sync of the working set (a full copy; not measured)."""
         seen = len(self.primary.in_sync_lines())   # the lab's logs outlive a pair
         self.secondary.receive(min_epoch=self.epoch)
-        self.primary.mount(self.secondary, self.epoch, alone=False)
+        self.primary.mount(self.secondary.host, self.epoch, alone=False)
         wait_until("first sync", lambda: len(self.primary.in_sync_lines()) > seen, timeout=300)
 
     def failover(self, use_activity_log: bool) -> FailoverTrial:
@@ -263,7 +207,7 @@ class FailoverBench:
             raise RuntimeError(f"failover bench: {new.host} was not an in-sync receiver of "
                                f"epoch {self.epoch} (prepare_promotion gave {after})")
         self.epoch += 1
-        new.mount(old, self.epoch, alone=True)
+        new.mount(old.host, self.epoch, alone=True)
         new_bytes = write_on_new_primary(new.root, self.names, self.file_size,
                                          f"{new.host}-{self.epoch}", self.rng)
         if not use_activity_log:

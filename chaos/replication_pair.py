@@ -83,3 +83,67 @@ class ReplicationPair:
             self.mount.stop()
         self.unmount()
         os.close(self._prim_fd)
+
+
+class ReplicationNode:
+    """One lab host's side of a pair whose roles swap at failovers: a data root
+    (opened before any mount covers it, so ``real`` reads the copy itself) and a
+    state directory, used by its mount or its receiver. Every process it starts
+    is stopped by ``close``."""
+
+    def __init__(self, lab, host: str, base: Path, secret: Path, port: int) -> None:
+        self.lab, self.host, self.secret, self.port = lab, host, secret, port
+        self.root = base / host / "data"
+        self.state = base / host / "state"
+        self.root.mkdir(parents=True)
+        self.state.mkdir(parents=True)
+        self._fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY)
+        self.real = Path(f"/proc/self/fd/{self._fd}")
+        self.procs: list = []
+        self.mount_proc = None        # the latest of each
+        self.receiver_proc = None
+
+    def log(self, name: str) -> str:
+        path = self.lab.host_dir(self.host) / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def receive(self, min_epoch: int):
+        seen = self.log("receiver").count("event=listening")   # the lab's logs outlive a process
+        self.receiver_proc = self.lab.spawn(self.host, [
+            sys.executable, "-m", "replication", "receive", "--root", str(self.root),
+            "--state", str(self.state), "--listen", f"{self.lab.addr(self.host)}:{self.port}",
+            "--secret-file", str(self.secret), "--min-epoch", str(min_epoch),
+            "--status-interval", "0"], name="receiver")
+        self.procs.append(self.receiver_proc)
+        wait_until(f"receiver listening on {self.host}",
+                   lambda: self.log("receiver").count("event=listening") > seen, timeout=30)
+        return self.receiver_proc
+
+    def mount(self, peer: str, epoch: int, alone: bool):
+        """Mount as primary at ``epoch``, replicating to the receiver on host ``peer``."""
+        seen = self.log("mount").count("event=mounted")
+        self.mount_proc = self.lab.spawn(self.host, [
+            sys.executable, "-m", "replication", "mount", "--root", str(self.root),
+            "--peer", f"{self.lab.addr(peer)}:{self.port}", "--secret-file", str(self.secret),
+            "--state", str(self.state), "--epoch", str(epoch), "--ack-timeout", "1",
+            "--status-interval", "0", *(["--alone"] if alone else [])],
+            name="mount", share_mounts=True)
+        self.procs.append(self.mount_proc)
+        wait_until(f"mounted on {self.host}",
+                   lambda: self.log("mount").count("event=mounted") > seen, timeout=30)
+        return self.mount_proc
+
+    def in_sync_lines(self) -> list[str]:
+        text = self.log("mount")
+        text = text[:text.rfind("\n") + 1]      # a line still being written is not one yet
+        return [line for line in text.splitlines() if "event=in_sync peer" in line]
+
+    def unmount(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True, check=False)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.alive():
+                p.stop()
+        self.unmount()
+        os.close(self._fd)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from chaos.lab import wait_until
+from chaos.replication_pair import ReplicationNode
 from replication import activity_log
 from tests.conftest import needs_root
 from tests.test_replication_lab import Writer, assert_records, assert_same
@@ -25,70 +23,20 @@ FILES = 40
 FILE_SIZE = 1 << 20
 
 
-class Node:
-    def __init__(self, lab, host: str, tmp: Path, secret: Path) -> None:
-        self.lab, self.host, self.secret = lab, host, secret
-        self.root = tmp / host / "data"
-        self.state = tmp / host / "state"
-        self.root.mkdir(parents=True)
-        self.state.mkdir(parents=True)
-        self._fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY)
-        self.real = Path(f"/proc/self/fd/{self._fd}")
-        self.procs: list = []
-
-    def log(self, name: str) -> str:
-        path = self.lab.host_dir(self.host) / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-    def receive(self, min_epoch: int):
-        p = self.lab.spawn(self.host, [
-            sys.executable, "-m", "replication", "receive", "--root", str(self.root),
-            "--state", str(self.state), "--listen", f"{self.lab.addr(self.host)}:{PORT}",
-            "--secret-file", str(self.secret), "--min-epoch", str(min_epoch),
-            "--status-interval", "0"], name="receiver")
-        wait_until("receiver listening", lambda: "event=listening" in self.log("receiver"))
-        self.procs.append(p)
-        return p
-
-    def mount(self, peer: str, epoch: int, alone: bool):
-        seen = self.log("mount").count("event=mounted")
-        p = self.lab.spawn(self.host, [
-            sys.executable, "-m", "replication", "mount", "--root", str(self.root),
-            "--peer", f"{self.lab.addr(peer)}:{PORT}", "--secret-file", str(self.secret),
-            "--state", str(self.state), "--epoch", str(epoch), "--ack-timeout", "1",
-            "--status-interval", "0", *(["--alone"] if alone else [])],
-            name="mount", share_mounts=True)
-        wait_until("mounted", lambda: self.log("mount").count("event=mounted") > seen)
-        self.procs.append(p)
-        return p
-
-    def in_sync_lines(self) -> list[str]:
-        return [line for line in self.log("mount").splitlines() if "event=in_sync peer" in line]
-
-    def unmount(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.root)], capture_output=True)
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.alive():
-                p.stop()
-        self.unmount()
-        os.close(self._fd)
-
-
 @pytest.fixture
 def nodes(make_lab, tmp_path):
     lab = make_lab(["a", "b"])
     secret = tmp_path / "secret"
     secret.write_text(SECRET)
     secret.chmod(0o600)
-    a, b = Node(lab, "a", tmp_path, secret), Node(lab, "b", tmp_path, secret)
+    a, b = (ReplicationNode(lab, "a", tmp_path, secret, PORT),
+            ReplicationNode(lab, "b", tmp_path, secret, PORT))
     yield a, b
     a.close()
     b.close()
 
 
-def crash_a_then_promote_b(a: Node, b: Node):
+def crash_a_then_promote_b(a: ReplicationNode, b: ReplicationNode):
     """a primary (epoch 1) in sync with b; a's mount killed while a stream of
     writes runs; b promoted (epoch 2) and written to; returns the acked records."""
     for i in range(FILES):
@@ -99,12 +47,12 @@ def crash_a_then_promote_b(a: Node, b: Node):
     writer = Writer(a.root / "stream")
     writer.start()
     wait_until("writes", lambda: len(writer.acked) > 300, timeout=30)
-    a.procs[-1].kill()                       # the old primary's mount dies mid-stream
+    a.mount_proc.kill()                      # the old primary's mount dies mid-stream
     writer.join(10)
     assert writer.error is not None
     acked = list(writer.acked)
     a.unmount()
-    b.procs[0].stop()                        # b stops receiving, to become primary
+    b.receiver_proc.stop()                   # b stops receiving, to become primary
     assert activity_log.prepare_promotion(str(b.state)) == 1
     b.mount(peer="a", epoch=2, alone=True)
     with open(b.root / "f07", "r+b") as f:   # the new primary writes before a returns
@@ -114,7 +62,7 @@ def crash_a_then_promote_b(a: Node, b: Node):
     return acked
 
 
-def in_sync_figures(node: Node) -> dict[str, str]:
+def in_sync_figures(node: ReplicationNode) -> dict[str, str]:
     line = node.in_sync_lines()[-1]
     return dict(re.findall(r"(\w+)=(\S+)", line))
 
