@@ -85,11 +85,19 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .primary_link import PrimaryLink
 
     host, port = args.peer
+    # While libfuse serves, the main thread sits in C (Python handlers never run) and
+    # libfuse's own handler only flags the session from whichever thread the signal
+    # lands on, which then never ends (seen: SIGTERM, still mounted 30 s later). So
+    # these are blocked in every thread, before any is started (threads, libfuse's
+    # workers included, inherit the mask), and taken by one thread with sigwait.
+    signals = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         secret = read_secret(args.secret_file)
         # Opened before the mount covers it: the link reads the real files through it.
         root_fd = os.open(args.root, os.O_PATH | os.O_DIRECTORY)
     except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     hook: HookClient | None = None
@@ -111,14 +119,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
     def report() -> None:
         print(status_line(_flatten(link.status())), flush=True)
 
-    def terminate(*_: Any) -> None:
-        stop.set()
-        # serve() returns once the file system is unmounted.
-        threading.Thread(target=unmount, args=(args.root,), daemon=True).start()
+    def take_signals() -> None:
+        while True:
+            if signal.sigwait(signals) == signal.SIGUSR1:
+                report()
+                continue
+            stop.set()
+            try:
+                unmount(args.root)   # serve() returns once the file system is unmounted
+            except RuntimeError as e:
+                print(f"event=unmount_failed root={args.root} error={str(e)!r}", flush=True)
 
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGINT, terminate)
-    signal.signal(signal.SIGUSR1, lambda *_: report())
+    threading.Thread(target=take_signals, name="signals", daemon=True).start()
     link.start()
 
     def reporter() -> None:

@@ -3,6 +3,7 @@ another, real processes killed with SIGKILL."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import threading
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from chaos.lab import wait_until as _wait
 from chaos.replication_pair import ReplicationPair as Pair
+from replication.fuse_fs import fuse_mount_at
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
@@ -222,3 +224,17 @@ def test_sender_killed_mid_stream_then_reintegrated(pair):
     pair.start_mount()  # crash: the store is not trusted, digests are compared
     assert_same(pair.prim_real, pair.sec)
     assert_records(pair.prim / "stream", acked)
+
+
+def test_sigterm_stops_the_mount_cleanly_and_leaves_its_store_trusted(pair):
+    """`python -m replication mount` is stopped with SIGTERM (as an administrator
+    trying it alone would): it unmounts, exits 0, and closes its change store clean,
+    so the next start can trust the bitmaps. (libfuse's own handler used to catch
+    the signal on a thread that never ended the loop: SIGKILL after the timeout.)"""
+    pair.start_receiver()
+    pair.start_mount()
+    (pair.prim / "f").write_bytes(os.urandom(100_000))
+    assert pair.mount.stop(timeout=10) == 0
+    assert not fuse_mount_at(str(pair.prim))
+    store = json.loads((pair.state / "changes" / "store.json").read_text())
+    assert store["open"] is False and store["trusted"] is True, store
