@@ -27,7 +27,6 @@ import statistics
 import time
 from pathlib import Path
 
-import psutil
 
 from chaos.lab import Lab, wait_until
 from chaos.lab_cluster import LabCluster
@@ -92,11 +91,7 @@ def mirror_lab(lab: Lab, datadir: str, checkers: bool,
 def idle_cpu_percent(m: MirrorLab, node: str = "n1", seconds: float = IDLE_S) -> dict:
     """CPU % of every member's daemon over ``seconds``; ``node``'s must be a follower."""
     time.sleep(2.0)                     # let the start settle
-    procs = {x: psutil.Process(m.cluster.procs[x].pid) for x in m.cluster.members}
-    for p in procs.values():
-        p.cpu_percent(None)
-    time.sleep(seconds)
-    cpu = {x: p.cpu_percent(None) for x, p in procs.items()}
+    cpu = m.cluster.cpu_percent(seconds)
     leader = m.cluster.status(node)["leader"]
     if leader == node:
         raise RuntimeError(f"{node} became the Raft leader during the window: measure again")

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 
 from chaos.lab import Lab
 from chaos.lab_cluster import LabCluster
@@ -61,13 +60,9 @@ def measure(settings: dict[str, Any], seconds: float) -> dict[str, Any]:
         try:
             cluster.wait_leader(timeout=30)
             time.sleep(SETTLE_S)
-            procs = {m: psutil.Process(cluster.procs[m].pid) for m in cluster.members}
-            for p in procs.values():
-                p.cpu_percent(None)
             before = cluster.status("n1")
             t0 = time.monotonic()
-            time.sleep(seconds)
-            cpu = {m: p.cpu_percent(None) for m, p in procs.items()}
+            cpu = cluster.cpu_percent(seconds)
             after = cluster.status("n1")
             elapsed = time.monotonic() - t0
         finally:

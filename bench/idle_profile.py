@@ -158,10 +158,8 @@ def profile(m: MirrorLab, members: list[str], seconds: float, top: int, strace: 
         print("  py-spy --gil (samples holding the GIL, % of a core):")
         print("\n".join(summarize(raw, top, seconds)) if raw.exists() else "  (py-spy recorded nothing)")
     # CPU without a profiler attached, the bench's figure
-    for p in procs.values():
-        p.cpu_percent(None)
-    time.sleep(seconds)
-    print("unprofiled cpu: " + ", ".join(f"{n} {p.cpu_percent(None):.2f} %" for n, p in procs.items()))
+    cpu = m.cluster.cpu_percent(seconds, members)
+    print("unprofiled cpu: " + ", ".join(f"{n} {v:.2f} %" for n, v in cpu.items()))
     if strace:
         for name, p in procs.items():
             print(f"{name}: syscalls over {seconds / 2:.0f} s (strace -c -f)")

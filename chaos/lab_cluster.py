@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
+
+import psutil
 
 from hacluster.control import ControlError, request
 from hacluster.structured_log import parse_line
@@ -104,6 +107,15 @@ class LabCluster:
             return request(self.config_dir(member) / "control.sock", "status", timeout=timeout)
         except (ControlError, OSError, ValueError):
             return None
+
+    def cpu_percent(self, seconds: float, members: list[str] | None = None) -> dict[str, float]:
+        """Each running member daemon's CPU over the next ``seconds`` (% of one core).
+        ``ip netns exec`` execs the daemon, so the lab's pid is the daemon itself."""
+        procs = {m: psutil.Process(self.procs[m].pid) for m in (members or self.members)}
+        for p in procs.values():
+            p.cpu_percent(None)
+        time.sleep(seconds)
+        return {m: p.cpu_percent(None) for m, p in procs.items()}
 
     def wait_for(self, what: str, predicate: Callable[[], Any], timeout: float = 20.0,
                  interval: float = 0.02) -> Any:
