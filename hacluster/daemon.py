@@ -145,7 +145,7 @@ class Daemon:
             if op == "expire":
                 log.info("event=lease_expired resource=%s holder=%s epoch=%s mono=%.6f",
                          args[0], result.get("holder"), result.get("epoch"), time.monotonic())
-        if op == "acquire" and result.get("ok") and not result.get("renewed"):
+        if op == "acquire" and result.get("ok"):
             log.info("event=lease_granted resource=%s holder=%s epoch=%s forced=%s mono=%.6f",
                      args[0], args[1], result["epoch"], result.get("forced", False), time.monotonic())
         if op in ("bootstrap", "add_member", "remove_member") and result.get("ok"):

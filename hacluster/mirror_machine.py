@@ -55,6 +55,9 @@ class View:
     peer_live: bool = False
     failover: bool = True
     intent: str | None = None          # this node's committed intent: start | stop | None
+    # Why this node's copy may not become primary by itself (DESIGN rule 6: its
+    # on-disk identity does not match what Raft committed for it); None: it may.
+    copy_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,15 @@ class CommitGoodCopy:
 
 @dataclass(frozen=True)
 class CommitLeaveInSync:
-    pass
+    force: bool = False
 
 
 @dataclass(frozen=True)
 class CommitInSyncSelf:
+    """Start this primary session's generation: check the copy's identity (unless
+    ``forced`` by primforce), stamp it, commit "in sync = me" with it."""
     epoch: int
+    forced: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,7 @@ class MirrorMachine:
         self.swap_pending = False            # after a swap: do not contend until the peer holds
         self.force_stop = False
         self.waiting: set[str] = set()       # checker `wait`: causes still down (hold WAIT)
+        self.forced_copy = False             # primforce: this copy is the truth, whatever it is
         self._contend = False
         self._queued: list[Plan] = []        # plans decided while another ran (commands)
 
@@ -244,8 +251,13 @@ class MirrorMachine:
             return self._command(event.name)
         if isinstance(event, ViewChanged):
             before = self.display
+            problem_before = self.view.copy_problem
             self.view = event.view
             out = self._reconcile()
+            if event.view.copy_problem != problem_before and event.view.copy_problem \
+                    and self.state not in PRIMARY and self.node in event.view.in_sync:
+                out = _merge(Output(log=(f"not promoted automatically: {event.view.copy_problem}",)),
+                             out)
             if self.state in PRIMARY and self.running is None and self.display[0] != before[0]:
                 out = _merge(out, Output(plans=(Plan((RunScript("transition", before[0].value,
                                                                 self.display[0].value, "sync"),),
@@ -353,15 +365,20 @@ class MirrorMachine:
             if self.view.holder not in (None, self.node):
                 return Output(refused=f"{self.view.holder} is primary; stop it there or use swap")
             force = name == "primforce"
+            if not force and self.view.copy_problem:
+                return Output(refused=f"{self.view.copy_problem}; use primforce to make this copy "
+                                      "the truth anyway")
+            if force:
+                self.forced_copy = True
             log = (f"PRIMFORCE: making the copy on {self.node} the truth; changes only on "
                    f"{self.peer} since they were last in sync will be overwritten",) if force else ()
             return _merge(Output(log=log), self._queue(
                 Plan((CommitGoodCopy(force), CommitIntent("start")), self.state, f"{name} command")))
-        if name == "second":
+        if name in ("second", "second_force"):
             if self.state in PRIMARY:
                 return Output(refused="this node is primary; use swap or stop it first")
-            return self._queue(Plan((CommitLeaveInSync(), CommitIntent("start")), self.state,
-                                    "second command"))
+            return self._queue(Plan((CommitLeaveInSync(force=name == "second_force"),
+                                     CommitIntent("start")), self.state, f"{name} command"))
         return Output(refused=f"unknown command {name!r}")
 
     # ---- deciding where to go ----------------------------------------------------------
@@ -375,7 +392,8 @@ class MirrorMachine:
             return State.ALONE
         if v.holder == self.peer:
             return State.SECOND
-        if self.state is State.SECOND and v.holder is None and self.node in v.in_sync and v.failover:
+        if (self.state is State.SECOND and v.holder is None and self.node in v.in_sync and v.failover
+                and not v.copy_problem):
             return State.SECOND     # the primary is gone and this node is about to take over
         return State.WAIT
 
@@ -383,6 +401,9 @@ class MirrorMachine:
         v = self.view
         if v.intent != "start" or self.hold_stop or self.swap_pending or self.waiting:
             return False
+        promoting = self.running is not None and self.running.next_state in PRIMARY
+        if v.copy_problem and not self.forced_copy and self.state not in PRIMARY and not promoting:
+            return False        # rule 6: only a copy that proves it is the current one
         if self.state in PRIMARY or self.epoch is not None:
             return True
         # Automatic failover only when on; a waiting node still starts as primary
@@ -478,7 +499,7 @@ class MirrorMachine:
 
     def _promotion(self, frm: str, before: tuple[Action, ...]) -> Plan:
         assert self.epoch is not None
-        return Plan(before + (CommitInSyncSelf(self.epoch), StartMount(self.epoch),
+        return Plan(before + (CommitInSyncSelf(self.epoch, forced=self.forced_copy), StartMount(self.epoch),
                               RunScript("start_prim", frm, "ALONE", "start"), RaiseVip(),
                               RunScript("transition", frm, "ALONE", "start")),
                     State.ALONE, f"primary at epoch {self.epoch}")
@@ -503,6 +524,8 @@ class MirrorMachine:
             self.state = plan.next_state
             if self.state is State.STOP:
                 self.force_stop = False
+            if self.state in (State.STOP,) or self.state in PRIMARY:
+                self.forced_copy = False        # used, or given up
             return self._reconcile()
         log = (f"{plan.reason} failed: {event.error}",)
         if plan.next_state in PRIMARY or plan.next_state is State.SECOND:

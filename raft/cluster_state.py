@@ -15,7 +15,14 @@ State is plain data so that it can be dumped and checked:
   farm modules also have "farm": {"members": {node: power}, "table": [256 owners
                     or None], "version": int} (a snapshot without it: empty farm)
 A mirror module's primary is the holder of the lease ``mirror/<module>``; its
-``eligible`` list is the module's in-sync set (DESIGN rule 3).
+``eligible`` list is the module's in-sync set (DESIGN rule 3). Which *copies*
+those nodes hold (DESIGN rule 6) is in the module's "identity":
+  {"generation": int, "history": [older generations], "copies": {node:
+   {"copy": id, "generation": int}}}
+``generation`` is the epoch of the current primary session (0: none yet);
+``copies`` keeps, for every node, the last copy committed for it (an in-sync
+node's entry is at the current generation; a node that left keeps its last one,
+which tells a returning copy from a replaced one).
 A farm's table is recomputed inside every op that changes its members, with the
 deterministic ``bucket_allocator.allocate``; ``version`` rises whenever the
 table changes. A node leaves every farm in the same op that ends its liveness
@@ -40,6 +47,8 @@ MIRROR_PREFIX = "mirror/"
 _MODULE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 FARM_POWER_MAX = 1000
+_HISTORY_MAX = 16
+_COPY_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def liveness_resource(name: str) -> str:
@@ -58,6 +67,10 @@ def farm_of(module: dict[str, Any]) -> dict[str, Any]:
     """A farm module's farm section (also from a snapshot dict); older snapshots
     have none, which means an empty farm."""
     return module.get("farm") or empty_farm()
+
+
+def _valid_copy_id(value: Any) -> bool:
+    return isinstance(value, str) and bool(_COPY_ID.fullmatch(value))
 
 
 def _valid_duration(value: Any) -> bool:
@@ -151,6 +164,8 @@ class ClusterState:
         farms = self._leave_every_farm(name)
         for module in self.modules.values():
             module["intent"].pop(name, None)
+            if "identity" in module:
+                module["identity"]["copies"].pop(name, None)
         for lease in self.leases.values():
             if lease["eligible"] is not None and name in lease["eligible"]:
                 lease["eligible"] = [n for n in lease["eligible"] if n != name]
@@ -179,8 +194,12 @@ class ClusterState:
             return _refused(f"{resource} is the liveness lease of another member")
         lease = self._lease(resource, lease_s)
         if lease["holder"] == node:
+            # Renewals use ``renew``; an acquire by the holder is a new session of
+            # it (a restarted daemon, a holder that gave its lease up locally): a
+            # new epoch, so that two sessions never share one (rule 6).
+            lease["epoch"] += 1
             lease["seq"] += 1
-            return _ok(epoch=lease["epoch"], renewed=True)
+            return _ok(epoch=lease["epoch"], reacquired=True)
         if lease["holder"] is not None:
             return _refused(f"{resource} is held by {lease['holder']} (epoch {lease['epoch']})",
                             holder=lease["holder"], epoch=lease["epoch"])
@@ -335,10 +354,50 @@ class ClusterState:
         module["failover"] = on
         return _ok(name=name, failover=on)
 
-    # ---- in-sync sets (DESIGN rule 3) ------------------------------------------------
-    def set_in_sync(self, resource: str, node: str, epoch: int, nodes: list[str]) -> Result:
+    # ---- in-sync sets (DESIGN rule 3) and copy identities (rule 6) ---------------------
+    def _identity(self, resource: str) -> dict[str, Any] | None:
+        """The identity section of the mirror module behind ``resource``."""
+        module = self.modules.get(resource[len(MIRROR_PREFIX):]) \
+            if resource.startswith(MIRROR_PREFIX) else None
+        if module is None or module.get("mode") != "mirror":
+            return None
+        return module.setdefault("identity", {"generation": 0, "history": [], "copies": {}})
+
+    def generation(self, resource: str) -> int:
+        ident = self._identity(resource) if isinstance(resource, str) else None
+        return ident["generation"] if ident else 0
+
+    def begin_generation(self, resource: str, node: str, epoch: int, copy_id: str) -> Result:
+        """A new primary session: "in sync = me" and a new generation (= its epoch),
+        held by copy ``copy_id`` — which the node stamped on its directories just
+        before. Fenced by (holder, epoch); a retry of the same session is a no-op."""
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
+        if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
+            holder = lease["holder"] if lease else None
+            cur = lease["epoch"] if lease else 0
+            return _refused(f"{node} is not the primary of {resource} at epoch {epoch} "
+                            f"(holder {holder}, epoch {cur})")
+        if not _valid_copy_id(copy_id):
+            return _refused(f"invalid copy id {copy_id!r}")
+        ident = self._identity(resource)
+        if ident is None:
+            return _refused(f"{resource} is not a mirror module")
+        if epoch < ident["generation"]:
+            return _refused(f"generation {epoch} is older than {resource}'s {ident['generation']}")
+        if epoch > ident["generation"]:
+            if ident["generation"]:
+                ident["history"] = (ident["history"] + [ident["generation"]])[-_HISTORY_MAX:]
+            ident["generation"] = epoch
+        ident["copies"][node] = {"copy": copy_id, "generation": epoch}
+        lease["eligible"] = [node]
+        return _ok(eligible=[node], epoch=epoch, generation=epoch)
+
+    def set_in_sync(self, resource: str, node: str, epoch: int, nodes: list[str],
+                    copies: dict[str, str] | None = None) -> Result:
         """The primary changes its module's in-sync set. Fenced by (holder, epoch):
-        a deposed primary can never shrink the set behind its successor's back."""
+        a deposed primary can never shrink the set behind its successor's back.
+        ``copies``: the copy id of each node added (stamped with the current
+        generation before this commit)."""
         lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
             holder = lease["holder"] if lease else None
@@ -350,13 +409,22 @@ class ClusterState:
         unknown = sorted(set(nodes) - set(self.members))
         if unknown:
             return _refused(f"unknown member(s) {', '.join(map(str, unknown))}")
+        copies = copies or {}
+        if (not isinstance(copies, dict) or set(copies) - set(nodes)
+                or not all(_valid_copy_id(c) for c in copies.values())):
+            return _refused(f"copies must map nodes of the new in-sync set to copy ids, got {copies!r}")
+        ident = self._identity(resource)
+        if ident is not None and ident["generation"]:
+            for n, c in copies.items():
+                ident["copies"][n] = {"copy": c, "generation": ident["generation"]}
         lease["eligible"] = sorted(set(nodes))
         return _ok(eligible=lease["eligible"], epoch=epoch)
 
     def name_good_copy(self, resource: str, node: str, force: bool = False) -> Result:
         """``prim`` / ``primforce``: the administrator names the node whose copy is
         the truth. Only while nobody is primary; without ``force`` only a node
-        that is in sync (or any node when nobody is, e.g. the first start)."""
+        that is in sync — or any node before the very first generation (the first
+        start): after it, an empty in-sync set never means "anyone" (rule 6)."""
         lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None:
             return _refused(f"unknown resource {resource!r}")
@@ -366,21 +434,30 @@ class ClusterState:
             return _refused(f"{resource} is primary on {lease['holder']} (epoch {lease['epoch']}); "
                             "stop it there or use swap")
         eligible = lease["eligible"] or []
-        if eligible and node not in eligible and not force:
-            return _refused(f"the copy on {node} is not current (in sync: {', '.join(eligible)}); "
-                            f"use primforce to make it the primary anyway")
+        generation = self.generation(resource)
+        if node not in eligible and (eligible or generation) and not force:
+            current = ", ".join(eligible) or "none"
+            return _refused(f"the copy on {node} is not current (in sync: {current}, generation "
+                            f"{generation}); use primforce to make it the primary anyway")
         lease["eligible"] = [node] if node not in eligible else sorted(eligible)
-        forced = bool(eligible) and node not in eligible
+        forced = bool(eligible or generation) and node not in eligible
         return _ok(eligible=lease["eligible"], forced=forced)
 
-    def leave_in_sync(self, resource: str, node: str) -> Result:
-        """``second``: this node's copy will be overwritten, so it is not current."""
+    def leave_in_sync(self, resource: str, node: str, force: bool = False) -> Result:
+        """``second``: this node's copy will be overwritten, so it is not current.
+        Refused for the last in-sync copy unless forced: the module would have no
+        current copy left."""
         lease = self.leases.get(resource) if isinstance(resource, str) else None
         if lease is None:
             return _refused(f"unknown resource {resource!r}")
         if lease["holder"] == node:
             return _refused(f"{node} is the primary of {resource}; stop it first")
-        lease["eligible"] = [n for n in (lease["eligible"] or []) if n != node]
+        eligible = lease["eligible"] or []
+        if eligible == [node] and not force:
+            return _refused(f"the copy on {node} is the only current copy of {resource} "
+                            f"(generation {self.generation(resource)}); 'second' would discard it: "
+                            f"start it with 'prim', or use 'second --force' to overwrite it")
+        lease["eligible"] = [n for n in eligible if n != node]
         return _ok(eligible=lease["eligible"])
 
 

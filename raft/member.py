@@ -151,7 +151,7 @@ class _StateConsumer(SyncObjConsumer):
 OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
        "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
        "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync", "farm_join",
-       "farm_leave", "renew_many")
+       "farm_leave", "renew_many", "begin_generation")
 
 
 def tick_wait(now: float, cap_s: float, deadlines: Iterable[float | None]) -> float:

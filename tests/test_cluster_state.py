@@ -75,14 +75,26 @@ def test_grant_renew_release_cycle():
     r = s.acquire("vip", "a", 1.5)
     assert r == {"ok": True, "epoch": 1, "forced": False}
     assert s.holder("vip") == "a"
-    assert s.acquire("vip", "a", 1.5) == {"ok": True, "epoch": 1, "renewed": True}
     r = s.acquire("vip", "b", 1.5)
     assert not r["ok"] and r["holder"] == "a" and r["epoch"] == 1
     assert s.renew("vip", "a", 1) == {"ok": True, "epoch": 1}
     assert s.release("vip", "a", 1) == {"ok": True, "epoch": 1}
     assert s.holder("vip") is None
     assert s.acquire("vip", "b", 1.5)["epoch"] == 2
-    assert s.leases["vip"]["seq"] == 5
+    assert s.leases["vip"]["seq"] == 4
+
+
+def test_reacquire_by_the_holder_starts_a_new_epoch():
+    """A restarted holder (its daemon died and came back before the lease ran
+    out) asks with acquire, not renew: it must get a new epoch, else two
+    sessions of one holder share an epoch (was: renewed at the same epoch)."""
+    s = fresh()
+    assert s.acquire("vip", "a", 1.5)["epoch"] == 1
+    assert s.acquire("vip", "a", 1.5) == {"ok": True, "epoch": 2, "reacquired": True}
+    assert s.holder("vip") == "a"
+    r = s.renew("vip", "a", 1)
+    assert not r["ok"], "the old session's epoch must be dead"
+    assert s.renew("vip", "a", 2)["ok"]
 
 
 def test_expire_fenced_by_epoch_and_seq():
@@ -274,8 +286,8 @@ class ClusterStateMachine(RuleBasedStateMachine):
         epoch = old["epoch"] if old else 0
         eligible = old["eligible"] if old else None
         if holder == node:
-            assert r == {"ok": True, "epoch": epoch, "renewed": True}
-            assert new["epoch"] == epoch and new["seq"] == old["seq"] + 1
+            assert r == {"ok": True, "epoch": epoch + 1, "reacquired": True}
+            assert new["epoch"] == epoch + 1 and new["seq"] == old["seq"] + 1
         elif holder is not None:
             assert not r["ok"] and r["holder"] == holder
         elif eligible is not None and node not in eligible and not force:

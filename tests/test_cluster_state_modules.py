@@ -85,3 +85,90 @@ def test_bad_arguments_are_refused():
 def test_round_trip_keeps_modules():
     s = _state()
     assert ClusterState.from_dict(s.to_dict()).to_dict() == s.to_dict()
+
+
+# ---- copy identities (DESIGN rule 6) ------------------------------------------------------
+CA, CB, CC = "a1" * 16, "b2" * 16, "c3" * 16
+
+
+def _primary(s: ClusterState, node: str, copy_id: str) -> int:
+    epoch = s.acquire(RES, node, 1.5)["epoch"]
+    assert s.begin_generation(RES, node, epoch, copy_id)["ok"]
+    return epoch
+
+
+def test_every_primary_session_starts_a_generation_and_keeps_history():
+    s = _state()
+    s.name_good_copy(RES, "a")
+    e1 = _primary(s, "a", CA)
+    ident = s.modules["app"]["identity"]
+    assert ident == {"generation": e1, "history": [], "copies": {"a": {"copy": CA, "generation": e1}}}
+    assert s.set_in_sync(RES, "a", e1, ["a", "b"], {"b": CB})["ok"]
+    assert ident["copies"]["b"] == {"copy": CB, "generation": e1}
+    # the holder restarts: a new epoch and a new generation, never the same one
+    e2 = _primary(s, "a", CA)
+    assert e2 == e1 + 1 and ident["generation"] == e2 and ident["history"] == [e1]
+    assert s.leases[RES]["eligible"] == ["a"]
+    # b left the in-sync set but keeps its last entry: what its copy was
+    assert ident["copies"]["b"] == {"copy": CB, "generation": e1}
+
+
+def test_begin_generation_is_fenced_and_idempotent():
+    s = _state()
+    s.name_good_copy(RES, "a")
+    e1 = _primary(s, "a", CA)
+    assert not s.begin_generation(RES, "b", e1, CB)["ok"], "not the holder"
+    assert not s.begin_generation(RES, "a", e1 + 1, CA)["ok"], "not its epoch"
+    assert not s.begin_generation(RES, "a", e1, "not-a-copy-id")["ok"]
+    assert s.begin_generation(RES, "a", e1, CA)["ok"], "a retry of the same session"
+    assert s.modules["app"]["identity"]["history"] == []
+
+
+def test_empty_in_sync_set_means_anyone_only_before_the_first_generation():
+    """Was: ``second`` on the only in-sync node emptied the set, and ``prim`` then
+    took any node's copy without primforce."""
+    s = _state()
+    s.name_good_copy(RES, "a")
+    e1 = _primary(s, "a", CA)
+    s.release(RES, "a", e1)
+    r = s.leave_in_sync(RES, "a")
+    assert not r["ok"] and "only current copy" in r["error"] and "--force" in r["error"]
+    assert s.leases[RES]["eligible"] == ["a"]
+    assert s.leave_in_sync(RES, "a", True)["ok"] and s.leases[RES]["eligible"] == []
+    r = s.name_good_copy(RES, "b")
+    assert not r["ok"] and "primforce" in r["error"]
+    r = s.name_good_copy(RES, "b", True)
+    assert r["ok"] and r["forced"]
+
+
+def test_second_on_one_of_two_in_sync_nodes_is_allowed():
+    s = _state()
+    s.name_good_copy(RES, "a")
+    e1 = _primary(s, "a", CA)
+    s.set_in_sync(RES, "a", e1, ["a", "b"], {"b": CB})
+    assert s.leave_in_sync(RES, "b")["ok"] and s.leases[RES]["eligible"] == ["a"]
+
+
+def test_copies_only_for_nodes_of_the_new_set_and_removed_members_forgotten():
+    s = _state()
+    s.name_good_copy(RES, "a")
+    e1 = _primary(s, "a", CA)
+    assert not s.set_in_sync(RES, "a", e1, ["a"], {"b": CB})["ok"]
+    assert not s.set_in_sync(RES, "a", e1, ["a", "b"], {"b": "x"})["ok"]
+    assert s.set_in_sync(RES, "a", e1, ["a", "b"], {"b": CB})["ok"]
+    assert s.set_in_sync(RES, "a", e1, ["a"])["ok"]
+    s.add_member("c", "10.0.0.4:7400", "node")
+    for n in ("a", "b", "w"):       # a live majority remains after the removal
+        s.acquire(f"node/{n}", n, 1.5)
+    s.set_in_sync(RES, "a", e1, ["a", "c"], {"c": CC})
+    s.set_in_sync(RES, "a", e1, ["a"])
+    assert s.remove_member("c", "node")["ok"]
+    assert "c" not in s.modules["app"]["identity"]["copies"]
+
+
+def test_identity_survives_a_snapshot_round_trip():
+    s = _state()
+    s.name_good_copy(RES, "a")
+    _primary(s, "a", CA)
+    again = ClusterState.from_dict(s.to_dict())
+    assert again.modules["app"]["identity"] == s.modules["app"]["identity"]

@@ -33,6 +33,9 @@ class Sim:
         self.receiver_epoch = {"a": 0, "b": 0}
         self.app = {"a": False, "b": False}
         self.fail_scripts = fail_scripts
+        # disk replaced / not mounted: the copy does not match what Raft committed
+        self.wiped = {"a": False, "b": False}
+        self.promoted_unmatched: list[str] = []
         self.scripts: list[tuple[str, str]] = []
         self.refusals: list[str] = []
 
@@ -42,7 +45,8 @@ class Sim:
     def view(self, n: str) -> View:
         return View(holder=self.holder, epoch=self.epoch, in_sync=frozenset(self.in_sync),
                     peer_live=self.live[self.peer(n)], failover=self.failover,
-                    intent=self.intent.get(n))
+                    intent=self.intent.get(n),
+                    copy_problem=f"copy on {n} has no identity record" if self.wiped[n] else None)
 
     # ---- the driver -------------------------------------------------------------
     def feed(self, n: str, event) -> None:
@@ -76,8 +80,14 @@ class Sim:
             elif isinstance(action, StopReceiver):
                 self.receiver[n] = False
             elif isinstance(action, CommitInSyncSelf):
+                if self.wiped[n] and not action.forced:
+                    # the driver's own check would refuse it; the machine must never ask
+                    self.promoted_unmatched.append(n)
+                    ok, error = False, "copy problem"
+                    break
                 if self.holder == n and self.epoch == action.epoch:
                     self.in_sync = [n]
+                    self.wiped[n] = False      # stamped: primforce made it the truth
                 else:
                     ok, error = False, "fenced"
                     break
@@ -90,7 +100,7 @@ class Sim:
                     break
                 self.in_sync = [n]
             elif isinstance(action, CommitLeaveInSync):
-                if self.holder == n:
+                if self.holder == n or (self.in_sync == [n] and not action.force):
                     ok, error = False, "holder"
                     break
                 self.in_sync = [x for x in self.in_sync if x != n]
@@ -140,6 +150,7 @@ class Sim:
             p = self.peer(h)
             if self.live[p] and self.receiver[p] and p not in self.in_sync:
                 self.in_sync = sorted(self.in_sync + [p])
+                self.wiped[p] = False           # a full resync, then stamped
             elif not (self.live[p] and self.receiver[p]) and p in self.in_sync:
                 self.in_sync = [h]
         self.broadcast()
@@ -167,6 +178,7 @@ class Sim:
             self.feed(n, LeaseLost(epoch, "deadline"))
 
     def check(self) -> None:
+        assert not self.promoted_unmatched, f"promotion asked for unmatched copies {self.promoted_unmatched}"
         acting = [n for n in "ab" if self.vip[n] or self.mount[n] or self.app[n]]
         assert len(acting) <= 1, f"two primaries acting: {acting}"
         for n in acting:
@@ -366,7 +378,8 @@ ACTIONS = st.sampled_from([
     ("cmd", "b", "restart"), ("cmd", "a", "forcestop"),
     ("crash", "a", None), ("crash", "b", None), ("revive", "a", None), ("revive", "b", None),
     ("expire", "a", None), ("expire", "b", None), ("repl", "a", None), ("repl", "b", None),
-    ("failover", None, None), ("heal", None, None), ("tick", None, None), ("tick", None, None)])
+    ("failover", None, None), ("heal", None, None), ("tick", None, None), ("tick", None, None),
+    ("wipe", "a", None), ("wipe", "b", None), ("cmd", "b", "second_force")])
 
 
 @settings(max_examples=300, deadline=None)
@@ -382,6 +395,8 @@ def test_random_histories_never_have_two_acting_primaries(steps):
             sim.feed(n, Command(arg))
         elif kind == "crash":
             sim.crash(n)
+        elif kind == "wipe" and not sim.live[n]:
+            sim.wiped[n] = True
         elif kind == "revive" and not sim.live[n]:
             sim.revive(n)
         elif kind == "expire":
@@ -411,7 +426,7 @@ def test_random_histories_never_have_two_acting_primaries(steps):
         sim.tick()
         sim.check()
     states = sorted(sim.m[n].display[0].value for n in "ab")
-    if sim.in_sync:
+    if any(not sim.wiped[n] for n in sim.in_sync):
         assert states in (["PRIM", "SECOND"], ["ALONE", "WAIT"], ["ALONE", "SECOND"]), states
         assert sim.holder is not None
     else:
@@ -466,3 +481,50 @@ def test_a_command_queued_during_a_promotion_does_not_rewind_the_state():
     out = m.handle(PlanDone(True))                        # the queued commit done
     assert m.state is State.ALONE, m.state
     assert not any(p.reason.startswith("primary at epoch") for p in out.plans)
+
+
+# ---- copy identity (DESIGN rule 6) ---------------------------------------------------------
+def test_an_in_sync_node_with_a_replaced_disk_waits_and_the_peer_takes_over():
+    sim = _running_pair()
+    sim.crash("a")
+    sim.crash("b")
+    sim.wiped["a"] = True               # a's disk replaced while both were down
+    sim.revive("a")
+    sim.feed("a", Command("start"))
+    for _ in range(4):
+        sim.tick()
+        sim.check()
+    assert sim.holder is None and sim.m["a"].display[0] is State.WAIT
+    assert not sim.contending["a"]
+    out = sim.m["a"].handle(Command("prim"))
+    assert out.refused and "no identity record" in out.refused and "primforce" in out.refused
+    sim.revive("b")
+    sim.feed("b", Command("start"))
+    for _ in range(6):
+        sim.tick()
+        sim.check()
+    assert sim.holder == "b"
+    assert sim.m["a"].display == (State.SECOND, "Ready") and not sim.wiped["a"]
+
+
+def test_a_lease_granted_to_an_unmatched_copy_is_handed_back():
+    m = MirrorMachine("a", "b")
+    m.handle(ViewChanged(View(intent="start", in_sync=frozenset("ab"))))
+    m.handle(PlanDone(True))                       # prestart: now WAIT
+    m.handle(ViewChanged(View(intent="start", in_sync=frozenset("ab"), copy_problem="no record")))
+    out = m.handle(LeaseAcquired(3))
+    assert [type(a) for p in out.plans for a in p.actions] == [ReleaseLease]
+
+
+def test_primforce_promotes_an_unmatched_copy_and_says_so():
+    sim = _running_pair()
+    sim.crash("a")
+    sim.crash("b")
+    sim.wiped["a"] = True
+    sim.revive("a")
+    sim.feed("a", Command("primforce"))
+    for _ in range(4):
+        sim.tick()
+        sim.check()
+    assert sim.holder == "a" and sim.m["a"].display[0] in (State.ALONE, State.PRIM)
+    assert not sim.wiped["a"]
