@@ -37,9 +37,13 @@ from .lab_mirror import MirrorLab
 from .lab_shapes import LabShape, plan_by_shape, shape
 from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis, small_fs_dir
 from .nemesis_flow import CutReplicationNetwork
+from .nemesis_identity import IDENTITY_NEMESES
 
-# Registered here, not in chaos.nemesis, which chaos.nemesis_flow imports for its base class.
+# Registered here, not in chaos.nemesis, which chaos.nemesis_flow and
+# chaos.nemesis_identity import for their base class.
 NEMESES.setdefault(CutReplicationNetwork.name, CutReplicationNetwork)
+for _cls in IDENTITY_NEMESES:
+    NEMESES.setdefault(_cls.name, _cls)
 
 log = logging.getLogger("chaos.chaos_run")
 

@@ -249,6 +249,8 @@ def cmd_module_command(args: argparse.Namespace) -> int:
     name = args.mcmd
     if name in ("prim", "second") and getattr(args, "fullsync", None):
         name += "_fullsync"
+    if name.startswith(("primforce", "second")) and getattr(args, "force", False):
+        name += "_force"
     kw = {"module": _module(args), "cmd_name": name}
 
     def human(res: dict) -> str:
@@ -322,6 +324,9 @@ def _state_line(st: dict) -> str:
             f"primary {st['primary'] or '-'}  in sync {','.join(st['in_sync']) or '-'}")
     if st.get("transition"):
         line += f"  [{st['transition']}]"
+    problem = (st.get("copy") or {}).get("problem")
+    if problem and st["state"] in ("WAIT", "STOP"):
+        line += f"  not promoted: {problem}"
     rp = st.get("reintegration")
     if rp:
         line += (f"  reintegration {rp.get('bytes_done', 0)}/{rp.get('bytes_total', 0)} bytes "
@@ -450,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         if name in ("prim", "second"):
             sp.add_argument("fullsync", nargs="?", choices=["fullsync"])
+        if name == "primforce":
+            sp.add_argument("--force", action="store_true",
+                            help="do it: without it, primforce only says what it would overwrite")
+        if name == "second":
+            sp.add_argument("--force", action="store_true",
+                            help="also when this node holds the only current copy (it is overwritten)")
         json_flag(sp)
         sp.set_defaults(func=cmd_module_command, mcmd=name)
     sp = sub.add_parser("failover", help="automatic failover of the module on or off")

@@ -92,6 +92,9 @@ class LeaseReleased:
 class PlanDone:
     ok: bool
     error: str | None = None
+    # The plan could not begin and did nothing (its first action said "not yet"):
+    # the state stays, the driver feeds the view again shortly.
+    not_yet: bool = False
 
 
 @dataclass(frozen=True)
@@ -528,6 +531,8 @@ class MirrorMachine:
                 self.forced_copy = False        # used, or given up
             return self._reconcile()
         log = (f"{plan.reason} failed: {event.error}",)
+        if event.not_yet and plan.next_state is not self.state:
+            return Output(log=(f"{plan.reason}: not yet: {event.error}",))
         if plan.next_state in PRIMARY or plan.next_state is State.SECOND:
             # Half started: the stop path runs from the state it was going to.
             self.state = plan.next_state

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from raft.cluster_state import liveness_resource, mirror_resource
 from raft.durable_storage import durable_replace
+from replication import copy_identity as ci
+from replication.activity_log import AL_FILE
 from replication.mount import unmount
 from vip import VipAnnouncer, has_vip
 
@@ -34,7 +36,7 @@ from .control import ControlError
 from .lease_holder import LeaseHolder
 from .module_checks import RESUME, ModuleChecks
 from .module_nodes import ModuleNodesError, replication_hosts
-from .module_runtime import ModuleRuntime, PlanFailed
+from .module_runtime import ModuleRuntime, PlanFailed, PlanNotYet
 from .peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
 
@@ -137,6 +139,7 @@ class MirrorModule(ModuleRuntime):
         self._last_epoch_path = self.state_dir / "last_primary_epoch"
         self._deferred: asyncio.TimerHandle | None = None
         self._deferral_done = False
+        self._overwrite_ok = False      # second fullsync / --force: a newer copy may be overwritten
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -173,7 +176,167 @@ class MirrorModule(ModuleRuntime):
                        in_sync=frozenset(lease.get("eligible") or ()),
                        peer_live=peer_lease.get("holder") == self.peer,
                        failover=module.get("failover", True),
-                       intent=(module.get("intent") or {}).get(self.node))
+                       intent=(module.get("intent") or {}).get(self.node),
+                       copy_problem=self._copy_problem(module))
+
+    # ---- the copy's identity (DESIGN rule 6) ----------------------------------------------
+    def _local_copy(self) -> ci.Local:
+        """Each replicated directory's identity record, read from the directory
+        itself (never through our own FUSE mount: only while not primary)."""
+        dirs = [self.real_dir(d) for d in self.config.rfs.dirs]
+        local = ci.read_local(dirs)
+        if self.config.rfs.mountpoints:
+            local = [ci.LocalDir(e.path, e.record, ci.check_mount_point(e.path) or e.problem,
+                                 e.missing) if mp else e
+                     for e, mp in zip(local, self.config.rfs.mountpoints)]
+        return local
+
+    def _copy_problem(self, module: dict) -> str | None:
+        if self.machine.state in mm.PRIMARY or self.mounts:
+            return None         # its own session's copy, stamped at promotion
+        return ci.promotion_problem(self._local_copy(), ci.Committed.from_module(module),
+                                    self.node, self.daemon.config.cluster, self.name)
+
+    def _committed_identity(self) -> ci.Committed:
+        return ci.Committed.from_module(self.daemon.raft.snapshot()["modules"].get(self.name))
+
+    async def _begin_generation(self, epoch: int, forced: bool) -> None:
+        """Promotion: check the copy, stamp the new generation on every replicated
+        directory, then commit it. Stamp first: a crash in between leaves the disk
+        one generation ahead of Raft, which ``copy_identity.matches`` accepts (no
+        write can have happened under it: the mount starts after the commit); the
+        other order would leave a current copy that no longer proves it."""
+        committed = self._committed_identity()
+        local = self._local_copy()
+        if not forced:
+            problem = ci.promotion_problem(local, committed, self.node,
+                                           self.daemon.config.cluster, self.name)
+            if problem:
+                raise PlanFailed(f"not promoted: {problem}")
+        for entry in local:
+            if entry.missing and committed.generation == 0:
+                # The very first start may create the directory (nothing to lose yet).
+                os.makedirs(entry.path)
+                self._module_log(f"created the replicated directory {entry.path} (first start)")
+            elif entry.problem is not None:
+                raise PlanFailed(f"not promoted: {entry.problem}")
+        local = self._local_copy()
+        record = ci.next_record(local, self.daemon.config.cluster, self.name, epoch)
+        for entry in local:
+            ci.write_record(entry.path, record)
+        await self._commit("begin_generation", self.resource, self.node, epoch, record.copy)
+        log.info("event=generation_started module=%s node=%s epoch=%d copy=%s forced=%s",
+                 self.name, self.node, epoch, record.copy[:8], forced)
+        self._module_log(f"generation {epoch} started on {record.short()}"
+                         + (" (primforce)" if forced else ""))
+
+    async def _prepare_copy_for_resync(self) -> None:
+        """Before the receiver starts: may this copy be a resync target, and may the
+        primary trust its sync point for it? A copy that is not exactly the one Raft
+        last recorded for this node (replaced disk, restored backup, empty directory)
+        gets every block compared: its activity log is dropped (it describes another
+        copy) and the primary forgets its sync point. A newer copy is refused."""
+        committed = self._committed_identity()
+        local = self._local_copy()
+        mode, why = ci.resync_mode(local, committed, self.node, self.daemon.config.cluster,
+                                   self.name)
+        if mode == ci.REFUSE and self._overwrite_ok and not any(e.missing for e in local):
+            mode, why = ci.FULL, f"{why} (overwritten: second fullsync/--force)"
+        if mode == ci.REFUSE:
+            raise PlanFailed(f"not a secondary: {why}")
+        for entry in local:
+            if entry.missing:       # first generation only (resync_mode refuses otherwise)
+                os.makedirs(entry.path)
+                self._module_log(f"created the replicated directory {entry.path} (first start)")
+        if mode == ci.FULL:
+            log.warning("event=copy_unknown module=%s node=%s reason=%r action=full_resync",
+                        self.name, self.node, why)
+            self._module_log(f"copy not trusted ({why}): every block will be compared")
+            for i in range(len(self.config.rfs.dirs)):
+                (self.state_dir / f"rfs{i}" / AL_FILE).unlink(missing_ok=True)
+            await self._primary_forgets_sync_point()
+        self._overwrite_ok = False
+
+    async def _primary_forgets_sync_point(self) -> None:
+        """The running primary session must not trust its bitmaps for this copy. A
+        peer whose module is not running (a daemon still starting after a power
+        loss) has no session to forget: its next one starts without a sync point.
+        Unreachable: not yet — starting the receiver now could let a running primary
+        resync this unknown copy incrementally."""
+        view = self._last_view or mm.View()
+        if view.holder != self.peer:
+            return
+        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
+        host, port = peer_control_address(members[self.peer]["address"])
+        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "forget_sync_point"}
+        try:
+            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=5)
+        except PeerControlError as e:
+            raise PlanNotYet(f"module {self.name}: the primary {self.peer} must forget its sync "
+                             f"point for this copy first: {e}") from None
+        if not reply.get("ok") and "unknown module" not in str(reply.get("error")):
+            raise PlanNotYet(f"module {self.name}: the primary {self.peer} did not forget its sync "
+                             f"point: {reply.get('error')}")
+
+    async def stamp_copy(self, epoch: int) -> dict:
+        """The primary (epoch ``epoch``) found this secondary in sync: stamp its
+        generation before the primary commits the copy as in sync."""
+        view = self._last_view or mm.View()
+        if (self.machine.state is not mm.State.SECOND or view.holder != self.peer
+                or view.epoch != epoch or not self.receivers):
+            raise ControlError(f"module {self.name}: {self.node} is not the secondary of "
+                               f"{self.peer} at epoch {epoch}")
+        local = ci.read_local([self.real_dir(d) for d in self.config.rfs.dirs])
+        record = ci.next_record(local, self.daemon.config.cluster, self.name, epoch)
+        for entry in local:
+            try:
+                ci.write_record(entry.path, record)
+            except ci.IdentityError as e:
+                raise ControlError(f"module {self.name}: {e}") from None
+        log.info("event=copy_stamped module=%s node=%s generation=%d copy=%s",
+                 self.name, self.node, epoch, record.copy[:8])
+        return {"copy": record.copy}
+
+    async def _peer_stamps_copy(self, epoch: int) -> str:
+        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
+        host, port = peer_control_address(members[self.peer]["address"])
+        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "stamp_copy",
+                   "epoch": epoch}
+        try:
+            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=5)
+        except PeerControlError as e:
+            raise ControlError(f"module {self.name}: stamping the copy on {self.peer}: {e}") from None
+        copy_id = (reply.get("result") or {}).get("copy") if reply.get("ok") else None
+        if not isinstance(copy_id, str):
+            raise ControlError(f"module {self.name}: {self.peer} did not stamp its copy: "
+                               f"{reply.get('error')}")
+        return copy_id
+
+    def primforce_preview(self) -> str:
+        """What ``primforce`` here would overwrite, in words."""
+        committed = self._committed_identity()
+        view = self._last_view or mm.View()
+        local = self._local_copy()
+        mine = None
+        for e in local:
+            if e.problem:
+                return f"the copy on {self.node} cannot be used: {e.problem}"
+            mine = mine or e.record
+        here = mine.short() if mine else "a copy with no identity record"
+        others = sorted(n for n in view.in_sync if n != self.node)
+        if not others:
+            lost = "no other copy is current"
+        else:
+            parts = []
+            for n in others:
+                entry = committed.copies.get(n)
+                gen = entry[1] if entry else committed.generation
+                newer = ci.generations_newer(committed, mine.generation) if mine else None
+                parts.append(f"the copy on {n} (in sync, generation {gen}"
+                             + (f", {newer} primary session(s) newer than this one" if newer else "")
+                             + ")")
+            lost = "overwrites " + " and ".join(parts)
+        return f"primforce makes {here} on {self.node} the truth; it {lost}"
 
     # ---- hooks of ModuleRuntime ---------------------------------------------------------
     def _on_output(self, out: mm.Output) -> None:
@@ -196,9 +359,9 @@ class MirrorModule(ModuleRuntime):
         elif isinstance(a, mm.CommitGoodCopy):
             await self._commit("name_good_copy", self.resource, self.node, a.force)
         elif isinstance(a, mm.CommitLeaveInSync):
-            await self._commit("leave_in_sync", self.resource, self.node)
+            await self._commit("leave_in_sync", self.resource, self.node, a.force)
         elif isinstance(a, mm.CommitInSyncSelf):
-            await self._commit("set_in_sync", self.resource, self.node, a.epoch, [self.node])
+            await self._begin_generation(a.epoch, a.forced)
         elif isinstance(a, mm.ReleaseLease):
             holder, self.holder = self.holder, None
             epoch = self.machine.epoch
@@ -309,9 +472,9 @@ class MirrorModule(ModuleRuntime):
         procs = []
         my_host = self._replication_hosts()[self.node]
         await self._check_local_flow_address(my_host)
+        await self._prepare_copy_for_resync()
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)
-            os.makedirs(root, exist_ok=True)
             state = self.state_dir / f"rfs{i}"     # its activity log, if it was primary
             state.mkdir(exist_ok=True)
             argv = [sys.executable, "-m", "replication", "receive", "--root", root,
@@ -329,8 +492,7 @@ class MirrorModule(ModuleRuntime):
         peer_host = self._replication_hosts()[self.peer]
         ack = {"none": "apply", "second": "receipt", "async": "async"}[self.config.rfs.async_mode]
         for i, d in enumerate(self.config.rfs.dirs):
-            root = self.real_dir(d)
-            os.makedirs(root, exist_ok=True)
+            root = self.real_dir(d)     # checked and stamped by _begin_generation
             state = self.state_dir / f"rfs{i}"
             state.mkdir(exist_ok=True)
             # After a change of primary the peer's copy may hold writes this node
@@ -414,8 +576,10 @@ class MirrorModule(ModuleRuntime):
     async def replication_in_sync(self, epoch: int) -> dict:
         if self.epoch is None or epoch != self.epoch:
             raise ControlError(f"module {self.name}: not primary at epoch {epoch}")
+        # Rule 6: the secondary's copy carries this generation before Raft says so.
+        copy_id = await self._peer_stamps_copy(epoch)
         result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch,
-                                          [self.node, self.peer])
+                                          [self.node, self.peer], {self.peer: copy_id})
         if not result.get("ok"):
             raise ControlError(f"module {self.name}: {result.get('error')}")
         log.info("event=secondary_in_sync module=%s peer=%s epoch=%d", self.name, self.peer, epoch)
@@ -438,16 +602,28 @@ class MirrorModule(ModuleRuntime):
             # Every start as primary compares all blocks' digests with the secondary
             # (the sync point is dropped at promotion): a full check already.
             name, note = "prim", " (the first reintegration compares every block)"
-        elif name == "second_fullsync":
+        elif name in ("second_fullsync", "second_fullsync_force"):
             if self.machine.state not in (mm.State.STOP, mm.State.WAIT):
                 raise ControlError(f"module {self.name}: second fullsync starts a stopped or "
                                    f"waiting module (state {self.machine.display[0].value}); "
                                    "stop it first")
             if view.holder == self.peer:
                 await self._peer_forgets_sync_point()
-            name, note = "second", " (the primary will compare every block)"
+            self._overwrite_ok = True
+            name = "second_force" if name.endswith("_force") else "second"
+            note = " (the primary will compare every block)"
+        elif name == "second_force":
+            self._overwrite_ok = True
         elif name == "forget_sync_point":
             return self.forget_sync_point()
+        elif name == "primforce":
+            if self.machine.state not in mm.PRIMARY and view.holder in (None, self.node):
+                raise ControlError(f"module {self.name}: {self.primforce_preview()}; "
+                                   "run 'primforce --force' to do it")
+        elif name == "primforce_force":
+            preview = self.primforce_preview()
+            name, note = "primforce", f" ({preview})"
+            self._module_log(f"PRIMFORCE asked: {preview}")
         out = self.feed(mm.Command(name))
         if out.refused:
             raise ControlError(f"module {self.name}: {out.refused}")
@@ -497,6 +673,11 @@ class MirrorModule(ModuleRuntime):
         }
         if self.progress:
             st["reintegration"] = self.progress
+        committed = self._committed_identity()
+        st["generation"] = committed.generation
+        mine = committed.copies.get(self.node)
+        st["copy"] = {"committed": ({"copy": mine[0], "generation": mine[1]} if mine else None),
+                      "problem": view.copy_problem}
         return st
 
     async def close(self) -> None:

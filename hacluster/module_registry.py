@@ -249,6 +249,13 @@ class ModuleRegistry:
             raise ControlError("module_cmd needs cmd_name")
         if cmd in CHECKS_COMMANDS:      # resources, set, errd/checker on|off, resetloop
             return checks_command(rt, request)
+        if cmd == "stamp_copy":         # from the primary's daemon, through peer control
+            if not hasattr(rt, "stamp_copy"):
+                raise ControlError(f"module {rt.name} is not a mirror module")
+            epoch = request.get("epoch")
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise ControlError(f"stamp_copy needs an integer epoch, got {epoch!r}")
+            return await rt.stamp_copy(epoch)
         return {"module": rt.name, "node": self.daemon.name, "message": await rt.command(cmd)}
 
     async def _state(self, request: dict) -> Any:

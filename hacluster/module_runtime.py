@@ -31,6 +31,15 @@ class PlanFailed(RuntimeError):
     """An action of a plan failed; the machine gets PlanDone(ok=False)."""
 
 
+class PlanNotYet(PlanFailed):
+    """The plan's first action found it cannot begin yet and did nothing (e.g. the
+    peer it must ask first is still starting): the machine keeps its state and the
+    view is fed again shortly, which retries."""
+
+
+NOT_YET_RETRY_S = 1.0
+
+
 class ModuleRuntime:
     mode = "?"
     # After a failed plan, feed the view again a little later even if Raft did
@@ -133,21 +142,27 @@ class ModuleRuntime:
             await asyncio.gather(previous, return_exceptions=True)
         log.info("event=plan_started module=%s reason=%r next=%s actions=%s", self.name, plan.reason,
                  plan.next_state.value, ",".join(type(a).__name__ for a in plan.actions))
-        ok, error = True, None
+        ok, error, not_yet = True, None, False
         try:
             for action in plan.actions:
                 await self._do(action)
         except asyncio.CancelledError:
             log.warning("event=plan_interrupted module=%s reason=%r", self.name, plan.reason)
             raise
+        except PlanNotYet as e:
+            ok, error, not_yet = False, str(e), True
+            log.warning("event=plan_not_yet module=%s reason=%r error=%r", self.name, plan.reason, error)
         except (PlanFailed, ControlError, OSError, RuntimeError, ValueError) as e:
             ok, error = False, str(e)
             log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
         # The plan's own commits are applied by now: decide on the view they made.
         self._last_view = self.view_from(self.daemon.raft.snapshot())
         self.feed(self._events.ViewChanged(self._last_view))
-        self.feed(self._events.PlanDone(ok, error))
-        if not ok and self.retry_view_after_failure_s is not None:
+        self.feed(self._events.PlanDone(ok, error, not_yet=True) if not_yet
+                  else self._events.PlanDone(ok, error))
+        if not_yet:
+            asyncio.get_running_loop().call_later(NOT_YET_RETRY_S, self._refeed)
+        elif not ok and self.retry_view_after_failure_s is not None:
             asyncio.get_running_loop().call_later(self.retry_view_after_failure_s, self._refeed)
 
     def _refeed(self) -> None:

@@ -117,6 +117,9 @@ class Rfs:
     ack_timeout_s: float
     reintegration_bandwidth_Bps: int | None
     dirs: tuple[str, ...]
+    # <replicated mountpoint="yes">: the directory must be a mounted file system's
+    # root; the bare mount point underneath is never used (DESIGN rule 6).
+    mountpoints: tuple[bool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -539,8 +542,11 @@ def _read_rfs(r: _Reader, rfs: Element) -> Rfs:
     if "reintegration_bandwidth" in a:
         bandwidth = _bandwidth(r, rfs, a["reintegration_bandwidth"])
     dirs: list[tuple[str, Element]] = []
+    mountpoints: list[bool] = []
     for rep in r.children(rfs, "rfs", ("replicated",)):
-        ra = r.attrs(rep, "replicated", ("dir", "mode"))
+        ra = r.attrs(rep, "replicated", ("dir", "mode", "mountpoint"))
+        mountpoints.append(r.choice(rep, "replicated@mountpoint", ra.get("mountpoint", "no"),
+                                    ("yes", "no")) == "yes")
         if ra.get("mode", "read_only") != "read_only":
             r.warn(rep, "replicated@mode", f"{ra['mode']!r} not implemented yet; the secondary copy is read-only")
         for child in rep:
@@ -554,7 +560,8 @@ def _read_rfs(r: _Reader, rfs: Element) -> Rfs:
                 raise r.error(el, "replicated@dir",
                               f"{d} overlaps {other} (line {r.line_of.get(id(other_el))}); directories must not nest")
     return Rfs(async_mode=async_mode, ack_timeout_s=ack_timeout,
-               reintegration_bandwidth_Bps=bandwidth, dirs=tuple(d for d, _ in dirs))
+               reintegration_bandwidth_Bps=bandwidth, dirs=tuple(d for d, _ in dirs),
+               mountpoints=tuple(mountpoints) if any(mountpoints) else ())
 
 
 def _replicated_dir(r: _Reader, rep: Element, text: str) -> str:

@@ -131,7 +131,7 @@ def test_stale_node_refused_as_primary_and_primforce_overrides(mirror):
     assert m.state("n2")["state"] == "WAIT"
     log = m.cli("n2", "-m", "kvdemo", "log").stdout
     assert "not current" in log and "primforce" in log
-    m.cli("n2", "-m", "kvdemo", "primforce", check=True)
+    m.cli("n2", "-m", "kvdemo", "primforce", "--force", check=True)
     st = m.wait_state("n2", "ALONE", timeout=30)
     assert st["in_sync"] == ["n2"]
 

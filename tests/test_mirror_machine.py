@@ -528,3 +528,19 @@ def test_primforce_promotes_an_unmatched_copy_and_says_so():
         sim.check()
     assert sim.holder == "a" and sim.m["a"].display[0] in (State.ALONE, State.PRIM)
     assert not sim.wiped["a"]
+
+
+def test_a_plan_that_could_not_begin_keeps_the_state_and_is_tried_again():
+    """The secondary's first action (the primary must forget its sync point for an
+    unknown copy) found the primary still starting: nothing was done, WAIT stays,
+    the next view plans it again (was: half started, stopped until a manual start)."""
+    m = MirrorMachine("b", "a")
+    view = View(holder="a", epoch=4, intent="start", in_sync=frozenset("a"))
+    m.handle(ViewChanged(view))
+    out = m.handle(PlanDone(True))                  # prestart done: WAIT, then SECOND planned
+    assert m.state is State.WAIT
+    assert out.plans and isinstance(out.plans[0].actions[0], StartReceiver)
+    out = m.handle(PlanDone(False, "primary starting", not_yet=True))
+    assert m.state is State.WAIT and not m.hold_stop and not out.plans
+    out = m.handle(ViewChanged(replace(view, peer_live=True)))
+    assert out.plans and isinstance(out.plans[0].actions[0], StartReceiver)
