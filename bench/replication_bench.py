@@ -15,6 +15,10 @@ against the same workloads written directly, measured in the same run.
   rsync_1pct_s          rsync -a --inplace of the same change (local)
   resync_nobitmap_s     another 1 % change, bitmaps discarded: digests
   rsync_full_s          rsync -a --inplace --checksum (reads everything)
+  aead_MBps             the channel's record layer alone (secure_stream: seal + open
+                        of 1 MiB writes, one core), vs copy_MBps: the same bytes
+                        copied twice (what the layer costs at least without crypto);
+                        seq_write_MBps above is measured with it on
   failover_resync_s     resync of a returning old primary after a failover
                         with the activity log, vs failover_resync_full_s
                         (full digest compare); bench/replication_failover.py
@@ -178,6 +182,30 @@ def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
     return replication_seq.summarize(seq_rounds, seq_mb)
 
 
+def measure_aead(total_mb: int = 512) -> dict[str, Any]:
+    """Throughput of the record layer (seal on the sender + open on the receiver)
+    for 1 MiB writes, against copying the same bytes twice, in the same run."""
+    from replication.secure_stream import Opener, Sealer, derive_keys
+    data = os.urandom(MiB)
+    key, _ = derive_keys(b"bench secret", b"bench transcript")
+    sealer, opener = Sealer(key), Opener(key)
+    t = time.perf_counter()
+    for _ in range(total_mb):
+        for plain in opener.feed(b"".join(sealer.seal([data]))):
+            assert len(plain) == MiB
+    aead_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(total_mb):
+        assert len(bytes(bytearray(data))) == MiB
+    copy_s = time.perf_counter() - t
+    return {"aead_MBps": total_mb * MiB / aead_s / 1e6, "copy_MBps": total_mb * MiB / copy_s / 1e6}
+
+
+def aead_lines(r: dict[str, Any]) -> list[str]:
+    return [f"aead_MBps: {r['aead_MBps']:.0f} MB/s ({r['aead_MBps'] / r['copy_MBps']:.2f} x vs "
+            f"copy_MBps {r['copy_MBps']:.0f})"]
+
+
 def measure_failover(trials: int, working_set_mb: int) -> dict[str, Any]:
     """The failover resync figures in a lab of their own (``replication_failover``)."""
     base = _bench_dir()
@@ -237,6 +265,7 @@ def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int =
     finally:
         shutil.rmtree(base, ignore_errors=True)
     results.update(measure_failover(failover_trials, working_set_mb))
+    results.update(measure_aead())
 
     r = results
     lines = replication_seq.report_lines(r) + [
@@ -245,7 +274,7 @@ def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int =
         f"small_files_per_s: {r['small_files_per_s']:.0f} /s ({r['small_files_per_s'] / r['local_small_files_per_s']:.2f} x vs local {r['local_small_files_per_s']:.0f})",
         f"resync_1pct_s: {r['resync_1pct_s']:.3f} s ({r['resync_1pct_s'] / r['rsync_1pct_s']:.3f} x vs rsync_1pct_s {r['rsync_1pct_s']:.3f})",
         f"resync_nobitmap_s: {r['resync_nobitmap_s']:.3f} s ({r['resync_nobitmap_s'] / r['rsync_full_s']:.3f} x vs rsync_full_s {r['rsync_full_s']:.3f})",
-    ] + replication_failover.report_lines(r)
+    ] + replication_failover.report_lines(r) + aead_lines(r)
     print("\n".join(lines))
     print(f"wrote {write_results(out_dir, results, keep_others=False)}")
     return results
@@ -297,7 +326,7 @@ def run_sync_4k_only(n: int = 500, rounds: int = 5) -> dict[str, float]:
     return r
 
 
-ONLY = ("all", "sync_4k", "seq", "failover_resync")
+ONLY = ("all", "sync_4k", "seq", "failover_resync", "aead")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,7 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
         return 1
-    if args.only == "sync_4k":
+    if args.only == "aead":
+        r = measure_aead()
+        _print_and_merge(r, aead_lines(r), ROOT / "bench" / "results")
+    elif args.only == "sync_4k":
         run_sync_4k_only(args.n)
     elif args.only == "seq":
         run_seq_only(args.seq_mb, args.rounds)

@@ -50,10 +50,12 @@ from . import frame as fr
 from .applier import Entry
 from .frame import AckMode, Feature, Frame, FrameError, FrameType, QueryKind
 from .ops import WRITE_SETS_TIMES, Op, OpKind
+from .secure_stream import Opener, Sealer, derive_keys
 
 log = logging.getLogger("replication.channel")
 
 HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_BODY_MAX = 2048       # HELLO: a nonce; AUTH: a proof or a refusal of <= MAX_MESSAGE
 SOCKET_BUFFER = 4 * 1024 * 1024
 NONCE_SIZE = 32
 _RECV_SIZE = 1024 * 1024
@@ -120,8 +122,11 @@ def tune_socket(sock: socket.socket) -> None:
             pass
 
 
-def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
-    """sendall for a list of buffers, without joining them."""
+def send_parts(sock: socket.socket, parts: list[bytes], sealer: Sealer | None = None) -> None:
+    """sendall for a list of buffers, without joining them; sealed into AEAD
+    records first when the connection has its keys (after the handshake)."""
+    if sealer is not None:
+        parts = sealer.seal(parts)
     views = [memoryview(p) for p in parts if len(p)]
     while views:
         sent = sock.sendmsg(views)
@@ -135,7 +140,10 @@ def send_parts(sock: socket.socket, parts: list[bytes]) -> None:
 
 
 class FrameReader:
-    """Frames from a socket; keeps what it has buffered across calls."""
+    """Frames from a socket; keeps what it has buffered across calls. Handshake
+    frames are read exactly (nothing beyond them: what follows is encrypted),
+    with small caps and one deadline; after ``secure`` every byte goes through
+    the AEAD opener first."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -143,6 +151,42 @@ class FrameReader:
         self._buf = bytearray(_RECV_SIZE)
         self._view = memoryview(self._buf)
         self._ready: collections.deque[Frame] = collections.deque()
+        self._opener: Opener | None = None
+
+    def secure(self, opener: Opener) -> None:
+        if self.decoder.buffered or self._ready:
+            raise fr.FrameError("plaintext left over from the handshake")
+        self._opener = opener
+
+    def _recv_exact(self, n: int, deadline: float) -> bytes | None:
+        out = bytearray()
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("handshake deadline")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(n - len(out))
+            if not chunk:
+                return None
+            out += chunk
+        return bytes(out)
+
+    def handshake_frame(self, deadline: float) -> Frame | None:
+        """One handshake frame, read exactly; its body is at most
+        HANDSHAKE_BODY_MAX bytes (checked before it is read); the whole exchange
+        ends by ``deadline`` (monotonic), however slowly the peer sends.
+        None at end of stream."""
+        head = self._recv_exact(fr.HEADER_SIZE, deadline)
+        if head is None:
+            return None
+        header = fr.decode_header(head, HANDSHAKE_BODY_MAX)
+        if header.body_len > HANDSHAKE_BODY_MAX:
+            raise fr.FrameError(f"handshake frame of {header.body_len} bytes "
+                                f"(at most {HANDSHAKE_BODY_MAX})")
+        body = self._recv_exact(header.body_len, deadline) if header.body_len else b""
+        if body is None:
+            return None
+        return fr.decode_body(header, body)
 
     def read(self) -> list[Frame] | None:
         """Frames from one recv (maybe none yet); None at end of stream.
@@ -151,6 +195,14 @@ class FrameReader:
             out = list(self._ready)
             self._ready.clear()
             return out
+        if self._opener is not None:
+            n = self.sock.recv_into(self._buf)
+            if n == 0:
+                return None
+            frames: list[Frame] = []
+            for plain in self._opener.feed(self._view[:n]):
+                frames += self.decoder.feed(plain)
+            return frames
         target = self.decoder.body_target()
         if target is not None:   # a big body: straight into its own buffer
             n = self.sock.recv_into(target)
@@ -190,7 +242,7 @@ def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s
     return out
 
 
-SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY | Feature.ACTIVITY_LOG
+SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY | Feature.ACTIVITY_LOG | Feature.AEAD
 
 
 def accept_features(offered: int) -> int:
@@ -282,6 +334,8 @@ class ChannelClient:
         self._companions: dict[int, int] = {}   # seq of a UTIMENS sent for its WRITE
         self._sock: socket.socket | None = None
         self._reader: FrameReader | None = None
+        self._sealer: Sealer | None = None       # set by the handshake: every send is sealed
+        self._handshake_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -320,6 +374,7 @@ class ChannelClient:
         try:
             tune_socket(sock)
             sock.settimeout(min(self.timeout, HANDSHAKE_TIMEOUT))
+            self._handshake_deadline = time.monotonic() + min(self.timeout, HANDSHAKE_TIMEOUT)
             reader = FrameReader(sock)
             self._handshake(sock, reader)
         except BaseException:
@@ -337,7 +392,7 @@ class ChannelClient:
 
     def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
         nonce_c = os.urandom(NONCE_SIZE)
-        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES | Feature.ACTIVITY_LOG
+        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES | Feature.ACTIVITY_LOG | Feature.AEAD
         if self.query_only:
             offered |= Feature.QUERY_ONLY
         sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c, offered))
@@ -347,6 +402,9 @@ class ChannelClient:
         accepted = hello.header.mode
         features = Feature(accepted & offered & ~Feature.NEGOTIATE) \
             if accepted & Feature.NEGOTIATE else Feature(0)
+        if not features & Feature.AEAD:
+            raise IncompatiblePeer(f"receiver {self.peer} does not encrypt the channel (an older "
+                                   "version): upgrade it; nothing was sent")
         if self.query_only and not features & Feature.QUERY_ONLY:
             # before AUTH: the receiver admits nothing, its sender stays connected
             raise IncompatiblePeer(f"receiver {self.peer} is an older version without "
@@ -360,10 +418,13 @@ class ChannelClient:
             raise AuthError(f"receiver {self.peer} did not prove the cluster secret (a different "
                             f"secret is configured there, or it is not our receiver)")
         self.features = features
+        to_receiver, from_receiver = derive_keys(self._secret, transcript)
+        self._sealer = Sealer(to_receiver)
+        reader.secure(Opener(from_receiver))
 
     def _handshake_frame(self, reader: FrameReader, want: FrameType) -> Frame:
         try:
-            f = reader.next_frame()
+            f = reader.handshake_frame(self._handshake_deadline)
         except FrameError as exc:
             raise AuthError(f"{self.peer} does not speak the replication protocol: {exc}") from None
         except (TimeoutError, socket.timeout):
@@ -455,7 +516,7 @@ class ChannelClient:
         the channel is closed."""
         assert self._sock is not None
         try:
-            send_parts(self._sock, parts)
+            send_parts(self._sock, parts, self._sealer)
         except (TimeoutError, socket.timeout):
             exc: ChannelError = PeerTimeout(f"send to {self.peer} blocked for {self.timeout} s")
             self._fail(exc)
@@ -754,14 +815,18 @@ class ServerConn:
     def __post_init__(self) -> None:
         self._send_lock = threading.Lock()
         self.alive = True
+        self.sealer: Sealer | None = None     # set when the handshake ends
 
     def send(self, *parts: bytes) -> bool:
-        """Send frames; False (and the connection is marked dead) when the peer is gone."""
+        """Send frames, sealed; False (and the connection is marked dead) when the
+        peer is gone."""
         if not self.alive:
             return False
+        if self.sealer is None:
+            raise RuntimeError("ServerConn.send before the channel's keys were set")
         try:
             with self._send_lock:
-                send_parts(self.sock, list(parts))
+                send_parts(self.sock, list(parts), self.sealer)
             return True
         except OSError:
             self.shutdown()
@@ -881,9 +946,10 @@ class ChannelServer:
     def _handshake(self, sock: socket.socket, peer: str) -> ServerConn | None:
         tune_socket(sock)
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT    # the whole handshake, not per recv
         reader = FrameReader(sock)
         try:
-            hello = reader.next_frame()
+            hello = reader.handshake_frame(deadline)
             if hello is None:
                 log_refusal(peer, "closed before HELLO")
                 return None
@@ -895,9 +961,14 @@ class ChannelServer:
             epoch = hello.header.epoch
             offered = hello.header.mode
             accepted = accept_features(offered)
+            if not accepted & Feature.AEAD:
+                self._refuse(sock, peer, errno_mod.EPROTO,
+                             "the replication channel is encrypted: this sender does not offer "
+                             "it (an older version?): upgrade it")
+                return None
             nonce_s = os.urandom(NONCE_SIZE)
             sock.sendall(fr.encode_hello(0, ack_mode, nonce_s, accepted))   # echoes the ack mode
-            auth = reader.next_frame()
+            auth = reader.handshake_frame(deadline)
             if auth is None or auth.ftype != FrameType.AUTH:
                 log_refusal(peer, "no AUTH after HELLO (client gave up: wrong secret on "
                                   "this receiver?)")
@@ -923,8 +994,13 @@ class ChannelServer:
         if refused is not None:
             self._refuse(sock, peer, *refused)
             return None
+        from_client, to_client = derive_keys(self._secret, transcript)
         try:
             sock.sendall(fr.encode_auth(_proof(self._secret, b"receiver", transcript)))
         except OSError:
             conn.shutdown()   # admitted, but gone: serve() sees the dead socket and ends
+        # From here on, both ways, only AEAD records (the client switches when it
+        # has checked this AUTH; it sends nothing before).
+        conn.sealer = Sealer(to_client)
+        reader.secure(Opener(from_client))
         return conn

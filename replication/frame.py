@@ -36,8 +36,8 @@ damaged block can decompress to the same data; it is refused all the same).
 The payload digest stays a pure digest of the data, the value reintegration's
 block digests use.
 xxh3 detects accidents, not attackers: the channel authenticates the peer at
-connection time (HMAC handshake, see channel.py); an active man-in-the-middle
-on the replication LAN would need TLS.
+connection time (HMAC handshake, see channel.py), and every byte after the
+handshake, both ways, travels in AEAD records (secure_stream.py).
 """
 from __future__ import annotations
 
@@ -118,6 +118,8 @@ class Feature(enum.IntFlag):
     QUERY_ONLY = 2        # client: this connection only asks questions (verify); it
                           # sends no ops and must not take the sender's place
     ACTIVITY_LOG = 4      # ACTIVITY and IN_SYNC queries are understood
+    AEAD = 8              # everything after the handshake in AEAD records (secure_stream);
+                          # required: a peer without it is refused
     NEGOTIATE = 1 << 31   # set by every peer that knows this field
 
 

@@ -526,7 +526,7 @@ def test_an_unencodable_op_is_refused_locally_and_the_channel_goes_on(receiver, 
 
 def test_a_current_pair_agrees_on_write_times(receiver, connect):
     c = connect(receiver)
-    assert c.features == fr.Feature.WRITE_TIMES | fr.Feature.ACTIVITY_LOG
+    assert c.features == fr.Feature.WRITE_TIMES | fr.Feature.ACTIVITY_LOG | fr.Feature.AEAD
     c.wait(c.send_op(Op(OpKind.CREATE, "f")))
     before = receiver.status()["ops_applied"]
     c.wait(c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
@@ -535,10 +535,12 @@ def test_a_current_pair_agrees_on_write_times(receiver, connect):
     assert os.stat(receiver.path / "f").st_mtime_ns == 1_600_000_000_000_000_001
 
 
-def test_a_receiver_without_features_gets_a_separate_utimens(receiver, connect, monkeypatch):
-    monkeypatch.setattr(channel, "accept_features", lambda offered: 0)   # an older receiver
+def test_a_receiver_without_write_times_gets_a_separate_utimens(receiver, connect, monkeypatch):
+    # a receiver that knows features and encryption, but not WRITE_TIMES
+    monkeypatch.setattr(channel, "accept_features",
+                        lambda offered: int(fr.Feature.NEGOTIATE | fr.Feature.AEAD))
     c = connect(receiver)
-    assert c.features == 0
+    assert c.features == fr.Feature.AEAD
     c.wait(c.send_op(Op(OpKind.CREATE, "f")))
     before = receiver.status()["ops_applied"]
     seq = c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
@@ -556,27 +558,22 @@ def test_a_receiver_without_features_gets_a_separate_utimens(receiver, connect, 
     _still_serving(receiver, connect)
 
 
-def test_a_client_without_features_still_authenticates(receiver):
-    """The handshake of a client from before features (no feature word anywhere)."""
+def test_a_client_without_encryption_is_refused_and_nothing_is_applied(receiver, connect):
+    """A client from before encryption (no feature word; it would send ops in clear
+    after AUTH) is refused at the handshake: every frame on the channel is sealed."""
     sock = socket.create_connection(receiver.address, timeout=5)
     try:
         reader = channel.FrameReader(sock)
         nonce_c = os.urandom(channel.NONCE_SIZE)
         sock.sendall(fr.encode_hello(1, fr.AckMode.APPLY, nonce_c))
-        hello = reader.next_frame()
-        assert hello.ftype == fr.FrameType.HELLO and hello.header.mode == 0
-        transcript = (channel.struct.pack("<BBQ", fr.PROTOCOL_VERSION, fr.AckMode.APPLY, 1)
-                      + nonce_c + hello.payload)
-        sock.sendall(fr.encode_auth(channel._proof(SECRET.encode(), b"client", transcript)))
-        auth = reader.next_frame()
-        assert auth.ftype == fr.FrameType.AUTH and auth.header.status == 0
-        assert auth.payload == channel._proof(SECRET.encode(), b"receiver", transcript)
+        refusal = reader.next_frame()
+        assert refusal.ftype == fr.FrameType.AUTH and refusal.header.status == errno.EPROTO
+        assert "encrypted" in refusal.message and "upgrade" in refusal.message
         sock.sendall(fr.encode_op(Op(OpKind.CREATE, "old-client"), 1, 1))
-        ack = reader.next_frame()
-        assert ack.ftype == fr.FrameType.ACK and ack.header.status == 0 and ack.header.seq == 1
     finally:
         sock.close()
-    assert (receiver.path / "old-client").exists()
+    assert not (receiver.path / "old-client").exists()
+    _still_serving(receiver, connect)
 
 
 # ---- who reads the socket ------------------------------------------------------------------

@@ -224,7 +224,9 @@ def test_an_older_receiver_is_refused_before_it_drops_its_primary(pair, capsys, 
     _, _, receiver, _ = pair
     primary = _primary(receiver)
     try:
-        monkeypatch.setattr(channel, "accept_features", lambda offered: 0)   # its HELLO
+        # a receiver that encrypts but knows no query-only connections (its HELLO)
+        monkeypatch.setattr(channel, "accept_features",
+                            lambda offered: int(channel.Feature.NEGOTIATE | channel.Feature.AEAD))
         assert main(verify_args(pair)) == 2
         err = capsys.readouterr().err
         assert "is an older version without query-only connections" in err

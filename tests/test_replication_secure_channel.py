@@ -1,0 +1,226 @@
+"""The replication channel against an attacker on the path (issue 17): a real
+receiver and a real ChannelClient talk through a TCP relay that records every
+byte and can modify, inject or forge in either direction. Nothing it does takes
+effect; the data never crosses in clear."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import threading
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from replication import frame as fr
+from replication.channel import ChannelClient, ChannelError, FrameReader
+from replication.ops import Op, OpKind
+from replication.receiver import Receiver
+from replication.secure_stream import (RECORD_MAX, Opener, Sealer, SecureStreamError,
+                                       derive_keys)
+
+SECRET = "correct horse battery staple"
+
+
+class Relay:
+    """client <-> relay <-> receiver. ``tamper[direction]`` (``"c2s"``/``"s2c"``)
+    is called with each chunk once ``armed`` and returns what to forward."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.captured = {"c2s": bytearray(), "s2c": bytearray()}
+        self.tamper: dict[str, object] = {}
+        self.armed = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self.listener.accept()
+        except OSError:
+            return
+        server = socket.create_connection(self.target)
+        self.socks += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, "c2s"), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, "s2c"), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        try:
+            while data := src.recv(65536):
+                self.captured[direction] += data
+                fn = self.tamper.get(direction)
+                if fn is not None and self.armed.is_set():
+                    data = fn(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self.socks:
+            s.close()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    root = tmp_path / "copy"
+    root.mkdir()
+    receiver = Receiver(str(root), SECRET, "127.0.0.1", 0, min_epoch=0).start()
+    relay = Relay(receiver.address)
+    client = ChannelClient(*relay.address, SECRET, 1, "apply", timeout=3)
+    client.connect()
+    yield receiver, relay, client, root
+    client.close()
+    relay.close()
+    receiver.stop()
+
+
+def test_the_data_never_crosses_in_clear(setup):
+    _, relay, client, root = setup
+    secret_data = os.urandom(64 * 1024)      # lz4 leaves random bytes as they are
+    client.wait(client.send_op(Op(OpKind.CREATE, "payroll.db")))
+    client.wait(client.send_op(Op(OpKind.WRITE, "payroll.db", data=secret_data)))
+    assert (root / "payroll.db").read_bytes() == secret_data
+    wire = bytes(relay.captured["c2s"])
+    assert len(wire) > len(secret_data)
+    assert secret_data[:32] not in wire and secret_data[-32:] not in wire
+    assert b"payroll.db" not in wire, "paths are data too"
+
+
+def test_a_modified_record_is_refused_and_nothing_is_applied(setup):
+    receiver, relay, client, root = setup
+    client.wait(client.send_op(Op(OpKind.CREATE, "f")))
+
+    def flip(data: bytes) -> bytes:
+        b = bytearray(data)
+        b[len(b) // 2] ^= 0x01
+        return bytes(b)
+    relay.tamper["c2s"] = flip
+    relay.armed.set()
+    seq = client.send_op(Op(OpKind.WRITE, "f", data=b"rewritten by the attacker?" * 50))
+    with pytest.raises(ChannelError):
+        client.wait(seq, timeout=3)
+    assert (root / "f").read_bytes() == b""
+
+
+@pytest.mark.parametrize("op", [
+    Op(OpKind.CREATE, "injected"),
+    Op(OpKind.CREATE, "suid-shell", mode=stat.S_IFREG | 0o4755),
+    Op(OpKind.MKNOD, "sda", mode=stat.S_IFBLK | 0o600, rdev=os.makedev(8, 0)),
+], ids=["create", "setuid", "mknod"])
+def test_injected_frames_are_refused(setup, op):
+    receiver, relay, client, root = setup
+    client.wait(client.send_op(Op(OpKind.CREATE, "f")))
+    forged = fr.encode_op(op, 1, client.last_seq + 1)
+    relay.tamper["c2s"] = lambda data: forged + data
+    relay.armed.set()
+    seq = client.send_op(Op(OpKind.WRITE, "f", data=b"x"))
+    with pytest.raises(ChannelError):
+        client.wait(seq, timeout=3)
+    assert not (root / op.path).exists()
+    assert sorted(os.listdir(root)) == ["f"]
+
+
+def test_a_forged_ack_is_not_accepted(setup, monkeypatch):
+    """The attacker drops the op on its way and answers with an ACK of its own: the
+    client must not count the write as on the secondary."""
+    receiver, relay, client, root = setup
+    client.wait(client.send_op(Op(OpKind.CREATE, "f")))
+    seq = client.last_seq + 1
+    relay.tamper["c2s"] = lambda data: b""                      # swallowed
+    relay.armed.set()
+    got = client.send_op(Op(OpKind.WRITE, "f", data=b"only on the primary"))
+    assert got == seq
+    relay.socks[0].sendall(fr.encode_ack(seq, first_seq=seq, epoch=1))   # forged, to the client
+    with pytest.raises(ChannelError):
+        client.wait(seq, timeout=3)
+    assert (root / "f").read_bytes() == b""
+
+
+def test_a_replayed_record_is_refused(setup):
+    receiver, relay, client, root = setup
+    client.wait(client.send_op(Op(OpKind.CREATE, "f")))
+    start = len(relay.captured["c2s"])
+    client.wait(client.send_op(Op(OpKind.WRITE, "f", data=b"once")))
+    record = bytes(relay.captured["c2s"][start:])
+    relay.tamper["c2s"] = lambda data: data
+    relay.armed.set()
+    relay.socks[1].sendall(record)                              # the same bytes again
+    seq = client.send_op(Op(OpKind.WRITE, "f", offset=4, data=b"!"))
+    with pytest.raises(ChannelError):
+        client.wait(seq, timeout=3)
+    assert (root / "f").read_bytes() == b"once"
+
+
+# ---- the record layer alone ----------------------------------------------------------------
+
+def _pair() -> tuple[Sealer, Opener]:
+    key, _ = derive_keys(b"secret", b"transcript")
+    return Sealer(key), Opener(key)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=3000), max_size=20), st.integers(1, 997))
+def test_records_round_trip_however_the_bytes_are_cut(parts, cut):
+    sealer, opener = _pair()
+    wire = b"".join(sealer.seal(parts))
+    out = b"".join(p for i in range(0, len(wire), cut) for p in opener.feed(wire[i:i + cut]))
+    assert out == b"".join(parts)
+
+
+def test_big_parts_are_split_into_records_of_at_most_record_max():
+    sealer, opener = _pair()
+    data = os.urandom(2 * RECORD_MAX + 5)
+    records = sealer.seal([data])
+    assert len(records) == 6                # 3 records: (length, sealed) each
+    assert b"".join(opener.feed(b"".join(records))) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=200), st.integers(0, 10_000), st.integers(1, 255))
+def test_any_change_to_the_wire_is_refused(data, where, xor):
+    sealer, opener = _pair()
+    wire = bytearray(b"".join(sealer.seal([data])))
+    wire[where % len(wire)] ^= xor
+    with pytest.raises(SecureStreamError):
+        opener.feed(bytes(wire))
+        raise SecureStreamError("incomplete")       # a grown length waits for more: also refused
+
+
+def test_a_huge_record_length_is_refused_before_buffering():
+    _, opener = _pair()
+    with pytest.raises(SecureStreamError, match="announces"):
+        opener.feed((2 ** 31).to_bytes(4, "little"))
+
+
+def test_each_connection_and_direction_has_its_own_keys():
+    a, b = derive_keys(b"s", b"t1")
+    c, d = derive_keys(b"s", b"t2")
+    assert len({a, b, c, d}) == 4
+
+
+# ---- the handshake's own limits --------------------------------------------------------------
+
+def test_a_hello_announcing_a_big_body_is_refused_before_it_is_read(tmp_path):
+    root = tmp_path / "copy"
+    root.mkdir()
+    receiver = Receiver(str(root), SECRET, "127.0.0.1", 0).start()
+    try:
+        sock = socket.create_connection(receiver.address, timeout=5)
+        big = fr.encode_hello(1, fr.AckMode.APPLY, os.urandom(2 * 1024 * 1024))
+        sock.sendall(big[:fr.HEADER_SIZE])
+        answer = FrameReader(sock).next_frame()
+        assert answer is not None and answer.ftype == fr.FrameType.AUTH
+        assert answer.header.status == errno.EPROTO and "2048" in answer.message
+        sock.close()
+    finally:
+        receiver.stop()
