@@ -56,6 +56,8 @@ log = logging.getLogger("replication.channel")
 
 HANDSHAKE_TIMEOUT = 5.0
 HANDSHAKE_BODY_MAX = 2048       # HELLO: a nonce; AUTH: a proof or a refusal of <= MAX_MESSAGE
+PREAUTH_MAX_TOTAL = 32          # connections still in their handshake, at a time
+PREAUTH_MAX_PER_HOST = 4        # ... from one address
 SOCKET_BUFFER = 4 * 1024 * 1024
 NONCE_SIZE = 32
 _RECV_SIZE = 1024 * 1024
@@ -148,7 +150,9 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.decoder = fr.FrameDecoder()
-        self._buf = bytearray(_RECV_SIZE)
+        # The big receive buffer only once frames flow: an unauthenticated peer gets
+        # the handshake's small exact reads, never a megabyte of ours.
+        self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._ready: collections.deque[Frame] = collections.deque()
         self._opener: Opener | None = None
@@ -195,6 +199,9 @@ class FrameReader:
             out = list(self._ready)
             self._ready.clear()
             return out
+        if not self._buf:
+            self._buf = bytearray(_RECV_SIZE)
+            self._view = memoryview(self._buf)
         if self._opener is not None:
             n = self.sock.recv_into(self._buf)
             if n == 0:
@@ -878,12 +885,34 @@ class ChannelServer:
             raise ValueError("a receiver needs the cluster secret (refusing to run open)")
         self.handler = handler
         self.io_timeout = io_timeout
-        self._listener = socket.create_server((host, port), reuse_port=False, backlog=16)
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._conns: set[threading.Thread] = set()
         self._lock = threading.Lock()
+        self._unauthenticated: dict[str, int] = {}     # peer host -> handshakes under way
+
+    def _admit_unauthenticated(self, host: str) -> str | None:
+        """Caller holds _lock. Why a new connection is closed at once, or None: a
+        peer that has not authenticated gets a thread and small buffers for at most
+        HANDSHAKE_TIMEOUT, and only so many of them exist at a time."""
+        total = sum(self._unauthenticated.values())
+        if total >= PREAUTH_MAX_TOTAL:
+            return f"{total} unauthenticated connections already (at most {PREAUTH_MAX_TOTAL})"
+        if self._unauthenticated.get(host, 0) >= PREAUTH_MAX_PER_HOST:
+            return (f"{PREAUTH_MAX_PER_HOST} unauthenticated connections from {host} already "
+                    f"(at most {PREAUTH_MAX_PER_HOST} per address)")
+        self._unauthenticated[host] = self._unauthenticated.get(host, 0) + 1
+        return None
+
+    def _authenticated_or_gone(self, host: str) -> None:
+        with self._lock:
+            left = self._unauthenticated.get(host, 0) - 1
+            if left > 0:
+                self._unauthenticated[host] = left
+            else:
+                self._unauthenticated.pop(host, None)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="repl-accept",
@@ -899,7 +928,14 @@ class ChannelServer:
                     return
                 time.sleep(0.05)   # e.g. EMFILE: do not spin
                 continue
-            t = threading.Thread(target=self._connection, args=(sock,), daemon=True,
+            host = str(_addr[0]) if isinstance(_addr, tuple) else "?"
+            with self._lock:
+                refused = self._admit_unauthenticated(host)
+            if refused is not None:
+                log_refusal(_peer_name(sock), f"closed at once: {refused}")
+                sock.close()
+                continue
+            t = threading.Thread(target=self._connection, args=(sock, host), daemon=True,
                                  name=f"repl-conn-{_peer_name(sock)}")
             with self._lock:
                 self._conns.add(t)
@@ -922,10 +958,13 @@ class ChannelServer:
             if t is not threading.current_thread():
                 t.join(timeout)
 
-    def _connection(self, sock: socket.socket) -> None:
+    def _connection(self, sock: socket.socket, host: str = "?") -> None:
         peer = _peer_name(sock)
         try:
-            conn = self._handshake(sock, peer)
+            try:
+                conn = self._handshake(sock, peer)
+            finally:
+                self._authenticated_or_gone(host)
             if conn is not None:
                 sock.settimeout(self.io_timeout)
                 self.handler.serve(conn)

@@ -224,3 +224,39 @@ def test_a_hello_announcing_a_big_body_is_refused_before_it_is_read(tmp_path):
         sock.close()
     finally:
         receiver.stop()
+
+
+def test_a_flood_of_unauthenticated_connections_is_bounded_and_the_sender_replicates(tmp_path):
+    """~300 connections that never authenticate (from another address, a byte now and
+    then): the receiver keeps at most a few of them, each for one handshake deadline,
+    without its megabyte buffer; the real sender connects and replicates meanwhile."""
+    from replication import channel
+    root = tmp_path / "copy"
+    root.mkdir()
+    receiver = Receiver(str(root), SECRET, "127.0.0.1", 0).start()
+    attackers = []
+    try:
+        threads_before = threading.active_count()
+        for _ in range(300):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            try:
+                s.connect(receiver.address)
+                s.sendall(b"H")                 # a byte, as slowly as it likes
+            except OSError:
+                pass                            # refused at once: counted as bounded too
+            attackers.append(s)
+        extra = threading.active_count() - threads_before
+        assert extra <= channel.PREAUTH_MAX_PER_HOST + 1, extra
+        client = ChannelClient(*receiver.address, SECRET, 1, "apply", timeout=5)
+        client.connect()
+        try:
+            client.wait(client.send_op(Op(OpKind.CREATE, "still-replicating")))
+        finally:
+            client.close()
+        assert (root / "still-replicating").exists()
+    finally:
+        for s in attackers:
+            s.close()
+        receiver.stop()
