@@ -31,6 +31,7 @@ import psutil
 log = logging.getLogger("chaos.lab")
 
 REGISTRY_DIR = Path("/run/hclab")
+LAB_TABLES = ("hclab_cut", "hclab_block")     # the lab's own fault tables, kept at a power loss
 NS_PREFIX = "hclab-"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
@@ -406,12 +407,51 @@ class Lab:
 
     def kill_host(self, host: str) -> int:
         """Power loss: SIGKILL every process in the host's namespace (found by
-        namespace, so the children of daemons die too). Returns how many."""
+        namespace, so the children of daemons die too), then the kernel state a
+        reboot would not keep is wiped (``forget_kernel_state``). Returns how many
+        processes were killed."""
         ns = self.hosts[host].netns
         procs = [p for p in (_same_process(pid, None) for pid in _netns_pids(ns)) if p is not None]
         self._log("kill_host", host=host, processes=len(procs))
         _kill_and_wait(procs)
+        self.forget_kernel_state(host)
         return len(procs)
+
+    def forget_kernel_state(self, host: str) -> dict[str, int]:
+        """What a powered-off server comes back without: addresses other than the
+        lab's own (a VIP), nftables tables other than the lab's fault tables (a
+        farm ruleset, an ARP filter), neighbour entries, static multicast
+        memberships (a farm's shared MAC). Without this, a killed host's stale
+        ruleset and VIP answered for it after its daemon was gone."""
+        h = self.hosts[host]
+        ns = h.netns
+        gone = {"addresses": 0, "tables": 0, "maddrs": 0}
+        for net, iface in h.ifaces.items():
+            own = h.addrs[net]
+            res = _sh([IP, "-n", ns, "-4", "-o", "addr", "show", "dev", iface], check=False)
+            for line in res.stdout.splitlines():
+                fields = line.split()
+                if "inet" in fields:
+                    cidr = fields[fields.index("inet") + 1]
+                    if cidr.split("/")[0] != own:
+                        _sh([IP, "-n", ns, "addr", "del", cidr, "dev", iface], check=False)
+                        gone["addresses"] += 1
+            res = _sh([IP, "-n", ns, "maddr", "show", "dev", iface], check=False)
+            for line in res.stdout.splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "link" and "static" in fields:
+                    _sh([IP, "-n", ns, "maddr", "del", fields[1], "dev", iface], check=False)
+                    gone["maddrs"] += 1
+            _sh([IP, "-n", ns, "neigh", "flush", "dev", iface], check=False)
+        res = _sh([IP, "netns", "exec", ns, NFT, "list", "tables"], check=False)
+        for line in res.stdout.splitlines():
+            fields = line.split()    # "table <family> <name>"
+            if len(fields) == 3 and fields[0] == "table" and fields[2] not in LAB_TABLES:
+                _sh([IP, "netns", "exec", ns, NFT, "delete", "table", fields[1], fields[2]],
+                    check=False)
+                gone["tables"] += 1
+        self._log("forget_kernel_state", host=host, **gone)
+        return gone
 
     def _nets(self, net: str | None) -> tuple[str, ...]:
         if net is None:

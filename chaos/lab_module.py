@@ -88,5 +88,8 @@ class LabModule:
         return t
 
     def restart_node(self, node: str) -> None:
-        self.lab.heal(node)
+        """The node boots: its daemon starts first (on empty kernel state, see
+        Lab.kill_host), then its network is back, as on a server whose links come
+        up while it boots; it never finds its old VIP or ruleset acting for it."""
         self.cluster.start(node)
+        self.lab.heal(node)

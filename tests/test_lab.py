@@ -253,6 +253,33 @@ def test_process_control(make_lab: Callable[..., Lab]) -> None:
     assert "to-stdout" in log_text and "to-stderr" in log_text
 
 
+def test_a_power_loss_leaves_no_kernel_state_acting_for_the_host(make_lab: Callable[..., Lab]) -> None:
+    """kill_host is a power loss: the VIP, the farm's nft tables and shared-MAC
+    membership a daemon had set up are gone, the lab's own address and fault
+    tables stay (a real server boots with empty tables)."""
+    lab = make_lab(["n1", "n2"])
+    ns = lab.hosts["n1"].netns
+    vip = lab.addr("n1").rsplit(".", 1)[0] + ".250"
+    sh = lambda *a: subprocess.run(["ip", "netns", "exec", ns, *a], check=True,  # noqa: E731
+                                   capture_output=True, text=True)
+    sh("ip", "addr", "add", f"{vip}/32", "dev", "eth0")
+    sh("ip", "maddr", "add", "03:bf:0a:00:00:fa", "dev", "eth0")
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], check=True, text=True,
+                   input="table inet hcfarm_x {\n chain pre {\n type filter hook prerouting "
+                         "priority -300;\n }\n}\n")
+    lab.cut("n1")                           # a lab fault table that must survive
+    lab.spawn("n1", ["sleep", "1000"], name="sleeper")
+    assert lab.kill_host("n1") == 1
+    addrs = sh("ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+    assert vip not in addrs and lab.addr("n1") in addrs
+    assert "03:bf:0a:00:00:fa" not in sh("ip", "maddr", "show", "dev", "eth0").stdout
+    tables = sh("nft", "list", "tables").stdout
+    assert "hcfarm_x" not in tables and "hclab_cut" in tables
+    lab.heal("n1")
+    serve(lab, "n1")
+    assert tcp(lab, "n2", "n1", retry=3)
+
+
 def test_cleanup(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab(["n1", "n2"])
     procs = [lab.spawn(h, ["sleep", "1000"], name="s") for h in ("n1", "n2")]
