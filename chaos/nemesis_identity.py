@@ -26,6 +26,7 @@ from .lab_mirror import MirrorLab
 from .nemesis import Nemesis, NemesisContext, Roles, small_fs_dir
 
 ALONE_WATCH_S = 6.0     # how long a node started alone is watched (4 leases of 1.5 s)
+DAEMON_UP_S = 30.0      # for its daemon to answer first
 
 
 def replace_disk(m: MirrorLab, node: str) -> str:
@@ -57,6 +58,12 @@ class _IdentityNemesis(Nemesis):
         its state must say why (one of ``why_words``)."""
         m = ctx.mirror
         said = None
+        try:    # the watch starts when its daemon answers (a loaded machine boots slowly)
+            wait_until(f"{node}'s daemon answering", lambda: m.state(node) is not None,
+                       DAEMON_UP_S)
+        except TimeoutError:
+            self.violations.append(f"{node}'s daemon did not answer within {DAEMON_UP_S:g} s")
+            return
         end = time.monotonic() + ALONE_WATCH_S
         while time.monotonic() < end:
             st = m.state(node)
@@ -287,4 +294,4 @@ IDENTITY_NEMESES = (ReplaceDiskSecondary, ReplaceDiskPrimary, ReplaceDiskBothSto
                     PowerLossSecondaryBootsEmpty, RestartPrimaryEmptied, DataFsNotMounted,
                     RestoreOldBackup)
 
-__all__ = ["IDENTITY_NEMESES", "replace_disk", "wait_until"]
+__all__ = ["IDENTITY_NEMESES", "replace_disk"]
