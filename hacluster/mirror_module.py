@@ -282,8 +282,10 @@ class MirrorModule(ModuleRuntime):
         """The primary (epoch ``epoch``) found this secondary in sync: stamp its
         generation before the primary commits the copy as in sync."""
         view = self._last_view or mm.View()
-        if (self.machine.state is not mm.State.SECOND or view.holder != self.peer
-                or view.epoch != epoch or not self.receivers):
+        running = self.machine.running
+        becoming = self.machine.state is mm.State.SECOND or (
+            running is not None and running.next_state is mm.State.SECOND)
+        if not becoming or view.holder != self.peer or view.epoch != epoch or not self.receivers:
             raise ControlError(f"module {self.name}: {self.node} is not the secondary of "
                                f"{self.peer} at epoch {epoch}")
         local = ci.read_local([self.real_dir(d) for d in self.config.rfs.dirs])

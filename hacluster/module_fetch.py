@@ -63,7 +63,8 @@ class ModuleFetchServer(TcpService):
     def __init__(self, host: str, port: int, secret: str, lookup: Callable[[str], bytes | None], *,
                  request_timeout: float = 5.0, send_timeout: float = 60.0, max_connections: int = 32) -> None:
         _check_secret(secret)
-        super().__init__(host, port, log, max_connections)
+        # A node may fetch several packages at once (modules installed together).
+        super().__init__(host, port, log, max_connections, per_host_max=8)
         self._secret = secret
         self._lookup = lookup
         self._request_timeout = request_timeout

@@ -115,8 +115,11 @@ def test_garbage_or_silent_clients_do_not_block_others(caplog):
         server = await started(request_timeout=0.5, max_connections=9)
         try:
             # Silent clients that take every slot but one, and one that sends garbage.
-            silent = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(7)]
-            _, garbage = await asyncio.open_connection("127.0.0.1", server.port)
+            # (from another address: one address gets at most a few slots of its own)
+            silent = [await asyncio.open_connection("127.0.0.1", server.port,
+                                                    local_addr=("127.0.0.2", 0)) for _ in range(7)]
+            _, garbage = await asyncio.open_connection("127.0.0.1", server.port,
+                                                       local_addr=("127.0.0.2", 0))
             garbage.write(os.urandom(96))
             await garbage.drain()
             # A good client is served while they hang on (before their request timeout).

@@ -137,3 +137,46 @@ def test_non_json_body_with_a_valid_mac_is_refused_clearly():
         return calls, body
     calls, body = _run(go())
     assert calls == [] and body["ok"] is False and "bad peer control request" in body["error"]
+
+
+def test_twenty_silent_connections_from_one_host_do_not_lock_out_the_members():
+    """Was: 16 silent connections took every slot and ``-H`` said "wrong cluster
+    secret?". One address now gets a few slots; a member from another address is
+    served while they sit there, and the refusals are logged once, not per try."""
+    async def go():
+        calls: list = []
+        server = await _server(calls)
+        silent = []
+        try:
+            for _ in range(20):
+                silent.append(await asyncio.open_connection("127.0.0.1", server.port,
+                                                            local_addr=("127.0.0.2", 0)))
+            await asyncio.sleep(0.1)
+            reply = await call_peer("127.0.0.1", server.port, SECRET, {"cmd": "status"},
+                                    timeout=3)
+        finally:
+            for _, w in silent:
+                w.close()
+            await server.close()
+        return calls, reply
+    calls, reply = _run(go())
+    assert reply["ok"] is True and calls == [{"cmd": "status"}]
+
+
+def test_refusals_are_logged_once_per_address_and_reason(caplog):
+    async def go():
+        server = await _server([])
+        conns = []
+        try:
+            for _ in range(12):
+                conns.append(await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0)))
+            await asyncio.sleep(0.2)
+        finally:
+            for _, w in conns:
+                w.close()
+            await server.close()
+    with caplog.at_level("WARNING"):
+        _run(go())
+    refusals = [r for r in caplog.records if "_refused" in r.getMessage()]
+    assert len(refusals) == 1 and "127.0.0.2" in refusals[0].getMessage()
