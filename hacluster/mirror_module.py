@@ -266,11 +266,8 @@ class MirrorModule(ModuleRuntime):
         view = self._last_view or mm.View()
         if view.holder != self.peer:
             return
-        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
-        host, port = peer_control_address(members[self.peer]["address"])
-        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "forget_sync_point"}
         try:
-            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=5)
+            reply = await self._call_peer_module("forget_sync_point", timeout=5)
         except PeerControlError as e:
             raise PlanNotYet(f"module {self.name}: the primary {self.peer} must forget its sync "
                              f"point for this copy first: {e}") from None
@@ -299,13 +296,16 @@ class MirrorModule(ModuleRuntime):
                  self.name, self.node, epoch, record.copy[:8])
         return {"copy": record.copy}
 
-    async def _peer_stamps_copy(self, epoch: int) -> str:
+    async def _call_peer_module(self, cmd_name: str, timeout: float, **extra: Any) -> dict:
+        """A command of this module on the peer's daemon, over peer control."""
         members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
         host, port = peer_control_address(members[self.peer]["address"])
-        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "stamp_copy",
-                   "epoch": epoch}
+        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": cmd_name, **extra}
+        return await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=timeout)
+
+    async def _peer_stamps_copy(self, epoch: int) -> str:
         try:
-            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=5)
+            reply = await self._call_peer_module("stamp_copy", timeout=5, epoch=epoch)
         except PeerControlError as e:
             raise ControlError(f"module {self.name}: stamping the copy on {self.peer}: {e}") from None
         copy_id = (reply.get("result") or {}).get("copy") if reply.get("ok") else None
@@ -651,11 +651,8 @@ class MirrorModule(ModuleRuntime):
         return "sync point dropped: the next reintegration compares every block"
 
     async def _peer_forgets_sync_point(self) -> None:
-        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
-        host, port = peer_control_address(members[self.peer]["address"])
-        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": "forget_sync_point"}
         try:
-            reply = await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=10)
+            reply = await self._call_peer_module("forget_sync_point", timeout=10)
         except PeerControlError as e:
             raise ControlError(f"module {self.name}: second fullsync: {e}") from None
         if not reply.get("ok"):

@@ -363,6 +363,17 @@ class ClusterState:
             return None
         return module.setdefault("identity", {"generation": 0, "history": [], "copies": {}})
 
+    def _primary_lease(self, resource: Any, node: str,
+                       epoch: int) -> tuple[dict[str, Any], Result | None]:
+        """The lease of ``resource`` if ``node`` holds it at ``epoch``, else a refusal."""
+        lease = self.leases.get(resource) if isinstance(resource, str) else None
+        if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
+            holder = lease["holder"] if lease else None
+            cur = lease["epoch"] if lease else 0
+            return {}, _refused(f"{node} is not the primary of {resource} at epoch {epoch} "
+                                f"(holder {holder}, epoch {cur})")
+        return lease, None
+
     def generation(self, resource: str) -> int:
         ident = self._identity(resource) if isinstance(resource, str) else None
         return ident["generation"] if ident else 0
@@ -371,12 +382,9 @@ class ClusterState:
         """A new primary session: "in sync = me" and a new generation (= its epoch),
         held by copy ``copy_id`` — which the node stamped on its directories just
         before. Fenced by (holder, epoch); a retry of the same session is a no-op."""
-        lease = self.leases.get(resource) if isinstance(resource, str) else None
-        if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
-            holder = lease["holder"] if lease else None
-            cur = lease["epoch"] if lease else 0
-            return _refused(f"{node} is not the primary of {resource} at epoch {epoch} "
-                            f"(holder {holder}, epoch {cur})")
+        lease, refusal = self._primary_lease(resource, node, epoch)
+        if refusal is not None:
+            return refusal
         if not _valid_copy_id(copy_id):
             return _refused(f"invalid copy id {copy_id!r}")
         ident = self._identity(resource)
@@ -398,12 +406,9 @@ class ClusterState:
         a deposed primary can never shrink the set behind its successor's back.
         ``copies``: the copy id of each node added (stamped with the current
         generation before this commit)."""
-        lease = self.leases.get(resource) if isinstance(resource, str) else None
-        if lease is None or lease["holder"] != node or lease["epoch"] != epoch:
-            holder = lease["holder"] if lease else None
-            cur = lease["epoch"] if lease else 0
-            return _refused(f"{node} is not the primary of {resource} at epoch {epoch} "
-                            f"(holder {holder}, epoch {cur})")
+        lease, refusal = self._primary_lease(resource, node, epoch)
+        if refusal is not None:
+            return refusal
         if not isinstance(nodes, (list, tuple)) or node not in nodes:
             return _refused(f"the in-sync set of {resource} must contain its primary {node}")
         unknown = sorted(set(nodes) - set(self.members))
