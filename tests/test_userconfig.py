@@ -178,6 +178,8 @@ def test_bare_service_root_and_node_name_defaultprim():
     (mirror(body='<rfs><replicated dir="var/lib"/></rfs>'), "uc.xml:5: replicated@dir: 'var/lib' must be an absolute"),
     (mirror(body='<rfs><replicated dir="/var/../etc"/></rfs>'), "uc.xml:5: replicated@dir: '/var/../etc' must not"),
     (mirror(body='<rfs><replicated dir="/"/></rfs>'), "uc.xml:5: replicated@dir: the root directory"),
+    (mirror(body='<rfs><replicated dir="/d" mountpoint="maybe"/></rfs>'),
+     "uc.xml:5: replicated@mountpoint: 'maybe' must be one of yes, no"),
     (mirror(body='<rfs><replicated dir="/a"/>\n<replicated dir="/a/b/"/></rfs>'),
      "uc.xml:6: replicated@dir: /a/b overlaps /a (line 5); directories must not nest"),
     (mirror(body='<rfs><replicated dir="/a"/><replicated dir="//a"/></rfs>'), "replicated@dir: /a overlaps /a"),
@@ -373,3 +375,10 @@ def test_farm_nodes_and_load_balancing_rules():
 ])
 def test_malformed_farm_is_refused(body, expected):
     assert error_of(farm(body)).startswith(expected)
+
+
+def test_replicated_mountpoint_flags_only_the_directories_that_ask():
+    c = parse_userconfig(mirror(body='<rfs><replicated dir="/a"/>'
+                                     '<replicated dir="/b" mountpoint="yes"/></rfs>'), "uc.xml", "m")
+    assert c.rfs.dirs == ("/a", "/b") and c.rfs.mountpoints == (False, True)
+    assert parse_userconfig(mirror(), "uc.xml", "m").rfs.mountpoints == ()
