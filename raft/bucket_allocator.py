@@ -14,6 +14,12 @@ surplus go, in index order, to the members under quota. Nothing else moves, so
 the number of buckets that change owner is the least any allocation with these
 quotas can achieve: the sum over old owners of (old count - new count) where
 positive.
+
+Homes (``allocate_with_homes``): a bucket handed on because its owner left the
+farm remembers that owner as its *home*. When the owner comes back, the others give
+away their homed buckets first (of what they must give) and it takes its own old
+buckets first: a returning node gets back the traffic (and the caches) it had,
+and the same number of buckets moves as without homes.
 """
 from __future__ import annotations
 
@@ -75,20 +81,50 @@ def quotas(powers: dict[str, int], current: dict[str, int] | None = None) -> dic
 def allocate(table: list[str | None] | None, powers: dict[str, int]) -> list[str | None]:
     """The new owner of each bucket for the members ``powers`` (name -> power),
     starting from ``table`` (None: no owners yet). Raises AllocationError on bad input."""
+    return allocate_with_homes(table, powers, None)[0]
+
+
+def allocate_with_homes(table: list[str | None] | None, powers: dict[str, int],
+                        homes: list[str | None] | None
+                        ) -> tuple[list[str | None], list[str | None]]:
+    """``allocate``, preferring to give each bucket back to its home (see module
+    doc); returns (new table, new homes)."""
     _check(table, powers)
+    _check(homes, {})
     old: list[str | None] = list(table) if table is not None else [None] * BUCKETS
+    home: list[str | None] = list(homes) if homes is not None else [None] * BUCKETS
     if not powers:
-        return [None] * BUCKETS
+        return [None] * BUCKETS, [h or o for h, o in zip(home, old)]
     current = shares([o if o in powers else None for o in old])
     target = quotas(powers, current)
     new: list[str | None] = [None] * BUCKETS
+
+    def homed_elsewhere(i: int, owner: str) -> bool:
+        return home[i] is not None and home[i] != owner and home[i] in powers
+
     kept: dict[str, int] = {n: 0 for n in powers}
-    for i, owner in enumerate(old):
+    # Each member keeps up to its quota, its own (not homed elsewhere) buckets first.
+    for i in sorted(range(BUCKETS), key=lambda i: (homed_elsewhere(i, old[i] or ""), i)):
+        owner = old[i]
         if owner in powers and kept[owner] < target[owner]:
             new[i] = owner
             kept[owner] += 1
-    free = iter(i for i in range(BUCKETS) if new[i] is None)
+    free = [i for i in range(BUCKETS) if new[i] is None]
     for name in sorted(powers):
-        for _ in range(target[name] - kept[name]):
-            new[next(free)] = name
-    return new
+        want = target[name] - kept[name]
+        mine = [i for i in free if home[i] == name][:want]
+        taken = set(mine)
+        rest = [i for i in free if i not in taken][:want - len(mine)]
+        for i in mine + rest:
+            new[i] = name
+        taken.update(rest)
+        free = [i for i in free if i not in taken]
+    new_home: list[str | None] = []
+    for i in range(BUCKETS):
+        if new[i] is not None and new[i] == home[i]:
+            new_home.append(None)                   # back home
+        elif old[i] is not None and old[i] not in powers and new[i] != old[i]:
+            new_home.append(home[i] or old[i])      # its owner left: remember it
+        else:
+            new_home.append(home[i])
+    return new, new_home

@@ -37,7 +37,7 @@ import math
 import re
 from typing import Any
 
-from .bucket_allocator import BUCKETS, allocate
+from .bucket_allocator import BUCKETS, allocate_with_homes
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
 
 Result = dict[str, Any]
@@ -162,6 +162,10 @@ class ClusterState:
         address = self.members.pop(name)["address"]
         self.leases.pop(liveness_resource(name), None)
         farms = self._leave_every_farm(name)
+        for module in self.modules.values():      # a removed member never comes home
+            home = module.get("farm", {}).get("home")
+            if home:
+                module["farm"]["home"] = [None if h == name else h for h in home]
         for module in self.modules.values():
             module["intent"].pop(name, None)
             if "identity" in module:
@@ -478,9 +482,14 @@ class ClusterState:
 
     @staticmethod
     def _set_farm_members(farm: dict[str, Any], members: dict[str, int]) -> bool:
-        """Recompute the table for ``members``; True when the table changed."""
-        table = allocate(farm["table"], members)
+        """Recompute the table for ``members``; True when the table changed.
+        ``home``: the owner a bucket had before its owner left (bucket_allocator)."""
+        table, home = allocate_with_homes(farm["table"], members, farm.get("home"))
         farm["members"] = members
+        if any(home):
+            farm["home"] = home
+        else:
+            farm.pop("home", None)
         if table == farm["table"]:
             return False
         farm["table"] = table

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raft.bucket_allocator import BUCKETS, AllocationError, allocate, quotas, shares
+from raft.bucket_allocator import (BUCKETS, AllocationError, allocate, allocate_with_homes,
+                                   quotas, shares)
 
 NAMES = st.sampled_from([f"n{i}" for i in range(12)])
 POWERS = st.dictionaries(NAMES, st.integers(1, 1000), max_size=10)
@@ -132,3 +133,33 @@ def test_no_members_means_no_owners():
 def test_bad_input_is_refused_with_a_clear_message(table, powers, message):
     with pytest.raises(AllocationError, match=message):
         allocate(table, powers)
+
+
+# ---- homes: a returning member takes its own old buckets back first -----------------------------
+
+@given(st.dictionaries(NAMES, st.integers(1, 1000), min_size=2, max_size=10), st.data())
+@settings(max_examples=200)
+def test_a_member_that_leaves_and_returns_gets_its_own_buckets_back(powers, data):
+    leaver = data.draw(st.sampled_from(sorted(powers)))
+    t0 = _balanced(powers)
+    rest = {n: p for n, p in powers.items() if n != leaver}
+    t1, h1 = allocate_with_homes(t0, rest, None)
+    assert all(h1[i] == leaver for i in range(BUCKETS) if t0[i] == leaver)
+    t2, h2 = allocate_with_homes(t1, powers, h1)
+    own_before = {i for i in range(BUCKETS) if t0[i] == leaver}
+    own_after = {i for i in range(BUCKETS) if t2[i] == leaver}
+    assert len(own_after & own_before) == min(len(own_after), len(own_before))
+    # the same (least) number of buckets moves as without homes, the shares as always
+    assert _moves(t1, t2) == _moves(t1, allocate(t1, powers))
+    _assert_proportional(t2, powers)
+    # the buckets that went home are no longer homed
+    assert all(h2[i] is None for i in own_after & own_before)
+
+
+@given(tables(), NONEMPTY_POWERS, tables())
+@settings(max_examples=100)
+def test_homes_never_change_how_much_moves_or_the_shares(table, powers, homes):
+    new, _ = allocate_with_homes(table, powers, homes)
+    assert _moves(table, new) == _moves(table, allocate(table, powers))
+    _assert_proportional(new, powers)
+    assert allocate_with_homes(table, powers, homes)[0] == new      # deterministic

@@ -232,3 +232,20 @@ def test_three_real_members_agree_on_the_table_after_two_joins_and_an_expiry(tmp
         stop.set()
         for mem in members.values():
             mem.destroy()
+
+
+def test_a_node_back_after_its_liveness_expired_gets_its_own_buckets_back():
+    s = _state()
+    for n in "abc":
+        assert s.farm_join("web", n, 1)["ok"]
+    before = s.farm_table("web")[1]
+    mine = {i for i in range(BUCKETS) if before[i] == "b"}
+    assert _expire_liveness(s, "b")["ok"]                  # b's daemon died: it left the farm
+    during = s.farm_table("web")[1]
+    assert "b" not in during and s.modules["web"]["farm"]["home"].count("b") == len(mine)
+    assert s.acquire(liveness_resource("b"), "b", LEASE_S)["ok"]
+    assert s.farm_join("web", "b", 1)["ok"]
+    after = s.farm_table("web")[1]
+    assert {i for i in range(BUCKETS) if after[i] == "b"} == mine
+    assert after == before and "home" not in s.modules["web"]["farm"]
+    assert ClusterState.from_dict(s.to_dict()).farm_table("web") == s.farm_table("web")
