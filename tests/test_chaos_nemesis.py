@@ -124,7 +124,8 @@ def test_unknown_nemesis_is_refused_by_name():
 
 def test_every_nemesis_is_registered_under_its_name():
     assert all(issubclass(cls, Nemesis) and cls.name == name for name, cls in NEMESES.items())
-    assert len(NEMESES) == 18       # with chaos.chaos_run's cut-replication-network
+    # with chaos.chaos_run's cut-replication-network and the 7 copy-identity nemeses
+    assert len(NEMESES) == 25
     assert {cls.lab_shape for cls in NEMESES.values()} <= set(SHAPES)
 
 
