@@ -14,15 +14,25 @@ returns:
   fails with EIO from then on: nothing goes on unreplicated and unrecorded.
 * ALONE: each op is recorded as changed, durably, before ``wait`` returns;
   reintegration later sends only what was recorded.
+* CONNECTED and *settling* (attached for a reintegration, until ``settled``):
+  the receiver's copy is not in sync yet, so it may refuse an op that
+  succeeded here (a write to a file it does not have yet, a rename of a name
+  it never had). Such a refusal is handed to ``on_refused`` (the owner records
+  the op, durably, for the running reintegration to settle) and the op is
+  answered as done; only a transport failure, a timeout or a stale epoch is a
+  lost peer. Once ``settled``, a refusal is a lost peer again: an in-sync copy
+  must apply every op.
 """
 from __future__ import annotations
 
 import enum
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from .channel import ReplicationRefused, StaleEpoch
 from .ops import Op
 from .ordering_lock import OrderingLock
 
@@ -71,6 +81,10 @@ class Sender:
         # so that channel order is local order.
         self.ordering_lock = OrderingLock()
         self._lock = threading.Lock()
+        # Notified whenever an op leaves _in_flight (``quiesce`` waits on it).
+        self._answered = threading.Condition(self._lock)
+        self._settling = False
+        self._refusals = 0      # refusals recorded while settling, this generation
         self._state = SenderState.ALONE if alone else SenderState.CONNECTED
         self._channel: Channel | None = None
         self._generation = 0
@@ -82,6 +96,9 @@ class Sender:
         # Called with each op sent while connected (reintegration journals
         # namespace ops with it); runs under the ordering lock.
         self.on_sent: Callable[[Op], None] | None = None
+        # While settling: records an op the receiver refused (durable when it
+        # returns); runs on the waiting thread, outside the ordering lock.
+        self.on_refused: Callable[[Op, OSError], None] | None = None
         # The activity log (DESIGN.md "In-flight writes"): the FUSE layer marks
         # regions in it before it applies a change. None: no activity log.
         self.activity = None
@@ -91,15 +108,40 @@ class Sender:
     def state(self) -> SenderState:
         return self._state
 
-    def attach(self, channel: Channel) -> None:
-        """Start replicating live ops on ``channel`` (after, or during, reintegration)."""
+    def attach(self, channel: Channel, settling: bool = False) -> None:
+        """Start replicating live ops on ``channel``. ``settling``: a
+        reintegration runs, so refusals go to ``on_refused`` until ``settled``."""
         with self._lock:
             self._generation += 1
             self._channel = channel
             self._in_flight.clear()
             self._state = SenderState.CONNECTED
             self._failure = None
-        log.info("event=sender_connected generation=%d", self._generation)
+            self._settling = settling
+            self._refusals = 0
+        log.info("event=sender_connected generation=%d settling=%s", self._generation, settling)
+
+    def quiesce(self, timeout: float) -> None:
+        """Return once every op submitted so far was answered (a refusal
+        recorded by ``on_refused``). The caller holds the ordering lock, so
+        nothing new is submitted meanwhile. Raises TimeoutError (the receiver
+        is not answering: the caller treats it as a lost peer)."""
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while self._in_flight and self._state is SenderState.CONNECTED:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(self._in_flight)} op(s) still unanswered "
+                                       f"after {timeout} s")
+                self._answered.wait(remaining)
+            if self._state is not SenderState.CONNECTED:
+                raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+
+    def settled(self) -> None:
+        """The reintegration is complete (caller holds the ordering lock, after
+        ``quiesce``): from now on a refusal is a lost peer."""
+        with self._lock:
+            self._settling = False
 
     def detach(self, reason: str) -> None:
         """Owner-initiated: stop replicating (e.g. the secondary was stopped)."""
@@ -125,7 +167,8 @@ class Sender:
     def status(self) -> dict:
         with self._lock:
             return {"state": self._state.value, "in_flight": len(self._in_flight),
-                    "generation": self._generation, "failure": self._failure}
+                    "generation": self._generation, "failure": self._failure,
+                    "settling": self._settling, "refusals_recorded": self._refusals}
 
     # ---- Replicator API (called by the FUSE layer) ------------------------------
     def submit(self, op: Op) -> Ticket:
@@ -159,11 +202,11 @@ class Sender:
         if ticket.seq is not None:
             try:
                 self._channel_of(ticket).wait(ticket.seq, self.ack_timeout_s)
-                with self._lock:
-                    self._in_flight.pop(ticket.seq, None)
+                self._answer(ticket)
                 return
             except OSError as e:
-                self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
+                if not self._settle_refusal(ticket, e):
+                    self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
         # An op recorded while the peer-loss transition runs is answered only after
         # the owner's hook returned (the peer is then out of the in-sync set).
         self._transition.wait()
@@ -173,6 +216,43 @@ class Sender:
             raise ReplicationUnavailable(f"replication failed: {self._failure}")
 
     # ---- internals -------------------------------------------------------------------
+    def _answer(self, ticket: Ticket) -> None:
+        with self._answered:
+            if ticket.generation == self._generation:
+                self._in_flight.pop(ticket.seq, None)
+                self._answered.notify_all()
+
+    def _settle_refusal(self, ticket: Ticket, error: OSError) -> bool:
+        """A refusal while settling: record the op and answer it (True). False:
+        not a refusal (transport, timeout), a stale epoch (we are fenced), or
+        not settling: the caller loses the peer."""
+        refused = isinstance(error, ReplicationRefused) and not isinstance(error, StaleEpoch)
+        with self._lock:
+            op = self._in_flight.get(ticket.seq)
+            if not (refused and self._settling and op is not None
+                    and ticket.generation == self._generation
+                    and self._state is SenderState.CONNECTED and self.on_refused is not None):
+                return False
+        # Outside the lock: recording fsyncs. The op stays in flight until it is
+        # recorded, so ``quiesce`` (and the in-sync transition) wait for it.
+        try:
+            self.on_refused(op, error)
+        except OSError as e:
+            with self._lock:
+                self._state = SenderState.FAILED
+                self._failure = f"cannot record a refused op: {e}"
+            log.error("event=sender_failed reason=%r", self._failure)
+            self._answer(ticket)
+            raise ReplicationUnavailable(self._failure) from e
+        with self._lock:
+            self._refusals += 1
+            first = self._refusals == 1
+        if first:   # PostgreSQL makes thousands while a WAL segment is missing: one line
+            log.info("event=refused_while_settling op=%r reason=%r action=recorded",
+                     op.describe(), str(error))
+        self._answer(ticket)
+        return True
+
     def _channel_of(self, ticket: Ticket) -> Channel:
         with self._lock:
             if ticket.generation != self._generation or self._channel is None:
@@ -201,6 +281,7 @@ class Sender:
                 self._state = SenderState.ALONE
                 pending = [op for _, op in sorted(self._in_flight.items())] + list(extra)
                 self._in_flight.clear()
+                self._answered.notify_all()
                 channel, self._channel = self._channel, None
                 first = True
             if first:
