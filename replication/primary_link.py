@@ -26,7 +26,7 @@ from .activity_log import NOTE, ActivityLog
 from .channel import ChannelClient
 from .dirty_bitmap import BitmapStore, fsync_dir
 from .frame import Feature
-from .ops import NAMESPACE_KINDS, Op
+from .ops import NAMESPACE_KINDS, Op, OpKind
 from .reintegration import Entry, Reintegration, tree_from_manifest
 from .sender import Sender, SenderState
 
@@ -42,11 +42,14 @@ def _write_durably(path: str, text: str) -> None:
 
 
 class ChannelRemote:
-    """reintegration.Remote over a connected ChannelClient."""
+    """reintegration.Remote over a connected ChannelClient. ``sent(seq, op)``:
+    told of each op sent (a late refusal of it can then be recorded)."""
 
-    def __init__(self, client: ChannelClient, timeout: float) -> None:
+    def __init__(self, client: ChannelClient, timeout: float,
+                 sent: Callable[[int, Op], None] | None = None) -> None:
         self.client = client
         self.timeout = timeout
+        self.sent = sent
 
     def query_tree(self) -> dict[str, Entry]:
         return tree_from_manifest(self.client.query_tree(timeout=self.timeout, include_root=True))
@@ -55,7 +58,10 @@ class ChannelRemote:
         return self.client.query_digests(path, block_size)
 
     def send(self, op: Op) -> None:
-        self.client.wait(self.client.send_op(op), self.timeout)
+        seq = self.client.send_op(op)
+        if self.sent is not None:
+            self.sent(seq, op)
+        self.client.wait(seq, self.timeout)
 
 
 class _JournalingRecorder:
@@ -214,7 +220,8 @@ class PrimaryLink:
 
     def _connect_and_sync(self) -> None:
         client = ChannelClient(self.host, self.port, self.secret, self.epoch, self.ack_mode,
-                               on_late_error=lambda *a: self.sender.detach(f"late error {a}"))
+                               on_late_error=lambda seq, err, message: self.sender.late_error(
+                                   client, seq, err, message))
         client.connect()
         self.phase = "reintegrating"
         log.info("event=link_connected peer=%s:%d", self.host, self.port)
@@ -224,12 +231,14 @@ class PrimaryLink:
             # (or started so): only then may its refusals wait for the
             # reintegration. A peer said to be in sync must apply every op.
             settling = self.sender.state is SenderState.ALONE
-            self.sender.attach(client, settling=settling)
+            self.sender.attach(client, settling=settling, late_errors=self.ack_mode != "apply")
             self._client = client
         if not os.path.exists(self._baseline_path):
             self._use_peer_activity(client)
         self.reintegration = Reintegration(
-            self.local_root, ChannelRemote(client, self.ack_timeout_s), store=self.store,
+            self.local_root, ChannelRemote(client, self.ack_timeout_s,
+                                           sent=lambda seq, op: self.sender.remember(client, seq, op)),
+            store=self.store,
             state_dir=self.state_dir, bandwidth=self.bandwidth,
             # The bitmaps only cover changes since the copies were last identical:
             # before a first complete reintegration there is no such point.
@@ -254,18 +263,31 @@ class PrimaryLink:
                  result.get("pass", 0), self.sender.status()["refusals_recorded"])
         self._on_in_sync()
 
+    def _settle(self, client: ChannelClient) -> None:
+        """Under the ordering lock: every op sent so far answered, and each one
+        the receiver refused recorded. A receiver that does not answer within
+        the bounds here is a lost peer (the reintegration fails)."""
+        self.sender.quiesce(2 * self.ack_timeout_s)
+        if self.ack_mode != "apply":
+            # Acknowledged on receipt (or not at all): a refusal comes later, as a
+            # late error. An FSYNC of the tree is acknowledged only once every op
+            # before it was applied (the receiver applies in order), so after it
+            # every such refusal has arrived; then wait until each was handled.
+            client.send_op(Op(OpKind.FSYNC, ""))
+            client.drain(4 * self.ack_timeout_s)
+            self.sender.quiesce_late(client, lambda: client.late_error_count, self.ack_timeout_s)
+
     @contextlib.contextmanager
-    def _final_pass(self, client: ChannelClient) -> Iterator[None]:
+    def _final_pass(self, client: ChannelClient) -> Iterator[Callable[[], None]]:
         """Reintegration's final pass runs inside: the ordering lock held (no
-        live op starts), every op already sent answered and, if refused,
-        recorded (so the pass sees it). After the pass, still under the lock,
+        live op starts); it calls what this yields (``_settle``) before each
+        look at what is pending, so every refusal is recorded by then. After
+        the pass, still under the lock,
         the copies are identical: the in-sync transition happens here, so no
         live op can fall between the last check and the switch to strict
         replication (where a refusal is a lost peer again)."""
         with self.sender.ordering_lock:
-            # A receiver that does not answer within this is a lost peer.
-            self.sender.quiesce(2 * self.ack_timeout_s)
-            yield
+            yield lambda: self._settle(client)
             if self.sender.state is not SenderState.CONNECTED:
                 raise ConnectionError("receiver lost during reintegration")
             # Everything up to here is on the receiver; live ops are replicated.

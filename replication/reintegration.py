@@ -411,7 +411,8 @@ class Reintegration:
     ``on_progress``: called with ``progress()`` every ``PROGRESS_INTERVAL_S``
     and at phase changes. ``guard(path)``: the sender's per-path lock (see the
     module docstring). ``final_guard()``: held around the final pass (module
-    docstring, step 4); ``final_pass_bytes``: when to start it. ``local_root`` is the real directory under the mount;
+    docstring, step 4); what it yields, if callable, is called before each
+    look at what is pending in it; ``final_pass_bytes``: when to start it. ``local_root`` is the real directory under the mount;
     in the process that holds it open, ``/proc/self/fd/N`` works.
     """
 
@@ -547,14 +548,21 @@ class Reintegration:
                 raise ReintegrationError(
                     f"tree still changing after {self._max_recheck_rounds} re-check rounds; "
                     f"run again (it resumes) when it is quieter")
-        with self._final_guard():
-            # Nothing changes the tree now; every op sent before was answered and
-            # its refusal recorded (the guard's promise), so this is all there is.
-            position, tops, pending = self._pending()
+        with self._final_guard() as settle:
+            # Nothing changes the tree now. ``settle()`` (if given) returns once
+            # every op sent before was answered and its refusal recorded, the
+            # final pass's own included: then what is pending is all there is.
             self._progress["final_pass"] = True
             self._phase("final")
-            if tops:
+            for _ in range(self._max_recheck_rounds):
+                if callable(settle):
+                    settle()
+                position, tops, pending = self._pending()
+                if not tops:
+                    return
                 self._pass(tops, pending, position)
+            raise ReintegrationError(f"the final pass still found changes after "
+                                     f"{self._max_recheck_rounds} rounds under the lock")
 
     def _pending(self) -> tuple[int, list[str], int]:
         """(journal position, subtrees to re-check, bytes a digest pass over

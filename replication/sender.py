@@ -21,11 +21,17 @@ returns:
   the op, durably, for the running reintegration to settle) and the op is
   answered as done; only a transport failure, a timeout or a stale epoch is a
   lost peer. Once ``settled``, a refusal is a lost peer again: an in-sync copy
-  must apply every op.
+  must apply every op. With acknowledgements on receipt (or none), a refusal
+  comes later, as a *late error* naming only the op's sequence number: while
+  settling, the sender keeps a light copy (no data) of the last
+  ``LATE_OPS_KEPT`` ops it sent, to record the refused one; a late error for
+  an op no longer kept is a lost peer.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import errno
 import logging
 import threading
 import time
@@ -33,10 +39,14 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
-from .ops import Op
+from .ops import Op, OpKind
 from .ordering_lock import OrderingLock
 
 log = logging.getLogger("replication.sender")
+
+# Ops remembered for late errors while settling (~200 bytes each): the receiver's
+# apply lag is far shorter than this many ops.
+LATE_OPS_KEPT = 1 << 16
 
 
 class ChangeRecorder(Protocol):
@@ -85,6 +95,9 @@ class Sender:
         self._answered = threading.Condition(self._lock)
         self._settling = False
         self._refusals = 0      # refusals recorded while settling, this generation
+        self._keep_for_late = False
+        self._sent_ops: dict[int, Op] = {}  # seq -> op without data (settling, late errors)
+        self._late_handled = 0  # late errors of this generation's channel handled
         self._state = SenderState.ALONE if alone else SenderState.CONNECTED
         self._channel: Channel | None = None
         self._generation = 0
@@ -108,10 +121,16 @@ class Sender:
     def state(self) -> SenderState:
         return self._state
 
-    def attach(self, channel: Channel, settling: bool = False) -> None:
+    def attach(self, channel: Channel, settling: bool = False,
+               late_errors: bool = False) -> None:
         """Start replicating live ops on ``channel``. ``settling``: a
-        reintegration runs, so refusals go to ``on_refused`` until ``settled``."""
+        reintegration runs, so refusals go to ``on_refused`` until ``settled``.
+        ``late_errors``: the channel reports refusals after acknowledging
+        (receipt or async mode; see ``late_error``)."""
         with self._lock:
+            self._keep_for_late = late_errors
+            self._sent_ops.clear()
+            self._late_handled = 0
             self._generation += 1
             self._channel = channel
             self._in_flight.clear()
@@ -137,11 +156,69 @@ class Sender:
             if self._state is not SenderState.CONNECTED:
                 raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
 
+    def quiesce_late(self, channel: Channel, received: Callable[[], int], timeout: float) -> None:
+        """Return once the late errors ``received()`` counts for ``channel`` were
+        all handled (the caller put a barrier on the channel first, so every
+        refusal of an op sent before is among them)."""
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while self._channel is channel and self._late_handled < received():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"late errors still being handled after {timeout} s")
+                self._answered.wait(min(remaining, 0.05))
+            if self._channel is not channel or self._state is not SenderState.CONNECTED:
+                raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+
     def settled(self) -> None:
         """The reintegration is complete (caller holds the ordering lock, after
         ``quiesce``): from now on a refusal is a lost peer."""
         with self._lock:
             self._settling = False
+            self._sent_ops.clear()
+
+    def late_error(self, channel: Channel, seq: int, err: int, message: str) -> None:
+        """The channel's late-error hook: ``seq`` was refused after it was
+        acknowledged. Settling: record it (as ``wait`` does for a refusal);
+        else, or if the op is no longer known, the peer is lost."""
+        with self._lock:
+            if channel is not self._channel:
+                return          # an earlier connection's: that loss was handled then
+            generation = self._generation
+            # A WRITE with times goes as WRITE + UTIMENS to an older receiver; seq
+            # may be the WRITE's, one before the seq the sender was given.
+            op = (self._sent_ops.get(seq) or self._sent_ops.get(seq + 1)) if self._settling else None
+        error = ReplicationRefused(err, message)
+        try:
+            if op is not None and err != errno.ESTALE and self.on_refused is not None:
+                try:
+                    self.on_refused(op, error)
+                except OSError as e:
+                    with self._lock:
+                        self._state = SenderState.FAILED
+                        self._failure = f"cannot record a refused op: {e}"
+                    log.error("event=sender_failed reason=%r", self._failure)
+                    return
+                with self._lock:
+                    self._refusals += 1
+                return
+            # The op was answered already, so it is in no in-flight list: record
+            # it with the loss. Not known any more (in sync, nothing is kept):
+            # the whole tree is recorded as changed (as BitmapStore.note('')
+            # does), so the next reintegration compares every file's digests.
+            self._lose_peer(generation, f"late error for seq {seq}: {message}",
+                            extra=[op if op is not None else Op(OpKind.CREATE, "")])
+        finally:
+            with self._answered:
+                self._late_handled += 1
+                self._answered.notify_all()
+
+    def remember(self, channel: Channel, seq: int, op: Op) -> None:
+        """An op sent on ``channel`` by someone else (the reintegration itself):
+        kept like the live ones, so that a late refusal of it is recorded too."""
+        with self._lock:
+            if channel is self._channel and self._settling and self._keep_for_late:
+                self._keep_sent(seq, op)
 
     def detach(self, reason: str) -> None:
         """Owner-initiated: stop replicating (e.g. the secondary was stopped)."""
@@ -185,6 +262,8 @@ class Sender:
                     send_error = e
                 else:
                     self._in_flight[seq] = op
+                    if self._settling and self._keep_for_late:
+                        self._keep_sent(seq, op)
                     if self.on_sent is not None:
                         self.on_sent(op)
                     return Ticket(generation, seq)
@@ -216,6 +295,14 @@ class Sender:
             raise ReplicationUnavailable(f"replication failed: {self._failure}")
 
     # ---- internals -------------------------------------------------------------------
+    def _keep_sent(self, seq: int, op: Op) -> None:
+        """Caller holds _lock. What ``record`` needs of ``op``, without its data."""
+        if op.data:
+            op = dataclasses.replace(op, data=b"", length=len(op.data))
+        self._sent_ops[seq] = op
+        if len(self._sent_ops) > LATE_OPS_KEPT:
+            del self._sent_ops[next(iter(self._sent_ops))]
+
     def _answer(self, ticket: Ticket) -> None:
         with self._answered:
             if ticket.generation == self._generation:

@@ -80,7 +80,9 @@ class WalWriter(threading.Thread):
             self.error = e
 
 
-def test_secondary_reintegrated_while_the_application_writes(nodes):
+@pytest.mark.parametrize("ack_mode", ["apply", "receipt"])
+def test_secondary_reintegrated_while_the_application_writes(nodes, ack_mode):
+    """``receipt`` (the mirror module's async="second"): refusals come as late errors."""
     a, b = nodes
     for i in range(FILES):
         (a.root / "base").mkdir(exist_ok=True)
@@ -88,7 +90,7 @@ def test_secondary_reintegrated_while_the_application_writes(nodes):
     (a.root / "pg_wal").mkdir()
     b.receive(min_epoch=1)
     b.receiver_proc.stop()           # b is away: a runs ALONE from the start
-    a.mount(peer="b", epoch=1, alone=True, extra=("--bandwidth", "10000000"))
+    a.mount(peer="b", epoch=1, alone=True, extra=("--bandwidth", "10000000", "--ack-mode", ack_mode))
     writer = WalWriter(a.root)
     writer.start()
     try:

@@ -93,7 +93,8 @@ class Pair:
     """The primary's directory with its link, the returning secondary's copy
     with its receiver. The link starts ALONE (the secondary was out of sync)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, ack_mode: str = "apply") -> None:
+        self.ack_mode = ack_mode
         self.local, self.copy, self.state = tmp / "local", tmp / "copy", tmp / "state"
         for d in (self.local, self.copy):
             d.mkdir()
@@ -109,7 +110,8 @@ class Pair:
     def start(self) -> None:
         self.receiver = Receiver(str(self.copy), SECRET, "127.0.0.1", 0).start()
         self.link = PrimaryLink(self._fd, *self.receiver.address, SECRET, 1, str(self.state),
-                                ack_timeout_s=5.0, retry_s=0.05, alone=True,
+                                ack_mode=self.ack_mode, ack_timeout_s=5.0, retry_s=0.05,
+                                alone=True,
                                 peer_lost=self.lost.append, on_in_sync=self._on_in_sync)
         self.link.start()
 
@@ -152,10 +154,12 @@ class Pair:
         os.close(self._fd)
 
 
-@pytest.fixture
-def pair(tmp_path, monkeypatch):
+@pytest.fixture(params=["apply", "receipt"])
+def pair(tmp_path, monkeypatch, request):
+    """Acknowledged after the apply (refusals answer the write), or on
+    receipt (a refusal comes later, as a late error naming a sequence number)."""
     monkeypatch.setattr(primary_link, "Reintegration", Scripted)
-    p = Pair(tmp_path)
+    p = Pair(tmp_path, request.param)
     yield p
     Scripted.script = {}
     p.close()
@@ -261,15 +265,18 @@ def test_a_live_op_the_secondary_refuses_is_settled_not_a_lost_peer(pair, case):
 
 def test_once_in_sync_a_refusal_is_a_lost_peer_again(pair):
     """Today's rule 3 behaviour is kept: an in-sync copy must apply every op.
-    The loss is committed before the write is answered; the write is recorded
-    and the next reintegration brings the copy back."""
+    The op is recorded and the next reintegration brings the copy back. (With
+    acks after the apply, the loss is taken before the op is answered; on
+    receipt, when the late error arrives.)"""
     write_file(pair.local / "a", b"x" * 5000)
     pair.start()
     pair.wait_in_sync()
     assert pair.lost == [] and pair.in_sync_count == 1
     (pair.copy / "a").unlink()           # behind the receiver's back: the copies differ
     pair.live(Op(OpKind.RENAME, "a", "b"))
-    assert len(pair.lost) == 1 and "ENOENT" in pair.lost[0], pair.lost
+    if pair.ack_mode == "receipt":
+        wait_until("the late refusal", lambda: pair.lost)
+    assert len(pair.lost) == 1 and "No such file" in pair.lost[0], pair.lost
     wait_until("in sync again", lambda: pair.in_sync_count == 2, timeout=60)
     assert len(pair.lost) == 1
     assert digest_tree(pair.local) == digest_tree(pair.copy)

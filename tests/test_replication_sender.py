@@ -262,3 +262,36 @@ def test_quiesce_waits_until_the_refused_op_is_recorded():
     q.join(10)
     waiter.join(10)
     assert quiesced.is_set() and refused == [write(1)] and lost == []
+
+
+def test_late_refusals_settling_known_op_recorded_else_a_loss_that_records_the_whole_tree():
+    """Receipt mode: a refusal comes after the op was answered, by seq."""
+    lost, refused, rec = [], [], Recorder()
+    s = Sender(rec, lost.append, ack_timeout_s=1.0, alone=True)
+    s.on_refused = lambda op, error: refused.append(op)
+    ch = MemoryChannel()
+    s.attach(ch, settling=True, late_errors=True)
+    big = Op(OpKind.WRITE, "seg", offset=8192, data=b"w" * 8192)
+    s.wait(s.submit(big))
+    s.late_error(ch, 1, 2, "WRITE seg @8192+8192: No such file or directory")
+    # Kept without its data, with what recording needs (the range).
+    assert lost == [] and [(op.path, op.offset, op.length, op.data) for op in refused] == \
+        [("seg", 8192, 8192, b"")]
+    s.late_error(MemoryChannel(), 1, 2, "from an earlier connection")    # ignored
+    assert lost == []
+    s.settled()
+    s.wait(s.submit(write(2)))
+    s.late_error(ch, 2, 2, "WRITE f2: No such file or directory")
+    assert len(lost) == 1 and s.state is SenderState.ALONE
+    assert rec.ops == [Op(OpKind.CREATE, "")]      # not known any more: the whole tree
+
+
+def test_late_stale_epoch_while_settling_is_a_loss():
+    lost, rec = [], Recorder()
+    s = Sender(rec, lost.append, ack_timeout_s=1.0, alone=True)
+    s.on_refused = lambda op, error: pytest.fail("a stale epoch is not a refusal to record")
+    ch = MemoryChannel()
+    s.attach(ch, settling=True, late_errors=True)
+    s.wait(s.submit(write(1)))
+    s.late_error(ch, 1, 116, "epoch 1 is older than this receiver's epoch 2")
+    assert len(lost) == 1 and [(op.path, op.offset, op.length) for op in rec.ops] == [("f1", 1, 1)]
