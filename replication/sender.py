@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
-from .ops import Op, OpKind
+from .ops import WRITE_SETS_TIMES, Op, OpKind
 from .ordering_lock import OrderingLock
 
 log = logging.getLogger("replication.sender")
@@ -185,9 +185,13 @@ class Sender:
             if channel is not self._channel:
                 return          # an earlier connection's: that loss was handled then
             generation = self._generation
-            # A WRITE with times goes as WRITE + UTIMENS to an older receiver; seq
-            # may be the WRITE's, one before the seq the sender was given.
-            op = (self._sent_ops.get(seq) or self._sent_ops.get(seq + 1)) if self._settling else None
+            op = self._sent_ops.get(seq) if self._settling else None
+            if op is None and self._settling:
+                # A WRITE with times goes as WRITE + UTIMENS to an older receiver:
+                # seq may be the WRITE's, one before the seq the sender was given.
+                after = self._sent_ops.get(seq + 1)
+                if after is not None and after.kind == OpKind.WRITE and after.mode & WRITE_SETS_TIMES:
+                    op = after
         error = ReplicationRefused(err, message)
         try:
             if op is not None and err != errno.ESTALE and self.on_refused is not None:
