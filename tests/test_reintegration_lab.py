@@ -104,6 +104,10 @@ def test_secondary_reintegrated_while_the_application_writes(nodes, ack_mode):
         writer.stop.set()
         writer.join(30)
     assert writer.error is None, repr(writer.error)
+    # A barrier, as an application would make one: acknowledged on receipt, the
+    # last ops are applied over there only by the next fsync.
+    with open(a.root / "pg_wal" / "log", "rb") as f:
+        os.fsync(f.fileno())
     log = a.log("mount")
     assert "event=peer_lost" not in log, [l for l in log.splitlines() if "peer_lost" in l]
     figures = dict(re.findall(r"(\w+)=(\S+)", a.in_sync_lines()[-1]))

@@ -337,6 +337,9 @@ def test_writer_during_reintegration_reaches_in_sync_without_a_lost_peer(pair):
         writer.stop.set()
         writer.join(30)
     assert writer.error is None, repr(writer.error)
+    # As an application would: acknowledged on receipt, an op is applied over
+    # there only by the next barrier (an FSYNC is answered after every op before it).
+    pair.live(Op(OpKind.FSYNC, ""))
     assert pair.lost == []
     progress = pair.link.reintegration.progress()
     assert progress["final_pass"] and progress["pass"] >= 2, progress
