@@ -119,14 +119,15 @@ class ReplicationNode:
                    lambda: self.log("receiver").count("event=listening") > seen, timeout=30)
         return self.receiver_proc
 
-    def mount(self, peer: str, epoch: int, alone: bool):
-        """Mount as primary at ``epoch``, replicating to the receiver on host ``peer``."""
+    def mount(self, peer: str, epoch: int, alone: bool, extra: tuple[str, ...] = ()):
+        """Mount as primary at ``epoch``, replicating to the receiver on host ``peer``;
+        ``extra``: more ``python -m replication mount`` options (e.g. --bandwidth)."""
         seen = self.log("mount").count("event=mounted")
         self.mount_proc = self.lab.spawn(self.host, [
             sys.executable, "-m", "replication", "mount", "--root", str(self.root),
             "--peer", f"{self.lab.addr(peer)}:{self.port}", "--secret-file", str(self.secret),
             "--state", str(self.state), "--epoch", str(epoch), "--ack-timeout", "1",
-            "--status-interval", "0", *(["--alone"] if alone else [])],
+            "--status-interval", "0", *(["--alone"] if alone else []), *extra],
             name="mount", share_mounts=True)
         self.procs.append(self.mount_proc)
         wait_until(f"mounted on {self.host}",

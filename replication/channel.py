@@ -355,6 +355,7 @@ class ChannelClient:
         self._pongs: dict[int, float] = {}
         self._closed: ChannelError | None = ChannelClosed("not connected")
         self.late_errors: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
+        self.late_error_count = 0   # every late error received (each goes to on_late_error)
         self.acked_ops = 0
         # the read side: at most one thread reads the socket at a time (see module doc)
         self._reading = False
@@ -780,6 +781,7 @@ class ChannelClient:
                             or self.ack_mode == AckMode.ASYNC:
                         late = (h.seq, h.status, f.message)
                         self.late_errors.append(late)
+                        self.late_error_count += 1
                     else:
                         self._errors[h.seq] = (h.status, f.message)
                 self._cond.notify_all()

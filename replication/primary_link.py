@@ -5,26 +5,28 @@ The FUSE layer talks to ``link.sender`` (the Replicator). This class owns the
 connection loop around it:
 
   ALONE/lost ──connect──▶ reintegrating (live ops sent AND namespace ops
-  journaled) ──done──▶ in sync (``on_in_sync``) ──receiver silent──▶
-  sender calls ``peer_lost`` ──▶ ALONE, retry.
+  journaled; ops the receiver refuses recorded, not a lost peer) ──final pass
+  under the ordering lock──▶ in sync (``on_in_sync``) ──receiver silent, or a
+  refusal──▶ sender calls ``peer_lost`` ──▶ ALONE, retry.
 
 ``peer_lost`` and ``on_in_sync`` are the owner's hooks (the mirror module
 commits the in-sync set there); standalone, they only log.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import activity_log
 from .activity_log import NOTE, ActivityLog
 from .channel import ChannelClient
 from .dirty_bitmap import BitmapStore, fsync_dir
 from .frame import Feature
-from .ops import NAMESPACE_KINDS, Op
+from .ops import NAMESPACE_KINDS, Op, OpKind
 from .reintegration import Entry, Reintegration, tree_from_manifest
 from .sender import Sender, SenderState
 
@@ -40,11 +42,14 @@ def _write_durably(path: str, text: str) -> None:
 
 
 class ChannelRemote:
-    """reintegration.Remote over a connected ChannelClient."""
+    """reintegration.Remote over a connected ChannelClient. ``sent(seq, op)``:
+    told of each op sent (a late refusal of it can then be recorded)."""
 
-    def __init__(self, client: ChannelClient, timeout: float) -> None:
+    def __init__(self, client: ChannelClient, timeout: float,
+                 sent: Callable[[int, Op], None] | None = None) -> None:
         self.client = client
         self.timeout = timeout
+        self.sent = sent
 
     def query_tree(self) -> dict[str, Entry]:
         return tree_from_manifest(self.client.query_tree(timeout=self.timeout, include_root=True))
@@ -53,7 +58,10 @@ class ChannelRemote:
         return self.client.query_digests(path, block_size)
 
     def send(self, op: Op) -> None:
-        self.client.wait(self.client.send_op(op), self.timeout)
+        seq = self.client.send_op(op)
+        if self.sent is not None:
+            self.sent(seq, op)
+        self.client.wait(seq, self.timeout)
 
 
 class _JournalingRecorder:
@@ -69,6 +77,13 @@ class _JournalingRecorder:
 
     def sent(self, op: Op) -> None:
         if self.journaling and op.kind in NAMESPACE_KINDS:
+            self.store.record(op)
+
+    def refused(self, op: Op, error: OSError) -> None:
+        """The receiver, not in sync yet, refused a live op that succeeded
+        here: record it (a namespace op was journaled when it was sent), so
+        that the running reintegration re-checks its path."""
+        if op.kind not in NAMESPACE_KINDS:
             self.store.record(op)
 
 
@@ -98,6 +113,7 @@ class PrimaryLink:
         self.sender = Sender(self._recorder, self._peer_lost, ack_timeout_s=ack_timeout_s,
                              alone=alone)
         self.sender.on_sent = self._recorder.sent
+        self.sender.on_refused = self._recorder.refused
         # Regions are marked here before the FUSE layer applies a change to them.
         self.activity = ActivityLog(state_dir, epoch)
         self.sender.activity = self.activity
@@ -204,44 +220,82 @@ class PrimaryLink:
 
     def _connect_and_sync(self) -> None:
         client = ChannelClient(self.host, self.port, self.secret, self.epoch, self.ack_mode,
-                               on_late_error=lambda *a: self.sender.detach(f"late error {a}"))
+                               on_late_error=lambda seq, err, message: self.sender.late_error(
+                                   client, seq, err, message))
         client.connect()
         self.phase = "reintegrating"
         log.info("event=link_connected peer=%s:%d", self.host, self.port)
         self._recorder.journaling = True
         with self.sender.ordering_lock:
-            self.sender.attach(client)
+            # The peer is out of the in-sync set only if this side went ALONE
+            # (or started so): only then may its refusals wait for the
+            # reintegration. A peer said to be in sync must apply every op.
+            settling = self.sender.state is SenderState.ALONE
+            self.sender.attach(client, settling=settling, late_errors=self.ack_mode != "apply")
             self._client = client
         if not os.path.exists(self._baseline_path):
             self._use_peer_activity(client)
         self.reintegration = Reintegration(
-            self.local_root, ChannelRemote(client, self.ack_timeout_s), store=self.store,
+            self.local_root, ChannelRemote(client, self.ack_timeout_s,
+                                           sent=lambda seq, op: self.sender.remember(client, seq, op)),
+            store=self.store,
             state_dir=self.state_dir, bandwidth=self.bandwidth,
             # The bitmaps only cover changes since the copies were last identical:
             # before a first complete reintegration there is no such point.
             force_digests=not os.path.exists(self._baseline_path),
             guard=lambda path: self.sender.ordering_lock,
+            final_guard=lambda: self._final_pass(client),
             on_progress=lambda p: log.info(
-                "event=reintegration_progress phase=%s files=%d/%d bytes=%d/%d rate_Bps=%.0f",
-                p["phase"], p["files_done"], p["files_total"], p["bytes_done"], p["bytes_total"],
-                p["rate_Bps"]))
+                "event=reintegration_progress phase=%s pass=%d files=%d/%d bytes=%d/%d "
+                "rate_Bps=%.0f eta_s=%s pending_paths=%d pending_bytes=%d",
+                p["phase"], p["pass"], p["files_done"], p["files_total"], p["bytes_done"],
+                p["bytes_total"], p["rate_Bps"],
+                "-" if p["eta_s"] is None else f"{p['eta_s']:.1f}",
+                p["pending_paths"], p["pending_bytes"]))
         started = time.monotonic()
-        log.info("event=reintegration_started peer=%s:%d force_digests=%s",
-                 self.host, self.port, self.reintegration.force_digests)
+        log.info("event=reintegration_started peer=%s:%d force_digests=%s settling=%s",
+                 self.host, self.port, self.reintegration.force_digests, settling)
         result = self.reintegration.run()
+        log.info("event=in_sync peer=%s:%d seconds=%.3f bytes_sent=%d bytes_read=%d "
+                 "force_digests=%s passes=%d refusals_recorded=%d", self.host, self.port,
+                 time.monotonic() - started, result.get("bytes_sent", 0),
+                 result.get("bytes_done", 0), self.reintegration.force_digests,
+                 result.get("pass", 0), self.sender.status()["refusals_recorded"])
+        self._on_in_sync()
+
+    def _settle(self, client: ChannelClient) -> None:
+        """Under the ordering lock: every op sent so far answered, and each one
+        the receiver refused recorded. A receiver that does not answer within
+        the bounds here is a lost peer (the reintegration fails)."""
+        self.sender.quiesce(2 * self.ack_timeout_s)
+        if self.ack_mode != "apply":
+            # Acknowledged on receipt (or not at all): a refusal comes later, as a
+            # late error. An FSYNC of the tree is acknowledged only once every op
+            # before it was applied (the receiver applies in order), so after it
+            # every such refusal has arrived; then wait until each was handled.
+            client.send_op(Op(OpKind.FSYNC, ""))
+            client.drain(4 * self.ack_timeout_s)
+            self.sender.quiesce_late(client, lambda: client.late_error_count, self.ack_timeout_s)
+
+    @contextlib.contextmanager
+    def _final_pass(self, client: ChannelClient) -> Iterator[Callable[[], None]]:
+        """Reintegration's final pass runs inside: the ordering lock held (no
+        live op starts); it calls what this yields (``_settle``) before each
+        look at what is pending, so every refusal is recorded by then. After
+        the pass, still under the lock,
+        the copies are identical: the in-sync transition happens here, so no
+        live op can fall between the last check and the switch to strict
+        replication (where a refusal is a lost peer again)."""
         with self.sender.ordering_lock:
+            yield lambda: self._settle(client)
             if self.sender.state is not SenderState.CONNECTED:
                 raise ConnectionError("receiver lost during reintegration")
             # Everything up to here is on the receiver; live ops are replicated.
             if client.features & Feature.ACTIVITY_LOG:
                 client.declare_in_sync(self.ack_timeout_s)
+            self.sender.settled()
             self._recorder.journaling = False
             self.store.reset()
             if not os.path.exists(self._baseline_path):
                 _write_durably(self._baseline_path, f"copies identical at epoch {self.epoch}\n")
             self.phase = "in_sync"
-        log.info("event=in_sync peer=%s:%d seconds=%.3f bytes_sent=%d bytes_read=%d "
-                 "force_digests=%s", self.host, self.port, time.monotonic() - started,
-                 result.get("bytes_sent", 0), result.get("bytes_done", 0),
-                 self.reintegration.force_digests)
-        self._on_in_sync()

@@ -15,8 +15,17 @@ Order of work:
    metadata is set after its contents (they change its mtime);
 3. re-check, by digest, what changed under the walk: paths that namespace or
    metadata ops touched since the run began, paths still marked in the store,
-   and every name of the hard-linked files among them; repeat until a round
-   finds nothing (at most ``max_recheck_rounds``).
+   and every name of the hard-linked files among them. Each re-check round is a
+   *pass* over what the previous one left pending, so under a steady write rate
+   the pending set shrinks round by round;
+4. the final pass, inside ``final_guard()`` (the sender's ordering lock, held
+   for the whole pass): what is still pending, with no live op able to slip in;
+   the owner declares the copies in sync before it releases the guard. It
+   starts once the pending bytes are at most ``final_pass_bytes``, stopped
+   shrinking, or after ``max_recheck_rounds``: reintegration ends in a bounded
+   number of passes whatever the application does, at the price of one pause
+   of the application as long as the final pass. Without ``final_guard``, the
+   rounds go on until one finds nothing (at most ``max_recheck_rounds``).
 
 A regular file's content is brought up to date by one of:
 
@@ -39,7 +48,9 @@ are cleared inside the guard, after the remote acknowledged them. What the
 sender must do meanwhile: ``store.record`` every namespace and metadata op
 (not writes), and every op the receiver refuses (its copy is not in sync yet:
 a path not created there, a rename that means something else there); such a
-refusal is not a lost peer. The driver then re-checks those paths. A remote
+refusal is not a lost peer. The driver then re-checks those paths (a refusal
+recorded after its path was synced in a pass is taken by the next one; the
+owner's ``final_guard`` waits until every op sent was answered and recorded). A remote
 refusal met by the driver itself on a regular file makes it copy that file
 whole; other refusals and connection errors end the run (resume later).
 
@@ -74,6 +85,9 @@ from replication.ops import Op, OpKind
 DEFAULT_MAX_WRITE = 1 << 20
 CURSOR_SAVE_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 0.5
+# The final pass runs under the sender's lock (the application waits): start it
+# once what is pending reads at most this much (digests of both copies).
+DEFAULT_FINAL_PASS_BYTES = 64 << 20
 # Bursts of this many seconds of bandwidth are allowed under a cap.
 BURST_S = 0.25
 
@@ -396,7 +410,9 @@ class Reintegration:
     ``bandwidth``: cap in bytes/s on WRITE payloads (None: no cap).
     ``on_progress``: called with ``progress()`` every ``PROGRESS_INTERVAL_S``
     and at phase changes. ``guard(path)``: the sender's per-path lock (see the
-    module docstring). ``local_root`` is the real directory under the mount;
+    module docstring). ``final_guard()``: held around the final pass (module
+    docstring, step 4); what it yields, if callable, is called before each
+    look at what is pending in it; ``final_pass_bytes``: when to start it. ``local_root`` is the real directory under the mount;
     in the process that holds it open, ``/proc/self/fd/N`` works.
     """
 
@@ -409,6 +425,8 @@ class Reintegration:
                  bandwidth: float | None = None,
                  on_progress: Callable[[dict[str, Any]], None] | None = None,
                  guard: Callable[[str], AbstractContextManager[object]] | None = None,
+                 final_guard: Callable[[], AbstractContextManager[object]] | None = None,
+                 final_pass_bytes: int = DEFAULT_FINAL_PASS_BYTES,
                  max_recheck_rounds: int = 8,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -425,21 +443,28 @@ class Reintegration:
                         if bandwidth is not None else None)
         self._on_progress = on_progress
         self._guard = guard or (lambda path: contextlib.nullcontext())
+        self._final_guard = final_guard
+        self.final_pass_bytes = final_pass_bytes
         self._max_recheck_rounds = max_recheck_rounds
         self._clock = clock
         self._sleep = sleep
         self._progress: dict[str, Any] = {
             "phase": "idle", "path": "", "files_done": 0, "files_total": 0,
             "bytes_done": 0, "bytes_total": 0, "bytes_sent": 0, "ops_sent": 0,
-            "elapsed_s": 0.0, "rate_Bps": 0.0, "eta_s": None}
+            "elapsed_s": 0.0, "rate_Bps": 0.0, "eta_s": None,
+            # pass 1: the whole tree; then one per re-check round; final_pass:
+            # the last one, under final_guard. pending_*: what the current pass
+            # started with (re-check passes only).
+            "pass": 0, "final_pass": False, "pending_paths": 0, "pending_bytes": 0}
         self._started = 0.0
         self._resumed_bytes = 0     # done in an earlier run: not part of the rate
 
     # ---- progress ------------------------------------------------------
 
     def progress(self) -> dict[str, Any]:
-        """Snapshot: phase, current path, files and bytes done/total (bytes =
-        the data this run reads or sends), bytes and ops sent, rate, ETA (s)."""
+        """Snapshot: phase, pass number, current path, files and bytes
+        done/total (bytes = the data this run reads or sends; totals grow as
+        passes start), bytes and ops sent, rate, ETA (s) of the known work."""
         snapshot = dict(self._progress)
         elapsed = self._clock() - self._started if snapshot["phase"] != "idle" else 0.0
         rate = (snapshot["bytes_done"] - self._resumed_bytes) / elapsed if elapsed > 0 else 0.0
@@ -484,6 +509,7 @@ class Reintegration:
                          if self.store else set())
         self._digester = concurrent.futures.ThreadPoolExecutor(1, "reintegration-digest")
         try:
+            self._progress["pass"] = 1
             if self._cursor["phase"] == "sync":
                 self._phase("sync")
                 self._sync_round([""], resume_after=self._cursor["last_path"], force=False)
@@ -506,22 +532,61 @@ class Reintegration:
         into place, a refused live op left a mark."""
         if self.store is None:
             return
+        previous: int | None = None
         for _ in range(self._max_recheck_rounds):
-            position = self.store.journal_position()
-            entries = self.store.journal(self._cursor["recheck_from"])[
-                :position - self._cursor["recheck_from"]]
-            # Also: metadata changes, and marks left (ops the receiver refused
-            # while this ran, or made through a name synced earlier).
-            paths = (changed_paths(entries) | set(self.store.paths())
-                     | {entry.path for entry in entries if entry.kind in METADATA_KINDS})
-            tops = _outermost(list(paths))
-            if not tops:
+            position, tops, pending = self._pending()
+            if not tops and self._final_guard is None:
                 return
-            self._sync_round(tops, resume_after=None, force=True)
-            self._cursor["recheck_from"] = position
-            self._save_cursor()
-        raise ReintegrationError(f"tree still changing after {self._max_recheck_rounds} "
-                                 f"re-check rounds; run again (it resumes) when it is quieter")
+            if self._final_guard is not None and (
+                    pending <= self.final_pass_bytes
+                    or (previous is not None and pending >= previous)):
+                break       # small enough, or no longer shrinking: settle it under the lock
+            self._pass(tops, pending, position)
+            previous = pending
+        else:
+            if self._final_guard is None:
+                raise ReintegrationError(
+                    f"tree still changing after {self._max_recheck_rounds} re-check rounds; "
+                    f"run again (it resumes) when it is quieter")
+        with self._final_guard() as settle:
+            # Nothing changes the tree now. ``settle()`` (if given) returns once
+            # every op sent before was answered and its refusal recorded, the
+            # final pass's own included: then what is pending is all there is.
+            self._progress["final_pass"] = True
+            self._phase("final")
+            for _ in range(self._max_recheck_rounds):
+                if callable(settle):
+                    settle()
+                position, tops, pending = self._pending()
+                if not tops:
+                    return
+                self._pass(tops, pending, position)
+            raise ReintegrationError(f"the final pass still found changes after "
+                                     f"{self._max_recheck_rounds} rounds under the lock")
+
+    def _pending(self) -> tuple[int, list[str], int]:
+        """(journal position, subtrees to re-check, bytes a digest pass over
+        them reads here): paths journaled since the last pass, metadata
+        changes, and marks left (ops the receiver refused while this ran, or
+        made through a name synced earlier)."""
+        position = self.store.journal_position()
+        entries = self.store.journal(self._cursor["recheck_from"])[
+            :position - self._cursor["recheck_from"]]
+        paths = (changed_paths(entries) | set(self.store.paths())
+                 | {entry.path for entry in entries if entry.kind in METADATA_KINDS})
+        tops = _outermost(list(paths))
+        pending = sum(entry.size for top in tops for entry in scan_tree(self.local_root, top).values()
+                      if entry.type == FileType.FILE)
+        return position, tops, pending
+
+    def _pass(self, tops: list[str], pending: int, position: int) -> None:
+        """One re-check pass over ``tops``; the journal is then taken up to ``position``."""
+        self._progress.update({"pass": self._progress["pass"] + 1, "pending_paths": len(tops),
+                               "pending_bytes": pending})
+        self._report(force=True)
+        self._sync_round(tops, resume_after=None, force=True)
+        self._cursor["recheck_from"] = position
+        self._save_cursor()
 
     # ---- a round: the whole tree, or the re-checked subtrees -----------------
 

@@ -14,19 +14,39 @@ returns:
   fails with EIO from then on: nothing goes on unreplicated and unrecorded.
 * ALONE: each op is recorded as changed, durably, before ``wait`` returns;
   reintegration later sends only what was recorded.
+* CONNECTED and *settling* (attached for a reintegration, until ``settled``):
+  the receiver's copy is not in sync yet, so it may refuse an op that
+  succeeded here (a write to a file it does not have yet, a rename of a name
+  it never had). Such a refusal is handed to ``on_refused`` (the owner records
+  the op, durably, for the running reintegration to settle) and the op is
+  answered as done; only a transport failure, a timeout or a stale epoch is a
+  lost peer. Once ``settled``, a refusal is a lost peer again: an in-sync copy
+  must apply every op. With acknowledgements on receipt (or none), a refusal
+  comes later, as a *late error* naming only the op's sequence number: while
+  settling, the sender keeps a light copy (no data) of the last
+  ``LATE_OPS_KEPT`` ops it sent, to record the refused one; a late error for
+  an op no longer kept is a lost peer.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import errno
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from .ops import Op
+from .channel import ReplicationRefused, StaleEpoch
+from .ops import WRITE_SETS_TIMES, Op, OpKind
 from .ordering_lock import OrderingLock
 
 log = logging.getLogger("replication.sender")
+
+# Ops remembered for late errors while settling (~200 bytes each): the receiver's
+# apply lag is far shorter than this many ops.
+LATE_OPS_KEPT = 1 << 16
 
 
 class ChangeRecorder(Protocol):
@@ -71,6 +91,13 @@ class Sender:
         # so that channel order is local order.
         self.ordering_lock = OrderingLock()
         self._lock = threading.Lock()
+        # Notified whenever an op leaves _in_flight (``quiesce`` waits on it).
+        self._answered = threading.Condition(self._lock)
+        self._settling = False
+        self._refusals = 0      # refusals recorded while settling, this generation
+        self._keep_for_late = False
+        self._sent_ops: dict[int, Op] = {}  # seq -> op without data (settling, late errors)
+        self._late_handled = 0  # late errors of this generation's channel handled
         self._state = SenderState.ALONE if alone else SenderState.CONNECTED
         self._channel: Channel | None = None
         self._generation = 0
@@ -82,6 +109,9 @@ class Sender:
         # Called with each op sent while connected (reintegration journals
         # namespace ops with it); runs under the ordering lock.
         self.on_sent: Callable[[Op], None] | None = None
+        # While settling: records an op the receiver refused (durable when it
+        # returns); runs on the waiting thread, outside the ordering lock.
+        self.on_refused: Callable[[Op, OSError], None] | None = None
         # The activity log (DESIGN.md "In-flight writes"): the FUSE layer marks
         # regions in it before it applies a change. None: no activity log.
         self.activity = None
@@ -91,15 +121,108 @@ class Sender:
     def state(self) -> SenderState:
         return self._state
 
-    def attach(self, channel: Channel) -> None:
-        """Start replicating live ops on ``channel`` (after, or during, reintegration)."""
+    def attach(self, channel: Channel, settling: bool = False,
+               late_errors: bool = False) -> None:
+        """Start replicating live ops on ``channel``. ``settling``: a
+        reintegration runs, so refusals go to ``on_refused`` until ``settled``.
+        ``late_errors``: the channel reports refusals after acknowledging
+        (receipt or async mode; see ``late_error``)."""
         with self._lock:
+            self._keep_for_late = late_errors
+            self._sent_ops.clear()
+            self._late_handled = 0
             self._generation += 1
             self._channel = channel
             self._in_flight.clear()
             self._state = SenderState.CONNECTED
             self._failure = None
-        log.info("event=sender_connected generation=%d", self._generation)
+            self._settling = settling
+            self._refusals = 0
+        log.info("event=sender_connected generation=%d settling=%s", self._generation, settling)
+
+    def quiesce(self, timeout: float) -> None:
+        """Return once every op submitted so far was answered (a refusal
+        recorded by ``on_refused``). The caller holds the ordering lock, so
+        nothing new is submitted meanwhile. Raises TimeoutError (the receiver
+        is not answering: the caller treats it as a lost peer)."""
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while self._in_flight and self._state is SenderState.CONNECTED:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{len(self._in_flight)} op(s) still unanswered "
+                                       f"after {timeout} s")
+                self._answered.wait(remaining)
+            if self._state is not SenderState.CONNECTED:
+                raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+
+    def quiesce_late(self, channel: Channel, received: Callable[[], int], timeout: float) -> None:
+        """Return once the late errors ``received()`` counts for ``channel`` were
+        all handled (the caller put a barrier on the channel first, so every
+        refusal of an op sent before is among them)."""
+        deadline = time.monotonic() + timeout
+        with self._answered:
+            while self._channel is channel and self._late_handled < received():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"late errors still being handled after {timeout} s")
+                self._answered.wait(min(remaining, 0.05))
+            if self._channel is not channel or self._state is not SenderState.CONNECTED:
+                raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+
+    def settled(self) -> None:
+        """The reintegration is complete (caller holds the ordering lock, after
+        ``quiesce``): from now on a refusal is a lost peer."""
+        with self._lock:
+            self._settling = False
+            self._sent_ops.clear()
+
+    def late_error(self, channel: Channel, seq: int, err: int, message: str) -> None:
+        """The channel's late-error hook: ``seq`` was refused after it was
+        acknowledged. Settling: record it (as ``wait`` does for a refusal);
+        else, or if the op is no longer known, the peer is lost."""
+        with self._lock:
+            if channel is not self._channel:
+                return          # an earlier connection's: that loss was handled then
+            generation = self._generation
+            op = self._sent_ops.get(seq) if self._settling else None
+            if op is None and self._settling:
+                # A WRITE with times goes as WRITE + UTIMENS to an older receiver:
+                # seq may be the WRITE's, one before the seq the sender was given.
+                after = self._sent_ops.get(seq + 1)
+                if after is not None and after.kind == OpKind.WRITE and after.mode & WRITE_SETS_TIMES:
+                    op = after
+        error = ReplicationRefused(err, message)
+        try:
+            if op is not None and err != errno.ESTALE and self.on_refused is not None:
+                try:
+                    self.on_refused(op, error)
+                except OSError as e:
+                    with self._lock:
+                        self._state = SenderState.FAILED
+                        self._failure = f"cannot record a refused op: {e}"
+                    log.error("event=sender_failed reason=%r", self._failure)
+                    return
+                with self._lock:
+                    self._refusals += 1
+                return
+            # The op was answered already, so it is in no in-flight list: record
+            # it with the loss. Not known any more (in sync, nothing is kept):
+            # the whole tree is recorded as changed (as BitmapStore.note('')
+            # does), so the next reintegration compares every file's digests.
+            self._lose_peer(generation, f"late error for seq {seq}: {message}",
+                            extra=[op if op is not None else Op(OpKind.CREATE, "")])
+        finally:
+            with self._answered:
+                self._late_handled += 1
+                self._answered.notify_all()
+
+    def remember(self, channel: Channel, seq: int, op: Op) -> None:
+        """An op sent on ``channel`` by someone else (the reintegration itself):
+        kept like the live ones, so that a late refusal of it is recorded too."""
+        with self._lock:
+            if channel is self._channel and self._settling and self._keep_for_late:
+                self._keep_sent(seq, op)
 
     def detach(self, reason: str) -> None:
         """Owner-initiated: stop replicating (e.g. the secondary was stopped)."""
@@ -125,7 +248,8 @@ class Sender:
     def status(self) -> dict:
         with self._lock:
             return {"state": self._state.value, "in_flight": len(self._in_flight),
-                    "generation": self._generation, "failure": self._failure}
+                    "generation": self._generation, "failure": self._failure,
+                    "settling": self._settling, "refusals_recorded": self._refusals}
 
     # ---- Replicator API (called by the FUSE layer) ------------------------------
     def submit(self, op: Op) -> Ticket:
@@ -142,6 +266,8 @@ class Sender:
                     send_error = e
                 else:
                     self._in_flight[seq] = op
+                    if self._settling and self._keep_for_late:
+                        self._keep_sent(seq, op)
                     if self.on_sent is not None:
                         self.on_sent(op)
                     return Ticket(generation, seq)
@@ -159,11 +285,11 @@ class Sender:
         if ticket.seq is not None:
             try:
                 self._channel_of(ticket).wait(ticket.seq, self.ack_timeout_s)
-                with self._lock:
-                    self._in_flight.pop(ticket.seq, None)
+                self._answer(ticket)
                 return
             except OSError as e:
-                self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
+                if not self._settle_refusal(ticket, e):
+                    self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
         # An op recorded while the peer-loss transition runs is answered only after
         # the owner's hook returned (the peer is then out of the in-sync set).
         self._transition.wait()
@@ -173,6 +299,51 @@ class Sender:
             raise ReplicationUnavailable(f"replication failed: {self._failure}")
 
     # ---- internals -------------------------------------------------------------------
+    def _keep_sent(self, seq: int, op: Op) -> None:
+        """Caller holds _lock. What ``record`` needs of ``op``, without its data."""
+        if op.data:
+            op = dataclasses.replace(op, data=b"", length=len(op.data))
+        self._sent_ops[seq] = op
+        if len(self._sent_ops) > LATE_OPS_KEPT:
+            del self._sent_ops[next(iter(self._sent_ops))]
+
+    def _answer(self, ticket: Ticket) -> None:
+        with self._answered:
+            if ticket.generation == self._generation:
+                self._in_flight.pop(ticket.seq, None)
+                self._answered.notify_all()
+
+    def _settle_refusal(self, ticket: Ticket, error: OSError) -> bool:
+        """A refusal while settling: record the op and answer it (True). False:
+        not a refusal (transport, timeout), a stale epoch (we are fenced), or
+        not settling: the caller loses the peer."""
+        refused = isinstance(error, ReplicationRefused) and not isinstance(error, StaleEpoch)
+        with self._lock:
+            op = self._in_flight.get(ticket.seq)
+            if not (refused and self._settling and op is not None
+                    and ticket.generation == self._generation
+                    and self._state is SenderState.CONNECTED and self.on_refused is not None):
+                return False
+        # Outside the lock: recording fsyncs. The op stays in flight until it is
+        # recorded, so ``quiesce`` (and the in-sync transition) wait for it.
+        try:
+            self.on_refused(op, error)
+        except OSError as e:
+            with self._lock:
+                self._state = SenderState.FAILED
+                self._failure = f"cannot record a refused op: {e}"
+            log.error("event=sender_failed reason=%r", self._failure)
+            self._answer(ticket)
+            raise ReplicationUnavailable(self._failure) from e
+        with self._lock:
+            self._refusals += 1
+            first = self._refusals == 1
+        if first:   # PostgreSQL makes thousands while a WAL segment is missing: one line
+            log.info("event=refused_while_settling op=%r reason=%r action=recorded",
+                     op.describe(), str(error))
+        self._answer(ticket)
+        return True
+
     def _channel_of(self, ticket: Ticket) -> Channel:
         with self._lock:
             if ticket.generation != self._generation or self._channel is None:
@@ -201,6 +372,7 @@ class Sender:
                 self._state = SenderState.ALONE
                 pending = [op for _, op in sorted(self._in_flight.items())] + list(extra)
                 self._in_flight.clear()
+                self._answered.notify_all()
                 channel, self._channel = self._channel, None
                 first = True
             if first:

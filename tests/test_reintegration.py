@@ -444,6 +444,63 @@ def test_live_ops_during_reintegration_end_up_on_both_sides(initial, data, every
         assert without_times(snapshot(local)) == without_times(snapshot(remote_root))
 
 
+class EndlessTraffic(LiveTraffic):
+    """An application that is never quiet: at every guard boundary a segment
+    is written under a temporary name and renamed over an older one (a
+    namespace op: every re-check pass finds new work). Inside ``final_guard``
+    nothing happens: it stands for the sender's ordering lock."""
+
+    def __init__(self, root: str, local: str, store: BitmapStore) -> None:
+        super().__init__(root, local, store, [], every=1)
+        self.made = 0
+        self.locked = False
+
+    def _maybe_live_op(self) -> None:
+        if self.locked:
+            return
+        if not self.live:
+            n, self.made = self.made, self.made + 1
+            self.live = [Op(OpKind.CREATE, f"wal/tmp{n}", mode=0o600),
+                         Op(OpKind.WRITE, f"wal/tmp{n}", offset=0, data=content(n, 3 * BS)),
+                         Op(OpKind.RENAME, f"wal/tmp{n}", f"wal/seg{n % 4}")]
+        super()._maybe_live_op()
+
+    @contextlib.contextmanager
+    def final_guard(self):
+        self.locked = True
+        try:
+            yield
+        finally:
+            self.locked = False
+
+
+@pytest.mark.parametrize("final_pass_bytes", [0, 1 << 30])
+def test_reintegration_ends_while_the_application_never_stops_writing(tmp_path, final_pass_bytes):
+    """Item 2 of issue 15: without a final pass under the lock the re-check
+    rounds chase the writer for ever (the old code gave up after 8 rounds
+    with ReintegrationError and started over). With it, the run ends in a
+    bounded number of passes and the copies are identical. 0: the final pass
+    only when the pending set stops shrinking or the rounds run out; 1 GiB:
+    at once."""
+    local, remote_root = tmp_path / "local", tmp_path / "remote"
+    for i in range(12):
+        write(str(local / "base" / f"r{i}"), content(i, 5 * BS))
+    (local / "wal").mkdir()
+    remote_root.mkdir()
+    store = BitmapStore(str(tmp_path / "state"), block_size=BS)
+    with EndlessTraffic(str(remote_root), str(local), store) as remote:
+        final = reintegrate(str(local), remote, store=store, guard=remote.guard,
+                            final_guard=remote.final_guard, final_pass_bytes=final_pass_bytes)
+        made = remote.made
+    store.close()
+    assert made > 8, made                    # the writer kept going through the passes
+    assert final["final_pass"] and final["phase"] == "done"
+    assert 1 <= final["pass"] <= 1 + 8 + 8, final
+    if final_pass_bytes:
+        assert final["pass"] <= 2, final     # straight to the final pass
+    assert without_times(snapshot(str(local))) == without_times(snapshot(str(remote_root)))
+
+
 # ---- deterministic cases -----------------------------------------------------------
 
 

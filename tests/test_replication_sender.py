@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from replication.channel import ReplicationRefused, StaleEpoch
 from replication.ops import Op, OpKind
 from replication.sender import ReplicationUnavailable, Sender, SenderState
 
@@ -172,3 +173,125 @@ def test_shutdown_with_an_unacknowledged_op_is_a_peer_loss():
     s.submit(write(1))
     s.shutdown("stopping")
     assert lost == ["stopping"] and rec.ops == [write(1)]
+
+
+# ---- settling: a reintegration runs, the receiver's copy is not in sync yet --------------
+
+class RefusingChannel(MemoryChannel):
+    """Answers each op with the error ``refuse(op)`` gives (None: acknowledged)."""
+
+    def __init__(self, refuse):
+        super().__init__()
+        self.refuse = refuse
+
+    def wait(self, seq, timeout):
+        error = self.refuse(self.sent[seq - 1])
+        if error is not None:
+            raise error
+
+
+ENOENT = ReplicationRefused(2, "WRITE f1 @1+1: No such file or directory")
+
+
+def settling_sender(refuse):
+    lost, refused = [], []
+    s = Sender(Recorder(), lost.append, ack_timeout_s=1.0, alone=True)
+    s.on_refused = lambda op, error: refused.append((op, error.errno))
+    s.attach(RefusingChannel(refuse), settling=True)
+    return s, lost, refused
+
+
+def test_settling_a_refusal_is_recorded_and_answered_not_a_lost_peer():
+    s, lost, refused = settling_sender(lambda op: ENOENT if op.path == "f1" else None)
+    for i in range(3):
+        s.wait(s.submit(write(i)))
+    assert lost == [] and refused == [(write(1), 2)]
+    assert s.state is SenderState.CONNECTED
+    assert s.status()["in_flight"] == 0 and s.status()["refusals_recorded"] == 1
+    s.quiesce(1.0)      # nothing unanswered: returns at once
+
+
+@pytest.mark.parametrize("error", [StaleEpoch(116, "epoch 1 is older than 2"),
+                                   TimeoutError("no ack"), ConnectionError("reset")])
+def test_settling_a_stale_epoch_timeout_or_transport_failure_is_still_a_lost_peer(error):
+    s, lost, refused = settling_sender(lambda op: error)
+    s.wait(s.submit(write(1)))
+    assert refused == [] and len(lost) == 1 and s.state is SenderState.ALONE
+
+
+def test_after_settled_a_refusal_is_a_lost_peer_again():
+    s, lost, refused = settling_sender(lambda op: ENOENT)
+    s.wait(s.submit(write(1)))
+    s.settled()
+    s.wait(s.submit(write(2)))
+    assert [op for op, _ in refused] == [write(1)]
+    assert len(lost) == 1 and "No such file" in lost[0] and s.state is SenderState.ALONE
+
+
+def test_a_refusal_that_cannot_be_recorded_fails_the_write():
+    s, lost, _ = settling_sender(lambda op: ENOENT)
+
+    def full(op, error):
+        raise OSError(28, "No space left on device")
+    s.on_refused = full
+    with pytest.raises(ReplicationUnavailable, match="cannot record"):
+        s.wait(s.submit(write(1)))
+    assert s.state is SenderState.FAILED and lost == []
+
+
+def test_quiesce_waits_until_the_refused_op_is_recorded():
+    """The in-sync transition must see every refusal recorded: quiesce returns
+    only after the waiting thread's on_refused returned."""
+    recording, release = threading.Event(), threading.Event()
+    s, lost, refused = settling_sender(lambda op: ENOENT)
+
+    def slow(op, error):
+        recording.set()
+        release.wait(10)
+        refused.append(op)
+    s.on_refused = slow
+    ticket = s.submit(write(1))
+    waiter = threading.Thread(target=s.wait, args=(ticket,))
+    waiter.start()
+    assert recording.wait(10)
+    quiesced = threading.Event()
+    q = threading.Thread(target=lambda: (s.quiesce(10), quiesced.set()))
+    q.start()
+    assert not quiesced.is_set() and refused == []   # still recording: not answered yet
+    release.set()
+    q.join(10)
+    waiter.join(10)
+    assert quiesced.is_set() and refused == [write(1)] and lost == []
+
+
+def test_late_refusals_settling_known_op_recorded_else_a_loss_that_records_the_whole_tree():
+    """Receipt mode: a refusal comes after the op was answered, by seq."""
+    lost, refused, rec = [], [], Recorder()
+    s = Sender(rec, lost.append, ack_timeout_s=1.0, alone=True)
+    s.on_refused = lambda op, error: refused.append(op)
+    ch = MemoryChannel()
+    s.attach(ch, settling=True, late_errors=True)
+    big = Op(OpKind.WRITE, "seg", offset=8192, data=b"w" * 8192)
+    s.wait(s.submit(big))
+    s.late_error(ch, 1, 2, "WRITE seg @8192+8192: No such file or directory")
+    # Kept without its data, with what recording needs (the range).
+    assert lost == [] and [(op.path, op.offset, op.length, op.data) for op in refused] == \
+        [("seg", 8192, 8192, b"")]
+    s.late_error(MemoryChannel(), 1, 2, "from an earlier connection")    # ignored
+    assert lost == []
+    s.settled()
+    s.wait(s.submit(write(2)))
+    s.late_error(ch, 2, 2, "WRITE f2: No such file or directory")
+    assert len(lost) == 1 and s.state is SenderState.ALONE
+    assert rec.ops == [Op(OpKind.CREATE, "")]      # not known any more: the whole tree
+
+
+def test_late_stale_epoch_while_settling_is_a_loss():
+    lost, rec = [], Recorder()
+    s = Sender(rec, lost.append, ack_timeout_s=1.0, alone=True)
+    s.on_refused = lambda op, error: pytest.fail("a stale epoch is not a refusal to record")
+    ch = MemoryChannel()
+    s.attach(ch, settling=True, late_errors=True)
+    s.wait(s.submit(write(1)))
+    s.late_error(ch, 1, 116, "epoch 1 is older than this receiver's epoch 2")
+    assert len(lost) == 1 and [(op.path, op.offset, op.length) for op in rec.ops] == [("f1", 1, 1)]
