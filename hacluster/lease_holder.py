@@ -116,6 +116,7 @@ class LeaseHolder:
         self._on_acquired = on_acquired
         self._on_lost = on_lost
         self._watchers: list[Callable[[bool], None]] = []
+        self._renewal_watchers: list[Callable[[float], None]] = []
         self._wake = asyncio.Event()
         self._deadline_timer: asyncio.TimerHandle | None = None
         # Bumped on every loss, so a late answer to an older renewal is ignored.
@@ -139,6 +140,12 @@ class LeaseHolder:
         """``callback(True)`` when the lease is acquired, ``callback(False)`` when it
         is lost (deadline, refusal, stop): for components that act only while it is held."""
         self._watchers.append(callback)
+
+    def watch_renewals(self, callback: Callable[[float], None]) -> None:
+        """``callback(valid_until)`` after every successful acquire or renewal, with the
+        holder's new deadline (monotonic): for what the kernel holds on this lease's
+        behalf and must expire by itself at that deadline (DESIGN.md rule 7)."""
+        self._renewal_watchers.append(callback)
 
     def wake(self) -> None:
         """The lease changed in Raft (expired, released): try again now."""
@@ -205,6 +212,10 @@ class LeaseHolder:
                     self._on_acquired(result["epoch"])
                 for watcher in list(self._watchers):
                     watcher(True)
+            valid_until = self.lease.valid_until()
+            if valid_until is not None and self.lease.epoch is not None:
+                for renewed in list(self._renewal_watchers):
+                    renewed(valid_until)
         elif self.lease.epoch is not None:
             self._lose(f"refused: {result.get('error')}")
         else:

@@ -251,3 +251,56 @@ def test_drop_after_cancelled_raise_leaves_nothing(make_lab):
     assert proc(lab, "a", "race", vip_of(lab), "--rounds", "30") == {"leftovers": 0,
                                                                       "rounds": 30}
     assert f"{vip_of(lab)}/" not in v4_addrs(lab, "a")
+
+
+# The kernel's address-expiry work may run this late after a lifetime ends (devinet.c
+# check_lifetime: rounding to a whole second within 250 ms, runs at most once a second).
+KERNEL_EXPIRY_LAG_S = 1.25
+
+
+def _valid_lft(lab, host, addr) -> int | None:
+    out = json.loads(lab.run(host, ["ip", "-j", "-4", "addr", "show"]).stdout)
+    for link in out:
+        for a in link.get("addr_info", []):
+            if a.get("local") == addr:
+                return a.get("valid_life_time")
+    return None
+
+
+@needs_root
+def test_vip_on_a_lease_is_refreshed_and_expires_in_the_kernel_when_its_holder_is_killed(make_lab):
+    """The announcer's address carries a finite lifetime that renewals extend; SIGKILL
+    its process and the kernel removes the address by itself, at the last lease
+    deadline it was given (plus the kernel's own expiry lag)."""
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    holder = lab.spawn("a", [*VIP_PROC, "lease", vip, "--lease", "1.5", "--margin", "0.3"],
+                       name="vip-lease")
+
+    def deadlines() -> list[float]:
+        return [json.loads(ln)["deadline"] for ln in holder.log_path.read_text().splitlines()
+                if ln.startswith("{")]
+    wait_until("VIP raised", lambda: deadlines() and _valid_lft(lab, "a", vip) is not None, 10)
+    lft = _valid_lft(lab, "a", vip)
+    assert lft is not None and 0 <= lft <= 1      # finite, never past the 1.2 s deadline
+    # 3 s of renewals: four times the kernel lifetime, so it was refreshed, not re-added
+    time.sleep(3.0)
+    assert _valid_lft(lab, "a", vip) is not None
+    assert "vip_readded" not in holder.log_path.read_text()
+
+    holder.kill()
+    killed_at = time.monotonic()
+    last_deadline = deadlines()[-1]
+    assert last_deadline <= killed_at + 1.2
+    gone_at = None
+    while time.monotonic() < last_deadline + KERNEL_EXPIRY_LAG_S + 2.0:
+        if _valid_lft(lab, "a", vip) is None:
+            gone_at = time.monotonic()
+            break
+        time.sleep(0.02)
+    assert gone_at is not None, f"{vip} still on a {time.monotonic() - killed_at:.2f} s after the kill"
+    # the bound: the last deadline the kernel was given, plus its expiry lag (and the
+    # time one `ip` poll takes on a loaded machine)
+    assert gone_at <= last_deadline + KERNEL_EXPIRY_LAG_S + 0.3, (gone_at - last_deadline)
+    print(f"VIP gone {gone_at - killed_at:.3f} s after SIGKILL, "
+          f"{gone_at - last_deadline:+.3f} s from the last deadline")

@@ -9,6 +9,12 @@ raise_() always removes after the add, never before.
 Gratuitous ARP frames are sent directly on the loop from a non-blocking raw socket
 (microseconds, never blocks); so a cancelled refresh task has no frame in flight and
 nothing announces the VIP after drop() returns.
+
+Kernel-side expiry (DESIGN.md rule 7): given ``deadline`` (the holder lease's deadline,
+``time.monotonic()`` seconds, None while not held), the address is added with a finite
+lifetime ending no later than that deadline, and ``lease_renewed`` (hooked to the lease
+holder's renewals) extends it. If the daemon dies or freezes, the kernel removes the
+address by itself: nothing needs the daemon to act for the VIP to go.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
-from vip.address import VipError, add_vip, remove_vip
+from vip.address import VipError, add_vip, refresh_vip, remove_vip
 from vip.garp import GarpSocket
+from vip.lifetime import address_lifetime_s, needs_refresh
 
 log = logging.getLogger("hacluster.vip.announcer")
 
@@ -32,7 +41,13 @@ class VipAnnouncer:
     """One virtual IP held by this node while it is primary."""
 
     def __init__(self, addr: str, prefixlen: int | None, interface: str | None,
-                 refresh_s: float = 10.0, burst: int = 3) -> None:
+                 refresh_s: float = 10.0, burst: int = 3,
+                 deadline: Callable[[], float | None] | None = None,
+                 renew_interval_s: float = 0.0) -> None:
+        """``deadline``: the holder lease's current deadline (None: not held); with it
+        the address expires in the kernel at that deadline unless ``lease_renewed``
+        extends it; without it the address is held until dropped.
+        ``renew_interval_s``: the lease's renewal interval (see lifetime.needs_refresh)."""
         if refresh_s < 0:
             raise VipError(f"bad refresh period {refresh_s!r} s for virtual IP {addr}: "
                            f"need >= 0 (0 = off)")
@@ -47,7 +62,11 @@ class VipAnnouncer:
         self._held_on: str | None = None
         self._garp: GarpSocket | None = None
         self._refresh_task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()  # raise_ and drop never interleave
+        self._lock = asyncio.Lock()  # raise_, drop and lifetime refreshes never interleave
+        self._deadline = deadline
+        self.renew_interval_s = renew_interval_s
+        self._installed_until: float | None = None  # monotonic end of the kernel's lifetime
+        self._lifetime_task: asyncio.Task | None = None
 
     @property
     def raised(self) -> bool:
@@ -76,7 +95,14 @@ class VipAnnouncer:
         """Add the address, send a gratuitous ARP burst, start the refresh task.
         Idempotent: raising a raised VIP sends a new burst."""
         async with self._lock:
-            held_on = await self._netlink(add_vip, self.addr, self.prefixlen, self.interface)
+            if self._deadline is None:
+                held_on = await self._netlink(add_vip, self.addr, self.prefixlen, self.interface)
+            else:
+                deadline = self._deadline()
+                if deadline is None:
+                    raise VipError(f"virtual IP {self.addr}: its lease is not held")
+                held_on, self._installed_until = await self._netlink(
+                    self._add_until, self.interface, deadline)
             self._held_on = held_on
             log.info("event=vip_added addr=%s interface=%s", self.addr, held_on)
             if self._garp is None:
@@ -96,6 +122,63 @@ class VipAnnouncer:
             if self.refresh_s > 0 and self._refresh_task is None:
                 self._refresh_task = asyncio.create_task(
                     self._refresh_loop(), name=f"vip-refresh-{self.addr}")
+
+    def _add_until(self, interface: str | None, deadline: float) -> tuple[str, float]:
+        """(netlink thread) Add the address, or set its lifetime, to end by ``deadline``."""
+        now = time.monotonic()  # read here, just before the call: never a stale "now"
+        lifetime = address_lifetime_s(deadline, now)
+        if lifetime == 0:
+            raise VipError(f"virtual IP {self.addr}: its lease ends in less than a second "
+                           f"(the kernel's lifetime granularity)")
+        return add_vip(self.addr, self.prefixlen, interface, lifetime), now + lifetime
+
+    def _refresh_until(self, interface: str, deadline: float) -> tuple[str, float | None]:
+        """(netlink thread) Extend the address's lifetime to end by ``deadline``; put it
+        back if the kernel expired it (its lease held meanwhile, e.g. a renewal came
+        just late). ("short" | "refreshed" | "readded", new end of the lifetime)."""
+        now = time.monotonic()
+        lifetime = address_lifetime_s(deadline, now)
+        if lifetime == 0:
+            return "short", None
+        if refresh_vip(self.addr, interface, lifetime):
+            return "refreshed", now + lifetime
+        add_vip(self.addr, self.prefixlen, interface, lifetime)
+        return "readded", now + lifetime
+
+    def lease_renewed(self, valid_until: float) -> None:
+        """The holder's lease was renewed up to ``valid_until``: extend the address's
+        kernel lifetime (in the background, when lifetime.needs_refresh says so)."""
+        if self._deadline is None or not self.raised:
+            return
+        if self._lifetime_task is not None and not self._lifetime_task.done():
+            return  # one refresh at a time; the next renewal brings the next one
+        if not needs_refresh(self._installed_until, time.monotonic(), self.renew_interval_s):
+            return
+        self._lifetime_task = asyncio.get_running_loop().create_task(
+            self._refresh_lifetime(valid_until), name=f"vip-lifetime-{self.addr}")
+
+    async def _refresh_lifetime(self, valid_until: float) -> None:
+        async with self._lock:
+            held_on = self._held_on
+            if held_on is None:
+                return  # dropped meanwhile: never bring it back
+            try:
+                outcome, until = await self._netlink(self._refresh_until, held_on, valid_until)
+            except VipError as exc:
+                log.warning("event=vip_lifetime_not_refreshed addr=%s error=%r", self.addr, str(exc))
+                return
+            if until is not None:
+                self._installed_until = until
+            if outcome == "short":
+                log.warning("event=vip_lifetime_not_refreshed addr=%s error=%r", self.addr,
+                            "the lease ends in less than a second")
+            elif outcome == "readded":
+                log.warning("event=vip_readded addr=%s interface=%s reason=%r", self.addr,
+                            held_on, "the kernel had expired it while its lease held")
+                try:
+                    self._send_round(0, "readded")
+                except VipError as exc:
+                    log.warning("event=garp_failed addr=%s error=%r", self.addr, str(exc))
 
     async def _refresh_loop(self) -> None:
         rounds = 0
@@ -125,5 +208,6 @@ class VipAnnouncer:
         where = self._held_on or self.interface
         removed = await self._netlink(remove_vip, self.addr, where)
         self._held_on = None
+        self._installed_until = None
         log.info("event=vip_removed addr=%s interface=%s was_present=%s",
                  self.addr, where, removed)
