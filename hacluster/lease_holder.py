@@ -122,6 +122,7 @@ class LeaseHolder:
         # Bumped on every loss, so a late answer to an older renewal is ignored.
         self.generation = 0
         self.stopping = False
+        self._renew_asap = False   # renew_now() asked for a renewal before it is due
         self.renewing = 0  # batches with this lease in them that have not been answered
         self.last_refusal: str | None = None
         # After an unconfirmed renewal: the earliest time to try again (monotonic).
@@ -147,6 +148,14 @@ class LeaseHolder:
         behalf and must expire by itself at that deadline (DESIGN.md rule 7)."""
         self._renewal_watchers.append(callback)
 
+    def renew_now(self) -> None:
+        """Renew as soon as possible instead of at the next due time: for a caller that
+        needs the deadline further away than it is (the kernel counts a VIP's lifetime
+        in whole seconds). Early renewals are always safe (see the module doc)."""
+        if self.lease.epoch is not None and not self.stopping:
+            self._renew_asap = True
+            self._wake.set()
+
     def wake(self) -> None:
         """The lease changed in Raft (expired, released): try again now."""
         self._wake.set()
@@ -169,7 +178,8 @@ class LeaseHolder:
                         await self._sleep(self.timing.renew_interval_s)
                     continue
                 now = time.monotonic()
-                if self.lease.renew_due(now) and now >= self.retry_not_before:
+                if (self.lease.renew_due(now) or self._renew_asap) and now >= self.retry_not_before:
+                    self._renew_asap = False
                     await self.batch.renew(self)
                 else:
                     due = max(self.lease.renewal_due_at() or now, self.retry_not_before)

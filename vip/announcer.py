@@ -10,10 +10,11 @@ Gratuitous ARP frames are sent directly on the loop from a non-blocking raw sock
 (microseconds, never blocks); so a cancelled refresh task has no frame in flight and
 nothing announces the VIP after drop() returns.
 
-Kernel-side expiry (DESIGN.md rule 7): given ``deadline`` (the holder lease's deadline,
-``time.monotonic()`` seconds, None while not held), the address is added with a finite
-lifetime ending no later than that deadline, and ``lease_renewed`` (hooked to the lease
-holder's renewals) extends it. If the daemon dies or freezes, the kernel removes the
+Kernel-side expiry (DESIGN.md rule 7): given ``lease`` (the lease holder the VIP is held
+on), the address is added with a finite lifetime ending no later than that lease's
+deadline, and ``lease_renewed`` (hooked to the holder's renewals) extends it. The kernel
+counts lifetimes in whole seconds: raise_ asks the holder for an early renewal when less
+than a second is left, rather than add an address that would outlive the lease. If the daemon dies or freezes, the kernel removes the
 address by itself: nothing needs the daemon to act for the VIP to go.
 """
 
@@ -24,7 +25,7 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 from vip.address import VipError, add_vip, refresh_vip, remove_vip
 from vip.garp import GarpSocket
@@ -33,6 +34,9 @@ from vip.lifetime import address_lifetime_s, needs_refresh
 log = logging.getLogger("hacluster.vip.announcer")
 
 BURST_INTERVAL_S = 0.05
+# What a deadline must leave beyond a whole second when read on the loop, for the
+# netlink thread (which reads the clock again) to still get a lifetime of 1 s.
+_THREAD_HOP_S = 0.05
 # One worker: netlink changes are applied strictly in submission order.
 _NETLINK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip-netlink")
 
@@ -42,11 +46,13 @@ class VipAnnouncer:
 
     def __init__(self, addr: str, prefixlen: int | None, interface: str | None,
                  refresh_s: float = 10.0, burst: int = 3,
-                 deadline: Callable[[], float | None] | None = None,
+                 lease: Callable[[], Any] | None = None,
                  renew_interval_s: float = 0.0) -> None:
-        """``deadline``: the holder lease's current deadline (None: not held); with it
-        the address expires in the kernel at that deadline unless ``lease_renewed``
-        extends it; without it the address is held until dropped.
+        """``lease``: returns the lease holder the VIP is held on, or None; a holder has
+        ``lease.valid_until()`` (its monotonic deadline, None while not held) and
+        ``renew_now()`` (an early renewal; see hacluster.lease_holder.LeaseHolder).
+        With it the address expires in the kernel at the deadline unless
+        ``lease_renewed`` extends it; without it the address is held until dropped.
         ``renew_interval_s``: the lease's renewal interval (see lifetime.needs_refresh)."""
         if refresh_s < 0:
             raise VipError(f"bad refresh period {refresh_s!r} s for virtual IP {addr}: "
@@ -63,7 +69,8 @@ class VipAnnouncer:
         self._garp: GarpSocket | None = None
         self._refresh_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # raise_, drop and lifetime refreshes never interleave
-        self._deadline = deadline
+        self._lease = lease
+        self._renewed = asyncio.Event()
         self.renew_interval_s = renew_interval_s
         self._installed_until: float | None = None  # monotonic end of the kernel's lifetime
         self._lifetime_task: asyncio.Task | None = None
@@ -95,12 +102,10 @@ class VipAnnouncer:
         """Add the address, send a gratuitous ARP burst, start the refresh task.
         Idempotent: raising a raised VIP sends a new burst."""
         async with self._lock:
-            if self._deadline is None:
+            if self._lease is None:
                 held_on = await self._netlink(add_vip, self.addr, self.prefixlen, self.interface)
             else:
-                deadline = self._deadline()
-                if deadline is None:
-                    raise VipError(f"virtual IP {self.addr}: its lease is not held")
+                deadline = await self._deadline_a_second_away()
                 held_on, self._installed_until = await self._netlink(
                     self._add_until, self.interface, deadline)
             self._held_on = held_on
@@ -122,6 +127,37 @@ class VipAnnouncer:
             if self.refresh_s > 0 and self._refresh_task is None:
                 self._refresh_task = asyncio.create_task(
                     self._refresh_loop(), name=f"vip-refresh-{self.addr}")
+
+    def _current_deadline(self) -> float | None:
+        holder = self._lease() if self._lease is not None else None
+        return holder.lease.valid_until() if holder is not None else None
+
+    async def _deadline_a_second_away(self) -> float:
+        """The lease deadline, once it is at least the kernel's one-second granularity
+        away (plus a little for the hop to the netlink thread): if it is not, ask the
+        holder for an early renewal and wait for it (a Raft commit, milliseconds), at
+        most two renewal intervals. VipError if the lease is not held or not renewed."""
+        wait_s = max(2 * self.renew_interval_s, 0.5)
+        give_up = time.monotonic() + wait_s
+        while True:
+            deadline = self._current_deadline()
+            if deadline is None:
+                raise VipError(f"virtual IP {self.addr}: its lease is not held")
+            now = time.monotonic()
+            if deadline - now >= 1.0 + _THREAD_HOP_S:
+                return deadline
+            if now >= give_up:
+                raise VipError(f"virtual IP {self.addr}: its lease was not renewed to a "
+                               f"second ahead within {wait_s:.2f} s (the kernel counts "
+                               f"address lifetimes in whole seconds)")
+            self._renewed.clear()
+            holder = self._lease()
+            if holder is not None:
+                holder.renew_now()
+            try:
+                await asyncio.wait_for(self._renewed.wait(), give_up - now)
+            except asyncio.TimeoutError:
+                pass
 
     def _add_until(self, interface: str | None, deadline: float) -> tuple[str, float]:
         """(netlink thread) Add the address, or set its lifetime, to end by ``deadline``."""
@@ -148,7 +184,8 @@ class VipAnnouncer:
     def lease_renewed(self, valid_until: float) -> None:
         """The holder's lease was renewed up to ``valid_until``: extend the address's
         kernel lifetime (in the background, when lifetime.needs_refresh says so)."""
-        if self._deadline is None or not self.raised:
+        self._renewed.set()
+        if self._lease is None or not self.raised:
             return
         if self._lifetime_task is not None and not self._lifetime_task.done():
             return  # one refresh at a time; the next renewal brings the next one

@@ -71,8 +71,16 @@ async def lease(args) -> None:
     from raft.lease import HolderLease, LeaseTiming
     timing = LeaseTiming(args.lease, args.margin)
     held = HolderLease(timing)
+
+    class Holder:   # what VipAnnouncer needs of hacluster.lease_holder.LeaseHolder
+        lease = held
+
+        @staticmethod
+        def renew_now() -> None:
+            held.renewal_succeeded(time.monotonic(), epoch=1)
+            ann.lease_renewed(held.valid_until())
     ann = VipAnnouncer(args.addr, None, None, refresh_s=0, burst=1,
-                       deadline=held.valid_until, renew_interval_s=timing.renew_interval_s)
+                       lease=lambda: Holder, renew_interval_s=timing.renew_interval_s)
     while True:
         started = time.monotonic()
         held.renewal_succeeded(started, epoch=1)

@@ -1,0 +1,85 @@
+"""Fences the kernel keeps (DESIGN.md rule 7), end to end with real daemons: what a node
+holds on the network — the mirror VIP, a farm node's VIP and buckets — lapses by itself
+at the holder's lease deadline when its daemon is SIGKILLed or frozen (SIGSTOP), with
+no help from that daemon. Judged against the lease bound, never against a quiet machine.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from chaos.lab import wait_until
+from chaos.lab_mirror import MirrorLab
+from raft.settings import RaftSettings
+from tests.conftest import needs_root
+
+pytestmark = [needs_root, pytest.mark.lab]
+
+LEASE = RaftSettings()                       # the lab runs the shipped timing
+HOLDER_S = LEASE.lease_s - LEASE.lease_margin_s   # last refresh -> holder deadline, at most
+# The kernel's IPv4 address-expiry work may run this late after a lifetime ends
+# (devinet.c check_lifetime: rounds to a whole second within 250 ms, runs at most once
+# a second). nft set element timeouts are checked on every lookup: no such lag.
+KERNEL_EXPIRY_LAG_S = 1.25
+POLL_SLACK_S = 0.3                           # one `ip`/`nft` look on a loaded machine
+
+
+def vip_lifetime(lab, host: str, addr: str) -> int | None:
+    """The address's remaining valid lifetime in seconds on host, None if absent
+    (``ip`` prints 4294967295 for forever)."""
+    out = json.loads(lab.run(host, ["ip", "-j", "-4", "addr", "show"]).stdout)
+    for link in out:
+        for a in link.get("addr_info", []):
+            if a.get("local") == addr:
+                return a.get("valid_life_time")
+    return None
+
+
+def wait_gone(what: str, present, since: float, bound_s: float) -> float:
+    """Poll until ``present()`` is false; seconds since ``since`` (monotonic).
+    Fails if it is still there well past ``bound_s``."""
+    limit = since + bound_s + POLL_SLACK_S + 3.0     # keep looking a while, to report
+    while time.monotonic() < limit:
+        if not present():
+            return time.monotonic() - since
+        time.sleep(0.02)
+    raise AssertionError(f"{what} still present {time.monotonic() - since:.2f} s after the fault "
+                         f"(bound {bound_s:.2f} s)")
+
+
+@pytest.fixture
+def mirror(make_lab):
+    lab = make_lab(["n1", "n2", "w", "c"])
+    return MirrorLab(lab).start(prim="n1")
+
+
+def test_frozen_mirror_primary_loses_its_vip_within_the_lease_and_never_takes_it_back(mirror):
+    m = mirror
+    lft = vip_lifetime(m.lab, "n1", m.vip)
+    assert lft is not None and lft <= HOLDER_S, f"the primary's VIP must carry a lease-long lifetime, has {lft}"
+    time.sleep(2 * LEASE.lease_s)                 # renewals keep extending it meanwhile
+    assert vip_lifetime(m.lab, "n1", m.vip) is not None
+
+    m.cluster.pause("n1")                         # SIGSTOP of the daemon: it cannot act
+    stopped = time.monotonic()
+    try:
+        took = wait_gone("the frozen primary's VIP", lambda: vip_lifetime(m.lab, "n1", m.vip) is not None,
+                         stopped, HOLDER_S + KERNEL_EXPIRY_LAG_S)
+        # the last refresh came before the SIGSTOP and gave at most HOLDER_S
+        assert took <= HOLDER_S + KERNEL_EXPIRY_LAG_S + POLL_SLACK_S, took
+        print(f"mirror VIP gone from the frozen primary {took:.3f} s after SIGSTOP "
+              f"(lease {LEASE.lease_s} s, holder deadline {HOLDER_S} s)")
+        # the secondary takes over (PRIM or ALONE: the frozen daemon's mount may still
+        # be connected to it) and holds the VIP
+        wait_until("n2 primary with the VIP", lambda: (m.state("n2") or {}).get("state") in
+                   ("PRIM", "ALONE") and vip_lifetime(m.lab, "n2", m.vip) is not None, 30)
+    finally:
+        m.cluster.resume("n1")
+    # thawed, n1 finds its lease gone: it demotes and never brings the VIP back
+    wait_until("n1 no longer primary", lambda: (m.state("n1") or {}).get("state") not in (None, "PRIM"), 30)
+    for _ in range(20):
+        assert vip_lifetime(m.lab, "n1", m.vip) is None
+        time.sleep(0.1)
+    assert "vip_readded" not in m.lab.host_dir("n1").joinpath("hacluster.log").read_text()
