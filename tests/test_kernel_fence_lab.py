@@ -6,6 +6,7 @@ no help from that daemon. Judged against the lease bound, never against a quiet 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -83,3 +84,98 @@ def test_frozen_mirror_primary_loses_its_vip_within_the_lease_and_never_takes_it
         assert vip_lifetime(m.lab, "n1", m.vip) is None
         time.sleep(0.1)
     assert "vip_readded" not in m.lab.host_dir("n1").joinpath("hacluster.log").read_text()
+
+
+# ---- farm: a node's VIP and buckets, held on its liveness lease node/<name> --------------
+
+@pytest.fixture
+def farm(make_lab):
+    from chaos.lab_farm import FarmLab
+    lab = make_lab(["f1", "f2", "f3", "c"])
+    return FarmLab(lab).start()
+
+
+def _app_alive_on(farm, node: str) -> bool:
+    from chaos.lab_farm import MODULE
+    pidfile = farm.root(node) / "run" / MODULE / "names.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        import os
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+def test_farm_node_whose_daemon_dies_or_freezes_stops_accepting_within_the_lease(farm, fault):
+    """The victim's daemon is SIGKILLed or SIGSTOPped by its PID; its application keeps
+    running. Within the holder's deadline its nft set holds no bucket (no bucket is then
+    accepted by two nodes), its VIP goes within the kernel's address-expiry lag after
+    that, and no client connection is answered by it afterwards."""
+    from chaos.lab_farm import PORT_ON_PORT
+    victim, live = "f3", ["f1", "f2"]
+    lft = vip_lifetime(farm.lab, victim, farm.vip)
+    assert lft is not None and lft <= HOLDER_S, f"the farm VIP must carry a lease-long lifetime, has {lft}"
+    before = farm.ruleset_buckets(victim)
+    assert before, "the victim owns buckets before the fault"
+    answers = farm.ask_many(PORT_ON_PORT, 200)
+    assert victim in {a[0] for a in answers}
+
+    app = None
+    if fault == "sigkill":
+        farm.cluster.kill(victim)
+    else:
+        farm.cluster.pause(victim)
+    fault_at = time.monotonic()
+    try:
+        if not _app_alive_on(farm, victim):
+            # the daemon's scripts' children may die with it: the point is an application
+            # still listening on the victim, so start a plain one (the lab stops it)
+            app = farm.lab.spawn(victim, [sys.executable, "-m", "chaos.name_server", "--name", victim,
+                                          "--port", str(PORT_ON_PORT)], name="plain-names")
+        # sample all three nodes' sets and the victim's address: when did the victim's
+        # set empty, when did its VIP go, and when was a bucket last accepted by two nodes
+        emptied = last_double = vip_gone = None
+        while time.monotonic() < fault_at + HOLDER_S + KERNEL_EXPIRY_LAG_S + POLL_SLACK_S + 3.0:
+            t = time.monotonic()
+            sets = {n: farm.ruleset_buckets(n) or frozenset() for n in farm.nodes}
+            if sets[victim] & (sets["f1"] | sets["f2"]):
+                last_double = t
+            if emptied is None and not sets[victim]:
+                emptied = time.monotonic() - fault_at
+            if vip_gone is None and vip_lifetime(farm.lab, victim, farm.vip) is None:
+                vip_gone = time.monotonic() - fault_at
+            if emptied is not None and vip_gone is not None and farm.complete_on(live):
+                break
+            time.sleep(0.02)
+        assert emptied is not None, f"the victim's set still holds {sorted(sets[victim])[:10]}..."
+        assert emptied <= HOLDER_S + POLL_SLACK_S, emptied
+        assert last_double is None or last_double - fault_at <= HOLDER_S + POLL_SLACK_S, \
+            last_double - fault_at
+        assert vip_gone is not None, "the victim's VIP is still there"
+        assert vip_gone <= HOLDER_S + KERNEL_EXPIRY_LAG_S + 2 * POLL_SLACK_S, vip_gone
+        print(f"farm {fault}: victim's buckets lapsed {emptied:.3f} s, its VIP {vip_gone:.3f} s "
+              f"after the fault (holder deadline {HOLDER_S} s); last double acceptance "
+              f"{'none' if last_double is None else f'{last_double - fault_at:.3f} s'}")
+
+        # the survivors take every bucket; the victim answers no connection any more
+        farm.wait_farm(live, timeout=30)
+        assert _app_alive_on(farm, victim) or (app is not None and app.alive())
+        answers = farm.ask_many(PORT_ON_PORT, 300)
+        names = [a[0] for a in answers]
+        assert victim not in names, "the victim still answers"
+        assert None not in names, f"{names.count(None)} connections unanswered"
+    finally:
+        if fault == "sigstop":
+            farm.cluster.resume(victim)
+        if app is not None:
+            app.stop()
+    if fault == "sigstop":
+        # thawed: the daemon finds its lease gone, then rejoins with fresh buckets
+        farm.wait_farm(farm.nodes, timeout=60)
+    else:
+        assert farm.ruleset_buckets(victim) == frozenset()     # and it stays so
