@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -122,7 +123,7 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
     With ``interface`` None, the interface is the one whose IPv4 network contains the
     address; ``prefixlen`` None means that network's prefix length (else /32).
     ``lifetime_s``: the kernel removes the address by itself after that many seconds
-    (``valid_lft`` = ``preferred_lft``) unless ``refresh_vip`` extends it; None = forever.
+    (``valid_lft`` = ``preferred_lft``) unless ``hold_vip`` extends it; None = forever.
     Already present on that interface: only its lifetime is set (idempotent)."""
     vip = _parse_addr(addr)
     if prefixlen is not None and not (isinstance(prefixlen, int) and 0 < prefixlen <= 32):
@@ -172,18 +173,65 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
     return interface
 
 
-def refresh_vip(addr: str, interface: str | None, lifetime_s: int) -> bool:
-    """Restart the kernel's count of ``addr``'s lifetime at ``lifetime_s`` seconds.
-    False, changing nothing, if the address is not there (expired, removed): a refresh
-    never brings an address back; ``add_vip`` does, when its holder decides so."""
+@dataclass(frozen=True)
+class HeldAddress:
+    """An address as the kernel holds it: what ``hold_vip`` needs to renew it cheaply."""
+    index: int
+    interface: str
+    address: str
+    prefixlen: int
+    broadcast: str | None
+    label: str | None
+
+
+def find_vip(addr: str, interface: str | None = None) -> HeldAddress | None:
+    """``addr`` as held (on ``interface`` if named), None if absent."""
     vip = _parse_addr(addr)
-    _check_lifetime(addr, lifetime_s)
-    with _netlink("refresh_vip") as ipr:
-        for a in _dump(ipr):
-            if a.local == vip and (interface is None or a.interface == interface):
-                _set_lifetime(ipr, a, lifetime_s)
-                return True
-    return False
+    with _netlink("find_vip") as ipr:
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if local is None or ipaddress.IPv4Address(local) != vip:
+                continue
+            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            name = links.get(msg["index"], f"#{msg['index']}")
+            if interface is not None and name != interface:
+                continue
+            return HeldAddress(msg["index"], name, str(vip), msg["prefixlen"],
+                               msg.get_attr("IFA_BROADCAST"), msg.get_attr("IFA_LABEL"))
+    return None
+
+
+_KEPT = threading.local()   # one netlink socket per thread, for hold_vip
+
+
+def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
+    """Restart the kernel's count of the address's lifetime at ``lifetime_s`` seconds,
+    and put the address back as it was if the kernel expired it meanwhile: one
+    RTM_NEWADDR with NLM_F_REPLACE on a socket kept by the calling thread (about a
+    quarter of a millisecond; opening a socket and dumping addresses costs ~2 ms, and
+    this runs after every lease renewal). Only for a holder whose lease is held now:
+    it never checks whether the address should be there."""
+    _check_lifetime(held.address, lifetime_s)
+    request: dict = {"index": held.index, "address": held.address, "prefixlen": held.prefixlen,
+                     "valid_lft": lifetime_s, "preferred_lft": lifetime_s}
+    if held.broadcast is not None:
+        request["broadcast"] = held.broadcast
+    if held.label is not None:
+        request["label"] = held.label
+    for attempt in (1, 2):
+        ipr = getattr(_KEPT, "ipr", None)
+        if ipr is None:
+            ipr = _KEPT.ipr = _netlink("hold_vip")
+        try:
+            ipr.addr("replace", **request)
+            return
+        except NetlinkError as exc:
+            raise _netlink_error("hold", held.address, held.interface, exc) from None
+        except OSError:         # the kept socket broke: open a new one, once
+            _KEPT.ipr = None
+            ipr.close()
+            if attempt == 2:
+                raise
 
 
 def remove_vip(addr: str, interface: str | None = None) -> bool:

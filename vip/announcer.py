@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
-from vip.address import VipError, add_vip, refresh_vip, remove_vip
+from vip.address import HeldAddress, VipError, add_vip, find_vip, hold_vip, remove_vip
 from vip.garp import GarpSocket
 from vip.lifetime import address_lifetime_s, needs_refresh
 
@@ -73,6 +73,7 @@ class VipAnnouncer:
         self._renewed = asyncio.Event()
         self.renew_interval_s = renew_interval_s
         self._installed_until: float | None = None  # monotonic end of the kernel's lifetime
+        self._held: HeldAddress | None = None         # as the kernel holds it, for hold_vip
         self._lifetime_task: asyncio.Task | None = None
 
     @property
@@ -106,8 +107,9 @@ class VipAnnouncer:
                 held_on = await self._netlink(add_vip, self.addr, self.prefixlen, self.interface)
             else:
                 deadline = await self._deadline_a_second_away()
-                held_on, self._installed_until = await self._netlink(
+                self._held, self._installed_until = await self._netlink(
                     self._add_until, self.interface, deadline)
+                held_on = self._held.interface
             self._held_on = held_on
             log.info("event=vip_added addr=%s interface=%s", self.addr, held_on)
             if self._garp is None:
@@ -159,27 +161,30 @@ class VipAnnouncer:
             except asyncio.TimeoutError:
                 pass
 
-    def _add_until(self, interface: str | None, deadline: float) -> tuple[str, float]:
+    def _add_until(self, interface: str | None, deadline: float) -> tuple[HeldAddress, float]:
         """(netlink thread) Add the address, or set its lifetime, to end by ``deadline``."""
         now = time.monotonic()  # read here, just before the call: never a stale "now"
         lifetime = address_lifetime_s(deadline, now)
         if lifetime == 0:
             raise VipError(f"virtual IP {self.addr}: its lease ends in less than a second "
                            f"(the kernel's lifetime granularity)")
-        return add_vip(self.addr, self.prefixlen, interface, lifetime), now + lifetime
+        held_on = add_vip(self.addr, self.prefixlen, interface, lifetime)
+        held = find_vip(self.addr, held_on)
+        if held is None:
+            raise VipError(f"virtual IP {self.addr} vanished from {held_on} as it was added")
+        return held, now + lifetime
 
-    def _refresh_until(self, interface: str, deadline: float) -> tuple[str, float | None]:
-        """(netlink thread) Extend the address's lifetime to end by ``deadline``; put it
-        back if the kernel expired it (its lease held meanwhile, e.g. a renewal came
-        just late). ("short" | "refreshed" | "readded", new end of the lifetime)."""
+    def _refresh_until(self, held: HeldAddress, deadline: float) -> float | None:
+        """(netlink thread) Extend the address's lifetime to end by ``deadline`` (putting
+        it back if the kernel expired it while its lease held: a renewal came just late;
+        the clients' ARP entries still name this node). The new end, None if under a
+        second of lease is left (then it is left to lapse)."""
         now = time.monotonic()
         lifetime = address_lifetime_s(deadline, now)
         if lifetime == 0:
-            return "short", None
-        if refresh_vip(self.addr, interface, lifetime):
-            return "refreshed", now + lifetime
-        add_vip(self.addr, self.prefixlen, interface, lifetime)
-        return "readded", now + lifetime
+            return None
+        hold_vip(held, lifetime)
+        return now + lifetime
 
     def lease_renewed(self, valid_until: float) -> None:
         """The holder's lease was renewed up to ``valid_until``: extend the address's
@@ -196,26 +201,19 @@ class VipAnnouncer:
 
     async def _refresh_lifetime(self, valid_until: float) -> None:
         async with self._lock:
-            held_on = self._held_on
-            if held_on is None:
+            held = self._held
+            if self._held_on is None or held is None:
                 return  # dropped meanwhile: never bring it back
             try:
-                outcome, until = await self._netlink(self._refresh_until, held_on, valid_until)
-            except VipError as exc:
+                until = await self._netlink(self._refresh_until, held, valid_until)
+            except (VipError, OSError) as exc:
                 log.warning("event=vip_lifetime_not_refreshed addr=%s error=%r", self.addr, str(exc))
                 return
-            if until is not None:
-                self._installed_until = until
-            if outcome == "short":
+            if until is None:
                 log.warning("event=vip_lifetime_not_refreshed addr=%s error=%r", self.addr,
                             "the lease ends in less than a second")
-            elif outcome == "readded":
-                log.warning("event=vip_readded addr=%s interface=%s reason=%r", self.addr,
-                            held_on, "the kernel had expired it while its lease held")
-                try:
-                    self._send_round(0, "readded")
-                except VipError as exc:
-                    log.warning("event=garp_failed addr=%s error=%r", self.addr, str(exc))
+            else:
+                self._installed_until = until
 
     async def _refresh_loop(self) -> None:
         rounds = 0
@@ -246,5 +244,6 @@ class VipAnnouncer:
         removed = await self._netlink(remove_vip, self.addr, where)
         self._held_on = None
         self._installed_until = None
+        self._held = None
         log.info("event=vip_removed addr=%s interface=%s was_present=%s",
                  self.addr, where, removed)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from pyroute2 import IPRoute
 
-from vip.address import VipError, add_vip, refresh_vip, remove_vip
+from vip.address import HeldAddress, VipError, add_vip, find_vip, hold_vip, remove_vip
 from vip.arp_responder import ArpResponder
 from vip.farm_ruleset import (
     NftContext,
@@ -92,6 +92,7 @@ class FarmVip:
         self.installed_until: float | None = None
         # Raised without the address: the lease had under a second left (see _add_address)
         self.address_pending = False
+        self._held: HeldAddress | None = None   # as the kernel holds it, for hold_vip
 
     @property
     def raised(self) -> bool:
@@ -133,6 +134,7 @@ class FarmVip:
                         self.vip, "the lease ends in less than a second")
             return False
         add_vip(self.vip, 32, self.interface, lifetime_s)
+        self._held = find_vip(self.vip, self.interface)
         return True
 
     def raise_(self, owned: Iterable[int]) -> None:
@@ -179,18 +181,15 @@ class FarmVip:
                  self.module, self.vip, len(buckets))
 
     def _refresh_address(self, lifetime_s: int) -> None:
-        if refresh_vip(self.vip, self.interface, lifetime_s):
-            return
-        # Not there: not added yet (raised with under a second of lease left), or the
-        # kernel expired it although the lease held (a renewal came just late). The
-        # lease is held now, so the address is this node's to hold.
-        add_vip(self.vip, 32, self.interface, lifetime_s)
-        if self.address_pending:
+        """Extend the address's lifetime; it is (put) back if it was not there: not added
+        yet (raised with under a second of lease left), or expired by the kernel although
+        the lease held (a renewal came just late). The lease is held now."""
+        if self._held is None:
+            self._add_address(lifetime_s)
             log.info("event=farm_vip_added module=%s vip=%s lifetime_s=%d", self.module,
                      self.vip, lifetime_s)
         else:
-            log.warning("event=farm_vip_readded module=%s vip=%s reason=%r", self.module,
-                        self.vip, "the kernel had expired it while its lease held")
+            hold_vip(self._held, lifetime_s)
 
     def refresh(self) -> str:
         """After a lease renewal: extend the buckets' timeouts and the address's
@@ -229,6 +228,7 @@ class FarmVip:
         self._owned = None
         self.installed_until = None
         self.address_pending = False
+        self._held = None
         nft, self._nft = self._nft, None
         if nft is not None:
             nft.close()
