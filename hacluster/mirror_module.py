@@ -131,7 +131,8 @@ class MirrorModule(ModuleRuntime):
         # The VIP expires in the kernel at the lease deadline unless renewals extend it.
         self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s,
                                   lease=lambda: self.holder,
-                                  renew_interval_s=daemon.config.raft.lease_timing.renew_interval_s)
+                                  renew_interval_s=daemon.config.raft.lease_timing.renew_interval_s,
+                                  marker=self.state_dir / f"vip-held-{v.addr}")
                      for v in config.vips]
         self.holder: LeaseHolder | None = None
         self.mounts: list[_Proc] = []
@@ -155,7 +156,7 @@ class MirrorModule(ModuleRuntime):
         loop = asyncio.get_running_loop()
         was_primary = False
         for v in self.vips:
-            if await loop.run_in_executor(None, has_vip, v.addr):
+            if await loop.run_in_executor(None, v.left_behind):  # the kernel may have expired it
                 was_primary = True
             await v.drop()
         if was_primary:

@@ -25,9 +25,11 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
-from vip.address import HeldAddress, VipError, add_vip, find_vip, hold_vip, remove_vip
+from vip.address import (HeldAddress, VipError, add_vip, find_vip, has_vip, hold_vip,
+                         remove_vip)
 from vip.garp import GarpSocket
 from vip.lifetime import address_lifetime_s, needs_refresh
 
@@ -47,13 +49,16 @@ class VipAnnouncer:
     def __init__(self, addr: str, prefixlen: int | None, interface: str | None,
                  refresh_s: float = 10.0, burst: int = 3,
                  lease: Callable[[], Any] | None = None,
-                 renew_interval_s: float = 0.0) -> None:
+                 renew_interval_s: float = 0.0, marker: Path | None = None) -> None:
         """``lease``: returns the lease holder the VIP is held on, or None; a holder has
         ``lease.valid_until()`` (its monotonic deadline, None while not held) and
         ``renew_now()`` (an early renewal; see hacluster.lease_holder.LeaseHolder).
         With it the address expires in the kernel at the deadline unless
         ``lease_renewed`` extends it; without it the address is held until dropped.
-        ``renew_interval_s``: the lease's renewal interval (see lifetime.needs_refresh)."""
+        ``renew_interval_s``: the lease's renewal interval (see lifetime.needs_refresh).
+        ``marker``: a file that exists from before the address is added until after it
+        is removed: a daemon that dies holding the VIP leaves it behind even once the
+        kernel has expired the address (see ``left_behind``)."""
         if refresh_s < 0:
             raise VipError(f"bad refresh period {refresh_s!r} s for virtual IP {addr}: "
                            f"need >= 0 (0 = off)")
@@ -70,11 +75,26 @@ class VipAnnouncer:
         self._refresh_task: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # raise_, drop and lifetime refreshes never interleave
         self._lease = lease
+        self.marker = marker
         self._renewed = asyncio.Event()
         self.renew_interval_s = renew_interval_s
         self._installed_until: float | None = None  # monotonic end of the kernel's lifetime
         self._held: HeldAddress | None = None         # as the kernel holds it, for hold_vip
         self._lifetime_task: asyncio.Task | None = None
+
+    def left_behind(self) -> bool:
+        """(blocking: call through an executor) Did a daemon leave this VIP held, or die
+        holding it? The address is here, or the marker is (the address may have expired)."""
+        return has_vip(self.addr) is not None or (self.marker is not None and self.marker.exists())
+
+    def _mark(self) -> None:
+        assert self.marker is not None
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+
+    def _unmark(self) -> None:
+        assert self.marker is not None
+        self.marker.unlink(missing_ok=True)
 
     @property
     def raised(self) -> bool:
@@ -103,6 +123,8 @@ class VipAnnouncer:
         """Add the address, send a gratuitous ARP burst, start the refresh task.
         Idempotent: raising a raised VIP sends a new burst."""
         async with self._lock:
+            if self.marker is not None:
+                await self._netlink(self._mark)
             if self._lease is None:
                 held_on = await self._netlink(add_vip, self.addr, self.prefixlen, self.interface)
             else:
@@ -245,5 +267,7 @@ class VipAnnouncer:
         self._held_on = None
         self._installed_until = None
         self._held = None
+        if self.marker is not None:
+            await self._netlink(self._unmark)
         log.info("event=vip_removed addr=%s interface=%s was_present=%s",
                  self.addr, where, removed)
