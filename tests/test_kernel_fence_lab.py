@@ -15,15 +15,13 @@ from chaos.lab import wait_until
 from chaos.lab_mirror import MirrorLab
 from raft.settings import RaftSettings
 from tests.conftest import needs_root
+from vip.lifetime import ADDRESS_EXPIRY_LAG_S
 
 pytestmark = [needs_root, pytest.mark.lab]
 
 LEASE = RaftSettings()                       # the lab runs the shipped timing
 HOLDER_S = LEASE.lease_s - LEASE.lease_margin_s   # last refresh -> holder deadline, at most
-# The kernel's IPv4 address-expiry work may run this late after a lifetime ends
-# (devinet.c check_lifetime: rounds to a whole second within 250 ms, runs at most once
-# a second). nft set element timeouts are checked on every lookup: no such lag.
-KERNEL_EXPIRY_LAG_S = 1.25
+KERNEL_EXPIRY_LAG_S = ADDRESS_EXPIRY_LAG_S   # the kernel removes an expired address this late
 POLL_SLACK_S = 0.3                           # one `ip`/`nft` look on a loaded machine
 
 

@@ -159,15 +159,17 @@ class VipAnnouncer:
     async def _deadline_a_second_away(self) -> float:
         """The lease deadline, once it is at least the kernel's one-second granularity
         away (plus a little for the hop to the netlink thread): if it is not, ask the
-        holder for an early renewal and wait for it (a Raft commit, milliseconds), at
-        most two renewal intervals. VipError if the lease is not held or not renewed."""
-        wait_s = max(2 * self.renew_interval_s, 0.5)
+        holder for an early renewal and wait for it (a Raft commit, milliseconds; longer
+        during a Raft election). VipError if the lease is not held, ends meanwhile (its
+        loss stops the promotion anyway), or is not renewed far enough within four
+        renewal intervals (one lease): Raft commits slower than lease - margin - 1 s."""
+        wait_s = max(4 * self.renew_interval_s, 1.0)
         give_up = time.monotonic() + wait_s
         while True:
             deadline = self._current_deadline()
-            if deadline is None:
-                raise VipError(f"virtual IP {self.addr}: its lease is not held")
             now = time.monotonic()
+            if deadline is None or deadline <= now:
+                raise VipError(f"virtual IP {self.addr}: its lease is not held")
             if deadline - now >= 1.0 + _THREAD_HOP_S:
                 return deadline
             if now >= give_up:
@@ -179,7 +181,7 @@ class VipAnnouncer:
             if holder is not None:
                 holder.renew_now()
             try:
-                await asyncio.wait_for(self._renewed.wait(), give_up - now)
+                await asyncio.wait_for(self._renewed.wait(), min(give_up, deadline) - now)
             except asyncio.TimeoutError:
                 pass
 

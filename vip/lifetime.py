@@ -16,6 +16,11 @@ import math
 
 # The kernel's "forever" for an IPv4 address lifetime (INFINITY_LIFE_TIME).
 INFINITE_LFT = 0xFFFFFFFF
+# How late the kernel may remove an address after its lifetime ends (net/ipv4/devinet.c
+# check_lifetime: its work rounds up to a whole second when within 250 ms, and runs at
+# most once a second); measured 5-250 ms. nft set element timeouts have no such lag:
+# they are checked on every lookup.
+ADDRESS_EXPIRY_LAG_S = 1.25
 # How a refresh's own time is allowed for: a lifetime is computed from ``now`` taken just
 # before the netlink / nft call, and the kernel starts counting when the call arrives,
 # a little later; that only shortens what the kernel holds.

@@ -10,7 +10,7 @@
     vip_proc.py race ADDR --rounds N
         N times: raise_ as a task, cancel it after a varying delay, drop; counts the
         rounds that left the address behind -> {"leftovers": n, "rounds": N}
-    vip_proc.py lease ADDR --lease S --margin S
+    vip_proc.py lease ADDR --lease S --margin S [--raise-after S]
         holds ADDR on a simulated lease (renewed every lease/4, deadline = renewal start
         + lease - margin, as raft.lease): the announcer's kernel lifetime follows it.
         One JSON line per renewal {"deadline": monotonic}; runs until killed.
@@ -77,6 +77,7 @@ async def lease(args) -> None:
 
         @staticmethod
         def renew_now() -> None:
+            emit({"renew_now": True})
             held.renewal_succeeded(time.monotonic(), epoch=1)
             ann.lease_renewed(held.valid_until())
     ann = VipAnnouncer(args.addr, None, None, refresh_s=0, burst=1,
@@ -85,6 +86,8 @@ async def lease(args) -> None:
         started = time.monotonic()
         held.renewal_succeeded(started, epoch=1)
         if not ann.raised:
+            # raised late in the lease: under a second left, raise_ must renew early
+            await asyncio.sleep(args.raise_after)
             await ann.raise_()
         else:
             ann.lease_renewed(held.valid_until())
@@ -134,6 +137,7 @@ def main() -> int:
     le.add_argument("addr")
     le.add_argument("--lease", type=float, default=1.5)
     le.add_argument("--margin", type=float, default=0.3)
+    le.add_argument("--raise-after", type=float, default=0.0)
     li = sub.add_parser("listen")
     li.add_argument("addr")
     li.add_argument("seconds", type=float)
