@@ -10,7 +10,12 @@ settled cluster: see ``raft_settled``), a second steady period. Checks (``check_
 is answered, and by the node whose ruleset holds the connection's bucket
 (``vip.farm_ruleset.bucket_of``); the table is complete and unchanged across each steady
 period; recovery comes within its bound; a node taken out is rebalanced away within
-its bound. During the fault itself answers are recorded but not judged.
+its bound. During the fault itself answers are recorded but not judged, except for a
+victim whose daemon was killed or paused (``FarmNemesis.fenced``: its daemon cannot act,
+so only the kernel-side expiry of its buckets, DESIGN.md rule 7, can stop it): its
+loaded set must be empty within one lease of the fault, before the survivors hold its
+buckets, and no connection opened later than one lease after the fault (until the heal)
+may be answered by it.
 
 Exit status: 0 no violation, 1 violations found, 2 bad arguments.
 """
@@ -54,6 +59,9 @@ class FarmNemesis:
     name = "farm-nemesis"
     out = True
     min_hold_s = 0.0
+    # The target's daemon cannot act during the fault: the kernel alone must stop the
+    # node accepting within the lease (see check_episode).
+    fenced = False
 
     def __init__(self) -> None:
         self.events: list[FaultEvent] = []
@@ -107,6 +115,7 @@ class Isolate(FarmNemesis):
 class KillDaemon(FarmNemesis):
     """SIGKILL of the node's daemon alone; restarted at heal."""
     name = "kill-daemon"
+    fenced = True
 
     def _start(self, farm: FarmLab) -> None:
         farm.cluster.kill(self.targets["host"])
@@ -121,6 +130,7 @@ class PauseDaemon(FarmNemesis):
     """SIGSTOP of the node's daemon for longer than the lease, then SIGCONT."""
     name = "pause-daemon"
     min_hold_s = 3.0     # the lease is 1.5 s by default: hold at least twice that
+    fenced = True
 
     def _start(self, farm: FarmLab) -> None:
         farm.cluster.pause(self.targets["host"])
@@ -220,6 +230,11 @@ class FarmObservation:
     rebalance_bound_s: float = 10.0
     recovery_bound_s: float = 60.0
     filter: str = "on_port"
+    # a fenced fault (daemon killed or paused): its target, the bound (the lease), and
+    # when the target's loaded set was first seen empty (None: not during the hold)
+    fence_target: str | None = None
+    fence_bound_s: float = 1.5
+    t_target_silent: float | None = None
 
 
 def table_problems(rulesets: Rulesets) -> list[str]:
@@ -300,10 +315,36 @@ def check_episode(obs: FarmObservation) -> list[str]:
         if obs.t_rebalanced is None or obs.t_rebalanced - obs.t_fault > obs.rebalance_bound_s:
             out.append(f"no complete table on the live nodes within "
                        f"{obs.rebalance_bound_s:g} s of the fault")
+    if obs.fence_target is not None and obs.t_fault is not None:
+        out += fence_violations(obs)
     if obs.t_heal is not None:
         if obs.t_recovered is None or obs.t_recovered - obs.t_heal > obs.recovery_bound_s:
             out.append(f"not every node UP with a complete table within "
                        f"{obs.recovery_bound_s:g} s of the heal")
+    return out
+
+
+def fence_violations(obs: FarmObservation) -> list[str]:
+    """A fenced fault's target must stop accepting within ``fence_bound_s`` of the fault
+    by itself: its set seen empty by then and before the survivors held every bucket,
+    and no connection opened after the bound (and before the heal) answered by it."""
+    out: list[str] = []
+    target, bound = obs.fence_target, obs.fence_bound_s
+    assert obs.t_fault is not None
+    silent = obs.t_target_silent
+    if silent is None or silent - obs.t_fault > bound:
+        out.append(f"{target} still accepted buckets "
+                   f"{'through the hold' if silent is None else f'{silent - obs.t_fault:.2f} s'}"
+                   f" after its daemon stopped, beyond the {bound:g} s lease")
+    elif obs.t_rebalanced is not None and silent > obs.t_rebalanced:
+        out.append(f"{target} still accepted buckets when the survivors had taken them "
+                   f"(a bucket accepted by two nodes)")
+    end = obs.t_heal if obs.t_heal is not None else float("inf")
+    late = [c for c in obs.conns if c.node == target and obs.t_fault + bound < c.t_sent < end]
+    if late:
+        out.append(f"{len(late)} connection(s) opened more than {bound:g} s after {target}'s "
+                   f"daemon stopped were answered by it (first at "
+                   f"+{late[0].t_sent - obs.t_fault:.2f} s)")
     return out
 
 
@@ -362,7 +403,8 @@ class FarmEpisode:
     recovery_s: float | None = None
     connections: int = 0
     failed: int = 0
-    answers_by_target_after_rebalance: int = 0   # seen, not judged (e.g. a paused daemon)
+    answers_by_target_after_rebalance: int = 0   # judged for fenced faults (check_episode)
+    target_silent_s: float | None = None         # fenced faults: fault -> target's set empty
     violations: list[str] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
 
@@ -401,6 +443,28 @@ def _steady(farm: FarmLab, name: str, duration_s: float) -> SteadyWindow:
 
 def _healthy(farm: FarmLab) -> bool:
     return _all_up(farm) and farm.complete_on(farm.nodes)
+
+
+def _lease_s(farm: FarmLab) -> float:
+    return RaftSettings.from_dict(farm.cluster.raft_settings or None).lease_timing.lease_s
+
+
+def _watch_fault(farm: FarmLab, target: str, live: list[str], fenced: bool,
+                 rebalance: bool, timeout: float) -> tuple[float | None, float | None]:
+    """During the hold: when the target's loaded set was first seen empty (if
+    ``fenced``) and when the live nodes' table was first complete (if ``rebalance``);
+    None for what was not seen within ``timeout``."""
+    silent = rebalanced = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fenced and silent is None and not farm.ruleset_buckets(target):
+            silent = time.monotonic()
+        if rebalance and rebalanced is None and farm.complete_on(live):
+            rebalanced = time.monotonic()
+        if (silent is not None or not fenced) and (rebalanced is not None or not rebalance):
+            break
+        time.sleep(0.05)
+    return silent, rebalanced
 
 
 def _holder_deadline_s(farm: FarmLab) -> float:
@@ -466,7 +530,7 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     obs = FarmObservation(list(farm.nodes), [], [], hash_seed(MODULE),
                           rebalance_required=nem.out, rebalance_bound_s=rebalance_bound_s,
                           recovery_bound_s=recovery_bound_s)
-    t_rebalanced = t_recovered = None
+    t_rebalanced = t_recovered = t_silent = None
     try:
         obs.windows.append(_steady(farm, "before", steady_s))
         t_fault = time.monotonic()
@@ -474,8 +538,9 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
         ep.targets = nem.targets
         target = nem.targets["host"]
         live = [n for n in farm.nodes if n != target]
-        if nem.out:
-            t_rebalanced = _poll(lambda: farm.complete_on(live), max(hold, rebalance_bound_s))
+        if nem.out or nem.fenced:
+            t_silent, t_rebalanced = _watch_fault(farm, target, live, nem.fenced, nem.out,
+                                                  max(hold, rebalance_bound_s))
         time.sleep(max(0.0, t_fault + hold - time.monotonic()))
         t_heal = time.monotonic()
         nem.heal(farm)
@@ -488,6 +553,10 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     obs.conns = work.conns
     obs.t_fault, obs.t_heal = t_fault, t_heal
     obs.t_rebalanced, obs.t_recovered = t_rebalanced, t_recovered
+    if nem.fenced:
+        obs.fence_target, obs.fence_bound_s = target, _lease_s(farm)
+        obs.t_target_silent = t_silent
+        ep.target_silent_s = None if t_silent is None else t_silent - t_fault
     ep.t_fault, ep.t_heal = t_fault, t_heal
     ep.rebalance_s = None if t_rebalanced is None else t_rebalanced - t_fault
     ep.recovery_s = None if t_recovered is None else t_recovered - t_heal
@@ -550,11 +619,13 @@ def summarize_farm(history: dict[str, Any]) -> list[dict[str, Any]]:
         eps = [e for e in history["episodes"] if e["nemesis"] == name]
         reb = [e["rebalance_s"] for e in eps if e["rebalance_s"] is not None]
         rec = [e["recovery_s"] for e in eps if e["recovery_s"] is not None]
+        fence = [e["target_silent_s"] for e in eps if e.get("target_silent_s") is not None]
         rows.append({
             "nemesis": name, "episodes": len(eps),
             "violations": sum(len(e["violations"]) for e in eps),
             "rebalance_p50_s": percentile(reb, 50), "rebalance_p99_s": percentile(reb, 99),
             "recovery_p50_s": percentile(rec, 50), "recovery_p99_s": percentile(rec, 99),
+            "target_silent_max_s": max(fence) if fence else None,
             "connections": sum(e["connections"] for e in eps),
             "failed": sum(e["failed"] for e in eps),
         })
@@ -579,16 +650,18 @@ def render_farm_summary(history: dict[str, Any], title: str = "farm chaos run") 
         "that take a node out). Recovery: from the heal to every node UP with a complete "
         "table, on a settled cluster (one Raft term and leader, every node applying the "
         "leader's entries since the heal, a lease minus margin after the heal). Failed: connections without an answer, mostly during faults (not judged "
-        "there; in steady periods every one is a violation).", "",
+        "there; in steady periods every one is a violation). Silent: daemon killed or paused, "
+        "from the fault to the victim's loaded bucket set seen empty, the kernel's expiry "
+        "alone (must be within the lease).", "",
         "| nemesis | episodes | violations | rebalance p50 s | rebalance p99 s "
-        "| recovery p50 s | recovery p99 s | connections | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| recovery p50 s | recovery p99 s | silent max s | connections | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['nemesis']} | {r['episodes']} | {r['violations']} "
                      f"| {_s(r['rebalance_p50_s'])} | {_s(r['rebalance_p99_s'])} "
                      f"| {_s(r['recovery_p50_s'])} | {_s(r['recovery_p99_s'])} "
-                     f"| {r['connections']} | {r['failed']} |")
+                     f"| {_s(r['target_silent_max_s'])} | {r['connections']} | {r['failed']} |")
     lines += ["", "## Violations", ""]
     bad = [e for e in history["episodes"] if e["violations"]]
     if not bad:

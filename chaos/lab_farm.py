@@ -9,7 +9,7 @@ and each node's loaded nftables ruleset read back.
 from __future__ import annotations
 
 import ipaddress
-import re
+import json
 import subprocess
 from collections import Counter
 
@@ -22,7 +22,6 @@ from .name_module import write_name_module
 
 MODULE = "names"
 PORT_ON_PORT, PORT_ON_ADDR = 8080, 8081
-_VMAP_ACCEPT = re.compile(r"(\d+)(?:-(\d+))?\s*:\s*accept")
 
 
 class FarmLab(LabModule):
@@ -56,26 +55,17 @@ class FarmLab(LabModule):
 
     # ---- the bucket table -------------------------------------------------------------
     def ruleset_buckets(self, node: str) -> frozenset[int] | None:
-        """The buckets node's loaded nftables ruleset accepts (None: no farm table)."""
-        res = subprocess.run(["ip", "netns", "exec", self.lab.hosts[node].netns, "nft", "list",
-                              "table", "inet", f"hacluster_farm_{MODULE}"],
+        """The buckets node's loaded nftables ruleset accepts now: the elements of its
+        ``owned`` set the kernel has not expired (None: no farm table)."""
+        res = subprocess.run(["ip", "netns", "exec", self.lab.hosts[node].netns, "nft", "-j",
+                              "list", "set", "inet", f"hacluster_farm_{MODULE}", "owned"],
                              capture_output=True, text=True, timeout=10)
         if res.returncode != 0:
             return None
-        text = res.stdout
         owned: set[int] = set()
-        for line in text.splitlines():
-            line = line.strip()
-            if "jhash" not in line and not line.endswith(("accept", "drop")):
-                continue
-            if "vmap" in line:
-                for lo, hi in _VMAP_ACCEPT.findall(line):
-                    owned.update(range(int(lo), int(hi or lo) + 1))
-                return frozenset(owned)
-            if line.endswith("accept") and "dport" in line:
-                return frozenset(range(256))
-            if line.endswith("drop") and "dport" in line:
-                return frozenset()
+        for item in json.loads(res.stdout).get("nftables", []):
+            for elem in (item.get("set") or {}).get("elem", []):
+                owned.add(elem["elem"]["val"] if isinstance(elem, dict) else elem)
         return frozenset(owned)
 
     def complete_on(self, live: list[str]) -> bool:

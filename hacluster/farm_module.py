@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from raft.cluster_state import liveness_resource
 from vip.address import VipError, interface_for
 from vip.farm_vip import FarmVip, cleanup_leftovers
+from vip.lifetime import needs_refresh
 
 from . import farm_machine as fm
 from .control import ControlError
@@ -57,6 +59,7 @@ class FarmModule(ModuleRuntime):
         # raise that is already in the kernel, never beside it.
         self._vip_thread = concurrent.futures.ThreadPoolExecutor(1, f"farm-vip-{name}")
         self.error: str | None = None
+        self._refreshing: concurrent.futures.Future | None = None
 
     # ---- set-up -----------------------------------------------------------------
     async def _make_vip(self) -> FarmVip | None:
@@ -66,7 +69,36 @@ class FarmModule(ModuleRuntime):
         loop = asyncio.get_running_loop()
         interface = v.interface or await loop.run_in_executor(self._vip_thread, interface_for, v.addr)
         rules = [(r.port, r.proto, r.filter) for r in self.config.lb_rules]
-        return FarmVip(self.name, v.addr, interface, rules, hash_seed(self.name))
+        # What this node holds for the farm is held on its liveness lease (see
+        # _connected): the kernel lets the address and the buckets lapse at that
+        # lease's deadline unless _lease_renewed extends them (DESIGN.md rule 7).
+        return FarmVip(self.name, v.addr, interface, rules, hash_seed(self.name),
+                       deadline=self._liveness_deadline)
+
+    def _liveness_deadline(self) -> float | None:
+        """(any thread) The liveness lease's deadline, None while it is not held."""
+        holder = self.daemon.holders.get(liveness_resource(self.node))
+        return holder.lease.valid_until() if holder is not None else None
+
+    def _lease_renewed(self, valid_until: float) -> None:
+        """The liveness lease was renewed: extend what the kernel holds, on the VIP
+        thread (behind any raise or drop already queued there), when it is due."""
+        vip = self.farm_vip
+        if vip is None or not vip.raised or self.closed:
+            return
+        if self._refreshing is not None and not self._refreshing.done():
+            return                  # one at a time; the next renewal brings the next one
+        holder = self.daemon.holders.get(liveness_resource(self.node))
+        interval = holder.timing.renew_interval_s if holder is not None else 0.0
+        if not needs_refresh(vip.installed_until, time.monotonic(), interval):
+            return
+        self._refreshing = self._vip_thread.submit(vip.refresh)
+        self._refreshing.add_done_callback(self._refreshed)
+
+    def _refreshed(self, fut: concurrent.futures.Future) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.warning("event=farm_vip_not_refreshed module=%s error=%r", self.name, str(exc))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +113,7 @@ class FarmModule(ModuleRuntime):
         liveness = self.daemon.holders.get(liveness_resource(self.node))
         if liveness is not None:
             liveness.watch(lambda held: self.refresh())
+            liveness.watch_renewals(self._lease_renewed)
         self.started = True
         self.checks = ModuleChecks.for_runtime(self)
         self.checks.start()
@@ -129,6 +162,12 @@ class FarmModule(ModuleRuntime):
                 raise PlanFailed(self.error or "this farm module has no <vip>")
             fn = self.farm_vip.raise_ if isinstance(a, fm.RaiseVip) else self.farm_vip.set_buckets
             await loop.run_in_executor(self._vip_thread, fn, set(a.buckets))
+            if self.farm_vip.address_pending:
+                # Under a second of lease was left: the address (whole-second lifetimes)
+                # was not added; an early renewal's refresh adds it in milliseconds.
+                holder = self.daemon.holders.get(liveness_resource(self.node))
+                if holder is not None:
+                    holder.renew_now()
             log.info("event=farm_buckets module=%s version=%d buckets=%d", self.name, a.version,
                      len(a.buckets))
         elif isinstance(a, fm.DropVip):

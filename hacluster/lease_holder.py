@@ -116,11 +116,13 @@ class LeaseHolder:
         self._on_acquired = on_acquired
         self._on_lost = on_lost
         self._watchers: list[Callable[[bool], None]] = []
+        self._renewal_watchers: list[Callable[[float], None]] = []
         self._wake = asyncio.Event()
         self._deadline_timer: asyncio.TimerHandle | None = None
         # Bumped on every loss, so a late answer to an older renewal is ignored.
         self.generation = 0
         self.stopping = False
+        self._renew_asap = False   # renew_now() asked for a renewal before it is due
         self.renewing = 0  # batches with this lease in them that have not been answered
         self.last_refusal: str | None = None
         # After an unconfirmed renewal: the earliest time to try again (monotonic).
@@ -139,6 +141,20 @@ class LeaseHolder:
         """``callback(True)`` when the lease is acquired, ``callback(False)`` when it
         is lost (deadline, refusal, stop): for components that act only while it is held."""
         self._watchers.append(callback)
+
+    def watch_renewals(self, callback: Callable[[float], None]) -> None:
+        """``callback(valid_until)`` after every successful acquire or renewal, with the
+        holder's new deadline (monotonic): for what the kernel holds on this lease's
+        behalf and must expire by itself at that deadline (DESIGN.md rule 7)."""
+        self._renewal_watchers.append(callback)
+
+    def renew_now(self) -> None:
+        """Renew as soon as possible instead of at the next due time: for a caller that
+        needs the deadline further away than it is (the kernel counts a VIP's lifetime
+        in whole seconds). Early renewals are always safe (see the module doc)."""
+        if self.lease.epoch is not None and not self.stopping:
+            self._renew_asap = True
+            self._wake.set()
 
     def wake(self) -> None:
         """The lease changed in Raft (expired, released): try again now."""
@@ -162,7 +178,8 @@ class LeaseHolder:
                         await self._sleep(self.timing.renew_interval_s)
                     continue
                 now = time.monotonic()
-                if self.lease.renew_due(now) and now >= self.retry_not_before:
+                if (self.lease.renew_due(now) or self._renew_asap) and now >= self.retry_not_before:
+                    self._renew_asap = False
                     await self.batch.renew(self)
                 else:
                     due = max(self.lease.renewal_due_at() or now, self.retry_not_before)
@@ -205,6 +222,10 @@ class LeaseHolder:
                     self._on_acquired(result["epoch"])
                 for watcher in list(self._watchers):
                     watcher(True)
+            valid_until = self.lease.valid_until()
+            if valid_until is not None and self.lease.epoch is not None:
+                for renewed in list(self._renewal_watchers):
+                    renewed(valid_until)
         elif self.lease.epoch is not None:
             self._lose(f"refused: {result.get('error')}")
         else:

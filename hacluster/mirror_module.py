@@ -130,7 +130,11 @@ class MirrorModule(ModuleRuntime):
                          {"HACLUSTER_PEER": peer, "HACLUSTER_EPOCH": "0"})
         self.peer = peer
         self.resource = mirror_resource(name)
-        self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s)
+        # The VIP expires in the kernel at the lease deadline unless renewals extend it.
+        self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s,
+                                  lease=lambda: self.holder,
+                                  renew_interval_s=daemon.config.raft.lease_timing.renew_interval_s,
+                                  marker=self.state_dir / f"vip-held-{v.addr}")
                      for v in config.vips]
         self.holder: LeaseHolder | None = None
         self.mounts: list[_Proc] = []
@@ -155,7 +159,7 @@ class MirrorModule(ModuleRuntime):
         loop = asyncio.get_running_loop()
         was_primary = False
         for v in self.vips:
-            if await loop.run_in_executor(None, has_vip, v.addr):
+            if await loop.run_in_executor(None, v.left_behind):  # the kernel may have expired it
                 was_primary = True
             await v.drop()
         if was_primary:
@@ -409,6 +413,8 @@ class MirrorModule(ModuleRuntime):
                                       self.daemon.config.raft.lease_timing,
                                       on_acquired=self._lease_acquired,
                                       on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
+            for v in self.vips:
+                self.holder.watch_renewals(v.lease_renewed)
             self.daemon.holders[self.resource] = self.holder
             self.daemon.track(asyncio.create_task(self.holder.run()))
         elif not on:

@@ -105,6 +105,15 @@ def test_zombie_pause_outlasts_the_lease():
     assert NEMESES["pause-primary"].min_hold_s >= 2 * RaftSettings().lease_s
 
 
+def test_zombie_pause_outlasts_the_vip_expiry_it_judges():
+    # the paused primary's VIP is judged at the heal: it must have had time to lapse
+    from raft.settings import RaftSettings
+    from vip.lifetime import ADDRESS_EXPIRY_LAG_S
+    st = RaftSettings()
+    bound = st.lease_s - st.lease_margin_s + ADDRESS_EXPIRY_LAG_S
+    assert NEMESES["pause-primary"].min_hold_s >= bound + 0.3
+
+
 def test_episode_rng_is_stable_per_episode():
     a = episode_rng(7, 3, "flap")
     b = episode_rng(7, 3, "flap")

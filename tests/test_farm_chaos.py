@@ -122,6 +122,45 @@ def test_the_cluster_is_settled_only_in_one_term_under_one_leader_past_the_floor
     assert not raft_settled({}, 100)
 
 
+# ---- fenced faults (daemon killed or paused): the kernel must stop the victim ----------
+
+def _fenced(**kw) -> FarmObservation:
+    base = dict(fence_target="f3", fence_bound_s=1.5, t_target_silent=3.0)   # fault at 2.0
+    base.update(kw)
+    return _obs(**base)
+
+
+def test_a_victim_silent_within_the_lease_and_before_the_rebalance_is_clean():
+    assert check_episode(_fenced()) == []
+
+
+def test_a_victim_still_accepting_past_the_lease_is_a_violation():
+    late = check_episode(_fenced(t_target_silent=3.6))
+    assert len(late) == 1 and "f3 still accepted buckets 1.60 s after" in late[0], late
+    never = check_episode(_fenced(t_target_silent=None))
+    assert len(never) == 1 and "through the hold" in never[0], never
+
+
+def test_a_victim_accepting_after_the_survivors_took_its_buckets_is_a_violation():
+    out = check_episode(_fenced(t_target_silent=3.4, t_rebalanced=3.3))
+    assert len(out) == 1 and "accepted by two nodes" in out[0], out
+
+
+def test_answers_from_the_victim_past_the_lease_and_before_the_heal_are_violations():
+    hold = [Conn(t, t + 0.01, "f3", "10.0.0.9", 50000 + i)
+            for i, t in enumerate((2.2, 3.49, 3.6, 4.9, 5.2))]
+    out = check_episode(_fenced(conns=_conns(0.0, 90) + hold + _conns(10.0, 90)))
+    # 2.2 and 3.49 are within the lease of the fault at 2.0; 5.2 comes after the heal
+    assert len(out) == 1 and out[0].startswith("2 connection(s) opened more than 1.5 s after f3"), out
+    assert "first at +1.60 s" in out[0]
+    # not judged for a fault that is not fenced (the same answers, no fence target)
+    assert check_episode(_obs(conns=_conns(0.0, 90) + hold + _conns(10.0, 90))) == []
+
+
+def test_daemon_kill_and_pause_are_the_fenced_nemeses():
+    assert {n for n, cls in FARM_NEMESES.items() if cls.fenced} == {"kill-daemon", "pause-daemon"}
+
+
 def test_cli_refuses_an_unknown_nemesis(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--nemesis", "nope"])

@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from vip.arp_responder import announcement_frames, reply_for
 from vip.farm_ruleset import (
     BUCKETS,
-    _ranges,
     bucket_of,
     check_buckets,
     check_rules,
     jhash,
+    render_refresh,
     render_removal,
     render_ruleset,
 )
@@ -47,16 +47,16 @@ def to_vip_rules(script: str) -> list[str]:
     return [ln.strip() for ln in body.splitlines()]
 
 
-def vmap_of(line: str) -> dict[int, str]:
-    """Bucket -> verdict from a rendered rule's verdict map."""
-    body = re.search(r"vmap \{ (.*) \}", line).group(1)
-    out: dict[int, str] = {}
-    for element in body.split(", "):
-        span, verdict = element.split(" : ")
-        lo, _, hi = span.partition("-")
-        for b in range(int(lo), int(hi or lo) + 1):
-            assert b not in out, f"bucket {b} twice"
-            out[b] = verdict
+def owned_set(script: str) -> dict[int, int | None]:
+    """Bucket -> timeout (ms, None = none) from the rendered ``owned`` set."""
+    body = script.split("  set owned {\n")[1].split("\n  }\n", 1)[0]
+    assert "typeof meta length" in body and "flags timeout" in body
+    found = re.search(r"elements = \{ (.*) \}", body)
+    out: dict[int, int | None] = {}
+    for element in (found.group(1).split(", ") if found else []):
+        b, _, timeout = element.partition(" timeout ")
+        assert int(b) not in out, f"bucket {b} twice"
+        out[int(b)] = int(timeout.removesuffix("ms")) if timeout else None
     return out
 
 
@@ -75,14 +75,17 @@ def test_script_replaces_both_tables_in_one_transaction():
 def test_to_vip_chain_order_pkttype_rules_then_catch_all():
     script = render()
     chain = to_vip_rules(script)
-    assert len(chain) == 4
-    assert chain[0] == "meta pkttype set host"
-    assert chain[1].startswith("tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x5eed1234 vmap")
-    assert chain[2].startswith("meta l4proto udp jhash ip saddr mod 256 seed 0x5eed1234 vmap")
-    # whatever matches no rule is bucketed by source address: one node answers it
-    assert chain[3].startswith("jhash ip saddr mod 256 seed 0x5eed1234 vmap")
-    for line in chain[1:]:
-        assert vmap_of(line) == {b: "accept" if b < 100 else "drop" for b in range(BUCKETS)}
+    assert chain == [
+        "meta pkttype set host",
+        "tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x5eed1234 @owned accept",
+        "tcp dport 80 drop",
+        "meta l4proto udp jhash ip saddr mod 256 seed 0x5eed1234 @owned accept",
+        "meta l4proto udp drop",
+        # whatever matches no rule is bucketed by source address: one node answers it
+        "jhash ip saddr mod 256 seed 0x5eed1234 @owned accept",
+        "drop",
+    ]
+    assert owned_set(script) == {b: None for b in range(100)}
 
 
 def test_arp_table_drops_kernel_replies_and_rewrites_requests_from_the_vip():
@@ -92,26 +95,37 @@ def test_arp_table_drops_kernel_replies_and_rewrites_requests_from_the_vip():
     assert f"arp operation request arp saddr ip {VIP} counter arp saddr ip set {NODE}" in arp
 
 
-@pytest.mark.parametrize("owned, verdict", [(range(256), "accept"), ((), "drop")])
-def test_all_or_no_buckets_render_plain_verdicts(owned, verdict):
-    rules = to_vip_rules(render(owned=owned))[1:]
-    assert rules == [f"tcp dport 80 {verdict}", f"meta l4proto udp {verdict}", verdict]
+@given(st.sets(st.integers(0, 255)), st.integers(1, 10**6))
+def test_owned_set_holds_each_bucket_once_with_its_timeout(owned, timeout_ms):
+    assert owned_set(render(owned=owned, timeout_ms=timeout_ms)) == {b: timeout_ms for b in owned}
+    assert owned_set(render(owned=owned)) == {b: None for b in owned}   # no lease: no expiry
 
 
-@given(st.sets(st.integers(0, 255), min_size=1, max_size=255))
-def test_verdict_map_covers_every_bucket_once(owned):
-    line = next(ln for ln in render(owned=owned).splitlines() if "tcp dport 80" in ln)
-    assert vmap_of(line) == {b: "accept" if b in owned else "drop" for b in range(BUCKETS)}
+def test_a_lease_at_its_end_installs_no_bucket():
+    assert owned_set(render(owned=range(256), timeout_ms=0)) == {}
 
 
-@given(st.sets(st.integers(0, 255)))
-def test_ranges_expand_back_to_the_set(buckets):
-    expanded = set()
-    for r in _ranges(buckets):
-        lo, _, hi = r.partition("-")
-        assert not hi or int(hi) > int(lo)
-        expanded |= set(range(int(lo), int(hi or lo) + 1))
-    assert expanded == buckets
+@given(st.sets(st.integers(0, 255)), st.integers(1, 10**6))
+def test_refresh_replaces_the_elements_in_one_transaction(owned, timeout_ms):
+    lines = render_refresh("web", owned, timeout_ms).splitlines()
+    assert lines[0] == "flush set inet hacluster_farm_web owned"
+    if not owned:
+        assert lines == lines[:1]
+        return
+    assert len(lines) == 2
+    head, _, elements = lines[1].partition(" { ")
+    assert head == "add element inet hacluster_farm_web owned"
+    as_set = ("  set owned {\n    typeof meta length\n    flags timeout\n"
+              "    elements = { " + elements + "\n  }\n")
+    assert owned_set(as_set) == {b: timeout_ms for b in owned}
+
+
+def test_refresh_refuses_a_zero_or_bad_timeout():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="timeout"):
+            render_refresh("web", {1}, bad)
+    with pytest.raises(ValueError, match="timeout"):
+        render(timeout_ms=-5)
 
 
 def test_removal_script_is_idempotent_form():

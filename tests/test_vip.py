@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from chaos.lab import wait_until
 from tests.conftest import needs_root
+from vip.lifetime import ADDRESS_EXPIRY_LAG_S
 from vip import (VipAnnouncer, VipError, add_vip, build_arp_frame, gratuitous_arp_frames,
                  has_vip, is_gratuitous, parse_arp_frame, remove_vip)
 from vip.garp import ARP_REPLY, ARP_REQUEST, BROADCAST_MAC, ZERO_MAC
@@ -251,3 +252,60 @@ def test_drop_after_cancelled_raise_leaves_nothing(make_lab):
     assert proc(lab, "a", "race", vip_of(lab), "--rounds", "30") == {"leftovers": 0,
                                                                       "rounds": 30}
     assert f"{vip_of(lab)}/" not in v4_addrs(lab, "a")
+
+
+KERNEL_EXPIRY_LAG_S = ADDRESS_EXPIRY_LAG_S   # the kernel removes an expired address this late
+
+
+def _valid_lft(lab, host, addr) -> int | None:
+    out = json.loads(lab.run(host, ["ip", "-j", "-4", "addr", "show"]).stdout)
+    for link in out:
+        for a in link.get("addr_info", []):
+            if a.get("local") == addr:
+                return a.get("valid_life_time")
+    return None
+
+
+@needs_root
+def test_vip_on_a_lease_is_refreshed_and_expires_in_the_kernel_when_its_holder_is_killed(make_lab):
+    """The announcer's address carries a finite lifetime that renewals extend; SIGKILL
+    its process and the kernel removes the address by itself, at the last lease
+    deadline it was given (plus the kernel's own expiry lag)."""
+    lab = make_lab(["a", "b", "c"])
+    vip = vip_of(lab)
+    # raised 0.5 s into a 1.2 s holder window: under a second left, so raise_ must get
+    # an early renewal rather than give the kernel a lifetime past the deadline
+    holder = lab.spawn("a", [*VIP_PROC, "lease", vip, "--lease", "1.5", "--margin", "0.3",
+                             "--raise-after", "0.5"], name="vip-lease")
+
+    def deadlines() -> list[float]:
+        return [json.loads(ln)["deadline"] for ln in holder.log_path.read_text().splitlines()
+                if ln.startswith('{"deadline"')]
+    wait_until("VIP raised", lambda: deadlines() and _valid_lft(lab, "a", vip) is not None, 10)
+    lft = _valid_lft(lab, "a", vip)
+    assert lft is not None and 0 <= lft <= 1      # finite, never past the 1.2 s deadline
+    assert '{"renew_now": true}' in holder.log_path.read_text()
+    # 3 s of renewals, three times the kernel lifetime: the address never went away
+    # and its lifetime never exceeded the lease's
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:
+        lft = _valid_lft(lab, "a", vip)
+        assert lft is not None and 0 <= lft <= 1, lft
+        time.sleep(0.05)
+
+    holder.kill()
+    killed_at = time.monotonic()
+    last_deadline = deadlines()[-1]
+    assert last_deadline <= killed_at + 1.2
+    gone_at = None
+    while time.monotonic() < last_deadline + KERNEL_EXPIRY_LAG_S + 2.0:
+        if _valid_lft(lab, "a", vip) is None:
+            gone_at = time.monotonic()
+            break
+        time.sleep(0.02)
+    assert gone_at is not None, f"{vip} still on a {time.monotonic() - killed_at:.2f} s after the kill"
+    # the bound: the last deadline the kernel was given, plus its expiry lag (and the
+    # time one `ip` poll takes on a loaded machine)
+    assert gone_at <= last_deadline + KERNEL_EXPIRY_LAG_S + 0.3, (gone_at - last_deadline)
+    print(f"VIP gone {gone_at - killed_at:.3f} s after SIGKILL, "
+          f"{gone_at - last_deadline:+.3f} s from the last deadline")

@@ -12,10 +12,13 @@ import errno
 import ipaddress
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from vip.lifetime import INFINITE_LFT
 
 log = logging.getLogger("hacluster.vip.address")
 
@@ -94,21 +97,47 @@ def _netlink_error(action: str, addr: str, interface: str, exc: NetlinkError) ->
                     f"{exc.args[-1] if exc.args else exc} (errno {exc.code})")
 
 
-def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = None) -> str:
+def _check_lifetime(addr: str, lifetime_s: int | None) -> None:
+    if lifetime_s is None:
+        return
+    if isinstance(lifetime_s, bool) or not isinstance(lifetime_s, int) \
+            or not 0 < lifetime_s < INFINITE_LFT:
+        raise VipError(f"bad lifetime {lifetime_s!r} s for virtual IP {addr}: need a whole "
+                       f"number of seconds >= 1 (the kernel refuses 0)")
+
+
+def _set_lifetime(ipr: IPRoute, a: _Ipv4Addr, lifetime_s: int) -> None:
+    """Give the existing address ``a`` a new lifetime (NLM_F_REPLACE: the kernel restarts
+    its count from now and reschedules its expiry work)."""
+    try:
+        ipr.addr("replace", index=a.index, address=str(a.local), prefixlen=a.prefixlen,
+                 valid_lft=lifetime_s, preferred_lft=lifetime_s)
+    except NetlinkError as exc:
+        raise _netlink_error("refresh", str(a.local), a.interface, exc) from None
+
+
+def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = None,
+            lifetime_s: int | None = None) -> str:
     """Add ``addr`` and return the interface that holds it.
 
     With ``interface`` None, the interface is the one whose IPv4 network contains the
     address; ``prefixlen`` None means that network's prefix length (else /32).
-    Already present on that interface: nothing is changed (idempotent)."""
+    ``lifetime_s``: the kernel removes the address by itself after that many seconds
+    (``valid_lft`` = ``preferred_lft``) unless ``hold_vip`` extends it; None = forever.
+    Already present on that interface: only its lifetime is set (idempotent)."""
     vip = _parse_addr(addr)
     if prefixlen is not None and not (isinstance(prefixlen, int) and 0 < prefixlen <= 32):
         raise VipError(f"bad prefix length {prefixlen!r} for virtual IP {addr}: need 1..32")
+    _check_lifetime(addr, lifetime_s)
     with _netlink("add_vip") as ipr:
         addrs = _dump(ipr)
         held = [a for a in addrs if a.local == vip]
         if held:
-            if interface is None or any(a.interface == interface for a in held):
-                return held[0].interface if interface is None else interface
+            mine = [a for a in held if interface is None or a.interface == interface]
+            if mine:
+                if lifetime_s is not None:
+                    _set_lifetime(ipr, mine[0], lifetime_s)
+                return mine[0].interface
             raise VipError(f"virtual IP {addr} is already on {held[0].interface}, "
                            f"not on the requested {interface}")
         picked = _pick_interface(vip, addrs, interface)
@@ -132,13 +161,77 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
         label = _label_for(interface)
         if label is not None:
             request["label"] = label
+        if lifetime_s is not None:
+            request["valid_lft"] = request["preferred_lft"] = lifetime_s
         try:
             ipr.addr("add", **request)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # added by someone else meanwhile: same outcome
                 raise _netlink_error("add", addr, interface, exc) from None
-    log.debug("event=vip_add addr=%s prefixlen=%s interface=%s", vip, prefixlen, interface)
+    log.debug("event=vip_add addr=%s prefixlen=%s interface=%s lifetime_s=%s", vip, prefixlen,
+              interface, lifetime_s)
     return interface
+
+
+@dataclass(frozen=True)
+class HeldAddress:
+    """An address as the kernel holds it: what ``hold_vip`` needs to renew it cheaply."""
+    index: int
+    interface: str
+    address: str
+    prefixlen: int
+    broadcast: str | None
+    label: str | None
+
+
+def find_vip(addr: str, interface: str | None = None) -> HeldAddress | None:
+    """``addr`` as held (on ``interface`` if named), None if absent."""
+    vip = _parse_addr(addr)
+    with _netlink("find_vip") as ipr:
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            local = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if local is None or ipaddress.IPv4Address(local) != vip:
+                continue
+            links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            name = links.get(msg["index"], f"#{msg['index']}")
+            if interface is not None and name != interface:
+                continue
+            return HeldAddress(msg["index"], name, str(vip), msg["prefixlen"],
+                               msg.get_attr("IFA_BROADCAST"), msg.get_attr("IFA_LABEL"))
+    return None
+
+
+_KEPT = threading.local()   # one netlink socket per thread, for hold_vip
+
+
+def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
+    """Restart the kernel's count of the address's lifetime at ``lifetime_s`` seconds,
+    and put the address back as it was if the kernel expired it meanwhile: one
+    RTM_NEWADDR with NLM_F_REPLACE on a socket kept by the calling thread (about a
+    quarter of a millisecond; opening a socket and dumping addresses costs ~2 ms, and
+    this runs after every lease renewal). Only for a holder whose lease is held now:
+    it never checks whether the address should be there."""
+    _check_lifetime(held.address, lifetime_s)
+    request: dict = {"index": held.index, "address": held.address, "prefixlen": held.prefixlen,
+                     "valid_lft": lifetime_s, "preferred_lft": lifetime_s}
+    if held.broadcast is not None:
+        request["broadcast"] = held.broadcast
+    if held.label is not None:
+        request["label"] = held.label
+    for attempt in (1, 2):
+        ipr = getattr(_KEPT, "ipr", None)
+        if ipr is None:
+            ipr = _KEPT.ipr = _netlink("hold_vip")
+        try:
+            ipr.addr("replace", **request)
+            return
+        except NetlinkError as exc:
+            raise _netlink_error("hold", held.address, held.interface, exc) from None
+        except OSError:         # the kept socket broke: open a new one, once
+            _KEPT.ipr = None
+            ipr.close()
+            if attempt == 2:
+                raise
 
 
 def remove_vip(addr: str, interface: str | None = None) -> bool:

@@ -13,8 +13,15 @@ nft transaction (declare-then-delete, so a reload never leaves a moment with no 
     ``to_vip``, which first does ``meta pkttype set host`` (TCP drops frames that came on
     a multicast MAC otherwise), then takes the first matching rule:
     ``on_addr`` hashes ``jhash ip saddr``, ``on_port`` hashes ``jhash ip saddr . <proto>
-    sport``, ``mod 256 seed <seed>``, into a verdict map {owned: accept, others: drop}
-    that covers all 256 buckets.
+    sport``, ``mod 256 seed <seed>``, accepts the packet if the bucket is in the set
+    ``owned``, and drops it otherwise.
+    **The buckets expire in the kernel** (DESIGN.md rule 7): ``owned`` has ``flags
+    timeout`` and each element a timeout ending at the node's liveness-lease deadline;
+    the daemon renews them after each lease renewal (``render_refresh``, run in-process
+    through libnftables: a fraction of a millisecond, where ``nft -f -`` costs a fork and
+    about 5 ms of CPU). If the daemon dies or freezes, the elements lapse and the node
+    accepts no bucket from its lease deadline on, before the Raft leader may hand its
+    buckets to another node. The kernel checks timeouts on every lookup.
     **Packets to the VIP that match no rule** (other ports, ICMP, ...) are bucketed by
     source address like ``on_addr``: exactly one node answers any packet to the VIP, so
     a ping gets one reply and no service is answered by every node at once.
@@ -36,6 +43,8 @@ jhash and reciprocal_scale, checked against the kernel in tests/test_farm_traffi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import re
@@ -52,6 +61,7 @@ NFT = shutil.which("nft") or "/usr/sbin/nft"
 BUCKETS = 256
 TABLE_PREFIX = "hacluster_farm_"
 PRIORITY = -300
+SET = "owned"   # the inet table's set of this node's buckets
 PROTOS = ("tcp", "udp")
 FILTERS = ("on_addr", "on_port")
 _MODULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -132,31 +142,18 @@ def check_buckets(owned: Iterable[object]) -> frozenset[int]:
     return frozenset(result)
 
 
-def _ranges(buckets: Iterable[int]) -> list[str]:
-    """Sorted buckets as nft interval elements: [0, 1, 2, 7] -> ["0-2", "7"]."""
-    out: list[str] = []
-    run: list[int] = []
-    for b in sorted(buckets):
-        if run and b == run[-1] + 1:
-            run.append(b)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [b]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return out
+def _elements(owned: frozenset[int], timeout_ms: int | None) -> str:
+    """The ``owned`` set's elements, each with the timeout if one is given."""
+    suffix = f" timeout {timeout_ms}ms" if timeout_ms is not None else ""
+    return ", ".join(f"{b}{suffix}" for b in sorted(owned))
 
 
-def _verdicts(owned: frozenset[int]) -> str:
-    """A verdict map over all 256 buckets (or a plain verdict if all go one way)."""
-    if len(owned) == BUCKETS:
-        return "accept"
-    if not owned:
-        return "drop"
-    others = frozenset(range(BUCKETS)) - owned
-    elements = [f"{r} : accept" for r in _ranges(owned)] + [f"{r} : drop" for r in _ranges(others)]
-    return "vmap { " + ", ".join(elements) + " }"
+def _check_timeout(timeout_ms: object) -> int | None:
+    if timeout_ms is None:
+        return None
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms < 0:
+        raise ValueError(f"bad bucket timeout {timeout_ms!r} ms: need an integer >= 0")
+    return timeout_ms
 
 
 def _hash(filter: str, proto: str | None, seed: int) -> str:
@@ -172,18 +169,22 @@ COMMENT_RE = re.compile(r'comment "hacluster farm vip=(\S+) interface=(\S+) mac=
 
 
 def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterable[object],
-                   seed: int, interface: str, node_addr: str, mac: str = "") -> str:
+                   seed: int, interface: str, node_addr: str, mac: str = "",
+                   timeout_ms: int | None = None) -> str:
     """The nft script that installs (or atomically replaces) the module's two tables.
 
     ``rules`` are (port|None, "tcp"|"udp", "on_addr"|"on_port"), first match wins;
     ``owned`` ⊆ range(256); ``node_addr`` is this node's own address on ``interface``
-    (the sender of its ARP requests); ``mac`` is only recorded in the table comment.
-    Pure; ValueError with a one-line message for any bad input."""
+    (the sender of its ARP requests); ``mac`` is only recorded in the table comment;
+    ``timeout_ms``: each owned bucket expires in the kernel after that long unless
+    ``render_refresh`` renews it (0: none is installed, the node accepts no bucket;
+    None: they never expire). Pure; ValueError with a one-line message for any bad input."""
     table = table_name(module)
     ip = _vip(vip)
     checked = check_rules(rules)
     buckets = check_buckets(owned)
     seed = _seed(seed)
+    timeout_ms = _check_timeout(timeout_ms)
     if not isinstance(interface, str) or not _IFNAME_RE.match(interface):
         raise ValueError(f"bad farm interface name {interface!r}")
     node = _ipv4(node_addr, "node address")
@@ -191,21 +192,29 @@ def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterab
         raise ValueError(f"bad node address {node_addr!r}: it is the farm VIP itself")
     if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}|", mac):
         raise ValueError(f"bad shared MAC {mac!r}: need xx:xx:xx:xx:xx:xx (lower case)")
-    verdicts = _verdicts(buckets)
+    if timeout_ms == 0:
+        buckets = frozenset()
     to_vip = ["meta pkttype set host"]  # the frame came to the shared multicast MAC
-    # All buckets or none: a plain verdict (a hash expression alone is no match).
-    hashed = verdicts.startswith("vmap")
     for r in checked:
         match = f"{r.proto} dport {r.port}" if r.port is not None else f"meta l4proto {r.proto}"
-        key = f"{_hash(r.filter, r.proto, seed)} " if hashed else ""
-        to_vip.append(f"{match} {key}{verdicts}")
-    to_vip.append(f"{_hash('on_addr', None, seed)} {verdicts}" if hashed  # everything else
-                  else verdicts)
+        to_vip += [f"{match} {_hash(r.filter, r.proto, seed)} @{SET} accept", f"{match} drop"]
+    to_vip += [f"{_hash('on_addr', None, seed)} @{SET} accept", "drop"]  # everything else
+    set_lines = [
+        f"  set {SET} {{",
+        # A jhash result is a 32-bit integer; `typeof meta length` declares exactly that
+        # (nft 1.0.6 crashes listing a set declared `typeof jhash ...`, and `type mark`
+        # is refused as another data type).
+        "    typeof meta length",
+        "    flags timeout",
+        *([f"    elements = {{ {_elements(buckets, timeout_ms)} }}"] if buckets else []),
+        "  }",
+    ]
     lines = [
         f"table inet {table} {{}}", f"delete table inet {table}",
         f"table arp {table} {{}}", f"delete table arp {table}",
         f"table inet {table} {{",
         f'  comment "{table_comment(str(ip), interface, mac)}"',
+        *set_lines,
         "  chain prerouting {",
         f"    type filter hook prerouting priority {PRIORITY}; policy accept;",
         f'    iifname "{interface}" ip daddr {ip} jump to_vip',
@@ -222,6 +231,22 @@ def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterab
         "  }",
         "}",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def render_refresh(module: str, owned: Iterable[object], timeout_ms: int) -> str:
+    """The nft script that renews the owned buckets' timeouts: the set's elements
+    replaced in one transaction (a packet sees the old elements or the new, never an
+    empty set). Pure; ValueError for bad input, or for a 0 timeout (nothing to renew:
+    let them lapse)."""
+    table = table_name(module)
+    buckets = check_buckets(owned)
+    timeout_ms = _check_timeout(timeout_ms)
+    if not timeout_ms:
+        raise ValueError(f"bad bucket timeout {timeout_ms!r} ms for a refresh: need >= 1")
+    lines = [f"flush set inet {table} {SET}"]
+    if buckets:
+        lines.append(f"add element inet {table} {SET} {{ {_elements(buckets, timeout_ms)} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +269,52 @@ def _first_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if "Error" in ln]
     return (errors or lines or ["no message"])[0]
+
+
+class NftContext:
+    """nft scripts run in-process through libnftables (one transaction per script, as
+    ``nft -f -``), for the frequent bucket refreshes; falls back to the ``nft`` binary
+    when the library cannot be loaded. One context per thread: use it from one only.
+    Netlink sockets belong to the network namespace they are opened in: create it in
+    the namespace it is meant for (the daemon's, for its whole life)."""
+
+    def __init__(self) -> None:
+        self._lib = None
+        self._ctx = None
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
+            lib.nft_ctx_new.restype = ctypes.c_void_p
+            lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+            lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+            lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+            lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+            ctx = lib.nft_ctx_new(0)
+            if not ctx:
+                raise OSError("nft_ctx_new failed")
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            self._lib, self._ctx = lib, ctx
+        except (OSError, AttributeError) as exc:
+            log.info("event=libnftables_unavailable error=%r fallback=%s", str(exc), NFT)
+
+    def run(self, script: str, what: str) -> None:
+        if self._ctx is None:
+            done = _nft(["-f", "-"], script)
+            if done.returncode != 0:
+                raise VipError(f"nft refused {what}: {_first_error(done.stderr)}")
+            return
+        if self._lib.nft_run_cmd_from_buffer(self._ctx, script.encode()) != 0:
+            err = (self._lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+            raise VipError(f"nft refused {what}: {_first_error(err)}")
+
+    def close(self) -> None:
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            self._lib.nft_ctx_free(ctx)
 
 
 def apply_ruleset(script: str) -> None:

@@ -9,6 +9,12 @@ the address, starts the responder; drop undoes it in reverse and removes the tab
 last. The tables therefore exist whenever any other piece does, and their comment names
 the VIP, interface and MAC: ``cleanup_leftovers(module)`` undoes a crashed node from
 that alone.
+
+Kernel-side expiry (DESIGN.md rule 7): given ``deadline`` (the node's liveness-lease
+deadline, ``time.monotonic()`` seconds, None while not held), the address carries a
+lifetime and the buckets a timeout ending no later than that deadline; ``refresh`` (after
+each lease renewal) extends both. A killed or frozen daemon's node stops accepting its
+buckets, and loses the address, by itself.
 """
 
 from __future__ import annotations
@@ -16,19 +22,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 from pyroute2 import IPRoute
 
-from vip.address import VipError, add_vip, remove_vip
+from vip.address import HeldAddress, VipError, add_vip, find_vip, hold_vip, remove_vip
 from vip.arp_responder import ArpResponder
 from vip.farm_ruleset import (
+    NftContext,
     apply_ruleset,
     check_buckets,
     read_table_comment,
     remove_ruleset,
+    render_refresh,
     render_ruleset,
 )
+from vip.lifetime import address_lifetime_s, element_timeout_ms
 from vip.shared_mac import join_shared_mac, leave_shared_mac, mac_bytes, shared_mac_for
 
 log = logging.getLogger("hacluster.vip.farm_vip")
@@ -60,7 +70,11 @@ class FarmVip:
     """The farm VIP of one module on one interface of this node."""
 
     def __init__(self, module: str, vip: str, interface: str,
-                 rules: Sequence[object], seed: int) -> None:
+                 rules: Sequence[object], seed: int,
+                 deadline: Callable[[], float | None] | None = None) -> None:
+        """``deadline``: the holder lease's current deadline (None: not held); with it
+        what the kernel holds expires there unless ``refresh`` extends it; without it,
+        it is held until dropped. Read on the calling thread when each change is made."""
         self.module = module
         self.vip = vip
         self.interface = interface
@@ -72,6 +86,13 @@ class FarmVip:
         self._node_addr: str | None = None
         self._responder: ArpResponder | None = None
         self._owned: frozenset[int] | None = None
+        self._deadline = deadline
+        self._nft: NftContext | None = None
+        # monotonic time until which the kernel holds the address and the buckets
+        self.installed_until: float | None = None
+        # Raised without the address: the lease had under a second left (see _add_address)
+        self.address_pending = False
+        self._held: HeldAddress | None = None   # as the kernel holds it, for hold_vip
 
     @property
     def raised(self) -> bool:
@@ -82,10 +103,39 @@ class FarmVip:
         """The buckets in the loaded ruleset, None when not raised."""
         return self._owned
 
-    def _render(self, owned: frozenset[int]) -> str:
+    def _lifetimes(self) -> tuple[float, int | None, int | None]:
+        """(now, address lifetime s, bucket timeout ms) for the current deadline;
+        (now, None, None) without a deadline (held until dropped); 0s when the lease
+        is not held or about to end."""
+        now = time.monotonic()
+        if self._deadline is None:
+            return now, None, None
+        deadline = self._deadline()
+        if deadline is None:
+            return now, 0, 0
+        return now, address_lifetime_s(deadline, now), element_timeout_ms(deadline, now)
+
+    def _render(self, owned: frozenset[int], timeout_ms: int | None) -> str:
         assert self._node_addr is not None
         return render_ruleset(self.module, self.vip, self.rules, owned, self.seed,
-                              self.interface, self._node_addr, self.mac)
+                              self.interface, self._node_addr, self.mac, timeout_ms)
+
+    def _installed(self, now: float, lifetime_s: int | None, timeout_ms: int | None) -> None:
+        if lifetime_s is None or timeout_ms is None:
+            self.installed_until = None
+        else:
+            self.installed_until = now + min(lifetime_s, timeout_ms / 1000.0)
+
+    def _add_address(self, lifetime_s: int | None) -> bool:
+        """Add the VIP with its lifetime; False (nothing added) if the lease leaves less
+        than the kernel's one-second granularity: the next refresh adds it."""
+        if lifetime_s == 0:
+            log.warning("event=farm_vip_not_added module=%s vip=%s reason=%r", self.module,
+                        self.vip, "the lease ends in less than a second")
+            return False
+        add_vip(self.vip, 32, self.interface, lifetime_s)
+        self._held = find_vip(self.vip, self.interface)
+        return True
 
     def raise_(self, owned: Iterable[int]) -> None:
         """Hold the VIP with these buckets. Raised already: the same as set_buckets.
@@ -96,9 +146,11 @@ class FarmVip:
             return
         try:
             self._node_addr = node_address(self.interface, self.vip)
-            apply_ruleset(self._render(buckets))
+            now, lifetime_s, timeout_ms = self._lifetimes()
+            apply_ruleset(self._render(buckets, timeout_ms))
             join_shared_mac(self.interface, self.mac)
-            add_vip(self.vip, 32, self.interface)
+            self.address_pending = not self._add_address(lifetime_s)
+            self._installed(now, lifetime_s, timeout_ms)
             self._responder = ArpResponder(self.interface, self.vip, mac_bytes(self.mac))
             self._responder.start()
         except BaseException:
@@ -118,10 +170,47 @@ class FarmVip:
         if not self.raised:
             raise VipError(f"farm VIP {self.vip} of {self.module} is not raised: "
                            f"raise_ it before setting buckets")
-        apply_ruleset(self._render(buckets))
+        now, lifetime_s, timeout_ms = self._lifetimes()
+        apply_ruleset(self._render(buckets, timeout_ms))
         self._owned = buckets
+        if lifetime_s is not None and lifetime_s > 0:
+            self._refresh_address(lifetime_s)
+            self.address_pending = False
+        self._installed(now, lifetime_s, timeout_ms)
         log.info("event=farm_buckets_set module=%s vip=%s buckets=%d",
                  self.module, self.vip, len(buckets))
+
+    def _refresh_address(self, lifetime_s: int) -> None:
+        """Extend the address's lifetime; it is (put) back if it was not there: not added
+        yet (raised with under a second of lease left), or expired by the kernel although
+        the lease held (a renewal came just late). The lease is held now."""
+        if self._held is None:
+            self._add_address(lifetime_s)
+            log.info("event=farm_vip_added module=%s vip=%s lifetime_s=%d", self.module,
+                     self.vip, lifetime_s)
+        else:
+            hold_vip(self._held, lifetime_s)
+
+    def refresh(self) -> str:
+        """After a lease renewal: extend the buckets' timeouts and the address's
+        lifetime to the current deadline. Nothing when not raised, without a deadline,
+        or when the lease is (about to be) gone: then what the kernel holds lapses.
+        Returns what was done, for the log."""
+        if not self.raised or self._deadline is None:
+            return "not raised"
+        now, lifetime_s, timeout_ms = self._lifetimes()
+        if not timeout_ms:
+            return "lease ending: left to lapse"
+        if self._nft is None:
+            self._nft = NftContext()  # on this (the VIP) thread, in this namespace
+        assert self._owned is not None
+        self._nft.run(render_refresh(self.module, self._owned, timeout_ms),
+                      f"the bucket refresh of {self.module}")
+        if lifetime_s:
+            self._refresh_address(lifetime_s)
+            self.address_pending = False
+        self._installed(now, lifetime_s or 0, timeout_ms)
+        return f"buckets {timeout_ms} ms, address {lifetime_s} s"
 
     def drop(self) -> None:
         """Remove everything this node holds for the farm VIP; idempotent, also when
@@ -137,6 +226,12 @@ class FarmVip:
         leave_shared_mac(self.interface, self.mac)
         remove_ruleset(self.module)  # last: while it exists it names what to clean
         self._owned = None
+        self.installed_until = None
+        self.address_pending = False
+        self._held = None
+        nft, self._nft = self._nft, None
+        if nft is not None:
+            nft.close()
 
 
 def cleanup_leftovers(module: str) -> list[str]:

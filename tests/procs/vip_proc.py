@@ -10,6 +10,10 @@
     vip_proc.py race ADDR --rounds N
         N times: raise_ as a task, cancel it after a varying delay, drop; counts the
         rounds that left the address behind -> {"leftovers": n, "rounds": N}
+    vip_proc.py lease ADDR --lease S --margin S [--raise-after S]
+        holds ADDR on a simulated lease (renewed every lease/4, deadline = renewal start
+        + lease - margin, as raft.lease): the announcer's kernel lifetime follows it.
+        One JSON line per renewal {"deadline": monotonic}; runs until killed.
     vip_proc.py listen ADDR SECONDS
         prints {"ready": true} once listening, then one JSON line per ARP frame about ADDR
         ({"t": monotonic, "op": 1|2, "sender_mac": ..., "gratuitous": bool}).
@@ -63,6 +67,34 @@ async def race(args) -> dict:
     return {"leftovers": leftovers, "rounds": args.rounds}
 
 
+async def lease(args) -> None:
+    from raft.lease import HolderLease, LeaseTiming
+    timing = LeaseTiming(args.lease, args.margin)
+    held = HolderLease(timing)
+
+    class Holder:   # what VipAnnouncer needs of hacluster.lease_holder.LeaseHolder
+        lease = held
+
+        @staticmethod
+        def renew_now() -> None:
+            emit({"renew_now": True})
+            held.renewal_succeeded(time.monotonic(), epoch=1)
+            ann.lease_renewed(held.valid_until())
+    ann = VipAnnouncer(args.addr, None, None, refresh_s=0, burst=1,
+                       lease=lambda: Holder, renew_interval_s=timing.renew_interval_s)
+    while True:
+        started = time.monotonic()
+        held.renewal_succeeded(started, epoch=1)
+        if not ann.raised:
+            # raised late in the lease: under a second left, raise_ must renew early
+            await asyncio.sleep(args.raise_after)
+            await ann.raise_()
+        else:
+            ann.lease_renewed(held.valid_until())
+        emit({"deadline": held.valid_until()})
+        await asyncio.sleep(timing.renew_interval_s)
+
+
 def listen(addr: str, seconds: float) -> None:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
     emit({"ready": True})
@@ -101,6 +133,11 @@ def main() -> int:
     ra = sub.add_parser("race")
     ra.add_argument("addr")
     ra.add_argument("--rounds", type=int, default=20)
+    le = sub.add_parser("lease")
+    le.add_argument("addr")
+    le.add_argument("--lease", type=float, default=1.5)
+    le.add_argument("--margin", type=float, default=0.3)
+    le.add_argument("--raise-after", type=float, default=0.0)
     li = sub.add_parser("listen")
     li.add_argument("addr")
     li.add_argument("seconds", type=float)
@@ -120,6 +157,8 @@ def main() -> int:
             emit(uvloop.run(announce(args)))
         elif args.cmd == "race":
             emit(uvloop.run(race(args)))
+        elif args.cmd == "lease":
+            uvloop.run(lease(args))
         elif args.cmd == "listen":
             listen(args.addr, args.seconds)
     except VipError as exc:
