@@ -149,6 +149,23 @@ class MirrorLab(LabModule):
         body = self.client_get("/keys", timeout=5.0)
         return set(body["keys"]) if body else None
 
+    def copies_identical(self, prim: str, sec: str, timeout: float = 10.0) -> bool:
+        """Do both real copies hold the same records (a write the stopped client left
+        in flight may still be on its way: waits up to ``timeout``)?"""
+        from .kvapp import CorruptLogError
+
+        def same() -> bool:
+            try:
+                a = self.log_records(sec)
+                return a == self.log_records(prim)
+            except CorruptLogError:
+                return False
+        try:
+            wait_until("identical copies", same, timeout, 0.1)
+            return True
+        except TimeoutError:
+            return False
+
     def log_records(self, node: str) -> dict[str, str]:
         """The records in a node's real copy of the replicated directory."""
         from .kvapp import replay

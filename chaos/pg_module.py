@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .lab import Lab, LabProcess
+from .lab import Lab, LabProcess, wait_until
 from .lab_cluster import LabCluster
 from .lab_mirror import MirrorLab
 
@@ -140,6 +140,7 @@ class PgMirrorLab(MirrorLab):
 
     # ---- the numbered inserts ----------------------------------------------------------
     def start_writer(self, prefix: str = "rec", timeout_s: float = 2.0) -> LabProcess:
+        timeout_s = max(timeout_s, 2.0)     # a commit waits for an fsync on both copies
         self.writer = self.lab.spawn(self.client, [
             sys.executable, "-m", "chaos.pg_writer_proc", "--host", self.vip, "--port", str(self.port),
             "--prefix", prefix, "--sessions", str(self.sessions), "--timeout", str(timeout_s)],
@@ -187,6 +188,17 @@ class PgMirrorLab(MirrorLab):
                             h.update(chunk)
                     out[rel] = h.hexdigest()
         return out
+
+    def copies_identical(self, prim: str, sec: str, timeout: float = 20.0) -> bool:
+        """After a checkpoint, are both real copies byte for byte the same
+        (``postmaster.pid`` aside)? Waits up to ``timeout`` for writes on their way."""
+        if self.sql("CHECKPOINT", check=False) is None:
+            return False
+        try:
+            wait_until("identical copies", lambda: not self.copies_differ(), timeout, 0.5)
+            return True
+        except TimeoutError:
+            return False
 
     def copies_differ(self) -> list[str]:
         """Paths whose content differs between the two real copies (empty: identical)."""
