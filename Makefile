@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived postgresql postgresql-contrib
 STAMP := $(VENV)/.installed
 
 .PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean

@@ -12,6 +12,9 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("name", choices=BENCHES)
     p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--workload", choices=("kv", "pg"), default="kv",
+                   help="failover: the demo kv app (against keepalived) or PostgreSQL "
+                        "(against its own crash recovery on a plain directory)")
     p.add_argument("--commits", type=int, default=500)
     p.add_argument("--tree-mb", type=int, default=2048, help="replication: resync tree size")
     p.add_argument("--only", choices=("all", "sync_4k", "seq", "failover_resync"), default="all",
@@ -47,6 +50,9 @@ def main() -> int:
     elif args.name == "replication-profile":
         from .replication_profile import run
         run()
+    elif args.name == "failover" and args.workload == "pg":
+        from .failover_pg_bench import run
+        run(trials=args.trials)
     elif args.name == "failover":
         from .failover_bench import run
         run(trials=max(args.trials, 20))

@@ -1,4 +1,4 @@
-"""``python -m chaos run --nemesis NAME[,NAME...]|all --episodes N --seed S [--out DIR]``
+"""``python -m chaos run --nemesis NAME[,NAME...]|all --episodes N --seed S [--workload kv|pg|all] [--out DIR]``
 
 Runs chaos episodes on mirror labs, one per lab shape the nemeses need (see
 chaos.chaos_run, chaos.lab_shapes), and writes
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"all, or a comma-separated list of: {', '.join(NEMESES)}")
     r.add_argument("--episodes", type=_positive(int), default=1, help="episodes per nemesis")
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--workload", choices=("kv", "pg", "all"), default="kv",
+                   help="the application under the faults: kv (the demo key/value app), pg "
+                        "(PostgreSQL, numbered inserts from several sessions), all (kv then pg)")
     r.add_argument("--out", type=Path, help="output folder (default chaos/results/<run>)")
     r.add_argument("--hold", type=_positive(float), nargs=2, default=(2.0, 5.0),
                    metavar=("MIN_S", "MAX_S"), help="fault duration range, seconds")
@@ -61,19 +64,20 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s")
     out = args.out or RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
-    total = len(args.nemesis) * args.episodes
+    workloads = ("kv", "pg") if args.workload == "all" else (args.workload,)
+    total = len(args.nemesis) * args.episodes * len(workloads)
 
     def progress(run: ChaosRun, rec: EpisodeRecord) -> None:
         write_history(run.to_history(), out / "history.json")   # progress survives a crash
         (out / "summary.md").write_text(render_summary(run.to_history(), f"chaos run {out.name}"))
         rs = "-" if rec.recovery_s is None else f"{rec.recovery_s:.2f}"
         fs = "-" if rec.failover_s is None else f"{rec.failover_s:.2f}"
-        print(f"episode {rec.index} ({rec.index + 1}/{total}) {rec.nemesis} {rec.targets}: failover {fs} s, "
+        print(f"episode {rec.index} ({rec.index + 1}/{total}) {rec.nemesis} [{rec.workload}] {rec.targets}: failover {fs} s, "
               f"recovery {rs} s, {rec.acked} acked, {len(rec.violations)} violation(s)"
               + "".join(f"\n  VIOLATION {v}" for v in rec.violations), flush=True)
 
     run = run_chaos(args.nemesis, args.episodes, args.seed, tuple(args.hold),
-                    args.recovery_bound, on_episode=progress)
+                    args.recovery_bound, on_episode=progress, workloads=workloads)
     paths = write_report(run.to_history(), out, f"chaos run {out.name}")
     if args.bench_json is not None:
         args.bench_json.parent.mkdir(parents=True, exist_ok=True)

@@ -46,10 +46,15 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 
 def summarize(history: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per nemesis, in the order of the run."""
+    """One row per nemesis (per workload: a pg episode's row is "NAME [pg]"), in the
+    order of the run."""
     rows = []
-    for name in dict.fromkeys(e["nemesis"] for e in history["episodes"]):
-        eps = [e for e in history["episodes"] if e["nemesis"] == name]
+
+    def label(e: dict[str, Any]) -> str:
+        w = e.get("workload", "kv")
+        return e["nemesis"] if w == "kv" else f"{e['nemesis']} [{w}]"
+    for name in dict.fromkeys(label(e) for e in history["episodes"]):
+        eps = [e for e in history["episodes"] if label(e) == name]
         failover = [e["failover_s"] for e in eps if e["failover_s"] is not None]
         recovery = [e["recovery_s"] for e in eps if e["recovery_s"] is not None]
         gaps = [e["max_gap_s"] for e in eps if e.get("max_gap_s") is not None]

@@ -34,7 +34,7 @@ from .kvapp import CorruptLogError
 from .kv_workload import Ack, Answer, failover_gap
 from .lab import wait_until
 from .lab_mirror import MirrorLab
-from .lab_shapes import LabShape, plan_by_shape, shape
+from .lab_shapes import WORKLOADS, LabShape, plan_by_shape, shape
 from .nemesis import NEMESES, NemesisContext, Roles, make_nemesis, small_fs_dir
 from .nemesis_flow import CutReplicationNetwork
 from .nemesis_identity import IDENTITY_NEMESES
@@ -51,6 +51,8 @@ HOSTS = ("n1", "n2", "w", "c")
 SAMPLED = ("n1", "n2", "w")      # the rows of the timeline: data nodes, then the witness
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMALL_FS_MIB = 64    # room for the kv log and a bulk file; fills in a fraction of a second
+# PostgreSQL needs room for its data directory (~40 MiB) and a few 16 MiB WAL segments
+SMALL_FS_MIB_BY_WORKLOAD = {"kv": SMALL_FS_MIB, "pg": 320}
 
 
 # ---- pure parts -----------------------------------------------------------------------
@@ -265,6 +267,7 @@ class EpisodeRecord:
     t_start: float = 0.0
     repaired: str | None = None     # how the lab was repaired before this episode, if it was
     lab_shape: str = "standard"
+    workload: str = "kv"
     lab_broken: str | None = None   # the fault left a lab heal could not undo: rebuilt after
     t_fault: float | None = None
     t_heal: float | None = None
@@ -356,11 +359,12 @@ def _healthy_start(m: MirrorLab, run: ChaosRun, index: int, writer_timeout_s: fl
 
 
 def _records(m: MirrorLab, node: str) -> dict[str, str] | None:
-    """A node's real copy of the kv store, or None when it does not replay (a corrupt
-    copy is a finding for the checks, not a crash of the run)."""
+    """A node's real copy of the kv store (pg: the rows the primary answers through
+    the VIP), or None when it does not replay or answer (a finding for the checks, not
+    a crash of the run)."""
     try:
         return m.log_records(node)
-    except CorruptLogError as e:
+    except (CorruptLogError, RuntimeError) as e:
         log.warning("event=copy_unreadable node=%s error=%r", node, str(e))
         return None
 
@@ -375,7 +379,8 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
     pair, writer, repaired = _healthy_start(m, run, index, writer_timeout_s)
     rec = EpisodeRecord(index, name, f"{run.seed}/{index}/{name}", hold_s,
                         pair[0] if pair else None, pair[2] if pair else None, t_start=t_start,
-                        repaired=repaired, lab_shape=nemesis.lab_shape)
+                        repaired=repaired, lab_shape=nemesis.lab_shape,
+                        workload=getattr(m, "workload", "kv"))
     if pair is None or writer is None:
         rec.violations.append("no healthy pair serving writes before the episode, even after repair")
         return rec
@@ -419,12 +424,7 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
         prim, sec = after[0], after[1]
         read_back = _records(m, prim)
         vip_keys = m.keys_via_vip()
-        try:   # a write the stopped client left in flight may still be on its way
-            wait_until("identical copies", lambda: (lambda a, b: a is not None and a == b)(
-                _records(m, sec), _records(m, prim)), 10, 0.1)
-            identical = True
-        except TimeoutError:
-            identical = False
+        identical = m.copies_identical(prim, sec)
     lab_acks = run.lab_acks()
     obs = EpisodeObservation(
         acks=lab_acks, answers=[(a.t_acked, a.node, a.epoch) for a in lab_acks],
@@ -453,10 +453,13 @@ def _r(x: float | None) -> str:
 
 def run_chaos(names: Sequence[str], episodes: int, seed: int,
               hold_range_s: tuple[float, float] = (2.0, 5.0), recovery_bound_s: float = 60.0,
-              on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None = None) -> ChaosRun:
-    """For each lab shape the nemeses need: start its MirrorLab, run its episodes (in
-    the seeded plan's order), clean it up; returns the run. ``on_episode(run, record)``
-    is called after each episode (e.g. to save progress)."""
+              on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None = None,
+              workloads: Sequence[str] = ("kv",)) -> ChaosRun:
+    """For each workload (kv: the demo key/value app; pg: PostgreSQL) and each lab shape
+    the nemeses need: start its MirrorLab, run its episodes (in the seeded plan's order),
+    clean it up; returns the run. ``on_episode(run, record)`` is called after each
+    episode (e.g. to save progress). A second workload's episodes are numbered after
+    the first's (their own seeded randomness)."""
     unknown = [n for n in names if n not in NEMESES]
     if unknown:
         raise ValueError(f"unknown nemesis {unknown[0]!r}; have {', '.join(NEMESES)}")
@@ -464,24 +467,32 @@ def run_chaos(names: Sequence[str], episodes: int, seed: int,
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not 0 < hold_range_s[0] <= hold_range_s[1]:
         raise ValueError(f"hold range must be 0 < min <= max, got {hold_range_s}")
-    groups = plan_by_shape(episode_plan(names, episodes), shape_of)
+    unknown_w = [w for w in workloads if w not in WORKLOADS]
+    if unknown_w or not workloads:
+        raise ValueError(f"unknown workload {unknown_w[0] if unknown_w else workloads!r}; "
+                         f"have {', '.join(WORKLOADS)}")
+    plan = episode_plan(names, episodes)
+    groups = plan_by_shape(plan, shape_of)
     shapes = [shape(name) for name, _ in groups]      # an unknown shape fails before any lab
     run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s)
     try:
-        for lab_shape, (_name, plan) in zip(shapes, groups):
-            _run_on_shape(run, lab_shape, plan, on_episode)
+        for k, workload in enumerate(workloads):
+            for lab_shape, (_name, shape_plan) in zip(shapes, groups):
+                _run_on_shape(run, lab_shape, [(i + k * len(plan), n) for i, n in shape_plan],
+                              on_episode, workload)
     finally:
         run.t_end = time.monotonic()
     return run
 
 
 def _run_on_shape(run: ChaosRun, lab_shape: LabShape, plan: Sequence[tuple[int, str]],
-                  on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None) -> None:
+                  on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None,
+                  workload: str = "kv") -> None:
     """The shape's episodes on a lab of that shape; a fresh lab after an episode that
     left its lab broken (reported as that episode's violation), for the rest."""
     todo = list(plan)
     while todo:
-        done = _run_on_lab(run, lab_shape, todo, on_episode)
+        done = _run_on_lab(run, lab_shape, todo, on_episode, workload)
         todo = todo[done:]
         if todo:
             log.warning("event=lab_rebuilt shape=%s reason=%r remaining=%d", lab_shape.name,
@@ -489,16 +500,19 @@ def _run_on_shape(run: ChaosRun, lab_shape: LabShape, plan: Sequence[tuple[int, 
 
 
 def _run_on_lab(run: ChaosRun, lab_shape: LabShape, plan: Sequence[tuple[int, str]],
-                on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None) -> int:
+                on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None,
+                workload: str = "kv") -> int:
     """Episodes of ``plan`` on one new lab until one breaks it; returns how many ran."""
     needs_small_fs = any(NEMESES[name].needs_small_fs for _, name in plan)
-    log.info("event=lab_shape_episodes shape=%s episodes=%d", lab_shape.name, len(plan))
+    log.info("event=lab_shape_episodes shape=%s workload=%s episodes=%d", lab_shape.name,
+             workload, len(plan))
     run.new_lab(lab_shape.hosts)
     ran = 0
     with lab_shape.lab() as lab, ExitStack() as mounts:
-        m = lab_shape.mirror(lab)
+        m = lab_shape.mirror(lab, workload)
+        m.workload = workload
         if needs_small_fs:
-            mounts.enter_context(small_file_systems(m))
+            mounts.enter_context(small_file_systems(m, SMALL_FS_MIB_BY_WORKLOAD[workload]))
         lab_shape.start(m, prim="n1")
         sampler = StateSampler(m, m.cluster.witnesses[0]).start()
         try:

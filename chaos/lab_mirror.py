@@ -71,12 +71,7 @@ class MirrorLab(LabModule):
             # the flow addresses follow the order of the default heartbeat's servers
             servers = tuple(self.lab.addr(n) for n in self.nodes)
             flow_servers = tuple(self.flow_addr(n) for n in self.nodes)
-        folder = write_kv_module(self.lab.workdir / f"{self.module}-module", self.vip,
-                                 port=self.port, ack_timeout_s=self.ack_timeout_s,
-                                 defaultprim=self.defaultprim, datadir=self.datadir,
-                                 servers=servers, extra_sections=self.extra_sections,
-                                 flow_servers=flow_servers)
-        self.install(folder)
+        self.install(self.write_module(servers, flow_servers))
         if prim is not None:
             self.cli(prim, "-m", self.module, "prim", check=True)
             for n in self.nodes:
@@ -84,6 +79,14 @@ class MirrorLab(LabModule):
                     self.cli(n, "-m", self.module, "second", check=True)
             self.wait_pair(prim)
         return self
+
+    def write_module(self, servers: tuple[str, ...], flow_servers: tuple[str, ...]) -> Path:
+        """The module folder to package (the kv app here; other workloads override)."""
+        return write_kv_module(self.lab.workdir / f"{self.module}-module", self.vip,
+                               port=self.port, ack_timeout_s=self.ack_timeout_s,
+                               defaultprim=self.defaultprim, datadir=self.datadir,
+                               servers=servers, extra_sections=self.extra_sections,
+                               flow_servers=flow_servers)
 
     def flow_addr(self, node: str) -> str:
         """The address a node replicates on: its flow network's, else its Raft one."""
@@ -145,6 +148,23 @@ class MirrorLab(LabModule):
     def keys_via_vip(self) -> set[str] | None:
         body = self.client_get("/keys", timeout=5.0)
         return set(body["keys"]) if body else None
+
+    def copies_identical(self, prim: str, sec: str, timeout: float = 10.0) -> bool:
+        """Do both real copies hold the same records (a write the stopped client left
+        in flight may still be on its way: waits up to ``timeout``)?"""
+        from .kvapp import CorruptLogError
+
+        def same() -> bool:
+            try:
+                a = self.log_records(sec)
+                return a == self.log_records(prim)
+            except CorruptLogError:
+                return False
+        try:
+            wait_until("identical copies", same, timeout, 0.1)
+            return True
+        except TimeoutError:
+            return False
 
     def log_records(self, node: str) -> dict[str, str]:
         """The records in a node's real copy of the replicated directory."""

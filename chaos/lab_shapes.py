@@ -20,6 +20,7 @@ from .lab_module import start_cluster
 log = logging.getLogger("chaos.lab_shapes")
 
 NODES = ("n1", "n2")
+WORKLOADS = ("kv", "pg")
 CLIENT = "c"
 
 
@@ -45,13 +46,19 @@ class LabShape:
         """The (not yet started) lab of this shape."""
         return Lab(list(self.hosts), **self.lab_kwargs)
 
-    def mirror(self, lab: Lab) -> MirrorLab:
-        """The (not yet started) mirror module on a started lab of this shape."""
+    def mirror(self, lab: Lab, workload: str = "kv") -> MirrorLab:
+        """The (not yet started) mirror module on a started lab of this shape, running
+        ``workload``: kv (the demo key/value app) or pg (PostgreSQL)."""
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r}; have {', '.join(WORKLOADS)}")
+        cls = MirrorLab
+        if workload == "pg":
+            from .pg_module import PgMirrorLab
+            cls = PgMirrorLab
         if len(self.witnesses) == 1:
-            return MirrorLab(lab, NODES, self.witnesses[0], CLIENT, **self.mirror_kwargs)
+            return cls(lab, NODES, self.witnesses[0], CLIENT, **self.mirror_kwargs)
         cluster = LabCluster(lab, list(NODES), list(self.witnesses))
-        return MirrorLab(lab, NODES, self.witnesses[0], CLIENT, cluster=cluster,
-                         **self.mirror_kwargs)
+        return cls(lab, NODES, self.witnesses[0], CLIENT, cluster=cluster, **self.mirror_kwargs)
 
     def start(self, mirror: MirrorLab, prim: str = NODES[0]) -> MirrorLab:
         """Start the cluster (when the shape owns it) and the module, ``prim`` first."""

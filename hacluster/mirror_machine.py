@@ -21,6 +21,14 @@ Safety lives in the order of each plan (DESIGN rules 1–3):
 Checker actions (``CheckerDown``) only ever make this node give up or redo
 its role locally: restart/swap are the commands, stopstart/stop hold STOP,
 wait holds WAIT (no lease contended) until ``CheckerUp`` for every cause.
+
+A start that fails (a promotion at a failover or a start, or a start as
+secondary: a script, a commit, a process) is retried like a checker's
+stopstart: the stop path runs, a ``Pause``, then the module starts again, at
+most ``maxloop`` times within ``loop_interval`` (time comes in with
+``PlanDone.at``); the next failure in that window stops the module. Each
+attempt and its reason go to the module log; an administrator's start resets
+the count.
 """
 from __future__ import annotations
 
@@ -95,6 +103,9 @@ class PlanDone:
     # The plan could not begin and did nothing (its first action said "not yet"):
     # the state stays, the driver feeds the view again shortly.
     not_yet: bool = False
+    # When the plan ended, on the driver's monotonic clock (start retries are
+    # counted within loop_interval); None: unknown, every failure counts.
+    at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -187,13 +198,22 @@ class RaiseVip:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Wait before going on (a retried start: what made it fail, e.g. a process of
+    the dead primary not yet reaped, gets a moment to go away)."""
+    seconds: float
+
+
+@dataclass(frozen=True)
 class DropVip:
     pass
 
 
 Action = Union[RunScript, CommitIntent, CommitGoodCopy, CommitLeaveInSync, CommitInSyncSelf,
                ReleaseLease, StartReceiver, StopReceiver, StartMount, StopMount,
-               RaiseVip, DropVip]
+               RaiseVip, DropVip, Pause]
+
+START_RETRY_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -215,9 +235,16 @@ class Output:
 
 
 class MirrorMachine:
-    def __init__(self, node: str, peer: str) -> None:
+    def __init__(self, node: str, peer: str, maxloop: int = 3,
+                 loop_interval_s: float = 24 * 3600.0) -> None:
+        if maxloop < 0 or loop_interval_s < 0:
+            raise ValueError("maxloop and loop_interval must not be negative")
         self.node = node
         self.peer = peer
+        self.maxloop = maxloop
+        self.loop_interval_s = loop_interval_s
+        self.start_failures: list[float | None] = []    # retried start failures, in the window
+        self.retry_pending = False          # the next start plan begins with a Pause
         self.state = State.STOP
         self.view = View()
         self.epoch: int | None = None        # the lease epoch this node holds, if any
@@ -330,13 +357,16 @@ class MirrorMachine:
         st = self.display[0]
         if name in ("start", "prim", "second", "primforce"):
             # an administrator's start lifts a checker's stop (and a failed start's hold)
+            # and gives failed starts a new count
             if self.hold_stop and not self.restart_after_stop:
                 self.hold_stop = False
+            self.start_failures.clear()
         if name == "start":
             return self._queue(Plan((CommitIntent("start"),), self.state, "start command"))
         if name in ("stop", "forcestop"):
             self.force_stop = name == "forcestop"
             self.restart_after_stop = False
+            self.retry_pending = False
             return self._queue(Plan((CommitIntent("stop"),), self.state, f"{name} command"))
         if name == "stopstart":
             if self.state is State.STOP:
@@ -452,8 +482,13 @@ class MirrorMachine:
         if s is target or (s in PRIMARY and target in PRIMARY):
             return None
         if s is State.STOP:
-            return Plan((RunScript("prestart", "STOP", "WAIT", "start"),
-                         RunScript("transition", "STOP", "WAIT", "start")), State.WAIT, "starting")
+            pause: tuple[Action, ...] = ()
+            if self.retry_pending:
+                self.retry_pending = False
+                pause = (Pause(START_RETRY_PAUSE_S),)
+            return Plan(pause + (RunScript("prestart", "STOP", "WAIT", "start"),
+                                 RunScript("transition", "STOP", "WAIT", "start")), State.WAIT,
+                        "starting again" if pause else "starting")
         if s in PRIMARY:
             cur = self._primary_state().value
             force = self.force_stop
@@ -534,15 +569,35 @@ class MirrorMachine:
         if event.not_yet and plan.next_state is not self.state:
             return Output(log=(f"{plan.reason}: not yet: {event.error}",))
         if plan.next_state in PRIMARY or plan.next_state is State.SECOND:
-            # Half started: the stop path runs from the state it was going to.
+            # Half started: the stop path runs from the state it was going to, then,
+            # within maxloop, the module starts again.
             self.state = plan.next_state
             self.hold_stop = True
-            self.restart_after_stop = False
-            return _merge(Output(log=log + ("stopping the module; start it again by hand",)),
-                          self._reconcile())
+            retry = self._count_start_failure(event.at)
+            self.restart_after_stop = retry is not None
+            self.retry_pending = retry is not None
+            if retry is not None:
+                note = (f"start retry {retry} of {self.maxloop} within {_span(self.loop_interval_s)}: "
+                        f"stopping, then starting again in {START_RETRY_PAUSE_S:g} s")
+            else:
+                note = (f"start failed {self.maxloop + 1} times within {_span(self.loop_interval_s)} "
+                        f"(maxloop {self.maxloop}): stopping the module; start it again by hand")
+            return _merge(Output(log=log + (note,)), self._reconcile())
         # Nothing moved (a commit without quorum, say): the next change of the
         # committed view retries, rather than spinning here.
         return Output(log=log)
+
+    def _count_start_failure(self, at: float | None) -> int | None:
+        """A failed start: the number of this retry (1..maxloop), or None when
+        ``maxloop`` retries already happened within ``loop_interval``."""
+        if at is not None:
+            self.start_failures = [t for t in self.start_failures
+                                   if t is None or at - t < self.loop_interval_s]
+        if len(self.start_failures) >= self.maxloop:
+            self.start_failures.clear()     # the module stops; a start counts afresh
+            return None
+        self.start_failures.append(at)
+        return len(self.start_failures)
 
     def _lease_lost(self, event: LeaseLost) -> Output:
         if self.epoch is None or event.epoch != self.epoch:
@@ -558,6 +613,12 @@ class MirrorMachine:
         if was_running is not None:
             log += (f"interrupted: {was_running.reason}",)
         return _merge(self._contend_change(), Output(plans=(fence,), log=log))
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds:g} s"
 
 
 def _merge(a: Output, b: Output) -> Output:

@@ -126,7 +126,8 @@ class MirrorModule(ModuleRuntime):
 
     def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
                  peer: str) -> None:
-        super().__init__(daemon, name, module_dir, config, mm.MirrorMachine(daemon.name, peer), mm,
+        super().__init__(daemon, name, module_dir, config,
+                         mm.MirrorMachine(daemon.name, peer, config.maxloop, config.loop_interval_s), mm,
                          {"HACLUSTER_PEER": peer, "HACLUSTER_EPOCH": "0"})
         self.peer = peer
         self.resource = mirror_resource(name)
@@ -345,6 +346,9 @@ class MirrorModule(ModuleRuntime):
         return f"primforce makes {here} on {self.node} the truth; it {lost}"
 
     # ---- hooks of ModuleRuntime ---------------------------------------------------------
+    def _plan_done_event(self, ok: bool, error: str | None, not_yet: bool) -> mm.PlanDone:
+        return mm.PlanDone(ok, error, not_yet=not_yet, at=time.monotonic())
+
     def _on_output(self, out: mm.Output) -> None:
         if out.contend is not None:
             self._set_contend(out.contend)
@@ -392,6 +396,8 @@ class MirrorModule(ModuleRuntime):
         elif isinstance(a, mm.DropVip):
             for v in self.vips:
                 await v.drop()
+        elif isinstance(a, mm.Pause):
+            await asyncio.sleep(a.seconds)
         else:
             raise PlanFailed(f"unknown action {a!r}")
 

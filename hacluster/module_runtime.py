@@ -158,12 +158,15 @@ class ModuleRuntime:
         # The plan's own commits are applied by now: decide on the view they made.
         self._last_view = self.view_from(self.daemon.raft.snapshot())
         self.feed(self._events.ViewChanged(self._last_view))
-        self.feed(self._events.PlanDone(ok, error, not_yet=True) if not_yet
-                  else self._events.PlanDone(ok, error))
+        self.feed(self._plan_done_event(ok, error, not_yet))
         if not_yet:
             asyncio.get_running_loop().call_later(NOT_YET_RETRY_S, self._refeed)
         elif not ok and self.retry_view_after_failure_s is not None:
             asyncio.get_running_loop().call_later(self.retry_view_after_failure_s, self._refeed)
+
+    def _plan_done_event(self, ok: bool, error: str | None, not_yet: bool) -> Any:
+        return (self._events.PlanDone(ok, error, not_yet=True) if not_yet
+                else self._events.PlanDone(ok, error))
 
     def _refeed(self) -> None:
         if not self.closed:
@@ -183,7 +186,8 @@ class ModuleRuntime:
             r = await self.runner.run(a.script, a.state, a.next_state, a.action)
             if not r.ok:
                 raise PlanFailed(f"{a.script} {a.state} {a.next_state} {a.action}: "
-                                 f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}")
+                                 f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}"
+                                 + (f": {r.last_line}" if r.last_line else ""))
 
     async def _commit(self, op: str, *args: Any, retry_s: float = COMMIT_RETRY_S) -> dict:
         # Across a leader change an entry can fail to commit without being refused:

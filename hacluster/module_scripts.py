@@ -40,6 +40,7 @@ class ScriptResult:
     duration_s: float
     forced: bool = False
     skipped: bool = False
+    last_line: str = ""     # the script's last non-empty output line (a failure's reason)
 
     @property
     def ok(self) -> bool:
@@ -119,9 +120,12 @@ class _LineLogger:
         self.stream = stream
         self.fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self.activity = 0      # bumped on every chunk: lets the caller see the pipe go idle
+        self.last_line = b""
         self.task = asyncio.ensure_future(self._copy())
 
     def _write(self, line: bytes) -> None:
+        if line.strip():
+            self.last_line = line
         os.write(self.fd, _timestamp().encode() + self.prefix + line + b"\n")
 
     async def _copy(self) -> None:
@@ -222,7 +226,8 @@ class ScriptRunner:
         rc = proc.returncode if proc.returncode is not None else -int(signal.SIGKILL)
         log.info("event=script_done module=%s script=%s rc=%d seconds=%.3f timed_out=%s",
                  self.module, script, rc, duration, str(timed_out).lower())
-        return ScriptResult(script, rc, timed_out, duration)
+        return ScriptResult(script, rc, timed_out, duration,
+                            last_line=output.last_line.decode(errors="replace").strip()[:200])
 
     async def run_stop(self, script: str, state: str, next_state: str,
                        action: str) -> ScriptResult:

@@ -328,7 +328,7 @@ def test_a_broken_lab_is_rebuilt_for_the_episodes_after_it(monkeypatch):
     import chaos.chaos_run as cr
     labs = []
 
-    def one_lab(run, lab_shape, plan, on_episode):
+    def one_lab(run, lab_shape, plan, on_episode, workload="kv"):
         labs.append([i for i, _ in plan])
         for n, (index, name) in enumerate(plan):
             run.episodes.append(cr.EpisodeRecord(index, name, "s", 1.0, "n1", 1,
