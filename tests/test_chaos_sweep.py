@@ -24,7 +24,7 @@ def test_every_nemesis_once_without_violation(tmp_path):
     bad = [(e.index, e.nemesis, e.seed, e.targets, e.violations)
            for e in run.episodes if e.violations]
     assert not bad, f"violations (report in {paths['summary']}): {bad}"
-    assert [e.nemesis for e in run.episodes] == list(NEMESES)
+    assert sorted(e.nemesis for e in run.episodes) == sorted(NEMESES)   # grouped by lab shape
     for e in run.episodes:
         assert e.recovery_s is not None and e.acked > 0, e
         assert {f["action"] for f in e.faults} - {"heal"}, f"{e.nemesis} did nothing: {e.faults}"
