@@ -80,6 +80,7 @@ def test_postgres_failover_reintegration_under_pgbench_and_swap_back(make_lab):
                                                  and sorted(st["in_sync"]) == ["n1", "n2"])(
             m.state("n2")), 60, 0.1)
         in_sync_s = time.monotonic() - t_back
+        print(f"postgres_lab: n1 back in sync {in_sync_s:.1f} s after its return, pgbench writing")
         writing_at_sync = bench2.alive() and any(t > 0 and tps > 0 for t, tps in
                                                  _pgbench_progress(bench2)[-3:])
     except TimeoutError:
