@@ -152,3 +152,52 @@ def test_a_failing_checker_takes_the_node_out_of_the_farm_until_it_is_up(make_la
     farm.cli("f2", "-m", MODULE, "set", "-r", "custom.gate", "-v", "up", check=True)
     farm.wait_farm(farm.nodes)
     assert len(farm.ruleset_buckets("f2")) == 64
+
+
+def test_a_node_dying_and_coming_back_resets_no_connection_on_the_survivors(farm):
+    """Issue 16: connections established on f1 and f2 — before f3 dies and while it is
+    away, on buckets that were f3's — all keep working when f3 comes back and takes its
+    buckets back: the new owner takes only new connections (was: it reset the old
+    owner's, 22 resets seen with nginx)."""
+    from hacluster.farm_module import hash_seed
+    netns = farm.lab.hosts["c"].netns
+
+    def open_many(count: int) -> list:
+        out = []
+        for _ in range(count):
+            sock = socket.create_connection((farm.vip, PORT_ON_PORT), timeout=3)
+            stream = sock.makefile("rw")
+            out.append((sock, stream, stream.readline().strip(), sock.getsockname()))
+        return out
+
+    def still_served(conns: list) -> list:
+        broken = []
+        for sock, stream, node, _src in conns:
+            try:
+                stream.write(f"still {node}\n")
+                stream.flush()
+                if stream.readline() != f"still {node}\n":
+                    broken.append((node, "no echo"))
+            except OSError as e:
+                broken.append((node, repr(e)))
+        return broken
+
+    f3_buckets = set(farm.ruleset_buckets("f3"))
+    before = in_netns(netns, open_many, 40)
+    farm.kill_host("f3")
+    wait_until("f3's buckets owned by f1 and f2", lambda: farm.complete_on(["f1", "f2"]), 20)
+    during = in_netns(netns, open_many, 80)
+    seed = hash_seed(MODULE)
+    on_f3s_buckets = [c for c in during
+                      if bucket_of(c[3][0], c[3][1], "on_port", seed) in f3_buckets]
+    assert on_f3s_buckets and {c[2] for c in on_f3s_buckets} <= {"f1", "f2"}
+    farm.restart_node("f3")
+    farm.wait_farm(farm.nodes, timeout=60)
+    assert set(farm.ruleset_buckets("f3")) == f3_buckets     # its own buckets back
+    survivors = [c for c in before + during if c[2] in ("f1", "f2")]
+    assert not still_served(survivors), still_served(survivors)[:5]
+    counts = Counter(a[0] for a in farm.ask_many(PORT_ON_PORT, 200))
+    assert set(counts) == {"f1", "f2", "f3"} and None not in counts, counts
+    for sock, stream, _n, _s in before + during:
+        stream.close()
+        sock.close()

@@ -77,8 +77,11 @@ def test_to_vip_chain_order_pkttype_rules_then_catch_all():
     chain = to_vip_rules(script)
     assert chain == [
         "meta pkttype set host",
-        "tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x5eed1234 @owned accept",
-        "tcp dport 80 drop",
+        # TCP: the bucket judges only a new connection (a SYN) ...
+        "tcp dport 80 tcp flags & (syn | ack) == syn "
+        "jhash ip saddr . tcp sport mod 256 seed 0x5eed1234 @owned accept",
+        "tcp dport 80 tcp flags & (syn | ack) == syn drop",
+        "tcp dport 80 accept",
         "meta l4proto udp jhash ip saddr mod 256 seed 0x5eed1234 @owned accept",
         "meta l4proto udp drop",
         # whatever matches no rule is bucketed by source address: one node answers it
@@ -86,6 +89,23 @@ def test_to_vip_chain_order_pkttype_rules_then_catch_all():
         "drop",
     ]
     assert owned_set(script) == {b: None for b in range(100)}
+
+
+def test_tcp_segments_after_the_syn_are_accepted_only_for_known_connections():
+    """... every other segment only if conntrack knows the connection here, after
+    conntrack (priority -150): a moved bucket's old owner keeps its connections and no
+    node answers another's segments (rebalancing resets nothing)."""
+    script = render()
+    assert "type filter hook prerouting priority -150; policy accept;" in script
+    assert 'iifname "eth0" ip daddr 10.1.2.100 jump flows' in script
+    body = script.split("  chain flows {\n")[1].split("\n  }\n", 1)[0]
+    assert [ln.strip() for ln in body.splitlines()] == [
+        "tcp dport 80 tcp flags & (syn | ack) == syn accept",
+        "tcp dport 80 ct state established,related accept",
+        "tcp dport 80 drop",
+    ]
+    udp_only = render(rules=[(None, "udp", "on_addr")])
+    assert "chain flows" not in udp_only and "priority -150" not in udp_only
 
 
 def test_arp_table_drops_kernel_replies_and_rewrites_requests_from_the_vip():

@@ -15,6 +15,18 @@ nft transaction (declare-then-delete, so a reload never leaves a moment with no 
     ``on_addr`` hashes ``jhash ip saddr``, ``on_port`` hashes ``jhash ip saddr . <proto>
     sport``, ``mod 256 seed <seed>``, accepts the packet if the bucket is in the set
     ``owned``, and drops it otherwise.
+    **TCP: a bucket decides only who takes a new connection** (DESIGN.md "Networking":
+    rebalancing resets nothing). For a TCP rule only a SYN is judged by its bucket here;
+    every other TCP segment goes on to ``flows``, a chain at priority -150 (after
+    conntrack), which accepts it only if this node's conntrack knows the connection
+    (``ct state established,related``) and drops it silently otherwise. So when a
+    bucket moves (a node leaves, joins or comes back), its old owner keeps serving the
+    connections it has, the new owner takes the bucket's new connections, and neither
+    ever answers the other's segments (the new owner used to reset them; the old owner
+    dropped them). A segment of an unknown connection gets no reset from any node: the
+    connections of a node that died time out at their clients instead of being reset.
+    A node whose daemon died keeps its established connections (its application is
+    alive), but its ``owned`` elements lapse, so it takes no new connection.
     **The buckets expire in the kernel** (DESIGN.md rule 7): ``owned`` has ``flags
     timeout`` and each element a timeout ending at the node's liveness-lease deadline;
     the daemon renews them after each lease renewal (``render_refresh``, run in-process
@@ -61,6 +73,7 @@ NFT = shutil.which("nft") or "/usr/sbin/nft"
 BUCKETS = 256
 TABLE_PREFIX = "hacluster_farm_"
 PRIORITY = -300
+FLOWS_PRIORITY = -150   # after conntrack (-200): ct state is known
 SET = "owned"   # the inet table's set of this node's buckets
 PROTOS = ("tcp", "udp")
 FILTERS = ("on_addr", "on_port")
@@ -195,9 +208,17 @@ def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterab
     if timeout_ms == 0:
         buckets = frozenset()
     to_vip = ["meta pkttype set host"]  # the frame came to the shared multicast MAC
+    flows = []
     for r in checked:
         match = f"{r.proto} dport {r.port}" if r.port is not None else f"meta l4proto {r.proto}"
-        to_vip += [f"{match} {_hash(r.filter, r.proto, seed)} @{SET} accept", f"{match} drop"]
+        if r.proto == "tcp":
+            syn = f"{match} tcp flags & (syn | ack) == syn"
+            to_vip += [f"{syn} {_hash(r.filter, r.proto, seed)} @{SET} accept", f"{syn} drop",
+                       f"{match} accept"]     # not a SYN: the flows chain decides
+            flows += [f"{syn} accept", f"{match} ct state established,related accept",
+                      f"{match} drop"]
+        else:
+            to_vip += [f"{match} {_hash(r.filter, r.proto, seed)} @{SET} accept", f"{match} drop"]
     to_vip += [f"{_hash('on_addr', None, seed)} @{SET} accept", "drop"]  # everything else
     set_lines = [
         f"  set {SET} {{",
@@ -222,6 +243,15 @@ def render_ruleset(module: str, vip: str, rules: Sequence[object], owned: Iterab
         "  chain to_vip {",
         *(f"    {rule}" for rule in to_vip),
         "  }",
+        *([
+            "  chain established {",
+            f"    type filter hook prerouting priority {FLOWS_PRIORITY}; policy accept;",
+            f'    iifname "{interface}" ip daddr {ip} jump flows',
+            "  }",
+            "  chain flows {",
+            *(f"    {rule}" for rule in flows),
+            "  }",
+        ] if flows else []),
         "}",
         f"table arp {table} {{",
         "  chain output {",
