@@ -168,6 +168,22 @@ def _member_request(cfg: cluster_config.ClusterConfig, what: str, cmd: str, **kw
         raise
 
 
+def cmd_witness_credential(args: argparse.Namespace) -> int:
+    """A witness configured before roles had their own credentials holds the cluster
+    secret; this writes it a directory with only its Raft credential."""
+    cfg = _load(args)
+    member = cfg.members.get(args.name)
+    if member is None or member["role"] != "witness":
+        raise ConfigError(f"{args.name!r} is not a witness of cluster {cfg.cluster} "
+                          f"(witnesses: {', '.join(sorted(n for n, m in cfg.members.items() if m['role'] == 'witness')) or 'none'})")
+    d = cluster_config.write_member_dir(Path(args.out), cfg.cluster, args.name, cfg.members,
+                                        cfg.read_secret(), cfg.raft)
+    _print(args, {"witness": args.name, "config": str(d)},
+           f"wrote {d} with the Raft credential of {args.name} only: replace its /etc/hacluster "
+           "with it (its old 'secret' file must go) and restart it")
+    return 0
+
+
 def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
     cfg = _load(args)
     if adding:
@@ -406,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cluster.add_parser("status", help="members, roles, leader, term, commit index, liveness")
     json_flag(sp)
     sp.set_defaults(func=cmd_cluster_status)
+    sp = cluster.add_parser("witness-credential",
+                            help="on a data node: write the Raft credential of witness NAME into "
+                                 "DIR/NAME (for a witness set up with the cluster secret)")
+    sp.add_argument("name")
+    sp.add_argument("--out", required=True)
+    json_flag(sp)
+    sp.set_defaults(func=cmd_witness_credential)
     for role in ("node", "witness"):
         sp = cluster.add_parser(f"add-{role}", help=f"add a {role} (one change at a time, through Raft)")
         sp.add_argument("name")

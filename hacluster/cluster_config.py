@@ -7,6 +7,7 @@ from the current member list.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -15,12 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from raft.durable_storage import durable_replace
 from raft.membership import MembershipError, check_members, check_name
 from raft.settings import RaftSettings, SettingsError
 
 CONFIG_FILE = "cluster.json"
-SECRET_FILE = "secret"
+SECRET_FILE = "secret"              # the data nodes' cluster secret
+RAFT_SECRET_FILE = "raft_secret"    # a witness's only credential (see raft_credential)
+_RAFT_INFO = b"hacluster raft credential v1"
 DEFAULT_CONFIG_DIR = "/etc/hacluster"
 DEFAULT_RAFT_PORT = 7400
 
@@ -62,18 +68,29 @@ class ClusterConfig:
     def secret_path(self) -> Path:
         return self.directory / SECRET_FILE
 
+    @property
+    def raft_secret_path(self) -> Path:
+        return self.directory / RAFT_SECRET_FILE
+
+    @property
+    def holds_data_secret(self) -> bool:
+        """A data node (or a witness made before roles had their own credentials)."""
+        return self.secret_path.exists() or not self.raft_secret_path.exists()
+
+    def read_raft_secret(self) -> str:
+        """What this member's Raft messages are authenticated with: derived from the
+        cluster secret on a data node, the only credential a witness holds."""
+        if self.holds_data_secret:
+            return raft_credential(self.read_secret())
+        return _read_secret_file(self.raft_secret_path, "Raft credential")
+
     def read_secret(self) -> str:
+        """The cluster secret: peer control, module packages, replication."""
         path = self.secret_path
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: cluster secret missing (made by hacluster cluster init)") from None
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ConfigError(f"{path}: cluster secret must be mode 0600, is {stat.S_IMODE(st.st_mode):04o}")
-        value = path.read_text().strip()
-        if len(value) < 32:
-            raise ConfigError(f"{path}: cluster secret too short ({len(value)} chars, need >= 32)")
-        return value
+        if not path.exists() and self.raft_secret_path.exists():
+            raise ConfigError(f"{path}: this member holds only the Raft credential (a witness): "
+                              "it cannot drive modules, serve packages or replicate")
+        return _read_secret_file(path, "cluster secret")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -147,14 +164,36 @@ def _path_prefix(value: Any, path: Path) -> str | None:
     return value.rstrip("/")
 
 
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} missing (made by hacluster cluster init)") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(f"{path}: {what} must be mode 0600, is {stat.S_IMODE(st.st_mode):04o}")
+    value = path.read_text().strip()
+    if len(value) < 32:
+        raise ConfigError(f"{path}: {what} too short ({len(value)} chars, need >= 32)")
+    return value
+
+
+def raft_credential(secret: str) -> str:
+    """The credential of Raft's messages, derived one way from the cluster secret: every
+    voter needs it, a witness holds nothing else, so a witness cannot compute the
+    cluster secret that peer control, module packages and replication are keyed with
+    (DESIGN: the witness's credential cannot install modules, drive them or replicate)."""
+    key = HKDF(algorithm=SHA256(), length=32, salt=None, info=_RAFT_INFO).derive(secret.encode())
+    return base64.urlsafe_b64encode(key).decode().rstrip("=")
+
+
 def new_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
-def write_secret(directory: Path, secret: str) -> None:
+def write_secret(directory: Path, secret: str, filename: str = SECRET_FILE) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / SECRET_FILE
-    tmp = directory / (SECRET_FILE + ".tmp")
+    path = directory / filename
+    tmp = directory / (filename + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
@@ -168,12 +207,16 @@ def with_port(address: str, default_port: int = DEFAULT_RAFT_PORT) -> str:
 
 def write_member_dir(base: Path, cluster: str, name: str, members: dict[str, dict[str, str]],
                      secret: str, raft: RaftSettings) -> Path:
-    """The configuration directory for one member (its own ``self``)."""
+    """The configuration directory for one member (its own ``self``): a data node gets
+    the cluster secret, a witness only the Raft credential derived from it."""
     directory = base / name
     if (directory / CONFIG_FILE).exists():
         raise ConfigError(f"{directory / CONFIG_FILE}: already exists; refusing to overwrite")
     cfg = ClusterConfig(directory=directory, cluster=cluster, self_name=name,
                         members=members, raft=raft)
-    write_secret(directory, secret)
+    if members[name]["role"] == "witness":
+        write_secret(directory, raft_credential(secret), RAFT_SECRET_FILE)
+    else:
+        write_secret(directory, secret)
     cfg.save()
     return directory

@@ -56,19 +56,25 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
-        secret = self.config.read_secret()
+        raft_secret = self.config.read_raft_secret()
+        # A witness holds no cluster secret (only the Raft credential): no peer control.
+        secret = self.config.read_secret() if self.config.holds_data_secret else None
         peers = [m["address"] for m in self.config.members.values()]
         # SyncObj's constructor blocks until its port is bound: keep it off the loop.
         self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(
-            self.config.me["address"], peers, self.config.data_path / "raft", secret,
+            self.config.me["address"], peers, self.config.data_path / "raft", raft_secret,
             self.config.raft, on_applied=self._applied_threadsafe,
             on_role_change=self._role_changed_threadsafe))
         control = ControlServer(self.config.socket_path, self.control_handlers())
         await control.start()
         host, port = peer_control_address(self.config.me["address"])
         self._control = control
-        peer_control = PeerControlServer(host, port, secret, control.dispatch)
-        await peer_control.start()
+        if secret is not None:
+            peer_control = PeerControlServer(host, port, secret, control.dispatch)
+            await peer_control.start()
+        else:
+            peer_control = None
+            log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
         log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                  self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                  self.config.socket_path)
@@ -82,7 +88,8 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await peer_control.close()
+        if peer_control is not None:
+            await peer_control.close()
         await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
         log.info("event=daemon_stopped reason=%r", self.exit_reason)
@@ -228,6 +235,9 @@ class Daemon:
         else:
             raise ControlError("forward: 'hosts' must be 'all' or a list of member names")
         timeout = float(inner.get("wait_s") or 0) + 30.0
+        if not self.config.holds_data_secret:
+            raise ControlError("-H: this member is a witness; it holds only the Raft credential "
+                               "and cannot drive other members: run it on a data node")
         secret = self.config.read_secret()
 
         async def one(name: str) -> dict:

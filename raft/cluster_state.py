@@ -302,6 +302,9 @@ class ClusterState:
             return _refused(f"invalid package size {size!r}")
         if source not in self.members:
             return _refused(f"unknown member {source!r}")
+        if self.members[source]["role"] != "node":
+            return _refused(f"module packages are installed from data nodes only; {source} is a "
+                            f"{self.members[source]['role']}")
         if not _valid_duration(lease_s):
             return _refused(f"invalid lease duration {lease_s!r}")
         old = self.modules.get(name)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from hacluster import cli, cluster_config
-from hacluster.cluster_config import CONFIG_FILE, SECRET_FILE, ConfigError, load
+from hacluster.cluster_config import (CONFIG_FILE, RAFT_SECRET_FILE, SECRET_FILE, ConfigError,
+                                      load, raft_credential)
 from raft.settings import RaftSettings
 
 INIT = ["cluster", "init", "--name", "prod", "--node", "a=10.0.0.1", "--node", "b=10.0.0.2:7500",
@@ -43,13 +44,24 @@ def test_cluster_init_writes_one_dir_per_member(tmp_path, capsys):
             "b": {"address": "10.0.0.2:7500", "role": "node"},
             "w": {"address": "10.0.0.9:7400", "role": "witness"},
         }
+        assert not list(d.glob("*.tmp"))
+        if name == "w":
+            continue
         mode = stat.S_IMODE((d / SECRET_FILE).stat().st_mode)
         assert mode == 0o600
         secrets.add(cfg.read_secret())
-        assert not list(d.glob("*.tmp"))
     assert len(secrets) == 1
-    assert len(secrets.pop()) >= 32
+    secret = secrets.pop()
+    assert len(secret) >= 32
     assert load(tmp_path / "w").role == "witness" and load(tmp_path / "a").role == "node"
+    # the witness holds only the Raft credential, derived one way from the secret
+    w = load(tmp_path / "w")
+    assert not (tmp_path / "w" / SECRET_FILE).exists()
+    assert stat.S_IMODE((tmp_path / "w" / RAFT_SECRET_FILE).stat().st_mode) == 0o600
+    assert w.read_raft_secret() == load(tmp_path / "a").read_raft_secret() == raft_credential(secret)
+    assert secret not in w.read_raft_secret() and len(w.read_raft_secret()) >= 32
+    with pytest.raises(ConfigError, match="holds only the Raft credential"):
+        w.read_secret()
 
 
 def test_cluster_init_json_output(tmp_path, capsys):
@@ -252,3 +264,16 @@ def test_table_alignment_and_cells():
 
 def test_table_without_rows_is_the_header():
     assert cli.table([], [("a", "A"), ("bb", "BB")]) == "A  BB"
+
+
+def test_witness_credential_rewrites_an_old_witness_without_the_cluster_secret(tmp_path, capsys):
+    assert init(tmp_path / "cfg") == 0
+    capsys.readouterr()
+    assert cli.main(["--config", str(tmp_path / "cfg" / "a"), "cluster", "witness-credential", "w",
+                     "--out", str(tmp_path / "new")]) == 0
+    w = load(tmp_path / "new" / "w")
+    assert not (tmp_path / "new" / "w" / SECRET_FILE).exists()
+    assert w.read_raft_secret() == load(tmp_path / "cfg" / "a").read_raft_secret()
+    assert cli.main(["--config", str(tmp_path / "cfg" / "a"), "cluster", "witness-credential", "a",
+                     "--out", str(tmp_path / "x")]) == 1
+    assert "'a' is not a witness" in capsys.readouterr().err
