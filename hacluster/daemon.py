@@ -17,6 +17,7 @@ from typing import Any
 import uvloop
 
 from raft.cluster_state import liveness_resource
+from raft.hardened_transport import raise_open_files_limit
 from raft.member import RaftCommandError, RaftMember
 
 from . import structured_log
@@ -50,6 +51,8 @@ class Daemon:
     # ---- entry point --------------------------------------------------------
     def run(self) -> int:
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
+        soft, hard = raise_open_files_limit()
+        log.info("event=open_files_limit soft=%d hard=%d", soft, hard)
         return uvloop.run(self._main())
 
     async def _main(self) -> int:
