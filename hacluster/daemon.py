@@ -17,6 +17,7 @@ from typing import Any
 import uvloop
 
 from raft.cluster_state import liveness_resource
+from raft.durable_storage import private_dir
 from raft.hardened_transport import raise_open_files_limit
 from raft.member import RaftCommandError, RaftMember
 
@@ -60,6 +61,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
         secret = self.config.read_secret()
+        private_dir(self.config.data_path)
         peers = [m["address"] for m in self.config.members.values()]
         # SyncObj's constructor blocks until its port is bound: keep it off the loop.
         self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hacluster.module_scripts import SCRIPTS
 from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
-from raft.durable_storage import durable_replace
+from raft.durable_storage import durable_replace, private_dir
 from replication.dirty_bitmap import fsync_dir
 
 log = logging.getLogger("hacluster.module_package")
@@ -316,7 +316,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
     check_module_name(name)
     checked, contents = _read_package(safe_bytes, f"{name}.safe", name)
     base = Path(modules_dir)
-    base.mkdir(parents=True, exist_ok=True)
+    private_dir(base)
     _remove_leftovers(base, name)
     tag = uuid.uuid4().hex[:8]
     staged = base / f".{name}.new-{tag}"
@@ -326,7 +326,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
     target, target_safe = base / name, base / f"{name}.safe"
     try:
         _extract(checked, contents, staged)
-        _write_durably(staged_safe, safe_bytes, 0o644)
+        _write_durably(staged_safe, safe_bytes, 0o640)
         fsync_dir(base)
         done: list[str] = []
         try:
@@ -359,7 +359,8 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
 
 
 def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -> None:
-    os.mkdir(staged, 0o755)
+    # Nothing for other users: a userconfig.xml's <user> variables may hold credentials.
+    os.mkdir(staged, 0o750)
     dirs = {staged}
     for member in checked.members:
         path = staged.joinpath(*member.name.split("/"))
@@ -367,12 +368,13 @@ def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -
         for parent in reversed(path.parents if not member.is_dir else (path, *path.parents)):
             if parent in dirs or not parent.is_relative_to(staged):
                 continue
-            os.mkdir(parent, 0o755)
+            os.mkdir(parent, 0o750)
             dirs.add(parent)
         if member.is_dir:
             continue
-        # No group/other write and no setuid bits, whatever the zip says.
-        mode = 0o755 if member.mode & 0o100 else 0o644
+        # No write but the owner's, nothing for others, no setuid bits, whatever the
+        # zip says.
+        mode = 0o750 if member.mode & 0o100 else 0o640
         _write_durably(path, contents[member.name], mode)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(d)

@@ -503,7 +503,7 @@ class RaftMember:
         self._awaiting_leader: list[_Submission] = []
         self._awaiting_lock = threading.Lock()
         data = Path(data_dir)
-        data.mkdir(parents=True, exist_ok=True)
+        durable_storage.private_dir(data)
         check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
         conf = SyncObjConf(
