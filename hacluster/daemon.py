@@ -49,6 +49,10 @@ class Daemon:
         self._control: ControlServer | None = None
         self.exit_reason = "stopped"
 
+    def _member_hosts(self) -> set[str]:
+        """The current members' hosts, as their connections come from."""
+        return {m["address"].rsplit(":", 1)[0] for m in self.config.members.values()}
+
     # ---- entry point --------------------------------------------------------
     def run(self) -> int:
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
@@ -72,7 +76,8 @@ class Daemon:
         await control.start()
         host, port = peer_control_address(self.config.me["address"])
         self._control = control
-        peer_control = PeerControlServer(host, port, secret, control.dispatch)
+        peer_control = PeerControlServer(host, port, secret, control.dispatch,
+                                         member_hosts=self._member_hosts)
         await peer_control.start()
         log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                  self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),

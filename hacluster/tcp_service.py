@@ -1,22 +1,48 @@
 """A small TCP service for node-to-node requests: one request per connection, a cap
 on connections served at once, every failure of a connection logged as one line
-(``event=<prefix>_dropped``) and the connection closed; subclasses write ``_serve``."""
+(``event=<prefix>_dropped``) and the connection closed; subclasses write ``_serve``.
+
+With ``HandshakeLimits`` a subclass writes ``_handshake`` (authenticate the peer and
+read its request, under one deadline for the whole of it) and ``_serve_request``
+instead. Connections still in their handshake are capped per address and in total
+(addresses of cluster members count against their own cap only, so a flood from
+elsewhere cannot lock members out); the cap on connections served at once applies
+only to authenticated requests, so silent connections never take those slots; and
+refusal lines are logged once per address and kind per interval, with a count.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from raft.hardened_transport import RefusalLog
+
+
+@dataclass(frozen=True)
+class HandshakeLimits:
+    per_address: int = 4
+    total: int = 64          # from addresses that are not cluster members
+    deadline_s: float = 5.0  # the whole handshake: nonce out, request in, MAC checked
 
 
 class TcpService:
     event_prefix = "service"
 
-    def __init__(self, host: str, port: int, log: logging.Logger, max_connections: int) -> None:
+    def __init__(self, host: str, port: int, log: logging.Logger, max_connections: int,
+                 handshake: HandshakeLimits | None = None,
+                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
         self.host = host
         self.port = port
         self._log = log
         self._slots = asyncio.Semaphore(max_connections)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task] = set()
+        self._limits = handshake
+        self._member_hosts = member_hosts
+        self._in_handshake: dict[str, int] = {}
+        self._refusals = RefusalLog(logger=log)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -37,7 +63,40 @@ class TcpService:
                      peer: str) -> None:
         raise NotImplementedError
 
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: str) -> Any:
+        """Authenticate and read the request (None: refused, already logged)."""
+        raise NotImplementedError
+
+    async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             peer: str, request: Any) -> None:
+        raise NotImplementedError
+
+    def refused(self, host: str, kind: str, fmt: str, *args: object) -> None:
+        """A refusal line, once per address and kind per interval (with handshake limits)."""
+        if self._limits is None:
+            self._log.warning(fmt, *args)
+        else:
+            self._refusals(host, kind, fmt, *args)
+
+    def _admission_refusal(self, host: str) -> str | None:
+        lim = self._limits
+        same = self._in_handshake.get(host, 0)
+        if same >= lim.per_address:
+            return (f"{same} connections from this address are in their handshake "
+                    f"(limit {lim.per_address})")
+        members = set(self._member_hosts())
+        if host not in members:
+            others = sum(n for h, n in self._in_handshake.items() if h not in members)
+            if others >= lim.total:
+                return (f"{others} connections from non-members are in their handshake "
+                        f"(limit {lim.total})")
+        return None
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._limits is not None:
+            await self._handle_limited(reader, writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -63,3 +122,58 @@ class TcpService:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
+
+    async def _handle_limited(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        peername = writer.get_extra_info("peername")
+        host = str(peername[0]) if peername else "?"
+        peer = f"{host}:{peername[1]}" if peername else "?"
+        ev = self.event_prefix
+        counted = False
+        try:
+            refusal = self._admission_refusal(host)
+            if refusal is not None:
+                self.refused(host, "cap", 'event=%s_refused peer=%s reason="%s: connection closed"',
+                             ev, peer, refusal)
+                return
+            self._in_handshake[host] = self._in_handshake.get(host, 0) + 1
+            counted = True
+            try:
+                async with asyncio.timeout(self._limits.deadline_s):
+                    request = await self._handshake(reader, writer, peer)
+            finally:
+                self._end_handshake(host)
+                counted = False
+            if request is None:
+                return
+            if self._slots.locked():
+                self.refused(host, "busy", 'event=%s_refused peer=%s reason="too many requests '
+                             'being served"', ev, peer)
+                return
+            async with self._slots:
+                await self._serve_request(reader, writer, peer, request)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.refused(host, "timeout", 'event=%s_dropped peer=%s reason="no authenticated '
+                         'request within %g s"', ev, peer, self._limits.deadline_s)
+        except asyncio.IncompleteReadError:
+            self.refused(host, "short", 'event=%s_dropped peer=%s reason="short request"', ev, peer)
+        except (ConnectionError, OSError, ValueError) as exc:
+            self.refused(host, "error", "event=%s_dropped peer=%s reason=%r", ev, peer, str(exc))
+        finally:
+            if counted:
+                self._end_handshake(host)
+            self._handlers.discard(task)
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+                pass
+
+    def _end_handshake(self, host: str) -> None:
+        n = self._in_handshake.get(host, 0) - 1
+        if n > 0:
+            self._in_handshake[host] = n
+        else:
+            self._in_handshake.pop(host, None)

@@ -75,8 +75,10 @@ class RefusalLog:
     since the last line. Bounded: the table is cleared when it grows past
     ``max_entries`` (an attacker with many addresses gets more lines, not memory)."""
 
-    def __init__(self, interval_s: float = 10.0, max_entries: int = 4096) -> None:
+    def __init__(self, interval_s: float = 10.0, max_entries: int = 4096,
+                 logger: logging.Logger = log) -> None:
         self.interval_s = interval_s
+        self.log = logger
         self.max_entries = max_entries
         self._last: dict[tuple[str, str], list] = {}
 
@@ -92,7 +94,7 @@ class RefusalLog:
             self._last.clear()
         suppressed = entry[1] if entry is not None else 0
         self._last[key] = [now, 0]
-        log.warning(fmt + " refused_since_last_line=%d", *args, suppressed)
+        self.log.warning(fmt + " refused_since_last_line=%d", *args, suppressed)
         return True
 
 
