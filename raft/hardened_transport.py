@@ -147,16 +147,16 @@ class HardenedConnection(TcpConnection):
         return self.limits.max_message_bytes if self.authenticated else self.limits.max_preauth_bytes
 
     def _TcpConnection__tryReadBuffer(self):  # noqa: N802 (pysyncobj's mangled name)
-        """Read what is there, at most ``read_per_event`` bytes and no more than one
-        message of the current limit beyond what is buffered (the rest waits in the
-        socket: the poll reports it again)."""
+        """Read what is there, at most ``read_per_event`` bytes, and never more than
+        one message of the current limit in the buffer (before authentication: 4 KiB
+        per connection). The rest waits in the socket; the poll reports it again."""
         sock = self._TcpConnection__socket
         buf = self._input
         budget = self.limits.read_per_event
-        enough = 4 + self._limit() + _READ_CHUNK
+        enough = 4 + self._limit()
         while budget > 0 and len(buf) < enough:
             try:
-                chunk = sock.recv(min(budget, _READ_CHUNK))
+                chunk = sock.recv(min(budget, _READ_CHUNK, enough - len(buf)))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:

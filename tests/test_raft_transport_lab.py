@@ -131,8 +131,9 @@ def test_length_bomb_is_refused_and_the_member_keeps_serving(make_cluster):
     conns, closed, sent = map(int, bomb.log_path.read_text().splitlines()[-1].split())
 
     assert not _liveness_expiries(cluster, target), "the attacked member lost its liveness"
-    # Each connection was closed by the member after its 4-byte announcement.
-    assert conns >= 2 and closed == conns
+    # Each connection was closed by the member after its 4-byte announcement (the last
+    # one may still have been on its way when the attack stopped).
+    assert conns >= 2 and closed >= conns - 1
     log = (lab.workdir / target / "hacluster.log").read_text()
     refusals = [line for line in log.splitlines() if "event=peer_refused" in line
                 and "announced a message of 2147483647 bytes before authenticating" in line]
