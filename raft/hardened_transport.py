@@ -375,12 +375,18 @@ class HardenedTransport(TCPTransport):
                 self._unknownConnections.discard(conn)
 
 
-def raise_open_files_limit() -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to the hard limit (a daemon holds a descriptor
-    per peer connection, listener, journal, module process pipe); returns
-    (soft, hard) as they are afterwards."""
+OPEN_FILES_TARGET = 65536
+
+
+def raise_open_files_limit(target: int = OPEN_FILES_TARGET) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards ``target``, within the hard limit (a
+    daemon holds a descriptor per peer connection, listener, journal, module
+    process pipe); returns (soft, hard) as they are afterwards. Not to the hard
+    limit itself: children (module scripts, the applications they start) inherit
+    the soft limit, and some programs loop over every possible descriptor."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

@@ -120,3 +120,15 @@ def test_peers_with_the_secret_still_replicate(tmp_path):
     finally:
         for x in members:
             x.destroy()
+
+
+def test_the_open_files_limit_is_raised_within_the_hard_limit():
+    import subprocess
+    import sys
+
+    # In a child with soft 256 / hard 4096: raised to the hard limit (under 65536).
+    code = ("import resource; from raft.hardened_transport import raise_open_files_limit; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
+            "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "(4096, 4096) (4096, 4096)"
