@@ -50,7 +50,8 @@ class ModuleRegistry:
         self._sync_again = False
         self._synced_once = False
         host, port = fetch_address(daemon.config.me["address"])
-        self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup)
+        self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup,
+                                              member_hosts=daemon._member_hosts)
 
     def _lookup(self, digest: str) -> bytes | None:
         for name, d in self.installed.items():

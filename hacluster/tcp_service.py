@@ -155,8 +155,8 @@ class TcpService:
             async with self._slots:
                 await self._serve_request(reader, writer, peer, request)
         except (asyncio.TimeoutError, TimeoutError):
-            self.refused(host, "timeout", 'event=%s_dropped peer=%s reason="no authenticated '
-                         'request within %g s"', ev, peer, self._limits.deadline_s)
+            self.refused(host, "timeout", 'event=%s_dropped peer=%s reason=timeout detail="no '
+                         'authenticated request within %g s"', ev, peer, self._limits.deadline_s)
         except asyncio.IncompleteReadError:
             self.refused(host, "short", 'event=%s_dropped peer=%s reason="short request"', ev, peer)
         except (ConnectionError, OSError, ValueError) as exc:
