@@ -1,14 +1,13 @@
-"""A small TCP service for node-to-node requests: one request per connection, a cap
-on connections served at once, every failure of a connection logged as one line
-(``event=<prefix>_dropped``) and the connection closed; subclasses write ``_serve``.
+"""A small TCP service for node-to-node requests: one request per connection.
 
-With ``HandshakeLimits`` a subclass writes ``_handshake`` (authenticate the peer and
-read its request, under one deadline for the whole of it) and ``_serve_request``
-instead. Connections still in their handshake are capped per address and in total
-(addresses of cluster members count against their own cap only, so a flood from
-elsewhere cannot lock members out); the cap on connections served at once applies
-only to authenticated requests, so silent connections never take those slots; and
-refusal lines are logged once per address and kind per interval, with a count.
+A subclass writes ``_handshake`` (authenticate the peer and read its request, under
+one deadline for the whole of it) and ``_serve_request``. Connections still in their
+handshake are capped per address and in total (addresses of cluster members count
+against their own cap only, so a flood from elsewhere cannot lock members out); the
+cap on requests served at once applies only to authenticated ones, so silent
+connections never take those slots. Every failure of a connection closes it and is
+logged as one line (``event=<prefix>_refused`` / ``_dropped``), once per address and
+kind per interval, with a count of those not logged.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ class TcpService:
         self._slots = asyncio.Semaphore(max_connections)
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task] = set()
-        self._limits = handshake
+        self._limits = handshake or HandshakeLimits()
         self._member_hosts = member_hosts
         self._in_handshake: dict[str, int] = {}
         self._refusals = RefusalLog(logger=log)
@@ -59,10 +58,6 @@ class TcpService:
         await self._server.wait_closed()
         self._server = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
-        raise NotImplementedError
-
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: str) -> Any:
         """Authenticate and read the request (None: refused, already logged)."""
@@ -73,11 +68,8 @@ class TcpService:
         raise NotImplementedError
 
     def refused(self, host: str, kind: str, fmt: str, *args: object) -> None:
-        """A refusal line, once per address and kind per interval (with handshake limits)."""
-        if self._limits is None:
-            self._log.warning(fmt, *args)
-        else:
-            self._refusals(host, kind, fmt, *args)
+        """A refusal line, once per address and kind per interval."""
+        self._refusals(host, kind, fmt, *args)
 
     def _admission_refusal(self, host: str) -> str | None:
         lim = self._limits
@@ -94,36 +86,6 @@ class TcpService:
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._limits is not None:
-            await self._handle_limited(reader, writer)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        ev = self.event_prefix
-        try:
-            if self._slots.locked():
-                self._log.warning('event=%s_refused peer=%s reason="too many connections"', ev, peer)
-                return
-            async with self._slots:
-                await self._serve(reader, writer, peer)
-        except (asyncio.TimeoutError, TimeoutError):
-            self._log.warning("event=%s_dropped peer=%s reason=timeout", ev, peer)
-        except asyncio.IncompleteReadError:
-            self._log.warning('event=%s_dropped peer=%s reason="short request"', ev, peer)
-        except (ConnectionError, OSError, ValueError) as exc:
-            self._log.warning("event=%s_dropped peer=%s reason=%r", ev, peer, str(exc))
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-            try:
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-            except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
-                pass
-
-    async def _handle_limited(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -131,7 +93,6 @@ class TcpService:
         host = str(peername[0]) if peername else "?"
         peer = f"{host}:{peername[1]}" if peername else "?"
         ev = self.event_prefix
-        counted = False
         try:
             refusal = self._admission_refusal(host)
             if refusal is not None:
@@ -139,13 +100,11 @@ class TcpService:
                              ev, peer, refusal)
                 return
             self._in_handshake[host] = self._in_handshake.get(host, 0) + 1
-            counted = True
             try:
                 async with asyncio.timeout(self._limits.deadline_s):
                     request = await self._handshake(reader, writer, peer)
             finally:
                 self._end_handshake(host)
-                counted = False
             if request is None:
                 return
             if self._slots.locked():
@@ -156,14 +115,13 @@ class TcpService:
                 await self._serve_request(reader, writer, peer, request)
         except (asyncio.TimeoutError, TimeoutError):
             self.refused(host, "timeout", 'event=%s_dropped peer=%s reason=timeout detail="no '
-                         'authenticated request within %g s"', ev, peer, self._limits.deadline_s)
+                         'authenticated request within %g s, or the answer stalled"', ev, peer,
+                         self._limits.deadline_s)
         except asyncio.IncompleteReadError:
             self.refused(host, "short", 'event=%s_dropped peer=%s reason="short request"', ev, peer)
         except (ConnectionError, OSError, ValueError) as exc:
             self.refused(host, "error", "event=%s_dropped peer=%s reason=%r", ev, peer, str(exc))
         finally:
-            if counted:
-                self._end_handshake(host)
             self._handlers.discard(task)
             writer.close()
             try:
