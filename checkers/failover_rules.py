@@ -18,6 +18,10 @@ Example (one rule per line is usual, but a rule may span lines; ``#`` starts a c
 A rule without a label is named ``line<N>``. Errors are one line:
 ``<failover> line 3: expected ')' after 'down', found 'then'``.
 
+A condition is at most ``MAX_DEPTH`` operators deep (``!``, parentheses and each
+``&&``/``||`` of a chain count), checked while parsing: what parses also evaluates
+(evaluation recurses over the tree), and a hostile text cannot exhaust the stack.
+
 Semantics: a comparison with a wildcard is true if any resource of the class
 satisfies it; a resource not in the table compares as ``init``. :class:`RuleEngine`
 fires a rule when its condition *becomes* true (edge), so a resource that stays down
@@ -32,6 +36,7 @@ from typing import Iterable, Mapping, Union
 from .resource import CLASSES, VALUES, valid_ident
 
 ACTIONS = ("restart", "stopstart", "stop", "wait", "swap")
+MAX_DEPTH = 64
 VALUE_ALIASES = {"success": "up", "failure": "down"}
 WILDCARD = "?"
 
@@ -117,6 +122,17 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.toks = _tokens(text)
         self.i = 0
+        self.nesting = 0              # '!' and '(' open around the current token
+        self.depth: dict[int, int] = {}  # id(node) -> its depth, for nodes of this parse
+
+    def node(self, expr: Expr, *operands: Expr) -> Expr:
+        """Record ``expr``'s depth (1 + its deepest operand); refuse it past MAX_DEPTH."""
+        depth = 1 + max((self.depth[id(o)] for o in operands), default=0)
+        if depth > MAX_DEPTH:
+            raise FailoverRulesError(self.peek().line, f"condition nested more than {MAX_DEPTH} "
+                                                       "operators deep ('!', '(', '&&', '||')")
+        self.depth[id(expr)] = depth
+        return expr
 
     def peek(self, offset: int = 0) -> _Tok:
         return self.toks[min(self.i + offset, len(self.toks) - 1)]
@@ -174,26 +190,36 @@ class _Parser:
         left = self.conjunction()
         while self.peek().text == "||":
             self.take()
-            left = Or(left, self.conjunction())
+            right = self.conjunction()
+            left = self.node(Or(left, right), left, right)
         return left
 
     def conjunction(self) -> Expr:
         left = self.unary()
         while self.peek().text == "&&":
             self.take()
-            left = And(left, self.unary())
+            right = self.unary()
+            left = self.node(And(left, right), left, right)
         return left
 
     def unary(self) -> Expr:
         tok = self.peek()
-        if tok.text == "!":
-            self.take()
-            return Not(self.unary())
-        if tok.text == "(":
-            self.take()
-            inner = self.expr()
-            self.expect(")")
-            return inner
+        if tok.text in ("!", "("):
+            # The parser recurses per '!' and '(': bounded before the stack is.
+            self.nesting += 1
+            if self.nesting > MAX_DEPTH:
+                raise FailoverRulesError(tok.line, f"condition nested more than {MAX_DEPTH} "
+                                                   "operators deep ('!', '(', '&&', '||')")
+            try:
+                self.take()
+                if tok.text == "!":
+                    operand = self.unary()
+                    return self.node(Not(operand), operand)
+                inner = self.expr()
+                self.expect(")")
+                return inner
+            finally:
+                self.nesting -= 1
         if tok.kind != "resource":
             raise self.fail("a resource (class.ident), '!' or '('")
         self.take()
@@ -212,7 +238,7 @@ class _Parser:
         if value.kind != "word" or canonical not in VALUES:
             raise self.fail("a value (up, down, init, success, failure)")
         self.take()
-        return Compare(tok.text, op.text, canonical)
+        return self.node(Compare(tok.text, op.text, canonical))
 
 
 def parse_rules(text: str) -> list[Rule]:

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from raft.durable_storage import durable_replace
+from raft.durable_storage import durable_replace, private_dir
 from raft.membership import MembershipError, check_members, check_name
 from raft.settings import RaftSettings, SettingsError
 
@@ -108,7 +108,7 @@ class ClusterConfig:
         return d
 
     def save(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         path = self.directory / CONFIG_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -165,13 +165,30 @@ def _path_prefix(value: Any, path: Path) -> str | None:
 
 
 def _read_secret_file(path: Path, what: str) -> str:
+    """A secret file, checked on the file opened (no swap between check and read): a
+    regular file, not a link, owned by us, mode 0600, text of at least 32 chars."""
     try:
-        st = path.stat()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} missing (made by hacluster cluster init)") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ConfigError(f"{path}: {what} must be mode 0600, is {stat.S_IMODE(st.st_mode):04o}")
-    value = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: {what} unreadable ({e.strerror}; "
+                          "a symlink is not accepted)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{path}: {what} must be a regular file")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"{path}: {what} is owned by uid {st.st_uid}, must be "
+                              f"owned by the user running hacluster (uid {os.geteuid()})")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            raise ConfigError(f"{path}: {what} must be mode 0600, is "
+                              f"{stat.S_IMODE(st.st_mode):04o}")
+        raw = f.read(4096)
+    try:
+        value = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} is not text") from None
     if len(value) < 32:
         raise ConfigError(f"{path}: {what} too short ({len(value)} chars, need >= 32)")
     return value
@@ -191,13 +208,19 @@ def new_secret() -> str:
 
 
 def write_secret(directory: Path, secret: str, filename: str = SECRET_FILE) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     path = directory / filename
     tmp = directory / (filename + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover tmp file (or a link planted there) is removed, never followed;
+    # if one reappears before the exclusive create, the create fails.
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
         f.write(secret + "\n")
-    os.chmod(tmp, 0o600)
     durable_replace(str(tmp), str(path))
 
 

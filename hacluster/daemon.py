@@ -17,6 +17,8 @@ from typing import Any
 import uvloop
 
 from raft.cluster_state import liveness_resource
+from raft.durable_storage import private_dir
+from raft.hardened_transport import raise_open_files_limit
 from raft.member import RaftCommandError, RaftMember
 
 from . import structured_log
@@ -47,9 +49,15 @@ class Daemon:
         self._control: ControlServer | None = None
         self.exit_reason = "stopped"
 
+    def _member_hosts(self) -> set[str]:
+        """The current members' hosts, as their connections come from."""
+        return {m["address"].rsplit(":", 1)[0] for m in self.config.members.values()}
+
     # ---- entry point --------------------------------------------------------
     def run(self) -> int:
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
+        soft, hard = raise_open_files_limit()
+        log.info("event=open_files_limit soft=%d hard=%d", soft, hard)
         return uvloop.run(self._main())
 
     async def _main(self) -> int:
@@ -59,6 +67,7 @@ class Daemon:
         raft_secret = self.config.read_raft_secret()
         # A witness holds no cluster secret (only the Raft credential): no peer control.
         secret = self.config.read_secret() if self.config.holds_data_secret else None
+        private_dir(self.config.data_path)
         peers = [m["address"] for m in self.config.members.values()]
         # SyncObj's constructor blocks until its port is bound: keep it off the loop.
         self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(
@@ -70,7 +79,8 @@ class Daemon:
         host, port = peer_control_address(self.config.me["address"])
         self._control = control
         if secret is not None:
-            peer_control = PeerControlServer(host, port, secret, control.dispatch)
+            peer_control = PeerControlServer(host, port, secret, control.dispatch,
+                                             member_hosts=self._member_hosts)
             await peer_control.start()
         else:
             peer_control = None

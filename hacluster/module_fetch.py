@@ -20,10 +20,10 @@ import logging
 import os
 import re
 import struct
-from typing import Callable
+from typing import Callable, Iterable
 
 from hacluster.module_package import MAX_TOTAL_BYTES
-from hacluster.tcp_service import TcpService
+from hacluster.tcp_service import HandshakeLimits, TcpService
 
 log = logging.getLogger("hacluster.module_fetch")
 
@@ -56,36 +56,47 @@ class ModuleFetchServer(TcpService):
     event_prefix = "fetch"
     """Serves ``lookup(digest) -> bytes | None`` to peers that know the cluster secret.
 
-    Every read has a timeout and a fixed size, and the number of connections being
-    served is capped, so a peer that sends garbage or nothing cannot hold the service.
+    The request has a fixed size and one deadline (``request_timeout``) covers the
+    whole handshake; connections in their handshake are capped per address and in
+    total (``HandshakeLimits``; members' hosts count against their own cap only),
+    and only authenticated requests take the ``max_connections`` slots, so a peer
+    that sends garbage or nothing cannot hold the service.
     """
 
     def __init__(self, host: str, port: int, secret: str, lookup: Callable[[str], bytes | None], *,
-                 request_timeout: float = 5.0, send_timeout: float = 60.0, max_connections: int = 32) -> None:
+                 request_timeout: float = 5.0, send_timeout: float = 60.0, max_connections: int = 32,
+                 handshake: HandshakeLimits | None = None,
+                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
         _check_secret(secret)
-        # A node may fetch several packages at once (modules installed together).
-        super().__init__(host, port, log, max_connections, per_host_max=8)
+        # A node fetches each missing module from its peers: a few at once per address.
+        super().__init__(host, port, log, max_connections,
+                         handshake=handshake or HandshakeLimits(per_address=8,
+                                                                deadline_s=request_timeout),
+                         member_hosts=member_hosts)
         self._secret = secret
         self._lookup = lookup
-        self._request_timeout = request_timeout
         self._send_timeout = send_timeout
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: str) -> str | None:
         nonce = os.urandom(NONCE_BYTES)
         writer.write(nonce)
-        async with asyncio.timeout(self._request_timeout):
-            await writer.drain()
-            request = await reader.readexactly(DIGEST_HEX + MAC_BYTES)
+        await writer.drain()
+        request = await reader.readexactly(DIGEST_HEX + MAC_BYTES)
         digest, mac = request[:DIGEST_HEX], request[DIGEST_HEX:]
+        host = peer.rsplit(":", 1)[0]
         if not hmac.compare_digest(mac, request_mac(self._secret, nonce, digest)):
-            log.warning('event=fetch_refused peer=%s reason="wrong cluster secret"', peer)
+            self.refused(host, "secret", 'event=fetch_refused peer=%s reason="wrong cluster secret"', peer)
             writer.write(bytes([STATUS_REFUSED]))
-            return
+            return None
         if not _DIGEST.fullmatch(digest):
-            log.warning('event=fetch_refused peer=%s reason="malformed digest"', peer)
+            self.refused(host, "digest", 'event=fetch_refused peer=%s reason="malformed digest"', peer)
             writer.write(bytes([STATUS_REFUSED]))
-            return
-        name = digest.decode()
+            return None
+        return digest.decode()
+
+    async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             peer: str, name: str) -> None:
         # lookup may read a file: keep the loop (heartbeats, leases) free meanwhile.
         content = await asyncio.to_thread(self._lookup, name)
         async with asyncio.timeout(self._send_timeout):

@@ -13,14 +13,16 @@ import os
 import re
 import shutil
 import stat
+import struct
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from hacluster.module_scripts import SCRIPTS
 from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
-from raft.durable_storage import durable_replace
+from raft.durable_storage import durable_replace, private_dir
 from replication.dirty_bitmap import fsync_dir
 
 log = logging.getLogger("hacluster.module_package")
@@ -163,13 +165,17 @@ def check(safe_bytes: bytes, source: str, name: str) -> CheckedModule:
 
 def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedModule, dict[str, bytes]]:
     def fail(member: str, problem: str) -> ModulePackageError:
-        return ModulePackageError(f"{source}: {member}: {problem}")
+        # One line of bounded length, whatever a hostile member name or zipfile's
+        # message (which quotes header bytes) holds.
+        return ModulePackageError(f"{source}: {_shown(member, 120)}: {_shown(problem, 300)}")
 
     if len(safe_bytes) > MAX_TOTAL_BYTES:
         raise fail("package", f"{len(safe_bytes)} bytes is over the {MAX_TOTAL_BYTES} byte limit")
+    _count_members(safe_bytes, fail)
     try:
         zf = zipfile.ZipFile(io.BytesIO(safe_bytes))
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error,
+            NotImplementedError) as exc:
         raise fail("package", f"not a zip file ({exc})") from None
     with zf:
         infos = zf.infolist()
@@ -189,7 +195,8 @@ def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedMod
                 # member cannot deliver more than the header claimed.
                 with zf.open(info) as f:
                     data = f.read(member.size + 1)
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError) as exc:
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError,
+                    zlib.error, NotImplementedError, struct.error) as exc:
                 raise fail(member.name, f"unreadable ({exc})") from None
             if len(data) != member.size:
                 raise fail(member.name, "size does not match its header")
@@ -212,6 +219,47 @@ def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedMod
     return CheckedModule(name, digest(safe_bytes), config, tuple(members)), contents
 
 
+_EOCD = struct.Struct("<4s4H2LH")        # end of central directory record
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL_HEADER_SIZE = 46
+_NAME_LENGTHS = struct.Struct("<3H")       # name, extra, comment lengths at offset 28
+
+
+def _count_members(data: bytes, fail) -> None:
+    """Refuse a package with more than MAX_MEMBERS entries before zipfile builds an
+    object for every one of them (500k entries: 33 s and 300 MB). Both the count the
+    end record declares and the entries actually present (zipfile reads the central
+    directory to its end whatever the count says) are checked, stopping at the limit.
+    Malformed records are left to zipfile to report."""
+    pos = data.rfind(b"PK\x05\x06", max(0, len(data) - _EOCD.size - 0xFFFF))
+    if pos < 0 or len(data) - pos < _EOCD.size:
+        return
+    _, _, _, _, declared, cd_size, _, _ = _EOCD.unpack_from(data, pos)
+    end = pos
+    locator = pos - _EOCD64_LOCATOR.size
+    if locator >= 0 and data[locator:locator + 4] == b"PK\x06\x07":
+        record = locator - _EOCD64.size
+        if record >= 0 and data[record:record + 4] == b"PK\x06\x06":
+            fields = _EOCD64.unpack_from(data, record)
+            declared, cd_size, end = fields[7], fields[8], record
+    if declared > MAX_MEMBERS:
+        raise fail("package", f"{declared} members is over the limit of {MAX_MEMBERS}")
+    p, count = max(0, end - cd_size), 0
+    while p + _CENTRAL_HEADER_SIZE <= end and data[p:p + 4] == b"PK\x01\x02":
+        count += 1
+        if count > MAX_MEMBERS:
+            raise fail("package", f"over {MAX_MEMBERS} members in the central directory "
+                                  f"(the limit)")
+        name_len, extra_len, comment_len = _NAME_LENGTHS.unpack_from(data, p + 28)
+        p += _CENTRAL_HEADER_SIZE + name_len + extra_len + comment_len
+
+
+def _shown(text: str, limit: int) -> str:
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_member(info: zipfile.ZipInfo, fail) -> Member:
     raw = info.filename
     is_dir = raw.endswith("/")
@@ -225,6 +273,8 @@ def _check_member(info: zipfile.ZipInfo, fail) -> Member:
         raise fail(repr(raw), "path escapes or is not normalised ('..', '.', empty part or NUL)")
     if info.flag_bits & 0x1:
         raise fail(name, "encrypted members are not accepted")
+    if info.flag_bits & 0x60:
+        raise fail(name, "patched or strongly encrypted members are not accepted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise fail(name, f"compression method {info.compress_type} not accepted (store or deflate only)")
     unix_mode = info.external_attr >> 16
@@ -266,7 +316,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
     check_module_name(name)
     checked, contents = _read_package(safe_bytes, f"{name}.safe", name)
     base = Path(modules_dir)
-    base.mkdir(parents=True, exist_ok=True)
+    private_dir(base)
     _remove_leftovers(base, name)
     tag = uuid.uuid4().hex[:8]
     staged = base / f".{name}.new-{tag}"
@@ -276,7 +326,7 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
     target, target_safe = base / name, base / f"{name}.safe"
     try:
         _extract(checked, contents, staged)
-        _write_durably(staged_safe, safe_bytes, 0o644)
+        _write_durably(staged_safe, safe_bytes, 0o640)
         fsync_dir(base)
         done: list[str] = []
         try:
@@ -309,7 +359,8 @@ def install(safe_bytes: bytes, modules_dir: str | Path, name: str) -> InstalledM
 
 
 def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -> None:
-    os.mkdir(staged, 0o755)
+    # Nothing for other users: a userconfig.xml's <user> variables may hold credentials.
+    os.mkdir(staged, 0o750)
     dirs = {staged}
     for member in checked.members:
         path = staged.joinpath(*member.name.split("/"))
@@ -317,12 +368,13 @@ def _extract(checked: CheckedModule, contents: dict[str, bytes], staged: Path) -
         for parent in reversed(path.parents if not member.is_dir else (path, *path.parents)):
             if parent in dirs or not parent.is_relative_to(staged):
                 continue
-            os.mkdir(parent, 0o755)
+            os.mkdir(parent, 0o750)
             dirs.add(parent)
         if member.is_dir:
             continue
-        # No group/other write and no setuid bits, whatever the zip says.
-        mode = 0o755 if member.mode & 0o100 else 0o644
+        # No write but the owner's, nothing for others, no setuid bits, whatever the
+        # zip says.
+        mode = 0o750 if member.mode & 0o100 else 0o640
         _write_durably(path, contents[member.name], mode)
     for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
         fsync_dir(d)

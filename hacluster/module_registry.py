@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raft.durable_storage import private_dir
+
 from . import module_package
 from .control import ControlError
 from .farm_module import FarmModule
@@ -40,7 +42,7 @@ class ModuleRegistry:
     def __init__(self, daemon: "NodeDaemon") -> None:
         self.daemon = daemon
         self.dir = daemon.config.data_path / "modules"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.runtimes: dict[str, MirrorModule] = {}
         self.installed: dict[str, str] = {}          # name -> digest on this node
         self.errors: dict[str, str] = {}
@@ -48,7 +50,8 @@ class ModuleRegistry:
         self._sync_again = False
         self._synced_once = False
         host, port = fetch_address(daemon.config.me["address"])
-        self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup)
+        self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup,
+                                              member_hosts=daemon._member_hosts)
 
     def _lookup(self, digest: str) -> bytes | None:
         for name, d in self.installed.items():

@@ -14,6 +14,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from raft.durable_storage import private_dir
+
 from .control import ControlError
 from .module_scripts import ScriptRunner
 from .userconfig import ModuleConfig
@@ -56,7 +58,7 @@ class ModuleRuntime:
         self.machine = machine
         self._events = events       # the machine's module: ViewChanged, PlanDone
         self.state_dir = daemon.config.data_path / "module_state" / name
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.state_dir)
         self.module_log = self.state_dir / "module.log"
         self.prefix = daemon.config.path_prefix
         self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log",

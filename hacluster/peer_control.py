@@ -13,6 +13,10 @@ an answer. One request per connection:
                       + HMAC-SHA256(secret, b"hacluster-control-reply" + nonce + JSON)
 
 The nonce makes a recorded request or reply useless on another connection.
+Before the MAC is checked a peer gets one deadline for the whole handshake, may
+announce at most ``MAX_REQUEST_BYTES``, and may hold a few such connections per
+address (``tcp_service.HandshakeLimits``); silent connections never take the
+slots of authenticated requests, so they cannot lock ``-H`` out.
 Only the commands in ``REMOTE_COMMANDS`` are served: the replication hooks and
 module installation (which names a local file) stay local.
 """
@@ -25,16 +29,17 @@ import json
 import logging
 import os
 import struct
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
-from .tcp_service import TcpService
+from .tcp_service import HandshakeLimits, TcpService
 
 log = logging.getLogger("hacluster.peer_control")
 
 PORT_OFFSET = 3
 NONCE_BYTES = 32
 MAC_BYTES = 32
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 1 << 20       # a reply
+MAX_REQUEST_BYTES = 64 << 10   # a request, read before its MAC can be checked
 REQUEST_CONTEXT = b"hacluster-control"
 REPLY_CONTEXT = b"hacluster-control-reply"
 REMOTE_COMMANDS = frozenset({"status", "leases", "module_list", "module_cmd", "module_state",
@@ -65,11 +70,11 @@ def _frame(secret: str, context: bytes, nonce: bytes, body: bytes) -> bytes:
 
 
 async def _read_frame(reader: asyncio.StreamReader, secret: str, context: bytes,
-                      nonce: bytes) -> bytes | None:
+                      nonce: bytes, limit: int = MAX_BODY_BYTES) -> bytes | None:
     """The body, or None when its MAC is wrong. Raises ValueError when oversize."""
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    if length > MAX_BODY_BYTES:
-        raise ValueError(f"{length} bytes is over the {MAX_BODY_BYTES} byte limit")
+    if length > limit:
+        raise ValueError(f"{length} bytes is over the {limit} byte limit")
     body = await reader.readexactly(length)
     mac = await reader.readexactly(MAC_BYTES)
     return body if hmac.compare_digest(mac, _mac(secret, context, nonce, body)) else None
@@ -80,25 +85,33 @@ class PeerControlServer(TcpService):
     """Serves ``dispatch(request) -> reply`` to peers that know the cluster secret."""
 
     def __init__(self, host: str, port: int, secret: str, dispatch: Dispatch, *,
-                 request_timeout: float = 5.0, max_connections: int = 16) -> None:
+                 request_timeout: float = 5.0, max_connections: int = 16,
+                 handshake: HandshakeLimits | None = None,
+                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
         if not secret:
             raise ValueError("peer control: the cluster secret must be a non-empty string")
-        super().__init__(host, port, log, max_connections)
+        super().__init__(host, port, log, max_connections,
+                         handshake=handshake or HandshakeLimits(deadline_s=request_timeout),
+                         member_hosts=member_hosts)
         self._secret = secret
         self._dispatch = dispatch
-        self._request_timeout = request_timeout
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: str) -> tuple[bytes, bytes] | None:
         nonce = os.urandom(NONCE_BYTES)
         writer.write(nonce)
-        async with asyncio.timeout(self._request_timeout):
-            await writer.drain()
-            body = await _read_frame(reader, self._secret, REQUEST_CONTEXT, nonce)
+        await writer.drain()
+        body = await _read_frame(reader, self._secret, REQUEST_CONTEXT, nonce, MAX_REQUEST_BYTES)
         if body is None:
             # No reply at all: a reply would need the secret the peer does not have.
-            log.warning('event=peer_control_refused peer=%s reason="wrong cluster secret"', peer)
-            return
+            self.refused(peer.rsplit(":", 1)[0], "secret",
+                         'event=peer_control_refused peer=%s reason="wrong cluster secret"', peer)
+            return None
+        return nonce, body
+
+    async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             peer: str, request: tuple[bytes, bytes]) -> None:
+        nonce, body = request
         reply = await self._answer(body, peer)
         writer.write(_frame(self._secret, REPLY_CONTEXT, nonce, json.dumps(reply).encode()))
         await writer.drain()

@@ -1,43 +1,47 @@
-"""A small TCP service for node-to-node requests: one request per connection, a cap
-on connections served at once and on those from one address (so that a few silent
-connections from one host cannot take every slot from the cluster's own members),
-every failure of a connection logged as one line (``event=<prefix>_dropped``,
-refusals at most once per address and reason every few seconds) and the connection
-closed; subclasses write ``_serve``."""
+"""A small TCP service for node-to-node requests: one request per connection.
+
+A subclass writes ``_handshake`` (authenticate the peer and read its request, under
+one deadline for the whole of it) and ``_serve_request``. Connections still in their
+handshake are capped per address and in total (addresses of cluster members count
+against their own cap only, so a flood from elsewhere cannot lock members out); the
+cap on requests served at once applies only to authenticated ones, so silent
+connections never take those slots. Every failure of a connection closes it and is
+logged as one line (``event=<prefix>_refused`` / ``_dropped``), once per address and
+kind per interval, with a count of those not logged.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
-PER_HOST_MAX = 4            # connections served at once from one address
-REFUSAL_LOG_INTERVAL_S = 5.0
+from raft.hardened_transport import RefusalLog
+
+
+@dataclass(frozen=True)
+class HandshakeLimits:
+    per_address: int = 4
+    total: int = 64          # from addresses that are not cluster members
+    deadline_s: float = 5.0  # the whole handshake: nonce out, request in, MAC checked
 
 
 class TcpService:
     event_prefix = "service"
 
     def __init__(self, host: str, port: int, log: logging.Logger, max_connections: int,
-                 per_host_max: int = PER_HOST_MAX) -> None:
+                 handshake: HandshakeLimits | None = None,
+                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
         self.host = host
         self.port = port
         self._log = log
         self._slots = asyncio.Semaphore(max_connections)
-        self._per_host_max = per_host_max
-        self._per_host: dict[str, int] = {}
-        self._last_refusal: dict[tuple[str, str], float] = {}
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task] = set()
-
-    def _refused(self, host: str, peer: str, reason: str) -> None:
-        key = (host, reason)
-        now = time.monotonic()
-        if now - self._last_refusal.get(key, -1e9) < REFUSAL_LOG_INTERVAL_S:
-            return
-        if len(self._last_refusal) > 1000:
-            self._last_refusal.clear()
-        self._last_refusal[key] = now
-        self._log.warning('event=%s_refused peer=%s reason="%s"', self.event_prefix, peer, reason)
+        self._limits = handshake or HandshakeLimits()
+        self._member_hosts = member_hosts
+        self._in_handshake: dict[str, int] = {}
+        self._refusals = RefusalLog(logger=log)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -54,47 +58,80 @@ class TcpService:
         await self._server.wait_closed()
         self._server = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         peer: str) -> Any:
+        """Authenticate and read the request (None: refused, already logged)."""
         raise NotImplementedError
+
+    async def _serve_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             peer: str, request: Any) -> None:
+        raise NotImplementedError
+
+    def refused(self, host: str, kind: str, fmt: str, *args: object) -> None:
+        """A refusal line, once per address and kind per interval."""
+        self._refusals(host, kind, fmt, *args)
+
+    def _admission_refusal(self, host: str) -> str | None:
+        lim = self._limits
+        same = self._in_handshake.get(host, 0)
+        if same >= lim.per_address:
+            return (f"{same} connections from this address are in their handshake "
+                    f"(limit {lim.per_address})")
+        members = set(self._member_hosts())
+        if host not in members:
+            others = sum(n for h, n in self._in_handshake.items() if h not in members)
+            if others >= lim.total:
+                return (f"{others} connections from non-members are in their handshake "
+                        f"(limit {lim.total})")
+        return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         host = str(peername[0]) if peername else "?"
+        peer = f"{host}:{peername[1]}" if peername else "?"
         ev = self.event_prefix
-        counted = False
         try:
-            if self._per_host.get(host, 0) >= self._per_host_max:
-                self._refused(host, peer, f"too many connections from {host} "
-                                          f"(at most {self._per_host_max} at a time)")
+            refusal = self._admission_refusal(host)
+            if refusal is not None:
+                self.refused(host, "cap", 'event=%s_refused peer=%s reason="%s: connection closed"',
+                             ev, peer, refusal)
+                return
+            self._in_handshake[host] = self._in_handshake.get(host, 0) + 1
+            try:
+                async with asyncio.timeout(self._limits.deadline_s):
+                    request = await self._handshake(reader, writer, peer)
+            finally:
+                self._end_handshake(host)
+            if request is None:
                 return
             if self._slots.locked():
-                self._refused(host, peer, "too many connections")
+                self.refused(host, "busy", 'event=%s_refused peer=%s reason="too many requests '
+                             'being served"', ev, peer)
                 return
-            self._per_host[host] = self._per_host.get(host, 0) + 1
-            counted = True
             async with self._slots:
-                await self._serve(reader, writer, peer)
+                await self._serve_request(reader, writer, peer, request)
         except (asyncio.TimeoutError, TimeoutError):
-            self._log.warning("event=%s_dropped peer=%s reason=timeout", ev, peer)
+            self.refused(host, "timeout", 'event=%s_dropped peer=%s reason=timeout detail="no '
+                         'authenticated request within %g s, or the answer stalled"', ev, peer,
+                         self._limits.deadline_s)
         except asyncio.IncompleteReadError:
-            self._log.warning('event=%s_dropped peer=%s reason="short request"', ev, peer)
+            self.refused(host, "short", 'event=%s_dropped peer=%s reason="short request"', ev, peer)
         except (ConnectionError, OSError, ValueError) as exc:
-            self._log.warning("event=%s_dropped peer=%s reason=%r", ev, peer, str(exc))
+            self.refused(host, "error", "event=%s_dropped peer=%s reason=%r", ev, peer, str(exc))
         finally:
-            if counted:
-                left = self._per_host.get(host, 1) - 1
-                if left > 0:
-                    self._per_host[host] = left
-                else:
-                    self._per_host.pop(host, None)
             self._handlers.discard(task)
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
                 pass
+
+    def _end_handshake(self, host: str) -> None:
+        n = self._in_handshake.get(host, 0) - 1
+        if n > 0:
+            self._in_handshake[host] = n
+        else:
+            self._in_handshake.pop(host, None)

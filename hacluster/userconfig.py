@@ -46,6 +46,11 @@ from checkers.failover_rules import WILDCARD, Compare, FailoverRulesError, Rule,
 from checkers.resource import valid_ident
 
 MAX_USERCONFIG_BYTES = 1 << 20  # a real one is a few KiB; refuse before parsing
+# ~31 years: longer is a typo (or inf), and every wait primitive takes it (threading's
+# waits refuse timeouts past ~9.2e9 s with an OverflowError).
+MAX_TIME_S = 1e9
+MAX_BANDWIDTH_BPS = 1 << 50
+_MAX_SHOWN = 200  # characters of a problem in a message (values are quoted in it)
 
 _TIME = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*")
 # (multiply, divide) so that "700" ms gives exactly 0.7, not 0.7000000000000001
@@ -224,7 +229,7 @@ class _Reader:
         return f"{self.source}:{self.line_of.get(id(element), 0)}"
 
     def error(self, element: Element, what: str, problem: str) -> UserConfigError:
-        return UserConfigError(f"{self.where(element)}: {what}: {problem}")
+        return UserConfigError(f"{self.where(element)}: {what}: {_short(problem)}")
 
     def warn(self, element: Element, what: str, problem: str) -> None:
         self.warnings.append((self.line_of.get(id(element), 0), f"{self.where(element)}: {what}: {problem}"))
@@ -255,7 +260,10 @@ class _Reader:
         if not match:
             raise self.error(element, what, f"{value!r} is not a time (e.g. 700ms, 3s, 5m, 24h)")
         multiply, divide = _TIME_UNIT[match.group(2) or unitless]
-        return float(match.group(1)) * multiply / divide
+        seconds = float(match.group(1)) * multiply / divide
+        if seconds > MAX_TIME_S:
+            raise self.error(element, what, f"{value!r} is over the maximum of {MAX_TIME_S:.0f} s")
+        return seconds
 
     def integer(self, element: Element, what: str, value: str, minimum: int) -> int:
         try:
@@ -304,6 +312,10 @@ def parse_userconfig(data: bytes, source: str, name: str) -> ModuleConfig:
         line = parser.parser.CurrentLineNumber
         raise UserConfigError(f"{source}:{line}: xml: refused ({type(exc).__name__}: "
                               f"entity declarations and external entities are not allowed)") from None
+    except (LookupError, ValueError) as exc:
+        # expat asks Python's codecs for an encoding it lacks (LookupError), and refuses
+        # multi-byte ones such as UTF-32 (ValueError).
+        raise UserConfigError(f"{source}:1: xml: {_short(str(exc))} (use UTF-8)") from None
     reader = _Reader(source, builder.line_of)
     return _read_module(reader, root, name)
 
@@ -319,6 +331,10 @@ def load_userconfig(path: str | Path, name: str | None = None) -> ModuleConfig:
     except OSError as exc:
         raise UserConfigError(f"{path}:0: file: cannot read ({exc.strerror})") from None
     return parse_userconfig(data, str(path), name)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
 
 
 def _parse_problem(exc: ParseError) -> str:
@@ -581,7 +597,11 @@ def _bandwidth(r: _Reader, rfs: Element, text: str) -> int:
     match = _BANDWIDTH.fullmatch(text)
     if not match:
         raise r.error(rfs, "rfs@reintegration_bandwidth", f"{text!r} is not a rate (e.g. 50MB, 800K, 1G; per second)")
-    value = int(float(match.group(1)) * _BANDWIDTH_UNIT[match.group(2).upper()])
+    value = float(match.group(1)) * _BANDWIDTH_UNIT[match.group(2).upper()]
+    if not value <= MAX_BANDWIDTH_BPS:
+        raise r.error(rfs, "rfs@reintegration_bandwidth", f"{text!r} is over the maximum of "
+                                                          f"{MAX_BANDWIDTH_BPS} bytes per second")
+    value = int(value)
     if value <= 0:
         raise r.error(rfs, "rfs@reintegration_bandwidth", "must be greater than zero")
     return value

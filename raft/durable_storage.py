@@ -13,6 +13,9 @@ entry that this node already acknowledged, or a vote it already cast. Here:
 * dumps (log compaction) go through the same durable replace before the
   journal is truncated.
 
+Nothing of it is readable by other users: the Raft directory is made 0700
+(``private_dir``), the journal, ``.meta`` and dumps 0600.
+
 ``install()`` points pysyncobj at these; it is idempotent.
 """
 from __future__ import annotations
@@ -22,6 +25,22 @@ import os
 import pysyncobj.journal as _journal
 import pysyncobj.serializer as _serializer
 import pysyncobj.syncobj as _syncobj
+
+
+def private_dir(path: "str | os.PathLike") -> None:
+    """Create ``path`` (and missing parents) as 0700, and take group and other
+    permissions off it if it exists: state directories hold the journal, secrets,
+    module configurations."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        os.chmod(path, st.st_mode & 0o700)
+
+
+def _private_replace(tmp_path: str, path: str) -> None:
+    """durable_replace for pysyncobj's dumps, which it creates with the umask's mode."""
+    os.chmod(tmp_path, 0o600)
+    durable_replace(tmp_path, path)
 
 
 def fsync_dir(path: str) -> None:
@@ -47,7 +66,9 @@ def durable_replace(tmp_path: str, path: str) -> None:
 class DurableMetaStorer(_journal.MetaStorer):
     def storeMeta(self, meta: dict) -> None:  # noqa: N802 (pysyncobj's name)
         tmp = self.getPath() + ".tmp"
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o600)
             f.write(_journal.dumps(meta))
         durable_replace(tmp, self.getPath())
 
@@ -58,6 +79,7 @@ class DurableFileJournal(_journal.FileJournal):
         # FileJournal keeps its MetaStorer private; swap in the durable one.
         self._FileJournal__metaStorer = DurableMetaStorer(path + ".meta")
         self._fd = os.open(path, os.O_RDONLY)
+        os.fchmod(self._fd, 0o600)  # pysyncobj creates it with the umask's mode
         self._dirty = True
         fsync_dir(path)
         self.sync()
@@ -104,4 +126,4 @@ def _create_journal(journal_file=None):
 
 def install() -> None:
     _syncobj.createJournal = _create_journal
-    _serializer.atomicReplace = durable_replace
+    _serializer.atomicReplace = _private_replace

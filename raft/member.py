@@ -243,6 +243,10 @@ class _SyncObj(SyncObj):
         # tick, after the tick's own work has moved the timers: the moment to decide.
         self._poll_sockets = self._poller.poll
         self._poller.poll = self._poll_until_next_timer
+        # pysyncobj's dump (log compaction) pickles every attribute of the SyncObj not
+        # present at the end of its __init__: this one holds the poller (select.poll,
+        # unpicklable), and every dump failed ("Failed to store full dump").
+        self._SyncObj__properies.add("_poll_sockets")
 
     def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 (pysyncobj's name)
         kind = message.get("type")
@@ -499,7 +503,7 @@ class RaftMember:
         self._awaiting_leader: list[_Submission] = []
         self._awaiting_lock = threading.Lock()
         data = Path(data_dir)
-        data.mkdir(parents=True, exist_ok=True)
+        durable_storage.private_dir(data)
         check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
         conf = SyncObjConf(

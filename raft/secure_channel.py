@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 
 from cryptography.fernet import InvalidToken
-from pysyncobj.transport import TCPTransport
+
+from .hardened_transport import HardenedTransport, refusal_log
 
 log = logging.getLogger("hacluster.raft")
 
-_REFUSAL_LOG_INTERVAL_S = 10.0
-_last_refusal_logged: dict[str, float] = {}
-
 
 def _log_refusal(peer: str, direction: str) -> None:
-    now = time.monotonic()
-    if now - _last_refusal_logged.get(peer, -1e9) < _REFUSAL_LOG_INTERVAL_S:
-        return
-    _last_refusal_logged[peer] = now
-    log.warning("event=peer_refused peer=%s direction=%s reason=\"wrong or missing cluster secret: "
+    # Once per address and interval: a refused peer reconnects from a new port
+    # every time, so the port is not part of the key.
+    refusal_log(peer.rsplit(":", 1)[0], "secret",
+                "event=peer_refused peer=%s direction=%s reason=\"wrong or missing cluster secret: "
                 "message failed authentication, connection closed, nothing unpickled\"",
                 peer, direction)
 
@@ -76,7 +72,7 @@ def _peer_of(conn) -> str:
         return "unknown"
 
 
-class SecureTransport(TCPTransport):
+class SecureTransport(HardenedTransport):
     _DISABLED_UTILITY_COMMANDS = ("add", "remove", "set_version", "transfer")
 
     def _onUtilityMessage(self, conn, message):  # noqa: N802
@@ -92,7 +88,8 @@ class SecureTransport(TCPTransport):
         super()._onNewIncomingConnection(conn)
         base = self._syncObj.encryptor
         if base is not None:
-            conn.encryptor = AuditingEncryptor(base, _peer_of(conn), "incoming")
+            conn.encryptor = AuditingEncryptor(base, getattr(conn, "peer", None) or _peer_of(conn),
+                                               "incoming")
 
     def addNode(self, node):  # noqa: N802
         super().addNode(node)

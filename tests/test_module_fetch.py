@@ -140,16 +140,25 @@ def test_garbage_or_silent_clients_do_not_block_others(caplog):
         run(main())
 
 
-def test_connections_over_the_cap_are_closed_at_once():
+def test_connections_over_the_handshake_cap_are_closed_at_once_and_hogs_take_no_slot():
+    from hacluster.tcp_service import HandshakeLimits
+
     async def main():
-        server = await started(request_timeout=5.0, max_connections=2)
+        # Silent hogs used to take the serving slots (2 here) until their timeout.
+        server = await started(request_timeout=60.0, max_connections=2,
+                               handshake=HandshakeLimits(per_address=2, deadline_s=60.0))
         try:
-            hogs = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+            hogs = [await asyncio.open_connection("127.0.0.1", server.port, local_addr=("127.0.0.2", 0))
+                    for _ in range(2)]
             for hog, _ in hogs:
-                await hog.readexactly(32)  # the nonce: this hog holds a slot
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            assert await asyncio.wait_for(reader.read(), 2) == b""
+                await hog.readexactly(32)  # the nonce: this hog is in its handshake
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port,
+                                                           local_addr=("127.0.0.2", 0))
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # over the cap: closed
             writer.close()
+            # Another address is served, both slots free.
+            for _ in range(3):
+                assert await fetch_module("127.0.0.1", server.port, SECRET, DIGEST) == CONTENT
             for _, w in hogs:
                 w.close()
         finally:

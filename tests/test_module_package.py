@@ -86,8 +86,11 @@ def test_package_round_trips_and_keeps_exec_bits(tmp_path):
     assert installed.config.rfs is not None and installed.config.rfs.dirs == ("/var/lib/app",)
     assert (modules / "webapp.safe").read_bytes() == data
     for script in ("start_prim", "stop_prim"):
-        assert stat.S_IMODE(os.stat(modules / "webapp" / "bin" / script).st_mode) == 0o755
-    assert stat.S_IMODE(os.stat(modules / "webapp" / "bin" / "common.sh").st_mode) == 0o644
+        assert stat.S_IMODE(os.stat(modules / "webapp" / "bin" / script).st_mode) == 0o750
+    # Nothing for other users: <user> variables may hold credentials.
+    assert stat.S_IMODE(os.stat(modules / "webapp" / "bin" / "common.sh").st_mode) == 0o640
+    for path in [modules, *modules.rglob("*")]:
+        assert not stat.S_IMODE(os.stat(path).st_mode) & 0o007, path
     assert (modules / "webapp" / "data").is_dir()
     assert (modules / "webapp" / "conf" / "userconfig.xml").read_bytes() == USERCONFIG
     # The installed scripts really run.

@@ -139,44 +139,117 @@ def test_non_json_body_with_a_valid_mac_is_refused_clearly():
     assert calls == [] and body["ok"] is False and "bad peer control request" in body["error"]
 
 
-def test_twenty_silent_connections_from_one_host_do_not_lock_out_the_members():
-    """Was: 16 silent connections took every slot and ``-H`` said "wrong cluster
-    secret?". One address now gets a few slots; a member from another address is
-    served while they sit there, and the refusals are logged once, not per try."""
+# ---- before authentication (issue 17, item 3) ---------------------------------------------
+async def _silent(port: int, source: str):
+    """A connection from ``source`` (any 127/8 address is local) that says nothing."""
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    """True once the server has closed the connection (whatever it sent before)."""
+    try:
+        while await asyncio.wait_for(reader.read(4096), 10):
+            pass
+        return True
+    except ConnectionError:
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+def test_silent_connections_do_not_lock_out_requests():
+    """Before: 16 silent connections took every slot for 5 s each and -H was refused
+    ("wrong cluster secret?")."""
     async def go():
         calls: list = []
         server = await _server(calls)
-        silent = []
         try:
-            for _ in range(20):
-                silent.append(await asyncio.open_connection("127.0.0.1", server.port,
-                                                            local_addr=("127.0.0.2", 0)))
-            await asyncio.sleep(0.1)
-            reply = await call_peer("127.0.0.1", server.port, SECRET, {"cmd": "status"},
-                                    timeout=3)
+            silent = [await _silent(server.port, f"127.0.0.{i}") for i in range(2, 22)]
+            for reader, _ in silent:
+                await reader.readexactly(NONCE_BYTES)  # each is in its handshake
+            replies = [await call_peer("127.0.0.1", server.port, SECRET, {"cmd": "status"})
+                       for _ in range(20)]
+            for _, writer in silent:
+                writer.close()
         finally:
-            for _, w in silent:
-                w.close()
             await server.close()
-        return calls, reply
-    calls, reply = _run(go())
-    assert reply["ok"] is True and calls == [{"cmd": "status"}]
+        return replies
+    assert all(r["ok"] for r in _run(go()))
 
 
-def test_refusals_are_logged_once_per_address_and_reason(caplog):
+def test_handshakes_are_capped_per_address_and_refusals_logged_once(caplog):
+    import logging
+
     async def go():
         server = await _server([])
-        conns = []
         try:
-            for _ in range(12):
-                conns.append(await asyncio.open_connection("127.0.0.1", server.port,
-                                                           local_addr=("127.0.0.2", 0)))
-            await asyncio.sleep(0.2)
+            held = [await _silent(server.port, "127.0.0.9") for _ in range(4)]
+            for reader, _ in held:
+                await reader.readexactly(NONCE_BYTES)
+            over = [await _silent(server.port, "127.0.0.9") for _ in range(30)]
+            closed = [await _closed(reader) for reader, _ in over]
+            reply = await call_peer("127.0.0.1", server.port, SECRET, {"cmd": "status"})
+            for _, writer in held + over:
+                writer.close()
         finally:
-            for _, w in conns:
-                w.close()
             await server.close()
-    with caplog.at_level("WARNING"):
-        _run(go())
-    refusals = [r for r in caplog.records if "_refused" in r.getMessage()]
-    assert len(refusals) == 1 and "127.0.0.2" in refusals[0].getMessage()
+        return closed, reply
+    with caplog.at_level(logging.INFO, logger="hacluster.peer_control"):
+        closed, reply = _run(go())
+    assert all(closed) and reply["ok"]
+    lines = [r.getMessage() for r in caplog.records if "event=peer_control_refused" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "127.0.0.9" in lines[0] and "(limit 4)" in lines[0]
+
+
+def test_a_flood_from_non_members_cannot_lock_members_out():
+    from hacluster.tcp_service import HandshakeLimits
+
+    async def go():
+        async def dispatch(request):
+            return {"ok": True}
+        server = PeerControlServer("127.0.0.1", 0, SECRET, dispatch,
+                                   handshake=HandshakeLimits(per_address=4, total=8, deadline_s=60),
+                                   member_hosts=lambda: {"127.0.0.1"})
+        await server.start()
+        try:
+            flood = [await _silent(server.port, f"127.0.0.{i}") for i in range(2, 10)]
+            for reader, _ in flood:
+                await reader.readexactly(NONCE_BYTES)
+            outsider, w = await _silent(server.port, "127.0.0.10")
+            refused = await _closed(outsider)
+            w.close()
+            reply = await call_peer("127.0.0.1", server.port, SECRET, {"cmd": "status"})
+            for _, writer in flood:
+                writer.close()
+        finally:
+            await server.close()
+        return refused, reply
+    refused, reply = _run(go())
+    assert refused and reply["ok"]
+
+
+def test_a_request_bigger_than_the_handshake_cap_is_dropped_before_it_is_read():
+    from hacluster.peer_control import MAX_REQUEST_BYTES
+
+    async def go():
+        calls: list = []
+
+        async def dispatch(request):
+            calls.append(request)
+            return {"ok": True}
+        # A far deadline: the connection must be closed for its size, not its silence.
+        server = PeerControlServer("127.0.0.1", 0, SECRET, dispatch, request_timeout=600)
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            await reader.readexactly(NONCE_BYTES)
+            writer.write(struct.pack(">I", MAX_REQUEST_BYTES + 1))
+            await writer.drain()
+            closed = await _closed(reader)
+            writer.close()
+        finally:
+            await server.close()
+        return closed, calls
+    closed, calls = _run(go())
+    assert closed and calls == []

@@ -63,3 +63,44 @@ def test_raft_data_of_another_entry_format_is_refused_with_a_clear_error(tmp_pat
     (fresh / "format").write_text("hacluster-raft 3 something else\n")
     with pytest.raises(ValueError, match=r"format 'hacluster-raft 3"):
         check_journal_format(fresh)
+
+
+def test_log_compaction_writes_a_dump_that_a_restart_reads(tmp_path):
+    """pysyncobj pickles the SyncObj's attributes into its dump; one holding the
+    poller made every dump fail, so the journal was never compacted."""
+    import time
+
+    from raft.member import RaftMember
+    from raft.settings import RaftSettings
+    from tests.conftest import free_ports
+
+    (port,) = free_ports(1)
+    addr = f"127.0.0.1:{port}"
+    settings = RaftSettings(log_compaction_entries=3, log_compaction_min_time_s=0.01)
+
+    def started():
+        m = RaftMember(addr, [addr], tmp_path, "c" * 40, settings)
+        deadline = time.monotonic() + 10
+        while not m.is_leader():
+            assert time.monotonic() < deadline, "never became leader"
+            time.sleep(0.02)
+        return m
+
+    m = started()
+    try:
+        for i in range(10):
+            assert m.call("set_eligible", f"r{i}", None, 1.5)["ok"]
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "raft.dump").exists():
+            assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
+            time.sleep(0.05)
+    finally:
+        m.destroy()
+    m = started()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(f"r{i}" in m.snapshot()["leases"] for i in range(10)):
+            assert time.monotonic() < deadline, m.snapshot()
+            time.sleep(0.05)
+    finally:
+        m.destroy()
