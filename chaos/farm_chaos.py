@@ -10,7 +10,10 @@ settled cluster: see ``raft_settled``), a second steady period. Checks (``check_
 is answered, and by the node whose ruleset holds the connection's bucket
 (``vip.farm_ruleset.bucket_of``); the table is complete and unchanged across each steady
 period; recovery comes within its bound; a node taken out is rebalanced away within
-its bound. During the fault itself answers are recorded but not judged, except for a
+its bound. In every phase, what users of the other nodes feel (``survivor_violations``):
+no connection established on a node that was not faulted may later be reset or dropped
+(the client holds keep-alive connections across the fault, a line every 100 ms), and no
+connection may go unanswered in a bucket such a node held throughout. For a
 victim whose daemon was killed or paused (``FarmNemesis.fenced``: its daemon cannot act,
 so only the kernel-side expiry of its buckets, DESIGN.md rule 7, can stop it): its
 loaded set must be empty within one lease of the fault, before the survivors hold its
@@ -38,7 +41,7 @@ from raft.settings import RaftSettings
 from vip.farm_ruleset import BUCKETS, bucket_of
 
 from .chaos_report import percentile, render_timeline, write_history
-from .farm_client import ask, in_netns
+from .farm_client import ask_detail, hold, in_netns
 from .lab import Lab
 from .lab_farm import MODULE, PORT_ON_PORT, FarmLab
 from .nemesis import FaultEvent
@@ -198,12 +201,20 @@ def make_farm_nemesis(name: str) -> FarmNemesis:
 
 @dataclass(frozen=True)
 class Conn:
-    """One client connection: answered by ``node`` (None: failed) from (src, sport)."""
+    """One client connection: answered by ``node`` (None: failed) from (src, sport).
+    ``error``: None, or how it failed (chaos.farm_client.failure: reset, refused,
+    timeout, eof, ...) — before the node's name came (then ``node`` is None) or, for a
+    ``keepalive`` connection held open with ``echoes`` keep-alive lines answered, later
+    on the established connection; ``t_end``: when it was closed or failed."""
     t_sent: float
     t_done: float
     node: str | None
     src: str
     sport: int
+    error: str | None = None
+    keepalive: bool = False
+    t_end: float | None = None
+    echoes: int = 0
 
 
 @dataclass
@@ -235,6 +246,9 @@ class FarmObservation:
     fence_target: str | None = None
     fence_bound_s: float = 1.5
     t_target_silent: float | None = None
+    # the node the fault was aimed at (any nemesis): the only one whose connections may
+    # fail, until the recovery (see survivor_violations)
+    target: str | None = None
 
 
 def table_problems(rulesets: Rulesets) -> list[str]:
@@ -317,6 +331,7 @@ def check_episode(obs: FarmObservation) -> list[str]:
                        f"{obs.rebalance_bound_s:g} s of the fault")
     if obs.fence_target is not None and obs.t_fault is not None:
         out += fence_violations(obs)
+    out += survivor_violations(obs)
     if obs.t_heal is not None:
         if obs.t_recovered is None or obs.t_recovered - obs.t_heal > obs.recovery_bound_s:
             out.append(f"not every node UP with a complete table within "
@@ -348,16 +363,101 @@ def fence_violations(obs: FarmObservation) -> list[str]:
     return out
 
 
+def stable_owners(windows: Sequence[SteadyWindow]) -> dict[int, str]:
+    """The buckets that have one and the same owner in every table read back (at the
+    start and end of each steady period): bucket -> node."""
+    tables = [owner_table(rs) for w in windows for rs in (w.rulesets_start, w.rulesets_end)]
+    if not tables:
+        return {}
+    return {b: n for b, n in tables[0].items() if all(t.get(b) == n for t in tables[1:])}
+
+
+def _bucket(obs: FarmObservation, c: Conn) -> int:
+    return bucket_of(c.src, c.sport if obs.filter == "on_port" else None, obs.filter,
+                     obs.hash_seed)
+
+
+def survivor_failures(obs: FarmObservation) -> tuple[list[Conn], list[Conn]]:
+    """What users of the nodes not faulted felt (pure): (connections established on such a
+    node — its name read — that later failed: reset, dropped (a keep-alive unanswered),
+    closed; connections outside the steady periods — each unanswered one is judged there
+    already — that got no answer at all in a bucket such a node held in every table
+    read back). The fault's target (``obs.target``) is excused until the
+    recovery (``t_recovered``; for ever if it never came); after it, it is judged like
+    the others. Nothing here depends on the phase: a connection a surviving node accepted
+    must never be reset or dropped because another node failed or came back."""
+    def excused(node: str | None, t: float) -> bool:
+        return (node is not None and node == obs.target
+                and (obs.t_recovered is None or t < obs.t_recovered))
+    stable = stable_owners(obs.windows)
+    broken, unanswered = [], []
+    for c in obs.conns:
+        if c.node is not None:
+            if c.error is not None and not excused(c.node, c.t_sent):
+                broken.append(c)
+        elif not any(w.start <= c.t_sent <= w.end for w in obs.windows):
+            # (in a steady period every unanswered connection is a violation already)
+            owner = stable.get(_bucket(obs, c))
+            if owner is not None and not excused(owner, c.t_sent):
+                unanswered.append(c)
+    return broken, unanswered
+
+
+def _kinds(conns: Sequence[Conn]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in Counter(c.error or "?" for c in conns).most_common())
+
+
+def _when(obs: FarmObservation, t: float) -> str:
+    if obs.t_fault is None:
+        return f"t={t:.2f}"
+    phase = ("before the fault" if t < obs.t_fault else
+             "during the fault" if obs.t_heal is None or t < obs.t_heal else "after the heal")
+    return f"{t - obs.t_fault:+.2f} s from the fault, {phase}"
+
+
+def survivor_violations(obs: FarmObservation) -> list[str]:
+    """``survivor_failures`` as one-line messages (empty: none)."""
+    broken, unanswered = survivor_failures(obs)
+    out: list[str] = []
+    if broken:
+        c = broken[0]
+        out.append(
+            f"{len(broken)} connection(s) established on a node not faulted later failed "
+            f"({_kinds(broken)}; first: {c.src}:{c.sport}, bucket {_bucket(obs, c)}, answered "
+            f"by {c.node} at {_when(obs, c.t_done)}, {c.error} at "
+            f"{_when(obs, c.t_end if c.t_end is not None else c.t_done)}"
+            f"{f' after {c.echoes} keep-alive(s)' if c.keepalive else ''})")
+    if unanswered:
+        c = unanswered[0]
+        b = _bucket(obs, c)
+        out.append(
+            f"{len(unanswered)} connection(s) unanswered in buckets held throughout by a node "
+            f"not faulted ({_kinds(unanswered)}; first: {c.src}:{c.sport}, bucket {b} of "
+            f"{stable_owners(obs.windows)[b]}, opened at {_when(obs, c.t_sent)})")
+    return out
+
+
 # ---- the workload --------------------------------------------------------------------------
 
 class FarmWorkload:
-    """Short connections through the VIP from the client's namespace, one after the
-    other with a small pause, each recorded with its times and who answered."""
+    """The client's load through the VIP, from its namespace: ``workers`` threads of short
+    connections one after the other with a small pause, and ``keepalive`` threads each
+    holding one connection open (chaos.farm_client.hold: a keep-alive line every
+    ``keepalive_interval_s``, echoed by the node that answered), opening the next when it
+    ends. Every other held connection lives until it fails or the workload stops, so it
+    spans the fault, the heal and the rebalances; the others are closed after 1-4 s, so
+    connections are established on the survivors during the fault too. Each connection
+    is recorded (``Conn``) when it ends, with who answered and how it ended."""
 
     def __init__(self, farm: FarmLab, port: int = PORT_ON_PORT, timeout_s: float = 1.0,
-                 pause_s: float = 0.01, workers: int = 3) -> None:
+                 pause_s: float = 0.01, workers: int = 3, keepalive: int = 6,
+                 keepalive_interval_s: float = 0.1, keepalive_timeout_s: float = 2.0,
+                 seed: str = "farm") -> None:
         self.farm, self.port, self.timeout_s, self.pause_s = farm, port, timeout_s, pause_s
-        self.workers = workers
+        self.workers, self.keepalive = workers, keepalive
+        self.keepalive_interval_s, self.keepalive_timeout_s = (keepalive_interval_s,
+                                                               keepalive_timeout_s)
+        self.seed = seed
         self.conns: list[Conn] = []      # list.append is atomic: shared by the workers
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -366,10 +466,11 @@ class FarmWorkload:
         # Several workers: one connection hanging for its timeout (a SYN lost while the
         # table moves) must not leave a steady period without connections.
         netns = self.farm.lab.hosts[self.farm.client].netns
-        for i in range(self.workers):
-            t = threading.Thread(target=in_netns, args=(netns, self._loop),
-                                 kwargs={"timeout": 24 * 3600}, daemon=True,
-                                 name=f"farm-workload-{i}")
+        loops = [(f"farm-workload-{i}", self._loop, ()) for i in range(self.workers)]
+        loops += [(f"farm-keepalive-{i}", self._hold_loop, (i,)) for i in range(self.keepalive)]
+        for name, loop, args in loops:
+            t = threading.Thread(target=in_netns, args=(netns, loop, *args),
+                                 kwargs={"timeout": 24 * 3600}, daemon=True, name=name)
             t.start()
             self._threads.append(t)
         return self
@@ -377,9 +478,22 @@ class FarmWorkload:
     def _loop(self) -> None:
         while not self._stop.is_set():
             t_sent = time.monotonic()
-            node, src, sport = ask(self.farm.vip, self.port, None, self.timeout_s)
-            self.conns.append(Conn(t_sent, time.monotonic(), node, src, sport))
+            node, src, sport, error = ask_detail(self.farm.vip, self.port, None, self.timeout_s)
+            t_done = time.monotonic()
+            self.conns.append(Conn(t_sent, t_done, node, src, sport, error, False, t_done))
             self._stop.wait(self.pause_s)
+
+    def _hold_loop(self, index: int) -> None:
+        rng = random.Random(f"{self.seed}/keepalive/{index}")
+        while not self._stop.is_set():
+            lifetime = None if index % 2 == 0 else rng.uniform(1.0, 4.0)
+            rec = hold(self.farm.vip, self.port, self._stop, lifetime,
+                       self.keepalive_interval_s, self.keepalive_timeout_s)
+            t_end = rec.t_end if rec.t_end is not None else time.monotonic()
+            self.conns.append(Conn(rec.t_open, rec.t_answer if rec.node else t_end, rec.node,
+                                   rec.src, rec.sport, rec.error, True, t_end, rec.echoes))
+            if rec.error is not None:
+                self._stop.wait(self.pause_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -405,6 +519,9 @@ class FarmEpisode:
     failed: int = 0
     answers_by_target_after_rebalance: int = 0   # judged for fenced faults (check_episode)
     target_silent_s: float | None = None         # fenced faults: fault -> target's set empty
+    held: int = 0                # keep-alive connections answered (by any node)
+    held_on_survivors: int = 0   # ... by a node other than the target
+    survivor_failures: int = 0   # survivor_failures(): both kinds (each one a violation)
     violations: list[str] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
 
@@ -525,7 +642,7 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     hold = max(nem.min_hold_s, rng.uniform(*hold_range_s))
     from hacluster.farm_module import hash_seed
     repaired = _repair(farm, recovery_bound_s)
-    work = FarmWorkload(farm).start()
+    work = FarmWorkload(farm, seed=f"farm/{seed}/{index}/{name}").start()
     ep = FarmEpisode(index, name, f"farm/{seed}/{index}/{name}", {}, hold)
     obs = FarmObservation(list(farm.nodes), [], [], hash_seed(MODULE),
                           rebalance_required=nem.out, rebalance_bound_s=rebalance_bound_s,
@@ -553,6 +670,7 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     obs.conns = work.conns
     obs.t_fault, obs.t_heal = t_fault, t_heal
     obs.t_rebalanced, obs.t_recovered = t_rebalanced, t_recovered
+    obs.target = target
     if nem.fenced:
         obs.fence_target, obs.fence_bound_s = target, _lease_s(farm)
         obs.t_target_silent = t_silent
@@ -561,6 +679,9 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     ep.rebalance_s = None if t_rebalanced is None else t_rebalanced - t_fault
     ep.recovery_s = None if t_recovered is None else t_recovered - t_heal
     ep.connections, ep.failed = len(work.conns), sum(c.node is None for c in work.conns)
+    ep.held = sum(c.keepalive and c.node is not None for c in work.conns)
+    ep.held_on_survivors = sum(c.keepalive and c.node not in (None, target) for c in work.conns)
+    ep.survivor_failures = sum(map(len, survivor_failures(obs)))
     if t_rebalanced is not None:
         ep.answers_by_target_after_rebalance = sum(
             c.node == target for c in work.conns if t_rebalanced <= c.t_sent <= t_heal)
@@ -606,8 +727,10 @@ def run_farm_chaos(lab: Lab, names: Sequence[str], episodes: int, seed: int,
         "started": started, "t0": t0, "t_end": time.monotonic(), "hosts": [*NODES, CLIENT],
         "sampled": list(NODES), "states": [],
         "episodes": [asdict(e) for e in eps],
-        # [episode, t_sent, t_done, node or null, src, sport]
-        "connections": [[i, c.t_sent, c.t_done, c.node, c.src, c.sport] for i, c in conns],
+        # [episode, t_sent, t_done, node or null, src, sport, error or null, keepalive,
+        #  t_end, keep-alive lines answered]
+        "connections": [[i, c.t_sent, c.t_done, c.node, c.src, c.sport, c.error, c.keepalive,
+                         c.t_end, c.echoes] for i, c in conns],
     }
 
 
@@ -628,6 +751,8 @@ def summarize_farm(history: dict[str, Any]) -> list[dict[str, Any]]:
             "target_silent_max_s": max(fence) if fence else None,
             "connections": sum(e["connections"] for e in eps),
             "failed": sum(e["failed"] for e in eps),
+            "held_on_survivors": sum(e.get("held_on_survivors", 0) for e in eps),
+            "survivor_failures": sum(e.get("survivor_failures", 0) for e in eps),
         })
     return rows
 
@@ -649,19 +774,24 @@ def render_farm_summary(history: dict[str, Any], title: str = "farm chaos run") 
         "Rebalance: from the fault to a complete bucket table on the live nodes (nemeses "
         "that take a node out). Recovery: from the heal to every node UP with a complete "
         "table, on a settled cluster (one Raft term and leader, every node applying the "
-        "leader's entries since the heal, a lease minus margin after the heal). Failed: connections without an answer, mostly during faults (not judged "
-        "there; in steady periods every one is a violation). Silent: daemon killed or paused, "
+        "leader's entries since the heal, a lease minus margin after the heal). Failed: connections without an answer, mostly to the faulted node. "
+        "Held: keep-alive connections (a line every 100 ms) answered by a node not faulted. "
+        "Survivor failures: connections established on a node not faulted that were later "
+        "reset or dropped, and connections unanswered in a bucket such a node held "
+        "throughout; every one is a violation, in any phase. Silent: daemon killed or paused, "
         "from the fault to the victim's loaded bucket set seen empty, the kernel's expiry "
         "alone (must be within the lease).", "",
         "| nemesis | episodes | violations | rebalance p50 s | rebalance p99 s "
-        "| recovery p50 s | recovery p99 s | silent max s | connections | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| recovery p50 s | recovery p99 s | silent max s | connections | failed "
+        "| held | survivor failures |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['nemesis']} | {r['episodes']} | {r['violations']} "
                      f"| {_s(r['rebalance_p50_s'])} | {_s(r['rebalance_p99_s'])} "
                      f"| {_s(r['recovery_p50_s'])} | {_s(r['recovery_p99_s'])} "
-                     f"| {_s(r['target_silent_max_s'])} | {r['connections']} | {r['failed']} |")
+                     f"| {_s(r['target_silent_max_s'])} | {r['connections']} | {r['failed']} "
+                     f"| {r['held_on_survivors']} | {r['survivor_failures']} |")
     lines += ["", "## Violations", ""]
     bad = [e for e in history["episodes"] if e["violations"]]
     if not bad:
@@ -687,7 +817,7 @@ def _timeline_history(history: dict[str, Any]) -> dict[str, Any]:
     acknowledgements (keyed by episode so outages are cut per episode)."""
     return {**history,
             "client": [[f"e{i:03d}-{k}", None, node, None, ts, td]
-                       for k, (i, ts, td, node, _s, _p) in enumerate(history["connections"])
+                       for k, (i, ts, td, node, *_rest) in enumerate(history["connections"])
                        if node is not None]}
 
 

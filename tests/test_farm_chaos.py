@@ -8,9 +8,10 @@ import pytest
 
 from chaos.farm_chaos import (FARM_NEMESES, Conn, FarmObservation, SteadyWindow, check_episode,
                               main, owner_table, raft_settled, render_farm_summary,
-                              run_farm_chaos, table_problems, write_farm_report)
+                              run_farm_chaos, stable_owners, survivor_failures, table_problems,
+                              write_farm_report)
 from tests.conftest import needs_root
-from vip.farm_ruleset import bucket_of
+from vip.farm_ruleset import bucket_of, render_ruleset
 
 SEED = 12345
 NODES = ["f1", "f2", "f3"]
@@ -25,6 +26,16 @@ def _answer(src: str, sport: int, table=TABLE) -> str:
 def _conns(start: float, n: int, table=TABLE) -> list[Conn]:
     return [Conn(start + i * 0.01, start + i * 0.01 + 0.005, _answer("10.0.0.9", 40000 + i, table),
                  "10.0.0.9", 40000 + i) for i in range(n)]
+
+
+def _ports(node: str, n: int, first: int = 50000, table=TABLE) -> list[int]:
+    """n client ports from 10.0.0.9 whose bucket ``node`` owns in ``table``."""
+    ports, p = [], first
+    while len(ports) < n:
+        if _answer("10.0.0.9", p, table) == node:
+            ports.append(p)
+        p += 1
+    return ports
 
 
 def _obs(conns=None, windows=None, **kw) -> FarmObservation:
@@ -49,9 +60,10 @@ def test_unanswered_connection_in_a_steady_period_is_a_violation():
     assert len(v) == 1 and "after steady period: 1 of 90 connection(s) unanswered" in v[0], v
 
 
-def test_failures_during_the_fault_are_not_judged():
-    during = [Conn(3.0 + i * 0.01, 3.005 + i * 0.01, None, "10.0.0.9", 50000 + i) for i in range(20)]
-    assert check_episode(_obs(_conns(0.0, 90) + during + _conns(10.0, 90))) == []
+def test_failures_during_the_fault_in_the_targets_buckets_are_not_judged():
+    during = [Conn(3.0 + i * 0.01, 3.005 + i * 0.01, None, "10.0.0.9", port, "timeout")
+              for i, port in enumerate(_ports("f3", 20))]
+    assert check_episode(_obs(_conns(0.0, 90) + during + _conns(10.0, 90), target="f3")) == []
 
 
 def test_answer_from_the_wrong_owner_is_a_violation():
@@ -157,6 +169,97 @@ def test_answers_from_the_victim_past_the_lease_and_before_the_heal_are_violatio
     assert check_episode(_obs(conns=_conns(0.0, 90) + hold + _conns(10.0, 90))) == []
 
 
+# ---- what users of the nodes not faulted feel, in every phase ------------------------
+# Fault at 2.0 on f3, heal at 5.0, recovered at 8.0 (see _obs). TABLE before and after:
+# f3 held 192..255 and got them back, as a returning node takes its own buckets first.
+
+def _held(node: str, port: int, t_open: float, t_end: float, error: str | None = None,
+          answered_by: str | None = None) -> Conn:
+    """A keep-alive connection from 10.0.0.9:port answered by ``answered_by`` (default:
+    ``node``), held from t_open to t_end, then closed by the client (error None) or failed."""
+    by = answered_by or node
+    return Conn(t_open, t_open + 0.002, by, "10.0.0.9", port, error, True, t_end,
+                int((t_end - t_open) / 0.1))
+
+
+def _with(*extra: Conn) -> list[Conn]:
+    return sorted(_conns(0.0, 90) + list(extra) + _conns(10.0, 90), key=lambda c: c.t_sent)
+
+
+def test_keepalives_held_across_the_fault_on_the_survivors_are_clean():
+    f1, f2, f3 = _ports("f1", 1)[0], _ports("f2", 1)[0], _ports("f3", 2)
+    conns = _with(_held("f1", f1, 0.5, 11.0), _held("f2", f2, 0.6, 11.0),
+                  # the target's own connections die with it: not judged
+                  _held("f3", f3[0], 0.7, 4.0, "timeout"),
+                  # one of its buckets, taken by f1 during the hold and closed before the heal
+                  _held("f3", f3[1], 3.0, 4.5, answered_by="f1"))
+    obs = _obs(conns, target="f3")
+    assert check_episode(obs) == []
+    assert survivor_failures(obs) == ([], [])
+
+
+def test_a_survivors_connection_reset_when_the_target_comes_back_is_a_violation():
+    # Recorded as it happens without a connection-keeping handover: f1 took bucket b of
+    # f3 during the hold, a client connected to it there; at the rejoin f3 takes b back
+    # and answers the next keep-alive on that connection with a reset.
+    port = _ports("f3", 1)[0]
+    reset = _held("f3", port, 3.2, 5.4, "reset", answered_by="f1")
+    obs = _obs(_with(reset), target="f3")
+    v = check_episode(obs)
+    assert len(v) == 1, v
+    assert v[0].startswith("1 connection(s) established on a node not faulted later failed "
+                           "(reset 1; first: 10.0.0.9:"), v
+    assert "answered by f1 at +1.20 s from the fault, during the fault, reset at +3.40 s " \
+        "from the fault, after the heal after 22 keep-alive(s)" in v[0], v
+    assert survivor_failures(obs) == ([reset], [])
+
+
+def test_a_survivors_connection_dropped_during_the_fault_is_a_violation():
+    port = _ports("f2", 1)[0]
+    dropped = _held("f2", port, 0.5, 3.1, "timeout")
+    v = check_episode(_obs(_with(dropped), target="f3"))
+    assert len(v) == 1 and "(timeout 1; first" in v[0] and "answered by f2" in v[0], v
+    # the same connection closed by the client is fine
+    assert check_episode(_obs(_with(_held("f2", port, 0.5, 3.1)), target="f3")) == []
+
+
+def test_the_targets_connections_are_judged_again_after_the_recovery():
+    port = _ports("f3", 1)[0]
+    # opened on f3 after its recovery (8.0), reset in the after steady period
+    late = _held("f3", port, 8.5, 10.5, "reset")
+    v = check_episode(_obs(_with(late), target="f3"))
+    assert len(v) == 1 and "answered by f3" in v[0], v
+    # opened before the recovery: excused
+    assert check_episode(_obs(_with(_held("f3", port, 6.0, 7.0, "reset")), target="f3")) == []
+
+
+def test_an_unanswered_connection_in_a_survivors_bucket_during_the_fault_is_a_violation():
+    # a short connection (or the SYN of a keep-alive) in a bucket f2 held throughout
+    port = _ports("f2", 1)[0]
+    lost = Conn(3.3, 4.3, None, "10.0.0.9", port, "timeout", False, 4.3)
+    obs = _obs(_with(lost), target="f3")
+    v = check_episode(obs)
+    assert len(v) == 1, v
+    assert v[0].startswith("1 connection(s) unanswered in buckets held throughout by a node "
+                           "not faulted (timeout 1; first: 10.0.0.9:"), v
+    assert "of f2, opened at +1.30 s from the fault, during the fault)" in v[0], v
+    assert survivor_failures(obs) == ([], [lost])
+    # with no fault target at all (a fault on nobody), f3's buckets are judged too
+    f3 = Conn(3.3, 4.3, None, "10.0.0.9", _ports("f3", 1)[0], "refused", False, 4.3)
+    assert len(check_episode(_obs(_with(f3)))) == 1
+    assert check_episode(_obs(_with(f3), target="f3")) == []
+
+
+def test_a_bucket_that_moved_between_the_tables_is_not_held_throughout():
+    moved = {"f1": frozenset(range(0, 128)), "f2": frozenset(range(128, 193)),
+             "f3": frozenset(range(193, 256))}
+    windows = [SteadyWindow("before", 0.0, 1.0, dict(TABLE), dict(TABLE)),
+               SteadyWindow("after", 10.0, 11.0, moved, moved)]
+    stable = stable_owners(windows)
+    assert 192 not in stable and stable[191] == "f2" and stable[193] == "f3" and len(stable) == 255
+    assert stable_owners([]) == {}
+
+
 def test_daemon_kill_and_pause_are_the_fenced_nemeses():
     assert {n for n, cls in FARM_NEMESES.items() if cls.fenced} == {"kill-daemon", "pause-daemon"}
 
@@ -168,6 +271,17 @@ def test_cli_refuses_an_unknown_nemesis(capsys):
     assert "unknown farm nemesis 'nope'" in capsys.readouterr().err
 
 
+REBALANCE_RESET = "established on a node not faulted later failed"
+
+
+def _handover_keeps_connections() -> bool:
+    """Does the farm ruleset keep a moved bucket's established flows on their old owner
+    (issue 16 item 2: it must match on conntrack state to do so)?"""
+    script = render_ruleset("t", "10.0.0.200", [(8080, "tcp", "on_port")], range(256), 1,
+                            "eth0", "10.0.0.1")
+    return " ct " in script
+
+
 @needs_root
 @pytest.mark.lab
 def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path):
@@ -177,12 +291,25 @@ def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path)
     paths = write_farm_report(history, tmp_path)
     eps = history["episodes"]
     assert [e["nemesis"] for e in eps] == names
-    bad = {e["nemesis"]: e["violations"] for e in eps if e["violations"]}
-    assert not bad, json.dumps(bad, indent=1)
+    # Resets of survivors' connections at a rebalance are what the connection-keeping
+    # handover (issue 16 item 2, vip/farm_ruleset.py, in progress on another branch) ends;
+    # until its ruleset keeps conntrack-known flows they are expected, and this test ends
+    # as xfail naming them once everything else held. Every other violation fails it.
+    moved = {e["nemesis"]: [v for v in e["violations"] if REBALANCE_RESET in v] for e in eps}
+    bad = {e["nemesis"]: [v for v in e["violations"] if REBALANCE_RESET not in v]
+           for e in eps}
+    assert not any(bad.values()), json.dumps(bad, indent=1)
     assert all(e["recovery_s"] is not None for e in eps)
     assert all(e["rebalance_s"] is not None for e in eps if FARM_NEMESES[e["nemesis"]].out)
     assert sum(c[3] is not None for c in history["connections"]) > 500
     summary = paths["summary"].read_text()
-    assert "**0 violation(s)**" in summary and summary == render_farm_summary(history)
+    assert summary == render_farm_summary(history)
     assert json.loads(paths["history"].read_text())["seed"] == 7
     assert paths["timeline"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the keep-alive connections exercised the nodes not faulted in every episode
+    assert all(e["held_on_survivors"] > 0 for e in eps), [e["held_on_survivors"] for e in eps]
+    if any(moved.values()):
+        assert not _handover_keeps_connections(), json.dumps(moved, indent=1)
+        pytest.xfail("survivors' connections reset at a rebalance (issue 16 item 2 not "
+                     "merged): " + json.dumps({k: v for k, v in moved.items() if v}))
+    assert "**0 violation(s)**" in summary
