@@ -11,7 +11,7 @@ from chaos.farm_chaos import (FARM_NEMESES, Conn, FarmObservation, SteadyWindow,
                               run_farm_chaos, stable_owners, survivor_failures, table_problems,
                               write_farm_report)
 from tests.conftest import needs_root
-from vip.farm_ruleset import bucket_of, render_ruleset
+from vip.farm_ruleset import bucket_of
 
 SEED = 12345
 NODES = ["f1", "f2", "f3"]
@@ -271,17 +271,6 @@ def test_cli_refuses_an_unknown_nemesis(capsys):
     assert "unknown farm nemesis 'nope'" in capsys.readouterr().err
 
 
-REBALANCE_RESET = "established on a node not faulted later failed"
-
-
-def _handover_keeps_connections() -> bool:
-    """Does the farm ruleset keep a moved bucket's established flows on their old owner
-    (issue 16 item 2: it must match on conntrack state to do so)?"""
-    script = render_ruleset("t", "10.0.0.200", [(8080, "tcp", "on_port")], range(256), 1,
-                            "eth0", "10.0.0.1")
-    return " ct " in script
-
-
 @needs_root
 @pytest.mark.lab
 def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path):
@@ -291,14 +280,9 @@ def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path)
     paths = write_farm_report(history, tmp_path)
     eps = history["episodes"]
     assert [e["nemesis"] for e in eps] == names
-    # Resets of survivors' connections at a rebalance are what the connection-keeping
-    # handover (issue 16 item 2, vip/farm_ruleset.py, in progress on another branch) ends;
-    # until its ruleset keeps conntrack-known flows they are expected, and this test ends
-    # as xfail naming them once everything else held. Every other violation fails it.
-    moved = {e["nemesis"]: [v for v in e["violations"] if REBALANCE_RESET in v] for e in eps}
-    bad = {e["nemesis"]: [v for v in e["violations"] if REBALANCE_RESET not in v]
-           for e in eps}
-    assert not any(bad.values()), json.dumps(bad, indent=1)
+    # every violation fails it, resets of the survivors' connections at a rebalance too
+    bad = {e["nemesis"]: e["violations"] for e in eps if e["violations"]}
+    assert not bad, json.dumps(bad, indent=1)
     assert all(e["recovery_s"] is not None for e in eps)
     assert all(e["rebalance_s"] is not None for e in eps if FARM_NEMESES[e["nemesis"]].out)
     assert sum(c[3] is not None for c in history["connections"]) > 500
@@ -308,8 +292,4 @@ def test_every_farm_nemesis_once_on_the_lab_has_no_violation(make_lab, tmp_path)
     assert paths["timeline"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the keep-alive connections exercised the nodes not faulted in every episode
     assert all(e["held_on_survivors"] > 0 for e in eps), [e["held_on_survivors"] for e in eps]
-    if any(moved.values()):
-        assert not _handover_keeps_connections(), json.dumps(moved, indent=1)
-        pytest.xfail("survivors' connections reset at a rebalance (issue 16 item 2 not "
-                     "merged): " + json.dumps({k: v for k, v in moved.items() if v}))
     assert "**0 violation(s)**" in summary
