@@ -148,8 +148,16 @@ def test_vip_deleted_by_hand_stopstarts_and_the_vip_comes_back(make_lab):
     out = m.lab.run("n1", ["ip", "-o", "-4", "addr", "show"], check=True).stdout
     line = next(ln for ln in out.splitlines() if f" {m.vip}/" in ln)
     dev, cidr = line.split()[1], line.split()[3]
-    m.lab.run("n1", ["ip", "addr", "del", cidr, "dev", dev], check=True)
-    wait_until("stopstart in n1's log", lambda: "cause=ip_vip action=stopstart" in _log(m, "n1"), 15)
+    # The primary puts its VIP back at every lease renewal (its kernel-side lifetime is
+    # refreshed with a replace), so one deletion heals by itself within a renewal: keep
+    # deleting it, as a conflicting tool would, until the checker acts.
+    deleter = m.lab.spawn("n1", ["sh", "-c", f"while :; do ip addr del {cidr} dev {dev} "
+                                             "2>/dev/null; sleep 0.05; done"], name="vip-deleter")
+    try:
+        wait_until("stopstart in n1's log",
+                   lambda: "cause=ip_vip action=stopstart" in _log(m, "n1"), 15)
+    finally:
+        deleter.stop()
     wait_until("a primary with the VIP", lambda: any(
         (st := m.state(n)) and st["state"] in ("PRIM", "ALONE") and st["ready"] == "Ready" and st["vip"]
         for n in m.nodes), 60)
