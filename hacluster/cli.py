@@ -192,12 +192,18 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
         out = Path(args.out) if args.out else None
         if out is not None and (out / args.name / cluster_config.CONFIG_FILE).exists():
             raise ConfigError(f"{out / args.name}: already holds a configuration; choose another --out")
+        if out is not None and role == "node" and not cfg.holds_data_secret:
+            raise ConfigError(f"add-node {args.name} --out: this member is a witness and holds "
+                              "only the Raft credential, not the cluster secret a data node needs: "
+                              "run it on a data node (nothing was changed)")
         res = _member_request(cfg, f"add-{role} {args.name}", "add_member", name=args.name,
                               address=address, role=role)
         text = f"added {role} {args.name} ({address}) through Raft"
         if out is not None:
+            # A new witness gets only the Raft credential: any voter can give it that.
+            secret = cfg.read_secret() if role == "node" or cfg.holds_data_secret else None
             d = cluster_config.write_member_dir(out, cfg.cluster, args.name, res["members"],
-                                                cfg.read_secret(), cfg.raft)
+                                                secret, cfg.raft, cfg.read_raft_secret())
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
         res = _member_request(cfg, f"remove-{role} {args.name}", "remove_member",

@@ -229,7 +229,8 @@ def with_port(address: str, default_port: int = DEFAULT_RAFT_PORT) -> str:
 
 
 def write_member_dir(base: Path, cluster: str, name: str, members: dict[str, dict[str, str]],
-                     secret: str, raft: RaftSettings) -> Path:
+                     secret: str | None, raft: RaftSettings,
+                     raft_secret: str | None = None) -> Path:
     """The configuration directory for one member (its own ``self``): a data node gets
     the cluster secret, a witness only the Raft credential derived from it."""
     directory = base / name
@@ -238,8 +239,13 @@ def write_member_dir(base: Path, cluster: str, name: str, members: dict[str, dic
     cfg = ClusterConfig(directory=directory, cluster=cluster, self_name=name,
                         members=members, raft=raft)
     if members[name]["role"] == "witness":
-        write_secret(directory, raft_credential(secret), RAFT_SECRET_FILE)
+        # ``raft_secret``: when a witness writes it, it has nothing else to give
+        credential = raft_secret if raft_secret is not None else raft_credential(secret or "")
+        write_secret(directory, credential, RAFT_SECRET_FILE)
     else:
+        if secret is None:
+            raise ConfigError(f"{name}: a data node's configuration needs the cluster secret, "
+                              "which only data nodes hold: run this on a data node")
         write_secret(directory, secret)
     cfg.save()
     return directory

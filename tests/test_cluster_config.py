@@ -277,3 +277,16 @@ def test_witness_credential_rewrites_an_old_witness_without_the_cluster_secret(t
     assert cli.main(["--config", str(tmp_path / "cfg" / "a"), "cluster", "witness-credential", "a",
                      "--out", str(tmp_path / "x")]) == 1
     assert "'a' is not a witness" in capsys.readouterr().err
+
+
+def test_a_witness_writes_a_new_witness_its_credential_but_no_data_node(tmp_path):
+    assert init(tmp_path / "cfg") == 0
+    w = load(tmp_path / "cfg" / "w")
+    members = {**w.members, "w2": {"address": "10.0.0.8:7400", "role": "witness"},
+               "c": {"address": "10.0.0.3:7400", "role": "node"}}
+    d = cluster_config.write_member_dir(tmp_path / "new", "prod", "w2", members, None, w.raft,
+                                        w.read_raft_secret())
+    assert load(d).read_raft_secret() == w.read_raft_secret()
+    with pytest.raises(ConfigError, match="only data nodes hold"):
+        cluster_config.write_member_dir(tmp_path / "new", "prod", "c", members, None, w.raft,
+                                        w.read_raft_secret())
