@@ -207,8 +207,8 @@ class FrameReader:
             if n == 0:
                 return None
             frames: list[Frame] = []
-            for plain in self._opener.feed(self._view[:n]):
-                frames += self.decoder.feed(plain)
+            # the decoder copies what it keeps: the opener reuses its plaintext buffer
+            self._opener.feed(self._view[:n], lambda plain: frames.extend(self.decoder.feed(plain)))
             return frames
         target = self.decoder.body_target()
         if target is not None:   # a big body: straight into its own buffer
