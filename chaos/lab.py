@@ -223,6 +223,7 @@ class Lab:
             raise ValueError(f"need 1..{_MAX_NETWORKS} unique network names, got {networks}")
         self.id = secrets.token_hex(3)
         self.networks = tuple(networks)
+        self._own_workdir = workdir is None
         if workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"hclab-{self.id}-"))
         else:
@@ -320,8 +321,27 @@ class Lab:
             _sh([IP, "-n", host.netns, "addr", "add", f"{host.addrs[net]}/24", "dev", iface])
             _sh([IP, "-n", host.netns, "link", "set", iface, "up"])
 
+    def _remove_workdir(self) -> list[str]:
+        """The work folder the lab made for itself holds the cluster's secrets and
+        copies of data: it goes with the lab (HCLAB_KEEP=1 keeps it for a post-mortem),
+        unless something is still mounted inside it."""
+        if not self._own_workdir or os.environ.get("HCLAB_KEEP"):
+            return []
+        prefix = str(self.workdir) + "/"
+        try:
+            with open("/proc/mounts") as f:
+                mounted = [ln.split()[1] for ln in f if ln.split()[1].startswith(prefix)]
+        except OSError:
+            mounted = []
+        if mounted:
+            self._log("workdir_kept", reason=f"still mounted: {mounted[0]}")
+            return []
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return [f"workdir {self.workdir}"]
+
     def cleanup(self) -> list[str]:
-        """Stop every process, delete the namespaces and the registry entry; idempotent."""
+        """Stop every process, delete the namespaces and the registry entry, and the
+        work folder the lab made; idempotent."""
         with self._lock:
             if self._cleaned:
                 return []
@@ -344,6 +364,7 @@ class Lab:
                 removed += _purge_netns(ns)
             self.registry_path.unlink(missing_ok=True)
             self._cleaned = True
+            removed += self._remove_workdir()
             with _LIVE_LOCK:
                 _LIVE.pop(self.id, None)
             return removed

@@ -296,6 +296,18 @@ def test_cleanup(make_lab: Callable[..., Lab]) -> None:
     assert lab.cleanup() == []  # idempotent
 
 
+def test_a_lab_removes_the_work_folder_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It holds the cluster's secrets and copies of data; one given to the lab stays."""
+    monkeypatch.delenv("HCLAB_KEEP", raising=False)
+    lab = Lab(["n1"]).start()
+    try:
+        lab.spawn("n1", ["sleep", "1000"], name="s")
+        assert lab.workdir.is_dir() and lab.workdir.name.startswith(f"hclab-{lab.id}-")
+    finally:
+        lab.cleanup()
+    assert not lab.workdir.exists()
+
+
 def test_cleanup_after_failed_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     lab = Lab(["n1", "n2"], workdir=tmp_path)
     real = Lab._setup_host
