@@ -148,3 +148,12 @@ class ReplicationNode:
                 p.stop()
         self.unmount()
         os.close(self._fd)
+
+
+def node_pair(lab, base: Path, secret: str, port: int) -> tuple[ReplicationNode, ReplicationNode]:
+    """Lab hosts "a" and "b" as the two sides of a role-swapping pair sharing one
+    secret file (mode 0600) under ``base``; close both when done."""
+    path = base / "secret"
+    path.write_text(secret)
+    path.chmod(0o600)
+    return ReplicationNode(lab, "a", base, path, port), ReplicationNode(lab, "b", base, path, port)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chaos.lab import wait_until
-from chaos.replication_pair import ReplicationNode
+from chaos.replication_pair import node_pair
 from tests.conftest import needs_root
 from tests.test_replication_lab import assert_same
 
@@ -28,12 +28,7 @@ FILE_SIZE = 1 << 20
 
 @pytest.fixture
 def nodes(make_lab, tmp_path):
-    lab = make_lab(["a", "b"])
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
-    secret.chmod(0o600)
-    a, b = (ReplicationNode(lab, "a", tmp_path, secret, PORT),
-            ReplicationNode(lab, "b", tmp_path, secret, PORT))
+    a, b = node_pair(make_lab(["a", "b"]), tmp_path, SECRET, PORT)
     yield a, b
     a.close()
     b.close()

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from chaos.lab import wait_until
-from chaos.replication_pair import ReplicationNode
+from chaos.replication_pair import ReplicationNode, node_pair
 from replication import activity_log
 from tests.conftest import needs_root
 from tests.test_replication_lab import Writer, assert_records, assert_same
@@ -25,12 +25,7 @@ FILE_SIZE = 1 << 20
 
 @pytest.fixture
 def nodes(make_lab, tmp_path):
-    lab = make_lab(["a", "b"])
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
-    secret.chmod(0o600)
-    a, b = (ReplicationNode(lab, "a", tmp_path, secret, PORT),
-            ReplicationNode(lab, "b", tmp_path, secret, PORT))
+    a, b = node_pair(make_lab(["a", "b"]), tmp_path, SECRET, PORT)
     yield a, b
     a.close()
     b.close()
