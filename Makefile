@@ -22,10 +22,10 @@ bench: apt venv
 	$(PY) -m bench failover
 	$(PY) -m bench farm
 
-# The full chaos sweeps, mirror then farm: every nemesis, 10 episodes each
+# The full chaos sweeps, mirror (kv and PostgreSQL workloads) then farm: every nemesis, 10 episodes each
 # (chaos/results/<run>/, bench/results/chaos.json); make test runs each nemesis once.
 chaos: apt venv
-	$(PY) -m chaos run --nemesis all --episodes 10 --seed 1 --bench-json bench/results/chaos.json
+	$(PY) -m chaos run --nemesis all --episodes 10 --seed 1 --workload all --bench-json bench/results/chaos.json
 	$(PY) -m chaos.farm_chaos --episodes 10 --seed 1
 
 chaos-cleanup: venv
