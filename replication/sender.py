@@ -195,16 +195,7 @@ class Sender:
         error = ReplicationRefused(err, message)
         try:
             if op is not None and err != errno.ESTALE and self.on_refused is not None:
-                try:
-                    self.on_refused(op, error)
-                except OSError as e:
-                    with self._lock:
-                        self._state = SenderState.FAILED
-                        self._failure = f"cannot record a refused op: {e}"
-                    log.error("event=sender_failed reason=%r", self._failure)
-                    return
-                with self._lock:
-                    self._refusals += 1
+                self._record_refused(op, error)
                 return
             # The op was answered already, so it is in no in-flight list: record
             # it with the loss. Not known any more (in sync, nothing is kept):
@@ -326,6 +317,20 @@ class Sender:
                 return False
         # Outside the lock: recording fsyncs. The op stays in flight until it is
         # recorded, so ``quiesce`` (and the in-sync transition) wait for it.
+        refusals = self._record_refused(op, error)
+        if refusals is None:
+            self._answer(ticket)
+            raise ReplicationUnavailable(self._failure)
+        if refusals == 1:   # PostgreSQL makes thousands while a WAL segment is missing: one line
+            log.info("event=refused_while_settling op=%r reason=%r action=recorded",
+                     op.describe(), str(error))
+        self._answer(ticket)
+        return True
+
+    def _record_refused(self, op: Op, error: ReplicationRefused) -> int | None:
+        """Record a refused op (``on_refused``: the store marks its path, fsynced);
+        the refusals so far, or None when it could not be recorded: the sender has
+        then failed (a change nobody recorded must not be acknowledged)."""
         try:
             self.on_refused(op, error)
         except OSError as e:
@@ -333,16 +338,10 @@ class Sender:
                 self._state = SenderState.FAILED
                 self._failure = f"cannot record a refused op: {e}"
             log.error("event=sender_failed reason=%r", self._failure)
-            self._answer(ticket)
-            raise ReplicationUnavailable(self._failure) from e
+            return None
         with self._lock:
             self._refusals += 1
-            first = self._refusals == 1
-        if first:   # PostgreSQL makes thousands while a WAL segment is missing: one line
-            log.info("event=refused_while_settling op=%r reason=%r action=recorded",
-                     op.describe(), str(error))
-        self._answer(ticket)
-        return True
+            return self._refusals
 
     def _channel_of(self, ticket: Ticket) -> Channel:
         with self._lock:

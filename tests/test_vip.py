@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from chaos.lab import wait_until
 from tests.conftest import needs_root
+from tests.test_kernel_fence_lab import vip_lifetime
 from vip.lifetime import ADDRESS_EXPIRY_LAG_S
 from vip import (VipAnnouncer, VipError, add_vip, build_arp_frame, gratuitous_arp_frames,
                  has_vip, is_gratuitous, parse_arp_frame, remove_vip)
@@ -257,15 +258,6 @@ def test_drop_after_cancelled_raise_leaves_nothing(make_lab):
 KERNEL_EXPIRY_LAG_S = ADDRESS_EXPIRY_LAG_S   # the kernel removes an expired address this late
 
 
-def _valid_lft(lab, host, addr) -> int | None:
-    out = json.loads(lab.run(host, ["ip", "-j", "-4", "addr", "show"]).stdout)
-    for link in out:
-        for a in link.get("addr_info", []):
-            if a.get("local") == addr:
-                return a.get("valid_life_time")
-    return None
-
-
 @needs_root
 def test_vip_on_a_lease_is_refreshed_and_expires_in_the_kernel_when_its_holder_is_killed(make_lab):
     """The announcer's address carries a finite lifetime that renewals extend; SIGKILL
@@ -281,15 +273,15 @@ def test_vip_on_a_lease_is_refreshed_and_expires_in_the_kernel_when_its_holder_i
     def deadlines() -> list[float]:
         return [json.loads(ln)["deadline"] for ln in holder.log_path.read_text().splitlines()
                 if ln.startswith('{"deadline"')]
-    wait_until("VIP raised", lambda: deadlines() and _valid_lft(lab, "a", vip) is not None, 10)
-    lft = _valid_lft(lab, "a", vip)
+    wait_until("VIP raised", lambda: deadlines() and vip_lifetime(lab, "a", vip) is not None, 10)
+    lft = vip_lifetime(lab, "a", vip)
     assert lft is not None and 0 <= lft <= 1      # finite, never past the 1.2 s deadline
     assert '{"renew_now": true}' in holder.log_path.read_text()
     # 3 s of renewals, three times the kernel lifetime: the address never went away
     # and its lifetime never exceeded the lease's
     end = time.monotonic() + 3.0
     while time.monotonic() < end:
-        lft = _valid_lft(lab, "a", vip)
+        lft = vip_lifetime(lab, "a", vip)
         assert lft is not None and 0 <= lft <= 1, lft
         time.sleep(0.05)
 
@@ -299,7 +291,7 @@ def test_vip_on_a_lease_is_refreshed_and_expires_in_the_kernel_when_its_holder_i
     assert last_deadline <= killed_at + 1.2
     gone_at = None
     while time.monotonic() < last_deadline + KERNEL_EXPIRY_LAG_S + 2.0:
-        if _valid_lft(lab, "a", vip) is None:
+        if vip_lifetime(lab, "a", vip) is None:
             gone_at = time.monotonic()
             break
         time.sleep(0.02)
