@@ -483,6 +483,25 @@ def check_journal_format(data: Path) -> None:
     durable_storage.durable_replace(str(tmp), str(marker))
 
 
+def syncobj_conf_kwargs(secret: str, data: Path, settings: RaftSettings,
+                        on_state_changed: Callable[[int, int], None]) -> dict[str, Any]:
+    """Everything RaftMember sets in pysyncobj's SyncObjConf (which ignores names it
+    does not know, so tests/test_pysyncobj_contract.py checks each one is read)."""
+    return dict(
+        password=secret,
+        journalFile=str(data / "raft.journal"),
+        fullDumpFile=str(data / "raft.dump"),
+        dynamicMembershipChange=True,
+        useFork=False,  # forking a threaded asyncio process is unsafe
+        onStateChanged=on_state_changed,
+        # pysyncobj's own wait for a leader has no bound and cannot be cancelled: a
+        # command could commit long after its caller was told "not committed".
+        # submit() waits instead, bounded, and drops what the caller gave up on.
+        commandsWaitLeader=False,
+        **settings.syncobj_kwargs(),
+    )
+
+
 class RaftMember:
     def __init__(self, self_address: str, peers: list[str], data_dir: str | os.PathLike,
                  secret: str, settings: RaftSettings,
@@ -506,19 +525,7 @@ class RaftMember:
         durable_storage.private_dir(data)
         check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
-        conf = SyncObjConf(
-            password=secret,
-            journalFile=str(data / "raft.journal"),
-            fullDumpFile=str(data / "raft.dump"),
-            dynamicMembershipChange=True,
-            useFork=False,  # forking a threaded asyncio process is unsafe
-            onStateChanged=self._on_state_changed,
-            # pysyncobj's own wait for a leader has no bound and cannot be cancelled: a
-            # command could commit long after its caller was told "not committed".
-            # submit() waits instead, bounded, and drops what the caller gave up on.
-            commandsWaitLeader=False,
-            **settings.syncobj_kwargs(),
-        )
+        conf = SyncObjConf(**syncobj_conf_kwargs(secret, data, settings, self._on_state_changed))
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
                                 [self.consumer], extra_wait=self._time_to_lease_check)
         self.syncobj.addOnTickCallback(self._on_tick)
