@@ -16,6 +16,7 @@ two clocks drift apart by less than ``margin`` over one lease.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Container, Mapping
 
 # A holder renews four times per lease, so one lost renewal is not a demotion and a
 # Raft election after the leader's death (0.3-0.6 s timeout, a split vote sometimes)
@@ -143,3 +144,54 @@ class LeaderLeaseClock:
         """True when the leader may take the lease away from its holder."""
         expiry = self.expires_at(resource, lease_s)
         return expiry is not None and now >= expiry
+
+
+@dataclass(frozen=True)
+class LeaseExpiry:
+    """A lease the leader takes away: the arguments of the ``expire`` command, whose
+    (epoch, seq) fence makes it a no-op if the lease changed since."""
+
+    resource: str
+    holder: str
+    epoch: int
+    seq: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.resource, self.epoch, self.seq)
+
+
+@dataclass(frozen=True)
+class ExpiryCheck:
+    """What one look at the leases decided: what to expire now, and when to look again."""
+
+    expire: tuple[LeaseExpiry, ...]
+    next_check_at: float
+
+
+def check_expiry(leases: Mapping[str, Mapping[str, Any]], clock: LeaderLeaseClock, now: float,
+                 check_period_s: float, pending: Container[tuple[str, int, int]] = ()) -> ExpiryCheck:
+    """The Raft leader's side of DESIGN.md rule 1, pure: which held leases it may take
+    away at ``now`` (a full lease since their renewal was applied here, and since this
+    node's election), and when to look again (the earliest expiry still to come, at the
+    latest ``check_period_s`` from now, so a lease granted meanwhile is looked at too).
+
+    ``leases`` is ClusterState's table (resource -> holder, epoch, seq, lease_s); a
+    lease whose (resource, epoch, seq) is in ``pending`` already has an ``expire`` on
+    its way and is not proposed twice. A node that does not lead expires nothing."""
+    next_check = now + check_period_s
+    if clock.leader_since is None:
+        return ExpiryCheck((), next_check)
+    expire = []
+    for resource, lease in leases.items():
+        if lease["holder"] is None:
+            continue
+        expiry = clock.expires_at(resource, lease["lease_s"])
+        assert expiry is not None  # None only when not the leader, returned above
+        if now < expiry:
+            next_check = min(next_check, expiry)
+            continue
+        one = LeaseExpiry(resource, lease["holder"], lease["epoch"], lease["seq"])
+        if one.key not in pending:
+            expire.append(one)
+    return ExpiryCheck(tuple(expire), next_check)

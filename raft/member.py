@@ -29,7 +29,7 @@ socket.inet_ntop = _socket.inet_ntop
 
 from . import durable_storage
 from .cluster_state import ClusterState, Result
-from .lease import LeaderLeaseClock
+from .lease import LeaderLeaseClock, check_expiry
 from .plain_data import check_plain
 from .secure_channel import SecureTransport
 from .settings import RaftSettings
@@ -571,28 +571,18 @@ class RaftMember:
             self._resend_awaiting_leader(now)
         if self.lease_clock.leader_since is None or now < self._next_lease_check:
             return
-        # Look again at the earliest expiry (the tick thread sleeps until then), and
-        # at least every lease_check_period_s.
-        next_check = now + self.settings.lease_check_period_s
         with self.consumer.lock:
-            leases = [(r, dict(lease)) for r, lease in self.consumer.state.leases.items()]
-        for resource, lease in leases:
-            if lease["holder"] is None:
-                continue
-            expiry = self.lease_clock.expires_at(resource, lease["lease_s"])
-            if expiry is None or now < expiry:
-                if expiry is not None:
-                    next_check = min(next_check, expiry)
-                continue
-            key = (resource, lease["epoch"], lease["seq"])
-            if key in self._pending_expiry:
-                continue
-            self._pending_expiry.add(key)
+            leases = {r: dict(lease) for r, lease in self.consumer.state.leases.items()}
+        check = check_expiry(leases, self.lease_clock, now, self.settings.lease_check_period_s,
+                             self._pending_expiry)
+        for one in check.expire:
+            self._pending_expiry.add(one.key)
             log.info("event=lease_expiry_proposed resource=%s holder=%s epoch=%d mono=%.6f",
-                     resource, lease["holder"], lease["epoch"], now)
-            self.consumer.command("expire", [resource, lease["epoch"], lease["seq"]],
-                                 callback=lambda res, err, key=key: self._pending_expiry.discard(key))
-        self._next_lease_check = next_check
+                     one.resource, one.holder, one.epoch, now)
+            self.consumer.command("expire", [one.resource, one.epoch, one.seq],
+                                 callback=lambda res, err, key=one.key: self._pending_expiry.discard(key))
+        # The tick thread sleeps until then (see _time_to_lease_check).
+        self._next_lease_check = check.next_check_at
 
     def _resend_awaiting_leader(self, now: float) -> None:
         with self._awaiting_lock:

@@ -9,10 +9,13 @@ from hypothesis import strategies as st
 
 from raft.lease import (
     RENEWALS_PER_LEASE,
+    ExpiryCheck,
     HolderLease,
     LeaderLeaseClock,
     LeaseConfigError,
+    LeaseExpiry,
     LeaseTiming,
+    check_expiry,
     holder_deadline,
     leader_expiry,
 )
@@ -288,3 +291,132 @@ def test_stepped_down_resets():
     c.became_leader(150.0)
     assert not c.expired("r", 2.0, 151.9)
     assert c.expired("r", 2.0, 152.0)
+
+
+# ---- (5) check_expiry: the leader's decision ------------------------------------------
+RESOURCES = ("node/a", "node/b", "mirror/db", "vip")
+
+
+@st.composite
+def lease_tables(draw) -> dict[str, dict]:
+    """ClusterState's lease table: some resources held, some free."""
+    table = {}
+    for r in draw(st.lists(st.sampled_from(RESOURCES), unique=True)):
+        table[r] = {"holder": draw(st.sampled_from([None, "a", "b"])),
+                    "epoch": draw(st.integers(0, 5)), "seq": draw(st.integers(0, 50)),
+                    "lease_s": draw(st.floats(0.01, 100.0)), "eligible": None}
+    return table
+
+
+@st.composite
+def leader_histories(draw) -> tuple[LeaderLeaseClock, dict[str, float], float | None, float]:
+    """A clock fed a time-ordered history of elections, step-downs and applied renewals.
+    Returns the clock, the last apply time per resource, the current election time (None:
+    not leading) and the time of the last event."""
+    clock = LeaderLeaseClock()
+    applied: dict[str, float] = {}
+    since = None
+    t = draw(st.floats(0.0, 1e5))
+    for kind in draw(st.lists(st.sampled_from(["apply", "apply", "elect", "step_down"]), max_size=12)):
+        t += draw(st.floats(0.0, 50.0))
+        if kind == "apply":
+            r = draw(st.sampled_from(RESOURCES))
+            clock.renewal_applied(r, t)
+            applied[r] = t
+        elif kind == "elect":
+            clock.became_leader(t)
+            since = t
+        else:
+            clock.stepped_down()
+            since = None
+    return clock, applied, since, t
+
+
+def _expired(check: ExpiryCheck) -> set[str]:
+    return {one.resource for one in check.expire}
+
+
+@settings(max_examples=300)
+@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
+       period=st.floats(0.001, 10.0))
+def test_expiry_never_before_a_full_lease_after_apply_nor_after_election(table, history, later, period):
+    clock, applied, since, last_event = history
+    now = last_event + later
+    check = check_expiry(table, clock, now, period)
+    for one in check.expire:
+        lease_s = table[one.resource]["lease_s"]
+        assert since is not None                                  # only a leader expires
+        assert now >= since + lease_s                             # a full lease after its election
+        if one.resource in applied:
+            assert now >= applied[one.resource] + lease_s         # a full lease after the apply
+        assert table[one.resource]["holder"] is not None
+        # the command's fence is the lease as it stands
+        assert (one.holder, one.epoch, one.seq) == tuple(table[one.resource][k] for k in ("holder", "epoch", "seq"))
+
+
+@settings(max_examples=300)
+@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
+       period=st.floats(0.001, 10.0))
+def test_a_leader_expires_every_held_lease_it_has_not_heard_renewed_for_a_lease(table, history, later, period):
+    clock, applied, since, last_event = history
+    now = last_event + later
+    expected = set()
+    if since is not None:
+        for r, lease in table.items():
+            heard = max(applied.get(r, since), since)
+            if lease["holder"] is not None and now >= heard + lease["lease_s"]:
+                expected.add(r)
+    assert _expired(check_expiry(table, clock, now, period)) == expected
+
+
+@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
+       more=st.floats(0.0, 300.0), period=st.floats(0.001, 10.0))
+def test_expiry_is_monotone_in_now(table, history, later, more, period):
+    clock, _, _, last_event = history
+    now = last_event + later
+    assert _expired(check_expiry(table, clock, now, period)) <= _expired(
+        check_expiry(table, clock, now + more, period))
+
+
+@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
+       period=st.floats(0.001, 10.0), step=st.floats(0.0, 1.0))
+def test_nothing_expires_before_the_next_check(table, history, later, period, step):
+    """The tick thread sleeps until next_check_at: no lease may become due meanwhile,
+    and it never sleeps longer than the period (a lease granted meanwhile is seen)."""
+    clock, _, _, last_event = history
+    now = last_event + later
+    check = check_expiry(table, clock, now, period)
+    assert now < check.next_check_at <= now + period
+    between = now + step * (check.next_check_at - now)
+    if between < check.next_check_at:
+        assert _expired(check_expiry(table, clock, between, period)) == _expired(check)
+
+
+@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0))
+def test_a_pending_expiry_is_not_proposed_again(table, history, later):
+    clock, _, _, last_event = history
+    now = last_event + later
+    first = check_expiry(table, clock, now, 1.0)
+    pending = {one.key for one in first.expire}
+    assert check_expiry(table, clock, now, 1.0, pending).expire == ()
+    # once the lease changed (another seq), the old pending key does not hide it
+    bumped = {r: dict(lease, seq=lease["seq"] + 1) for r, lease in table.items()}
+    assert _expired(check_expiry(bumped, clock, now, 1.0, pending)) == _expired(first)
+
+
+def test_check_expiry_examples():
+    clock = LeaderLeaseClock()
+    table = {"vip": {"holder": "a", "epoch": 3, "seq": 7, "lease_s": 2.0, "eligible": None},
+             "free": {"holder": None, "epoch": 1, "seq": 2, "lease_s": 2.0, "eligible": None}}
+    clock.renewal_applied("vip", 50.0)
+    assert check_expiry(table, clock, 1e9, 0.05) == ExpiryCheck((), 1e9 + 0.05)   # not leading
+    clock.became_leader(100.0)
+    # renewal applied before the election: a full lease after the election
+    assert check_expiry(table, clock, 101.0, 5.0) == ExpiryCheck((), 102.0)
+    assert check_expiry(table, clock, 101.0, 0.05).next_check_at == pytest.approx(101.05)
+    assert check_expiry(table, clock, 102.0, 0.05) == ExpiryCheck(
+        (LeaseExpiry("vip", "a", 3, 7),), pytest.approx(102.05))
+    assert LeaseExpiry("vip", "a", 3, 7).key == ("vip", 3, 7)
+    clock.renewal_applied("vip", 103.0)                            # renewed: counts from then
+    assert check_expiry(table, clock, 104.9, 5.0) == ExpiryCheck((), 105.0)
+    assert check_expiry(table, clock, 105.0, 5.0).expire == (LeaseExpiry("vip", "a", 3, 7),)

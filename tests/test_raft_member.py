@@ -104,3 +104,40 @@ def test_log_compaction_writes_a_dump_that_a_restart_reads(tmp_path):
             time.sleep(0.05)
     finally:
         m.destroy()
+
+
+def test_the_leader_expires_a_lease_not_renewed_for_a_full_lease(tmp_path):
+    """raft.lease.check_expiry wired into a real single-voter member: an acquired lease
+    that nobody renews is expired by the leader, fenced by the lease's epoch and seq,
+    and never earlier than a full lease after the acquire was submitted."""
+    import threading
+    import time
+
+    from raft.member import RaftMember
+    from raft.settings import RaftSettings
+    from tests.conftest import free_ports
+
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    expired = threading.Event()
+    applied: list[tuple[str, tuple, dict, float]] = []
+
+    def on_applied(op, args, result):
+        applied.append((op, args, result, time.monotonic()))
+        if op == "expire" and result.get("ok"):
+            expired.set()
+
+    member = RaftMember(address, [address], tmp_path, "secret", RaftSettings(), on_applied=on_applied)
+    lease_s = 0.3
+    try:
+        assert member.call("bootstrap", {"a": {"address": address, "role": "node"}}, timeout=10)["ok"]
+        submitted = time.monotonic()
+        assert member.call("acquire", "mod", "a", lease_s)["ok"]
+        acquired = member.snapshot()["leases"]["mod"]
+        assert expired.wait(30), "the leader never expired an unrenewed lease"
+    finally:
+        member.destroy()
+    expiries = [(args, at) for op, args, result, at in applied if op == "expire" and result["ok"]]
+    assert len(expiries) == 1
+    args, at = expiries[0]
+    assert list(args) == ["mod", acquired["epoch"], acquired["seq"]]
+    assert at >= submitted + lease_s
