@@ -1,8 +1,12 @@
 """errd: process monitoring (SafeKit ``<errd><proc .../></errd>``).
 
 Decision (pure): how many live processes match the spec, against ``atleast``/``atmax``.
-A process is identified by (pid, create_time), so a PID reused by an unrelated process
+A process is identified by (pid, start time), so a PID reused by an unrelated process
 after the watched one died counts as a death, not as the same process still running.
+The start time is the kernel's, in clock ticks since boot (/proc/PID/stat), never a
+wall-clock time: psutil's create_time adds the boot time of /proc/stat, which moves
+(by whole seconds) whenever the wall clock is stepped, so one process would get two
+identities.
 Probe: one scan of /proc (no root needed to see names and command lines of
 other users' processes on a default Linux; hidepid mounts hide them).
 """
@@ -11,8 +15,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-
-import psutil
 
 from .resource import DOWN, UP
 
@@ -32,13 +34,13 @@ class ProcSpec:
 @dataclass(frozen=True)
 class ProcessSample:
     pid: int
-    create_time: float
+    start_ticks: int  # when it started, in clock ticks since boot (see the module doc)
     name: str
     cmdline: tuple[str, ...]
 
     @property
-    def identity(self) -> tuple[int, float]:
-        return (self.pid, self.create_time)
+    def identity(self) -> tuple[int, int]:
+        return (self.pid, self.start_ticks)
 
 
 def matches(spec: ProcSpec, sample: ProcessSample) -> bool:
@@ -68,15 +70,15 @@ def count_value(spec: ProcSpec, count: int) -> str:
 class ErrdObservation:
     value: str
     count: int
-    died: tuple[tuple[int, float], ...]    # identities seen last time and gone now
-    started: tuple[tuple[int, float], ...]  # identities new since last time
+    died: tuple[tuple[int, int], ...]    # identities seen last time and gone now
+    started: tuple[tuple[int, int], ...]  # identities new since last time
 
 
 @dataclass
 class ErrdWatch:
     """The pure decision part for one ``<proc>``: feed it each scan."""
     spec: ProcSpec
-    known: frozenset[tuple[int, float]] = field(default_factory=frozenset)
+    known: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
     def observe(self, samples: list[ProcessSample] | None) -> ErrdObservation:
         """``samples`` = every process on the host (None = the scan failed: down)."""
@@ -89,10 +91,6 @@ class ErrdWatch:
         started = tuple(sorted(current - self.known))
         self.known = current
         return ErrdObservation(count_value(self.spec, len(current)), len(current), died, started)
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_boot_time: float | None = None
 
 
 def _read_proc_file(path: str) -> bytes:
@@ -118,17 +116,25 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(args)
 
 
-def parse_stat(pid: int, data: bytes) -> tuple[str, float]:
-    """(name, create_time) from /proc/PID/stat; create_time as psutil computes it."""
-    global _boot_time
-    if _boot_time is None:
-        _boot_time = psutil.boot_time()
+def parse_stat(pid: int, data: bytes) -> tuple[str, int]:
+    """(name, start ticks) from /proc/PID/stat: the start time in clock ticks since
+    boot (field 22), which no change of the wall clock moves."""
     # comm may hold spaces and parentheses: it runs to the *last* ")"
     left, right = data.find(b"("), data.rfind(b")")
     if left < 0 or right < left:
         raise ValueError(f"/proc/{pid}/stat: unexpected format")
     starttime = int(data[right + 2:].split(b" ", 20)[19])
-    return os.fsdecode(data[left + 1:right]), _boot_time + starttime / _CLOCK_TICKS
+    return os.fsdecode(data[left + 1:right]), starttime
+
+
+def process_start_ticks(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot: with the pid, an
+    identity that survives clock steps. ProcessLookupError if there is no such process."""
+    try:
+        data = _read_proc_file(f"/proc/{pid}/stat")
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no process {pid}") from None
+    return parse_stat(pid, data)[1]
 
 
 def scan_processes() -> list[ProcessSample]:
@@ -145,8 +151,8 @@ def scan_processes() -> list[ProcessSample]:
         try:
             stat = _read_proc_file(f"/proc/{entry}/stat")
             cmdline = _read_proc_file(f"/proc/{entry}/cmdline")
-            name, create_time = parse_stat(pid, stat)
+            name, start_ticks = parse_stat(pid, stat)
         except (OSError, ValueError, IndexError):
             continue  # vanished mid-scan (or not readable)
-        result.append(ProcessSample(pid, create_time, name, parse_cmdline(cmdline)))
+        result.append(ProcessSample(pid, start_ticks, name, parse_cmdline(cmdline)))
     return result

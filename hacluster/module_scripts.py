@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psutil
 
+from checkers.errd import process_start_ticks
+
 log = logging.getLogger("hacluster.scripts")
 
 SCRIPTS = ("prestart", "poststop", "start_prim", "stop_prim", "start_second", "stop_second",
@@ -170,8 +172,9 @@ class ScriptRunner:
         self.env = dict(env)
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
-        # pgid (= the script's pid) -> its create_time, to never signal a reused PID.
-        self._groups: dict[int, float | None] = {}
+        # pgid (= the script's pid) -> when it started (clock ticks since boot: psutil's
+        # create_time moves when the wall clock is stepped), to never signal a reused PID.
+        self._groups: dict[int, int | None] = {}
         self._loggers: set[_LineLogger] = set()
 
     # ---- public API ---------------------------------------------------------------
@@ -270,8 +273,8 @@ class ScriptRunner:
         for pgid in [g for g in self._groups if not self._same_group(g) or not _group_alive(g)]:
             del self._groups[pgid]
         try:
-            self._groups[pid] = psutil.Process(pid).create_time()
-        except psutil.NoSuchProcess:
+            self._groups[pid] = process_start_ticks(pid)
+        except ProcessLookupError:
             # A fast script may be gone already while its background children
             # (the application) live on in its group: remember the group anyway.
             self._groups[pid] = None
@@ -279,13 +282,13 @@ class ScriptRunner:
     def _same_group(self, pgid: int) -> bool:
         """Whether ``pgid`` can still be our group: its leader is our process,
         or there is no process with that PID (a live PID with another
-        create_time means ours exited and the group emptied)."""
+        start time means ours exited and the group emptied)."""
         try:
-            created = psutil.Process(pgid).create_time()
-        except psutil.NoSuchProcess:
+            started = process_start_ticks(pgid)
+        except ProcessLookupError:
             return True
         # Leader gone before we saw it (None): a live process with that PID is another one.
-        return self._groups[pgid] is not None and created == self._groups[pgid]
+        return self._groups[pgid] is not None and started == self._groups[pgid]
 
     async def _kill_group(self, pgid: int, exited: asyncio.Future[None] | None) -> None:
         """SIGTERM to the group, SIGKILL after the grace period if any member is left."""

@@ -62,17 +62,17 @@ def test_tcp_goes_down_after_n_failures_and_back_up():
     assert [d.observe(x) for x in (True, False, False, False, True)] == ["up", "up", "up", "down", "up"]
 
 
-def sample(pid, ct, name, *args):
-    return ProcessSample(pid, ct, name, (f"/usr/bin/{name}", *args))
+def sample(pid, start_ticks, name, *args):
+    return ProcessSample(pid, start_ticks, name, (f"/usr/bin/{name}", *args))
 
 
 def test_errd_matching_by_name_regex_and_args():
-    assert matches(ProcSpec("sleep"), sample(1, 1.0, "sleep", "100"))
+    assert matches(ProcSpec("sleep"), sample(1, 100, "sleep", "100"))
     assert matches(ProcSpec("a-very-long-program-name"),
-                   ProcessSample(1, 1.0, "a-very-long-pro", ("/opt/a-very-long-program-name",)))
-    assert not matches(ProcSpec("slee"), sample(1, 1.0, "sleep"))
-    assert matches(ProcSpec("java.*", True, ".*tomcat.*"), sample(1, 1.0, "java", "-jar", "tomcat.jar"))
-    assert not matches(ProcSpec("java.*", True, ".*tomcat.*"), sample(1, 1.0, "java", "-jar", "jetty.jar"))
+                   ProcessSample(1, 100, "a-very-long-pro", ("/opt/a-very-long-program-name",)))
+    assert not matches(ProcSpec("slee"), sample(1, 100, "sleep"))
+    assert matches(ProcSpec("java.*", True, ".*tomcat.*"), sample(1, 100, "java", "-jar", "tomcat.jar"))
+    assert not matches(ProcSpec("java.*", True, ".*tomcat.*"), sample(1, 100, "java", "-jar", "jetty.jar"))
 
 
 def test_errd_counts_against_atleast_and_atmax():
@@ -83,13 +83,13 @@ def test_errd_counts_against_atleast_and_atmax():
 
 def test_errd_pid_reuse_is_a_death():
     watch = ErrdWatch(ProcSpec("app"))
-    first = watch.observe([sample(100, 1.0, "app")])
-    assert (first.value, first.count, first.started) == ("up", 1, ((100, 1.0),))
+    first = watch.observe([sample(100, 100, "app")])
+    assert (first.value, first.count, first.started) == ("up", 1, ((100, 100),))
     # the app died and an unrelated... no: a new app process got the same pid later
-    again = watch.observe([sample(100, 9.0, "app")])
-    assert again.died == ((100, 1.0),) and again.started == ((100, 9.0),) and again.value == "up"
-    gone = watch.observe([sample(100, 9.5, "bash")])
-    assert (gone.value, gone.count, gone.died) == ("down", 0, ((100, 9.0),))
+    again = watch.observe([sample(100, 900, "app")])
+    assert again.died == ((100, 100),) and again.started == ((100, 900),) and again.value == "up"
+    gone = watch.observe([sample(100, 950, "bash")])
+    assert (gone.value, gone.count, gone.died) == ("down", 0, ((100, 900),))
     assert watch.observe(None).value == "down"
 
 

@@ -2,14 +2,17 @@
 lease expiry, and the raw /proc parsing behind the errd scan."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
+import time
 
 import psutil
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from checkers.errd import parse_cmdline, parse_stat, scan_processes
+from checkers.errd import parse_cmdline, parse_stat, process_start_ticks, scan_processes
 from raft.lease import LeaderLeaseClock
 from raft.member import tick_wait
 
@@ -58,19 +61,26 @@ def test_parse_cmdline_as_psutil_does():
                     max_size=15))
 def test_parse_stat_takes_comm_up_to_the_last_parenthesis(comm):
     data = f"42 ({comm}) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0".encode()
-    name, created = parse_stat(42, data)
-    assert name == comm
-    assert created == psutil.boot_time() + 12345 / os.sysconf("SC_CLK_TCK")
+    assert parse_stat(42, data) == (comm, 12345)
 
 
-def test_scan_matches_psutil_for_a_real_process():
+def test_scan_matches_psutil_for_a_real_process_and_knows_when_it_started():
+    # The start time is compared on the clock since boot, never with a wall-clock time:
+    # psutil's create_time re-reads the boot time of /proc/stat, which a step of the wall
+    # clock moves (this test failed once by exactly 1 s when it compared the two).
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
     proc = subprocess.Popen(["sleep", "27.1828"])
     try:
         mine = {s.pid: s for s in scan_processes()}[proc.pid]
+        after = time.clock_gettime(time.CLOCK_BOOTTIME)
         ps = psutil.Process(proc.pid)
         assert mine.name == ps.name() == "sleep"
         assert mine.cmdline == tuple(ps.cmdline()) == ("sleep", "27.1828")
-        assert mine.create_time == ps.create_time()
+        assert math.floor(before * ticks_per_s) <= mine.start_ticks <= math.ceil(after * ticks_per_s)
+        assert process_start_ticks(proc.pid) == mine.start_ticks
     finally:
         proc.kill()
         proc.wait()
+    with pytest.raises(ProcessLookupError):
+        process_start_ticks(proc.pid)

@@ -13,6 +13,7 @@ import pytest
 import uvloop
 
 from chaos.lab import wait_until
+from checkers.errd import process_start_ticks
 from hacluster.module_scripts import ScriptRunner
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+): (.*)$")
@@ -179,12 +180,12 @@ def test_background_child_does_not_hold_the_run_and_kill_leftovers_stops_it(modu
 
 
 def test_kill_leftovers_never_hits_a_reused_pid(module):
-    # A live process group that is not ours, recorded with another create_time
+    # A live process group that is not ours, recorded with another start time
     # (what a reused PID looks like): it must survive.
     other = subprocess.Popen(["sleep", "100"], start_new_session=True)
     try:
         r = runner(module)
-        r._groups[other.pid] = psutil.Process(other.pid).create_time() - 50.0
+        r._groups[other.pid] = process_start_ticks(other.pid) - 1
         assert asyncio.run(r.kill_leftovers()) == 0
         assert other.poll() is None
     finally:
@@ -247,3 +248,32 @@ def test_runs_on_uvloop_too(module):
     text = [t for _, t in log_lines(r)]
     assert text[1:] == ["stop stop", "stop force"]
     assert wait_gone(int(text[0].split("=")[1]))
+
+
+def test_kill_leftovers_still_knows_its_group_after_a_wall_clock_step(module):
+    """A script still running when the wall clock is stepped is still ours: its group
+    is killed. (psutil's create_time adds the boot time of /proc/stat, which a step
+    moves by whole seconds; this runner compared create_times and then left the group
+    alone.) The step is simulated where psutil reads the boot time: stepping the
+    machine's real clock would disturb everything else running on it."""
+    from unittest import mock
+
+    import psutil._pslinux as pslinux
+
+    script(module, "start_prim", "echo started\nexec sleep 100\n")
+    r = runner(module, timeout_s=60.0)
+    stepped_boot_time = pslinux.boot_time() + 1.0
+
+    async def scenario():
+        run = asyncio.create_task(r.run("start_prim", "ALONE", "PRIM", "start"))
+        await asyncio.to_thread(wait_until, "the script to start",
+                                lambda: "started" in r.log_path.read_text() if r.log_path.exists() else False)
+        with mock.patch.object(pslinux, "boot_time", lambda: stepped_boot_time):
+            killed = await r.kill_leftovers()
+        if not killed:
+            run.cancel()  # left running: stop it (run kills its group when cancelled)
+        return killed, (await asyncio.gather(run, return_exceptions=True))[0]
+
+    killed, result = asyncio.run(scenario())
+    assert killed == 1, "the script's group was taken for another one and left running"
+    assert not result.ok and not result.timed_out and "started" in result.last_line
