@@ -28,6 +28,8 @@ from pathlib import Path
 
 import psutil
 
+from checkers.errd import process_start_ticks
+
 log = logging.getLogger("chaos.lab")
 
 REGISTRY_DIR = Path("/run/hclab")
@@ -72,15 +74,29 @@ def _fmt(**kv: object) -> str:
     return " ".join(f"{k}={v}" for k, v in kv.items() if v is not None)
 
 
-def _same_process(pid: int, create_time: float | None) -> psutil.Process | None:
-    """The process with this pid if it is still the one recorded (pids get reused)."""
+def _same_process(pid: int, create_time: float | None,
+                  start_ticks: int | None = None) -> psutil.Process | None:
+    """The process with this pid if it is still the one recorded (pids get reused).
+    Recorded by its start in clock ticks since boot, which no step of the wall clock
+    moves (psutil's create_time does: it adds the boot time of /proc/stat, so after a
+    step a live owner would look gone and its labs be cleaned). Registries written
+    before start_ticks was kept have only create_time, compared within 1 s."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+        if start_ticks is not None:
+            if process_start_ticks(pid) != start_ticks:
+                return None
+        elif create_time is not None and abs(proc.create_time() - create_time) > 1.0:
             return None
         return proc
-    except psutil.Error:
+    except (psutil.Error, ProcessLookupError):
         return None
+
+
+def _identity(pid: int) -> dict[str, float | int]:
+    """How the registry records a process: start_ticks for this code, create_time as
+    well for a cleanup run by an older one."""
+    return {"create_time": psutil.Process(pid).create_time(), "start_ticks": process_start_ticks(pid)}
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -134,13 +150,14 @@ class LabProcess:
     """A process started inside a lab host; the Popen pid is the process itself."""
 
     def __init__(self, host: str, name: str, popen: subprocess.Popen, log_path: Path,
-                 lab_id: str, create_time: float | None) -> None:
+                 lab_id: str, identity: Mapping[str, float | int] | None) -> None:
         self.host = host
         self.name = name
         self.popen = popen
         self.pid = popen.pid
         self.log_path = log_path
-        self.create_time = create_time  # with the pid, identifies the process in the registry
+        # with the pid, identifies the process in the registry (None: gone at once)
+        self.identity = dict(identity) if identity is not None else None
         self._lab_id = lab_id
 
     def __repr__(self) -> str:
@@ -264,12 +281,12 @@ class Lab:
     def _write_registry(self) -> None:
         data = {
             "id": self.id,
-            "owner": {"pid": os.getpid(), "create_time": psutil.Process().create_time()},
+            "owner": {"pid": os.getpid(), **_identity(os.getpid())},
             "workdir": str(self.workdir),
             "namespaces": self._namespaces,
             "processes": [
-                {"pid": p.pid, "create_time": p.create_time,
-                 "host": p.host, "name": p.name} for p in self.processes],
+                {"pid": p.pid, **(p.identity or {}), "host": p.host, "name": p.name}
+                for p in self.processes],
         }
         REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
         tmp = REGISTRY_DIR / f".{self.id}.json.tmp"
@@ -415,10 +432,10 @@ class Lab:
                                      stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=self._env(env), start_new_session=True)
             try:
-                create_time = psutil.Process(popen.pid).create_time()
-            except psutil.Error:
-                create_time = None  # already gone: nothing to clean later
-            proc = LabProcess(host, name, popen, log_path, self.id, create_time)
+                identity = _identity(popen.pid)
+            except (psutil.Error, ProcessLookupError):
+                identity = None  # already gone: nothing to clean later
+            proc = LabProcess(host, name, popen, log_path, self.id, identity)
             self.processes.append(proc)
             self._write_registry()
         self._log("spawn", host=host, name=name, pid=proc.pid, argv=" ".join(argv))
@@ -591,7 +608,7 @@ def _cleanup_registry(path: Path, data: dict) -> list[str]:
     lab_id = data.get("id", path.stem)
     procs = []
     for rec in data.get("processes", []):
-        proc = _same_process(rec["pid"], rec.get("create_time"))
+        proc = _same_process(rec["pid"], rec.get("create_time"), rec.get("start_ticks"))
         if proc is not None and not _gone(proc):
             procs.append(proc)
             removed.append(f"pid {rec['pid']} (lab {lab_id} {rec.get('host')}/{rec.get('name')})")
@@ -610,7 +627,7 @@ def cleanup_all(force: bool = False) -> list[str]:
     """Remove the leftovers of all labs and return what was removed.
 
     Labs of this process are cleaned; labs whose owning process is gone are cleaned from
-    their registry (pids checked by create time); namespaces named hclab-* that no live
+    their registry (pids checked by start time); namespaces named hclab-* that no live
     lab claims are deleted. Labs owned by another running process (a concurrent test
     run) are left alone unless ``force``.
     """
@@ -629,7 +646,8 @@ def cleanup_all(force: bool = False) -> list[str]:
             continue
         owner = data.get("owner", {})
         other_owner = owner.get("pid") != os.getpid()
-        if other_owner and not force and _same_process(owner.get("pid", 0), owner.get("create_time")):
+        if other_owner and not force and _same_process(owner.get("pid", 0), owner.get("create_time"),
+                                                       owner.get("start_ticks")):
             live_ids.add(data.get("id", path.stem))
             continue
         removed += _cleanup_registry(path, data)

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from chaos.lab import REGISTRY_DIR, Lab, LabProcess, cleanup_all
+from checkers.errd import process_start_ticks
 
 pytestmark = [
     pytest.mark.lab,
@@ -92,14 +93,15 @@ def lab_namespaces(lab_id: str) -> list[str]:
     return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"hclab-{lab_id}-")]
 
 
-def dead(pid: int, create_time: float | None = None) -> bool:
-    """Gone, a zombie (PID 1 here does not reap orphans), or a new process on that pid."""
+def dead(pid: int, start_ticks: int | None = None) -> bool:
+    """Gone, a zombie (PID 1 here does not reap orphans), or a new process on that pid
+    (another start time since boot: a wall-clock create_time moves when the clock is stepped)."""
     try:
         proc = psutil.Process(pid)
-        if create_time is not None and abs(proc.create_time() - create_time) > 1.0:
+        if start_ticks is not None and process_start_ticks(pid) != start_ticks:
             return True
         return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, ProcessLookupError):
         return True
 
 
@@ -288,12 +290,43 @@ def test_cleanup(make_lab: Callable[..., Lab]) -> None:
     assert wait_for(lambda: (lab.host_dir("n1") / "forker.log").read_text().count("\n") >= 2)
     grandchild = int((lab.host_dir("n1") / "forker.log").read_text().splitlines()[-1])
     assert len(lab_namespaces(lab.id)) == 3 and lab.registry_path.exists()
+    registry = json.loads(lab.registry_path.read_text())
+    # processes are recorded by their start since boot, which a wall-clock step does not move
+    assert registry["owner"]["start_ticks"] == process_start_ticks(os.getpid())
+    assert {(r["pid"], r["start_ticks"]) for r in registry["processes"]} >= {
+        (p.pid, process_start_ticks(p.pid)) for p in procs}
     lab.cleanup()
     assert lab_namespaces(lab.id) == []
     assert all(not p.alive() and not psutil.pid_exists(p.pid) for p in procs)
     assert wait_for(lambda: dead(grandchild), 2)
     assert not lab.registry_path.exists()
     assert lab.cleanup() == []  # idempotent
+
+
+def test_a_recorded_process_is_still_known_after_a_wall_clock_step() -> None:
+    """cleanup_all leaves a lab alone while its owner lives, and kills a recorded pid only
+    while it is the recorded process. After a wall-clock step psutil's create_time has
+    moved (it adds /proc/stat's boot time, re-read each call): by create_time a live
+    owner looked gone. By start ticks it is still itself. The step is simulated where
+    psutil reads the boot time; stepping the real clock would disturb the machine."""
+    from unittest import mock
+
+    import psutil._pslinux as pslinux
+
+    from chaos.lab import _identity, _same_process
+
+    proc = subprocess.Popen(["sleep", "1000"])
+    try:
+        recorded = _identity(proc.pid)
+        stepped = pslinux.boot_time() + 5.0
+        with mock.patch.object(pslinux, "boot_time", lambda: stepped):
+            assert _same_process(proc.pid, recorded["create_time"], recorded["start_ticks"]) is not None
+            assert _same_process(proc.pid, recorded["create_time"]) is None   # a record without start_ticks
+        assert _same_process(proc.pid, None, recorded["start_ticks"] - 1) is None   # a reused pid
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _same_process(proc.pid, None, recorded["start_ticks"]) is None
 
 
 def test_a_lab_removes_the_work_folder_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,20 +372,20 @@ def test_cleanup_all_after_crash(tmp_path: Path) -> None:
         from chaos.lab import Lab
         lab = Lab(["n1", "n2"], workdir=sys.argv[1]).start()
         p = lab.spawn("n2", ["sleep", "1000"])
-        print(json.dumps({"id": lab.id, "pid": p.pid, "ct": p.create_time}), flush=True)
+        print(json.dumps({"id": lab.id, "pid": p.pid, "start": p.identity["start_ticks"]}), flush=True)
         os._exit(0)
     """)
     r = subprocess.run([PY, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=30, check=True,
                        cwd=Path(__file__).resolve().parents[1])
     info = json.loads(r.stdout)
     assert len(lab_namespaces(info["id"])) == 3
-    assert not dead(info["pid"], info["ct"])
+    assert not dead(info["pid"], info["start"])
     # an unregistered hclab- namespace (registry lost) is removed too
     orphan = f"hclab-{info['id']}x-orphan"
     subprocess.run(["ip", "netns", "add", orphan], check=True)
     removed = cleanup_all()
     assert lab_namespaces(info["id"]) == [] and lab_namespaces(f"{info['id']}x") == []
-    assert wait_for(lambda: dead(info["pid"], info["ct"]), 2)
+    assert wait_for(lambda: dead(info["pid"], info["start"]), 2)
     assert not (REGISTRY_DIR / f"{info['id']}.json").exists()
     assert f"namespace {orphan}" in removed
 
