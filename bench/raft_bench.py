@@ -43,12 +43,12 @@ while True:
 """
 ECHO_CLIENT = r"""
 import json, socket, sys, time
-deadline = time.time() + 10
+deadline = time.monotonic() + 10
 while True:
     try:
         s = socket.create_connection((sys.argv[1], 7500)); break
     except OSError:
-        if time.time() > deadline: raise
+        if time.monotonic() > deadline: raise
         time.sleep(0.05)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 out = []

