@@ -332,16 +332,25 @@ def leader_histories(draw) -> tuple[LeaderLeaseClock, dict[str, float], float | 
     return clock, applied, since, t
 
 
+@st.composite
+def expiry_scenarios(draw) -> tuple[dict[str, dict], LeaderLeaseClock, dict[str, float], float | None, float]:
+    """A lease table, a leader's history, and a moment at or after its last event:
+    (table, clock, last apply per resource, election time or None, now)."""
+    clock, applied, since, last_event = draw(leader_histories())
+    return draw(lease_tables()), clock, applied, since, last_event + draw(st.floats(0.0, 300.0))
+
+
+check_periods = st.floats(0.001, 10.0)
+
+
 def _expired(check: ExpiryCheck) -> set[str]:
     return {one.resource for one in check.expire}
 
 
 @settings(max_examples=300)
-@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
-       period=st.floats(0.001, 10.0))
-def test_expiry_never_before_a_full_lease_after_apply_nor_after_election(table, history, later, period):
-    clock, applied, since, last_event = history
-    now = last_event + later
+@given(scenario=expiry_scenarios(), period=check_periods)
+def test_expiry_never_before_a_full_lease_after_apply_nor_after_election(scenario, period):
+    table, clock, applied, since, now = scenario
     check = check_expiry(table, clock, now, period)
     for one in check.expire:
         lease_s = table[one.resource]["lease_s"]
@@ -355,11 +364,9 @@ def test_expiry_never_before_a_full_lease_after_apply_nor_after_election(table, 
 
 
 @settings(max_examples=300)
-@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
-       period=st.floats(0.001, 10.0))
-def test_a_leader_expires_every_held_lease_it_has_not_heard_renewed_for_a_lease(table, history, later, period):
-    clock, applied, since, last_event = history
-    now = last_event + later
+@given(scenario=expiry_scenarios(), period=check_periods)
+def test_a_leader_expires_every_held_lease_it_has_not_heard_renewed_for_a_lease(scenario, period):
+    table, clock, applied, since, now = scenario
     expected = set()
     if since is not None:
         for r, lease in table.items():
@@ -369,22 +376,18 @@ def test_a_leader_expires_every_held_lease_it_has_not_heard_renewed_for_a_lease(
     assert _expired(check_expiry(table, clock, now, period)) == expected
 
 
-@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
-       more=st.floats(0.0, 300.0), period=st.floats(0.001, 10.0))
-def test_expiry_is_monotone_in_now(table, history, later, more, period):
-    clock, _, _, last_event = history
-    now = last_event + later
+@given(scenario=expiry_scenarios(), more=st.floats(0.0, 300.0), period=check_periods)
+def test_expiry_is_monotone_in_now(scenario, more, period):
+    table, clock, _, _, now = scenario
     assert _expired(check_expiry(table, clock, now, period)) <= _expired(
         check_expiry(table, clock, now + more, period))
 
 
-@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0),
-       period=st.floats(0.001, 10.0), step=st.floats(0.0, 1.0))
-def test_nothing_expires_before_the_next_check(table, history, later, period, step):
+@given(scenario=expiry_scenarios(), period=check_periods, step=st.floats(0.0, 1.0))
+def test_nothing_expires_before_the_next_check(scenario, period, step):
     """The tick thread sleeps until next_check_at: no lease may become due meanwhile,
     and it never sleeps longer than the period (a lease granted meanwhile is seen)."""
-    clock, _, _, last_event = history
-    now = last_event + later
+    table, clock, _, _, now = scenario
     check = check_expiry(table, clock, now, period)
     assert now < check.next_check_at <= now + period
     between = now + step * (check.next_check_at - now)
@@ -392,10 +395,9 @@ def test_nothing_expires_before_the_next_check(table, history, later, period, st
         assert _expired(check_expiry(table, clock, between, period)) == _expired(check)
 
 
-@given(table=lease_tables(), history=leader_histories(), later=st.floats(0.0, 300.0))
-def test_a_pending_expiry_is_not_proposed_again(table, history, later):
-    clock, _, _, last_event = history
-    now = last_event + later
+@given(scenario=expiry_scenarios())
+def test_a_pending_expiry_is_not_proposed_again(scenario):
+    table, clock, _, _, now = scenario
     first = check_expiry(table, clock, now, 1.0)
     pending = {one.key for one in first.expire}
     assert check_expiry(table, clock, now, 1.0, pending).expire == ()

@@ -43,7 +43,6 @@ from packaging.version import Version
 import pysyncobj
 import pysyncobj.atomic_replace
 import pysyncobj.journal
-import pysyncobj.serializer
 import pysyncobj.syncobj
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer
 from pysyncobj.fast_queue import FastQueue
