@@ -6,10 +6,13 @@ then done relative to that descriptor (``*at()`` calls), so the application
 keeps its path while the mount path itself now leads to this file system.
 
 Each mutating operation runs "apply locally, then ``submit`` the ``Op``" under
-the ordering lock, and ``wait``s for the replica's acknowledgement outside it,
-so several operations can be in flight while the channel sees them in local
-order. A local failure submits nothing and returns its errno; a failed
-``wait`` (or ``submit``) returns EIO to the application.
+the ordering lock, and ``wait``s outside it, so several operations can be in
+flight while the channel sees them in local order. What ``wait`` waits for is
+the replicator's durability (replication/sender.py): with barriers (the
+default) only an FSYNC waits, for everything before it; per write, every op
+waits for its acknowledgement. A local failure submits nothing and returns its
+errno; a failed ``wait`` (or ``submit``) returns EIO to the application. A write
+on an O_SYNC / O_DSYNC handle is followed by an FSYNC: a barrier on both copies.
 
 What the ops carry, so that both trees end identical (the receiver applies
 them literally, never following a symlink at the final component):

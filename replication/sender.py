@@ -2,7 +2,10 @@
 
 Every mutating operation is applied locally, submitted here (in local order,
 under ``ordering_lock``), and answered to the application only when ``wait``
-returns:
+returns. With BARRIER durability (the default, see ``Durability``) ``wait``
+returns at once for every op but a barrier (FSYNC), which waits for every op
+before it; below, "an op" is then "a barrier and the ops before it". With
+WRITE durability every op waits:
 
 * CONNECTED: ``wait`` returns once the receiver acknowledged the op (after
   apply, or on receipt, as the channel's ack mode says).
