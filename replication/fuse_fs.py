@@ -834,8 +834,14 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
     try:
         fs = ReplicatedFS(root_fd, replicator, read_only=read_only, ready=ready, lock=lock,
                           context=fuse_cls.get_context)
+        # kernel_cache on the primary: every change to the directory goes through
+        # this mount (the primary is its only writer), so the kernel's page cache
+        # stays right across opens and reads of cached pages never reach us. Not on
+        # the secondary's read-only view: its receiver writes underneath.
+        extra = {} if read_only else {"kernel_cache": True}
         fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
                  hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
-                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster")
+                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster",
+                 **extra)
     finally:
         os.close(root_fd)
