@@ -522,6 +522,7 @@ class MirrorModule(ModuleRuntime):
                     "--secret-file", str(self.daemon.config.secret_path),
                     "--state", str(state), "--epoch", str(epoch), "--alone",
                     "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
+                    "--durability", self.config.rfs.durability,
                     "--hook-socket", str(self.daemon.config.socket_path), "--module", self.name,
                     "--status-interval", "0"]
             if self.config.rfs.reintegration_bandwidth_Bps:

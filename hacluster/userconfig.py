@@ -63,6 +63,7 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})")
 
 MODES = ("mirror", "farm")
 ASYNC_MODES = ("none", "second", "async")
+DURABILITIES = ("barrier", "write")
 ERRD_ACTIONS = ("restart", "stopstart", "stop", "none")
 ERRD_CLASSES = ("prim", "second", "both")
 VIP_WHERE = {"mirror": "one_side_alias", "farm": "alias"}
@@ -125,6 +126,9 @@ class Rfs:
     # <replicated mountpoint="yes">: the directory must be a mounted file system's
     # root; the bare mount point underneath is never used (DESIGN rule 6).
     mountpoints: tuple[bool, ...] = ()
+    # <rfs durability>: "barrier" (changes stream; fsync & co. wait until both copies
+    # have everything before them) or "write" (every change waits; async applies).
+    durability: str = "barrier"
 
 
 @dataclass(frozen=True)
@@ -547,10 +551,14 @@ def _read_virtual_addr(r: _Reader, va: Element, mode: str, interface: str | None
 
 
 def _read_rfs(r: _Reader, rfs: Element) -> Rfs:
-    a = r.attrs(rfs, "rfs", ("async", "ack_timeout", "reintegration_bandwidth"),
+    a = r.attrs(rfs, "rfs", ("async", "ack_timeout", "reintegration_bandwidth", "durability"),
                 ignored=("acl", "nbrei", "locktimeout", "sendtimeout", "reitimeout", "ruzone_blocksize",
                          "namespacepolicy", "checktime", "nfsbox_options", "allocthreshold"))
     async_mode = r.choice(rfs, "rfs@async", a.get("async", "none"), ASYNC_MODES)
+    durability = r.choice(rfs, "rfs@durability", a.get("durability", "barrier"), DURABILITIES)
+    if durability == "barrier" and async_mode != "none":
+        r.warn(rfs, "rfs@async", 'applies to durability="write" only; with durability="barrier" '
+                                 "changes stream and fsync waits for the secondary")
     ack_timeout = 5.0
     if "ack_timeout" in a:
         ack_timeout = _positive(r, rfs, "rfs@ack_timeout", r.time_s(rfs, "rfs@ack_timeout", a["ack_timeout"], "s"))
@@ -577,7 +585,8 @@ def _read_rfs(r: _Reader, rfs: Element) -> Rfs:
                               f"{d} overlaps {other} (line {r.line_of.get(id(other_el))}); directories must not nest")
     return Rfs(async_mode=async_mode, ack_timeout_s=ack_timeout,
                reintegration_bandwidth_Bps=bandwidth, dirs=tuple(d for d, _ in dirs),
-               mountpoints=tuple(mountpoints) if any(mountpoints) else ())
+               mountpoints=tuple(mountpoints) if any(mountpoints) else (),
+               durability=durability)
 
 
 def _replicated_dir(r: _Reader, rep: Element, text: str) -> str:

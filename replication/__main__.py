@@ -83,6 +83,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from .hook_client import HookClient
     from .mount import unmount
     from .primary_link import PrimaryLink
+    from .sender import Durability
 
     host, port = args.peer
     # While libfuse serves, the main thread sits in C (Python handlers never run) and
@@ -110,6 +111,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         peer_lost, on_in_sync = hook.peer_lost, hook.in_sync
     link = PrimaryLink(root_fd, host, port, secret, args.epoch, args.state,
                        ack_mode=args.ack_mode, ack_timeout_s=args.ack_timeout,
+                       durability=Durability(args.durability),
                        bandwidth=args.bandwidth, alone=args.alone,
                        peer_lost=peer_lost, on_in_sync=on_in_sync)
     if hook is not None:
@@ -274,7 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-file", required=True, help="file holding the cluster secret")
     p.add_argument("--state", required=True, help="state directory (bitmaps, journal, cursor)")
     p.add_argument("--epoch", type=int, default=1, help="this primary's epoch (from Raft)")
-    p.add_argument("--ack-mode", choices=("apply", "receipt", "async"), default="apply")
+    p.add_argument("--ack-mode", choices=("apply", "receipt", "async"), default="apply",
+                   help="with --durability write: when the receiver acknowledges an op")
+    p.add_argument("--durability", choices=("barrier", "write"), default="barrier",
+                   help="barrier (default): changes stream without waiting, and fsync & co. "
+                        "return once everything before them is on the receiver, durably; "
+                        "write: every change waits for the receiver's acknowledgement")
     p.add_argument("--ack-timeout", type=float, default=3.0,
                    help="seconds without an acknowledgement before the peer counts as lost")
     p.add_argument("--bandwidth", type=float, default=None,

@@ -349,6 +349,9 @@ class ChannelClient:
         self._next_seq = 1
         self._next_id = 1
         self._outstanding: set[int] = set()
+        # The seqs sent, oldest first, trimmed from the front as they are
+        # acknowledged: its head is the oldest unacknowledged op (``acked_through``).
+        self._order: collections.deque[int] = collections.deque()
         self._errors: dict[int, tuple[int, str]] = {}
         self._replies: dict[int, list[Frame]] = {}
         self._complete: set[int] = set()
@@ -513,6 +516,7 @@ class ChannelClient:
                     raise self._closed_error()
                 # before sending: the ack may come fast
                 self._outstanding.update(range(seq, last + 1))
+                self._order.extend(range(seq, last + 1))
                 if last != seq and self.ack_mode != AckMode.ASYNC:
                     self._companions[last] = seq
             self._send(parts)
@@ -553,8 +557,31 @@ class ChannelClient:
         """Block until every op sent so far is acknowledged (any ack mode)."""
         with self._cond:
             last = self._next_seq - 1
-        self._wait_acked(lambda: any(s <= last for s in self._outstanding), timeout,
-                         f"ops up to seq {last}")
+        self.wait_through(last, timeout)
+
+    def wait_through(self, seq: int, timeout: float | None = None) -> None:
+        """Block until every op up to ``seq`` is answered (any ack mode): a barrier.
+        A refusal among them is not raised here: in async mode it is a late error
+        (``late_error_count`` counts it before this returns, since the receiver
+        answers in order). Raises PeerTimeout or ChannelClosed."""
+        self._wait_acked(lambda: self._acked_through() < seq, timeout, f"ops up to seq {seq}")
+
+    @property
+    def acked_through(self) -> int:
+        """The highest seq such that it and every op before it were answered."""
+        with self._cond:
+            return self._acked_through()
+
+    def _acked_through(self) -> int:
+        """Caller holds _cond."""
+        self._trim_order()
+        return self._order[0] - 1 if self._order else self._next_seq - 1
+
+    def _trim_order(self) -> None:
+        """Caller holds _cond: drop answered seqs from the front of _order."""
+        order, outstanding = self._order, self._outstanding
+        while order and order[0] not in outstanding:
+            order.popleft()
 
     def _wait_acked(self, pending: Callable[[], bool], timeout: float | None, what: str) -> None:
         timeout = self.timeout if timeout is None else timeout
@@ -774,9 +801,11 @@ class ChannelClient:
                         done = [s for s in range(first, last + 1) if s in self._outstanding]
                     self._outstanding.difference_update(done)
                     self.acked_ops += len(done)
+                    self._trim_order()
                 else:
                     was_waited = h.seq in self._outstanding
                     self._outstanding.discard(h.seq)
+                    self._trim_order()
                     if h.flags & fr.Flag.LATE or not was_waited \
                             or self.ack_mode == AckMode.ASYNC:
                         late = (h.seq, h.status, f.message)

@@ -6,10 +6,13 @@ then done relative to that descriptor (``*at()`` calls), so the application
 keeps its path while the mount path itself now leads to this file system.
 
 Each mutating operation runs "apply locally, then ``submit`` the ``Op``" under
-the ordering lock, and ``wait``s for the replica's acknowledgement outside it,
-so several operations can be in flight while the channel sees them in local
-order. A local failure submits nothing and returns its errno; a failed
-``wait`` (or ``submit``) returns EIO to the application.
+the ordering lock, and ``wait``s outside it, so several operations can be in
+flight while the channel sees them in local order. What ``wait`` waits for is
+the replicator's durability (replication/sender.py): with barriers (the
+default) only an FSYNC waits, for everything before it; per write, every op
+waits for its acknowledgement. A local failure submits nothing and returns its
+errno; a failed ``wait`` (or ``submit``) returns EIO to the application. A write
+on an O_SYNC / O_DSYNC handle is followed by an FSYNC: a barrier on both copies.
 
 What the ops carry, so that both trees end identical (the receiver applies
 them literally, never following a symlink at the final component):
@@ -128,6 +131,7 @@ class _Handle:
     key: tuple[int, int]
     ilock: threading.Lock
     times_dirty: bool = False   # data changed its mtime since the last UTIMENS we sent
+    sync: int | None = None     # O_SYNC / O_DSYNC: each write is a barrier (FSYNC mode bits)
     orphan_path: str | None = None  # name found for an unlinked-but-still-linked inode
 
 
@@ -151,6 +155,15 @@ def _timespec(ns: int) -> tuple[int, int]:
     if ns in (UTIME_NOW, UTIME_OMIT):
         return 0, ns
     return divmod(ns, 1_000_000_000)
+
+
+def _sync_mode(flags: int) -> int | None:
+    """The FSYNC op mode an O_SYNC / O_DSYNC handle's writes carry, else None."""
+    if flags & os.O_SYNC == os.O_SYNC:     # O_SYNC includes O_DSYNC's bit
+        return 0
+    if flags & os.O_DSYNC:
+        return FSYNC_DATASYNC
+    return None
 
 
 def _parent(rel: str) -> str:
@@ -249,11 +262,12 @@ class ReplicatedFS:
             raise OSError(errno.EBADF, "unknown file handle")
         return h
 
-    def _register(self, fd: int, dirty: bool = False) -> int:
+    def _register(self, fd: int, flags: int, dirty: bool = False) -> int:
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
         fh = next(self._next_fh)
-        self._handles[fh] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty)
+        self._handles[fh] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty,
+                                    sync=_sync_mode(flags))
         return fh
 
     def _data_path(self, path: str | None, h: _Handle) -> str | None:
@@ -395,11 +409,11 @@ class ReplicatedFS:
         rel = path[1:]
         oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
         if not flags & os.O_TRUNC:
-            return self._register(os.open(rel, oflags, dir_fd=self._root))
+            return self._register(os.open(rel, oflags, dir_fd=self._root), flags)
         with self._lock, self._noted(rel):  # open(O_TRUNC) changes the file
             fd = os.open(rel, oflags, dir_fd=self._root)
             try:
-                fh = self._register(fd, dirty=True)
+                fh = self._register(fd, flags, dirty=True)
             except BaseException:
                 os.close(fd)
                 raise
@@ -420,17 +434,18 @@ class ReplicatedFS:
                     raise
                 fd = None
             if fd is not None:
-                tickets, fh = self._created(rel, fd, mode, uid, gid)
+                tickets, fh = self._created(rel, fd, mode, uid, gid, flags)
         if fd is None:  # it existed after all: a plain open
             return self.open(path, flags)
         self._wait(tickets)
         return fh
 
-    def _created(self, rel: str, fd: int, mode: int, uid: int, gid: int) -> tuple[list, int]:
+    def _created(self, rel: str, fd: int, mode: int, uid: int, gid: int,
+                 flags: int) -> tuple[list, int]:
         """create()'s second half, under the ordering lock."""
         try:
             st = self._own(rel, os.fstat(fd), uid, gid, stat.S_IMODE(mode), fd=fd)
-            fh = self._register(fd, dirty=True)  # its mtime goes out on flush
+            fh = self._register(fd, flags, dirty=True)  # its mtime goes out on flush
         except BaseException:
             os.close(fd)
             os.unlink(rel, dir_fd=self._root)
@@ -457,7 +472,10 @@ class ReplicatedFS:
                 h.times_dirty = False   # these times supersede earlier side effects
             elif n:
                 h.times_dirty = True
-            tickets = self._submit([op])
+            # An O_SYNC / O_DSYNC write is a barrier: durable on both copies when
+            # answered (the local write is, the fd has the flag).
+            tickets = self._submit([op, Op(OpKind.FSYNC, rel, mode=h.sync)
+                                    if op is not None and h.sync is not None else None])
         self._wait(tickets)
         return n
 
@@ -816,8 +834,14 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
     try:
         fs = ReplicatedFS(root_fd, replicator, read_only=read_only, ready=ready, lock=lock,
                           context=fuse_cls.get_context)
+        # kernel_cache on the primary: every change to the directory goes through
+        # this mount (the primary is its only writer), so the kernel's page cache
+        # stays right across opens and reads of cached pages never reach us. Not on
+        # the secondary's read-only view: its receiver writes underneath.
+        extra = {} if read_only else {"kernel_cache": True}
         fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
                  hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
-                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster")
+                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster",
+                 **extra)
     finally:
         os.close(root_fd)

@@ -28,7 +28,7 @@ from .dirty_bitmap import BitmapStore, fsync_dir
 from .frame import Feature
 from .ops import NAMESPACE_KINDS, Op, OpKind
 from .reintegration import Entry, Reintegration, tree_from_manifest
-from .sender import Sender, SenderState
+from .sender import Durability, Sender, SenderState
 
 log = logging.getLogger("replication.link")
 
@@ -90,6 +90,7 @@ class _JournalingRecorder:
 class PrimaryLink:
     def __init__(self, local_root_fd: int, host: str, port: int, secret: str, epoch: int,
                  state_dir: str, *, ack_mode: str = "apply", ack_timeout_s: float = 3.0,
+                 durability: Durability = Durability.WRITE,
                  peer_lost: Callable[[str], None] | None = None,
                  on_in_sync: Callable[[], None] | None = None,
                  bandwidth: float | None = None, retry_s: float = 1.0,
@@ -99,7 +100,9 @@ class PrimaryLink:
         # "/." so that lstat() of the root sees the directory, not the fd magic link.
         self.local_root = f"/proc/self/fd/{local_root_fd}/."
         self.host, self.port, self.secret, self.epoch = host, port, secret, epoch
-        self.ack_mode = ack_mode
+        # BARRIER durability streams without waiting: the channel runs in async
+        # ack mode (refusals come as late errors) whatever ``ack_mode`` says.
+        self.ack_mode = "async" if durability is Durability.BARRIER else ack_mode
         self.ack_timeout_s = ack_timeout_s
         self.state_dir = state_dir
         self.bandwidth = bandwidth
@@ -111,7 +114,7 @@ class PrimaryLink:
         self._peer_lost_hook = peer_lost or (lambda reason: None)
         self._on_in_sync = on_in_sync or (lambda: None)
         self.sender = Sender(self._recorder, self._peer_lost, ack_timeout_s=ack_timeout_s,
-                             alone=alone)
+                             alone=alone, durability=durability)
         self.sender.on_sent = self._recorder.sent
         self.sender.on_refused = self._recorder.refused
         # Regions are marked here before the FUSE layer applies a change to them.

@@ -2,7 +2,10 @@
 
 Every mutating operation is applied locally, submitted here (in local order,
 under ``ordering_lock``), and answered to the application only when ``wait``
-returns:
+returns. With BARRIER durability (the default, see ``Durability``) ``wait``
+returns at once for every op but a barrier (FSYNC), which waits for every op
+before it; below, "an op" is then "a barrier and the ops before it". With
+WRITE durability every op waits:
 
 * CONNECTED: ``wait`` returns once the receiver acknowledged the op (after
   apply, or on receipt, as the channel's ack mode says).
@@ -29,6 +32,7 @@ returns:
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import errno
@@ -61,6 +65,29 @@ class Channel(Protocol):
     def wait(self, seq: int, timeout: float) -> None: ...
     def close(self) -> None: ...
 
+    # Used in barrier durability only (the channel runs in async ack mode then).
+    def wait_through(self, seq: int, timeout: float) -> None: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def acked_through(self) -> int: ...
+    @property
+    def late_error_count(self) -> int: ...
+
+
+class Durability(enum.Enum):
+    """When an application's change is answered (DESIGN.md "The replication channel").
+
+    BARRIER: changes are applied locally and streamed without waiting; a barrier
+    (fsync, fdatasync, fsyncdir, an O_SYNC/O_DSYNC write: an FSYNC op) is
+    answered only once every op before it in channel order was applied by the
+    receiver, the barrier itself made durable there, and each refusal among them
+    handled -- the local disk's contract, as DRBD protocol C gives under a page
+    cache. The channel then runs in async ack mode (refusals come as late errors).
+    WRITE: every op is answered only once the receiver acknowledged it."""
+    BARRIER = "barrier"
+    WRITE = "write"
+
 
 class SenderState(enum.Enum):
     CONNECTED = "connected"
@@ -76,17 +103,22 @@ class ReplicationUnavailable(OSError):
 class Ticket:
     generation: int
     seq: int | None  # None: recorded locally (ALONE), nothing to wait for
+    barrier: bool = True  # False: BARRIER durability and not a barrier (answered at once)
 
 
 class Sender:
     def __init__(self, recorder: ChangeRecorder, peer_lost: Callable[[str], None],
-                 ack_timeout_s: float = 3.0, alone: bool = False) -> None:
+                 ack_timeout_s: float = 3.0, alone: bool = False,
+                 durability: Durability = Durability.WRITE) -> None:
         """``alone``: the owner knows the peer is already out of the in-sync set.
         Otherwise the sender starts as if connected to a peer that is not there
-        yet: the first op triggers ``peer_lost`` before anything is answered."""
+        yet: the first op triggers ``peer_lost`` before anything is answered.
+        ``durability``: see Durability (BARRIER needs an async-mode channel)."""
         self.recorder = recorder
         self.peer_lost = peer_lost
         self.ack_timeout_s = ack_timeout_s
+        self.durability = durability
+        self._barriers = durability is Durability.BARRIER
         # Held by the FUSE layer (and reintegration) around "apply locally + submit",
         # so that channel order is local order.
         self.ordering_lock = OrderingLock()
@@ -101,7 +133,11 @@ class Sender:
         self._state = SenderState.ALONE if alone else SenderState.CONNECTED
         self._channel: Channel | None = None
         self._generation = 0
-        self._in_flight: dict[int, Op] = {}
+        # seq -> op sent and not known to be answered, oldest first. With
+        # BARRIER durability nobody waits for most of them: they are kept without
+        # their data and trimmed by the channel's ``acked_through``; on a peer loss
+        # what is left is recorded (more than needed at worst, never less).
+        self._in_flight: collections.OrderedDict[int, Op] = collections.OrderedDict()
         self._failure: str | None = None
         # Unset while a peer-loss transition runs: nothing is answered until it ends.
         self._transition = threading.Event()
@@ -145,6 +181,9 @@ class Sender:
         recorded by ``on_refused``). The caller holds the ordering lock, so
         nothing new is submitted meanwhile. Raises TimeoutError (the receiver
         is not answering: the caller treats it as a lost peer)."""
+        if self._barriers:
+            self._drain(timeout)
+            return
         deadline = time.monotonic() + timeout
         with self._answered:
             while self._in_flight and self._state is SenderState.CONNECTED:
@@ -224,6 +263,11 @@ class Sender:
         If the receiver acknowledged every op, its copy is exactly this one: close
         without ``peer_lost``, so a clean stop or swap keeps it in sync. With ops
         still unacknowledged it is an ordinary loss."""
+        if self._barriers:
+            try:    # streamed ops still unanswered: give the receiver its usual time
+                self._drain(self.ack_timeout_s)
+            except OSError:
+                pass    # not answered: an ordinary loss below
         with self._lock:
             quiet = self._state is SenderState.CONNECTED and not self._in_flight
             if quiet:
@@ -256,28 +300,41 @@ class Sender:
                     seq = None
                     send_error = e
                 else:
+                    if self._barriers:
+                        self._trim_answered(channel)
+                        op = _light(op)
                     self._in_flight[seq] = op
                     if self._settling and self._keep_for_late:
                         self._keep_sent(seq, op)
                     if self.on_sent is not None:
                         self.on_sent(op)
-                    return Ticket(generation, seq)
+                    return Ticket(generation, seq, self._is_barrier(op))
         if state is SenderState.CONNECTED:
             self._lose_peer(generation, f"send failed: {send_error}", extra=[op])
-            return Ticket(generation, None)
+            return Ticket(generation, None, self._is_barrier(op))
         if state is SenderState.FAILED:
             self._record_or_fail([op])
             raise ReplicationUnavailable(f"replication failed earlier ({self._failure}); "
                                          f"{op.describe()} applied locally only")
         self._record_or_fail([op])
-        return Ticket(generation, None)
+        return Ticket(generation, None, self._is_barrier(op))
 
     def wait(self, ticket: Ticket) -> None:
+        """Return when the op of ``ticket`` may be answered to the application:
+        acknowledged, or recorded with the peer's loss committed (its owner's
+        ``peer_lost`` returned). Raises ReplicationUnavailable if it can be
+        neither. With BARRIER durability a non-barrier op returns at once: it was
+        sent (or recorded) by ``submit``, and the next barrier answers for it."""
+        if not ticket.barrier:
+            return
         if ticket.seq is not None:
             try:
-                self._channel_of(ticket).wait(ticket.seq, self.ack_timeout_s)
-                self._answer(ticket)
-                return
+                if self._barriers:
+                    self._wait_barrier(ticket)
+                else:
+                    self._channel_of(ticket).wait(ticket.seq, self.ack_timeout_s)
+                    self._answer(ticket)
+                    return
             except OSError as e:
                 if not self._settle_refusal(ticket, e):
                     self._lose_peer(ticket.generation, f"no acknowledgement: {e}")
@@ -290,11 +347,63 @@ class Sender:
             raise ReplicationUnavailable(f"replication failed: {self._failure}")
 
     # ---- internals -------------------------------------------------------------------
+    def _is_barrier(self, op: Op) -> bool:
+        return not self._barriers or op.kind == OpKind.FSYNC
+
+    def _wait_barrier(self, ticket: Ticket) -> None:
+        """BARRIER durability: every op up to the barrier answered by the receiver
+        (in order: the barrier's FSYNC is answered once it is durable there), and
+        every refusal among them handled by ``late_error`` (recorded while
+        settling; else the peer's loss, committed). The caller then waits for a
+        loss transition that may be running."""
+        channel = self._channel_of(ticket)
+        deadline = time.monotonic() + self.ack_timeout_s
+        channel.wait_through(ticket.seq, self.ack_timeout_s)
+        # The receiver answers in order: a refusal of an op before the barrier
+        # arrived before the barrier's answer, so it is counted by now.
+        self._await_late(channel, channel.late_error_count, deadline)
+        with self._lock:
+            if channel is self._channel:
+                self._trim_answered(channel)
+
+    def _await_late(self, channel: Channel, received: int, deadline: float) -> None:
+        """Until ``late_error`` handled ``received`` late errors of ``channel``, or
+        the channel was replaced (a loss began: the caller waits for it)."""
+        with self._answered:
+            while self._channel is channel and self._late_handled < received:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"refusals from the receiver still being handled "
+                                       f"after {self.ack_timeout_s} s")
+                self._answered.wait(min(remaining, 0.05))
+
+    def _drain(self, timeout: float) -> None:
+        """BARRIER durability: every op sent so far answered and its refusals
+        handled. Raises ConnectionError (no receiver) or TimeoutError."""
+        with self._lock:
+            channel, state = self._channel, self._state
+        if channel is None or state is not SenderState.CONNECTED:
+            raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+        deadline = time.monotonic() + timeout
+        channel.wait_through(channel.last_seq, timeout)
+        self._await_late(channel, channel.late_error_count, deadline)
+        with self._lock:
+            if channel is not self._channel or self._state is not SenderState.CONNECTED:
+                raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
+            self._trim_answered(channel)
+
+    def _trim_answered(self, channel: Channel) -> None:
+        """Caller holds _lock: forget the in-flight ops the receiver answered."""
+        through = channel.acked_through
+        in_flight = self._in_flight
+        while in_flight and next(iter(in_flight)) <= through:
+            in_flight.popitem(last=False)
+        if not in_flight:
+            self._answered.notify_all()
+
     def _keep_sent(self, seq: int, op: Op) -> None:
-        """Caller holds _lock. What ``record`` needs of ``op``, without its data."""
-        if op.data:
-            op = dataclasses.replace(op, data=b"", length=len(op.data))
-        self._sent_ops[seq] = op
+        """Caller holds _lock."""
+        self._sent_ops[seq] = _light(op)
         if len(self._sent_ops) > LATE_OPS_KEPT:
             del self._sent_ops[next(iter(self._sent_ops))]
 
@@ -369,6 +478,8 @@ class Sender:
             else:
                 # From here on, submits record instead of sending.
                 self._state = SenderState.ALONE
+                if self._barriers and self._channel is not None:
+                    self._trim_answered(self._channel)    # what was answered is there
                 pending = [op for _, op in sorted(self._in_flight.items())] + list(extra)
                 self._in_flight.clear()
                 self._answered.notify_all()
@@ -396,3 +507,10 @@ class Sender:
             log.error("event=sender_failed reason=%r", self._failure)
         finally:
             done.set()
+
+
+def _light(op: Op) -> Op:
+    """What ``record`` needs of ``op``, without its data."""
+    if op.data:
+        return dataclasses.replace(op, data=b"", length=len(op.data))
+    return op

@@ -30,6 +30,7 @@ from replication.ops import Op, OpKind
 from replication.primary_link import PrimaryLink
 from replication.receiver import Receiver
 from replication.reintegration import Reintegration
+from replication.sender import Durability
 
 SECRET = "live-reintegration-secret-0123456789abcdef"
 MAX_WRITE = 1 << 20
@@ -94,7 +95,10 @@ class Pair:
     with its receiver. The link starts ALONE (the secondary was out of sync)."""
 
     def __init__(self, tmp: Path, ack_mode: str = "apply") -> None:
-        self.ack_mode = ack_mode
+        # "barrier": the default durability (ops stream; barriers wait), else
+        # per-op durability with that ack mode
+        self.durability = Durability.BARRIER if ack_mode == "barrier" else Durability.WRITE
+        self.ack_mode = "apply" if ack_mode == "barrier" else ack_mode
         self.local, self.copy, self.state = tmp / "local", tmp / "copy", tmp / "state"
         for d in (self.local, self.copy):
             d.mkdir()
@@ -111,6 +115,7 @@ class Pair:
         self.receiver = Receiver(str(self.copy), SECRET, "127.0.0.1", 0).start()
         self.link = PrimaryLink(self._fd, *self.receiver.address, SECRET, 1, str(self.state),
                                 ack_mode=self.ack_mode, ack_timeout_s=5.0, retry_s=0.05,
+                                durability=self.durability,
                                 alone=True,
                                 peer_lost=self.lost.append, on_in_sync=self._on_in_sync)
         self.link.start()
@@ -154,10 +159,12 @@ class Pair:
         os.close(self._fd)
 
 
-@pytest.fixture(params=["apply", "receipt"])
+@pytest.fixture(params=["apply", "receipt", "barrier"])
 def pair(tmp_path, monkeypatch, request):
     """Acknowledged after the apply (refusals answer the write), or on
-    receipt (a refusal comes later, as a late error naming a sequence number)."""
+    receipt (a refusal comes later, as a late error naming a sequence number),
+    or streamed with durability at barriers (refusals come as late errors; only
+    an FSYNC waits)."""
     monkeypatch.setattr(primary_link, "Reintegration", Scripted)
     p = Pair(tmp_path, request.param)
     yield p
@@ -274,7 +281,7 @@ def test_once_in_sync_a_refusal_is_a_lost_peer_again(pair):
     assert pair.lost == [] and pair.in_sync_count == 1
     (pair.copy / "a").unlink()           # behind the receiver's back: the copies differ
     pair.live(Op(OpKind.RENAME, "a", "b"))
-    if pair.ack_mode == "receipt":
+    if pair.ack_mode == "receipt" or pair.durability is Durability.BARRIER:
         wait_until("the late refusal", lambda: pair.lost)
     assert len(pair.lost) == 1 and "No such file" in pair.lost[0], pair.lost
     wait_until("in sync again", lambda: pair.in_sync_count == 2, timeout=60)

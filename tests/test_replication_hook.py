@@ -343,11 +343,17 @@ def test_mount_cli_with_hook_socket_end_to_end(owner, tmp_path):
         wait_until("the mount", lambda: "event=mounted" in (tmp_path / "mount.log").read_text(), 15)
         wait_until("in-sync at the owner", lambda: "replication_in_sync" in owner.cmds(), 15)
         assert {"cmd": "replication_in_sync", "module": "db", "epoch": 4} in owner.requests
-        (prim / "a").write_text("replicated")
+        with open(prim / "a", "w") as f:
+            f.write("replicated")
+            f.flush()
+            os.fsync(f.fileno())    # a barrier: on the copy when it returns
         assert (copy / "a").read_text() == "replicated"
         receiver.stop()
-        with pytest.raises(OSError) as failed:     # the create already is not acknowledged
-            (prim / "b").write_text("never acknowledged")
+        with pytest.raises(OSError) as failed:     # the barrier is not acknowledged
+            with open(prim / "b", "w") as f:
+                f.write("never acknowledged")
+                f.flush()
+                os.fsync(f.fileno())
         assert failed.value.errno == errno.EIO
         peer_lost = [r for r in owner.requests if r["cmd"] == "replication_peer_lost"]
         assert peer_lost and peer_lost[0]["module"] == "db" and peer_lost[0]["epoch"] == 4

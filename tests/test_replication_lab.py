@@ -138,7 +138,13 @@ def test_random_operation_sequences_leave_identical_trees(pair):
             apply_op(top, ("write", name, 0, os.urandom(size)))
         for op in ops:
             apply_op(top, op)
-        # Every call above returned only after the receiver applied it.
+        # A barrier (fsync of the directory) returns only once the receiver applied
+        # everything before it: the trees are identical then.
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         assert_same(pair.prim_real, pair.sec)
 
     run()
@@ -147,7 +153,9 @@ def test_random_operation_sequences_leave_identical_trees(pair):
 # ---- crashes -------------------------------------------------------------------------------
 
 class Writer(threading.Thread):
-    """Appends numbered 4 KiB records; remembers which writes were acknowledged."""
+    """Appends numbered 4 KiB records; remembers which writes were acknowledged.
+    The file is opened O_DSYNC: each write is a barrier, answered once it is
+    durable on both copies (an application that asks for durability)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
@@ -158,7 +166,7 @@ class Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_DSYNC, 0o644)
         except OSError as e:
             self.error = e
             return

@@ -101,6 +101,8 @@ def test_unimplemented_parts_are_warnings_with_file_and_line():
     assert c.warnings == (
         "userconfig.xml:14: interface@check: not implemented yet, ignored",
         "userconfig.xml:21: rfs@acl: not implemented yet, ignored",
+        'userconfig.xml:21: rfs@async: applies to durability="write" only; with '
+        'durability="barrier" changes stream and fsync waits for the secondary',
     )
 
 
