@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f"\n  VIOLATION {v}" for v in rec.violations), flush=True)
 
     run = run_chaos(args.nemesis, args.episodes, args.seed, tuple(args.hold),
-                    args.recovery_bound, on_episode=progress, workloads=workloads)
+                    args.recovery_bound, on_episode=progress, workloads=workloads,
+                    logs_dir=out / "logs")
     paths = write_report(run.to_history(), out, f"chaos run {out.name}")
     if args.bench_json is not None:
         args.bench_json.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from ``random.Random(f"{seed}/{index}/{nemesis}")``: a run is reproducible from 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import subprocess
 import threading
@@ -298,6 +299,9 @@ class ChaosRun:
     reported_keys: set[str] = field(default_factory=set)     # lost writes reported so far
     epoch_violations_seen: int = 0      # in the current lab
     lab_acks_from: int = 0      # acks[lab_acks_from:] were written to the current lab
+    # Where an episode with violations leaves its lab's logs (None: nowhere): the lab
+    # removes its workdir at the end, and a violation must be explainable afterwards.
+    logs_dir: Path | None = None
     hosts: list[str] = field(default_factory=lambda: list(HOSTS))   # of every lab used
 
     def lab_acks(self) -> list[Ack]:
@@ -444,7 +448,33 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
              len(rec.violations))
     for v in rec.violations:
         log.warning("event=violation index=%d nemesis=%s what=%r", index, name, v)
+    if rec.violations and run.logs_dir is not None:
+        kept = keep_logs(Path(m.lab.workdir), run.logs_dir / f"episode-{index:03d}-{name}")
+        log.warning("event=logs_kept index=%d files=%d where=%s", index, kept, run.logs_dir)
     return rec
+
+
+LOG_TAIL_BYTES = 4 << 20
+
+
+def keep_logs(workdir: Path, dest: Path, tail_bytes: int = LOG_TAIL_BYTES) -> int:
+    """Copy the last ``tail_bytes`` of every ``*.log`` under ``workdir`` (daemons,
+    modules, mounts, receivers, scripts, writers) to ``dest``, same relative
+    paths; returns how many. Best effort: a file that vanished is skipped."""
+    n = 0
+    for path in sorted(workdir.rglob("*.log")):
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - tail_bytes))
+                data = f.read()
+        except OSError:
+            continue
+        target = dest / path.relative_to(workdir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        n += 1
+    return n
 
 
 def _r(x: float | None) -> str:
@@ -454,7 +484,7 @@ def _r(x: float | None) -> str:
 def run_chaos(names: Sequence[str], episodes: int, seed: int,
               hold_range_s: tuple[float, float] = (2.0, 5.0), recovery_bound_s: float = 60.0,
               on_episode: Callable[[ChaosRun, EpisodeRecord], None] | None = None,
-              workloads: Sequence[str] = ("kv",)) -> ChaosRun:
+              workloads: Sequence[str] = ("kv",), logs_dir: Path | None = None) -> ChaosRun:
     """For each workload (kv: the demo key/value app; pg: PostgreSQL) and each lab shape
     the nemeses need: start its MirrorLab, run its episodes (in the seeded plan's order),
     clean it up; returns the run. ``on_episode(run, record)`` is called after each
@@ -474,7 +504,8 @@ def run_chaos(names: Sequence[str], episodes: int, seed: int,
     plan = episode_plan(names, episodes)
     groups = plan_by_shape(plan, shape_of)
     shapes = [shape(name) for name, _ in groups]      # an unknown shape fails before any lab
-    run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s)
+    run = ChaosRun(seed, list(names), episodes, tuple(hold_range_s), recovery_bound_s,
+                   logs_dir=logs_dir)
     try:
         for k, workload in enumerate(workloads):
             for lab_shape, (_name, shape_plan) in zip(shapes, groups):

@@ -289,3 +289,18 @@ def test_an_epoch_violation_is_charged_to_the_episode_that_saw_it():
     assert check_episode(_obs([], answers=later, earlier_epoch_violations=1)) == []
     worse = later + [(1.2, "n1", 1)]
     assert len(check_episode(_obs([], answers=worse, earlier_epoch_violations=1))) == 1
+
+
+def test_an_episode_with_violations_keeps_the_tail_of_every_log(tmp_path):
+    from chaos.chaos_run import keep_logs
+    lab = tmp_path / "lab"
+    (lab / "n1" / "state").mkdir(parents=True)
+    (lab / "n1" / "hacluster.log").write_bytes(b"a" * 10 + b"the end\n")
+    (lab / "n1" / "state" / "mount0.log").write_text("lost\n")
+    (lab / "n1" / "state" / "data.bin").write_bytes(b"not a log")
+    kept = keep_logs(lab, tmp_path / "out" / "episode-007", tail_bytes=8)
+    assert kept == 2
+    assert (tmp_path / "out" / "episode-007" / "n1" / "hacluster.log").read_bytes() == b"the end\n"
+    assert (tmp_path / "out" / "episode-007" / "n1" / "state" / "mount0.log").read_text() \
+        == "lost\n"
+    assert not (tmp_path / "out" / "episode-007" / "n1" / "state" / "data.bin").exists()
