@@ -56,6 +56,7 @@ from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, Op
 
 log = logging.getLogger("replication.fuse")
 
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -143,6 +144,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
 
 
 def _check(res: int, what: str) -> None:
@@ -166,6 +168,15 @@ def _sync_mode(flags: int) -> int | None:
     return None
 
 
+def _ns_of(ts) -> int:
+    """A timespec from libfuse in ns, UTIME_NOW / UTIME_OMIT kept as such: with
+    them libfuse leaves tv_sec unset (the kernel's writeback cache sends only
+    the mtime, so the atime comes as UTIME_OMIT with any tv_sec)."""
+    if ts.tv_nsec in (UTIME_NOW, UTIME_OMIT):
+        return ts.tv_nsec
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
 def _parent(rel: str) -> str:
     return rel.rpartition("/")[0]
 
@@ -182,7 +193,8 @@ class ReplicatedFS:
     def __init__(self, root_fd: int, replicator: Replicator, *, read_only: bool = False,
                  ready: Callable[[], None] | None = None,
                  lock: OrderingLock | _ExclusiveOnly | None = None,
-                 context: Callable[[], tuple[int, int, int]] | None = None) -> None:
+                 context: Callable[[], tuple[int, int, int]] | None = None,
+                 writeback: bool | None = None) -> None:
         """``context()`` gives the calling process's (uid, gid, pid) (libfuse's
         fuse_get_context when mounted)."""
         self._root = root_fd
@@ -194,6 +206,12 @@ class ReplicatedFS:
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
+        # The kernel's writeback cache answers writes before we see them: only for a
+        # replicator that answers at barriers anyway (BARRIER durability), never
+        # when every write must wait for the secondary.
+        self.writeback = (bool(getattr(replicator, "streams_between_barriers", False))
+                          if writeback is None else writeback)
+        self.writeback_active = False
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
@@ -347,7 +365,16 @@ class ReplicatedFS:
         return self._submit([self._times_op(rel, os.fstat(h.fd))])
 
     # ---- lifecycle ------------------------------------------------------------
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn, config) -> None:
+        """libfuse's init: ask for the kernel's writeback cache on the primary (it is
+        the directory's only writer). The kernel then batches the application's
+        writes in its page cache and sends them on writeback, fsync or close; it
+        keeps the times and sends them (SETATTR) before an FSYNC, so a barrier
+        still covers every write and time before it."""
+        if (conn is not None and not self.read_only and self.writeback
+                and conn.capable & FUSE_CAP_WRITEBACK_CACHE):
+            conn.want |= FUSE_CAP_WRITEBACK_CACHE
+            self.writeback_active = True
         if self._ready is not None:
             self._ready()
 
@@ -403,11 +430,20 @@ class ReplicatedFS:
         return 0
 
     # ---- open files -------------------------------------------------------------
+    def _local_flags(self, flags: int) -> int:
+        """The flags of our own open of the real file. With the writeback cache
+        the kernel may read a page to complete a partial write, through any
+        handle of the inode: a write-only open becomes read-write here."""
+        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
+        if self.writeback_active and oflags & os.O_ACCMODE == os.O_WRONLY:
+            oflags = (oflags & ~os.O_ACCMODE) | os.O_RDWR
+        return oflags
+
     def open(self, path: str, flags: int) -> int:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
         rel = path[1:]
-        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
+        oflags = self._local_flags(flags)
         if not flags & os.O_TRUNC:
             return self._register(os.open(rel, oflags, dir_fd=self._root), flags)
         with self._lock, self._noted(rel):  # open(O_TRUNC) changes the file
@@ -425,7 +461,7 @@ class ReplicatedFS:
         self._writable()
         uid, gid, _ = self._context()
         rel = path[1:]
-        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
+        oflags = self._local_flags(flags)
         with self._lock, self._noted(rel):
             try:
                 fd = os.open(rel, oflags | os.O_CREAT | os.O_EXCL, stat.S_IMODE(mode), dir_fd=self._root)
@@ -727,7 +763,7 @@ class ReplicatedFS:
         ts = (_Timespec * 2)(_Timespec(*_timespec(atime)), _Timespec(*_timespec(mtime)))
         with self._lock:
             if h is not None:
-                _check(_libc.utimensat(h.fd, None, ts, 0), "futimens")
+                _check(_libc.futimens(h.fd, ts), "futimens")   # glibc's utimensat refuses a NULL path
                 rel, st = self._data_path(path, h), os.fstat(h.fd)
             else:
                 rel = path[1:]
@@ -802,8 +838,7 @@ def _fuse_class():
         def utimens_fuse_3(self, path, buf, fip):
             times = None
             if buf:
-                times = (mfusepy.time_of_timespec(buf.contents.actime, use_ns=True),
-                         mfusepy.time_of_timespec(buf.contents.modtime, use_ns=True))
+                times = (_ns_of(buf.contents.actime), _ns_of(buf.contents.modtime))
             return self.operations.utimens(self._path(path), times, fh_of(fip))
 
         def create(self, path, mode, fip):  # mfusepy's inspects the signature on every call
