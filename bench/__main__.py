@@ -17,10 +17,11 @@ def main() -> int:
                         "(against its own crash recovery on a plain directory)")
     p.add_argument("--commits", type=int, default=500)
     p.add_argument("--tree-mb", type=int, default=2048, help="replication: resync tree size")
-    p.add_argument("--only", choices=("all", "sync_4k", "seq", "failover_resync"), default="all",
+    p.add_argument("--only", choices=("all", "sync_4k", "small_files", "seq", "failover_resync"),
+                   default="all",
                    help="replication: one part; sync_4k = only the 4 KiB write+fsync latency "
-                        "(no results file); seq, failover_resync = only those figures "
-                        "(replaced in the results file, the others kept)")
+                        "(no results file); small_files, seq, failover_resync = only those "
+                        "figures (replaced in the results file, the others kept)")
     p.add_argument("--seconds", type=float, default=10.0, help="idle-profile, idle-floor: window per measurement")
     p.add_argument("--no-checkers", action="store_true", help="idle-profile: the module without checkers")
     p.add_argument("--strace", action="store_true", help="idle-profile: also count syscalls")
@@ -37,10 +38,13 @@ def main() -> int:
             run,
             run_failover_only,
             run_seq_only,
+            run_small_files_only,
             run_sync_4k_only,
         )
         if args.only == "sync_4k":
             run_sync_4k_only()
+        elif args.only == "small_files":
+            run_small_files_only()
         elif args.only == "seq":
             run_seq_only()
         elif args.only == "failover_resync":
