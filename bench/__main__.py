@@ -5,7 +5,7 @@ import os
 import sys
 
 BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile",
-           "idle-floor")
+           "idle-floor", "pgbench")
 
 
 def main() -> int:
@@ -25,7 +25,20 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="idle-profile, idle-floor: window per measurement")
     p.add_argument("--no-checkers", action="store_true", help="idle-profile: the module without checkers")
     p.add_argument("--strace", action="store_true", help="idle-profile: also count syscalls")
+    pg = p.add_argument_group("pgbench (through the mirror vs a plain directory)")
+    pg.add_argument("--duration", type=int, default=20, help="seconds of each pgbench run")
+    pg.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    pg.add_argument("--clients", type=int, default=4, help="pgbench -c")
+    pg.add_argument("--rounds", type=int, default=2,
+                    help="rounds of (load, pgbench) on each side, alternating")
+    pg.add_argument("--recovery-trials", type=int, default=3, help="crash recoveries on each side")
+    pg.add_argument("--burst", type=int, default=500,
+                    help="transactions per client between the checkpoint and the crash")
     args = p.parse_args()
+    if args.name == "pgbench":
+        for flag in ("duration", "scale", "clients", "rounds", "recovery_trials", "burst"):
+            if getattr(args, flag) < 1:
+                p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
         return 1
@@ -72,6 +85,10 @@ def main() -> int:
     elif args.name == "idle-floor":
         from .idle_floor import run
         run(seconds=max(args.seconds, 15.0))
+    elif args.name == "pgbench":
+        from .pgbench_bench import run
+        run(scale=args.scale, clients=args.clients, duration=args.duration, rounds=args.rounds,
+            recovery_trials=args.recovery_trials, burst=args.burst)
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))
