@@ -288,7 +288,7 @@ def run(*, scale: int = 10, clients: int = 4, duration: int = 20, rounds: int = 
     for name, value in (("scale", scale), ("clients", clients), ("duration", duration),
                         ("rounds", rounds), ("recovery_trials", recovery_trials), ("burst", burst)):
         if value < 1:
-            raise ValueError(f"pgbench bench: {name} must be >= 1, got {value}")
+            raise ValueError(f"pgbench bench: {name.replace('_', ' ')} must be >= 1, got {value}")
     load_before = os.getloadavg()
     with Lab([PRIMARY, SECONDARY, "w", CLIENT_HOST, PLAIN_HOST]) as lab:
         m = PgMirrorLab(lab, nodes=(PRIMARY, SECONDARY), client=CLIENT_HOST).start(prim=PRIMARY)

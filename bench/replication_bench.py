@@ -40,6 +40,7 @@ keep the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -51,7 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
@@ -202,8 +203,11 @@ def mount_fuse_only(root: Path):
     return mount_in_process(str(root), replication_seq.acknowledge_at_once)
 
 
-def measure_small_files(n: int, rounds: int) -> dict[str, Any]:
-    """The small-files figures in a lab of their own."""
+@contextlib.contextmanager
+def _pair_lab() -> Iterator[tuple[Lab, Path, Path, ReplicationPair]]:
+    """A lab of its own: (lab, a local directory, the FUSE layer alone mounted on a
+    second one, a running pair in sync whose mount is ``pair.prim``), all on the disk;
+    everything stopped and removed after."""
     base = _bench_dir()
     try:
         local, fuse_only = base / "local", base / "fuse-only"
@@ -215,35 +219,25 @@ def measure_small_files(n: int, rounds: int) -> dict[str, Any]:
             try:
                 pair.start_receiver()
                 pair.start_mount()
-                return small_files_rounds(local, fuse_only, pair.prim, n, rounds)
+                yield lab, local, fuse_only, pair
             finally:
                 pair.close()
                 ceiling.unmount()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def measure_small_files(n: int, rounds: int) -> dict[str, Any]:
+    """The small-files figures in a lab of their own."""
+    with _pair_lab() as (_, local, fuse_only, pair):
+        return small_files_rounds(local, fuse_only, pair.prim, n, rounds)
 
 
 def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
     """The sequential figures in a lab of their own (``replication_seq``)."""
-    base = _bench_dir()
-    try:
-        local = base / "local"
-        local.mkdir()
-        passthrough = base / "passthrough"
-        passthrough.mkdir()
-        with Lab(["prim", "sec"]) as lab:
-            pair = ReplicationPair(lab, base / "pair")
-            ceiling = mount_fuse_only(passthrough)
-            try:
-                pair.start_receiver()
-                pair.start_mount()
-                seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=seq_mb,
-                                                            rounds=rounds, passthrough=passthrough)
-            finally:
-                pair.close()
-                ceiling.unmount()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with _pair_lab() as (lab, local, fuse_only, pair):
+        seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=seq_mb,
+                                                    rounds=rounds, passthrough=fuse_only)
     return replication_seq.summarize(seq_rounds, seq_mb)
 
 
