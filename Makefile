@@ -21,6 +21,7 @@ bench: apt venv
 	$(PY) -m bench replication
 	$(PY) -m bench failover
 	$(PY) -m bench farm
+	$(PY) -m bench pgbench
 
 # The full chaos sweeps, mirror (kv and PostgreSQL workloads) then farm: every nemesis, 10 episodes each
 # (chaos/results/<run>/, bench/results/chaos.json); make test runs each nemesis once.

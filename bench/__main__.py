@@ -5,7 +5,7 @@ import os
 import sys
 
 BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile",
-           "idle-floor")
+           "idle-floor", "pgbench")
 
 
 def main() -> int:
@@ -17,13 +17,23 @@ def main() -> int:
                         "(against its own crash recovery on a plain directory)")
     p.add_argument("--commits", type=int, default=500)
     p.add_argument("--tree-mb", type=int, default=2048, help="replication: resync tree size")
-    p.add_argument("--only", choices=("all", "sync_4k", "seq", "failover_resync"), default="all",
+    p.add_argument("--only", choices=("all", "sync_4k", "small_files", "seq", "failover_resync"),
+                   default="all",
                    help="replication: one part; sync_4k = only the 4 KiB write+fsync latency "
-                        "(no results file); seq, failover_resync = only those figures "
-                        "(replaced in the results file, the others kept)")
+                        "(no results file); small_files, seq, failover_resync = only those "
+                        "figures (replaced in the results file, the others kept)")
     p.add_argument("--seconds", type=float, default=10.0, help="idle-profile, idle-floor: window per measurement")
     p.add_argument("--no-checkers", action="store_true", help="idle-profile: the module without checkers")
     p.add_argument("--strace", action="store_true", help="idle-profile: also count syscalls")
+    pg = p.add_argument_group("pgbench (through the mirror vs a plain directory)")
+    pg.add_argument("--duration", type=int, default=20, help="seconds of each pgbench run")
+    pg.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    pg.add_argument("--clients", type=int, default=4, help="pgbench -c")
+    pg.add_argument("--rounds", type=int, default=2,
+                    help="rounds of (load, pgbench) on each side, alternating")
+    pg.add_argument("--recovery-trials", type=int, default=3, help="crash recoveries on each side")
+    pg.add_argument("--burst", type=int, default=500,
+                    help="transactions per client between the checkpoint and the crash")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -37,10 +47,13 @@ def main() -> int:
             run,
             run_failover_only,
             run_seq_only,
+            run_small_files_only,
             run_sync_4k_only,
         )
         if args.only == "sync_4k":
             run_sync_4k_only()
+        elif args.only == "small_files":
+            run_small_files_only()
         elif args.only == "seq":
             run_seq_only()
         elif args.only == "failover_resync":
@@ -68,6 +81,13 @@ def main() -> int:
     elif args.name == "idle-floor":
         from .idle_floor import run
         run(seconds=max(args.seconds, 15.0))
+    elif args.name == "pgbench":
+        from .pgbench_bench import run
+        try:
+            run(scale=args.scale, clients=args.clients, duration=args.duration, rounds=args.rounds,
+                recovery_trials=args.recovery_trials, burst=args.burst)
+        except ValueError as e:     # a bad flag, refused before any lab starts
+            p.error(str(e))
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))

@@ -14,21 +14,16 @@ replication, no cluster) — postgres SIGKILLed under load, then ``pg_ctl start 
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from chaos.history_check import lost_acked_writes
 from chaos.kv_workload import Ack
 from chaos.lab import Lab, wait_until
-from chaos.pg_module import PG_BIN, PgMirrorLab
+from chaos.pg_module import PgMirrorLab, PlainPostgres, pg_client_argv
 
 from .stats import pct
 
@@ -78,69 +73,33 @@ def measure_cluster(lab: Lab, trials: int, rng: random.Random) -> dict[str, Any]
     return {"failover_s": failovers, "pg_start_s": starts, "lost": lost_total, "acked": acked_total}
 
 
-def _postmaster_pid(data: Path) -> int | None:
-    try:
-        return int((data / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def measure_plain(lab: Lab, trials: int, rng: random.Random, host: str = "c") -> list[float]:
     """The same load and crash recovery on a plain directory on ``host``: no FUSE, no
     replication. Every server it starts is stopped by its PID; the directory removed."""
-    base = lab.host_dir(host) / "plain-pg"
-    data = base / "data"
-    base.mkdir(parents=True, exist_ok=True)
-    for d in (lab.workdir, lab.host_dir(host), base):
-        os.chmod(d, os.stat(d).st_mode | 0o111)
-    shutil.chown(base, "postgres")
-    pg = ["runuser", "-u", "postgres", "--"]
-    addr = "127.0.0.1"
-    opts = (f"-p {PLAIN_PORT} -k {base} -c listen_addresses={addr} -c shared_buffers=32MB "
-            f"-c max_wal_size=256MB -c cluster_name=plain")
-
-    def start() -> float:
-        t = time.monotonic()
-        lab.run(host, [*pg, f"{PG_BIN}/pg_ctl", "start", "-w", "-t", "240", "-D", str(data),
-                       "-l", str(base / "postgresql.log"), "-o", opts], timeout=300)
-        return time.monotonic() - t
-
-    def kill() -> None:
-        pid = _postmaster_pid(data)
-        if pid is None:
-            return
-        try:
-            proc = psutil.Process(pid)
-            os.killpg(pid, signal.SIGKILL)
-            proc.wait(30)
-        except (psutil.Error, ProcessLookupError):
-            pass
-
+    pg = PlainPostgres(lab, host, port=PLAIN_PORT)
+    addr = pg.listen
     times: list[float] = []
-    lab.run(host, [*pg, f"{PG_BIN}/initdb", "-D", str(data), "-A", "trust"], timeout=120)
     try:
-        start()
-        lab.run(host, [f"{PG_BIN}/pgbench", "-h", addr, "-p", str(PLAIN_PORT), "-U", "postgres",
-                       "-i", "-q", "-s", "2", "postgres"], timeout=300)
+        pg.init().start()
+        lab.run(host, pg_client_argv(addr, PLAIN_PORT, "pgbench", "-i", "-q", "-s", "2", "postgres"),
+                timeout=300)
         lab.run(host, [sys.executable, "-m", "chaos.pg_wire", "--host", addr, "--port",
                        str(PLAIN_PORT), "CREATE TABLE acks (k text PRIMARY KEY, v text NOT NULL)"])
         for i in range(trials):
-            bench = lab.spawn(host, [f"{PG_BIN}/pgbench", "-h", addr, "-p", str(PLAIN_PORT), "-U",
-                                     "postgres", "-n", "-c", "2", "-j", "2", "-T", "600", "postgres"],
+            bench = lab.spawn(host, pg_client_argv(addr, PLAIN_PORT, "pgbench", "-n", "-c", "2", "-j",
+                                                   "2", "-T", "600", "postgres"),
                               name=f"plain-pgbench-{i}")
             writer = lab.spawn(host, [sys.executable, "-m", "chaos.pg_writer_proc", "--host", addr,
                                       "--port", str(PLAIN_PORT), "--prefix", f"p{i:02d}"],
                                name=f"plain-writer-{i}")
             time.sleep(LOAD_S + rng.uniform(0.0, PHASE_S))
-            kill()
+            pg.crash()
             writer.stop()
             bench.stop()
-            (data / "postmaster.pid").unlink(missing_ok=True)   # the dead server's: its PID is gone
-            times.append(start())
+            times.append(pg.start())
             print(f"plain crash recovery {i + 1}/{trials}: {times[-1]:.3f} s", flush=True)
     finally:
-        kill()
-        shutil.rmtree(base, ignore_errors=True)
+        pg.close()
     return times
 
 

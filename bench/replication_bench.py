@@ -9,7 +9,11 @@ against the same workloads written directly, measured in the same run.
                         writing the data twice (all four in alternating
                         rounds, medians: bench/replication_seq.py says why)
   sync_4k_p50/p99_ms    4 KiB pwrite + fsync, vs local_4k_p50_ms
-  small_files_per_s     create + write 4 KiB + close, vs local
+  small_files_per_s     create + write 4 KiB + close, vs fuse_only_small_files_per_s:
+                        the same through the same FUSE layer mounted the same way
+                        with a replicator that acknowledges at once (no replication),
+                        and vs local_small_files_per_s (the disk); the three alternate
+                        in rounds, medians reported
   resync_1pct_s         a tree of TREE_MB, 1 % of its blocks changed while
                         the receiver was away: our reintegration (bitmaps)
   rsync_1pct_s          rsync -a --inplace of the same change (local)
@@ -27,14 +31,16 @@ The 4 KiB latencies are taken in alternating rounds (local, replicated, local,
 ...) so that both see the same load on a shared machine.
 ``python -m bench.replication_bench --only NAME`` runs one part:
   sync_4k           the 4 KiB latencies (a minute, no results file written)
+  small_files       the small-files figures (~1 min)
   seq               the sequential figures (~1 min)
   failover_resync   the failover resync figures (~1-2 min)
-the last two replace their own keys in bench/results/replication.json and
+the last three replace their own keys in bench/results/replication.json and
 keep the others.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -46,14 +52,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
 from replication.mount import mount_in_process
 
 from . import replication_failover, replication_seq
-from .stats import pct
+from .stats import alternating_rounds, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -95,6 +101,38 @@ def small_files(directory: Path, n: int) -> float:
     rate = n / (time.perf_counter() - t)
     shutil.rmtree(d)
     return rate
+
+
+def small_files_rounds(local: Path, fuse_only: Path, mirrored: Path, n: int = 1000,
+                       rounds: int = 3) -> dict[str, Any]:
+    """``small_files`` of ``n`` files in each directory, alternating in ``rounds``
+    rounds; medians (per second) and the mirrored figure's ratio to the FUSE layer
+    alone (``fuse_only``: a mount with a replicator that acknowledges at once)."""
+    if n < 1:
+        raise ValueError(f"small files: need n >= 1, got {n}")
+    got = alternating_rounds({"local": lambda: small_files(local, n),
+                              "fuse_only": lambda: small_files(fuse_only, n),
+                              "mirrored": lambda: small_files(mirrored, n)}, rounds)
+    r = {"small_files_n": n, "small_files_rounds": rounds,
+         "local_small_files_per_s": statistics.median(got["local"]),
+         "fuse_only_small_files_per_s": statistics.median(got["fuse_only"]),
+         "small_files_per_s": statistics.median(got["mirrored"])}
+    r["small_files_ratio_to_fuse_only"] = r["small_files_per_s"] / r["fuse_only_small_files_per_s"]
+    return r
+
+
+def small_files_lines(r: dict[str, Any]) -> list[str]:
+    goal = "met" if r["small_files_ratio_to_fuse_only"] >= 0.7 else "not met"
+    return [
+        f"local_small_files_per_s: {r['local_small_files_per_s']:.0f} /s (baseline, median of "
+        f"{r['small_files_rounds']} rounds of {r['small_files_n']} files)",
+        f"fuse_only_small_files_per_s: {r['fuse_only_small_files_per_s']:.0f} /s "
+        f"({r['fuse_only_small_files_per_s'] / r['local_small_files_per_s']:.2f} x vs "
+        f"local_small_files_per_s; the same FUSE layer, no replication)",
+        f"small_files_per_s: {r['small_files_per_s']:.0f} /s ({r['small_files_ratio_to_fuse_only']:.2f} x "
+        f"vs fuse_only_small_files_per_s; {r['small_files_per_s'] / r['local_small_files_per_s']:.3f} x "
+        f"vs local; goal >= 0.7 {goal})",
+    ]
 
 
 def make_tree(directory: Path, total_mb: int, file_mb: int) -> list[Path]:
@@ -158,27 +196,48 @@ def _bench_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="hcbench-", dir="/var/tmp"))   # the disk, not tmpfs
 
 
-def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
-    """The sequential figures in a lab of their own (``replication_seq``)."""
+def mount_fuse_only(root: Path):
+    """The FUSE layer alone over ``root``: ``serve`` in a process of its own, as
+    ``python -m replication mount`` runs it, with a replicator that acknowledges every
+    operation at once. The caller unmounts it."""
+    return mount_in_process(str(root), replication_seq.acknowledge_at_once)
+
+
+@contextlib.contextmanager
+def _pair_lab() -> Iterator[tuple[Lab, Path, Path, ReplicationPair]]:
+    """A lab of its own: (lab, a local directory, the FUSE layer alone mounted on a
+    second one, a running pair in sync whose mount is ``pair.prim``), all on the disk;
+    everything stopped and removed after."""
     base = _bench_dir()
     try:
-        local = base / "local"
+        local, fuse_only = base / "local", base / "fuse-only"
         local.mkdir()
-        passthrough = base / "passthrough"
-        passthrough.mkdir()
+        fuse_only.mkdir()
         with Lab(["prim", "sec"]) as lab:
             pair = ReplicationPair(lab, base / "pair")
-            ceiling = mount_in_process(str(passthrough), replication_seq.acknowledge_at_once)
+            ceiling = mount_fuse_only(fuse_only)
             try:
                 pair.start_receiver()
                 pair.start_mount()
-                seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=seq_mb,
-                                                            rounds=rounds, passthrough=passthrough)
+                yield lab, local, fuse_only, pair
             finally:
                 pair.close()
                 ceiling.unmount()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def measure_small_files(n: int, rounds: int) -> dict[str, Any]:
+    """The small-files figures in a lab of their own."""
+    with _pair_lab() as (_, local, fuse_only, pair):
+        return small_files_rounds(local, fuse_only, pair.prim, n, rounds)
+
+
+def measure_seq(seq_mb: int, rounds: int) -> dict[str, Any]:
+    """The sequential figures in a lab of their own (``replication_seq``)."""
+    with _pair_lab() as (lab, local, fuse_only, pair):
+        seq_rounds = replication_seq.measure_rounds(lab, local, pair.prim, seq_mb=seq_mb,
+                                                    rounds=rounds, passthrough=fuse_only)
     return replication_seq.summarize(seq_rounds, seq_mb)
 
 
@@ -226,9 +285,9 @@ def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int =
     results["tree_mb"] = tree_mb
     base = _bench_dir()
     try:
-        local = base / "local"
+        local, fuse_only = base / "local", base / "fuse-only"
         local.mkdir()
-        results["local_small_files_per_s"] = small_files(local, 2000)
+        fuse_only.mkdir()
         with Lab(["prim", "sec"]) as lab:
             pair = ReplicationPair(lab, base / "pair")
             pair.start_receiver()
@@ -237,7 +296,11 @@ def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int =
             results["local_4k_p50_ms"] = statistics.median(local_4k)
             results["sync_4k_p50_ms"] = statistics.median(s4k)
             results["sync_4k_p99_ms"] = pct(s4k, 99)
-            results["small_files_per_s"] = small_files(pair.prim, 2000)
+            ceiling = mount_fuse_only(fuse_only)
+            try:
+                results.update(small_files_rounds(local, fuse_only, pair.prim))
+            finally:
+                ceiling.unmount()
 
             files = make_tree(pair.prim, tree_mb, file_mb)
             rsync_copy = base / "rsync-copy"
@@ -271,7 +334,7 @@ def run(seq_mb: int = 256, tree_mb: int = 2048, file_mb: int = 32, rounds: int =
     lines = replication_seq.report_lines(r) + [
         f"sync_4k_p50_ms: {r['sync_4k_p50_ms']:.3f} ms ({r['sync_4k_p50_ms'] / r['local_4k_p50_ms']:.1f} x vs local_4k_p50_ms {r['local_4k_p50_ms']:.3f})",
         f"sync_4k_p99_ms: {r['sync_4k_p99_ms']:.3f} ms",
-        f"small_files_per_s: {r['small_files_per_s']:.0f} /s ({r['small_files_per_s'] / r['local_small_files_per_s']:.2f} x vs local {r['local_small_files_per_s']:.0f})",
+        *small_files_lines(r),
         f"resync_1pct_s: {r['resync_1pct_s']:.3f} s ({r['resync_1pct_s'] / r['rsync_1pct_s']:.3f} x vs rsync_1pct_s {r['rsync_1pct_s']:.3f})",
         f"resync_nobitmap_s: {r['resync_nobitmap_s']:.3f} s ({r['resync_nobitmap_s'] / r['rsync_full_s']:.3f} x vs rsync_full_s {r['rsync_full_s']:.3f})",
     ] + replication_failover.report_lines(r) + aead_lines(r)
@@ -291,6 +354,14 @@ def run_seq_only(seq_mb: int = 256, rounds: int = 5,
     """Just the sequential figures; replaces them in replication.json."""
     r = measure_seq(seq_mb, rounds)
     return _print_and_merge(r, replication_seq.report_lines(r), out_dir)
+
+
+def run_small_files_only(n: int = 1000, rounds: int = 3,
+                         out_dir: Path = ROOT / "bench" / "results") -> dict[str, Any]:
+    """Just the small-files figures (mirrored, FUSE layer alone, local); replaces them
+    in replication.json."""
+    r = measure_small_files(n, rounds)
+    return _print_and_merge(r, small_files_lines(r), out_dir)
 
 
 def run_failover_only(trials: int = 3, working_set_mb: int = 200,
@@ -326,7 +397,7 @@ def run_sync_4k_only(n: int = 500, rounds: int = 5) -> dict[str, float]:
     return r
 
 
-ONLY = ("all", "sync_4k", "seq", "failover_resync", "aead")
+ONLY = ("all", "sync_4k", "small_files", "seq", "failover_resync", "aead")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,17 +405,20 @@ def main(argv: list[str] | None = None) -> int:
                                 description="the replication benchmark, or a part of it")
     p.add_argument("--only", choices=ONLY, default="all",
                    help="sync_4k: only the 4 KiB write+fsync latency (writes no results file); "
-                        "seq, failover_resync: only those figures (replaced in the results file)")
+                        "small_files, seq, failover_resync: only those figures (replaced in the "
+                        "results file)")
     p.add_argument("--n", type=int, default=500, help="sync_4k: write+fsync pairs per side")
+    p.add_argument("--files", type=int, default=1000, help="small_files: files per side and round")
     p.add_argument("--seq-mb", type=int, default=256, help="sequential write size")
-    p.add_argument("--rounds", type=int, default=5, help="sequential: alternating rounds")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="seq, small_files (run alone): alternating rounds")
     p.add_argument("--tree-mb", type=int, default=2048, help="all: resync tree size")
     p.add_argument("--failover-trials", type=int, default=3,
                    help="failover_resync: failovers of each kind (with and without the log)")
     p.add_argument("--working-set-mb", type=int, default=200,
                    help="failover_resync: data in the mirrored directory")
     args = p.parse_args(argv)
-    minimums = {"n": 5, "seq_mb": 1, "tree_mb": 32, "rounds": 1, "failover_trials": 1,
+    minimums = {"n": 5, "files": 1, "seq_mb": 1, "tree_mb": 32, "rounds": 1, "failover_trials": 1,
                 "working_set_mb": replication_failover.DEFAULT_FILE_MB}   # tree: one 32 MiB file
     for name, least in minimums.items():
         if getattr(args, name) < least:
@@ -357,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_and_merge(r, aead_lines(r), ROOT / "bench" / "results")
     elif args.only == "sync_4k":
         run_sync_4k_only(args.n)
+    elif args.only == "small_files":
+        run_small_files_only(args.files, args.rounds)
     elif args.only == "seq":
         run_seq_only(args.seq_mb, args.rounds)
     elif args.only == "failover_resync":

@@ -7,6 +7,9 @@ through the VIP; its acknowledged commits are read back with SQL through the VIP
 pgbench runs there too. The lab's host folders are 0700: PostgreSQL runs as the
 ``postgres`` user, so the path down to the replicated directory is made traversable
 (0711, no listing) before the module starts.
+
+``PlainPostgres`` is the benches' baseline: the same PostgreSQL with the same settings
+on a plain directory of a lab host (no FUSE, no replication, no cluster).
 """
 from __future__ import annotations
 
@@ -14,12 +17,18 @@ import hashlib
 import ipaddress
 import json
 import os
+import shlex
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .lab import Lab, LabProcess, wait_until
+import psutil
+
+from .lab import NSENTER, Lab, LabProcess, wait_until
 from .lab_cluster import LabCluster
 from .lab_mirror import MirrorLab
 
@@ -30,6 +39,132 @@ PORT = 5432
 DATADIR = "/srv/pgdemo"
 # Left out of a comparison of the two copies: the running server's lock file.
 NOT_COMPARED = ("data/postmaster.pid",)
+# A lab database: small, quick checkpoints (the module's PG_OPTIONS, and the plain baseline's).
+LAB_PG_OPTIONS = "-c shared_buffers=32MB -c max_wal_size=256MB"
+START_TIMEOUT_S = 240
+
+
+def pg_client_argv(addr: str, port: int, tool: str, *args: str) -> list[str]:
+    """A PostgreSQL client program (pgbench, pg_amcheck, ...) against ``addr:port`` as
+    the postgres user (the lab's databases trust their client network)."""
+    return [f"{PG_BIN}/{tool}", "-h", addr, "-p", str(port), "-U", "postgres", *args]
+
+
+def as_postgres(argv: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *argv]
+
+
+def postmaster_pid(data: Path) -> int | None:
+    """The PID in ``data``/postmaster.pid (None: no file, or not a PID)."""
+    try:
+        return int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def crash_postmaster(data: Path, timeout: float = 30.0) -> bool:
+    """A crash of the server of ``data``: SIGKILL to its postmaster's process group
+    (pg_ctl starts it in a session of its own, its backends with it), waited for to the
+    last process (a backend still attached to the shared memory would stop the next
+    start), then its postmaster.pid removed (the PID is dead; the module's start_prim
+    removes such a file too). False: no server was running."""
+    pid = postmaster_pid(data)
+    if pid is None:
+        return False
+    try:
+        leader = psutil.Process(pid)
+        group = [leader, *leader.children(recursive=True)]
+        os.killpg(pid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError):
+        (data / "postmaster.pid").unlink(missing_ok=True)
+        return False
+    _, alive = psutil.wait_procs(group, timeout)
+    if alive:
+        raise RuntimeError(f"postgres of {data} still running after SIGKILL: {[p.pid for p in alive]}")
+    (data / "postmaster.pid").unlink(missing_ok=True)
+    return True
+
+
+def postmaster_options(data: Path) -> str:
+    """The options the server of ``data`` was last started with (its postmaster.opts,
+    the data directory option left out), quoted for ``pg_ctl start -o``: a restart by
+    hand with exactly what the module's start_prim gave it."""
+    words = shlex.split((data / "postmaster.opts").read_text())[1:]
+    opts: list[str] = []
+    i = 0
+    while i < len(words):
+        if words[i] == "-D":
+            i += 2
+            continue
+        opts.append(words[i])
+        i += 1
+    return " ".join(shlex.quote(w) for w in opts)
+
+
+def pg_ctl_start_argv(data: Path, log: Path, options: str) -> list[str]:
+    """``pg_ctl start -w`` as the postgres user: returns once the server accepts
+    connections (after crash recovery, when the last server died)."""
+    return as_postgres([f"{PG_BIN}/pg_ctl", "start", "-w", "-t", str(START_TIMEOUT_S), "-D",
+                        str(data), "-l", str(log), "-o", options])
+
+
+def timed_run(argv: list[str], what: str, timeout: float = START_TIMEOUT_S + 60) -> float:
+    """Run ``argv`` (a clear error when it fails); seconds it took."""
+    t = time.monotonic()
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    took = time.monotonic() - t
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} failed ({res.returncode}): "
+                           f"{(res.stderr or res.stdout).strip()[-2000:]}")
+    return took
+
+
+class PlainPostgres:
+    """PostgreSQL on a plain directory of lab host ``host`` (under the lab's work
+    folder, so on the same file system as the mirror's copies): the same binaries and
+    settings as the module, no FUSE, no replication, no cluster. ``listen``: the
+    address it listens on; ``clients``: networks trusted besides the local ones. Every
+    server it starts is stopped by its PID (``close``, which also removes the directory)."""
+
+    def __init__(self, lab: Lab, host: str, *, port: int = 5440, listen: str = "127.0.0.1",
+                 clients: str = "", name: str = "plain") -> None:
+        self.lab, self.host, self.port, self.listen, self.clients = lab, host, port, listen, clients
+        self.name = name
+        self.base = lab.host_dir(host) / f"{name}-pg"
+        self.data = self.base / "data"
+        self.log = self.base / "postgresql.log"
+
+    @property
+    def options(self) -> str:
+        return (f"-p {self.port} -k {self.base} -c listen_addresses={self.listen} "
+                f"-c cluster_name={self.name} {LAB_PG_OPTIONS}")
+
+    def init(self) -> "PlainPostgres":
+        self.base.mkdir(parents=True, exist_ok=True)
+        for d in (self.lab.workdir, self.lab.host_dir(self.host), self.base):
+            os.chmod(d, os.stat(d).st_mode | 0o111)   # postgres goes through the lab's 0700 folders
+        shutil.chown(self.base, "postgres")
+        self.lab.run(self.host, as_postgres([f"{PG_BIN}/initdb", "-D", str(self.data), "-A", "trust"]),
+                     timeout=120)
+        if self.clients:
+            with open(self.data / "pg_hba.conf", "a") as f:
+                for net in self.clients.split():
+                    f.write(f"host all all {net} trust\n")
+        return self
+
+    def start(self) -> float:
+        """``pg_ctl start -w`` in the lab host's network namespace (entered as for the
+        mirror's restart_postgres); seconds until it accepts connections."""
+        argv = pg_ctl_start_argv(self.data, self.log, self.options)
+        return timed_run([NSENTER, f"--net=/run/netns/{self.lab.hosts[self.host].netns}", "--",
+                          *argv], f"pg_ctl start on {self.data}")
+
+    def crash(self) -> bool:
+        return crash_postmaster(self.data)
+
+    def close(self) -> None:
+        self.crash()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def write_pg_module(folder: Path, vip: str, *, datadir: str = DATADIR, port: int = PORT,
@@ -59,8 +194,7 @@ def write_pg_module(folder: Path, vip: str, *, datadir: str = DATADIR, port: int
                 ET.SubElement(hb, "server", {"addr": a})
     values = {"PG_DIR": datadir, "PG_PORT": str(port), "PG_CLIENTS": clients,
               "PG_CLIENT_AUTH": "trust", "PG_BIN": PG_BIN,
-              # a lab database: small, quick checkpoints
-              "PG_OPTIONS": "-c shared_buffers=32MB -c max_wal_size=256MB",
+              "PG_OPTIONS": LAB_PG_OPTIONS,
               **(extra_vars or {})}
     user = service.find("user")
     for var in user.findall("var"):
@@ -121,8 +255,8 @@ class PgMirrorLab(MirrorLab):
 
     def client_tool(self, tool: str, *args: str, timeout: float = 300.0, check: bool = True):
         """A PostgreSQL client program (pgbench, pg_amcheck, ...) run on the client host."""
-        res = self.lab.run(self.client, [f"{PG_BIN}/{tool}", "-h", self.vip, "-p", str(self.port),
-                                         "-U", "postgres", *args], check=False, timeout=timeout)
+        res = self.lab.run(self.client, pg_client_argv(self.vip, self.port, tool, *args),
+                           check=False, timeout=timeout)
         if check and res.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)} failed ({res.returncode}): "
                                f"{res.stderr.strip()[-2000:]}")
@@ -131,9 +265,9 @@ class PgMirrorLab(MirrorLab):
     def start_pgbench(self, name: str = "pgbench", clients: int = 4, seconds: int = 3600) -> LabProcess:
         """pgbench's TPC-B-like load through the VIP (``init_pgbench`` first); -P 1
         prints progress every second into its log."""
-        return self.lab.spawn(self.client, [f"{PG_BIN}/pgbench", "-h", self.vip, "-p", str(self.port),
-                                            "-U", "postgres", "-n", "-c", str(clients), "-j", "2",
-                                            "-T", str(seconds), "-P", "1", "postgres"], name=name)
+        return self.lab.spawn(self.client, pg_client_argv(
+            self.vip, self.port, "pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds),
+            "-P", "1", "postgres"), name=name)
 
     def init_pgbench(self, scale: int = 2) -> None:
         self.client_tool("pgbench", "-i", "-q", "-s", str(scale), "postgres")
@@ -166,6 +300,43 @@ class PgMirrorLab(MirrorLab):
 
     def checkpoint(self) -> None:
         self.sql("CHECKPOINT")
+
+    # ---- the server as the primary's daemon sees it ----------------------------------------
+    def as_node_sees(self, node: str, path: Path) -> Path:
+        """``path`` as ``node``'s daemon, the module's scripts and its PostgreSQL see it:
+        through the daemon's mount namespace (``ip netns exec`` gave it its own), where
+        the replicated directory is the FUSE mount."""
+        return Path(f"/proc/{self.cluster.procs[node].pid}/root") / str(path).lstrip("/")
+
+    def in_node_mounts(self, node: str, argv: list[str]) -> list[str]:
+        """``argv`` run in ``node``'s network namespace and its daemon's mount namespace."""
+        return [NSENTER, f"--mount=/proc/{self.cluster.procs[node].pid}/ns/mnt",
+                f"--net=/run/netns/{self.lab.hosts[node].netns}", "--", *argv]
+
+    def pg_data(self, node: str) -> Path:
+        """PostgreSQL's data directory on ``node`` (the module's DATA, pg_common.sh)."""
+        return self.data_dir(node) / "data"
+
+    def crash_postgres(self, node: str) -> str:
+        """SIGKILL the module's server on ``node`` (the primary) the way a crash would,
+        the mount and the cluster left running; the options it ran with, for
+        ``restart_postgres``."""
+        data = self.as_node_sees(node, self.pg_data(node))
+        options = postmaster_options(data)
+        if not crash_postmaster(data):
+            raise RuntimeError(f"no PostgreSQL running on {node} to crash")
+        return options
+
+    def server_log(self, node: str) -> Path:
+        """The server's log on ``node`` (in pg_common.sh's RUN, outside the mount)."""
+        return self.root(node) / "run" / f"hacluster-{self.module}" / "postgresql.log"
+
+    def restart_postgres(self, node: str, options: str) -> float:
+        """``pg_ctl start -w`` by hand on ``node``, through its mount (crash recovery
+        reads and writes the replicated copy), with the module's options; seconds until
+        it accepts connections. Its log goes where start_prim's goes."""
+        argv = pg_ctl_start_argv(self.pg_data(node), self.server_log(node), options)
+        return timed_run(self.in_node_mounts(node, argv), f"pg_ctl start on {node}")
 
     def copy_digest(self, node: str) -> dict[str, str]:
         """Path -> sha256 (or 'dir'/'link:...') of a node's real copy, ``postmaster.pid`` aside."""

@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bench import replication_failover, replication_seq
-from bench.replication_bench import write_results
+from bench.replication_bench import run_small_files_only, write_results
+from bench.stats import alternating_rounds
 from chaos.replication_pair import ReplicationPair
 from replication.mount import mount_in_process
 from tests.conftest import needs_root
@@ -102,6 +103,35 @@ def test_bad_sizes_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="failover bench: need trials >= 1"):
         replication_failover.measure_failover_resync(None, tmp_path, trials=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rounds_alternate_which_side_goes_first():
+    calls: list[str] = []
+
+    def step(name: str):
+        return lambda: calls.append(name) or len(calls)
+    got = alternating_rounds({"a": step("a"), "b": step("b"), "c": step("c")}, rounds=3)
+    assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert got == {"a": [1, 6, 7], "b": [2, 5, 8], "c": [3, 4, 9]}
+    with pytest.raises(ValueError, match="need rounds >= 1, got 0"):
+        alternating_rounds({"a": step("a")}, rounds=0)
+
+
+@needs_root
+@pytest.mark.lab
+def test_small_files_part_writes_the_three_figures_and_the_ratio(tmp_path):
+    """The small-files part in a reduced run (its own lab, real mounts): mirrored, the
+    FUSE layer alone (no replication), local; positive figures in the results file."""
+    write_results(tmp_path, {"seq_write_MBps": 1.0}, keep_others=False)
+    run_small_files_only(n=20, rounds=2, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "replication.json").read_text())
+    assert saved["seq_write_MBps"] == 1.0      # a part run alone keeps the others
+    for key in ("local_small_files_per_s", "fuse_only_small_files_per_s", "small_files_per_s",
+                "small_files_ratio_to_fuse_only"):
+        assert saved[key] > 0, key
+    assert (saved["small_files_n"], saved["small_files_rounds"]) == (20, 2)
+    assert saved["small_files_ratio_to_fuse_only"] == pytest.approx(
+        saved["small_files_per_s"] / saved["fuse_only_small_files_per_s"])
 
 
 @needs_root

@@ -539,6 +539,8 @@ def test_a_killed_server_is_still_unmounted(fs):
 # ---- property: random operation sequences --------------------------------------------------
 
 NAMES = ["a", "b", "d/c", "d/e", "d/f/g", "x"]
+# Nothing can be created there, whoever follows the link (procfs refuses new files).
+ABSOLUTE_TARGET = "/proc/hacluster-test-absolute-target"
 DIRS = ["d", "d/f", "x", "y"]
 SIZES = [0, 1, 4095, 4096, 65537, 1 << 20, (2 << 20) + 3]
 OFFSETS = [0, 1, 4096, 1 << 20, 3 << 20]
@@ -554,7 +556,10 @@ op_strategy = st.one_of(
     st.tuples(st.just("unlink"), st.sampled_from(NAMES)),
     st.tuples(st.just("mkdir"), st.sampled_from(DIRS)),
     st.tuples(st.just("rmdir"), st.sampled_from(DIRS)),
-    st.tuples(st.just("symlink"), st.sampled_from(["a", "../a", "/abs", "d/f"]), st.sampled_from(NAMES)),
+    # An absolute target is replicated literally; it must never lead anywhere real
+    # (ops below follow symlinks: a target such as /etc/passwd would be written to).
+    st.tuples(st.just("symlink"), st.sampled_from(["a", "../a", ABSOLUTE_TARGET, "d/f"]),
+              st.sampled_from(NAMES)),
     st.tuples(st.just("link"), st.sampled_from(NAMES), st.sampled_from(NAMES)),
     st.tuples(st.just("chmod"), any_name, st.sampled_from([0o600, 0o640, 0o755, 0o1777])),
     st.tuples(st.just("utime"), any_name, st.one_of(st.none(), st.integers(0, 2**40))),

@@ -61,6 +61,7 @@ def pair(make_lab, tmp_path):
 # ---- property: random operation sequences through the mount ----------------------------
 
 NAMES = st.sampled_from(["a", "b", "c", "d/x", "d/y", "d/e/z", "e"])
+ABSOLUTE_TARGET = "/proc/hacluster-test-absolute-target"   # procfs: nothing can be made there
 DATA = st.one_of(st.binary(max_size=64), st.integers(1, 3 << 20).map(lambda n: os.urandom(n)))
 # Every example starts from these, so that most ops find something to act on.
 SEED_FILES = {"a": 5000, "b": 0, "d/x": 1 << 20, "d/e/z": 70_000}
@@ -71,7 +72,10 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("unlink"), NAMES),
     st.tuples(st.just("mkdir"), NAMES),
     st.tuples(st.just("rmdir"), NAMES),
-    st.tuples(st.just("symlink"), NAMES, st.sampled_from(["../a", "target", "/etc/passwd"])),
+    # An absolute target is replicated literally; it must never lead anywhere real:
+    # write and truncate below follow symlinks (a link to /etc/passwd truncated the
+    # host's /etc/passwd once, breaking everything that looks users up).
+    st.tuples(st.just("symlink"), NAMES, st.sampled_from(["../a", "target", ABSOLUTE_TARGET])),
     st.tuples(st.just("link"), NAMES, NAMES),
     st.tuples(st.just("chmod"), NAMES, st.sampled_from([0o600, 0o644, 0o755, 0o4755])),
     st.tuples(st.just("chown"), NAMES, st.sampled_from([0, 1000, 65534])),
