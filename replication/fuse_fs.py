@@ -56,7 +56,6 @@ from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, Op
 
 log = logging.getLogger("replication.fuse")
 
-FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -170,8 +169,9 @@ def _sync_mode(flags: int) -> int | None:
 
 def _ns_of(ts) -> int:
     """A timespec from libfuse in ns, UTIME_NOW / UTIME_OMIT kept as such: with
-    them libfuse leaves tv_sec unset (the kernel's writeback cache sends only
-    the mtime, so the atime comes as UTIME_OMIT with any tv_sec)."""
+    them libfuse leaves tv_sec unset (a change of the mtime alone, as ``touch -m``
+    or the kernel's writeback cache makes, brings the atime as UTIME_OMIT with
+    any tv_sec)."""
     if ts.tv_nsec in (UTIME_NOW, UTIME_OMIT):
         return ts.tv_nsec
     return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -193,8 +193,7 @@ class ReplicatedFS:
     def __init__(self, root_fd: int, replicator: Replicator, *, read_only: bool = False,
                  ready: Callable[[], None] | None = None,
                  lock: OrderingLock | _ExclusiveOnly | None = None,
-                 context: Callable[[], tuple[int, int, int]] | None = None,
-                 writeback: bool | None = None) -> None:
+                 context: Callable[[], tuple[int, int, int]] | None = None) -> None:
         """``context()`` gives the calling process's (uid, gid, pid) (libfuse's
         fuse_get_context when mounted)."""
         self._root = root_fd
@@ -206,12 +205,6 @@ class ReplicatedFS:
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
-        # The kernel's writeback cache answers writes before we see them: only for a
-        # replicator that answers at barriers anyway (BARRIER durability), never
-        # when every write must wait for the secondary.
-        self.writeback = (bool(getattr(replicator, "streams_between_barriers", False))
-                          if writeback is None else writeback)
-        self.writeback_active = False
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
@@ -365,16 +358,7 @@ class ReplicatedFS:
         return self._submit([self._times_op(rel, os.fstat(h.fd))])
 
     # ---- lifecycle ------------------------------------------------------------
-    def init_with_config(self, conn, config) -> None:
-        """libfuse's init: ask for the kernel's writeback cache on the primary (it is
-        the directory's only writer). The kernel then batches the application's
-        writes in its page cache and sends them on writeback, fsync or close; it
-        keeps the times and sends them (SETATTR) before an FSYNC, so a barrier
-        still covers every write and time before it."""
-        if (conn is not None and not self.read_only and self.writeback
-                and conn.capable & FUSE_CAP_WRITEBACK_CACHE):
-            conn.want |= FUSE_CAP_WRITEBACK_CACHE
-            self.writeback_active = True
+    def init(self, path: str) -> None:
         if self._ready is not None:
             self._ready()
 
@@ -431,13 +415,8 @@ class ReplicatedFS:
 
     # ---- open files -------------------------------------------------------------
     def _local_flags(self, flags: int) -> int:
-        """The flags of our own open of the real file. With the writeback cache
-        the kernel may read a page to complete a partial write, through any
-        handle of the inode: a write-only open becomes read-write here."""
-        oflags = (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
-        if self.writeback_active and oflags & os.O_ACCMODE == os.O_WRONLY:
-            oflags = (oflags & ~os.O_ACCMODE) | os.O_RDWR
-        return oflags
+        """The flags of our own open of the real file."""
+        return (flags & ~_STRIP_FLAGS) | _OPEN_FLAGS
 
     def open(self, path: str, flags: int) -> int:
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:

@@ -154,12 +154,6 @@ class Sender:
 
     # ---- owner API -----------------------------------------------------------
     @property
-    def streams_between_barriers(self) -> bool:
-        """Only barriers wait (BARRIER durability): the FUSE layer may then let
-        the kernel cache writes (writeback) until the next barrier."""
-        return self._barriers
-
-    @property
     def state(self) -> SenderState:
         return self._state
 

@@ -641,3 +641,30 @@ def test_random_operation_sequences_leave_identical_trees(prop_fs, ops):
             prop_fs.failed += 1
     assert not prop_fs.rep.errors
     assert_same_tree(tree(prop_fs.under), tree(prop_fs.mirror))
+
+
+class _Ts(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def test_times_set_through_a_handle_or_one_at_a_time_reach_both_sides(fs):
+    """futimens on an open file (libfuse passes the handle: glibc's utimensat
+    refuses the NULL path that futimens means) and a change of the mtime alone
+    (the atime comes as UTIME_OMIT with an unset tv_sec: it must stay as it is)."""
+    rep = MirrorReplicator(fs.mirror)
+    fs.mount(rep)
+    path = fs.p("f")
+    with open(path, "wb") as f:
+        f.write(b"x")
+        f.flush()
+        os.utime(f.fileno(), ns=(1_000_000_123, 2_000_000_456))
+    st = os.stat(os.path.join(fs.under, "f"))
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 2_000_000_456)
+    omit = (1 << 30) - 2
+    times = (_Ts * 2)(_Ts(0, omit), _Ts(3, 789))
+    _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Ts), ctypes.c_int]
+    assert _libc.utimensat(AT_FDCWD, os.fsencode(path), times, 0) == 0, os.strerror(ctypes.get_errno())
+    st = os.stat(os.path.join(fs.under, "f"))
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_123, 3_000_000_789)
+    assert not rep.errors
+    assert_same_tree(tree(fs.under), tree(fs.mirror))
