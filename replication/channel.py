@@ -564,7 +564,11 @@ class ChannelClient:
         A refusal among them is not raised here: in async mode it is a late error
         (``late_error_count`` counts it before this returns, since the receiver
         answers in order). Raises PeerTimeout or ChannelClosed."""
-        self._wait_acked(lambda: self._acked_through() < seq, timeout, f"ops up to seq {seq}")
+        # The timeout is on progress: a barrier behind many streamed megabytes waits
+        # as long as the receiver keeps answering, and no longer than ``timeout``
+        # once it stops (a slow secondary is not a lost one).
+        self._wait_acked(lambda: self._acked_through() < seq, timeout, f"ops up to seq {seq}",
+                         progress=self._acked_through)
 
     @property
     def acked_through(self) -> int:
@@ -583,15 +587,21 @@ class ChannelClient:
         while order and order[0] not in outstanding:
             order.popleft()
 
-    def _wait_acked(self, pending: Callable[[], bool], timeout: float | None, what: str) -> None:
+    def _wait_acked(self, pending: Callable[[], bool], timeout: float | None, what: str,
+                    progress: Callable[[], int] | None = None) -> None:
+        """Until ``pending()`` is false (called under _cond). ``progress()``, if
+        given, restarts the timeout whenever its value changes."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             self._waiters += 1
+            seen = progress() if progress is not None else None
             try:
                 while pending():
                     if self._closed is not None:
                         raise self._closed_error()
+                    if progress is not None and (now := progress()) != seen:
+                        seen, deadline = now, time.monotonic() + timeout
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise PeerTimeout(f"no ack for {what} from {self.peer} within {timeout} s")

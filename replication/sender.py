@@ -357,11 +357,12 @@ class Sender:
         settling; else the peer's loss, committed). The caller then waits for a
         loss transition that may be running."""
         channel = self._channel_of(ticket)
-        deadline = time.monotonic() + self.ack_timeout_s
+        # a timeout on the receiver's progress (see wait_through), not on the total
         channel.wait_through(ticket.seq, self.ack_timeout_s)
         # The receiver answers in order: a refusal of an op before the barrier
         # arrived before the barrier's answer, so it is counted by now.
-        self._await_late(channel, channel.late_error_count, deadline)
+        self._await_late(channel, channel.late_error_count,
+                         time.monotonic() + self.ack_timeout_s)
         with self._lock:
             if channel is self._channel:
                 self._trim_answered(channel)
@@ -384,9 +385,8 @@ class Sender:
             channel, state = self._channel, self._state
         if channel is None or state is not SenderState.CONNECTED:
             raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
-        deadline = time.monotonic() + timeout
         channel.wait_through(channel.last_seq, timeout)
-        self._await_late(channel, channel.late_error_count, deadline)
+        self._await_late(channel, channel.late_error_count, time.monotonic() + timeout)
         with self._lock:
             if channel is not self._channel or self._state is not SenderState.CONNECTED:
                 raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")

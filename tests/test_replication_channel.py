@@ -637,3 +637,36 @@ def test_an_op_arriving_while_the_apply_thread_works_waits_its_turn(receiver, co
     c.wait(lone)
     assert (receiver.path / "renamed").read_bytes() == b"1"
     assert not (receiver.path / "slow").exists()
+
+
+def test_a_barrier_waits_while_the_receiver_progresses_and_not_once_it_stops(receiver, connect):
+    """wait_through's timeout is on progress: ops the receiver applies one by
+    one, each well within the timeout but all of them together far beyond it,
+    do not make a barrier fail; a receiver that stops answering does."""
+    steps = threading.Semaphore(0)
+    real = receiver.applier.apply
+
+    def apply(op):
+        if op.path.startswith("step"):
+            assert steps.acquire(timeout=10)
+        real(op)
+    receiver.applier.apply = apply
+    c = connect(receiver, ack_mode="async")
+    seqs = [c.send_op(Op(OpKind.CREATE, f"step{i}")) for i in range(15)]
+    stop = threading.Event()
+
+    def release_one_by_one():
+        for _ in seqs:
+            if stop.wait(0.15):
+                return
+            steps.release()
+    t = threading.Thread(target=release_one_by_one, daemon=True)
+    t.start()
+    c.wait_through(seqs[-1], timeout=1.0)     # 15 x 0.15 s: longer than the timeout
+    t.join(5)
+    assert c.acked_through >= seqs[-1]
+    stuck = c.send_op(Op(OpKind.CREATE, "step-never"))
+    with pytest.raises(PeerTimeout, match=f"ops up to seq {stuck}"):
+        c.wait_through(stuck, timeout=0.3)
+    stop.set()
+    steps.release()
