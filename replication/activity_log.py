@@ -85,6 +85,14 @@ class ActivityState:
         self.records.append((seq, sign, keys))
         return seq
 
+    def cover(self, keys: Iterable[Key]) -> list[Key]:
+        """``keys`` with each region of a path whose NOTE key is active replaced by
+        that NOTE key (the whole path is marked already: a new file's writes then
+        cost no record, hence no fsync, while its create is still hot)."""
+        active = self.active
+        return list(dict.fromkeys((p, NOTE) if r != NOTE and (p, NOTE) in active else (p, r)
+                                  for p, r in keys))
+
     def begin(self, keys: Iterable[Key], now: float) -> int:
         keys = list(dict.fromkeys(keys))
         new = [k for k in keys if k not in self.active]
@@ -284,6 +292,7 @@ class ActivityLog:
     def begin(self, keys: list[Key]) -> Activity:
         """Returns once every key is durably active; the change may then be applied."""
         with self._lock:
+            keys = self._state.cover(keys)
             need = self._state.begin(keys, self._clock())
             durable = self._state.durable_seq >= need
         if not durable:

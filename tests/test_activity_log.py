@@ -24,7 +24,7 @@ def test_regions_cover_exactly_the_range(offset, length, size):
     assert regions[-1] * size <= offset + length - 1 < (regions[-1] + 1) * size
 
 
-KEYS = st.sampled_from([("a", 0), ("a", 1), ("b", 0), ("c", NOTE)])
+KEYS = st.sampled_from([("a", 0), ("a", 1), ("a", NOTE), ("b", 0), ("c", NOTE)])
 ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("begin"), st.integers(0, 3), st.lists(KEYS, min_size=1, max_size=3)),
     st.tuples(st.just("flush"), st.integers(0, 3)),
@@ -51,7 +51,10 @@ def test_a_write_never_lands_in_a_region_that_is_not_durably_marked(actions, dat
         if kind == "tick":
             now += action[1]
         elif kind == "begin" and action[1] not in writers:
-            writers[action[1]] = (action[2], state.begin(action[2], now), False)
+            # as ActivityLog.begin: a path's active NOTE key covers its regions
+            used = state.cover(action[2])
+            assert all(k in used or (k[0], NOTE) in used for k in action[2])
+            writers[action[1]] = (used, state.begin(used, now), False)
         elif kind == "flush":
             # Group commit: write everything pending, fsync (as ActivityLog does).
             records, seq = state.pending()
@@ -74,6 +77,21 @@ def test_a_write_never_lands_in_a_region_that_is_not_durably_marked(actions, dat
             if all(s == "-" for _, s, _ in records):
                 file += [(s, k) for _, s, k in records]
                 state.written(seq)
+
+
+def test_writes_to_a_path_whose_create_is_still_hot_cost_no_io(tmp_path):
+    """A new small file: its create marks the whole path (NOTE); its writes are
+    covered by that mark, so they add no record (no fsync) until it goes cold."""
+    log = ActivityLog(str(tmp_path), epoch=3, region_size=1 << 20)
+    log.end(log.begin_paths("d/new"))
+    grown = os.path.getsize(log.path)
+    for i in range(3):
+        activity = log.begin_write("d/new", (5 << 20) * i, 4096)
+        assert activity.keys == [("d/new", NOTE)]
+        log.end(activity)
+    assert os.path.getsize(log.path) == grown
+    assert log.active() == {("d/new", NOTE)}
+    log.close()
 
 
 def test_second_write_to_an_active_region_costs_no_io(tmp_path):
