@@ -2,7 +2,7 @@
 
 Public API: the daemons and the configuration they run from.
 """
-from .cluster_config import ClusterConfig, ConfigError, load as load_config
-from .daemon import Daemon, NodeDaemon, WitnessDaemon
+from .node.cluster_config import ClusterConfig, ConfigError, load as load_config
+from .node.daemon import Daemon, NodeDaemon, WitnessDaemon
 
 __all__ = ["ClusterConfig", "ConfigError", "load_config", "Daemon", "NodeDaemon", "WitnessDaemon"]

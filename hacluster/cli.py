@@ -14,9 +14,9 @@ from typing import Any, Sequence
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
-from . import cluster_config
-from .cluster_config import ConfigError, DEFAULT_RAFT_PORT
-from .control import ControlError, request
+from .node import cluster_config
+from .node.cluster_config import ConfigError, DEFAULT_RAFT_PORT
+from .node.control import ControlError, request
 
 
 def _config_dir(args: argparse.Namespace) -> Path:
@@ -395,12 +395,12 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 # ---- daemons -------------------------------------------------------------------
 def cmd_node_run(args: argparse.Namespace) -> int:
-    from .daemon import NodeDaemon
+    from .node.daemon import NodeDaemon
     return NodeDaemon(_load(args), contend=args.contend).run()
 
 
 def cmd_witness_run(args: argparse.Namespace) -> int:
-    from .daemon import WitnessDaemon
+    from .node.daemon import WitnessDaemon
     return WitnessDaemon(_load(args)).run()
 
 

@@ -25,13 +25,13 @@ from vip.farm_vip import FarmVip, cleanup_leftovers
 from vip.lifetime import needs_refresh
 
 from . import farm_machine as fm
-from .control import ControlError
+from .node.control import ControlError
 from .module_checks import RESUME, ModuleChecks
 from .module_runtime import ModuleRuntime, PlanFailed
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+    from .node.daemon import NodeDaemon
 
 log = logging.getLogger("hacluster.farm")
 

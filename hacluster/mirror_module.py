@@ -32,16 +32,16 @@ from vip import VipAnnouncer, has_vip
 
 from . import default_primary
 from . import mirror_machine as mm
-from .control import ControlError
-from .lease_holder import LeaseHolder
+from .node.control import ControlError
+from .node.lease_holder import LeaseHolder
 from .module_checks import RESUME, ModuleChecks
 from .module_nodes import ModuleNodesError, replication_hosts
 from .module_runtime import ModuleRuntime, PlanFailed, PlanNotYet
-from .peer_control import PeerControlError, call_peer, peer_control_address
+from .node.peer_control import PeerControlError, call_peer, peer_control_address
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+    from .node.daemon import NodeDaemon
 
 log = logging.getLogger("hacluster.mirror")
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from raft.durable_storage import private_dir
 
 from . import module_package
-from .control import ControlError
+from .node.control import ControlError
 from .farm_module import FarmModule
 from .mirror_module import MirrorModule
 from .module_checks import CHECKS_COMMANDS, checks_command
@@ -25,7 +25,7 @@ from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from .module_package import ModulePackageError
 
 if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+    from .node.daemon import NodeDaemon
 
 log = logging.getLogger("hacluster.modules")
 

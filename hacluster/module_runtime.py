@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from raft.durable_storage import private_dir
 
-from .control import ControlError
+from .node.control import ControlError
 from .module_scripts import ScriptRunner
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+    from .node.daemon import NodeDaemon
     from .module_checks import ModuleChecks
 
 log = logging.getLogger("hacluster.module")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from checkers.failover_rules import parse_rules
-from hacluster.control import ControlError
+from hacluster.node.control import ControlError
 from hacluster.module_checks import (RESUME, CheckPolicy, ModuleChecks, ModuleIncarnation,
                                      checks_command)
 from hacluster.userconfig import parse_userconfig
