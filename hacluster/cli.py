@@ -223,7 +223,7 @@ def cmd_lease_list(args: argparse.Namespace) -> int:
 
 # ---- modules ---------------------------------------------------------------------
 def cmd_module_package(args: argparse.Namespace) -> int:
-    from .module_package import ModulePackageError, package
+    from .modules.package import ModulePackageError, package
     try:
         digest = package(args.dir, args.out)
     except ModulePackageError as e:

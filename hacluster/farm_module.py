@@ -26,9 +26,9 @@ from vip.lifetime import needs_refresh
 
 from . import farm_machine as fm
 from .node.control import ControlError
-from .module_checks import RESUME, ModuleChecks
-from .module_runtime import ModuleRuntime, PlanFailed
-from .userconfig import ModuleConfig
+from .modules.checks import RESUME, ModuleChecks
+from .modules.runtime import ModuleRuntime, PlanFailed
+from .modules.userconfig import ModuleConfig
 
 if TYPE_CHECKING:
     from .node.daemon import NodeDaemon

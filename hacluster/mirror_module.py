@@ -34,11 +34,11 @@ from . import default_primary
 from . import mirror_machine as mm
 from .node.control import ControlError
 from .node.lease_holder import LeaseHolder
-from .module_checks import RESUME, ModuleChecks
-from .module_nodes import ModuleNodesError, replication_hosts
-from .module_runtime import ModuleRuntime, PlanFailed, PlanNotYet
+from .modules.checks import RESUME, ModuleChecks
+from .modules.nodes import ModuleNodesError, replication_hosts
+from .modules.runtime import ModuleRuntime, PlanFailed, PlanNotYet
 from .node.peer_control import PeerControlError, call_peer, peer_control_address
-from .userconfig import ModuleConfig
+from .modules.userconfig import ModuleConfig
 
 if TYPE_CHECKING:
     from .node.daemon import NodeDaemon

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hacluster.module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from hacluster.modules.fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 
 SECRET = "cluster-secret"
 CONTENT = os.urandom(300_000)

@@ -13,7 +13,7 @@ import pytest
 import uvloop
 
 from chaos.lab import wait_until
-from hacluster.module_scripts import ScriptRunner
+from hacluster.modules.scripts import ScriptRunner
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+): (.*)$")
 

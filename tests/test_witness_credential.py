@@ -13,7 +13,7 @@ import pytest
 
 from hacluster import cli
 from hacluster.node.cluster_config import load
-from hacluster.module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from hacluster.modules.fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from hacluster.node.peer_control import PeerControlError, PeerControlServer, call_peer
 from raft.cluster_state import ClusterState
 from replication.channel import AuthError, ChannelClient

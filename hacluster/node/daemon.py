@@ -314,7 +314,7 @@ class NodeDaemon(Daemon):
         self.modules = None
 
     async def started(self) -> None:
-        from hacluster.module_registry import ModuleRegistry
+        from hacluster.modules.registry import ModuleRegistry
         self.modules = ModuleRegistry(self)
         await self.modules.start()
         self.track(asyncio.create_task(self.modules.sync()))

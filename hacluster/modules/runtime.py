@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from raft.durable_storage import private_dir
 
-from .node.control import ControlError
-from .module_scripts import ScriptRunner
+from hacluster.node.control import ControlError
+from .scripts import ScriptRunner
 from .userconfig import ModuleConfig
 
 if TYPE_CHECKING:
-    from .node.daemon import NodeDaemon
-    from .module_checks import ModuleChecks
+    from hacluster.node.daemon import NodeDaemon
+    from .checks import ModuleChecks
 
 log = logging.getLogger("hacluster.module")
 

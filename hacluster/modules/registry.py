@@ -2,7 +2,7 @@
 
 ``module install`` checks the package here, installs it locally, then commits
 its digest in Raft; every other node sees the committed entry, fetches the
-bytes from the node that has them (``module_fetch``, authenticated by the
+bytes from the node that has them (``modules.fetch``, authenticated by the
 cluster secret, checked against the committed digest) and installs the same
 package. Each installed mirror module gets a ``MirrorModule`` runtime.
 """
@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 from raft.durable_storage import private_dir
 
-from . import module_package
-from .node.control import ControlError
-from .farm_module import FarmModule
-from .mirror_module import MirrorModule
-from .module_checks import CHECKS_COMMANDS, checks_command
-from .module_nodes import ModuleNodesError, module_nodes
-from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
-from .module_package import ModulePackageError
+from . import package
+from hacluster.node.control import ControlError
+from hacluster.farm_module import FarmModule
+from hacluster.mirror_module import MirrorModule
+from .checks import CHECKS_COMMANDS, checks_command
+from .nodes import ModuleNodesError, module_nodes
+from .fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from .package import ModulePackageError
 
 if TYPE_CHECKING:
-    from .node.daemon import NodeDaemon
+    from hacluster.node.daemon import NodeDaemon
 
 log = logging.getLogger("hacluster.modules")
 
@@ -64,7 +64,7 @@ class ModuleRegistry:
 
     async def start(self) -> None:
         await self.fetch_server.start()
-        for m in module_package.list_installed(self.dir):
+        for m in package.list_installed(self.dir):
             self.installed[m.name] = m.digest
 
     async def close(self) -> None:
@@ -101,7 +101,7 @@ class ModuleRegistry:
             await rt.close()
         for name in sorted(set(self.installed) - set(wanted)):
             try:
-                module_package.uninstall(self.dir, name)
+                package.uninstall(self.dir, name)
             except (ModulePackageError, OSError) as e:
                 log.error("event=module_uninstall_failed module=%s error=%r", name, str(e))
             self.installed.pop(name, None)
@@ -124,7 +124,7 @@ class ModuleRegistry:
         try:
             data = await fetch_module(host, port, self.daemon.config.read_secret(), mod["digest"])
             installed = await asyncio.get_running_loop().run_in_executor(
-                None, module_package.install, data, self.dir, name)
+                None, package.install, data, self.dir, name)
         except (ModuleFetchError, ModulePackageError, OSError) as e:
             self.errors[name] = f"fetching {name} from {source}: {e}"
             log.error("event=module_fetch_failed module=%s source=%s error=%r", name, source, str(e))
@@ -139,7 +139,7 @@ class ModuleRegistry:
 
     def _start_runtime(self, name: str, mod: dict, snap: dict) -> None:
         path = self.dir / name
-        config = next((m.config for m in module_package.list_installed(self.dir) if m.name == name), None)
+        config = next((m.config for m in package.list_installed(self.dir) if m.name == name), None)
         if config is None:
             self.errors[name] = f"module {name} is not installed on this node"
             return
@@ -195,8 +195,8 @@ class ModuleRegistry:
             name = Path(path).name.removesuffix(".safe")
         loop = asyncio.get_running_loop()
         try:
-            module_package.check_module_name(name)
-            checked = await loop.run_in_executor(None, module_package.check, data, path, name)
+            package.check_module_name(name)
+            checked = await loop.run_in_executor(None, package.check, data, path, name)
         except ModulePackageError as e:
             raise ControlError(str(e)) from None
         snap = self.daemon.raft.snapshot()
@@ -207,7 +207,7 @@ class ModuleRegistry:
                                "another version (nothing installed)")
         async with self._sync_lock:
             try:
-                installed = await loop.run_in_executor(None, module_package.install, data, self.dir, name)
+                installed = await loop.run_in_executor(None, package.install, data, self.dir, name)
             except ModulePackageError as e:
                 raise ControlError(str(e)) from None
             self.installed[name] = installed.digest

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .module_scripts import SCRIPTS
+from .scripts import SCRIPTS
 from .userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
 from raft.durable_storage import durable_replace, private_dir
 from replication.dirty_bitmap import fsync_dir

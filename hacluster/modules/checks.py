@@ -38,7 +38,7 @@ from checkers.module import READY_STATES, ModuleWatch
 from checkers.resource import INIT, Resource, ResourceTable, is_active
 from checkers.runner import Check, CheckRunner
 
-from .node.control import ControlError
+from hacluster.node.control import ControlError
 from .userconfig import CheckConfig, ErrdProc, ModuleConfig
 
 log = logging.getLogger("hacluster.module_checks")
@@ -485,7 +485,7 @@ def module_state_source(daemon: Any, c: CheckConfig) -> Callable[[], Any]:
             return checks.observation() if checks is not None else None
         return local
 
-    from .node.peer_control import PeerControlError, call_peer, peer_control_address
+    from hacluster.node.peer_control import PeerControlError, call_peer, peer_control_address
     addr = c.addrs[0]
 
     async def remote() -> tuple[str, Hashable] | None:
