@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from hypothesis import example, given, settings, strategies as st
 
-from hacluster.mirror_machine import (
+from hacluster.mirror.machine import (
     CheckerDown, CheckerUp, CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
     LeaseAcquired, LeaseLost, LeaseReleased, MirrorMachine, Pause, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
     RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
