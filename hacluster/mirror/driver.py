@@ -26,9 +26,9 @@ from typing import Any, Mapping
 from raft.cluster_state import liveness_resource, mirror_resource
 from raft.commands import (BEGIN_GENERATION, LEAVE_IN_SYNC, NAME_GOOD_COPY, SET_IN_SYNC,
                            SET_INTENT)
-from raft.durable_storage import durable_replace
 from replication import copy_identity as ci
 from replication.activity_log import AL_FILE
+from replication.durable_file import atomic_write
 from replication.mount import unmount
 from vip import VipAnnouncer, has_vip
 
@@ -445,9 +445,7 @@ class MirrorModule(ModuleRuntime):
 
     def _lease_acquired(self, epoch: int) -> None:
         try:
-            tmp = self._last_epoch_path.with_suffix(".tmp")
-            tmp.write_text(f"{epoch}\n")
-            durable_replace(str(tmp), str(self._last_epoch_path))
+            atomic_write(self._last_epoch_path, f"{epoch}\n", mode=0o644)
         except OSError as e:
             log.warning("event=last_epoch_not_saved module=%s error=%r", self.name, str(e))
         self.feed(mm.LeaseAcquired(epoch))
