@@ -50,7 +50,7 @@ def test_the_cli_s_module_verbs_and_their_spellings_are_declared_commands():
         assert name in commands.MODULE_COMMANDS, argv
     verbs = [c.name for c in commands.MODULE_COMMANDS.values() if c.verb]
     assert verbs == ["start", "stop", "forcestop", "restart", "stopstart", "swap", "prim", "second",
-                     "primforce"]
+                     "primforce", "why"]
 
 
 def test_a_module_command_is_refused_in_words_for_a_kind_that_has_none():

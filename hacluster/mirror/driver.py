@@ -630,6 +630,8 @@ class MirrorModule(ModuleRuntime):
             self._overwrite_ok = True
         elif name == "forget_sync_point":
             return self.forget_sync_point()
+        elif name == "why":
+            return "\n".join(self.machine.why())
         elif name == "stamp_copy":      # from the primary's daemon, through peer control
             epoch = request.get("epoch")
             if not isinstance(epoch, int) or isinstance(epoch, bool):

@@ -344,6 +344,45 @@ class MirrorMachine:
                                      CommitIntent("start")), self.state, f"{name} command"))
         return Output(refused=f"unknown command {name!r}")
 
+    def why(self) -> list[str]:
+        """Why the module is where it is and where it is going, in words, from what
+        this machine knows (``hacluster -m M why``); changes nothing."""
+        v, (state, ready) = self.view, self.display
+        lines = [f"{state.value} ({ready}), heading for {self._target().value}"]
+        if self.running is not None:
+            lines.append(f"in transition: {self.running.reason}")
+        if v.intent != "start":
+            lines.append(f"the committed intent of {self.node} is {v.intent or 'none'}: "
+                         "'start' starts it")
+        if self.hold_stop:
+            lines.append("stopping here to start again" if self.restart_after_stop else
+                         "held stopped here (a checker's stop, or failed starts beyond maxloop): "
+                         "'start' lifts it")
+        if self.waiting:
+            lines.append(f"waiting until checker(s) {', '.join(sorted(self.waiting))} are up again")
+        if self.epoch is not None:
+            lines.append(f"{self.node} holds the module lease, epoch {self.epoch}")
+        else:
+            lines.append(f"{v.holder} holds the module lease, epoch {v.epoch}" if v.holder
+                         else "nobody holds the module lease")
+        current = ", ".join(sorted(v.in_sync)) or "none"
+        lines.append(f"current copies (in sync): {current}" + (
+            "" if self.node in v.in_sync else f"; the copy on {self.node} is not current"))
+        if v.copy_problem and state not in PRIMARY:
+            lines.append(f"the copy on {self.node} may not become primary by itself: "
+                         f"{v.copy_problem} ('primforce' overrides)")
+        if not v.failover:
+            lines.append("automatic failover is off")
+        if self.swap_pending:
+            lines.append(f"swap: waiting for {self.peer} to take the lease")
+        lines.append(f"{self.peer} is {'live' if v.peer_live else 'not live'}; "
+                     + ("asking Raft for the module lease" if self._contend
+                        else "not asking for the module lease"))
+        if self.start_failures:
+            lines.append(f"{len(self.start_failures)} failed start(s) counted against "
+                         f"maxloop {self.maxloop}")
+        return lines
+
     # ---- deciding where to go ----------------------------------------------------------
     def _target(self) -> State:
         v = self.view

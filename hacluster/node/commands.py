@@ -105,6 +105,7 @@ MODULE_COMMANDS: dict[str, ModuleCommand] = {c.name: c for c in (
                   verb="make this node primary even if its copy is not current (loud)",
                   force="do it: without it, primforce only says what it would overwrite"),
     ModuleCommand("primforce_force", _MIRROR),
+    ModuleCommand("why", _MIRROR, verb="why the module is in its state and what it waits for"),
     FORGET_SYNC_POINT, STAMP_COPY, FAILOVER_ON, FAILOVER_OFF,
     RESOURCES, SET_RESOURCE, ERRD_ON, ERRD_OFF, CHECKER_ON, CHECKER_OFF, RESETLOOP,
 )}
