@@ -211,12 +211,7 @@ class FarmModule(ModuleRuntime):
     async def close(self) -> None:
         """Daemon shutdown: stop serving (the liveness release takes this node out of
         the farm in Raft), stop the application, keep the intent."""
-        self.closed = True
-        if self.checks is not None:
-            await self.checks.stop()
-        if self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-            await asyncio.gather(self._plan_task, return_exceptions=True)
+        await self._stop_following()
         loop = asyncio.get_running_loop()
         if self.farm_vip is not None:
             try:

@@ -700,12 +700,7 @@ class MirrorModule(ModuleRuntime):
 
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""
-        self.closed = True
-        if self.checks is not None:
-            await self.checks.stop()
-        if self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-            await asyncio.gather(self._plan_task, return_exceptions=True)
+        await self._stop_following()
         for v in self.vips:
             await v.drop()
         cur = self.machine.display[0].value

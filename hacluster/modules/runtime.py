@@ -263,6 +263,16 @@ class ModuleRuntime:
             vip_interfaces={v.addr: v.interface for v in self.config.vips})
         self.checks.start()
 
+    async def _stop_following(self) -> None:
+        """At daemon shutdown, first: no more events, checkers stopped, the running
+        plan cancelled; the driver then stops what its kind holds."""
+        self.closed = True
+        if self.checks is not None:
+            await self.checks.stop()
+        if self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+            await asyncio.gather(self._plan_task, return_exceptions=True)
+
     # ---- a mirror's replication hooks (its mount process, on the control socket) -------------
     def _no_replication(self) -> ControlError:
         return ControlError(f"module {self.name} is a {self.mode} module: it has no replication")
