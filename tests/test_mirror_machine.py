@@ -681,6 +681,7 @@ def test_why_says_what_holds_the_module_where_it_is():
     assert sim.m["b"].why() == [
         "SECOND (Ready), heading for SECOND", "a holds the module lease, epoch 1",
         "current copies (in sync): a, b", "a is live; asking Raft for the module lease"]
+    assert sim.m["a"].why()[:2] == ["PRIM (Ready), heading for PRIM", "a holds the module lease, epoch 1"]
     sim.feed("a", CheckerDown("app.tcp", "wait"))
     assert "waiting until checker(s) app.tcp are up again" in sim.m["a"].why()
     before = sim.m["a"].display

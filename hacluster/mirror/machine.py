@@ -348,7 +348,10 @@ class MirrorMachine:
         """Why the module is where it is and where it is going, in words, from what
         this machine knows (``hacluster -m M why``); changes nothing."""
         v, (state, ready) = self.view, self.display
-        lines = [f"{state.value} ({ready}), heading for {self._target().value}"]
+        target = self._target()
+        # as it will be shown: a primary is PRIM with its peer in sync, ALONE without
+        heading = self._primary_state() if target in PRIMARY else target
+        lines = [f"{state.value} ({ready}), heading for {heading.value}"]
         if self.running is not None:
             lines.append(f"in transition: {self.running.reason}")
         if v.intent != "start":
