@@ -640,7 +640,7 @@ def run_farm_episode(farm: FarmLab, index: int, name: str, seed: int,
     rng = episode_rng(seed, index, name)
     nem = make_farm_nemesis(name)
     hold = max(nem.min_hold_s, rng.uniform(*hold_range_s))
-    from hacluster.farm_module import hash_seed
+    from hacluster.farm.driver import hash_seed
     repaired = _repair(farm, recovery_bound_s)
     work = FarmWorkload(farm, seed=f"farm/{seed}/{index}/{name}").start()
     ep = FarmEpisode(index, name, f"farm/{seed}/{index}/{name}", {}, hold)

@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, unquote_to_bytes
 
+from replication.durable_file import fsync_dir
+
 log = logging.getLogger("chaos.kvapp")
 
 LOG_NAME = "kv.log"
@@ -92,14 +94,6 @@ def replay(data: bytes, path: str = LOG_NAME) -> tuple[dict[str, str], int, int]
     return table, records, offset
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KvStore:
     """The log plus its in-memory table; appends are serialised by a lock."""
 
@@ -117,7 +111,7 @@ class KvStore:
         self._table, self.records, self._good = replay(data, str(self.path))
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if not existed:
-            _fsync_dir(self.data_dir)  # the file's name must survive a crash too
+            fsync_dir(self.data_dir)  # the file's name must survive a crash too
         if self._good < len(data):
             # Cut the torn record now, or the next append would glue onto it.
             self.dropped_tail_bytes = len(data) - self._good

@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import psutil
 
-from hacluster.control import ControlError, request
-from hacluster.structured_log import parse_line
+from hacluster.node.control import ControlError, request
+from hacluster.node.structured_log import parse_line
 
 from .lab import Lab, LabProcess, wait_until
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hacluster.control import ControlError, request
+from hacluster.node.control import ControlError, request
 
 from .lab import Lab, wait_until
 from .lab_cluster import LabCluster

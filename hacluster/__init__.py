@@ -1,8 +1,16 @@
 """hacluster: a software-only high-availability cluster for Linux on a Raft core.
 
-Public API: the daemons and the configuration they run from.
-"""
-from .cluster_config import ClusterConfig, ConfigError, load as load_config
-from .daemon import Daemon, NodeDaemon, WitnessDaemon
+The package is in rooms; each imports only the rooms below it
+(tests/test_import_graph.py):
 
-__all__ = ["ClusterConfig", "ConfigError", "load_config", "Daemon", "NodeDaemon", "WitnessDaemon"]
+  cli.py, __main__.py  the ``hacluster`` command line: a thin client of the local daemon
+  node_daemon.py       a data node: the daemon and its modules, put together
+  mirror/, farm/       the two kinds of module: a pure state machine and its driver
+  modules/             what every module has (registry, runtime, packages, fetch,
+                       scripts, checks, userconfig) and ``ModuleHost``, all it sees of
+                       its node
+  node/                the cluster member: daemon, control socket, peer control, lease
+                       holder, configuration, the table of control commands, the log
+
+Nothing is imported here, so that a room loads only what it uses.
+"""

@@ -1,7 +1,8 @@
 """``hacluster`` command line: a thin client of the local daemon's control API
 (plus ``cluster init``, which writes configuration and needs no daemon).
 Tables for people, ``--json`` for programs; errors are one line on stderr
-and exit code 1 (2 for usage errors)."""
+and exit code 1 (2 for usage errors). The commands it sends, and its plain
+module verbs, come from the daemon's table (``hacluster.node.commands``)."""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ from typing import Any, Sequence
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
-from . import cluster_config
-from .cluster_config import ConfigError, DEFAULT_RAFT_PORT
-from .control import ControlError, request
+from .node import cluster_config, commands
+from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
+from .node.control import ControlError, request
 
 
 def _config_dir(args: argparse.Namespace) -> Path:
@@ -49,7 +50,7 @@ def _on_hosts(args: argparse.Namespace, cmd: str, human: Any, timeout: float = 3
     hosts = _hosts(args)
     if hosts is None:
         return None
-    rows = _call(args, "forward", hosts="all" if hosts == ["all"] else hosts,
+    rows = _call(args, commands.FORWARD.name, hosts="all" if hosts == ["all"] else hosts,
                  request={"cmd": cmd, **kw}, timeout=timeout + 5)
     if getattr(args, "json", False):
         print(json.dumps(rows, indent=2, sort_keys=True))
@@ -136,7 +137,7 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
-    st = _call(args, "status")
+    st = _call(args, commands.STATUS.name)
     head = (f"cluster {st['cluster']}  (seen from {st['node']}, {st['role']})\n"
             f"leader {st['leader'] or '-'}  term {st['term']}  commit {st['commit_index']}  "
             f"applied {st['last_applied']}  quorum {'yes' if st['has_quorum'] else 'NO'}")
@@ -196,7 +197,7 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
             raise ConfigError(f"add-node {args.name} --out: this member is a witness and holds "
                               "only the Raft credential, not the cluster secret a data node needs: "
                               "run it on a data node (nothing was changed)")
-        res = _member_request(cfg, f"add-{role} {args.name}", "add_member", name=args.name,
+        res = _member_request(cfg, f"add-{role} {args.name}", commands.ADD_MEMBER.name, name=args.name,
                               address=address, role=role)
         text = f"added {role} {args.name} ({address}) through Raft"
         if out is not None:
@@ -206,7 +207,7 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
                                                 secret, cfg.raft, cfg.read_raft_secret())
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
-        res = _member_request(cfg, f"remove-{role} {args.name}", "remove_member",
+        res = _member_request(cfg, f"remove-{role} {args.name}", commands.REMOVE_MEMBER.name,
                               name=args.name, role=role)
         text = f"removed {role} {args.name} through Raft"
     text += "\nmembers: " + ", ".join(f"{n} ({m['role']})" for n, m in sorted(res["members"].items()))
@@ -215,7 +216,7 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
 
 
 def cmd_lease_list(args: argparse.Namespace) -> int:
-    rows = _call(args, "leases")
+    rows = _call(args, commands.LEASES.name)
     _print(args, rows, table(rows, [("resource", "LEASE"), ("holder", "HOLDER"), ("epoch", "EPOCH"),
                                     ("lease_s", "LEASE S"), ("eligible", "ELIGIBLE")]))
     return 0
@@ -223,7 +224,7 @@ def cmd_lease_list(args: argparse.Namespace) -> int:
 
 # ---- modules ---------------------------------------------------------------------
 def cmd_module_package(args: argparse.Namespace) -> int:
-    from .module_package import ModulePackageError, package
+    from .modules.package import ModulePackageError, package
     try:
         digest = package(args.dir, args.out)
     except ModulePackageError as e:
@@ -233,7 +234,7 @@ def cmd_module_package(args: argparse.Namespace) -> int:
 
 
 def cmd_module_install(args: argparse.Namespace) -> int:
-    res = _call(args, "module_install", package=str(Path(args.package).resolve()), name=args.name,
+    res = _call(args, commands.MODULE_INSTALL.name, package=str(Path(args.package).resolve()), name=args.name,
                 timeout=120)
     text = f"installed {res['mode']} module {res['module']} (sha256 {res['digest'][:12]}) on every node"
     for w in res.get("warnings", []):
@@ -243,7 +244,7 @@ def cmd_module_install(args: argparse.Namespace) -> int:
 
 
 def cmd_module_uninstall(args: argparse.Namespace) -> int:
-    res = _call(args, "module_uninstall", module=args.module)
+    res = _call(args, commands.MODULE_UNINSTALL.name, module=args.module)
     _print(args, res, f"uninstalled module {res['module']} from every node")
     return 0
 
@@ -258,7 +259,7 @@ def _module_table(rows: list[dict]) -> str:
 
 
 def cmd_module_list(args: argparse.Namespace) -> int:
-    return _run(args, "module_list", _module_table)
+    return _run(args, commands.MODULE_LIST.name, _module_table)
 
 
 def _module(args: argparse.Namespace) -> str:
@@ -268,24 +269,27 @@ def _module(args: argparse.Namespace) -> str:
 
 
 def cmd_module_command(args: argparse.Namespace) -> int:
+    """A plain module verb (``commands.MODULE_COMMANDS``): ``fullsync`` and ``--force``
+    name commands of their own (prim_fullsync, second_force, ...)."""
     name = args.mcmd
-    if name in ("prim", "second") and getattr(args, "fullsync", None):
+    if getattr(args, "fullsync", None):
         name += "_fullsync"
-    if name.startswith(("primforce", "second")) and getattr(args, "force", False):
+    if getattr(args, "force", False):
         name += "_force"
     kw = {"module": _module(args), "cmd_name": name}
 
     def human(res: dict) -> str:
         return f"{res['module']} on {res['node']}: {res['message']}"
-    return _run(args, "module_cmd", human, **kw)
+    return _run(args, commands.MODULE_CMD.name, human, **kw)
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    kw = {"module": _module(args), "cmd_name": f"failover_{args.onoff}"}
+    failover = commands.FAILOVER_ON if args.onoff == "on" else commands.FAILOVER_OFF
+    kw = {"module": _module(args), "cmd_name": failover.name}
 
     def human(res: dict) -> str:
         return f"{res['module']}: automatic failover {'on' if res['failover'] else 'off'}"
-    return _run(args, "module_cmd", human, **kw)
+    return _run(args, commands.MODULE_CMD.name, human, **kw)
 
 
 # ---- checkers -------------------------------------------------------------------
@@ -304,8 +308,8 @@ def _resources_text(res: dict) -> str:
 
 
 def cmd_resources(args: argparse.Namespace) -> int:
-    kw = {"module": _module(args), "cmd_name": "resources"}
-    return _run(args, "module_cmd", _resources_text, **kw)
+    kw = {"module": _module(args), "cmd_name": commands.RESOURCES.name}
+    return _run(args, commands.MODULE_CMD.name, _resources_text, **kw)
 
 
 def cmd_checks_command(args: argparse.Namespace) -> int:
@@ -315,7 +319,7 @@ def cmd_checks_command(args: argparse.Namespace) -> int:
 
     def human(res: dict) -> str:
         return f"{res['module']} on {res['node']}: {res['message']}"
-    return _run(args, "module_cmd", human, **kw)
+    return _run(args, commands.MODULE_CMD.name, human, **kw)
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -326,8 +330,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     module = args.module or os.environ.get("HACLUSTER_MODULE")
     if not module:
         raise ConfigError("set needs a module: hacluster -m MODULE set ... (or $HACLUSTER_MODULE)")
-    res = _call(args, "module_cmd", module=module, cmd_name="set_resource", resource=args.resource,
-                value=args.value)
+    res = _call(args, commands.MODULE_CMD.name, module=module, cmd_name=commands.SET_RESOURCE.name,
+                resource=args.resource, value=args.value)
     _print(args, res, f"{res['module']} on {res['node']}: {res['message']}")
     return 0
 
@@ -362,14 +366,14 @@ def _states_text(rows: list[dict]) -> str:
 
 def cmd_state(args: argparse.Namespace) -> int:
     if not args.module:
-        return _run(args, "module_state", _states_text)
-    on_hosts = _on_hosts(args, "module_state", _state_line, module=args.module)
+        return _run(args, commands.MODULE_STATE.name, _states_text)
+    on_hosts = _on_hosts(args, commands.MODULE_STATE.name, _state_line, module=args.module)
     if on_hosts is not None:
         # One node: its SafeKit exit code; several: whether every node answered.
         if len(on_hosts) == 1 and on_hosts[0]["ok"]:
             return on_hosts[0]["result"]["exit_code"]
         return _rows_exit(on_hosts)
-    st = _call(args, "module_state", module=args.module)
+    st = _call(args, commands.MODULE_STATE.name, module=args.module)
     _print(args, st, _state_line(st))
     return st["exit_code"]
 
@@ -380,27 +384,27 @@ def cmd_waitstate(args: argparse.Namespace) -> int:
     def human(st: dict) -> str:
         return _state_line(st) + ("" if st["reached"] else f"  (not {args.state.upper()} "
                                                           f"within {args.timeout} s)")
-    on_hosts = _on_hosts(args, "module_waitstate", human, timeout=args.timeout + 10, **kw)
+    on_hosts = _on_hosts(args, commands.MODULE_WAITSTATE.name, human, timeout=args.timeout + 10, **kw)
     if on_hosts is not None:
         return 0 if all(r["ok"] and r["result"]["reached"] for r in on_hosts) else 1
-    st = _call(args, "module_waitstate", timeout=args.timeout + 10, **kw)
+    st = _call(args, commands.MODULE_WAITSTATE.name, timeout=args.timeout + 10, **kw)
     _print(args, st, human(st))
     return 0 if st["reached"] else 1
 
 
 def cmd_log(args: argparse.Namespace) -> int:
     kw = {"module": _module(args), "kind": args.kind, "lines": args.lines}
-    return _run(args, "module_log", lambda res: "\n".join(res["lines"]), **kw)
+    return _run(args, commands.MODULE_LOG.name, lambda res: "\n".join(res["lines"]), **kw)
 
 
 # ---- daemons -------------------------------------------------------------------
 def cmd_node_run(args: argparse.Namespace) -> int:
-    from .daemon import NodeDaemon
+    from .node_daemon import NodeDaemon
     return NodeDaemon(_load(args), contend=args.contend).run()
 
 
 def cmd_witness_run(args: argparse.Namespace) -> int:
-    from .daemon import WitnessDaemon
+    from .node.daemon import WitnessDaemon
     return WitnessDaemon(_load(args)).run()
 
 
@@ -472,26 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp.set_defaults(func=cmd_module_list)
 
-    for name, text in (("start", "start the module on this node"),
-                       ("stop", "stop the module on this node (the secondary may take over)"),
-                       ("forcestop", "stop at once, stop scripts called with force"),
-                       ("restart", "stop and start the application scripts, same role"),
-                       ("stopstart", "stop the module and start it again (may fail over)"),
-                       ("swap", "on the primary: hand the primary role to the in-sync secondary"),
-                       ("prim", "this node's copy is the good one: start it as primary"),
-                       ("second", "start as secondary; this copy will be overwritten"),
-                       ("primforce", "make this node primary even if its copy is not current (loud)")):
-        sp = sub.add_parser(name, help=text)
-        if name in ("prim", "second"):
+    for command in commands.MODULE_COMMANDS.values():
+        if command.verb is None:
+            continue
+        sp = sub.add_parser(command.name, help=command.verb)
+        if command.fullsync:
             sp.add_argument("fullsync", nargs="?", choices=["fullsync"])
-        if name == "primforce":
-            sp.add_argument("--force", action="store_true",
-                            help="do it: without it, primforce only says what it would overwrite")
-        if name == "second":
-            sp.add_argument("--force", action="store_true",
-                            help="also when this node holds the only current copy (it is overwritten)")
+        if command.force:
+            sp.add_argument("--force", action="store_true", help=command.force)
         json_flag(sp)
-        sp.set_defaults(func=cmd_module_command, mcmd=name)
+        sp.set_defaults(func=cmd_module_command, mcmd=command.name)
     sp = sub.add_parser("failover", help="automatic failover of the module on or off")
     sp.add_argument("onoff", choices=["on", "off"])
     json_flag(sp)
@@ -521,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=cmd_checks_command, flag=flag)
     sp = sub.add_parser("resetloop", help="forget the restarts counted against maxloop")
     json_flag(sp)
-    sp.set_defaults(func=cmd_checks_command, ccmd="resetloop", flag=None)
+    sp.set_defaults(func=cmd_checks_command, ccmd=commands.RESETLOOP.name, flag=None)
     sp = sub.add_parser("set", help="set a custom checker's resource (run by the checker program)")
     sp.add_argument("-r", "--resource", required=True, metavar="custom.NAME")
     sp.add_argument("-v", "--value", required=True, metavar="up|down")

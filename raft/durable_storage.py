@@ -26,6 +26,8 @@ import pysyncobj.journal as _journal
 import pysyncobj.serializer as _serializer
 import pysyncobj.syncobj as _syncobj
 
+from replication.durable_file import durable_replace, fsync_parent
+
 
 def private_dir(path: "str | os.PathLike") -> None:
     """Create ``path`` (and missing parents) as 0700, and take group and other
@@ -41,26 +43,6 @@ def _private_replace(tmp_path: str, path: str) -> None:
     """durable_replace for pysyncobj's dumps, which it creates with the umask's mode."""
     os.chmod(tmp_path, 0o600)
     durable_replace(tmp_path, path)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def durable_replace(tmp_path: str, path: str) -> None:
-    """rename(tmp, path) such that after a crash either the old or the new
-    complete file is there."""
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp_path, path)
-    fsync_dir(path)
 
 
 class DurableMetaStorer(_journal.MetaStorer):
@@ -81,7 +63,7 @@ class DurableFileJournal(_journal.FileJournal):
         self._fd = os.open(path, os.O_RDONLY)
         os.fchmod(self._fd, 0o600)  # pysyncobj creates it with the umask's mode
         self._dirty = True
-        fsync_dir(path)
+        fsync_parent(path)
         self.sync()
 
     def add(self, command, idx, term):  # noqa: D102 - pysyncobj API

@@ -29,6 +29,7 @@ socket.inet_ntop = _socket.inet_ntop
 
 from . import durable_storage
 from .cluster_state import ClusterState, Result
+from .commands import OPS
 from .lease import LeaderLeaseClock, check_expiry
 from .plain_data import check_plain
 from .secure_channel import SecureTransport
@@ -146,12 +147,6 @@ class _StateConsumer(SyncObjConsumer):
     def _deserialize(self, data):
         with self.lock:
             self.state = ClusterState.from_dict(data)
-
-
-OPS = ("bootstrap", "add_member", "remove_member", "acquire", "renew", "release",
-       "expire", "set_eligible", "install_module", "uninstall_module", "set_intent",
-       "set_failover", "set_in_sync", "name_good_copy", "leave_in_sync", "farm_join",
-       "farm_leave", "renew_many", "begin_generation")
 
 
 def tick_wait(now: float, cap_s: float, deadlines: Iterable[float | None]) -> float:

@@ -37,7 +37,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .dirty_bitmap import BitmapStore, fsync_dir
+from .dirty_bitmap import BitmapStore
+from .durable_file import atomic_write, fsync_dir
 
 log = logging.getLogger("replication.activity_log")
 
@@ -215,18 +216,6 @@ def parse_log(data: bytes, where: str) -> ParsedLog:
         raise ActivityLogError(f"{where}: bad header {header!r}") from None
 
 
-def _write_new(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
-
-
 # ---- the primary's log ---------------------------------------------------------------------
 
 class Activity:
@@ -362,7 +351,7 @@ class ActivityLog:
                             "tainted": self.tainted}})
         if active:
             data += _record_line("+", active)
-        _write_new(self.path, data)
+        atomic_write(self.path, data)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -448,8 +437,8 @@ def _read_json(path: str) -> dict | None:
 def mark_receiver_in_sync(state_dir: str, epoch: int) -> None:
     """The receiver's copy equals its primary's (epoch ``epoch``) now."""
     os.makedirs(state_dir, exist_ok=True)
-    _write_new(os.path.join(state_dir, IN_SYNC_FILE),
-               json.dumps({"epoch": epoch}).encode("ascii"))
+    atomic_write(os.path.join(state_dir, IN_SYNC_FILE),
+                 json.dumps({"epoch": epoch}).encode("ascii"))
 
 
 def drop_receiver_in_sync(state_dir: str) -> None:
@@ -481,8 +470,8 @@ def prepare_promotion(state_dir: str) -> int | None:
         store = BitmapStore(os.path.join(state_dir, CHANGES_DIR))
         store.reset()
         store.close()
-        _write_new(os.path.join(state_dir, PENDING_FILE),
-                   json.dumps({"after_epoch": epoch}).encode("ascii"))
+        atomic_write(os.path.join(state_dir, PENDING_FILE),
+                     json.dumps({"after_epoch": epoch}).encode("ascii"))
     drop_receiver_in_sync(state_dir)
     fsync_dir(state_dir)
     return epoch if isinstance(epoch, int) else None

@@ -52,6 +52,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from replication.durable_file import atomic_write, fsync_dir
 from replication.ops import Op, OpKind
 
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -226,28 +227,6 @@ _HEADER = struct.Struct("<8sQqI")        # magic, block size, low water (-1: non
 _LOW_WATER_OFFSET = 16
 
 
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (creates, renames, unlinks) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_file(path: str, data: bytes) -> None:
-    """Write ``path`` as a whole (tmp + fsync + rename); the caller fsyncs the
-    directory, once for a batch."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class StoreClosed(RuntimeError):
     pass
 
@@ -291,7 +270,7 @@ class BitmapStore:
     def _save_state(self, open_: bool) -> None:
         state = {"version": 1, "block_size": self.block_size, "open": open_,
                  "trusted": self._trusted, "generation": self.generation}
-        _replace_file(self._state_path, json.dumps(state).encode("ascii"))
+        atomic_write(self._state_path, json.dumps(state).encode("ascii"), sync_dir=False)
         fsync_dir(self._dir)
 
     def close(self) -> None:
@@ -494,7 +473,7 @@ class BitmapStore:
         name = os.fsencode(path)
         low_water = -1 if bitmap.low_water is None else bitmap.low_water
         header = _HEADER.pack(_MAGIC, bitmap.block_size, low_water, len(name)) + name
-        _replace_file(self._file_of(path), header + bitmap.to_bytes())
+        atomic_write(self._file_of(path), header + bitmap.to_bytes(), sync_dir=False)
 
     def _create_bitmap_file(self, path: str, bitmap: DirtyBitmap) -> None:
         self._write_file_contents(path, bitmap)

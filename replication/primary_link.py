@@ -24,21 +24,14 @@ from typing import Any, Callable, Iterator
 from . import activity_log
 from .activity_log import NOTE, ActivityLog
 from .channel import ChannelClient
-from .dirty_bitmap import BitmapStore, fsync_dir
+from .dirty_bitmap import BitmapStore
+from .durable_file import atomic_write, fsync_dir
 from .frame import Feature
 from .ops import NAMESPACE_KINDS, Op, OpKind
 from .reintegration import Entry, Reintegration, tree_from_manifest
 from .sender import Durability, Sender, SenderState
 
 log = logging.getLogger("replication.link")
-
-
-def _write_durably(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(os.path.dirname(path))
 
 
 class ChannelRemote:
@@ -193,8 +186,9 @@ class PrimaryLink:
                 self.store.mark(path, region * size, size)
                 regions += 1
         # The marks now cover every difference: as good as a baseline.
-        _write_durably(self._baseline_path, f"copies identical at epoch {after} "
-                                            f"outside the activity log merged at epoch {self.epoch}\n")
+        atomic_write(self._baseline_path, f"copies identical at epoch {after} "
+                                          f"outside the activity log merged at epoch {self.epoch}\n",
+                     mode=0o644)
         os.unlink(os.path.join(self.state_dir, activity_log.PENDING_FILE))
         fsync_dir(self.state_dir)
         log.info("event=activity_log_used peer=%s:%d after_epoch=%d regions=%d notes=%d "
@@ -300,5 +294,6 @@ class PrimaryLink:
             self._recorder.journaling = False
             self.store.reset()
             if not os.path.exists(self._baseline_path):
-                _write_durably(self._baseline_path, f"copies identical at epoch {self.epoch}\n")
+                atomic_write(self._baseline_path, f"copies identical at epoch {self.epoch}\n",
+                             mode=0o644)
             self.phase = "in_sync"

@@ -78,8 +78,8 @@ from typing import Any, Protocol
 
 from replication.block_diff import (DEFAULT_BLOCK_SIZE, block_count, blocks_to_ranges,
                                     diff_blocks, file_digests)
-from replication.dirty_bitmap import (METADATA_KINDS, BitmapStore, DirtyBitmap, changed_paths,
-                                      fsync_dir, under)
+from replication.dirty_bitmap import METADATA_KINDS, BitmapStore, DirtyBitmap, changed_paths, under
+from replication.durable_file import atomic_write, fsync_dir
 from replication.ops import Op, OpKind
 
 DEFAULT_MAX_WRITE = 1 << 20
@@ -1112,13 +1112,7 @@ class Reintegration:
         if self._cursor_path is None:
             return
         os.makedirs(os.path.dirname(self._cursor_path), exist_ok=True)
-        tmp = self._cursor_path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            json.dump(self._cursor, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._cursor_path)
-        fsync_dir(os.path.dirname(self._cursor_path))
+        atomic_write(self._cursor_path, json.dumps(self._cursor).encode("ascii"), mode=0o644)
 
     def _remove_cursor(self) -> None:
         # Durably: a stale cursor would make the next reintegration skip files.

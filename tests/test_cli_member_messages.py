@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from hacluster import cli
-from hacluster.control import ControlError, ControlServer
+from hacluster.node.control import ControlError, ControlServer
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""hacluster/cluster_config.py and `hacluster cluster init` (no daemon needed)."""
+"""hacluster/node/cluster_config.py and `hacluster cluster init` (no daemon needed)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hacluster import cli, cluster_config
-from hacluster.cluster_config import (CONFIG_FILE, RAFT_SECRET_FILE, SECRET_FILE, ConfigError,
+from hacluster import cli
+from hacluster.node import cluster_config
+from hacluster.node.cluster_config import (CONFIG_FILE, RAFT_SECRET_FILE, SECRET_FILE, ConfigError,
                                       load, raft_credential)
 from raft.settings import RaftSettings
 

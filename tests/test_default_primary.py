@@ -1,8 +1,8 @@
 """defaultprim decisions (pure)."""
 from __future__ import annotations
 
-from hacluster.default_primary import first_start_names_good_copy, preferred_is_peer
-from hacluster.mirror_machine import View
+from hacluster.mirror.default_primary import first_start_names_good_copy, preferred_is_peer
+from hacluster.mirror.machine import View
 
 BOTH = View(holder=None, epoch=4, in_sync=frozenset({"n1", "n2"}), peer_live=True)
 

@@ -33,7 +33,7 @@ def _shares(counts: Counter, nodes: list[str]) -> dict[str, float]:
 
 def _check_owner(farm: FarmLab, answers: list, filt: str, live: list[str]) -> None:
     """Every answer came from the node whose loaded ruleset holds the bucket."""
-    from hacluster.farm_module import hash_seed
+    from hacluster.farm.driver import hash_seed
     owner = {b: n for n in live for b in farm.ruleset_buckets(n)}
     wrong = [(name, src, sport) for name, src, sport in answers
              if name != owner[bucket_of(src, sport if filt == "on_port" else None, filt,
@@ -159,7 +159,7 @@ def test_a_node_dying_and_coming_back_resets_no_connection_on_the_survivors(farm
     away, on buckets that were f3's — all keep working when f3 comes back and takes its
     buckets back: the new owner takes only new connections (was: it reset the old
     owner's, 22 resets seen with nginx)."""
-    from hacluster.farm_module import hash_seed
+    from hacluster.farm.driver import hash_seed
     netns = farm.lab.hosts["c"].netns
 
     def open_many(count: int) -> list:

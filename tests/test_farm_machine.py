@@ -14,7 +14,7 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hacluster.farm_machine import (
+from hacluster.farm.machine import (
     CheckerDown,
     CheckerUp,
     Command,

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from checkers.failover_rules import MAX_DEPTH, FailoverRulesError, RuleEngine, fired, parse_rules
-from hacluster.module_package import MAX_MEMBERS, ModulePackageError, check
-from hacluster.userconfig import UserConfigError, parse_userconfig
+from hacluster.modules.package import MAX_MEMBERS, ModulePackageError, check
+from hacluster.modules.userconfig import UserConfigError, parse_userconfig
 from tests.test_module_package import good_members, zip_of
 from tests.test_userconfig import SAFEKIT_MIRROR, mirror
 

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import time
 
-from hacluster.lease_holder import RETRIES_PER_INTERVAL, LeaseHolder
+from hacluster.node.lease_holder import RETRIES_PER_INTERVAL, LeaseHolder
 from raft.cluster_state import ClusterState, liveness_resource
 from raft.lease import LeaseTiming
 from raft.member import RaftCommandError, RaftMember

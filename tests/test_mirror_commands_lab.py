@@ -1,5 +1,5 @@
 """Mirror commands across nodes on the lab: ``-H`` (forwarded, authenticated),
-``defaultprim`` on a first start, ``second fullsync``."""
+``defaultprim`` on a first start, ``why``, ``second fullsync``."""
 from __future__ import annotations
 
 import json
@@ -42,6 +42,11 @@ def test_defaultprim_first_start_with_H_all_then_second_fullsync(make_lab):
     assert res.stdout.startswith("n2: ")
     res = m.cli("n1", "-H", "n2,nosuch", "-m", MODULE, "state")
     assert res.returncode == 1 and "unknown node(s) nosuch" in res.stderr
+    # why: read-only, from each node's machine, through peer control like any module command
+    res = m.cli("n1", "-H", "all", "-m", MODULE, "why", check=True)
+    assert f"n1:\n{MODULE} on n1: PRIM (Ready), heading for PRIM\n" in res.stdout
+    assert f"n2:\n{MODULE} on n2: SECOND (Ready), heading for SECOND\n" in res.stdout
+    assert "n1 holds the module lease, epoch 1" in res.stdout
 
     # A plain return of the secondary trusts the bitmaps; second fullsync makes
     # the primary compare every block.

@@ -14,7 +14,7 @@ from chaos.lab_mirror import MirrorLab
 from chaos.lab_module import start_cluster
 from chaos.nemesis import NemesisContext, Roles
 from chaos.nemesis_flow import CutReplicationNetwork
-from hacluster.mirror_module import replication_port
+from hacluster.mirror.driver import replication_port
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]

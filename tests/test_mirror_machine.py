@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from hypothesis import example, given, settings, strategies as st
 
-from hacluster.mirror_machine import (
+from hacluster.mirror.machine import (
     CheckerDown, CheckerUp, CommitGoodCopy, CommitInSyncSelf, CommitIntent, CommitLeaveInSync, Command, DropVip,
     LeaseAcquired, LeaseLost, LeaseReleased, MirrorMachine, Pause, PlanDone, RaiseVip, ReleaseLease, ReplicationDied,
     RunScript, StartMount, StartReceiver, State, StopMount, StopReceiver, View, ViewChanged)
@@ -669,3 +669,21 @@ def test_a_plan_that_could_not_begin_keeps_the_state_and_is_tried_again():
     assert m.state is State.WAIT and not m.hold_stop and not out.plans
     out = m.handle(ViewChanged(replace(view, peer_live=True)))
     assert out.plans and isinstance(out.plans[0].actions[0], StartReceiver)
+
+
+def test_why_says_what_holds_the_module_where_it_is():
+    sim = Sim()
+    assert sim.m["a"].why() == [
+        "STOP (Ready), heading for STOP", "the committed intent of a is none: 'start' starts it",
+        "nobody holds the module lease", "current copies (in sync): none; the copy on a is not current",
+        "b is not live; not asking for the module lease"]
+    sim = _running_pair()
+    assert sim.m["b"].why() == [
+        "SECOND (Ready), heading for SECOND", "a holds the module lease, epoch 1",
+        "current copies (in sync): a, b", "a is live; asking Raft for the module lease"]
+    assert sim.m["a"].why()[:2] == ["PRIM (Ready), heading for PRIM", "a holds the module lease, epoch 1"]
+    sim.feed("a", CheckerDown("app.tcp", "wait"))
+    assert "waiting until checker(s) app.tcp are up again" in sim.m["a"].why()
+    before = sim.m["a"].display
+    sim.m["a"].why()
+    assert sim.m["a"].display == before

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from checkers.failover_rules import parse_rules
-from hacluster.control import ControlError
-from hacluster.module_checks import (RESUME, CheckPolicy, ModuleChecks, ModuleIncarnation,
+from hacluster.node.control import ControlError
+from hacluster.modules.checks import (RESUME, CheckPolicy, ModuleChecks, ModuleIncarnation,
                                      checks_command)
-from hacluster.userconfig import parse_userconfig
+from hacluster.modules.userconfig import parse_userconfig
 
 RULES = parse_rules("""
 errd_app: if (errd.app == down) then restart();

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from hacluster.module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from hacluster.modules.fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 
 SECRET = "cluster-secret"
 CONTENT = os.urandom(300_000)
@@ -141,7 +141,7 @@ def test_garbage_or_silent_clients_do_not_block_others(caplog):
 
 
 def test_connections_over_the_handshake_cap_are_closed_at_once_and_hogs_take_no_slot():
-    from hacluster.tcp_service import HandshakeLimits
+    from hacluster.node.tcp_service import HandshakeLimits
 
     async def main():
         # Silent hogs used to take the serving slots (2 here) until their timeout.

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster.module_nodes import ModuleNodesError, module_nodes, replication_hosts
-from hacluster.userconfig import FarmNode, Heart, HeartbeatNet, ModuleConfig
+from hacluster.modules.nodes import ModuleNodesError, module_nodes, replication_hosts
+from hacluster.modules.userconfig import FarmNode, Heart, HeartbeatNet, ModuleConfig
 
 MEMBERS = {"n1": {"address": "10.0.0.1:7400", "role": "node"},
            "n2": {"address": "10.0.0.2:7400", "role": "node"},

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hacluster.module_package import (
+from hacluster.modules.package import (
     ModulePackageError,
     check,
     digest,

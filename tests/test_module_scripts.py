@@ -14,7 +14,7 @@ import uvloop
 
 from chaos.lab import wait_until
 from checkers.errd import process_start_ticks
-from hacluster.module_scripts import ScriptRunner
+from hacluster.modules.scripts import ScriptRunner
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (\w+): (.*)$")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hacluster.module_package import REQUIRED_SCRIPTS, check
-from hacluster.userconfig import parse_userconfig
+from hacluster.modules.package import REQUIRED_SCRIPTS, check
+from hacluster.modules.userconfig import parse_userconfig
 
 MODULES = Path(__file__).resolve().parent.parent / "modules"
 TEMPLATES = {"postgresql": "mirror", "generic-mirror": "mirror", "generic-farm": "farm"}

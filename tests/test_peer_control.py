@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from hacluster.peer_control import (MAX_BODY_BYTES, NONCE_BYTES, PeerControlError,
+from hacluster.node.peer_control import (MAX_BODY_BYTES, NONCE_BYTES, PeerControlError,
                                     PeerControlServer, call_peer, peer_control_address)
 
 SECRET = "s3cret-of-the-cluster"
@@ -119,7 +119,7 @@ def test_unreachable_peer_is_one_line_naming_it():
 
 
 def test_non_json_body_with_a_valid_mac_is_refused_clearly():
-    from hacluster.peer_control import REQUEST_CONTEXT, _frame
+    from hacluster.node.peer_control import REQUEST_CONTEXT, _frame
 
     async def go():
         calls: list = []
@@ -203,7 +203,7 @@ def test_handshakes_are_capped_per_address_and_refusals_logged_once(caplog):
 
 
 def test_a_flood_from_non_members_cannot_lock_members_out():
-    from hacluster.tcp_service import HandshakeLimits
+    from hacluster.node.tcp_service import HandshakeLimits
 
     async def go():
         async def dispatch(request):
@@ -230,7 +230,7 @@ def test_a_flood_from_non_members_cannot_lock_members_out():
 
 
 def test_a_request_bigger_than_the_handshake_cap_is_dropped_before_it_is_read():
-    from hacluster.peer_control import MAX_REQUEST_BYTES
+    from hacluster.node.peer_control import MAX_REQUEST_BYTES
 
     async def go():
         calls: list = []

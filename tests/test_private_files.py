@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from hacluster import cluster_config
-from hacluster.cluster_config import SECRET_FILE, ConfigError
+from hacluster.node import cluster_config
+from hacluster.node.cluster_config import SECRET_FILE, ConfigError
 
 
 def one_line(error: Exception) -> str:

@@ -73,7 +73,7 @@ def test_raw_pickle_payload_is_not_executed(make_lab, tmp_path):
 
 
 def test_member_with_wrong_secret_is_refused(make_cluster):
-    from hacluster.cluster_config import write_secret
+    from hacluster.node.cluster_config import write_secret
 
     cluster = make_cluster(["n1", "n2"], ["w"], start=False)
     write_secret(cluster.config_dir("n2"), "a-different-secret-" + "x" * 40)

@@ -1,4 +1,4 @@
-"""hacluster/structured_log.py: logfmt lines and their parser."""
+"""hacluster/node/structured_log.py: logfmt lines and their parser."""
 from __future__ import annotations
 
 import logging
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster import structured_log
-from hacluster.structured_log import parse_line
+from hacluster.node import structured_log
+from hacluster.node.structured_log import parse_line
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hacluster.userconfig import FarmNode, LbRule, ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+from hacluster.modules.userconfig import FarmNode, LbRule, ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
 
 SAFEKIT_MIRROR = b"""<?xml version="1.0"?>
 <!DOCTYPE safe>

@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from hacluster.userconfig import parse_userconfig
+from hacluster.modules.userconfig import parse_userconfig
 from tests.test_userconfig import error_of
 
 

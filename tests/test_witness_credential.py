@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hacluster import cli
-from hacluster.cluster_config import load
-from hacluster.module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
-from hacluster.peer_control import PeerControlError, PeerControlServer, call_peer
+from hacluster.node.cluster_config import load
+from hacluster.modules.fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from hacluster.node.peer_control import PeerControlError, PeerControlServer, call_peer
 from raft.cluster_state import ClusterState
 from replication.channel import AuthError, ChannelClient
 from replication.ops import Op, OpKind

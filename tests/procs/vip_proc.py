@@ -72,7 +72,7 @@ async def lease(args) -> None:
     timing = LeaseTiming(args.lease, args.margin)
     held = HolderLease(timing)
 
-    class Holder:   # what VipAnnouncer needs of hacluster.lease_holder.LeaseHolder
+    class Holder:   # what VipAnnouncer needs of hacluster.node.lease_holder.LeaseHolder
         lease = held
 
         @staticmethod

@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Callable
 
+from raft.commands import ACQUIRE, RELEASE, RENEW_MANY
 from raft.lease import HolderLease, LeaseTiming
 from raft.member import RaftCommandError, RaftMember
 
@@ -85,7 +86,7 @@ class RenewalBatch:
             timeout = min(h.timing.renew_interval_s for h in members)
             try:
                 result = await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(
-                    "renew_many", self.node, [[h.resource, epochs[h][0]] for h in members])), timeout)
+                    RENEW_MANY.name, self.node, [[h.resource, epochs[h][0]] for h in members])), timeout)
             except (asyncio.TimeoutError, RaftCommandError) as e:
                 log.debug("event=lease_renew_unconfirmed node=%s resources=%s reason=%r", self.node,
                           ",".join(h.resource for h in members), str(e))
@@ -172,7 +173,7 @@ class LeaseHolder:
         try:
             while not self.stopping:
                 if self.lease.epoch is None:
-                    await self._attempt("acquire", self.resource, self.node, self.timing.lease_s,
+                    await self._attempt(ACQUIRE.name, self.resource, self.node, self.timing.lease_s,
                                         self.force)
                     if self.lease.epoch is None:
                         await self._sleep(self.timing.renew_interval_s)
@@ -276,8 +277,16 @@ class LeaseHolder:
                 # Worth waiting up to a lease: without the release, others wait that long.
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(
-                        self.raft.submit("release", self.resource, self.node, epoch)),
+                        self.raft.submit(RELEASE.name, self.resource, self.node, epoch)),
                         self.timing.lease_s)
                 except (asyncio.TimeoutError, RaftCommandError):
                     pass
         self._wake.set()
+
+    async def hand_back(self) -> None:
+        """Give the lease up on purpose: stop acting and release it in Raft, so that
+        nobody waits a lease for it. Not a loss: ``on_lost`` is not called (whoever
+        hands it back has already stopped what a fence would stop); watchers still
+        hear False."""
+        self._on_lost = None
+        await self.stop(release=True)

@@ -17,7 +17,7 @@ leave the application down).
 """
 from __future__ import annotations
 
-from .mirror_machine import View
+from .machine import View
 
 
 def first_start_names_good_copy(defaultprim: str | None, node: str, view: View) -> bool:

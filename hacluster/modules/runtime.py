@@ -1,30 +1,39 @@
 """What a mirror and a farm module have in common on a node: feeding their pure
-state machine, running its plans one at a time (an urgent plan cancels the one
-running), the module log, state waiters, scripts and Raft commits with retry.
+state machine (``machine.py``: the events and actions every kind shares),
+running its plans one at a time (an urgent plan cancels the one running), the
+module log, state waiters, scripts, checkers and Raft commits with retry.
 
-A subclass supplies the machine, ``view_from(snapshot)``, ``_do(action)`` for
-its own actions and ``_state_fields()`` for its state log line.
+A runtime knows its node only as a ``ModuleHost``. It reads the committed state
+as the slice its view needs (``leases_read`` and its own entry): the registry
+hands it a new one when that part changed (``state_changed``).
+
+A subclass (a kind's driver) supplies the machine, ``leases_read``,
+``view_from(slice)``, ``_do(action)`` for its own actions, ``command()`` and
+``_state_fields()`` for its state log line.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Mapping, TypeVar
 
+from raft.commands import Answer, RaftCommand
 from raft.durable_storage import private_dir
 
-from .control import ControlError
-from .module_scripts import ScriptRunner
+from hacluster.node.control import ControlError
+
+from .checks import ModuleChecks, module_state_source
+from .host import ModuleHost, ModuleSlice
+from .machine import Machine, PlanDone, ViewChanged
+from .scripts import ScriptRunner
 from .userconfig import ModuleConfig
 
-if TYPE_CHECKING:
-    from .daemon import NodeDaemon
-    from .module_checks import ModuleChecks
-
 log = logging.getLogger("hacluster.module")
+R = TypeVar("R", bound=Answer)
 
 COMMIT_RETRY_S = 15.0
 
@@ -42,31 +51,47 @@ class PlanNotYet(PlanFailed):
 NOT_YET_RETRY_S = 1.0
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a module runtime runs: on which node (its host), from which installed
+    package, among which nodes; ``neighbour(name)``: another module's runtime on this
+    node, if it runs here (what a ``<module>`` checker watches)."""
+    host: ModuleHost
+    name: str
+    module_dir: Path
+    config: ModuleConfig
+    nodes: tuple[str, ...]
+    neighbour: Callable[[str], "ModuleRuntime | None"] = lambda name: None
+
+
 class ModuleRuntime:
     mode = "?"
     # After a failed plan, feed the view again a little later even if Raft did
     # not change (a machine that retries failed commits on the next view needs it).
     retry_view_after_failure_s: float | None = None
+    # The leases this module's view reads (besides its own entry in the state).
+    leases_read: frozenset[str] = frozenset()
 
-    def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
-                 machine: Any, events: ModuleType, env: dict[str, str]) -> None:
-        self.daemon = daemon
-        self.name = name
-        self.module_dir = module_dir
-        self.config = config
-        self.node = daemon.name
+    def __init__(self, placement: Placement, machine: Machine, env: dict[str, str]) -> None:
+        self.host = host = placement.host
+        self.name = name = placement.name
+        self.module_dir = placement.module_dir
+        self.config = config = placement.config
+        self.nodes = placement.nodes
+        self.neighbour = placement.neighbour
+        self.node = host.name
         self.machine = machine
-        self._events = events       # the machine's module: ViewChanged, PlanDone
-        self.state_dir = daemon.config.data_path / "module_state" / name
+        self.state_dir = host.config.data_path / "module_state" / name
         private_dir(self.state_dir)
         self.module_log = self.state_dir / "module.log"
-        self.prefix = daemon.config.path_prefix
-        self.runner = ScriptRunner(module_dir, name, self.state_dir / "script.log",
+        self.prefix = host.config.path_prefix
+        self.runner = ScriptRunner(self.module_dir, name, self.state_dir / "script.log",
                                    {**config.user_vars, "HACLUSTER_NODE": self.node,
                                     "HACLUSTER_MODULE": name,
                                     "HACLUSTER_ROOT_PREFIX": self.prefix or "", **env},
                                    config.scripts_timeout_s)
         self._plan_task: asyncio.Task | None = None
+        self._slice = ModuleSlice(None, {})     # the last read of the committed state
         self._last_view: Any = None
         self._state_waiters: list[tuple[str, asyncio.Future]] = []
         self._last_display: tuple[Any, str] | None = None
@@ -75,10 +100,16 @@ class ModuleRuntime:
         self.checks: ModuleChecks | None = None
 
     # ---- for the subclass ------------------------------------------------------------
-    def view_from(self, snap: dict) -> Any:
+    def view_from(self, part: ModuleSlice) -> Any:
+        """The machine's view of the committed state (``part``) and of this node."""
         raise NotImplementedError
 
     async def _do(self, action: Any) -> None:
+        raise NotImplementedError
+
+    async def command(self, name: str, request: Mapping[str, Any]) -> str | dict[str, Any]:
+        """A module command its driver serves (hacluster.node.commands, ``RUNTIME``):
+        a message for the administrator, or a reply of its own."""
         raise NotImplementedError
 
     def _state_fields(self) -> tuple[str, str]:
@@ -92,14 +123,30 @@ class ModuleRuntime:
         """Just before a script runs (e.g. to set the epoch in its environment)."""
 
     # ---- the committed view ----------------------------------------------------------
+    def state_changed(self, part: ModuleSlice) -> None:
+        """The part of the committed state this module reads changed (the registry)."""
+        self._slice = part
+        self._view_maybe_changed()
+
     def refresh(self) -> None:
-        """After every applied Raft entry (and whatever else may change the view)."""
+        """Read this module's part of the committed state now: after its own commits,
+        a lease of this node gained or lost, whatever else may change the view."""
         if self.closed or not self.started:
             return
-        view = self.view_from(self.daemon.raft.snapshot())
+        self._slice = self._read_slice()
+        self._view_maybe_changed()
+
+    def _read_slice(self) -> ModuleSlice:
+        return ModuleSlice.of(self.host.cluster_state(), self.name, self.leases_read)
+
+    def _view_maybe_changed(self) -> None:
+        """Feed the machine the view of the last slice, if it differs from the last one fed."""
+        if self.closed or not self.started:
+            return
+        view = self.view_from(self._slice)
         if view != self._last_view:
             self._last_view = view
-            self.feed(self._events.ViewChanged(view))
+            self.feed(ViewChanged(view))
 
     # ---- feeding the machine ---------------------------------------------------------
     def feed(self, event: Any) -> Any:
@@ -158,22 +205,20 @@ class ModuleRuntime:
             ok, error = False, str(e)
             log.error("event=plan_failed module=%s reason=%r error=%r", self.name, plan.reason, error)
         # The plan's own commits are applied by now: decide on the view they made.
-        self._last_view = self.view_from(self.daemon.raft.snapshot())
-        self.feed(self._events.ViewChanged(self._last_view))
-        self.feed(self._plan_done_event(ok, error, not_yet))
+        self._slice = self._read_slice()
+        self._last_view = self.view_from(self._slice)
+        self.feed(ViewChanged(self._last_view))
+        self.feed(PlanDone(ok, error, not_yet=not_yet, at=time.monotonic()))
         if not_yet:
             asyncio.get_running_loop().call_later(NOT_YET_RETRY_S, self._refeed)
         elif not ok and self.retry_view_after_failure_s is not None:
             asyncio.get_running_loop().call_later(self.retry_view_after_failure_s, self._refeed)
 
-    def _plan_done_event(self, ok: bool, error: str | None, not_yet: bool) -> Any:
-        return (self._events.PlanDone(ok, error, not_yet=True) if not_yet
-                else self._events.PlanDone(ok, error))
-
     def _refeed(self) -> None:
         if not self.closed:
-            self._last_view = self.view_from(self.daemon.raft.snapshot())
-            self.feed(self._events.ViewChanged(self._last_view))
+            self._slice = self._read_slice()
+            self._last_view = self.view_from(self._slice)
+            self.feed(ViewChanged(self._last_view))
 
     async def _run_script(self, a: Any) -> None:
         """A RunScript action: a stop script's failure is logged (it had its forced
@@ -191,21 +236,55 @@ class ModuleRuntime:
                                  f"exit {r.returncode}{' (timeout)' if r.timed_out else ''}"
                                  + (f": {r.last_line}" if r.last_line else ""))
 
-    async def _commit(self, op: str, *args: Any, retry_s: float = COMMIT_RETRY_S) -> dict:
+    async def _commit(self, command: RaftCommand[R], *args: Any, retry_s: float = COMMIT_RETRY_S) -> R:
         # Across a leader change an entry can fail to commit without being refused:
         # retry for a while (every op here is idempotent or fenced); a refusal is final.
         deadline = time.monotonic() + retry_s
         while True:
             try:
-                result = await self.daemon.commit(op, *args)
+                result = await self.host.commit(command, *args)
                 break
             except ControlError as e:
                 if time.monotonic() > deadline:
-                    raise PlanFailed(f"{op}: {e}") from None
+                    raise PlanFailed(f"{command.name}: {e}") from None
                 await asyncio.sleep(0.2)
         if not result.get("ok"):
-            raise PlanFailed(f"{op}: {result.get('error')}")
+            raise PlanFailed(f"{command.name}: {result.get('error')}")
         return result
+
+    # ---- checkers ---------------------------------------------------------------------
+    def _start_checks(self) -> None:
+        """The module's checkers (userconfig <errd>, <check>), started once it runs."""
+        self.checks = ModuleChecks(
+            self.name, self.config, self, module_dir=self.module_dir, log_dir=self.state_dir,
+            env={**self.runner.env, "HACLUSTER_CONFIG": str(self.host.config.directory)},
+            module_log=self._module_log,
+            module_source=functools.partial(module_state_source, self.host, self.neighbour),
+            vip_interfaces={v.addr: v.interface for v in self.config.vips})
+        self.checks.start()
+
+    async def _stop_following(self) -> None:
+        """At daemon shutdown, first: no more events, checkers stopped, the running
+        plan cancelled; the driver then stops what its kind holds."""
+        self.closed = True
+        if self.checks is not None:
+            await self.checks.stop()
+        if self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+            await asyncio.gather(self._plan_task, return_exceptions=True)
+
+    # ---- a mirror's replication hooks (its mount process, on the control socket) -------------
+    def _no_replication(self) -> ControlError:
+        return ControlError(f"module {self.name} is a {self.mode} module: it has no replication")
+
+    async def replication_peer_lost(self, epoch: int, reason: str) -> dict[str, Any]:
+        raise self._no_replication()
+
+    async def replication_in_sync(self, epoch: int) -> dict[str, Any]:
+        raise self._no_replication()
+
+    def replication_progress(self, progress: dict[str, Any]) -> None:
+        raise self._no_replication()
 
     # ---- waiting ------------------------------------------------------------------------
     async def wait_state(self, state: str, timeout: float) -> bool:

@@ -4,7 +4,9 @@ asyncio on uvloop; pysyncobj runs in its own tick thread and its callbacks
 hop onto the loop with ``call_soon_threadsafe``. The base class runs the Raft
 member, the cluster bootstrap, this member's liveness lease, the control API,
 and follows committed membership changes (rewrites cluster.json; stops when
-this member is removed). Subclasses add what a role does on top.
+this member is removed). Subclasses add what a role does on top: the witness
+nothing, a data node its modules (``hacluster.node_daemon``), to which the base
+class is their ``hacluster.modules.host.ModuleHost``.
 """
 from __future__ import annotations
 
@@ -12,24 +14,27 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import uvloop
 
 from raft.cluster_state import liveness_resource
+from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
 from raft.hardened_transport import raise_open_files_limit
 from raft.member import RaftCommandError, RaftMember
 
-from . import structured_log
+from . import commands, structured_log
 from .cluster_config import ClusterConfig
-from .control import ControlError, ControlServer
+from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
 from .peer_control import PeerControlError, PeerControlServer, call_peer, peer_control_address
 
 log = logging.getLogger("hacluster.daemon")
 
 COMMIT_TIMEOUT_S = 5.0
+R = TypeVar("R", bound=Answer)
+T = TypeVar("T")
 
 
 class Daemon:
@@ -49,7 +54,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self.exit_reason = "stopped"
 
-    def _member_hosts(self) -> set[str]:
+    def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from."""
         return {m["address"].rsplit(":", 1)[0] for m in self.config.members.values()}
 
@@ -74,13 +79,15 @@ class Daemon:
             self.config.me["address"], peers, self.config.data_path / "raft", raft_secret,
             self.config.raft, on_applied=self._applied_threadsafe,
             on_role_change=self._role_changed_threadsafe))
-        control = ControlServer(self.config.socket_path, self.control_handlers())
+        handlers = self.control_handlers()
+        commands.check_handlers(handlers, with_modules=self.serves_modules)
+        control = ControlServer(self.config.socket_path, handlers)
         await control.start()
         host, port = peer_control_address(self.config.me["address"])
         self._control = control
         if secret is not None:
             peer_control = PeerControlServer(host, port, secret, control.dispatch,
-                                             member_hosts=self._member_hosts)
+                                             member_hosts=self.member_hosts)
             await peer_control.start()
         else:
             peer_control = None
@@ -112,30 +119,59 @@ class Daemon:
     async def stopping(self) -> None:
         """Called on SIGTERM before leases are released."""
 
-    def control_handlers(self) -> dict[str, Any]:
+    # Whether this member's modules serve the module commands (commands.py).
+    serves_modules = False
+
+    def control_handlers(self) -> dict[str, Handler]:
+        """Every control command this member serves, by name (checked against commands.py)."""
         return {
-            "status": self._status,
-            "leases": self._leases,
-            "add_member": self._add_member,
-            "remove_member": self._remove_member,
-            "forward": self._forward,
+            commands.STATUS.name: self._status,
+            commands.LEASES.name: self._leases,
+            commands.ADD_MEMBER.name: self._add_member,
+            commands.REMOVE_MEMBER.name: self._remove_member,
+            commands.FORWARD.name: self._forward,
         }
 
-    def track(self, task: asyncio.Task) -> asyncio.Task:
+    # ---- what the modules are given (hacluster.modules.host.ModuleHost) ----------------
+    def track(self, task: "asyncio.Task[T]") -> "asyncio.Task[T]":
         """A background task cancelled at shutdown."""
         self._tasks = [t for t in self._tasks if not t.done()]
         self._tasks.append(task)
         return task
 
-    # ---- leases ------------------------------------------------------------------
-    def hold(self, resource: str, force: bool = False) -> LeaseHolder:
+    def cluster_state(self) -> dict[str, Any]:
+        return self.raft.snapshot()
+
+    def members(self) -> dict[str, dict[str, str]]:
+        return self.raft.snapshot()["members"] or self.config.members
+
+    def caught_up(self) -> bool:
+        return self.raft.caught_up()
+
+    def hold(self, resource: str, *, force: bool = False,
+             on_acquired: Callable[[int], None] | None = None,
+             on_lost: Callable[[int, str], None] | None = None) -> LeaseHolder:
         holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
-                             force=force)
+                             on_acquired=on_acquired, on_lost=on_lost, force=force)
         self.holders[resource] = holder
-        self._tasks.append(asyncio.create_task(holder.run()))
+        self.track(asyncio.create_task(holder.run()))
         return holder
 
-    async def commit(self, op: str, *args: Any, timeout: float = COMMIT_TIMEOUT_S) -> dict:
+    def holder(self, resource: str) -> LeaseHolder | None:
+        return self.holders.get(resource)
+
+    def release(self, resource: str, *, hand_back: bool = True) -> "asyncio.Future[None]":
+        holder = self.holders.pop(resource, None)
+        if holder is None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self.track(asyncio.create_task(holder.hand_back() if hand_back
+                                              else holder.stop(release=False)))
+
+    async def commit(self, command: RaftCommand[R], *args: Any,
+                     timeout: float = COMMIT_TIMEOUT_S) -> R:
+        op = command.name
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(op, *args)), timeout)
         except asyncio.TimeoutError:
@@ -155,17 +191,17 @@ class Daemon:
         log.info("event=raft_role role=%s term=%s mono=%.6f", role, status["term"], time.monotonic())
 
     def _applied(self, op: str, args: tuple, result: dict) -> None:
-        if op in ("expire", "release") and result.get("ok"):
+        if op in (EXPIRE.name, RELEASE.name) and result.get("ok"):
             holder = self.holders.get(args[0])
             if holder is not None:
                 holder.wake()
-            if op == "expire":
+            if op == EXPIRE.name:
                 log.info("event=lease_expired resource=%s holder=%s epoch=%s mono=%.6f",
                          args[0], result.get("holder"), result.get("epoch"), time.monotonic())
-        if op == "acquire" and result.get("ok"):
+        if op == ACQUIRE.name and result.get("ok"):
             log.info("event=lease_granted resource=%s holder=%s epoch=%s forced=%s mono=%.6f",
                      args[0], args[1], result["epoch"], result.get("forced", False), time.monotonic())
-        if op in ("bootstrap", "add_member", "remove_member") and result.get("ok"):
+        if op in (BOOTSTRAP.name, ADD_MEMBER.name, REMOVE_MEMBER.name) and result.get("ok"):
             self._membership_changed(op, args, result)
 
     def _membership_changed(self, op: str, args: tuple, result: dict) -> None:
@@ -188,7 +224,7 @@ class Daemon:
         while not self.raft.snapshot()["members"]:
             if self.raft.leader_address() is not None:
                 try:
-                    await self.commit("bootstrap", initial, timeout=2.0)
+                    await self.commit(BOOTSTRAP, initial, timeout=2.0)
                 except ControlError:
                     pass
             await asyncio.sleep(0.2)
@@ -231,9 +267,9 @@ class Daemon:
         """Run ``request["request"]`` on each of ``request["hosts"]`` ("all" = every node)
         and return one ``{"node", "ok", "result" | "error"}`` per host, in order."""
         inner, hosts = request.get("request"), request.get("hosts")
-        if not isinstance(inner, dict) or inner.get("cmd") == "forward":
+        if not isinstance(inner, dict) or inner.get("cmd") == commands.FORWARD.name:
             raise ControlError("forward: 'request' must be a control request (not a forward)")
-        members = self.raft.snapshot()["members"] or self.config.members
+        members = self.members()
         if hosts == "all" or hosts == ["all"]:
             names = sorted(n for n, m in members.items() if m["role"] == "node")
         elif isinstance(hosts, list) and hosts and all(isinstance(h, str) for h in hosts):
@@ -264,7 +300,7 @@ class Daemon:
 
     async def _add_member(self, request: dict) -> dict:
         name, address, role = request.get("name"), request.get("address"), request.get("role")
-        result = await self.commit("add_member", name, address, role)
+        result = await self.commit(ADD_MEMBER, name, address, role)
         if not result["ok"]:
             raise ControlError(result["error"])
         try:
@@ -272,7 +308,7 @@ class Daemon:
                                    COMMIT_TIMEOUT_S)
         except (asyncio.TimeoutError, RaftCommandError) as e:
             # Keep cluster state and Raft configuration in step: undo the first half.
-            await self.commit("remove_member", name, role)
+            await self.commit(REMOVE_MEMBER, name, role)
             raise ControlError(f"adding {name} to the Raft configuration failed ({e}); "
                                "the change was rolled back") from None
         log.info("event=member_added member=%s role=%s address=%s", name, role, address)
@@ -281,7 +317,7 @@ class Daemon:
 
     async def _remove_member(self, request: dict) -> dict:
         name, role = request.get("name"), request.get("role")
-        result = await self.commit("remove_member", name, role)
+        result = await self.commit(REMOVE_MEMBER, name, role)
         if not result["ok"]:
             raise ControlError(result["error"])
         address = result["address"]
@@ -300,50 +336,6 @@ class Daemon:
                 await asyncio.sleep(0.2)
         log.info("event=member_removed member=%s role=%s address=%s", name, role, address)
         return {"name": name, "address": address, "members": self.raft.snapshot()["members"]}
-
-
-class NodeDaemon(Daemon):
-    """A data node: runs the application modules installed in the cluster
-    (``ModuleRegistry``) and can contend for plain named leases (``--contend``)."""
-
-    kind = "node"
-
-    def __init__(self, config: ClusterConfig, contend: list[str] | None = None) -> None:
-        super().__init__(config)
-        self.contend = list(contend or [])
-        self.modules = None
-
-    async def started(self) -> None:
-        from .module_registry import ModuleRegistry
-        self.modules = ModuleRegistry(self)
-        await self.modules.start()
-        self.track(asyncio.create_task(self.modules.sync()))
-        for resource in self.contend:
-            self.hold(resource)
-
-    async def stopping(self) -> None:
-        if self.modules is not None:
-            await self.modules.close()
-
-    def control_handlers(self) -> dict[str, Any]:
-        handlers = super().control_handlers()
-        handlers.update({cmd: self._module_handler(cmd) for cmd in (
-            "module_install", "module_uninstall", "module_list", "module_cmd", "module_state",
-            "module_log", "module_waitstate", "replication_peer_lost", "replication_in_sync",
-            "replication_progress")})
-        return handlers
-
-    def _module_handler(self, cmd: str):
-        async def handle(request: dict) -> Any:
-            if self.modules is None:
-                raise ControlError("the daemon is still starting")
-            return await self.modules.handlers()[cmd](request)
-        return handle
-
-    def _applied(self, op: str, args: tuple, result: dict) -> None:
-        super()._applied(op, args, result)
-        if self.modules is not None:
-            self.modules.applied(op)
 
 
 class WitnessDaemon(Daemon):

@@ -16,22 +16,20 @@ import concurrent.futures
 import logging
 import time
 import zlib
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Mapping
 
 from raft.cluster_state import liveness_resource
+from raft.commands import FARM_JOIN, FARM_LEAVE, SET_INTENT
 from vip.address import VipError, interface_for
 from vip.farm_vip import FarmVip, cleanup_leftovers
 from vip.lifetime import needs_refresh
 
-from . import farm_machine as fm
-from .control import ControlError
-from .module_checks import RESUME, ModuleChecks
-from .module_runtime import ModuleRuntime, PlanFailed
-from .userconfig import ModuleConfig
+from hacluster.modules.checks import RESUME
+from hacluster.modules.host import ModuleSlice
+from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed
+from hacluster.node.control import ControlError
 
-if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+from . import machine as fm
 
 log = logging.getLogger("hacluster.farm")
 
@@ -49,15 +47,16 @@ class FarmModule(ModuleRuntime):
     # nothing changed in Raft meanwhile.
     retry_view_after_failure_s = RETRY_VIEW_S
 
-    def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path,
-                 config: ModuleConfig) -> None:
-        super().__init__(daemon, name, module_dir, config, fm.FarmMachine(daemon.name), fm, {})
-        powers = {n.name: n.power for n in config.farm_nodes}
+    def __init__(self, placement: Placement) -> None:
+        # Its own liveness lease comes from its holder here (``_connected``), not from
+        # Raft: the view reads only the module's entry.
+        super().__init__(placement, fm.FarmMachine(placement.host.name), {})
+        powers = {n.name: n.power for n in self.config.farm_nodes}
         self.power = powers.get(self.node, 1)
         self.farm_vip: FarmVip | None = None
         # One thread for every VIP operation: an urgent drop queues behind a
         # raise that is already in the kernel, never beside it.
-        self._vip_thread = concurrent.futures.ThreadPoolExecutor(1, f"farm-vip-{name}")
+        self._vip_thread = concurrent.futures.ThreadPoolExecutor(1, f"farm-vip-{self.name}")
         self.error: str | None = None
         self._refreshing: concurrent.futures.Future | None = None
 
@@ -77,7 +76,7 @@ class FarmModule(ModuleRuntime):
 
     def _liveness_deadline(self) -> float | None:
         """(any thread) The liveness lease's deadline, None while it is not held."""
-        holder = self.daemon.holders.get(liveness_resource(self.node))
+        holder = self.host.holder(liveness_resource(self.node))
         return holder.lease.valid_until() if holder is not None else None
 
     def _lease_renewed(self, valid_until: float) -> None:
@@ -88,7 +87,7 @@ class FarmModule(ModuleRuntime):
             return
         if self._refreshing is not None and not self._refreshing.done():
             return                  # one at a time; the next renewal brings the next one
-        holder = self.daemon.holders.get(liveness_resource(self.node))
+        holder = self.host.holder(liveness_resource(self.node))
         interval = holder.timing.renew_interval_s if holder is not None else 0.0
         if not needs_refresh(vip.installed_until, time.monotonic(), interval):
             return
@@ -110,23 +109,22 @@ class FarmModule(ModuleRuntime):
         except (VipError, ValueError) as e:
             self.error = f"farm VIP: {e}"
             log.error("event=farm_vip_unusable module=%s error=%r", self.name, str(e))
-        liveness = self.daemon.holders.get(liveness_resource(self.node))
+        liveness = self.host.holder(liveness_resource(self.node))
         if liveness is not None:
             liveness.watch(lambda held: self.refresh())
             liveness.watch_renewals(self._lease_renewed)
         self.started = True
-        self.checks = ModuleChecks.for_runtime(self)
-        self.checks.start()
+        self._start_checks()
         self.feed(fm.Restarted())
         self.refresh()
 
     # ---- the committed view --------------------------------------------------------
     def _connected(self) -> bool:
-        holder = self.daemon.holders.get(liveness_resource(self.node))
+        holder = self.host.holder(liveness_resource(self.node))
         return holder is not None and holder.holding()
 
-    def view_from(self, snap: dict) -> fm.View:
-        module = snap["modules"].get(self.name) or {}
+    def view_from(self, part: ModuleSlice) -> fm.View:
+        module = part.entry()
         farm = module.get("farm") or {}
         table = farm.get("table") or []
         return fm.View(version=farm.get("version", 0),
@@ -147,14 +145,14 @@ class FarmModule(ModuleRuntime):
             await self._run_script(a)
         elif isinstance(a, fm.CommitIntent):
             try:
-                await self._commit("set_intent", self.name, self.node, a.intent)
+                await self._commit(SET_INTENT, self.name, self.node, a.intent)
             except PlanFailed as e:     # best effort: the local command holds meanwhile
                 log.warning("event=intent_not_committed module=%s error=%r", self.name, str(e))
         elif isinstance(a, fm.CommitFarmJoin):
-            await self._commit("farm_join", self.name, self.node, self.power, retry_s=10.0)
+            await self._commit(FARM_JOIN, self.name, self.node, self.power, retry_s=10.0)
         elif isinstance(a, fm.CommitFarmLeave):
             try:
-                await self._commit("farm_leave", self.name, self.node, retry_s=2.0)
+                await self._commit(FARM_LEAVE, self.name, self.node, retry_s=2.0)
             except PlanFailed as e:     # the liveness expiry takes this node out anyway
                 log.warning("event=farm_leave_not_committed module=%s error=%r", self.name, str(e))
         elif isinstance(a, (fm.RaiseVip, fm.SetBuckets)):
@@ -165,7 +163,7 @@ class FarmModule(ModuleRuntime):
             if self.farm_vip.address_pending:
                 # Under a second of lease was left: the address (whole-second lifetimes)
                 # was not added; an early renewal's refresh adds it in milliseconds.
-                holder = self.daemon.holders.get(liveness_resource(self.node))
+                holder = self.host.holder(liveness_resource(self.node))
                 if holder is not None:
                     holder.renew_now()
             log.info("event=farm_buckets module=%s version=%d buckets=%d", self.name, a.version,
@@ -177,7 +175,7 @@ class FarmModule(ModuleRuntime):
             raise PlanFailed(f"unknown action {a!r}")
 
     # ---- commands ---------------------------------------------------------------------------
-    async def command(self, name: str) -> str:
+    async def command(self, name: str, request: Mapping[str, Any]) -> str | dict[str, Any]:
         out = self.feed(fm.Command(name))
         if out.refused:
             raise ControlError(f"module {self.name}: {out.refused}")
@@ -198,8 +196,7 @@ class FarmModule(ModuleRuntime):
     def status(self) -> dict:
         state, ready = self.machine.display
         view = self._last_view or fm.View()
-        snap = self.daemon.raft.snapshot()
-        farm = (snap["modules"].get(self.name) or {}).get("farm") or {}
+        farm = self._read_slice().entry().get("farm") or {}
         return {
             "module": self.name, "mode": "farm", "node": self.node,
             "state": state.value, "ready": ready, "exit_code": state.exit_code,
@@ -214,12 +211,7 @@ class FarmModule(ModuleRuntime):
     async def close(self) -> None:
         """Daemon shutdown: stop serving (the liveness release takes this node out of
         the farm in Raft), stop the application, keep the intent."""
-        self.closed = True
-        if self.checks is not None:
-            await self.checks.stop()
-        if self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-            await asyncio.gather(self._plan_task, return_exceptions=True)
+        await self._stop_following()
         loop = asyncio.get_running_loop()
         if self.farm_vip is not None:
             try:

@@ -1,6 +1,6 @@
 """The mirror module's state machine, pure: events in, plans out.
 
-No I/O, no clock, no threads. The driver (``mirror_module.py``) feeds it
+No I/O, no clock, no threads. The driver (``driver.py``) feeds it
 events — administrator commands, the committed Raft view, lease gains and
 losses, replication events, the outcome of the plan it last handed out — and
 carries out the plans it returns, one at a time, reporting ``PlanDone``.
@@ -36,6 +36,9 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Union
 
+from hacluster.modules.machine import (CheckerDown, CheckerUp, Command, CommitIntent, DropVip, Output,
+                                       Plan, PlanDone, RunScript, ViewChanged, merge)
+
 
 class State(str, enum.Enum):
     STOP = "STOP"
@@ -53,7 +56,7 @@ class State(str, enum.Enum):
 PRIMARY = (State.ALONE, State.PRIM)
 
 
-# ---- events -------------------------------------------------------------------------
+# ---- events (and those of every kind: hacluster.modules.machine) ----------------------
 @dataclass(frozen=True)
 class View:
     """What the committed Raft state says about this module, seen from this node."""
@@ -66,16 +69,6 @@ class View:
     # Why this node's copy may not become primary by itself (DESIGN rule 6: its
     # on-disk identity does not match what Raft committed for it); None: it may.
     copy_problem: str | None = None
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str       # start stop forcestop restart stopstart swap prim second primforce
-
-
-@dataclass(frozen=True)
-class ViewChanged:
-    view: View
 
 
 @dataclass(frozen=True)
@@ -97,35 +90,9 @@ class LeaseReleased:
 
 
 @dataclass(frozen=True)
-class PlanDone:
-    ok: bool
-    error: str | None = None
-    # The plan could not begin and did nothing (its first action said "not yet"):
-    # the state stays, the driver feeds the view again shortly.
-    not_yet: bool = False
-    # When the plan ended, on the driver's monotonic clock (start retries are
-    # counted within loop_interval); None: unknown, every failure counts.
-    at: float | None = None
-
-
-@dataclass(frozen=True)
 class ReplicationDied:
     """The mount process (primary) or the receiver (secondary) ended on its own."""
     reason: str
-
-
-@dataclass(frozen=True)
-class CheckerDown:
-    """A failover rule fired (``cause``: its label) with ``action``
-    restart | stopstart | stop | wait | swap (after the action loop's verdict)."""
-    cause: str
-    action: str
-
-
-@dataclass(frozen=True)
-class CheckerUp:
-    """The resource a ``wait`` was holding for is up again."""
-    cause: str
 
 
 CHECKER_ACTIONS = ("restart", "stopstart", "stop", "wait", "swap")
@@ -134,21 +101,7 @@ Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, LeaseReleased, Pla
               CheckerDown, CheckerUp]
 
 
-# ---- actions ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunScript:
-    script: str
-    state: str
-    next_state: str
-    action: str
-    stop: bool = False      # a stop script: re-run with "force" when it fails
-
-
-@dataclass(frozen=True)
-class CommitIntent:
-    intent: str
-
-
+# ---- actions (and RunScript, CommitIntent, DropVip of every kind) ---------------------
 @dataclass(frozen=True)
 class CommitGoodCopy:
     force: bool
@@ -204,34 +157,11 @@ class Pause:
     seconds: float
 
 
-@dataclass(frozen=True)
-class DropVip:
-    pass
-
-
 Action = Union[RunScript, CommitIntent, CommitGoodCopy, CommitLeaveInSync, CommitInSyncSelf,
                ReleaseLease, StartReceiver, StopReceiver, StartMount, StopMount,
                RaiseVip, DropVip, Pause]
 
 START_RETRY_PAUSE_S = 1.0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Actions to carry out in order; ``urgent``: cancel whatever plan is running
-    and do this now (a lost lease). ``next_state``: where the plan leads."""
-    actions: tuple[Action, ...]
-    next_state: State
-    reason: str
-    urgent: bool = False
-
-
-@dataclass(frozen=True)
-class Output:
-    plans: tuple[Plan, ...] = ()
-    contend: bool | None = None     # a change of "keep acquiring the module lease"
-    refused: str | None = None      # a command that cannot be done now, and why
-    log: tuple[str, ...] = ()
 
 
 class MirrorMachine:
@@ -286,10 +216,10 @@ class MirrorMachine:
             out = self._reconcile()
             if event.view.copy_problem != problem_before and event.view.copy_problem \
                     and self.state not in PRIMARY and self.node in event.view.in_sync:
-                out = _merge(Output(log=(f"not promoted automatically: {event.view.copy_problem}",)),
+                out = merge(Output(log=(f"not promoted automatically: {event.view.copy_problem}",)),
                              out)
             if self.state in PRIMARY and self.running is None and self.display[0] != before[0]:
-                out = _merge(out, Output(plans=(Plan((RunScript("transition", before[0].value,
+                out = merge(out, Output(plans=(Plan((RunScript("transition", before[0].value,
                                                                 self.display[0].value, "sync"),),
                                                      self.state, "in-sync set changed"),)))
             return out
@@ -314,13 +244,13 @@ class MirrorMachine:
             if event.cause not in self.waiting:
                 return Output()
             self.waiting.discard(event.cause)
-            return _merge(Output(log=(f"checker {event.cause}: up again, wait over",)), self._reconcile())
+            return merge(Output(log=(f"checker {event.cause}: up again, wait over",)), self._reconcile())
         if isinstance(event, ReplicationDied):
             if self.state in PRIMARY and self.epoch is not None:
                 # Writes cannot be replicated any more: stop and start again; the
                 # secondary, if in sync, takes over meanwhile.
                 self.hold_stop = self.restart_after_stop = True
-                return _merge(Output(log=(f"replication ended on the primary: {event.reason}",)),
+                return merge(Output(log=(f"replication ended on the primary: {event.reason}",)),
                               self._reconcile())
             if self.state is State.SECOND and self.running is None:
                 plan = Plan((StopReceiver(), StartReceiver(self.view.epoch)), State.SECOND,
@@ -336,7 +266,7 @@ class MirrorMachine:
             out = self._command(event.action, reason=why)
             if out.refused:     # not in a role it applies to, or busy: nothing to do now
                 return Output(log=(f"{why} ignored: {out.refused}",))
-            return _merge(Output(log=(why,)), out)
+            return merge(Output(log=(why,)), out)
         if event.action == "stopstart":
             if self.state is State.STOP:
                 return Output(log=(f"{why} ignored: the module is stopped",))
@@ -350,7 +280,7 @@ class MirrorMachine:
         else:
             return Output(refused=f"checker {event.cause}: unknown action {event.action!r} "
                                   f"(one of {', '.join(CHECKER_ACTIONS)})")
-        return _merge(Output(log=(why,)), self._reconcile())
+        return merge(Output(log=(why,)), self._reconcile())
 
     # ---- commands -------------------------------------------------------------------
     def _command(self, name: str, reason: str | None = None) -> Output:
@@ -405,7 +335,7 @@ class MirrorMachine:
                 self.forced_copy = True
             log = (f"PRIMFORCE: making the copy on {self.node} the truth; changes only on "
                    f"{self.peer} since they were last in sync will be overwritten",) if force else ()
-            return _merge(Output(log=log), self._queue(
+            return merge(Output(log=log), self._queue(
                 Plan((CommitGoodCopy(force), CommitIntent("start")), self.state, f"{name} command")))
         if name in ("second", "second_force"):
             if self.state in PRIMARY:
@@ -413,6 +343,48 @@ class MirrorMachine:
             return self._queue(Plan((CommitLeaveInSync(force=name == "second_force"),
                                      CommitIntent("start")), self.state, f"{name} command"))
         return Output(refused=f"unknown command {name!r}")
+
+    def why(self) -> list[str]:
+        """Why the module is where it is and where it is going, in words, from what
+        this machine knows (``hacluster -m M why``); changes nothing."""
+        v, (state, ready) = self.view, self.display
+        target = self._target()
+        # as it will be shown: a primary is PRIM with its peer in sync, ALONE without
+        heading = self._primary_state() if target in PRIMARY else target
+        lines = [f"{state.value} ({ready}), heading for {heading.value}"]
+        if self.running is not None:
+            lines.append(f"in transition: {self.running.reason}")
+        if v.intent != "start":
+            lines.append(f"the committed intent of {self.node} is {v.intent or 'none'}: "
+                         "'start' starts it")
+        if self.hold_stop:
+            lines.append("stopping here to start again" if self.restart_after_stop else
+                         "held stopped here (a checker's stop, or failed starts beyond maxloop): "
+                         "'start' lifts it")
+        if self.waiting:
+            lines.append(f"waiting until checker(s) {', '.join(sorted(self.waiting))} are up again")
+        if self.epoch is not None:
+            lines.append(f"{self.node} holds the module lease, epoch {self.epoch}")
+        else:
+            lines.append(f"{v.holder} holds the module lease, epoch {v.epoch}" if v.holder
+                         else "nobody holds the module lease")
+        current = ", ".join(sorted(v.in_sync)) or "none"
+        lines.append(f"current copies (in sync): {current}" + (
+            "" if self.node in v.in_sync else f"; the copy on {self.node} is not current"))
+        if v.copy_problem and state not in PRIMARY:
+            lines.append(f"the copy on {self.node} may not become primary by itself: "
+                         f"{v.copy_problem} ('primforce' overrides)")
+        if not v.failover:
+            lines.append("automatic failover is off")
+        if self.swap_pending:
+            lines.append(f"swap: waiting for {self.peer} to take the lease")
+        lines.append(f"{self.peer} is {'live' if v.peer_live else 'not live'}; "
+                     + ("asking Raft for the module lease" if self._contend
+                        else "not asking for the module lease"))
+        if self.start_failures:
+            lines.append(f"{len(self.start_failures)} failed start(s) counted against "
+                         f"maxloop {self.maxloop}")
+        return lines
 
     # ---- deciding where to go ----------------------------------------------------------
     def _target(self) -> State:
@@ -468,14 +440,14 @@ class MirrorMachine:
         if self._queued:
             # A queued command changes no state: it leads to the state *now*, not the
             # one it was queued in (else it would rewind a promotion that ran meanwhile).
-            return _merge(out, self._start(replace(self._queued.pop(0), next_state=self.state)))
+            return merge(out, self._start(replace(self._queued.pop(0), next_state=self.state)))
         plan = self._plan_towards(self._target())
         if plan is None:
             if self.state is State.STOP and self.hold_stop and self.restart_after_stop:
                 self.hold_stop = self.restart_after_stop = False
-                return _merge(out, self._reconcile())
+                return merge(out, self._reconcile())
             return out
-        return _merge(out, self._start(plan))
+        return merge(out, self._start(plan))
 
     def _plan_towards(self, target: State) -> Plan | None:
         s = self.state
@@ -582,7 +554,7 @@ class MirrorMachine:
             else:
                 note = (f"start failed {self.maxloop + 1} times within {_span(self.loop_interval_s)} "
                         f"(maxloop {self.maxloop}): stopping the module; start it again by hand")
-            return _merge(Output(log=log + (note,)), self._reconcile())
+            return merge(Output(log=log + (note,)), self._reconcile())
         # Nothing moved (a commit without quorum, say): the next change of the
         # committed view retries, rather than spinning here.
         return Output(log=log)
@@ -612,16 +584,10 @@ class MirrorMachine:
         log = (f"lease epoch {event.epoch} lost ({event.reason}): writes blocked, VIP dropped",)
         if was_running is not None:
             log += (f"interrupted: {was_running.reason}",)
-        return _merge(self._contend_change(), Output(plans=(fence,), log=log))
+        return merge(self._contend_change(), Output(plans=(fence,), log=log))
 
 
 def _span(seconds: float) -> str:
     if seconds >= 3600 and seconds % 3600 == 0:
         return f"{seconds / 3600:g} h"
     return f"{seconds:g} s"
-
-
-def _merge(a: Output, b: Output) -> Output:
-    return Output(plans=a.plans + b.plans,
-                  contend=b.contend if b.contend is not None else a.contend,
-                  refused=a.refused or b.refused, log=a.log + b.log)

@@ -38,7 +38,11 @@ from checkers.module import READY_STATES, ModuleWatch
 from checkers.resource import INIT, Resource, ResourceTable, is_active
 from checkers.runner import Check, CheckRunner
 
-from .control import ControlError
+from hacluster.node.commands import MODULE_CMD
+from hacluster.node.control import ControlError
+from hacluster.node.peer_control import PeerControlError, call_peer, peer_control_address
+
+from .host import ModuleHost
 from .userconfig import CheckConfig, ErrdProc, ModuleConfig
 
 log = logging.getLogger("hacluster.module_checks")
@@ -460,46 +464,33 @@ class ModuleChecks:
             except asyncio.TimeoutError:
                 continue
 
-    # ---- building from a runtime ------------------------------------------------------------
-    @classmethod
-    def for_runtime(cls, runtime: Any) -> "ModuleChecks":
-        """The checks of a MirrorModule/FarmModule (reads its daemon, config, paths)."""
-        daemon = runtime.daemon
-        env = {**runtime.runner.env, "HACLUSTER_CONFIG": str(daemon.config.directory)}
-        vip_interfaces = {v.addr: v.interface for v in runtime.config.vips}
-        return cls(runtime.name, runtime.config, runtime, module_dir=runtime.module_dir,
-                   log_dir=runtime.state_dir, env=env, module_log=runtime._module_log,
-                   module_source=functools.partial(module_state_source, daemon),
-                   vip_interfaces=vip_interfaces)
 
-
-def module_state_source(daemon: Any, c: CheckConfig) -> Callable[[], Any]:
-    """The probe of a ``<module name=X>`` checker: X's (state, incarnation) on this node,
-    or (with ``<to addr port>``) on the peer at addr, asked over peer control."""
+def module_state_source(host: ModuleHost, local: Callable[[str], Any],
+                        c: CheckConfig) -> Callable[[], Any]:
+    """The probe of a ``<module name=X>`` checker: X's (state, incarnation) on this node
+    (``local(X)``: X's runtime here, if any), or (with ``<to addr port>``) on the peer
+    at addr, asked over peer control."""
     name = c.ident
     if not c.addrs:
-        def local() -> tuple[str, Hashable] | None:
-            registry = getattr(daemon, "modules", None)
-            rt = registry.runtimes.get(name) if registry is not None else None
-            checks = getattr(rt, "checks", None)
+        def local_state() -> tuple[str, Hashable] | None:
+            checks = getattr(local(name), "checks", None)
             return checks.observation() if checks is not None else None
-        return local
+        return local_state
 
-    from .peer_control import PeerControlError, call_peer, peer_control_address
     addr = c.addrs[0]
 
     async def remote() -> tuple[str, Hashable] | None:
         port = c.port
         if port is None:
-            members = daemon.raft.snapshot()["members"] or daemon.config.members
+            members = host.members()
             raft_address = next((m["address"] for m in members.values()
                                  if m["address"].rsplit(":", 1)[0] == addr), None)
             if raft_address is None:
                 return None
             port = peer_control_address(raft_address)[1]
         try:
-            reply = await call_peer(addr, port, daemon.config.read_secret(),
-                                    {"cmd": "module_cmd", "module": name, "cmd_name": "resources"},
+            reply = await call_peer(addr, port, host.config.read_secret(),
+                                    {"cmd": MODULE_CMD.name, "module": name, "cmd_name": "resources"},
                                     timeout=c.timeout_s)
         except PeerControlError:
             return None
@@ -511,11 +502,6 @@ def module_state_source(daemon: Any, c: CheckConfig) -> Callable[[], Any]:
 
 
 # ---- control requests (through module_cmd) -------------------------------------------------
-CHECKS_COMMANDS = ("resources", "set_resource", "errd_on", "errd_off", "checker_on", "checker_off",
-                   "resetloop")
-LOCAL_ONLY_COMMANDS = ("set_resource",)   # a script of this node's module sets its own resources
-
-
 def checks_command(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     """Serve a checks command of ``module_cmd`` for ``runtime``; ControlError on bad input."""
     checks: ModuleChecks | None = getattr(runtime, "checks", None)
@@ -539,4 +525,4 @@ def checks_command(runtime: Any, request: Mapping[str, Any]) -> dict[str, Any]:
     if cmd == "resetloop":
         checks.resetloop()
         return {**base, "message": "action loop counter reset"}
-    raise ControlError(f"unknown checks command {cmd!r} (one of {', '.join(CHECKS_COMMANDS)})")
+    raise ControlError(f"unknown checks command {cmd!r}")

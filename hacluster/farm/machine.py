@@ -30,6 +30,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from hacluster.modules.machine import (CheckerDown, CheckerUp, Command, CommitIntent, DropVip, Output,
+                                       Plan, PlanDone, RunScript, ViewChanged, merge)
+
 CHECKER_ACTIONS = ("restart", "stopstart", "stop", "wait")
 COMMANDS = ("start", "stop", "forcestop", "restart", "stopstart")
 
@@ -45,7 +48,7 @@ class State(str, enum.Enum):
         return {"STOP": 0, "WAIT": 1, "UP": 2}[self.value]
 
 
-# ---- events -------------------------------------------------------------------------
+# ---- events (and those of every kind: hacluster.modules.machine) ----------------------
 @dataclass(frozen=True)
 class View:
     """The committed Raft state of this farm, seen from this node.
@@ -61,33 +64,6 @@ class View:
 
 
 @dataclass(frozen=True)
-class Command:
-    name: str       # start stop forcestop restart stopstart
-
-
-@dataclass(frozen=True)
-class ViewChanged:
-    view: View
-
-
-@dataclass(frozen=True)
-class PlanDone:
-    ok: bool
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class CheckerDown:
-    resource: str
-    action: str     # restart | stopstart | stop | wait
-
-
-@dataclass(frozen=True)
-class CheckerUp:
-    resource: str
-
-
-@dataclass(frozen=True)
 class Restarted:
     """The daemon starts (after a crash, possibly): a VIP and the application
     may have been left behind by its previous life. The first event."""
@@ -96,23 +72,7 @@ class Restarted:
 Event = Command | ViewChanged | PlanDone | CheckerDown | CheckerUp | Restarted
 
 
-# ---- actions ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunScript:
-    script: str     # prestart start_both stop_both poststop transition
-    state: str
-    next_state: str
-    action: str     # start stop force restart
-    stop: bool = False      # a stop script: re-run with "force" when it fails
-
-
-@dataclass(frozen=True)
-class CommitIntent:
-    """Best effort: a failure is logged and the plan goes on (the local
-    command holds meanwhile)."""
-    intent: str
-
-
+# ---- actions (and RunScript, CommitIntent, DropVip of every kind) ---------------------
 @dataclass(frozen=True)
 class CommitFarmJoin:
     """Commit ``farm_join`` with this node's power; a refusal fails the plan."""
@@ -138,30 +98,8 @@ class SetBuckets:
     buckets: frozenset[int]
 
 
-@dataclass(frozen=True)
-class DropVip:
-    """Remove the VIP and its ruleset (idempotent)."""
-
-
 Action = RunScript | CommitIntent | CommitFarmJoin | CommitFarmLeave | RaiseVip | SetBuckets | DropVip
 _VIP_ACTIONS = (RaiseVip, SetBuckets)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Actions to carry out in order; ``urgent``: cancel whatever plan is running
-    and do this now (the node lost the cluster). ``next_state``: where it leads."""
-    actions: tuple[Action, ...]
-    next_state: State
-    reason: str
-    urgent: bool = False
-
-
-@dataclass(frozen=True)
-class Output:
-    plans: tuple[Plan, ...] = ()
-    refused: str | None = None      # a command that cannot be done now, and why
-    log: tuple[str, ...] = ()
 
 
 class _Unknown:
@@ -179,7 +117,7 @@ class _Holds:
     """Local reasons to keep the module down, on top of the committed intent."""
     stop: bool = False                   # stopstart / checker stop / failed start: reach STOP
     restart_after_stop: bool = False
-    waiting: set[str] = field(default_factory=set)   # checker `wait`: resources down
+    waiting: set[str] = field(default_factory=set)   # checker `wait`: causes still down
 
 
 class FarmMachine:
@@ -231,7 +169,7 @@ class FarmMachine:
         if isinstance(event, CheckerDown):
             return self._checker_down(event)
         if isinstance(event, CheckerUp):
-            self.holds.waiting.discard(event.resource)
+            self.holds.waiting.discard(event.cause)
             return self._reconcile()
         if isinstance(event, Restarted):
             return self._restarted()
@@ -269,12 +207,12 @@ class FarmMachine:
             RunScript("start_both", "UP", "UP", "restart")), State.UP, reason))
 
     def _checker_down(self, event: CheckerDown) -> Output:
-        why = f"checker {event.resource}: {event.action}"
+        why = f"checker {event.cause}: {event.action}"
         if event.action == "restart":
             out = self._restart(why)
             if out.refused:     # not UP, or busy: nothing to restart now
                 return Output(log=(f"{why} ignored: {out.refused}",))
-            return _merge(Output(log=(why,)), out)
+            return merge(Output(log=(why,)), out)
         if event.action == "stopstart":
             if self.state is State.STOP:
                 return Output(log=(f"{why} ignored: the module is stopped",))
@@ -283,11 +221,11 @@ class FarmMachine:
             self.holds.stop = True
             self.holds.restart_after_stop = False
         elif event.action == "wait":
-            self.holds.waiting.add(event.resource)
+            self.holds.waiting.add(event.cause)
         else:
-            return Output(refused=f"checker {event.resource}: unknown action {event.action!r} "
+            return Output(refused=f"checker {event.cause}: unknown action {event.action!r} "
                                   f"(one of {', '.join(CHECKER_ACTIONS)})")
-        return _merge(Output(log=(why,)), self._reconcile())
+        return merge(Output(log=(why,)), self._reconcile())
 
     def _restarted(self) -> Output:
         if self.state is not State.STOP or self.running is not None:
@@ -298,7 +236,7 @@ class FarmMachine:
                     State.STOP, "daemon restarted: clean what its previous life left")
         log = ("daemon restarted: dropping any VIP and stopping the application before "
                "following the cluster"),
-        return _merge(Output(log=log), self._start(plan))
+        return merge(Output(log=log), self._start(plan))
 
     # ---- deciding where to go -----------------------------------------------------------
     def _target(self) -> State:
@@ -426,7 +364,7 @@ class FarmMachine:
             # The ruleset may be half loaded: never trust it, stop the module.
             self.vip = UNKNOWN
             self.holds.stop, self.holds.restart_after_stop = True, False
-            return _merge(Output(log=log + ("stopping the module; start it again by hand",)),
+            return merge(Output(log=log + ("stopping the module; start it again by hand",)),
                           self._reconcile())
         if any(isinstance(a, DropVip) for a in actions):
             self.vip = None      # the first action, idempotent: done before anything failed
@@ -435,15 +373,15 @@ class FarmMachine:
             # Half started: the stop path runs from where it was going.
             self.state = State.UP if "start_both" in scripts else State.WAIT
             self.holds.stop, self.holds.restart_after_stop = True, False
-            return _merge(Output(log=log + ("stopping the module; start it again by hand",)),
+            return merge(Output(log=log + ("stopping the module; start it again by hand",)),
                           self._reconcile())
         if "stop_both" in scripts or "poststop" in scripts:
             # Stop scripts already had their forced retry: count the module as stopped.
             self.state = plan.next_state
-            return _merge(Output(log=log), self._reconcile())
+            return merge(Output(log=log), self._reconcile())
         # A commit that did not go through (no quorum, refused): the next view retries.
         self._await_view = True
-        return _merge(Output(log=log), self._reconcile())
+        return merge(Output(log=log), self._reconcile())
 
     def _cut_off(self) -> Output:
         """This node can no longer prove it is in the majority: drop the VIP now.
@@ -485,7 +423,3 @@ def _with_intent(plan: Plan, intent: str) -> Plan:
             at += 1
     return Plan(actions[:at] + (CommitIntent(intent),) + actions[at:], plan.next_state,
                 plan.reason, plan.urgent)
-
-
-def _merge(a: Output, b: Output) -> Output:
-    return Output(plans=a.plans + b.plans, refused=a.refused or b.refused, log=a.log + b.log)

@@ -21,27 +21,28 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping
 
 from raft.cluster_state import liveness_resource, mirror_resource
-from raft.durable_storage import durable_replace
+from raft.commands import (BEGIN_GENERATION, LEAVE_IN_SYNC, NAME_GOOD_COPY, SET_IN_SYNC,
+                           SET_INTENT)
 from replication import copy_identity as ci
 from replication.activity_log import AL_FILE
+from replication.durable_file import atomic_write
 from replication.mount import unmount
 from vip import VipAnnouncer, has_vip
 
-from . import default_primary
-from . import mirror_machine as mm
-from .control import ControlError
-from .lease_holder import LeaseHolder
-from .module_checks import RESUME, ModuleChecks
-from .module_nodes import ModuleNodesError, replication_hosts
-from .module_runtime import ModuleRuntime, PlanFailed, PlanNotYet
-from .peer_control import PeerControlError, call_peer, peer_control_address
-from .userconfig import ModuleConfig
+from hacluster.modules.checks import RESUME
+from hacluster.modules.host import ModuleSlice
+from hacluster.modules.nodes import ModuleNodesError, replication_hosts
+from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet
+from hacluster.node.commands import MODULE_CMD
+from hacluster.node.control import ControlError
+from hacluster.node.lease_holder import LeaseHolder
+from hacluster.node.peer_control import PeerControlError, call_peer, peer_control_address
 
-if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+from . import default_primary
+from . import machine as mm
 
 log = logging.getLogger("hacluster.mirror")
 
@@ -124,17 +125,20 @@ class _Proc:
 class MirrorModule(ModuleRuntime):
     mode = "mirror"
 
-    def __init__(self, daemon: "NodeDaemon", name: str, module_dir: Path, config: ModuleConfig,
-                 peer: str) -> None:
-        super().__init__(daemon, name, module_dir, config,
-                         mm.MirrorMachine(daemon.name, peer, config.maxloop, config.loop_interval_s), mm,
+    def __init__(self, placement: Placement) -> None:
+        host, config = placement.host, placement.config
+        # A mirror module runs on two nodes (module_nodes): this one and its peer.
+        peer = next(n for n in placement.nodes if n != host.name)
+        super().__init__(placement,
+                         mm.MirrorMachine(host.name, peer, config.maxloop, config.loop_interval_s),
                          {"HACLUSTER_PEER": peer, "HACLUSTER_EPOCH": "0"})
         self.peer = peer
-        self.resource = mirror_resource(name)
+        self.resource = mirror_resource(self.name)
+        self.leases_read = frozenset({self.resource, liveness_resource(peer)})
         # The VIP expires in the kernel at the lease deadline unless renewals extend it.
         self.vips = [VipAnnouncer(v.addr, v.prefixlen, v.interface, refresh_s=v.garp_refresh_s,
                                   lease=lambda: self.holder,
-                                  renew_interval_s=daemon.config.raft.lease_timing.renew_interval_s,
+                                  renew_interval_s=host.config.raft.lease_timing.renew_interval_s,
                                   marker=self.state_dir / f"vip-held-{v.addr}")
                      for v in config.vips]
         self.holder: LeaseHolder | None = None
@@ -168,15 +172,15 @@ class MirrorModule(ModuleRuntime):
                         "the VIP was still here: the daemon died as primary")
             await self.runner.run_stop("stop_prim", "STOP", "STOP", "force")
         self.started = True
-        self.checks = ModuleChecks.for_runtime(self)
-        self.checks.start()
+        self._start_checks()
         self.refresh()
+        self.host.track(asyncio.create_task(self._watch_local_copy()))
 
     # ---- the committed view --------------------------------------------------------
-    def view_from(self, snap: dict) -> mm.View:
-        lease = snap["leases"].get(self.resource) or {}
-        module = snap["modules"].get(self.name) or {}
-        peer_lease = snap["leases"].get(liveness_resource(self.peer)) or {}
+    def view_from(self, part: ModuleSlice) -> mm.View:
+        lease = part.lease(self.resource)
+        module = part.entry()
+        peer_lease = part.lease(liveness_resource(self.peer))
         return mm.View(holder=lease.get("holder"), epoch=lease.get("epoch", 0),
                        in_sync=frozenset(lease.get("eligible") or ()),
                        peer_live=peer_lease.get("holder") == self.peer,
@@ -196,14 +200,23 @@ class MirrorModule(ModuleRuntime):
                      for e, mp in zip(local, self.config.rfs.mountpoints)]
         return local
 
-    def _copy_problem(self, module: dict) -> str | None:
+    def _copy_problem(self, module: Mapping[str, Any]) -> str | None:
         if self.machine.state in mm.PRIMARY or self.mounts:
             return None         # its own session's copy, stamped at promotion
         return ci.promotion_problem(self._local_copy(), ci.Committed.from_module(module),
-                                    self.node, self.daemon.config.cluster, self.name)
+                                    self.node, self.host.config.cluster, self.name)
+
+    async def _watch_local_copy(self) -> None:
+        """The copy's identity lives on this node's disk, not in Raft: look at it again
+        every renewal interval (an administrator may restore or replace a copy) even
+        when nothing this module reads was committed meanwhile."""
+        interval = self.host.config.raft.lease_timing.renew_interval_s
+        while not self.closed:
+            await asyncio.sleep(interval)
+            self._view_maybe_changed()
 
     def _committed_identity(self) -> ci.Committed:
-        return ci.Committed.from_module(self.daemon.raft.snapshot()["modules"].get(self.name))
+        return ci.Committed.from_module(self._read_slice().module)
 
     async def _begin_generation(self, epoch: int, forced: bool) -> None:
         """Promotion: check the copy, stamp the new generation on every replicated
@@ -215,7 +228,7 @@ class MirrorModule(ModuleRuntime):
         local = self._local_copy()
         if not forced:
             problem = ci.promotion_problem(local, committed, self.node,
-                                           self.daemon.config.cluster, self.name)
+                                           self.host.config.cluster, self.name)
             if problem:
                 raise PlanFailed(f"not promoted: {problem}")
         for entry in local:
@@ -226,10 +239,10 @@ class MirrorModule(ModuleRuntime):
             elif entry.problem is not None:
                 raise PlanFailed(f"not promoted: {entry.problem}")
         local = self._local_copy()
-        record = ci.next_record(local, self.daemon.config.cluster, self.name, epoch)
+        record = ci.next_record(local, self.host.config.cluster, self.name, epoch)
         for entry in local:
             ci.write_record(entry.path, record)
-        await self._commit("begin_generation", self.resource, self.node, epoch, record.copy)
+        await self._commit(BEGIN_GENERATION, self.resource, self.node, epoch, record.copy)
         log.info("event=generation_started module=%s node=%s epoch=%d copy=%s forced=%s",
                  self.name, self.node, epoch, record.copy[:8], forced)
         self._module_log(f"generation {epoch} started on {record.short()}"
@@ -243,7 +256,7 @@ class MirrorModule(ModuleRuntime):
         copy) and the primary forgets its sync point. A newer copy is refused."""
         committed = self._committed_identity()
         local = self._local_copy()
-        mode, why = ci.resync_mode(local, committed, self.node, self.daemon.config.cluster,
+        mode, why = ci.resync_mode(local, committed, self.node, self.host.config.cluster,
                                    self.name)
         if mode == ci.REFUSE and self._overwrite_ok and not any(e.missing for e in local):
             mode, why = ci.FULL, f"{why} (overwritten: second fullsync/--force)"
@@ -291,7 +304,7 @@ class MirrorModule(ModuleRuntime):
             raise ControlError(f"module {self.name}: {self.node} is not the secondary of "
                                f"{self.peer} at epoch {epoch}")
         local = ci.read_local([self.real_dir(d) for d in self.config.rfs.dirs])
-        record = ci.next_record(local, self.daemon.config.cluster, self.name, epoch)
+        record = ci.next_record(local, self.host.config.cluster, self.name, epoch)
         for entry in local:
             try:
                 ci.write_record(entry.path, record)
@@ -303,10 +316,9 @@ class MirrorModule(ModuleRuntime):
 
     async def _call_peer_module(self, cmd_name: str, timeout: float, **extra: Any) -> dict:
         """A command of this module on the peer's daemon, over peer control."""
-        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
-        host, port = peer_control_address(members[self.peer]["address"])
-        request = {"cmd": "module_cmd", "module": self.name, "cmd_name": cmd_name, **extra}
-        return await call_peer(host, port, self.daemon.config.read_secret(), request, timeout=timeout)
+        host, port = peer_control_address(self.host.members()[self.peer]["address"])
+        request = {"cmd": MODULE_CMD.name, "module": self.name, "cmd_name": cmd_name, **extra}
+        return await call_peer(host, port, self.host.config.read_secret(), request, timeout=timeout)
 
     async def _peer_stamps_copy(self, epoch: int) -> str:
         try:
@@ -346,9 +358,6 @@ class MirrorModule(ModuleRuntime):
         return f"primforce makes {here} on {self.node} the truth; it {lost}"
 
     # ---- hooks of ModuleRuntime ---------------------------------------------------------
-    def _plan_done_event(self, ok: bool, error: str | None, not_yet: bool) -> mm.PlanDone:
-        return mm.PlanDone(ok, error, not_yet=not_yet, at=time.monotonic())
-
     def _on_output(self, out: mm.Output) -> None:
         if out.contend is not None:
             self._set_contend(out.contend)
@@ -365,20 +374,18 @@ class MirrorModule(ModuleRuntime):
         if isinstance(a, mm.RunScript):
             await self._run_script(a)
         elif isinstance(a, mm.CommitIntent):
-            await self._commit("set_intent", self.name, self.node, a.intent)
+            await self._commit(SET_INTENT, self.name, self.node, a.intent)
         elif isinstance(a, mm.CommitGoodCopy):
-            await self._commit("name_good_copy", self.resource, self.node, a.force)
+            await self._commit(NAME_GOOD_COPY, self.resource, self.node, a.force)
         elif isinstance(a, mm.CommitLeaveInSync):
-            await self._commit("leave_in_sync", self.resource, self.node, a.force)
+            await self._commit(LEAVE_IN_SYNC, self.resource, self.node, a.force)
         elif isinstance(a, mm.CommitInSyncSelf):
             await self._begin_generation(a.epoch, a.forced)
         elif isinstance(a, mm.ReleaseLease):
             holder, self.holder = self.holder, None
             epoch = self.machine.epoch
             if holder is not None:
-                holder._on_lost = None      # a release is not a loss: no fence to run
-                await holder.stop(release=True)
-                self.daemon.holders.pop(self.resource, None)
+                await self.host.release(self.resource)    # a release is not a loss: no fence
             if epoch is not None:
                 self.feed(mm.LeaseReleased(epoch))
         elif isinstance(a, mm.StartReceiver):
@@ -410,28 +417,24 @@ class MirrorModule(ModuleRuntime):
                     self.config.defaultprim, self.node, self.peer, view,
                     self._last_primary_epoch(), starting=self.machine.state is not mm.State.SECOND):
                 # defaultprim prefers the peer: give it one lease to take the role first.
-                delay = self.daemon.config.raft.lease_s
+                delay = self.host.config.raft.lease_s
                 log.info("event=contend_deferred module=%s preferred=%s defaultprim=%s delay_s=%.1f",
                          self.name, self.peer, self.config.defaultprim, delay)
                 self._deferred = asyncio.get_running_loop().call_later(delay, self._deferred_contend)
                 return
-            self.holder = LeaseHolder(self.daemon.raft, self.resource, self.node,
-                                      self.daemon.config.raft.lease_timing,
-                                      on_acquired=self._lease_acquired,
-                                      on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
+            self.holder = self.host.hold(
+                self.resource, on_acquired=self._lease_acquired,
+                on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
             for v in self.vips:
                 self.holder.watch_renewals(v.lease_renewed)
-            self.daemon.holders[self.resource] = self.holder
-            self.daemon.track(asyncio.create_task(self.holder.run()))
         elif not on:
             self._deferral_done = False
             if self._deferred is not None:
                 self._deferred.cancel()
                 self._deferred = None
             if self.holder is not None and self.holder.lease.epoch is None:
-                holder, self.holder = self.holder, None
-                self.daemon.holders.pop(self.resource, None)
-                asyncio.create_task(holder.stop(release=False))
+                self.holder = None
+                self.host.release(self.resource, hand_back=False)   # not held: nothing to hand back
 
     def _deferred_contend(self) -> None:
         # After one deferral ask regardless: a preference must never keep the module down.
@@ -442,9 +445,7 @@ class MirrorModule(ModuleRuntime):
 
     def _lease_acquired(self, epoch: int) -> None:
         try:
-            tmp = self._last_epoch_path.with_suffix(".tmp")
-            tmp.write_text(f"{epoch}\n")
-            durable_replace(str(tmp), str(self._last_epoch_path))
+            atomic_write(self._last_epoch_path, f"{epoch}\n", mode=0o644)
         except OSError as e:
             log.warning("event=last_epoch_not_saved module=%s error=%r", self.name, str(e))
         self.feed(mm.LeaseAcquired(epoch))
@@ -460,9 +461,8 @@ class MirrorModule(ModuleRuntime):
         address hosts. Only the data moves there; leases, fencing and the peer_lost
         commit stay on Raft's network, so a cut flow network is a lost secondary
         (DESIGN rule 3), never a lost quorum."""
-        members = self.daemon.raft.snapshot()["members"] or self.daemon.config.members
         try:
-            return replication_hosts(self.config, members, [self.node, self.peer])
+            return replication_hosts(self.config, self.host.members(), [self.node, self.peer])
         except ModuleNodesError as e:
             raise PlanFailed(f"module {self.name}: {e}") from None
 
@@ -494,7 +494,7 @@ class MirrorModule(ModuleRuntime):
             argv = [sys.executable, "-m", "replication", "receive", "--root", root,
                     "--state", str(state),
                     "--listen", f"{my_host}:{replication_port(self.name, i)}",
-                    "--secret-file", str(self.daemon.config.secret_path),
+                    "--secret-file", str(self.host.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
             p = _Proc("receiver", root, argv, self.state_dir / f"receiver{i}.log")
             procs.append(p)
@@ -519,11 +519,11 @@ class MirrorModule(ModuleRuntime):
             unmount(root)   # a mount left by a killed server of ours
             argv = [sys.executable, "-m", "replication", "mount", "--root", root,
                     "--peer", f"{peer_host}:{replication_port(self.name, i)}",
-                    "--secret-file", str(self.daemon.config.secret_path),
+                    "--secret-file", str(self.host.config.secret_path),
                     "--state", str(state), "--epoch", str(epoch), "--alone",
                     "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
                     "--durability", self.config.rfs.durability,
-                    "--hook-socket", str(self.daemon.config.socket_path), "--module", self.name,
+                    "--hook-socket", str(self.host.config.socket_path), "--module", self.name,
                     "--status-interval", "0"]
             if self.config.rfs.reintegration_bandwidth_Bps:
                 argv += ["--bandwidth", str(self.config.rfs.reintegration_bandwidth_Bps)]
@@ -574,8 +574,8 @@ class MirrorModule(ModuleRuntime):
         # fenced by the epoch, so a late retry cannot remove the secondary for a newer primary.
         while True:
             try:
-                result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch,
-                                                  [self.node])
+                result = await self.host.commit(SET_IN_SYNC, self.resource, self.node, epoch,
+                                                [self.node])
                 break
             except ControlError:
                 if self.epoch != epoch or time.monotonic() - started > PEER_LOST_RETRY_S:
@@ -593,8 +593,8 @@ class MirrorModule(ModuleRuntime):
             raise ControlError(f"module {self.name}: not primary at epoch {epoch}")
         # Rule 6: the secondary's copy carries this generation before Raft says so.
         copy_id = await self._peer_stamps_copy(epoch)
-        result = await self.daemon.commit("set_in_sync", self.resource, self.node, epoch,
-                                          [self.node, self.peer], {self.peer: copy_id})
+        result = await self.host.commit(SET_IN_SYNC, self.resource, self.node, epoch,
+                                        [self.node, self.peer], {self.peer: copy_id})
         if not result.get("ok"):
             raise ControlError(f"module {self.name}: {result.get('error')}")
         log.info("event=secondary_in_sync module=%s peer=%s epoch=%d", self.name, self.peer, epoch)
@@ -606,7 +606,7 @@ class MirrorModule(ModuleRuntime):
         self.progress = progress
 
     # ---- commands -------------------------------------------------------------------------
-    async def command(self, name: str) -> str:
+    async def command(self, name: str, request: Mapping[str, Any]) -> str | dict[str, Any]:
         note = ""
         view = self._last_view or mm.View()
         if name == "start" and default_primary.first_start_names_good_copy(
@@ -631,6 +631,13 @@ class MirrorModule(ModuleRuntime):
             self._overwrite_ok = True
         elif name == "forget_sync_point":
             return self.forget_sync_point()
+        elif name == "why":
+            return "\n".join(self.machine.why())
+        elif name == "stamp_copy":      # from the primary's daemon, through peer control
+            epoch = request.get("epoch")
+            if not isinstance(epoch, int) or isinstance(epoch, bool):
+                raise ControlError(f"stamp_copy needs an integer epoch, got {epoch!r}")
+            return await self.stamp_copy(epoch)
         elif name == "primforce":
             if self.machine.state not in mm.PRIMARY and view.holder in (None, self.node):
                 raise ControlError(f"module {self.name}: {self.primforce_preview()}; "
@@ -694,12 +701,7 @@ class MirrorModule(ModuleRuntime):
 
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""
-        self.closed = True
-        if self.checks is not None:
-            await self.checks.stop()
-        if self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
-            await asyncio.gather(self._plan_task, return_exceptions=True)
+        await self._stop_following()
         for v in self.vips:
             await v.drop()
         cur = self.machine.display[0].value

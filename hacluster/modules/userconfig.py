@@ -19,7 +19,7 @@ reported only). Intervals default to 10 s, timeouts to 5 s (unitless = seconds).
 rule's label replaces it. In ``<heart><heartbeat name ident><server addr/>...</heartbeat>``,
 the servers of the first heartbeat name a mirror's nodes; the one heartbeat marked
 ``ident="flow"`` carries the replication, its servers being the nodes' replication
-addresses in the same order (how they map to nodes: hacluster.module_nodes).
+addresses in the same order (how they map to nodes: hacluster.modules.nodes).
 ``<farm><lan><node name addr power/></lan></farm>`` and
 ``<vip><loadbalancing_list><group><rule port proto filter/></group></loadbalancing_list>``
 are for farm modules only.
@@ -475,7 +475,7 @@ def _flow_ident(r: _Reader, hb: Element, ident: str | None,
 def _check_flow(r: _Reader, nets: list[tuple[HeartbeatNet, Element]], mode: str) -> None:
     """A flow heartbeat after the first lists one replication address per node, in the
     order of the first heartbeat's servers (or, when that lists none, of the module's
-    two nodes by name): see hacluster.module_nodes.replication_hosts."""
+    two nodes by name): see hacluster.modules.nodes.replication_hosts."""
     flow = next(((n, el) for n, el in nets if n.flow), None)
     if flow is None:
         return

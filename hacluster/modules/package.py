@@ -20,10 +20,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from hacluster.module_scripts import SCRIPTS
-from hacluster.userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
-from raft.durable_storage import durable_replace, private_dir
-from replication.dirty_bitmap import fsync_dir
+from .scripts import SCRIPTS
+from .userconfig import ModuleConfig, UserConfigError, load_userconfig, parse_userconfig
+from raft.durable_storage import private_dir
+from replication.durable_file import durable_replace, fsync_dir
 
 log = logging.getLogger("hacluster.module_package")
 

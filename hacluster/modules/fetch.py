@@ -22,8 +22,8 @@ import re
 import struct
 from typing import Callable, Iterable
 
-from hacluster.module_package import MAX_TOTAL_BYTES
-from hacluster.tcp_service import HandshakeLimits, TcpService
+from .package import MAX_TOTAL_BYTES
+from hacluster.node.tcp_service import HandshakeLimits, TcpService
 
 log = logging.getLogger("hacluster.module_fetch")
 

@@ -2,35 +2,43 @@
 
 ``module install`` checks the package here, installs it locally, then commits
 its digest in Raft; every other node sees the committed entry, fetches the
-bytes from the node that has them (``module_fetch``, authenticated by the
+bytes from the node that has them (``modules.fetch``, authenticated by the
 cluster secret, checked against the committed digest) and installs the same
-package. Each installed mirror module gets a ``MirrorModule`` runtime.
+package. Each installed module gets a runtime of its kind (the ``kinds`` the
+node daemon hands over: mirror/, farm/), on the nodes it runs on.
+
+After every applied Raft entry the registry hands each runtime the slice of the
+committed state its view reads, only when that slice changed (``StateFeed``):
+renewals, several a second, change nothing a module reads and wake nobody.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
+from raft.commands import (BOOTSTRAP, INSTALL_MODULE, SET_FAILOVER, UNINSTALL_MODULE, Answer,
+                           changed)
 from raft.durable_storage import private_dir
 
-from . import module_package
-from .control import ControlError
-from .farm_module import FarmModule
-from .mirror_module import MirrorModule
-from .module_checks import CHECKS_COMMANDS, checks_command
-from .module_nodes import ModuleNodesError, module_nodes
-from .module_fetch import ModuleFetchError, ModuleFetchServer, fetch_module
-from .module_package import ModulePackageError
+from hacluster.node import commands
+from hacluster.node.control import ControlError, Handler
 
-if TYPE_CHECKING:
-    from .daemon import NodeDaemon
+from . import package
+from .checks import checks_command
+from .fetch import ModuleFetchError, ModuleFetchServer, fetch_module
+from .host import ModuleHost, ModuleSlice
+from .nodes import ModuleNodesError, module_nodes
+from .package import ModulePackageError
+from .runtime import ModuleRuntime, Placement
 
 log = logging.getLogger("hacluster.modules")
 
 FETCH_PORT_OFFSET = 2      # module fetch service: Raft port + 2
 MAX_LOG_LINES = 10_000
+
+RuntimeFactory = Callable[[Placement], ModuleRuntime]
 
 
 def fetch_address(raft_address: str) -> tuple[str, int]:
@@ -38,20 +46,49 @@ def fetch_address(raft_address: str) -> tuple[str, int]:
     return host, int(port) + FETCH_PORT_OFFSET
 
 
+class StateReader(Protocol):
+    """A follower of one module's part of the committed state (a module runtime)."""
+    name: str
+    leases_read: frozenset[str]
+
+    def state_changed(self, part: ModuleSlice) -> None: ...
+
+
+class StateFeed:
+    """Hands each reader the slice of the committed state it reads, only when an
+    applied entry changed that slice (``raft.commands``: what each command changed),
+    from one read of the state for all the readers it concerns."""
+
+    def __init__(self, read_state: Callable[[], Mapping[str, Any]]) -> None:
+        self._read_state = read_state
+
+    def applied(self, op: str, args: tuple, result: Answer, readers: Iterable[StateReader]) -> None:
+        what = changed(op, args, result)
+        if what.nothing:
+            return
+        state = None
+        for reader in readers:
+            if what.concerns(reader.name, reader.leases_read):
+                state = state if state is not None else self._read_state()
+                reader.state_changed(ModuleSlice.of(state, reader.name, reader.leases_read))
+
+
 class ModuleRegistry:
-    def __init__(self, daemon: "NodeDaemon") -> None:
-        self.daemon = daemon
-        self.dir = daemon.config.data_path / "modules"
+    def __init__(self, host: ModuleHost, kinds: Mapping[str, RuntimeFactory]) -> None:
+        self.host = host
+        self.kinds = dict(kinds)                     # package mode -> its runtime
+        self.dir = host.config.data_path / "modules"
         private_dir(self.dir)
-        self.runtimes: dict[str, MirrorModule] = {}
+        self.runtimes: dict[str, ModuleRuntime] = {}
         self.installed: dict[str, str] = {}          # name -> digest on this node
         self.errors: dict[str, str] = {}
+        self.feed = StateFeed(host.cluster_state)
         self._sync_lock = asyncio.Lock()
         self._sync_again = False
         self._synced_once = False
-        host, port = fetch_address(daemon.config.me["address"])
-        self.fetch_server = ModuleFetchServer(host, port, daemon.config.read_secret(), self._lookup,
-                                              member_hosts=daemon._member_hosts)
+        address, port = fetch_address(host.config.me["address"])
+        self.fetch_server = ModuleFetchServer(address, port, host.config.read_secret(), self._lookup,
+                                              member_hosts=host.member_hosts)
 
     def _lookup(self, digest: str) -> bytes | None:
         for name, d in self.installed.items():
@@ -64,7 +101,7 @@ class ModuleRegistry:
 
     async def start(self) -> None:
         await self.fetch_server.start()
-        for m in module_package.list_installed(self.dir):
+        for m in package.list_installed(self.dir):
             self.installed[m.name] = m.digest
 
     async def close(self) -> None:
@@ -72,11 +109,11 @@ class ModuleRegistry:
         await self.fetch_server.close()
 
     # ---- following the committed state --------------------------------------------------
-    def applied(self, op: str) -> None:
-        if op in ("install_module", "uninstall_module", "bootstrap") or not self._synced_once:
-            self.daemon.track(asyncio.create_task(self.sync()))
-        for rt in list(self.runtimes.values()):
-            rt.refresh()
+    def applied(self, op: str, args: tuple, result: Answer) -> None:
+        """After every applied Raft entry."""
+        if op in (INSTALL_MODULE.name, UNINSTALL_MODULE.name, BOOTSTRAP.name) or not self._synced_once:
+            self.host.track(asyncio.create_task(self.sync()))
+        self.feed.applied(op, args, result, list(self.runtimes.values()))
 
     async def sync(self) -> None:
         """Make this node's installed modules and runtimes match the committed ones."""
@@ -91,8 +128,8 @@ class ModuleRegistry:
                     break
 
     async def _sync_once(self) -> None:
-        snap = self.daemon.raft.snapshot()
-        if not snap["members"] or not self.daemon.raft.caught_up():
+        snap = self.host.cluster_state()
+        if not snap["members"] or not self.host.caught_up():
             return
         self._synced_once = True
         wanted = snap["modules"]
@@ -101,7 +138,7 @@ class ModuleRegistry:
             await rt.close()
         for name in sorted(set(self.installed) - set(wanted)):
             try:
-                module_package.uninstall(self.dir, name)
+                package.uninstall(self.dir, name)
             except (ModulePackageError, OSError) as e:
                 log.error("event=module_uninstall_failed module=%s error=%r", name, str(e))
             self.installed.pop(name, None)
@@ -122,14 +159,14 @@ class ModuleRegistry:
             return False
         host, port = fetch_address(member["address"])
         try:
-            data = await fetch_module(host, port, self.daemon.config.read_secret(), mod["digest"])
+            data = await fetch_module(host, port, self.host.config.read_secret(), mod["digest"])
             installed = await asyncio.get_running_loop().run_in_executor(
-                None, module_package.install, data, self.dir, name)
+                None, package.install, data, self.dir, name)
         except (ModuleFetchError, ModulePackageError, OSError) as e:
             self.errors[name] = f"fetching {name} from {source}: {e}"
             log.error("event=module_fetch_failed module=%s source=%s error=%r", name, source, str(e))
             # Try again a little later: the source may be restarting.
-            asyncio.get_running_loop().call_later(2.0, lambda: self.daemon.track(
+            asyncio.get_running_loop().call_later(2.0, lambda: self.host.track(
                 asyncio.create_task(self.sync())))
             return False
         self.installed[name] = installed.digest
@@ -139,7 +176,7 @@ class ModuleRegistry:
 
     def _start_runtime(self, name: str, mod: dict, snap: dict) -> None:
         path = self.dir / name
-        config = next((m.config for m in module_package.list_installed(self.dir) if m.name == name), None)
+        config = next((m.config for m in package.list_installed(self.dir) if m.name == name), None)
         if config is None:
             self.errors[name] = f"module {name} is not installed on this node"
             return
@@ -149,37 +186,43 @@ class ModuleRegistry:
             self.errors[name] = str(e)
             log.error("event=module_not_started module=%s reason=%r", name, self.errors[name])
             return
-        if self.daemon.name not in nodes:
+        if self.host.name not in nodes:
             # Installed everywhere (any node may be asked about it), run only on its nodes.
             self.errors[name] = f"runs on {', '.join(nodes)}, not on this node"
             return
+        kind = self.kinds.get(mod["mode"])
+        if kind is None:
+            self.errors[name] = f"this node does not run {mod['mode']} modules"
+            return
         self.errors.pop(name, None)
-        if mod["mode"] == "farm":
-            rt: MirrorModule | FarmModule = FarmModule(self.daemon, name, path, config)
-        else:
-            rt = MirrorModule(self.daemon, name, path, config,
-                              next(n for n in nodes if n != self.daemon.name))
+        rt = kind(Placement(self.host, name, path, config, tuple(nodes), self.runtimes.get))
         self.runtimes[name] = rt
-        self.daemon.track(asyncio.create_task(rt.start()))
+        self.host.track(asyncio.create_task(rt.start()))
 
     # ---- control handlers ----------------------------------------------------------------
-    def handlers(self) -> dict[str, Any]:
+    def handlers(self) -> dict[str, Handler]:
+        """The module control commands (hacluster.node.commands: ``modules``), by name."""
         return {
-            "module_install": self._install, "module_uninstall": self._uninstall,
-            "module_list": self._list, "module_cmd": self._cmd, "module_state": self._state,
-            "module_log": self._log, "module_waitstate": self._waitstate,
-            "replication_peer_lost": self._peer_lost, "replication_in_sync": self._in_sync,
-            "replication_progress": self._progress,
+            commands.MODULE_INSTALL.name: self._install,
+            commands.MODULE_UNINSTALL.name: self._uninstall,
+            commands.MODULE_LIST.name: self._list,
+            commands.MODULE_CMD.name: self._cmd,
+            commands.MODULE_STATE.name: self._state,
+            commands.MODULE_LOG.name: self._log,
+            commands.MODULE_WAITSTATE.name: self._waitstate,
+            commands.REPLICATION_PEER_LOST.name: self._peer_lost,
+            commands.REPLICATION_IN_SYNC.name: self._in_sync,
+            commands.REPLICATION_PROGRESS.name: self._progress,
         }
 
-    def _runtime(self, request: dict) -> MirrorModule | FarmModule:
+    def _runtime(self, request: dict) -> ModuleRuntime:
         name = request.get("module")
         rt = self.runtimes.get(name) if isinstance(name, str) else None
         if rt is None:
             if name in self.errors:
                 raise ControlError(f"module {name}: {self.errors[name]}")
             known = ", ".join(sorted(self.runtimes)) or "none"
-            raise ControlError(f"unknown module {name!r} on {self.daemon.name} (running: {known})")
+            raise ControlError(f"unknown module {name!r} on {self.host.name} (running: {known})")
         return rt
 
     async def _install(self, request: dict) -> dict:
@@ -195,25 +238,24 @@ class ModuleRegistry:
             name = Path(path).name.removesuffix(".safe")
         loop = asyncio.get_running_loop()
         try:
-            module_package.check_module_name(name)
-            checked = await loop.run_in_executor(None, module_package.check, data, path, name)
+            package.check_module_name(name)
+            checked = await loop.run_in_executor(None, package.check, data, path, name)
         except ModulePackageError as e:
             raise ControlError(str(e)) from None
-        snap = self.daemon.raft.snapshot()
-        old = snap["modules"].get(name)
+        old = self.host.cluster_state()["modules"].get(name)
         if old is not None and old["digest"] != checked.digest and any(
                 i == "start" for i in old["intent"].values()):
             raise ControlError(f"module {name} is started; stop it on every node before installing "
                                "another version (nothing installed)")
         async with self._sync_lock:
             try:
-                installed = await loop.run_in_executor(None, module_package.install, data, self.dir, name)
+                installed = await loop.run_in_executor(None, package.install, data, self.dir, name)
             except ModulePackageError as e:
                 raise ControlError(str(e)) from None
             self.installed[name] = installed.digest
-            result = await self.daemon.commit("install_module", name, installed.digest,
-                                              checked.config.mode, len(data), self.daemon.name,
-                                              self.daemon.config.raft.lease_timing.lease_s)
+            result = await self.host.commit(INSTALL_MODULE, name, installed.digest,
+                                            checked.config.mode, len(data), self.host.name,
+                                            self.host.config.raft.lease_timing.lease_s)
         if not result.get("ok"):
             raise ControlError(result["error"])
         await self.sync()
@@ -222,14 +264,14 @@ class ModuleRegistry:
 
     async def _uninstall(self, request: dict) -> dict:
         name = request.get("module")
-        result = await self.daemon.commit("uninstall_module", name)
+        result = await self.host.commit(UNINSTALL_MODULE, name)
         if not result.get("ok"):
             raise ControlError(result["error"])
         await self.sync()
         return {"module": name}
 
     async def _list(self, request: dict) -> list[dict]:
-        snap = self.daemon.raft.snapshot()
+        snap = self.host.cluster_state()
         rows = []
         for name, mod in sorted(snap["modules"].items()):
             rt = self.runtimes.get(name)
@@ -242,24 +284,22 @@ class ModuleRegistry:
 
     async def _cmd(self, request: dict) -> dict:
         rt = self._runtime(request)
-        cmd = request.get("cmd_name")
-        if cmd in ("failover_on", "failover_off"):
-            result = await self.daemon.commit("set_failover", rt.name, cmd == "failover_on")
+        try:
+            command = commands.module_command(request.get("cmd_name"), rt.mode, rt.name)
+        except ValueError as e:
+            raise ControlError(str(e)) from None
+        if command.served_by == commands.CHECKS:    # resources, set, errd/checker on|off, resetloop
+            return checks_command(rt, request)
+        if command.served_by == commands.REGISTRY:  # failover on|off
+            on = command.name == "failover_on"
+            result = await self.host.commit(SET_FAILOVER, rt.name, on)
             if not result.get("ok"):
                 raise ControlError(result["error"])
-            return {"module": rt.name, "failover": cmd == "failover_on"}
-        if not isinstance(cmd, str):
-            raise ControlError("module_cmd needs cmd_name")
-        if cmd in CHECKS_COMMANDS:      # resources, set, errd/checker on|off, resetloop
-            return checks_command(rt, request)
-        if cmd == "stamp_copy":         # from the primary's daemon, through peer control
-            if not hasattr(rt, "stamp_copy"):
-                raise ControlError(f"module {rt.name} is not a mirror module")
-            epoch = request.get("epoch")
-            if not isinstance(epoch, int) or isinstance(epoch, bool):
-                raise ControlError(f"stamp_copy needs an integer epoch, got {epoch!r}")
-            return await rt.stamp_copy(epoch)
-        return {"module": rt.name, "node": self.daemon.name, "message": await rt.command(cmd)}
+            return {"module": rt.name, "failover": on}
+        reply = await rt.command(command.name, request)
+        if isinstance(reply, dict):
+            return reply
+        return {"module": rt.name, "node": self.host.name, "message": reply}
 
     async def _state(self, request: dict) -> Any:
         if request.get("module") in (None, ""):

@@ -19,9 +19,10 @@ from typing import Any
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from raft.durable_storage import durable_replace, private_dir
+from raft.durable_storage import private_dir
 from raft.membership import MembershipError, check_members, check_name
 from raft.settings import RaftSettings, SettingsError
+from replication.durable_file import atomic_write, durable_replace
 
 CONFIG_FILE = "cluster.json"
 SECRET_FILE = "secret"              # the data nodes' cluster secret
@@ -110,9 +111,7 @@ class ClusterConfig:
     def save(self) -> None:
         private_dir(self.directory)
         path = self.directory / CONFIG_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        durable_replace(str(tmp), str(path))
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def load(directory: str | os.PathLike) -> ClusterConfig:

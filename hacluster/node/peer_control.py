@@ -17,8 +17,9 @@ Before the MAC is checked a peer gets one deadline for the whole handshake, may
 announce at most ``MAX_REQUEST_BYTES``, and may hold a few such connections per
 address (``tcp_service.HandshakeLimits``); silent connections never take the
 slots of authenticated requests, so they cannot lock ``-H`` out.
-Only the commands in ``REMOTE_COMMANDS`` are served: the replication hooks and
-module installation (which names a local file) stay local.
+Only the commands declared remote in ``commands.py`` are served: the replication
+hooks and module installation (which names a local file) stay local, and so does a
+checker program's ``set_resource`` (it sets its own node's resources).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import os
 import struct
 from typing import Any, Awaitable, Callable, Iterable
 
+from .commands import LOCAL_MODULE_COMMANDS, MODULE_CMD, REMOTE_COMMANDS
 from .tcp_service import HandshakeLimits, TcpService
 
 log = logging.getLogger("hacluster.peer_control")
@@ -42,11 +44,6 @@ MAX_BODY_BYTES = 1 << 20       # a reply
 MAX_REQUEST_BYTES = 64 << 10   # a request, read before its MAC can be checked
 REQUEST_CONTEXT = b"hacluster-control"
 REPLY_CONTEXT = b"hacluster-control-reply"
-REMOTE_COMMANDS = frozenset({"status", "leases", "module_list", "module_cmd", "module_state",
-                             "module_log", "module_waitstate"})
-# module_cmd also carries the checker commands (resources, errd/checker on|off,
-# resetloop); set_resource stays local: a checker program sets its own node's resources
-LOCAL_MODULE_COMMANDS = frozenset({"set_resource"})
 _LENGTH = struct.Struct(">I")
 
 Dispatch = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -125,7 +122,7 @@ class PeerControlServer(TcpService):
             cmd = request.get("cmd") if isinstance(request, dict) else None
             return {"ok": False, "error": f"{cmd!r} cannot be run from another node "
                                           f"(remote commands: {', '.join(sorted(REMOTE_COMMANDS))})"}
-        if request["cmd"] == "module_cmd" and request.get("cmd_name") in LOCAL_MODULE_COMMANDS:
+        if request["cmd"] == MODULE_CMD.name and request.get("cmd_name") in LOCAL_MODULE_COMMANDS:
             return {"ok": False, "error": f"module_cmd {request['cmd_name']} cannot be run from another node "
                                           "(a checker program sets its own node's resources)"}
         log.info("event=peer_control_request peer=%s cmd=%s module=%s", peer, request["cmd"],

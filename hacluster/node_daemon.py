@@ -1,0 +1,66 @@
+"""A data node: the daemon and its modules, put together.
+
+``hacluster.node.daemon.Daemon`` runs the Raft member, this member's liveness
+lease and the control API, and is the modules' host (``ModuleHost``); the module
+registry (``hacluster.modules``) installs and runs the modules, of the kinds named
+here (``mirror/``, ``farm/``), and serves the module control commands. Neither
+side imports the other: they meet in this file. A data node can also contend for
+plain named leases (``--contend``).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hacluster.farm.driver import FarmModule
+from hacluster.mirror.driver import MirrorModule
+from hacluster.modules.registry import ModuleRegistry, RuntimeFactory
+from hacluster.node import commands
+from hacluster.node.cluster_config import ClusterConfig
+from hacluster.node.control import ControlError, Handler
+from hacluster.node.daemon import Daemon
+
+# The module kinds a node runs, by the mode of their package (<service mode=...>).
+KINDS: dict[str, RuntimeFactory] = {commands.MIRROR: MirrorModule, commands.FARM: FarmModule}
+
+
+class NodeDaemon(Daemon):
+    """A data node: runs the application modules installed in the cluster
+    (``ModuleRegistry``) and can contend for plain named leases (``--contend``)."""
+
+    kind = "node"
+    serves_modules = True
+
+    def __init__(self, config: ClusterConfig, contend: list[str] | None = None) -> None:
+        super().__init__(config)
+        self.contend = list(contend or [])
+        self.modules: ModuleRegistry | None = None
+
+    async def started(self) -> None:
+        self.modules = ModuleRegistry(self, KINDS)
+        await self.modules.start()
+        self.track(asyncio.create_task(self.modules.sync()))
+        for resource in self.contend:
+            self.hold(resource)
+
+    async def stopping(self) -> None:
+        if self.modules is not None:
+            await self.modules.close()
+
+    def control_handlers(self) -> dict[str, Handler]:
+        handlers = super().control_handlers()
+        handlers.update({c.name: self._module_handler(c.name)
+                         for c in commands.CONTROL_COMMANDS.values() if c.modules})
+        return handlers
+
+    def _module_handler(self, cmd: str) -> Handler:
+        async def handle(request: dict[str, Any]) -> Any:
+            if self.modules is None:
+                raise ControlError("the daemon is still starting")
+            return await self.modules.handlers()[cmd](request)
+        return handle
+
+    def _applied(self, op: str, args: tuple, result: dict) -> None:
+        super()._applied(op, args, result)
+        if self.modules is not None:
+            self.modules.applied(op, args, result)
