@@ -227,9 +227,13 @@ class Applier:
         fd = self._file(op.path)
         _check(_libc.fallocate64(fd, op.mode, op.offset, op.length), "fallocate", op.path)
 
+    def sync_tree(self) -> None:
+        """Everything applied so far, on disk (syncfs of the copy's file system)."""
+        _check(_libc.syncfs(self.root_fd), "syncfs", "")
+
     def _fsync(self, op: Op) -> None:
         if op.path == "":
-            _check(_libc.syncfs(self.root_fd), "syncfs", "")
+            self.sync_tree()
             return
         sync = os.fdatasync if op.mode & FSYNC_DATASYNC else os.fsync
         with parent_dir(self.root_fd, op.path) as (pfd, name):

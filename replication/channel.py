@@ -249,7 +249,8 @@ def _transcript(version: int, ack_mode: int, epoch: int, nonce_c: bytes, nonce_s
     return out
 
 
-SERVER_FEATURES = Feature.WRITE_TIMES | Feature.QUERY_ONLY | Feature.ACTIVITY_LOG | Feature.AEAD
+SERVER_FEATURES = (Feature.WRITE_TIMES | Feature.QUERY_ONLY | Feature.ACTIVITY_LOG | Feature.AEAD
+                   | Feature.DURABLE_MARK)
 
 
 def accept_features(offered: int) -> int:
@@ -360,6 +361,9 @@ class ChannelClient:
         self.late_errors: collections.deque[tuple[int, int, str]] = collections.deque(maxlen=1000)
         self.late_error_count = 0   # every late error received (each goes to on_late_error)
         self.acked_ops = 0
+        # The receiver's durable mark (Feature.DURABLE_MARK): every op up to it that
+        # was applied is on its disk; -1 until the receiver's first report.
+        self.durable_through = -1
         # the read side: at most one thread reads the socket at a time (see module doc)
         self._reading = False
         self._waiters = 0
@@ -403,7 +407,8 @@ class ChannelClient:
 
     def _handshake(self, sock: socket.socket, reader: FrameReader) -> None:
         nonce_c = os.urandom(NONCE_SIZE)
-        offered = Feature.NEGOTIATE | Feature.WRITE_TIMES | Feature.ACTIVITY_LOG | Feature.AEAD
+        offered = (Feature.NEGOTIATE | Feature.WRITE_TIMES | Feature.ACTIVITY_LOG | Feature.AEAD
+                   | Feature.DURABLE_MARK)
         if self.query_only:
             offered |= Feature.QUERY_ONLY
         sock.sendall(fr.encode_hello(self.epoch, self.ack_mode, nonce_c, offered))
@@ -800,7 +805,11 @@ class ChannelClient:
 
     def _handle(self, f: Frame) -> None:
         h = f.header
-        if h.ftype == FrameType.ACK:
+        if h.ftype == FrameType.ACK and h.flags & fr.Flag.DURABLE:
+            with self._cond:
+                self.durable_through = max(self.durable_through, h.seq)
+                self._cond.notify_all()
+        elif h.ftype == FrameType.ACK:
             late = None
             with self._cond:
                 if h.status == 0:

@@ -108,6 +108,7 @@ class Flag(enum.IntFlag):
     COMPRESSED = 1  # payload is an lz4 block of raw_len bytes
     MORE = 2        # REPLY: more chunks follow for this query
     LATE = 4        # ACK: an op acknowledged on receipt failed when applied
+    DURABLE = 8     # ACK: every op up to seq that was applied is durable (syncfs)
 
 
 class Feature(enum.IntFlag):
@@ -120,10 +121,11 @@ class Feature(enum.IntFlag):
     ACTIVITY_LOG = 4      # ACTIVITY and IN_SYNC queries are understood
     AEAD = 8              # everything after the handshake in AEAD records (secure_stream);
                           # required: a peer without it is refused
+    DURABLE_MARK = 16     # the receiver reports how far its copy is durable (DURABLE acks)
     NEGOTIATE = 1 << 31   # set by every peer that knows this field
 
 
-_KNOWN_FLAGS = int(Flag.COMPRESSED | Flag.MORE | Flag.LATE)
+_KNOWN_FLAGS = int(Flag.COMPRESSED | Flag.MORE | Flag.LATE | Flag.DURABLE)
 _KIND_ENUM = {FrameType.OP: OpKind, FrameType.QUERY: QueryKind, FrameType.HELLO: AckMode}
 
 
@@ -332,6 +334,13 @@ def encode_ack(seq: int, errno: int = 0, message: str = "", *, first_seq: int | 
                         offset=seq if first_seq is None else first_seq,
                         flags=int(Flag.LATE) if late else 0, payload=_text(message),
                         compress=False)
+
+
+def encode_durable(seq: int, epoch: int = 0) -> bytes:
+    """Every op up to ``seq`` that this receiver applied is on its disk (it ran
+    syncfs after applying them); seq 0: everything from before this connection."""
+    return encode_frame(FrameType.ACK, epoch=epoch, seq=seq, offset=seq,
+                        flags=int(Flag.DURABLE), compress=False)
 
 
 def encode_query(qid: int, qkind: QueryKind, path: str = "", *, offset: int = 0,

@@ -38,6 +38,9 @@ from .paths import PathError, check_relative
 log = logging.getLogger("replication.receiver")
 
 QUEUE_BYTES = 64 * 1024 * 1024      # applied-but-not-yet queue: backpressure beyond this
+# How often a sender that asked for it (Feature.DURABLE_MARK) hears how far this copy
+# is on disk: a syncfs of the copy each time ops were applied since the last one.
+DURABLE_INTERVAL_S = 0.5
 ACK_BATCH = 256                      # at most this many ops per success ACK
 ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data than this
 ACK_HOLD_S = 0.0005                  # ...or longer than this
@@ -171,6 +174,8 @@ class _Session:
         self.queue = _WorkQueue(QUEUE_BYTES)
         self.applier_thread: threading.Thread | None = None
         self.done = threading.Event()     # the apply thread has drained and exited
+        self.last_applied = 0             # seq of the last op applied (for durable marks)
+        self._ended = threading.Event()   # the connection is over (stops the durable marks)
         self.end_reason = "sender closed the connection"
         self._inline_acks = _AckRun(conn, conn.epoch)
 
@@ -201,6 +206,11 @@ class _Session:
         self.applier_thread = threading.Thread(target=self._apply_loop, daemon=True,
                                                name=f"repl-apply-{self.conn.peer}")
         self.applier_thread.start()
+        durable = None
+        if self.conn.features & Feature.DURABLE_MARK:
+            durable = threading.Thread(target=self._durable_loop, daemon=True,
+                                       name=f"repl-durable-{self.conn.peer}")
+            durable.start()
         receipts = _AckRun(self.conn, self.conn.epoch)
         try:
             self._read_loop(receipts)
@@ -208,7 +218,32 @@ class _Session:
             receipts.flush()
             self.queue.put(_Item("end"))
             self.applier_thread.join()
+            self._ended.set()
+            if durable is not None:
+                durable.join()
             rx._session_ended(self)
+
+    def _durable_loop(self) -> None:
+        """Tell the sender how far this copy is on disk: the seq of the last op
+        applied, read *before* a syncfs of the copy, once that syncfs returned.
+        The first report (0) follows a syncfs at the session's start, so what
+        earlier sessions applied counts as durable from then on. The sender uses
+        it to answer a barrier on a path nothing touched since (PostgreSQL fsyncs
+        every file of its data directory when it starts after a crash)."""
+        reported = -1
+        while not self._ended.is_set():
+            applied = self.last_applied
+            if applied != reported:
+                try:
+                    self.receiver.applier.sync_tree()
+                except OSError as exc:
+                    log.warning("event=durable_mark_failed peer=%s error=%r", self.conn.peer,
+                                str(exc))
+                else:
+                    if not self.conn.send(fr.encode_durable(applied, self.conn.epoch)):
+                        return
+                    reported = applied
+            self._ended.wait(DURABLE_INTERVAL_S)
 
     def _read_loop(self, receipts: _AckRun) -> None:
         reader = self.conn.reader
@@ -357,6 +392,7 @@ class _Session:
             self.conn.send(fr.encode_ack(seq, err, message, late=item.receipt_acked))
         else:
             rx._count_applied(seq, len(op.data))
+            self.last_applied = seq
             if not item.receipt_acked:
                 acks.add(seq, len(op.data))
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
-from .ops import WRITE_SETS_TIMES, Op, OpKind
+from .ops import NAMESPACE_KINDS, WRITE_SETS_TIMES, Op, OpKind
 from .ordering_lock import OrderingLock
 
 log = logging.getLogger("replication.sender")
@@ -138,6 +138,14 @@ class Sender:
         # their data and trimmed by the channel's ``acked_through``; on a peer loss
         # what is left is recorded (more than needed at worst, never less).
         self._in_flight: collections.OrderedDict[int, Op] = collections.OrderedDict()
+        # BARRIER durability: path -> seq of the last op sent that touched it (or its
+        # entries), forgotten once the receiver's durable mark passes it. A barrier on
+        # a path absent here needs no round trip when everything sent was answered
+        # and the mark covers what the reintegration sent (``_durable_floor``).
+        self._path_seq: dict[str, int] = {}
+        self._pruned_through = -1
+        self._durable_floor = 0
+        self._fast_barriers = 0
         self._failure: str | None = None
         # Unset while a peer-loss transition runs: nothing is answered until it ends.
         self._transition = threading.Event()
@@ -174,6 +182,9 @@ class Sender:
             self._failure = None
             self._settling = settling
             self._refusals = 0
+            self._path_seq.clear()
+            self._pruned_through = -1
+            self._durable_floor = getattr(channel, "last_seq", 0)
         log.info("event=sender_connected generation=%d settling=%s", self._generation, settling)
 
     def quiesce(self, timeout: float) -> None:
@@ -215,6 +226,8 @@ class Sender:
         with self._lock:
             self._settling = False
             self._sent_ops.clear()
+            if self._channel is not None:   # what the reintegration sent must be durable too
+                self._durable_floor = getattr(self._channel, "last_seq", 0)
 
     def late_error(self, channel: Channel, seq: int, err: int, message: str) -> None:
         """The channel's late-error hook: ``seq`` was refused after it was
@@ -284,13 +297,18 @@ class Sender:
         with self._lock:
             return {"state": self._state.value, "in_flight": len(self._in_flight),
                     "generation": self._generation, "failure": self._failure,
-                    "settling": self._settling, "refusals_recorded": self._refusals}
+                    "settling": self._settling, "refusals_recorded": self._refusals,
+                    "barriers_answered_by_durable_mark": self._fast_barriers}
 
     # ---- Replicator API (called by the FUSE layer) ------------------------------
     def submit(self, op: Op) -> Ticket:
         with self._lock:
             state, generation, channel = self._state, self._generation, self._channel
             if state is SenderState.CONNECTED:
+                if (self._barriers and op.kind == OpKind.FSYNC and channel is not None
+                        and self._durable_already(channel, op.path)):
+                    self._fast_barriers += 1
+                    return Ticket(generation, None, barrier=False)
                 try:
                     if channel is None:
                         raise ConnectionError("no receiver connected")
@@ -302,6 +320,7 @@ class Sender:
                 else:
                     if self._barriers:
                         self._trim_answered(channel)
+                        self._note_paths(op, seq)
                         op = _light(op)
                     self._in_flight[seq] = op
                     if self._settling and self._keep_for_late:
@@ -391,6 +410,33 @@ class Sender:
             if channel is not self._channel or self._state is not SenderState.CONNECTED:
                 raise ConnectionError(f"receiver lost: {self._failure or 'peer lost'}")
             self._trim_answered(channel)
+
+    def _note_paths(self, op: Op, seq: int) -> None:
+        """Caller holds _lock: ``op`` (sent as ``seq``) changed its paths and the
+        entries of their directories."""
+        if op.kind == OpKind.FSYNC:
+            return
+        for path in (op.path, op.path2) if op.path2 else (op.path,):
+            self._path_seq[path] = seq
+            if op.kind in NAMESPACE_KINDS:
+                self._path_seq[path.rpartition("/")[0]] = seq
+
+    def _durable_already(self, channel: Channel, path: str) -> bool:
+        """Caller holds _lock. A barrier on ``path`` needs no round trip: nothing
+        is settling, every op sent was answered (applied over there), and the
+        receiver's durable mark covers the last op on ``path`` and on its parent's
+        entries, and everything the reintegration sent. '' is the whole tree."""
+        mark = getattr(channel, "durable_through", -1)
+        if self._settling or mark < self._durable_floor or mark < 0:
+            return False
+        if channel.acked_through < channel.last_seq:
+            return False
+        if mark > self._pruned_through:
+            self._path_seq = {p: q for p, q in self._path_seq.items() if q > mark}
+            self._pruned_through = mark
+        if path == "":
+            return not self._path_seq
+        return path not in self._path_seq and path.rpartition("/")[0] not in self._path_seq
 
     def _trim_answered(self, channel: Channel) -> None:
         """Caller holds _lock: forget the in-flight ops the receiver answered."""

@@ -252,3 +252,60 @@ def test_in_flight_holds_exactly_the_unanswered_ops_and_never_their_data(steps):
     s.detach("test over")
     assert {op.path for op in rec.ops} >= {ch.sent[q - 1].path for q in unanswered}
     assert lost == ["test over"]
+
+
+class DurableChannel(AsyncChannel):
+    """AsyncChannel whose receiver also reports a durable mark."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.durable_through = -1
+
+
+def test_a_barrier_on_a_path_the_durable_mark_covers_needs_no_round_trip():
+    """PostgreSQL fsyncs every file of its data directory when it starts after a
+    crash: a file nothing touched since the receiver's last durable mark is
+    answered at once (nothing sent); a file written since, or one whose
+    directory's entries changed since, or anything while ops are unanswered,
+    is a real barrier."""
+    s, ch, rec, lost = barrier_sender()
+    ch = DurableChannel()
+    s.attach(ch, late_errors=True)
+    s.wait(s.submit(write(0)))                       # f0, seq 1
+    s.wait(s.submit(Op(OpKind.CREATE, "d/new")))     # d/new and d's entries, seq 2
+    ch.ack_through(2)
+    assert s.submit(fsync(9)).seq is not None        # no durable mark yet: sent
+    ch.ack_through(3)
+    ch.durable_through = 1                           # f0 on disk over there, d/new not yet
+    sent = len(ch.sent)
+    for path in ("f0", "other", "d"):
+        ticket = s.submit(Op(OpKind.FSYNC, path)) if path != "d" else None
+        if path in ("f0", "other"):
+            assert ticket.seq is None and not ticket.barrier
+            s.wait(ticket)
+    assert len(ch.sent) == sent
+    assert s.submit(Op(OpKind.FSYNC, "d/new")).seq is not None   # written after the mark
+    assert s.submit(Op(OpKind.FSYNC, "d")).seq is not None       # its entries too
+    assert s.submit(Op(OpKind.FSYNC, "")).seq is not None        # the whole tree too
+    ch.durable_through = 5
+    s.wait(s.submit(write(1)))                                   # unanswered: real barriers
+    assert s.submit(Op(OpKind.FSYNC, "f0")).seq is not None
+    assert s.status()["barriers_answered_by_durable_mark"] == 2
+    assert lost == [] and rec.ops == []
+
+
+def test_while_settling_and_before_the_mark_covers_the_reintegration_barriers_go_out():
+    s, ch, rec, lost = barrier_sender()
+    ch = DurableChannel()
+    s.on_refused = lambda op, err: None
+    s.attach(ch, settling=True, late_errors=True)
+    ch.durable_through = 0
+    assert s.submit(fsync(0)).seq is not None                    # settling
+    for _ in range(3):
+        ch.send_op(write(7))                                     # the reintegration's own ops
+    ch.ack_through(ch.last_seq)
+    s.settled()
+    assert s.submit(fsync(1)).seq is not None                    # mark below what it sent
+    ch.ack_through(ch.last_seq)
+    ch.durable_through = ch.last_seq
+    assert s.submit(fsync(1)).seq is None

@@ -12,6 +12,8 @@ import time
 import pytest
 import xxhash
 
+from chaos.lab import wait_until
+
 from replication import channel
 from replication import frame as fr
 from replication.applier import Applier
@@ -526,7 +528,8 @@ def test_an_unencodable_op_is_refused_locally_and_the_channel_goes_on(receiver, 
 
 def test_a_current_pair_agrees_on_write_times(receiver, connect):
     c = connect(receiver)
-    assert c.features == fr.Feature.WRITE_TIMES | fr.Feature.ACTIVITY_LOG | fr.Feature.AEAD
+    assert c.features == (fr.Feature.WRITE_TIMES | fr.Feature.ACTIVITY_LOG | fr.Feature.AEAD
+                          | fr.Feature.DURABLE_MARK)
     c.wait(c.send_op(Op(OpKind.CREATE, "f")))
     before = receiver.status()["ops_applied"]
     c.wait(c.send_op(Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
@@ -670,3 +673,17 @@ def test_a_barrier_waits_while_the_receiver_progresses_and_not_once_it_stops(rec
         c.wait_through(stuck, timeout=0.3)
     stop.set()
     steps.release()
+
+
+def test_the_receiver_reports_how_far_its_copy_is_durable(receiver, connect):
+    """Feature.DURABLE_MARK: a first mark (0) after a syncfs at the session's
+    start, then, after ops were applied, the seq of the last one once a syncfs
+    that followed it returned."""
+    c = connect(receiver, ack_mode="async")
+    assert c.features & fr.Feature.DURABLE_MARK
+    wait_until("the first durable mark", lambda: c.durable_through >= 0, timeout=10)
+    seq = c.send_op(Op(OpKind.CREATE, "f"))
+    seq = c.send_op(Op(OpKind.WRITE, "f", data=b"x" * 5000))
+    c.drain(timeout=5)
+    wait_until("a durable mark covering the write", lambda: c.durable_through >= seq, timeout=10)
+    assert (receiver.path / "f").read_bytes() == b"x" * 5000
