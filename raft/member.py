@@ -31,6 +31,7 @@ from . import durable_storage
 from .cluster_state import ClusterState, Result
 from .commands import OPS
 from .lease import LeaderLeaseClock
+from .listen import ListenError, listen_error
 from .plain_data import check_plain
 from .secure_channel import SecureTransport
 from .settings import RaftSettings
@@ -46,6 +47,8 @@ _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.start
 _RENEWING = ("acquire", "renew")
 
 AppliedCallback = Callable[[str, tuple, Result], None]
+# What the Raft listener is for, in a failed bind's message (raft.listen).
+RAFT_PURPOSE = "Raft, where the other members connect"
 
 
 class RaftCommandError(RuntimeError):
@@ -501,6 +504,9 @@ class RaftMember:
         durable_storage.private_dir(data)
         check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
+        # Monotonic time of the tick thread's last tick: what tells a watchdog that
+        # Raft still turns (the thread ticks at least every tick_period_s).
+        self.last_tick = time.monotonic()
         conf = SyncObjConf(
             password=secret,
             journalFile=str(data / "raft.journal"),
@@ -512,11 +518,28 @@ class RaftMember:
             # command could commit long after its caller was told "not committed".
             # submit() waits instead, bounded, and drops what the caller gave up on.
             commandsWaitLeader=False,
+            # The member's own address, not pysyncobj's wildcard (0.0.0.0 / ::).
+            bindAddress=self_address,
             **settings.syncobj_kwargs(),
         )
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
                                 [self.consumer], extra_wait=self._time_to_lease_check)
+        self._fail_unless_bound(self_address)
         self.syncobj.addOnTickCallback(self._on_tick)
+
+    def _fail_unless_bound(self, self_address: str) -> None:
+        """pysyncobj's tick thread binds once before the constructor returns and, when
+        that fails, retries every second for ever without a word: the member would
+        run deaf. Here it stops, with the reason (raft.listen.ListenError)."""
+        transport = self.syncobj._SyncObj__transport
+        if transport.ready:
+            return
+        error = getattr(transport._server, "bind_error", None)
+        self.syncobj.destroy_synchronous()
+        host, port = self_address.rsplit(":", 1)
+        if error is None:
+            raise ListenError(f"cannot listen on {host}:{port} for {RAFT_PURPOSE}")
+        raise listen_error(host, int(port), RAFT_PURPOSE, error)
 
     # ---- tick thread --------------------------------------------------------
     def _on_applied(self, op: str, args: tuple, result: Result) -> None:
@@ -553,6 +576,7 @@ class RaftMember:
         return self._next_lease_check - time.monotonic()
 
     def _on_tick(self) -> None:
+        self.last_tick = time.monotonic()
         self.syncobj.sync_journal()
         now = time.monotonic()
         if self._awaiting_leader:
