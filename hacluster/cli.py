@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
@@ -537,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ControlError, ValueError) as e:
+    except (ConfigError, ControlError, ValueError, ListenError) as e:
         print(f"hacluster: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -49,6 +49,9 @@ log = logging.getLogger("hacluster.mirror")
 REPLICATION_BASE_PORT = 7610
 PROCESS_READY_S = 20.0
 PROCESS_STOP_S = 15.0
+# replication.mount.unmount at its worst: fusermount -u, then -u -z, then umount -l,
+# 10 s each.
+UNMOUNT_WORST_S = 30.0
 PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_client, 10 s)
 
 
@@ -697,6 +700,12 @@ class MirrorModule(ModuleRuntime):
         st["copy"] = {"committed": ({"copy": mine[0], "generation": mine[1]} if mine else None),
                       "problem": view.copy_problem}
         return st
+
+    def stop_time_s(self) -> float:
+        """The stop script and its forced call, then per replicated directory its
+        mount or receiver: unmounted (twice at worst), waited for, killed."""
+        per_dir = 2 * UNMOUNT_WORST_S + PROCESS_STOP_S
+        return super().stop_time_s() + len(self.config.rfs.dirs) * per_dir
 
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""

@@ -104,6 +104,10 @@ class ModuleRegistry:
         for m in package.list_installed(self.dir):
             self.installed[m.name] = m.digest
 
+    def stop_time_s(self) -> float:
+        """The longest stop of the modules running here (they stop side by side)."""
+        return max((rt.stop_time_s() for rt in self.runtimes.values()), default=0.0)
+
     async def close(self) -> None:
         await asyncio.gather(*(rt.close() for rt in self.runtimes.values()), return_exceptions=True)
         await self.fetch_server.close()

@@ -29,7 +29,7 @@ from hacluster.node.control import ControlError
 from .checks import ModuleChecks, module_state_source
 from .host import ModuleHost, ModuleSlice
 from .machine import Machine, PlanDone, ViewChanged
-from .scripts import ScriptRunner
+from .scripts import KILL_GRACE_S, ScriptRunner
 from .userconfig import ModuleConfig
 
 log = logging.getLogger("hacluster.module")
@@ -111,6 +111,13 @@ class ModuleRuntime:
         """A module command its driver serves (hacluster.node.commands, ``RUNTIME``):
         a message for the administrator, or a reply of its own."""
         raise NotImplementedError
+
+    def stop_time_s(self) -> float:
+        """The longest this module's stop at daemon shutdown may take (the rule behind
+        the units' TimeoutStopSec, README): a stop script that runs out its
+        scripts_timeout and is killed, then its forced call likewise. A kind adds
+        what else it stops."""
+        return 2 * (self.config.scripts_timeout_s + KILL_GRACE_S)
 
     def _state_fields(self) -> tuple[str, str]:
         """(key=value text for the state log line, text for the module log)."""
