@@ -35,7 +35,7 @@ from vip import VipAnnouncer, has_vip
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
 from hacluster.modules.nodes import ModuleNodesError, replication_hosts
-from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet
+from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet, stop_scripts_time_s
 from hacluster.node.commands import MODULE_CMD
 from hacluster.node.control import ControlError
 from hacluster.node.lease_holder import LeaseHolder
@@ -58,6 +58,14 @@ PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_c
 def replication_port(module: str, index: int) -> int:
     """Stable per module and directory, so both nodes agree without a setting."""
     return REPLICATION_BASE_PORT + (zlib.crc32(module.encode()) % 200) * 4 + index
+
+
+def mirror_stop_time_s(scripts_timeout_s: float, directories: int) -> float:
+    """A mirror module's stop at its worst: the stop script and its forced call, then
+    per replicated directory its mount or receiver: unmounted (twice at worst),
+    waited for, killed."""
+    per_directory = 2 * UNMOUNT_WORST_S + PROCESS_STOP_S
+    return stop_scripts_time_s(scripts_timeout_s) + directories * per_directory
 
 
 def _die_with_parent() -> None:
@@ -702,10 +710,7 @@ class MirrorModule(ModuleRuntime):
         return st
 
     def stop_time_s(self) -> float:
-        """The stop script and its forced call, then per replicated directory its
-        mount or receiver: unmounted (twice at worst), waited for, killed."""
-        per_dir = 2 * UNMOUNT_WORST_S + PROCESS_STOP_S
-        return super().stop_time_s() + len(self.config.rfs.dirs) * per_dir
+        return mirror_stop_time_s(self.config.scripts_timeout_s, len(self.config.rfs.dirs))
 
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""

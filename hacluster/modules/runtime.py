@@ -51,6 +51,12 @@ class PlanNotYet(PlanFailed):
 NOT_YET_RETRY_S = 1.0
 
 
+def stop_scripts_time_s(scripts_timeout_s: float) -> float:
+    """A stop script at its worst: it runs out its timeout and is killed (after the
+    kill grace), then its forced call does the same."""
+    return 2 * (scripts_timeout_s + KILL_GRACE_S)
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a module runtime runs: on which node (its host), from which installed
@@ -114,10 +120,8 @@ class ModuleRuntime:
 
     def stop_time_s(self) -> float:
         """The longest this module's stop at daemon shutdown may take (the rule behind
-        the units' TimeoutStopSec, README): a stop script that runs out its
-        scripts_timeout and is killed, then its forced call likewise. A kind adds
-        what else it stops."""
-        return 2 * (self.config.scripts_timeout_s + KILL_GRACE_S)
+        the units' TimeoutStopSec, README). A kind adds what else it stops."""
+        return stop_scripts_time_s(self.config.scripts_timeout_s)
 
     def _state_fields(self) -> tuple[str, str]:
         """(key=value text for the state log line, text for the module log)."""
