@@ -239,6 +239,8 @@ def cmd_module_install(args: argparse.Namespace) -> int:
     res = _call(args, commands.MODULE_INSTALL.name, package=str(Path(args.package).resolve()), name=args.name,
                 timeout=120)
     text = f"installed {res['mode']} module {res['module']} (sha256 {res['digest'][:12]}) on every node"
+    if res.get("replication_ports"):
+        text += f"; replication ports {','.join(map(str, res['replication_ports']))}"
     for w in res.get("warnings", []):
         text += f"\nwarning: {w}"
     _print(args, res, text)
@@ -257,7 +259,7 @@ def _module_table(rows: list[dict]) -> str:
     return table(rows, [("module", "MODULE"), ("mode", "MODE"), ("digest", "SHA256"),
                         ("installed_here", "HERE"), ("state", "STATE"),
                         ("failover", "FAILOVER"), ("started_on", "STARTED ON"),
-                        ("error", "ERROR")])
+                        ("replication_ports", "PORTS"), ("error", "ERROR")])
 
 
 def cmd_module_list(args: argparse.Namespace) -> int:
@@ -571,7 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(sp)
     sp = add(module, "module install", "install a .safe on every node through Raft", """
         Check a .safe package, commit its digest in Raft and install it on every data
-        node: each node fetches the same bytes from this one and checks the digest.
+        node: each node fetches the same bytes from this one and checks the digest. A
+        mirror module is given one replication port per replicated directory, which no
+        other module has (kept across upgrades with as many directories).
         Installing another version of a module is refused while it is started on any
         node. What userconfig.xml holds that hacluster does not implement is printed as
         a warning with file and line.""", cmd_module_install)
@@ -586,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(module, "module list", "installed modules: mode, digest, state, intent", """
         List the modules installed in the cluster: mode, package digest, whether this
         node has installed it, its state here, automatic failover, the nodes where it
-        is started, and an installation error if there is one. With -H, on each named
-        node.""", cmd_module_list)
+        is started, a mirror module's replication ports (one per replicated directory,
+        allocated at install) and an installation error if there is one. With -H, on
+        each named node.""", cmd_module_list)
     json_flag(sp)
 
     for command in commands.MODULE_COMMANDS.values():

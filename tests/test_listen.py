@@ -121,3 +121,17 @@ def test_a_control_socket_a_daemon_answers_on_is_not_taken_over(tmp_path):
         await second.start()
         await second.close()
     asyncio.run(go())
+
+
+def test_a_replication_receiver_on_a_used_port_says_which_in_one_line(tmp_path, busy_port):
+    import subprocess
+    import sys
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    res = subprocess.run([sys.executable, "-m", "replication", "receive", "--root", str(tmp_path),
+                          "--listen", f"127.0.0.1:{busy_port}", "--secret-file", str(secret),
+                          "--state", str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr == (f"error: cannot listen on 127.0.0.1:{busy_port} for replication, where "
+                          "the primary's mount connects: Address already in use\n")
