@@ -725,4 +725,11 @@ class RaftMember:
         return fut
 
     def destroy(self) -> None:
-        self.syncobj.destroy()
+        """Stop Raft and wait until its tick thread has closed the listener and the
+        journal: a member started again on the same port right after (a restart in the
+        same process) finds it free, since a failed first bind is fatal. Not from the
+        tick thread itself (an on-applied callback), which cannot wait for itself."""
+        if threading.current_thread() is self.syncobj._SyncObj__thread:
+            self.syncobj.destroy()
+        else:
+            self.syncobj.destroy_synchronous()
