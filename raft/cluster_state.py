@@ -149,6 +149,13 @@ class ClusterState:
             check_add(self.members, name, address, role)
         except MembershipError as e:
             return _refused(str(e))
+        ports = rp.member_ports(address)
+        clash = sorted(m for m, ports_of_m in self._mirror_ports().items()
+                       if set(ports_of_m) & set(ports))
+        if clash:
+            return _refused(f"{name}'s ports {ports.start}-{ports.stop - 1} (Raft port to Raft "
+                            f"port + 3) are replication ports of module(s) {', '.join(clash)}: "
+                            "give it another Raft port")
         self.members[name] = {"address": address, "role": role}
         return _ok(name=name, address=address)
 
@@ -353,16 +360,18 @@ class ClusterState:
         return _ok(name=name, digest=digest, upgraded=old is not None,
                    **({"replication_ports": allocated} if allocated is not None else {}))
 
+    def _mirror_ports(self) -> dict[str, list[int]]:
+        """Every mirror module's replication ports (raft.replication_ports.ports_of)."""
+        return {name: rp.ports_of(name, module) for name, module in self.modules.items()
+                if module["mode"] == "mirror"}
+
     def _replication_ports_for(self, name: str, count: int,
                                old: dict[str, Any] | None) -> list[int] | None:
         """Module ``name``'s ports (raft.replication_ports): the ones it has when it
         needs as many, else the lowest free block; None when there is none."""
         if old is not None and len(old.get("replication_ports", ())) == count:
             return list(old["replication_ports"])
-        taken: set[int] = set()
-        for other, module in self.modules.items():
-            if other != name and module["mode"] == "mirror":
-                taken.update(module.get("replication_ports") or rp.legacy_ports(other))
+        taken = {p for other, ports in self._mirror_ports().items() if other != name for p in ports}
         for member in self.members.values():
             taken.update(rp.member_ports(member["address"]))
         return rp.allocate(count, taken)

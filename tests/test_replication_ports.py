@@ -130,3 +130,13 @@ def test_any_sequence_leaves_ports_distinct_and_every_member_agrees(ops):
         assert not set(ports) & {p for m in MEMBERS.values() for p in rp.member_ports(m["address"])}
     assert one.to_dict() == two.to_dict()
     assert ClusterState.from_dict(one.to_dict()).to_dict() == one.to_dict()
+
+
+def test_a_member_whose_ports_are_a_module_s_is_refused():
+    s = _state()
+    assert _install(s, "db", 2)["replication_ports"] == [7610, 7611]
+    refused = s.add_member("n3", "10.0.0.4:7608", "node")      # 7608-7611
+    assert not refused["ok"] and refused["error"] == (
+        "n3's ports 7608-7611 (Raft port to Raft port + 3) are replication ports of module(s) "
+        "db: give it another Raft port")
+    assert s.add_member("n3", "10.0.0.4:7400", "node")["ok"]
