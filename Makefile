@@ -5,7 +5,15 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived postgresql postgresql-contrib
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean
+# A server install (as root): the product in a virtualenv, its command linked into
+# SBINDIR, the systemd units and the member's directories (hacluster setup).
+PREFIX := /opt/hacluster
+SBINDIR := /usr/local/sbin
+# What the product itself needs on a server (the lab and benchmarks need APT_PACKAGES):
+# FUSE for the replicated directories, libnftables for farm traffic sharing.
+RUNTIME_APT_PACKAGES := python3 python3-venv fuse3 nftables iproute2
+
+.PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean install uninstall
 
 test: apt venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -50,6 +58,23 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+install:
+	@test "$$(id -u)" = 0 || { echo "make install: run it as root"; exit 1; }
+	$(MAKE) --no-print-directory apt APT_PACKAGES="$(RUNTIME_APT_PACKAGES)"
+	test -x $(PREFIX)/bin/python || python3 -m venv $(PREFIX)
+	$(PREFIX)/bin/python -m pip install -q --upgrade pip
+	$(PREFIX)/bin/python -m pip install -q --upgrade .
+	$(PREFIX)/bin/hacluster setup --sbin-dir $(SBINDIR)
+
+# Keeps /etc/hacluster, /var/lib/hacluster and /var/log/hacluster.
+uninstall:
+	@test "$$(id -u)" = 0 || { echo "make uninstall: run it as root"; exit 1; }
+	-systemctl disable --now hacluster-node.service hacluster-witness.service 2>/dev/null
+	rm -f $(SBINDIR)/hacluster /etc/systemd/system/hacluster-node.service \
+	    /etc/systemd/system/hacluster-witness.service
+	-systemctl daemon-reload 2>/dev/null
+	rm -rf $(PREFIX)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

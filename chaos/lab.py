@@ -38,6 +38,11 @@ NS_PREFIX = "hclab-"
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+# The git checkout this lab runs from: the lab, the demo's modules (``python -m
+# chaos.kvapp`` in a module script, whose working directory is the module's) and the
+# benchmarks are not in the product's wheel, so every process the lab starts finds
+# them here, and the product's packages from the same tree as the tests that drive it.
+SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 _MAX_NETWORKS = 8  # 10.213.x.x .. 10.220.x.x
@@ -397,9 +402,14 @@ class Lab:
     # -- running things -----------------------------------------------------------------
 
     @staticmethod
-    def _env(env: Mapping[str, str] | None) -> dict[str, str] | None:
-        # Extra variables on top of ours: the child still needs PATH, PYTHONPATH, ...
-        return None if env is None else {**os.environ, **env}
+    def _env(env: Mapping[str, str] | None) -> dict[str, str]:
+        """Ours plus ``env`` (the child still needs PATH, ...), with the source tree
+        first on PYTHONPATH (see SOURCE_TREE)."""
+        merged = {**os.environ, **(env or {})}
+        paths = [str(SOURCE_TREE)] + [p for p in merged.get("PYTHONPATH", "").split(os.pathsep)
+                                      if p and p != str(SOURCE_TREE)]
+        merged["PYTHONPATH"] = os.pathsep.join(paths)
+        return merged
 
     def run(self, host: str, argv: Sequence[str], check: bool = True, timeout: float = 30,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -74,14 +74,16 @@ class LabCluster:
             argv += ["-c", str(self.config_dir(member))]
         return self.lab.run(host, argv + list(args), check=False, timeout=timeout)
 
-    def start(self, member: str, config_dir: Path | None = None) -> LabProcess:
+    def start(self, member: str, config_dir: Path | None = None,
+              env: dict[str, str] | None = None) -> LabProcess:
+        """``env``: added to the daemon's environment (NOTIFY_SOCKET, as systemd would)."""
         if config_dir is not None:
             self._config_dirs[member] = config_dir
         cfg = self.config_dir(member)
         argv = [sys.executable, "-m", "hacluster", "-c", str(cfg), self.role(member), "run"]
         for resource in self.contend.get(member, []):
             argv += ["--contend", resource]
-        proc = self.lab.spawn(member, argv, name="hacluster")
+        proc = self.lab.spawn(member, argv, name="hacluster", env=env)
         self.procs[member] = proc
         return proc
 

@@ -14,3 +14,7 @@ The package is in rooms; each imports only the rooms below it
 
 Nothing is imported here, so that a room loads only what it uses.
 """
+
+# The one place the version is written: setup.cfg reads it (attr:), and
+# `hacluster --version` prefers the installed distribution's metadata.
+__version__ = "0.1.0"

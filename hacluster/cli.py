@@ -9,13 +9,15 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
-from .node import cluster_config, commands
+from .node import cluster_config, commands, exit_status, install as server_install
 from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
 from .node.control import ControlError, request
 
@@ -237,6 +239,8 @@ def cmd_module_install(args: argparse.Namespace) -> int:
     res = _call(args, commands.MODULE_INSTALL.name, package=str(Path(args.package).resolve()), name=args.name,
                 timeout=120)
     text = f"installed {res['mode']} module {res['module']} (sha256 {res['digest'][:12]}) on every node"
+    if res.get("replication_ports"):
+        text += f"; replication ports {','.join(map(str, res['replication_ports']))}"
     for w in res.get("warnings", []):
         text += f"\nwarning: {w}"
     _print(args, res, text)
@@ -255,7 +259,7 @@ def _module_table(rows: list[dict]) -> str:
     return table(rows, [("module", "MODULE"), ("mode", "MODE"), ("digest", "SHA256"),
                         ("installed_here", "HERE"), ("state", "STATE"),
                         ("failover", "FAILOVER"), ("started_on", "STARTED ON"),
-                        ("error", "ERROR")])
+                        ("replication_ports", "PORTS"), ("error", "ERROR")])
 
 
 def cmd_module_list(args: argparse.Namespace) -> int:
@@ -408,136 +412,349 @@ def cmd_witness_run(args: argparse.Namespace) -> int:
     return WitnessDaemon(_load(args)).run()
 
 
+class _Manual(argparse.HelpFormatter):
+    """Paragraphs wrapped to the terminal; a paragraph whose lines are indented (a list
+    of commands, an example) is kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in textwrap.dedent(text).strip("\n").split("\n\n"):
+            if para.startswith("  "):
+                out.append("\n".join(indent + line for line in para.splitlines()))
+            else:
+                out.append(textwrap.fill(" ".join(para.split()), width, break_on_hyphens=False,
+                                         initial_indent=indent, subsequent_indent=indent))
+        return "\n\n".join(out)
+
+
+class _CommandTable:
+    """Adds the CLI's commands and keeps each one's one-line summary, in order, for
+    the list that ``hacluster --help`` and ``hacluster help`` print."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[str, str]] = []
+
+    def add(self, sub: Any, words: str, summary: str, about: str, func: Any = None,
+            **defaults: Any) -> argparse.ArgumentParser:
+        """``words``: the command as typed ("cluster init"); its last word is added to
+        ``sub``. ``about``: the manual, in full sentences."""
+        sp = sub.add_parser(words.split()[-1], help=summary, description=about,
+                            formatter_class=_Manual)
+        self.listed.append((words, summary))
+        if func is not None:
+            sp.set_defaults(func=func, **defaults)
+        return sp
+
+    def group(self, sub: Any, name: str, summary: str) -> Any:
+        """A command word with commands under it (``cluster``, ``module``, ...)."""
+        gp = sub.add_parser(name, help=summary, formatter_class=_Manual,
+                            description=f"{summary[0].upper()}{summary[1:]}: the commands "
+                                        f"below. 'hacluster help {name} COMMAND' tells what "
+                                        "one does.")
+        return gp.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def text(self) -> str:
+        width = max(len(w) for w, _ in self.listed) + 2
+        return "\n".join(f"  {w.ljust(width)}{summary}" for w, summary in self.listed)
+
+
+ABOUT = """\
+hacluster keeps applications available on a group of Linux servers. A Raft cluster of
+data nodes (and witnesses that only vote) decides who runs what; application modules
+are either mirror modules (the application runs on a primary, its directories are
+replicated synchronously to a secondary and fail over with its virtual IP) or farm
+modules (the application runs on every node behind one shared virtual IP).
+
+Every command except cluster init, module package, setup and help asks the daemon of
+this member, through its control socket; the member's configuration directory is
+--config, else $HACLUSTER_CONFIG, else /etc/hacluster. 'hacluster help COMMAND' (or
+'hacluster COMMAND --help') tells what a command does."""
+
+EXIT_STATUS = """\
+Exit status: 0 done; 1 refused or failed (one line on standard error says why); 2 a
+usage error. 'state' exits with the module's state (STOP 0, WAIT 1, ALONE or UP 2, PRIM
+3, SECOND 4); the daemons' own statuses are in 'hacluster help node run'."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hacluster", description="software-only HA cluster on Raft")
-    p.add_argument("--config", "-c", help="member configuration directory "
+    p = argparse.ArgumentParser(prog="hacluster", description=ABOUT, formatter_class=_Manual,
+                                usage="hacluster [--config DIR] [-m MODULE] [-H all|NODE,...] "
+                                      "COMMAND ...\n       hacluster help [COMMAND]")
+    p.add_argument("--version", action="version", version=f"hacluster {version()}",
+                   help="print the version of hacluster and exit")
+    p.add_argument("--config", "-c", metavar="DIR", help="member configuration directory "
                    "(default $HACLUSTER_CONFIG or /etc/hacluster)")
     p.add_argument("--module", "-m", help="the module a state/start/stop/... command is for")
     p.add_argument("-H", "--hosts", metavar="all|NODE[,NODE...]",
                    help="run a module command on these nodes (through the local daemon)")
-    sub = p.add_subparsers(dest="group", required=True)
+    # The commands are listed by the epilog (every command, one line each), not by
+    # argparse's list of the first word only.
+    sub = p.add_subparsers(dest="group", required=True, metavar="COMMAND ...",
+                           help=argparse.SUPPRESS, prog="hacluster")
+    table_ = _CommandTable()
+    add = table_.add
 
     def json_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    cluster = sub.add_parser("cluster", help="cluster membership").add_subparsers(dest="cmd", required=True)
-    sp = cluster.add_parser("init", help="write configuration and secret for every member")
+    # ---- cluster ----
+    cluster = table_.group(sub, "cluster", "cluster membership")
+    sp = add(cluster, "cluster init", "write the configuration and secret of every member", """
+        Write one configuration directory per member into OUT/NAME: cluster.json (the
+        members, their addresses, the Raft timers) and the credential (mode 0600): the
+        cluster secret for a data node, only the Raft credential derived from it for a
+        witness. Nothing is written if any member's directory already holds a
+        configuration. Copy each directory to its server as /etc/hacluster, then start
+        the daemons (systemctl enable --now hacluster-node or hacluster-witness). No
+        daemon is needed; the shape is checked first (two voters without a witness, a
+        name or address given twice are refused).""", cmd_cluster_init)
     sp.add_argument("--name", default="hacluster", help="cluster name")
-    sp.add_argument("--node", action="append", default=[], metavar="NAME=ADDR[:PORT]")
-    sp.add_argument("--witness", action="append", default=[], metavar="NAME=ADDR[:PORT]")
-    sp.add_argument("--port", type=int, default=DEFAULT_RAFT_PORT, help="default Raft port")
+    sp.add_argument("--node", action="append", default=[], metavar="NAME=ADDR[:PORT]",
+                    help="a data node (repeatable); ADDR is the address it listens on")
+    sp.add_argument("--witness", action="append", default=[], metavar="NAME=ADDR[:PORT]",
+                    help="a witness: a Raft voter with no modules (repeatable)")
+    sp.add_argument("--port", type=int, default=DEFAULT_RAFT_PORT,
+                    help=f"Raft port of the members given without one (default {DEFAULT_RAFT_PORT})")
     sp.add_argument("--out", required=True, help="directory to write one sub-directory per member into")
     json_flag(sp)
-    sp.set_defaults(func=cmd_cluster_init)
-    sp = cluster.add_parser("status", help="members, roles, leader, term, commit index, liveness")
+    sp = add(cluster, "cluster status", "members, roles, leader, term, commit index, liveness", """
+        Show the cluster as this member sees it: the Raft leader, term, commit and
+        applied index and whether a quorum is reached, then every member with its role,
+        address, whether its liveness lease is held (LIVE) and whether this member's
+        Raft connection to it is up, then the named leases that are not liveness
+        leases.""", cmd_cluster_status)
     json_flag(sp)
-    sp.set_defaults(func=cmd_cluster_status)
-    sp = cluster.add_parser("witness-credential",
-                            help="on a data node: write the Raft credential of witness NAME into "
-                                 "DIR/NAME (for a witness set up with the cluster secret)")
+    sp = add(cluster, "cluster witness-credential",
+             "write a witness's directory holding only its Raft credential", """
+        On a data node: write into OUT/NAME a configuration directory for witness NAME
+        that holds only its Raft credential, for a witness set up before roles had
+        credentials of their own (its directory holds the cluster secret). Replace the
+        witness's /etc/hacluster with it and restart the witness.""", cmd_witness_credential)
     sp.add_argument("name")
     sp.add_argument("--out", required=True)
     json_flag(sp)
-    sp.set_defaults(func=cmd_witness_credential)
     for role in ("node", "witness"):
-        sp = cluster.add_parser(f"add-{role}", help=f"add a {role} (one change at a time, through Raft)")
+        what = "data node" if role == "node" else "witness"
+        sp = add(cluster, f"cluster add-{role}", f"add a {what} through Raft", f"""
+            Add a {what} NAME listening on ADDRESS to the cluster, through Raft (one
+            membership change at a time); a name or an address already in the cluster is
+            refused. With --out, the new member's configuration directory is written into
+            OUT/NAME; copy it to the new server as /etc/hacluster and start its daemon
+            there.""",
+                 lambda a, role=role: _member_change(a, role, True))
         sp.add_argument("name")
-        sp.add_argument("address", help="ADDR[:PORT]")
-        sp.add_argument("--out", help=f"write the new {role}'s configuration directory here")
+        sp.add_argument("address", help="ADDR[:PORT] (default port: this member's)")
+        sp.add_argument("--out", help=f"write the new {what}'s configuration directory here")
         json_flag(sp)
-        sp.set_defaults(func=lambda a, role=role: _member_change(a, role, True))
-        sp = cluster.add_parser(f"remove-{role}", help=f"remove a {role} (through Raft)")
+        sp = add(cluster, f"cluster remove-{role}", f"remove a {what} through Raft", f"""
+            Remove the {what} NAME from the cluster: one committed change, refused when
+            the remaining voters would have no live majority or when NAME still holds a
+            lease (stop its modules first). The removed member's daemon exits by itself,
+            with status 78, and systemd does not restart it.""",
+                 lambda a, role=role: _member_change(a, role, False))
         sp.add_argument("name")
         json_flag(sp)
-        sp.set_defaults(func=lambda a, role=role: _member_change(a, role, False))
 
-    lease = sub.add_parser("lease", help="named Raft leases").add_subparsers(dest="cmd", required=True)
-    sp = lease.add_parser("list", help="every lease: holder, epoch, eligible set")
+    lease = table_.group(sub, "lease", "named Raft leases")
+    sp = add(lease, "lease list", "every lease: holder, epoch, eligible set", """
+        List the named leases in the cluster state: who holds each, its epoch (raised by
+        every grant), its duration and which members may acquire it automatically.""",
+             cmd_lease_list)
     json_flag(sp)
-    sp.set_defaults(func=cmd_lease_list)
 
-    module = sub.add_parser("module", help="application modules (.safe packages)").add_subparsers(
-        dest="cmd", required=True)
-    sp = module.add_parser("package", help="package a module folder (conf/userconfig.xml, bin/) into a .safe")
+    # ---- modules ----
+    module = table_.group(sub, "module", "application modules (.safe packages)")
+    sp = add(module, "module package", "check a module folder and package it into a .safe", """
+        Check a module folder (conf/userconfig.xml and the bin/ scripts: XML, script
+        names, no path escapes) and write it as a .safe package to OUT. Needs no
+        daemon.""", cmd_module_package)
     sp.add_argument("dir")
     sp.add_argument("-o", "--out", required=True)
     json_flag(sp)
-    sp.set_defaults(func=cmd_module_package)
-    sp = module.add_parser("install", help="check a .safe and install it on every node (through Raft)")
+    sp = add(module, "module install", "install a .safe on every node through Raft", """
+        Check a .safe package, commit its digest in Raft and install it on every data
+        node: each node fetches the same bytes from this one and checks the digest. A
+        mirror module is given one replication port per replicated directory, which no
+        other module has (kept across upgrades with as many directories).
+        Installing another version of a module is refused while it is started on any
+        node. What userconfig.xml holds that hacluster does not implement is printed as
+        a warning with file and line.""", cmd_module_install)
     sp.add_argument("package")
     sp.add_argument("--name", help="module name (default: the file name without .safe)")
     json_flag(sp)
-    sp.set_defaults(func=cmd_module_install)
-    sp = module.add_parser("uninstall", help="remove a stopped module from every node")
+    sp = add(module, "module uninstall", "remove a stopped module from every node", """
+        Remove MODULE from the cluster state and from every node. Refused while it is
+        started on any node or still has a primary.""", cmd_module_uninstall)
     sp.add_argument("module")
     json_flag(sp)
-    sp.set_defaults(func=cmd_module_uninstall)
-    sp = module.add_parser("list", help="installed modules")
+    sp = add(module, "module list", "installed modules: mode, digest, state, intent", """
+        List the modules installed in the cluster: mode, package digest, whether this
+        node has installed it, its state here, automatic failover, the nodes where it
+        is started, a mirror module's replication ports (one per replicated directory,
+        allocated at install) and an installation error if there is one. With -H, on
+        each named node.""", cmd_module_list)
     json_flag(sp)
-    sp.set_defaults(func=cmd_module_list)
 
     for command in commands.MODULE_COMMANDS.values():
         if command.verb is None:
             continue
-        sp = sub.add_parser(command.name, help=command.verb)
+        sp = add(sub, command.name, command.verb, command.about
+                 + " Needs -m MODULE; with -H, on each named node.", cmd_module_command,
+                 mcmd=command.name)
         if command.fullsync:
             sp.add_argument("fullsync", nargs="?", choices=["fullsync"])
         if command.force:
             sp.add_argument("--force", action="store_true", help=command.force)
         json_flag(sp)
-        sp.set_defaults(func=cmd_module_command, mcmd=command.name)
-    sp = sub.add_parser("failover", help="automatic failover of the module on or off")
+    sp = add(sub, "failover", "automatic failover of the module on or off", """
+        Turn automatic failover of MODULE on or off in the cluster state, for every
+        node. Off, a node whose primary is lost does not take over by itself; an
+        administrator's command still does.""", cmd_failover)
     sp.add_argument("onoff", choices=["on", "off"])
     json_flag(sp)
-    sp.set_defaults(func=cmd_failover)
-    sp = sub.add_parser("state", help="module state; exit code STOP 0 WAIT 1 ALONE/UP 2 PRIM 3 SECOND 4")
+    sp = add(sub, "state", "module state; exit code STOP 0 WAIT 1 ALONE/UP 2 PRIM 3 SECOND 4", """
+        Print the state of MODULE on this node (or of every module without -m): state
+        and readiness, epoch, primary and in-sync set for a mirror, bucket table and
+        members for a farm, a transition under way, why a copy is not promoted, the
+        progress of a reintegration. With one module the exit status is its state: STOP
+        0, WAIT 1, ALONE or UP 2, PRIM 3, SECOND 4.""", cmd_state)
     json_flag(sp)
-    sp.set_defaults(func=cmd_state)
-    sp = sub.add_parser("waitstate", help="wait until the module is in STATE (Ready)")
+    sp = add(sub, "waitstate", "wait until the module is in STATE (Ready)", """
+        Wait until MODULE is in STATE and ready on this node (on every named node with
+        -H), at most --timeout seconds. Exit status 0 when it is, 1 when the time ran
+        out.""", cmd_waitstate)
     sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP"])
     sp.add_argument("--timeout", type=float, default=60.0)
     json_flag(sp)
-    sp.set_defaults(func=cmd_waitstate)
-    sp = sub.add_parser("log", help="the module log (state changes) or its script log")
+    sp = add(sub, "log", "the module log (state changes) or its script log", """
+        Print the last --lines lines of MODULE's log on this node: its state changes
+        and decisions (--kind module) or the output of its scripts (--kind
+        script).""", cmd_log)
     sp.add_argument("--kind", choices=["module", "script"], default="module")
     sp.add_argument("--lines", type=int, default=100)
     json_flag(sp)
-    sp.set_defaults(func=cmd_log)
 
-    sp = sub.add_parser("resources", help="the module's checker resources: value and when it last changed")
+    # ---- checkers ----
+    sp = add(sub, "resources", "the module's checker resources: value and when it last changed", """
+        List the resources of MODULE's checkers on this node (class.ident = init, up or
+        down), when each last changed, whether errd and the other checkers act, and the
+        restarts counted against maxloop.""", cmd_resources)
     json_flag(sp)
-    sp.set_defaults(func=cmd_resources)
-    for flag, text in (("errd", "process monitoring (errd) actions on or off, for maintenance"),
-                       ("checker", "actions of every other checker on or off, for maintenance")):
-        sp = sub.add_parser(flag, help=text)
+    for flag, text, about in (
+            ("errd", "process monitoring (errd) actions on or off, for maintenance", """
+                Turn the actions of MODULE's process monitoring (errd) on or off on
+                this node, for maintenance: off, a process that dies restarts nothing.
+                The processes are still watched and reported."""),
+            ("checker", "actions of every other checker on or off, for maintenance", """
+                Turn the actions of MODULE's other checkers (tcp, ping, intf, ip,
+                custom, module) on or off on this node, for maintenance. Their
+                resources are still updated.""")):
+        sp = add(sub, flag, text, about, cmd_checks_command, flag=flag)
         sp.add_argument("onoff", choices=["on", "off"])
         json_flag(sp)
-        sp.set_defaults(func=cmd_checks_command, flag=flag)
-    sp = sub.add_parser("resetloop", help="forget the restarts counted against maxloop")
+    sp = add(sub, "resetloop", "forget the restarts counted against maxloop", """
+        Forget the restarts of MODULE on this node counted against its maxloop, so that
+        the next failure restarts it again instead of stopping it.""",
+             cmd_checks_command, ccmd=commands.RESETLOOP.name, flag=None)
     json_flag(sp)
-    sp.set_defaults(func=cmd_checks_command, ccmd=commands.RESETLOOP.name, flag=None)
-    sp = sub.add_parser("set", help="set a custom checker's resource (run by the checker program)")
+    sp = add(sub, "set", "set a custom checker's resource (run by the checker program)", """
+        Set the value of a custom checker's resource on this node; run by the checker
+        program itself (the module comes from -m or $HACLUSTER_MODULE). Never with
+        -H.""", cmd_set)
     sp.add_argument("-r", "--resource", required=True, metavar="custom.NAME")
     sp.add_argument("-v", "--value", required=True, metavar="up|down")
     json_flag(sp)
-    sp.set_defaults(func=cmd_set)
 
-    node = sub.add_parser("node", help="the node daemon").add_subparsers(dest="cmd", required=True)
-    sp = node.add_parser("run", help="run the node daemon in the foreground")
+    # ---- daemons and the server ----
+    node = table_.group(sub, "node", "the node daemon")
+    sp = add(node, "node run", "run the node daemon in the foreground (hacluster-node.service)", f"""
+        Run this data node's daemon in the foreground: the Raft member, its liveness
+        lease, the control socket, peer control (-H) and the installed modules. It
+        listens on its own address only (the port table is in README). SIGTERM or
+        SIGINT stop it cleanly: the modules stop (stop scripts, unmounts, virtual IPs
+        dropped), the leases are handed back, then it exits.
+
+        Under systemd (hacluster-node.service, Type=notify) it reports ready once this
+        member's Raft is up: it knows a leader and has applied the committed membership.
+        It feeds the watchdog from its lease loop and asks for more stop time when its
+        modules' stop scripts may need it.
+
+        Exit status: 0 stopped; 1 could not start (a configuration error, or an address
+        it must listen on is not configured on this host or its port is in use: the one
+        line names the address, the port and what it is for); {exit_status.REMOVED} this
+        member was removed from the cluster (systemd does not restart it).""", cmd_node_run)
     sp.add_argument("--contend", action="append", default=[], metavar="LEASE",
                     help="hold this named lease whenever it is free (repeatable)")
-    sp.set_defaults(func=cmd_node_run)
-    witness = sub.add_parser("witness", help="the witness daemon").add_subparsers(dest="cmd", required=True)
-    sp = witness.add_parser("run", help="run the witness daemon in the foreground")
-    sp.set_defaults(func=cmd_witness_run)
+    witness = table_.group(sub, "witness", "the witness daemon")
+    add(witness, "witness run", "run the witness daemon in the foreground (hacluster-witness.service)", f"""
+        Run this witness's daemon in the foreground: a Raft voter with no modules, which
+        breaks ties between data nodes. It holds only the Raft credential and listens on
+        the Raft port of its own address. Stop, readiness under systemd and exit status
+        are those of 'node run' (0 stopped, 1 could not start, {exit_status.REMOVED} removed).""",
+        cmd_witness_run)
+    sp = add(sub, "setup", "install the systemd units, the CLI link and the directories (root)", f"""
+        Put this installation of hacluster in place on a server, as root: link the
+        hacluster command into --sbin-dir, write the systemd units hacluster-node.service
+        and hacluster-witness.service (shipped in the package) into --unit-dir with that
+        command in their ExecStart, create {cluster_config.DEFAULT_CONFIG_DIR} (0700),
+        /var/lib/hacluster (0700) and /var/log/hacluster (0750), and reload systemd. It
+        enables nothing: copy the member's configuration first, then 'systemctl enable
+        --now hacluster-node' (or hacluster-witness). 'make install' in a source tree
+        makes a virtualenv in /opt/hacluster, installs the package there and runs this.
+        Running it again updates the units and the link.""", cmd_setup)
+    sp.add_argument("--sbin-dir", default=server_install.SBIN_DIR,
+                    help=f"where the hacluster command is linked (default {server_install.SBIN_DIR})")
+    sp.add_argument("--unit-dir", default=server_install.UNIT_DIR,
+                    help=f"where the units are written (default {server_install.UNIT_DIR})")
+    sp.add_argument("--root", default="/", help="install under this directory instead of / "
+                    "(for packaging; systemd is not reloaded)")
+    sp = add(sub, "help", "list the commands, or tell what one does", """
+        Without a command: the list of commands, one line each. With one ('hacluster
+        help cluster init'): what it does and its options.""", cmd_help)
+    sp.add_argument("topic", nargs="*", metavar="COMMAND")
+
+    p.epilog = "Commands:\n\n" + table_.text() + "\n\n" + EXIT_STATUS
     return p
+
+
+def cmd_help(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    if not args.topic:
+        parser.print_help()
+        return 0
+    try:
+        parser.parse_args([*args.topic, "--help"])
+    except SystemExit as e:      # argparse exits after printing help, or on an unknown command
+        return int(e.code or 0)
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    for line in server_install.setup(sbin_dir=Path(args.sbin_dir), unit_dir=Path(args.unit_dir),
+                                     root=Path(args.root)):
+        print(line)
+    return 0
+
+
+def version() -> str:
+    """The version of the hacluster that is running: its installed distribution's (the
+    one whose files hold this package), else the source tree's."""
+    from importlib import metadata
+
+    from . import __file__ as package_init, __version__
+    here = Path(package_init).resolve()
+    for dist in metadata.distributions(name="hacluster"):
+        if Path(str(dist.locate_file("hacluster/__init__.py"))).resolve() == here:
+            return dist.version
+    tree = here.parents[1]
+    return f"{__version__} (source tree {tree})" if (tree / "setup.cfg").exists() else __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ControlError, ValueError) as e:
+    except (ConfigError, ControlError, ValueError, ListenError) as e:
         print(f"hacluster: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,7 +14,8 @@ from typing import Any
 
 from hacluster.farm.driver import FarmModule
 from hacluster.mirror.driver import MirrorModule
-from hacluster.modules.registry import ModuleRegistry, RuntimeFactory
+from hacluster.modules.fetch import ModuleFetchServer
+from hacluster.modules.registry import ModuleRegistry, RuntimeFactory, fetch_address
 from hacluster.node import commands
 from hacluster.node.cluster_config import ClusterConfig
 from hacluster.node.control import ControlError, Handler
@@ -46,6 +47,15 @@ class NodeDaemon(Daemon):
     async def stopping(self) -> None:
         if self.modules is not None:
             await self.modules.close()
+
+    def listeners(self) -> list[tuple[str, int, str]]:
+        return super().listeners() + [(*fetch_address(self.config.me["address"]),
+                                       ModuleFetchServer.purpose)]
+
+    def stop_time_s(self) -> float:
+        """The base's, plus the slowest module's stop (its modules stop side by side)."""
+        modules = self.modules.stop_time_s() if self.modules is not None else 0.0
+        return super().stop_time_s() + modules
 
     def control_handlers(self) -> dict[str, Handler]:
         handlers = super().control_handlers()

@@ -12,6 +12,8 @@ State is plain data so that it can be dumped and checked:
   modules: name -> {"digest": sha256 hex, "mode": "mirror"|"farm", "size": int,
                     "source": member that has the package, "failover": bool,
                     "intent": {member: "start"|"stop"}}
+  mirror modules also have "replication_ports": [one port per replicated directory]
+                    (raft.replication_ports; absent for one installed before)
   farm modules also have "farm": {"members": {node: power}, "table": [256 owners
                     or None], "version": int} (a snapshot without it: empty farm)
 A mirror module's primary is the holder of the lease ``mirror/<module>``; its
@@ -37,6 +39,7 @@ import math
 import re
 from typing import Any
 
+from . import replication_ports as rp
 from .bucket_allocator import BUCKETS, allocate_with_homes
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
 
@@ -146,6 +149,13 @@ class ClusterState:
             check_add(self.members, name, address, role)
         except MembershipError as e:
             return _refused(str(e))
+        ports = rp.member_ports(address)
+        clash = sorted(m for m, ports_of_m in self._mirror_ports().items()
+                       if set(ports_of_m) & set(ports))
+        if clash:
+            return _refused(f"{name}'s ports {ports.start}-{ports.stop - 1} (Raft port to Raft "
+                            f"port + 3) are replication ports of module(s) {', '.join(clash)}: "
+                            "give it another Raft port")
         self.members[name] = {"address": address, "role": role}
         return _ok(name=name, address=address)
 
@@ -288,10 +298,12 @@ class ClusterState:
 
     # ---- modules -----------------------------------------------------------------
     def install_module(self, name: str, digest: str, mode: str, size: int, source: str,
-                       lease_s: float) -> Result:
+                       lease_s: float, ports: int | None = None) -> Result:
         """Record a package every node must install. A new mirror module starts
         with an empty in-sync set: nobody is primary until an administrator names
-        the good copy (``name_good_copy``)."""
+        the good copy (``name_good_copy``). ``ports``: how many replication ports a
+        mirror module needs (one per replicated directory), allocated here
+        (``replication_ports``); None in entries of versions that did not allocate."""
         if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
             return _refused(f"invalid module name {name!r}")
         if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
@@ -307,6 +319,11 @@ class ClusterState:
                             f"{self.members[source]['role']}")
         if not _valid_duration(lease_s):
             return _refused(f"invalid lease duration {lease_s!r}")
+        if ports is not None:
+            # one per replicated directory; a farm replicates nothing
+            fewest, most = (1, rp.MAX_PER_MODULE) if mode == "mirror" else (0, 0)
+            if not isinstance(ports, int) or isinstance(ports, bool) or not fewest <= ports <= most:
+                return _refused(f"invalid number of replication ports {ports!r} for a {mode} module")
         old = self.modules.get(name)
         if old is not None:
             if old["mode"] != mode:
@@ -315,16 +332,49 @@ class ClusterState:
             if running and old["digest"] != digest:
                 return _refused(f"module {name} is started on {', '.join(running)}; "
                                 "stop it everywhere before installing another version")
+        allocated = None
+        # The same package again over a module installed before ports were allocated
+        # (it may be running): it keeps its hashed slot. Another version is stopped
+        # everywhere (above), so its ports may move.
+        legacy_kept = (old is not None and "replication_ports" not in old
+                       and old["digest"] == digest)
+        if mode == "mirror" and ports is not None and not legacy_kept:
+            allocated = self._replication_ports_for(name, ports, old)
+            if allocated is None:
+                return _refused(f"no {ports} consecutive free replication ports left in "
+                                f"{rp.REPLICATION_PORTS.start}-{rp.REPLICATION_PORTS.stop - 1} "
+                                f"for module {name}: uninstall a mirror module first")
         self.modules[name] = {"digest": digest, "mode": mode, "size": size, "source": source,
                               "failover": old["failover"] if old else True,
                               "intent": dict(old["intent"]) if old else {}}
+        if allocated is not None:
+            self.modules[name]["replication_ports"] = allocated
+        elif old is not None and "replication_ports" in old:
+            self.modules[name]["replication_ports"] = list(old["replication_ports"])
         if mode == "farm":
             self.modules[name]["farm"] = farm_of(old) if old else empty_farm()
         if mode == "mirror" and old is None:
             lease = self._lease(mirror_resource(name), lease_s)
             if lease["holder"] is None:
                 lease["eligible"] = []
-        return _ok(name=name, digest=digest, upgraded=old is not None)
+        return _ok(name=name, digest=digest, upgraded=old is not None,
+                   **({"replication_ports": allocated} if allocated is not None else {}))
+
+    def _mirror_ports(self) -> dict[str, list[int]]:
+        """Every mirror module's replication ports (raft.replication_ports.ports_of)."""
+        return {name: rp.ports_of(name, module) for name, module in self.modules.items()
+                if module["mode"] == "mirror"}
+
+    def _replication_ports_for(self, name: str, count: int,
+                               old: dict[str, Any] | None) -> list[int] | None:
+        """Module ``name``'s ports (raft.replication_ports): the ones it has when it
+        needs as many, else the lowest free block; None when there is none."""
+        if old is not None and len(old.get("replication_ports", ())) == count:
+            return list(old["replication_ports"])
+        taken = {p for other, ports in self._mirror_ports().items() if other != name for p in ports}
+        for member in self.members.values():
+            taken.update(rp.member_ports(member["address"]))
+        return rp.allocate(count, taken)
 
     def uninstall_module(self, name: str) -> Result:
         module = self.modules.get(name) if isinstance(name, str) else None

@@ -76,6 +76,7 @@ class ModuleInstalled(Answer, total=False):
     name: str
     digest: str
     upgraded: bool
+    replication_ports: list[int]    # a mirror module's ports, when allocated by this entry
 
 
 class ModuleUninstalled(Answer, total=False):

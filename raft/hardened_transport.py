@@ -214,10 +214,21 @@ class HardenedServer(TcpServer):
         server._limits = transport.limits
         server._reserve_fd = None
         server._paused_until = None
+        server.bind_error = None
         return server
 
     def bind(self):
-        super().bind()
+        try:
+            super().bind()
+        except OSError as e:
+            # pysyncobj swallows the error and retries every second for ever, and
+            # leaves the failed socket open: keep the error for RaftMember, which
+            # makes a failed first bind fatal (raft.listen).
+            self.bind_error = e
+            if self._TcpServer__socket is not None:
+                self._TcpServer__socket.close()
+            raise
+        self.bind_error = None
         self._TcpServer__socket.listen(128)  # pysyncobj's backlog is 5
         if self._reserve_fd is None:
             self._reserve_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -31,6 +31,7 @@ from . import durable_storage
 from .cluster_state import ClusterState, Result
 from .commands import OPS
 from .lease import LeaderLeaseClock, check_expiry
+from .listen import ListenError, listen_error
 from .plain_data import check_plain
 from .secure_channel import SecureTransport
 from .settings import RaftSettings
@@ -46,6 +47,8 @@ _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.start
 _RENEWING = ("acquire", "renew")
 
 AppliedCallback = Callable[[str, tuple, Result], None]
+# What the Raft listener is for, in a failed bind's message (raft.listen).
+RAFT_PURPOSE = "Raft, where the other members connect"
 
 
 class RaftCommandError(RuntimeError):
@@ -479,7 +482,8 @@ def check_journal_format(data: Path) -> None:
 
 
 def syncobj_conf_kwargs(secret: str, data: Path, settings: RaftSettings,
-                        on_state_changed: Callable[[int, int], None]) -> dict[str, Any]:
+                        on_state_changed: Callable[[int, int], None], *,
+                        bind_address: str | None = None) -> dict[str, Any]:
     """Everything RaftMember sets in pysyncobj's SyncObjConf (which ignores names it
     does not know, so tests/test_pysyncobj_contract.py checks each one is read)."""
     return dict(
@@ -493,6 +497,8 @@ def syncobj_conf_kwargs(secret: str, data: Path, settings: RaftSettings,
         # command could commit long after its caller was told "not committed".
         # submit() waits instead, bounded, and drops what the caller gave up on.
         commandsWaitLeader=False,
+        # The member's own address, not pysyncobj's wildcard (0.0.0.0 / ::).
+        **({"bindAddress": bind_address} if bind_address else {}),
         **settings.syncobj_kwargs(),
     )
 
@@ -520,10 +526,29 @@ class RaftMember:
         durable_storage.private_dir(data)
         check_journal_format(data)
         self.consumer = _StateConsumer(self._on_applied)
-        conf = SyncObjConf(**syncobj_conf_kwargs(secret, data, settings, self._on_state_changed))
+        # Monotonic time of the tick thread's last tick: what tells a watchdog that
+        # Raft still turns (the thread ticks at least every tick_period_s).
+        self.last_tick = time.monotonic()
+        conf = SyncObjConf(**syncobj_conf_kwargs(secret, data, settings, self._on_state_changed,
+                                                 bind_address=self_address))
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
                                 [self.consumer], extra_wait=self._time_to_lease_check)
+        self._fail_unless_bound(self_address)
         self.syncobj.addOnTickCallback(self._on_tick)
+
+    def _fail_unless_bound(self, self_address: str) -> None:
+        """pysyncobj's tick thread binds once before the constructor returns and, when
+        that fails, retries every second for ever without a word: the member would
+        run deaf. Here it stops, with the reason (raft.listen.ListenError)."""
+        transport = self.syncobj._SyncObj__transport
+        if transport.ready:
+            return
+        error = getattr(transport._server, "bind_error", None)
+        self.syncobj.destroy_synchronous()
+        host, port = self_address.rsplit(":", 1)
+        if error is None:
+            raise ListenError(f"cannot listen on {host}:{port} for {RAFT_PURPOSE}")
+        raise listen_error(host, int(port), RAFT_PURPOSE, error)
 
     # ---- tick thread --------------------------------------------------------
     def _on_applied(self, op: str, args: tuple, result: Result) -> None:
@@ -560,6 +585,7 @@ class RaftMember:
         return self._next_lease_check - time.monotonic()
 
     def _on_tick(self) -> None:
+        self.last_tick = time.monotonic()
         self.syncobj.sync_journal()
         now = time.monotonic()
         if self._awaiting_leader:
@@ -698,4 +724,11 @@ class RaftMember:
         return fut
 
     def destroy(self) -> None:
-        self.syncobj.destroy()
+        """Stop Raft and wait until its tick thread has closed the listener and the
+        journal: a member started again on the same port right after (a restart in the
+        same process) finds it free, since a failed first bind is fatal. Not from the
+        tick thread itself (an on-applied callback), which cannot wait for itself."""
+        if threading.current_thread() is self.syncobj._SyncObj__thread:
+            self.syncobj.destroy()
+        else:
+            self.syncobj.destroy_synchronous()

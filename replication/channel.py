@@ -925,6 +925,14 @@ def log_refusal(peer: str, reason: str) -> None:
     log.warning('event=peer_refused peer=%s reason="%s"', peer, reason.replace('"', "'"))
 
 
+class ListenFailed(OSError):
+    """The receiver's listener could not bind; ``str()`` is one line naming the
+    address, the port and what it is for."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class ChannelServer:
     """Accepts connections, authenticates them, hands them to a SessionHandler."""
 
@@ -935,7 +943,12 @@ class ChannelServer:
             raise ValueError("a receiver needs the cluster secret (refusing to run open)")
         self.handler = handler
         self.io_timeout = io_timeout
-        self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        try:
+            self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        except OSError as e:
+            raise ListenFailed(e.errno, f"cannot listen on {host}:{port} for replication, where "
+                                        f"the primary's mount connects: "
+                                        f"{os.strerror(e.errno) if e.errno else e}") from None
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()

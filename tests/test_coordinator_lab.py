@@ -2,6 +2,7 @@
 partition, membership changes from the CLI, clean stop."""
 import pytest
 
+from hacluster.node import exit_status
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
@@ -99,7 +100,8 @@ def test_membership_changes_from_cli(make_cluster):
     res = cluster.hacluster("w", "cluster", "remove-node", "n3")
     assert res.returncode == 0, res.stderr
     cluster.wait_for("n3 exits by itself", lambda: not cluster.procs["n3"].alive(), timeout=15)
-    assert cluster.procs["n3"].returncode == 0
+    # The status the units do not restart (RestartPreventExitStatus=).
+    assert cluster.procs["n3"].returncode == exit_status.REMOVED == 78
     assert [e for e in cluster.events("n3", "daemon_stopped")
             if "removed from the cluster" in e.get("reason", "")]
     members = {r["name"] for r in cluster.status("n1")["members"]}

@@ -14,7 +14,6 @@ from chaos.lab_mirror import MirrorLab
 from chaos.lab_module import start_cluster
 from chaos.nemesis import NemesisContext, Roles
 from chaos.nemesis_flow import CutReplicationNetwork
-from hacluster.mirror.driver import replication_port
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
@@ -26,6 +25,12 @@ def _seed_cutting(side: str) -> int:
     """A seed with which the nemesis picks ``side``: the test drives it as the runner does."""
     return next(s for s in range(100)
                 if CutReplicationNetwork().choose(random.Random(s), ROLES)["side"] == side)
+
+
+def _replication_port(m) -> int:
+    """The port of the module's first replicated directory, as committed at install."""
+    (row,) = [r for r in m.call("n1", "module_list") if r["module"] == m.module]
+    return row["replication_ports"][0]
 
 
 def _sockets(m: MirrorLab, host: str, *filter_: str) -> list[tuple[str, str]]:
@@ -53,7 +58,7 @@ def test_a_bad_flow_network_is_refused(make_lab):
 def test_cut_replication_network_primary_goes_alone_on_the_same_epoch_then_resyncs(make_lab, side):
     lab = make_lab(["n1", "n2", "w", "c"], networks=("lan", "flow"))
     m = MirrorLab(lab, flow_network="flow").start(prim="n1")
-    port = replication_port(m.module, 0)
+    port = _replication_port(m)
     flow_n2 = f"{m.flow_addr('n2')}:{port}"
 
     # the replication flow really is on the flow network: n2's receiver listens on its
@@ -130,5 +135,5 @@ def test_flow_servers_in_the_wrong_order_are_refused_with_a_clear_error(make_lab
             f"{m.flow_addr('n1')}, which is not configured on this host")
     wait_until("n2 refusing to receive", lambda: any(
         want in e.get("error", "") for e in m.cluster.events("n2", "plan_failed")), 20)
-    assert not _sockets(m, "n2", "state", "listening", f"sport = :{replication_port(m.module, 0)}")
+    assert not _sockets(m, "n2", "state", "listening", f"sport = :{_replication_port(m)}")
     m.wait_state("n2", "STOP", timeout=20)     # the failed start is not retried in a loop

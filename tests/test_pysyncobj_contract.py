@@ -360,7 +360,8 @@ def test_syncobj_conf_reads_every_setting_raft_member_passes(tmp_path):
     def on_state_changed(old: int, new: int) -> None:
         pass
 
-    given = syncobj_conf_kwargs("secret", tmp_path, RaftSettings(), on_state_changed)
+    given = syncobj_conf_kwargs("secret", tmp_path, RaftSettings(), on_state_changed,
+                                bind_address="127.0.0.1:9")
     assert given, "syncobj_conf_kwargs passed nothing"
     for key in given:
         sentinel = object()

@@ -19,13 +19,13 @@ import os
 import signal
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 from raft.cluster_state import liveness_resource, mirror_resource
 from raft.commands import (BEGIN_GENERATION, LEAVE_IN_SYNC, NAME_GOOD_COPY, SET_IN_SYNC,
                            SET_INTENT)
+from raft.replication_ports import ports_of
 from replication import copy_identity as ci
 from replication.activity_log import AL_FILE
 from replication.durable_file import atomic_write
@@ -35,7 +35,7 @@ from vip import VipAnnouncer, has_vip
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
 from hacluster.modules.nodes import ModuleNodesError, replication_hosts
-from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet
+from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet, stop_scripts_time_s
 from hacluster.node.commands import MODULE_CMD
 from hacluster.node.control import ControlError
 from hacluster.node.lease_holder import LeaseHolder
@@ -46,15 +46,20 @@ from . import machine as mm
 
 log = logging.getLogger("hacluster.mirror")
 
-REPLICATION_BASE_PORT = 7610
 PROCESS_READY_S = 20.0
 PROCESS_STOP_S = 15.0
+# replication.mount.unmount at its worst: fusermount -u, then -u -z, then umount -l,
+# 10 s each.
+UNMOUNT_WORST_S = 30.0
 PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_client, 10 s)
 
 
-def replication_port(module: str, index: int) -> int:
-    """Stable per module and directory, so both nodes agree without a setting."""
-    return REPLICATION_BASE_PORT + (zlib.crc32(module.encode()) % 200) * 4 + index
+def mirror_stop_time_s(scripts_timeout_s: float, directories: int) -> float:
+    """A mirror module's stop at its worst: the stop script and its forced call, then
+    per replicated directory its mount or receiver: unmounted (twice at worst),
+    waited for, killed."""
+    per_directory = 2 * UNMOUNT_WORST_S + PROCESS_STOP_S
+    return stop_scripts_time_s(scripts_timeout_s) + directories * per_directory
 
 
 def _die_with_parent() -> None:
@@ -74,6 +79,7 @@ class _Proc:
         self.ready = asyncio.Event()
         self.stopping = False
         self.reader: asyncio.Task | None = None
+        self.last_line = ""         # what it said last: why it exited, when it did
 
     async def start(self, ready_marker: str, on_exit) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -89,7 +95,8 @@ class _Proc:
             raise PlanFailed(f"{self.kind} for {self.root} not ready within {PROCESS_READY_S} s "
                              f"(see {self.log_path})") from None
         if self.proc.returncode is not None:
-            raise PlanFailed(f"{self.kind} for {self.root} exited with {self.proc.returncode} "
+            raise PlanFailed(f"{self.kind} for {self.root} exited with {self.proc.returncode}"
+                             f"{': ' + self.last_line if self.last_line else ''} "
                              f"(see {self.log_path})")
 
     async def _read(self, marker: str, on_exit) -> None:
@@ -98,6 +105,7 @@ class _Proc:
             while line := await self.proc.stdout.readline():
                 out.write(line)
                 out.flush()
+                self.last_line = line.decode(errors="replace").strip()[:300] or self.last_line
                 if line.startswith(marker.encode()):
                     self.ready.set()
         rc = await self.proc.wait()
@@ -487,13 +495,14 @@ class MirrorModule(ModuleRuntime):
         my_host = self._replication_hosts()[self.node]
         await self._check_local_flow_address(my_host)
         await self._prepare_copy_for_resync()
+        ports = self.replication_ports()
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)
             state = self.state_dir / f"rfs{i}"     # its activity log, if it was primary
             state.mkdir(exist_ok=True)
             argv = [sys.executable, "-m", "replication", "receive", "--root", root,
                     "--state", str(state),
-                    "--listen", f"{my_host}:{replication_port(self.name, i)}",
+                    "--listen", f"{my_host}:{ports[i]}",
                     "--secret-file", str(self.host.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
             p = _Proc("receiver", root, argv, self.state_dir / f"receiver{i}.log")
@@ -505,6 +514,7 @@ class MirrorModule(ModuleRuntime):
         procs = []
         peer_host = self._replication_hosts()[self.peer]
         ack = {"none": "apply", "second": "receipt", "async": "async"}[self.config.rfs.async_mode]
+        ports = self.replication_ports()
         for i, d in enumerate(self.config.rfs.dirs):
             root = self.real_dir(d)     # checked and stamped by _begin_generation
             state = self.state_dir / f"rfs{i}"
@@ -518,7 +528,7 @@ class MirrorModule(ModuleRuntime):
             prepare_promotion(str(state))
             unmount(root)   # a mount left by a killed server of ours
             argv = [sys.executable, "-m", "replication", "mount", "--root", root,
-                    "--peer", f"{peer_host}:{replication_port(self.name, i)}",
+                    "--peer", f"{peer_host}:{ports[i]}",
                     "--secret-file", str(self.host.config.secret_path),
                     "--state", str(state), "--epoch", str(epoch), "--alone",
                     "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
@@ -698,6 +708,14 @@ class MirrorModule(ModuleRuntime):
         st["copy"] = {"committed": ({"copy": mine[0], "generation": mine[1]} if mine else None),
                       "problem": view.copy_problem}
         return st
+
+    def stop_time_s(self) -> float:
+        return mirror_stop_time_s(self.config.scripts_timeout_s, len(self.config.rfs.dirs))
+
+    def replication_ports(self) -> list[int]:
+        """One per replicated directory, committed with the module at install
+        (raft.replication_ports): the same on both nodes, never another module's."""
+        return ports_of(self.name, self._read_slice().entry())
 
     async def close(self) -> None:
         """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""

@@ -54,6 +54,7 @@ def _check_secret(secret: str) -> None:
 
 class ModuleFetchServer(TcpService):
     event_prefix = "fetch"
+    purpose = "module fetch, where the data nodes fetch module packages (Raft port + 2)"
     """Serves ``lookup(digest) -> bytes | None`` to peers that know the cluster secret.
 
     The request has a fixed size and one deadline (``request_timeout``) covers the

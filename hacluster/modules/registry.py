@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from raft.commands import (BOOTSTRAP, INSTALL_MODULE, SET_FAILOVER, UNINSTALL_MODULE, Answer,
                            changed)
 from raft.durable_storage import private_dir
+from raft.replication_ports import ports_of
 
 from hacluster.node import commands
 from hacluster.node.control import ControlError, Handler
@@ -103,6 +104,10 @@ class ModuleRegistry:
         await self.fetch_server.start()
         for m in package.list_installed(self.dir):
             self.installed[m.name] = m.digest
+
+    def stop_time_s(self) -> float:
+        """The longest stop of the modules running here (they stop side by side)."""
+        return max((rt.stop_time_s() for rt in self.runtimes.values()), default=0.0)
 
     async def close(self) -> None:
         await asyncio.gather(*(rt.close() for rt in self.runtimes.values()), return_exceptions=True)
@@ -253,13 +258,19 @@ class ModuleRegistry:
             except ModulePackageError as e:
                 raise ControlError(str(e)) from None
             self.installed[name] = installed.digest
+            # A mirror module's replication ports, one per directory, are allocated by
+            # this entry (raft.replication_ports).
+            rfs = checked.config.rfs
             result = await self.host.commit(INSTALL_MODULE, name, installed.digest,
                                             checked.config.mode, len(data), self.host.name,
-                                            self.host.config.raft.lease_timing.lease_s)
+                                            self.host.config.raft.lease_timing.lease_s,
+                                            len(rfs.dirs) if rfs is not None else 0)
         if not result.get("ok"):
             raise ControlError(result["error"])
         await self.sync()
         return {"module": name, "digest": installed.digest, "mode": checked.config.mode,
+                "replication_ports": ports_of(name, self.host.cluster_state()["modules"][name])
+                if checked.config.mode == commands.MIRROR else [],
                 "warnings": list(checked.config.warnings)}
 
     async def _uninstall(self, request: dict) -> dict:
@@ -279,6 +290,7 @@ class ModuleRegistry:
                          "installed_here": self.installed.get(name) == mod["digest"],
                          "state": rt.machine.display[0].value if rt else None,
                          "failover": mod["failover"],
+                         "replication_ports": ports_of(name, mod) if mod["mode"] == commands.MIRROR else [],
                          "intent": mod["intent"], "error": self.errors.get(name)})
         return rows
 

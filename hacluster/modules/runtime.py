@@ -29,7 +29,7 @@ from hacluster.node.control import ControlError
 from .checks import ModuleChecks, module_state_source
 from .host import ModuleHost, ModuleSlice
 from .machine import Machine, PlanDone, ViewChanged
-from .scripts import ScriptRunner
+from .scripts import KILL_GRACE_S, ScriptRunner
 from .userconfig import ModuleConfig
 
 log = logging.getLogger("hacluster.module")
@@ -49,6 +49,12 @@ class PlanNotYet(PlanFailed):
 
 
 NOT_YET_RETRY_S = 1.0
+
+
+def stop_scripts_time_s(scripts_timeout_s: float) -> float:
+    """A stop script at its worst: it runs out its timeout and is killed (after the
+    kill grace), then its forced call does the same."""
+    return 2 * (scripts_timeout_s + KILL_GRACE_S)
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,11 @@ class ModuleRuntime:
         """A module command its driver serves (hacluster.node.commands, ``RUNTIME``):
         a message for the administrator, or a reply of its own."""
         raise NotImplementedError
+
+    def stop_time_s(self) -> float:
+        """The longest this module's stop at daemon shutdown may take (the rule behind
+        the units' TimeoutStopSec, README). A kind adds what else it stops."""
+        return stop_scripts_time_s(self.config.scripts_timeout_s)
 
     def _state_fields(self) -> tuple[str, str]:
         """(key=value text for the state log line, text for the module log)."""

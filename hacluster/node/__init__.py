@@ -5,6 +5,8 @@
 node, peer control for ``hacluster -H`` (``peer_control`` over ``tcp_service``);
 it follows committed membership changes into ``cluster_config``. ``commands``
 declares every control command once. ``structured_log``: one logfmt line per event.
+On a server: ``sd_notify`` (ready, watchdog, stop time to systemd), ``exit_status``
+(what the units read), ``install`` (``hacluster setup``) and ``systemd/`` (the units).
 ``WitnessDaemon`` is a member with nothing more; a data node adds its modules
 (``hacluster.node_daemon``), which see this room only as a ``ModuleHost``.
 """

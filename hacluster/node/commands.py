@@ -67,6 +67,7 @@ class ModuleCommand:
     verb: str | None = None             # help of the CLI verb ``hacluster -m M NAME``
     fullsync: bool = False              # the verb takes ``fullsync`` (command NAME_fullsync)
     force: str | None = None            # help of the verb's --force (command NAME_force)
+    about: str = ""                     # the verb's manual (``hacluster NAME --help``)
 
 
 _MIRROR = frozenset({MIRROR})
@@ -85,27 +86,59 @@ CHECKER_OFF = ModuleCommand("checker_off", served_by=CHECKS)
 RESETLOOP = ModuleCommand("resetloop", served_by=CHECKS)
 
 MODULE_COMMANDS: dict[str, ModuleCommand] = {c.name: c for c in (
-    ModuleCommand("start", verb="start the module on this node"),
-    ModuleCommand("stop", verb="stop the module on this node (the secondary may take over)"),
-    ModuleCommand("forcestop", verb="stop at once, stop scripts called with force"),
-    ModuleCommand("restart", verb="stop and start the application scripts, same role"),
-    ModuleCommand("stopstart", verb="stop the module and start it again (may fail over)"),
+    ModuleCommand("start", verb="start the module on this node", about=(
+        "Start the module on this node and record the intent in Raft, so that the node "
+        "starts it again after a reboot. A mirror module becomes primary when its copy is "
+        "the current one and no other node is primary, secondary otherwise; a farm module "
+        "starts its application and takes its share of the virtual IP's traffic.")),
+    ModuleCommand("stop", verb="stop the module on this node (the secondary may take over)", about=(
+        "Stop the module on this node and record the intent in Raft, so that it stays "
+        "stopped after a reboot. The stop scripts run; on a mirror primary the in-sync "
+        "secondary takes over, a farm's other nodes take this node's share.")),
+    ModuleCommand("forcestop", verb="stop at once, stop scripts called with force", about=(
+        "Stop the module on this node at once: the stop scripts are called with the "
+        "action 'force' and are expected to kill the application rather than wait for it.")),
+    ModuleCommand("restart", verb="stop and start the application scripts, same role", about=(
+        "Stop and start the application on this node in the role it has (the stop then "
+        "start scripts of that role); the node keeps its role and nothing fails over.")),
+    ModuleCommand("stopstart", verb="stop the module and start it again (may fail over)", about=(
+        "Stop the module on this node and start it again. On a mirror primary the in-sync "
+        "secondary may take the primary role meanwhile, and this node then comes back as "
+        "secondary.")),
     ModuleCommand("swap", _MIRROR,
-                  verb="on the primary: hand the primary role to the in-sync secondary"),
+                  verb="on the primary: hand the primary role to the in-sync secondary", about=(
+        "Run on the primary of a mirror module: the application stops here, the in-sync "
+        "secondary becomes primary and this node becomes its secondary. Refused unless the "
+        "other node is a live, in-sync secondary.")),
     ModuleCommand("prim", _MIRROR, verb="this node's copy is the good one: start it as primary",
-                  fullsync=True),
+                  fullsync=True, about=(
+        "Name this node's copy of the replicated directories the good one and start the "
+        "module here as primary; for a module's first start, or after both nodes stopped. "
+        "'prim fullsync' is the same (every start as primary compares all blocks with the "
+        "secondary).")),
     ModuleCommand("prim_fullsync", _MIRROR),
     ModuleCommand("second", _MIRROR, verb="start as secondary; this copy will be overwritten",
                   fullsync=True,
-                  force="also when this node holds the only current copy (it is overwritten)"),
+                  force="also when this node holds the only current copy (it is overwritten)",
+                  about=(
+        "Start the module on this node as secondary: its copy is brought up to date from "
+        "the primary and may be overwritten. 'second fullsync' compares every block instead "
+        "of the recorded changes. Refused when this node holds the only current copy, "
+        "unless --force is given.")),
     ModuleCommand("second_force", _MIRROR),
     ModuleCommand("second_fullsync", _MIRROR),
     ModuleCommand("second_fullsync_force", _MIRROR),
     ModuleCommand("primforce", _MIRROR,
                   verb="make this node primary even if its copy is not current (loud)",
-                  force="do it: without it, primforce only says what it would overwrite"),
+                  force="do it: without it, primforce only says what it would overwrite",
+                  about=(
+        "Make this node primary although its copy is not the current one, for when the "
+        "current copy is lost. Without --force it only says what it would overwrite: the "
+        "other copy's generation and how many primary sessions newer it is.")),
     ModuleCommand("primforce_force", _MIRROR),
-    ModuleCommand("why", _MIRROR, verb="why the module is in its state and what it waits for"),
+    ModuleCommand("why", _MIRROR, verb="why the module is in its state and what it waits for", about=(
+        "Say why the mirror module is in its state on this node and what it waits for "
+        "(a lease, the other node, a copy to be named good, ...). It changes nothing.")),
     FORGET_SYNC_POINT, STAMP_COPY, FAILOVER_ON, FAILOVER_OFF,
     RESOURCES, SET_RESOURCE, ERRD_ON, ERRD_OFF, CHECKER_ON, CHECKER_OFF, RESETLOOP,
 )}

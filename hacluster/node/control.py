@@ -10,6 +10,8 @@ import socket
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from raft.listen import ListenError
+
 log = logging.getLogger("hacluster.control")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -18,6 +20,16 @@ MAX_REQUEST_BYTES = 1 << 20
 
 class ControlError(RuntimeError):
     """The daemon refused or failed a request; the message is for the user."""
+
+
+def _answers(path: Path) -> bool:
+    """Does a process accept connections on the Unix socket at ``path``?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class ControlServer:
@@ -29,7 +41,10 @@ class ControlServer:
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            self.path.unlink()
+            if _answers(self.path):
+                raise ListenError(f"cannot listen on {self.path} for the control socket: a "
+                                  "running daemon answers there (a second daemon of this member?)")
+            self.path.unlink()      # left by a daemon that was killed
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),

@@ -4,9 +4,15 @@ asyncio on uvloop; pysyncobj runs in its own tick thread and its callbacks
 hop onto the loop with ``call_soon_threadsafe``. The base class runs the Raft
 member, the cluster bootstrap, this member's liveness lease, the control API,
 and follows committed membership changes (rewrites cluster.json; stops when
-this member is removed). Subclasses add what a role does on top: the witness
-nothing, a data node its modules (``hacluster.node_daemon``), to which the base
-class is their ``hacluster.modules.host.ModuleHost``.
+this member is removed, with ``exit_status.REMOVED``). Subclasses add what a role
+does on top: the witness nothing, a data node its modules
+(``hacluster.node_daemon``), to which the base class is their
+``hacluster.modules.host.ModuleHost``.
+
+Every listener binds the member's own address, and a failed bind stops the start
+with one line (``raft.listen``). Under systemd (``sd_notify``) it reports ready once
+its Raft is up, feeds the watchdog from the liveness lease loop and, on SIGTERM,
+asks for the time its stop sequence may need.
 """
 from __future__ import annotations
 
@@ -22,17 +28,22 @@ from raft.cluster_state import liveness_resource
 from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
 from raft.hardened_transport import raise_open_files_limit
-from raft.member import RaftCommandError, RaftMember
+from raft.listen import ListenError, check_can_listen
+from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
 
-from . import commands, structured_log
+from . import commands, exit_status, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
 from .peer_control import PeerControlError, PeerControlServer, call_peer, peer_control_address
+from .sd_notify import Notifier, raft_up, watchdog_due
 
 log = logging.getLogger("hacluster.daemon")
 
 COMMIT_TIMEOUT_S = 5.0
+READY_POLL_S = 0.2
+# Beyond handing the leases back: closing the listeners and Raft (its journal's last sync).
+STOP_MARGIN_S = 10.0
 R = TypeVar("R", bound=Answer)
 T = TypeVar("T")
 
@@ -53,6 +64,9 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._control: ControlServer | None = None
         self.exit_reason = "stopped"
+        self.removed = False        # removed from the cluster: exit_status.REMOVED
+        self.notifier = Notifier()  # systemd's, when it started us
+        self._watchdog_fed = 0.0
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from."""
@@ -60,10 +74,27 @@ class Daemon:
 
     # ---- entry point --------------------------------------------------------
     def run(self) -> int:
+        """Run until SIGTERM/SIGINT or removal; the exit status (exit_status). Raises
+        raft.listen.ListenError, one line, when a listener cannot bind."""
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
         soft, hard = raise_open_files_limit()
         log.info("event=open_files_limit soft=%d hard=%d", soft, hard)
         return uvloop.run(self._main())
+
+    def listeners(self) -> list[tuple[str, int, str]]:
+        """(host, port, what it is for) of every TCP listener this member opens: all on
+        its own address (README, Ports)."""
+        host, port = self.config.me["address"].rsplit(":", 1)
+        found = [(host, int(port), RAFT_PURPOSE)]
+        if self.config.holds_data_secret:
+            found.append((*peer_control_address(self.config.me["address"]), PeerControlServer.purpose))
+        return found
+
+    def stop_time_s(self) -> float:
+        """The longest the stop sequence may take: what systemd is asked to wait for
+        (EXTEND_TIMEOUT_USEC) beyond the unit's TimeoutStopSec. The base: handing the
+        leases back (up to a lease) and closing Raft."""
+        return self.config.raft.lease_s + STOP_MARGIN_S
 
     async def _main(self) -> int:
         self._loop = asyncio.get_running_loop()
@@ -72,6 +103,10 @@ class Daemon:
         raft_secret = self.config.read_raft_secret()
         # A witness holds no cluster secret (only the Raft credential): no peer control.
         secret = self.config.read_secret() if self.config.holds_data_secret else None
+        # Every port first, before the journal is opened: a second daemon of this
+        # member stops here, having touched nothing.
+        for host, port, purpose in self.listeners():
+            check_can_listen(host, port, purpose)
         private_dir(self.config.data_path)
         peers = [m["address"] for m in self.config.members.values()]
         # SyncObj's constructor blocks until its port is bound: keep it off the loop.
@@ -79,27 +114,44 @@ class Daemon:
             self.config.me["address"], peers, self.config.data_path / "raft", raft_secret,
             self.config.raft, on_applied=self._applied_threadsafe,
             on_role_change=self._role_changed_threadsafe))
-        handlers = self.control_handlers()
-        commands.check_handlers(handlers, with_modules=self.serves_modules)
-        control = ControlServer(self.config.socket_path, handlers)
-        await control.start()
-        host, port = peer_control_address(self.config.me["address"])
-        self._control = control
-        if secret is not None:
-            peer_control = PeerControlServer(host, port, secret, control.dispatch,
-                                             member_hosts=self.member_hosts)
-            await peer_control.start()
-        else:
-            peer_control = None
-            log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
-        log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
-                 self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
-                 self.config.socket_path)
-        self._tasks.append(asyncio.create_task(self._bootstrap()))
-        self.hold(liveness_resource(self.name))
-        await self.started()
-        await self._stop.wait()
+        self.notifier.watchdog()    # the journal is read: the start goes on
+        control: ControlServer | None = None
+        peer_control: PeerControlServer | None = None
+        try:
+            handlers = self.control_handlers()
+            commands.check_handlers(handlers, with_modules=self.serves_modules)
+            control = ControlServer(self.config.socket_path, handlers)
+            await control.start()
+            self._control = control
+            if secret is not None:
+                host, port = peer_control_address(self.config.me["address"])
+                peer_control = PeerControlServer(host, port, secret, control.dispatch,
+                                                 member_hosts=self.member_hosts)
+                await peer_control.start()
+            else:
+                log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
+            log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
+                     self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
+                     self.config.socket_path)
+            self._tasks.append(asyncio.create_task(self._bootstrap()))
+            self.hold(liveness_resource(self.name), on_turn=self._lease_loop_turned)
+            self._check_watchdog_interval()
+            await self.started()
+            self.track(asyncio.create_task(self._report_ready()))
+            await self._stop.wait()
+        except ListenError:
+            self.exit_reason = "a listener could not bind"
+            raise
+        finally:
+            await self._shutdown(control, peer_control)
+        return exit_status.REMOVED if self.removed else exit_status.STOPPED
+
+    async def _shutdown(self, control: ControlServer | None,
+                        peer_control: PeerControlServer | None) -> None:
+        """The stop sequence: the modules stop (scripts, unmounts, VIPs), the leases are
+        handed back, the listeners and Raft close. Also after a failed start."""
         log.info("event=daemon_stopping reason=%r", self.exit_reason)
+        self.notifier.stopping(f"stopping: {self.exit_reason}", self.stop_time_s())
         await self.stopping()
         await asyncio.gather(*(h.stop() for h in self.holders.values()))
         for task in self._tasks:
@@ -107,10 +159,56 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if peer_control is not None:
             await peer_control.close()
-        await control.close()
+        if control is not None:
+            await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
         log.info("event=daemon_stopped reason=%r", self.exit_reason)
-        return 0
+
+    # ---- systemd (sd_notify): ready, watchdog -------------------------------------------
+    async def _report_ready(self) -> None:
+        """READY=1 once this member's Raft is up (sd_notify.raft_up); until then STATUS
+        says what it waits for. Logged as event=daemon_ready with or without systemd."""
+        said = None
+        while True:
+            members = self.raft.snapshot()["members"]
+            leader = self.raft.leader_address()
+            if raft_up(leader, members, self.name, self.raft.caught_up()):
+                break
+            if leader is None:
+                peers = self.raft.raft_status()["peers"]
+                text = (f"waiting for a Raft leader: connected to "
+                        f"{sum(1 for v in peers.values() if v == 2)} of {len(peers)} other members")
+            else:
+                text = "waiting to catch up with the Raft leader"
+            if text != said:
+                self.notifier.status(text)
+                said = text
+            await asyncio.sleep(READY_POLL_S)
+        name = next((n for n, m in members.items() if m["address"] == leader), leader)
+        self.notifier.ready(f"member {self.name} of cluster {self.config.cluster}; Raft leader {name}")
+        log.info("event=daemon_ready leader=%s", name)
+
+    def _lease_loop_turned(self) -> None:
+        """Each turn of the liveness lease loop: feed systemd's watchdog when due."""
+        interval = self.notifier.watchdog_s
+        if interval is None:
+            return
+        now = time.monotonic()
+        if watchdog_due(now, self._watchdog_fed, interval, self.raft.last_tick):
+            self.notifier.watchdog()
+            self._watchdog_fed = now
+
+    def _check_watchdog_interval(self) -> None:
+        """The lease loop turns at least every two renewal intervals (a renewal that
+        times out, then the wait before the next try): WatchdogSec must leave room for
+        that twice over."""
+        interval = self.notifier.watchdog_s
+        turn = 2 * self.config.raft.lease_timing.renew_interval_s
+        if interval is not None and interval < 4 * turn:
+            log.warning("event=watchdog_too_short watchdog_s=%.1f lease_s=%.1f reason=%r",
+                        interval, self.config.raft.lease_s,
+                        f"the lease loop may turn only every {turn:.1f} s: set WatchdogSec to "
+                        f"{4 * turn:.0f} s or more")
 
     # ---- hooks for subclasses -------------------------------------------------
     async def started(self) -> None:
@@ -150,9 +248,11 @@ class Daemon:
 
     def hold(self, resource: str, *, force: bool = False,
              on_acquired: Callable[[int], None] | None = None,
-             on_lost: Callable[[int, str], None] | None = None) -> LeaseHolder:
+             on_lost: Callable[[int, str], None] | None = None,
+             on_turn: Callable[[], None] | None = None) -> LeaseHolder:
         holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
-                             on_acquired=on_acquired, on_lost=on_lost, force=force)
+                             on_acquired=on_acquired, on_lost=on_lost, force=force,
+                             on_turn=on_turn)
         self.holders[resource] = holder
         self.track(asyncio.create_task(holder.run()))
         return holder
@@ -212,6 +312,7 @@ class Daemon:
         # an old removal of this member: act only once caught up with the leader.
         if self.name not in members and self.raft.caught_up():
             self.exit_reason = "removed from the cluster"
+            self.removed = True
             self._stop.set()
             return
         if members != self.config.members and self.name in members:

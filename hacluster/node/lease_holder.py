@@ -107,7 +107,8 @@ class LeaseHolder:
     def __init__(self, raft: RaftMember, resource: str, node: str, timing: LeaseTiming,
                  on_acquired: Callable[[int], None] | None = None,
                  on_lost: Callable[[int, str], None] | None = None,
-                 force: bool = False) -> None:
+                 force: bool = False,
+                 on_turn: Callable[[], None] | None = None) -> None:
         self.raft = raft
         self.resource = resource
         self.node = node
@@ -116,6 +117,9 @@ class LeaseHolder:
         self.force = force
         self._on_acquired = on_acquired
         self._on_lost = on_lost
+        # Called at every turn of the loop, held or not: the loop turns at least every
+        # two renewal intervals, which is what a watchdog fed from it relies on.
+        self._on_turn = on_turn
         self._watchers: list[Callable[[bool], None]] = []
         self._renewal_watchers: list[Callable[[float], None]] = []
         self._wake = asyncio.Event()
@@ -172,6 +176,8 @@ class LeaseHolder:
         self.batch.holders.add(self)
         try:
             while not self.stopping:
+                if self._on_turn is not None:
+                    self._on_turn()
                 if self.lease.epoch is None:
                     await self._attempt(ACQUIRE.name, self.resource, self.node, self.timing.lease_s,
                                         self.force)

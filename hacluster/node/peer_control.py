@@ -79,6 +79,7 @@ async def _read_frame(reader: asyncio.StreamReader, secret: str, context: bytes,
 
 class PeerControlServer(TcpService):
     event_prefix = "peer_control"
+    purpose = "peer control, where the other nodes send hacluster -H requests (Raft port + 3)"
     """Serves ``dispatch(request) -> reply`` to peers that know the cluster secret."""
 
     def __init__(self, host: str, port: int, secret: str, dispatch: Dispatch, *,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from raft.hardened_transport import RefusalLog
+from raft.listen import listen_error
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class HandshakeLimits:
 
 class TcpService:
     event_prefix = "service"
+    purpose = "a node-to-node service"     # what it is for, in a failed bind's message
 
     def __init__(self, host: str, port: int, log: logging.Logger, max_connections: int,
                  handshake: HandshakeLimits | None = None,
@@ -44,7 +46,11 @@ class TcpService:
         self._refusals = RefusalLog(logger=log)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        """Listen on the member's address; raft.listen.ListenError (one line) when it cannot."""
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as e:
+            raise listen_error(self.host, self.port, self.purpose, e) from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._log.info("event=%s_listening host=%s port=%d", self.event_prefix, self.host, self.port)
 
