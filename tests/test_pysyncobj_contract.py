@@ -195,6 +195,7 @@ INSTANCE_ATTRIBUTES = [
     ("syncobj", "_SyncObj__selfNode", None, "member: _before_tick, pre-vote"),
     ("syncobj", "_SyncObj__transferInProgress", None, "member: transfer election, append rule"),
     ("syncobj", "_SyncObj__transport", TCPTransport, "member: pre-vote, term notice messages"),
+    ("syncobj", "_SyncObj__thread", None, "member: destroy (not from the tick thread)"),
     ("syncobj", "_poller", None, "member: _SyncObj replaces _poller.poll"),
     ("queue", "_FastQueue__queue", collections.deque, "member: _deadlines (commands left over)"),
     ("transport", "_connections", dict, "hardened_transport, secure_channel: addNode"),
