@@ -5,10 +5,14 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived postgresql postgresql-contrib
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean
+.PHONY: test test-unit demo demo-coordinator bench chaos chaos-cleanup apt venv clean
 
 test: apt venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# tests/unit only: pure and fast, no root, no namespaces, no FUSE, no daemons (tests/lab has those).
+test-unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 demo: apt venv
 	$(PY) -m chaos.mirror_demo

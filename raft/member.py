@@ -481,7 +481,7 @@ def check_journal_format(data: Path) -> None:
 def syncobj_conf_kwargs(secret: str, data: Path, settings: RaftSettings,
                         on_state_changed: Callable[[int, int], None]) -> dict[str, Any]:
     """Everything RaftMember sets in pysyncobj's SyncObjConf (which ignores names it
-    does not know, so tests/test_pysyncobj_contract.py checks each one is read)."""
+    does not know, so tests/unit/test_pysyncobj_contract.py checks each one is read)."""
     return dict(
         password=secret,
         journalFile=str(data / "raft.journal"),

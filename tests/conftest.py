@@ -1,7 +1,11 @@
 import os
 import socket
+from pathlib import Path
 
 import pytest
+
+# The repository's root (tests/unit/ and tests/lab/ are one level further down).
+REPO = Path(__file__).resolve().parent.parent
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

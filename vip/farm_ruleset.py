@@ -50,7 +50,7 @@ nft transaction (declare-then-delete, so a reload never leaves a moment with no 
 The inet table carries a comment naming the VIP, interface and shared MAC, so that
 ``vip.farm_vip.cleanup_leftovers`` can undo a crashed node from the table alone.
 ``bucket_of`` computes the kernel's bucket for a client (bit-exact with nft_hash.c's
-jhash and reciprocal_scale, checked against the kernel in tests/test_farm_traffic.py).
+jhash and reciprocal_scale, checked against the kernel in tests/lab/test_farm_traffic.py).
 """
 
 from __future__ import annotations
