@@ -14,8 +14,6 @@ from replication.mount import mount_in_process
 from tests.conftest import needs_root
 
 
-
-
 @needs_root
 @pytest.mark.lab
 def test_small_files_part_writes_the_three_figures_and_the_ratio(tmp_path):

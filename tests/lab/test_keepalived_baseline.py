@@ -7,8 +7,6 @@ from chaos.kv_workload import parse_poll_output
 from tests.conftest import needs_root
 
 
-
-
 @needs_root  # keepalived itself comes with the Makefile's apt packages: missing is a failure
 def test_one_trial_fails_over_in_vrrp_time(tmp_path):
     result = measure_keepalived_failover(1, tmp_path / "lab")

@@ -14,6 +14,11 @@ def one_line(error: Exception) -> str:
     return text
 
 
+@pytest.fixture
+def member_dir(tmp_path):
+    members = {"n1": {"address": "10.0.0.1:7400", "role": "node"}}
+    from raft.settings import RaftSettings
+    return cluster_config.write_member_dir(tmp_path, "c", "n1", members, "x" * 40, RaftSettings())
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")

@@ -20,8 +20,6 @@ def _state(data: Path):
         return None
 
 
-
-
 @needs_root
 @pytest.mark.lab
 def test_sigkill_every_member_then_restart_loses_no_committed_entry(make_lab):

@@ -40,8 +40,6 @@ def _status(data: Path) -> dict | None:
         return None
 
 
-
-
 @needs_root
 @pytest.mark.lab
 def test_a_member_cut_off_for_several_election_timeouts_rejoins_without_an_election(make_lab):

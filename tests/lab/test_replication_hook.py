@@ -71,8 +71,6 @@ def owner(tmp_path):
     o.close()
 
 
-
-
 # fusermount3 comes with the Makefile's fuse3 package: missing is a failure, not a skip
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
                     reason="needs root and /dev/fuse")

@@ -82,8 +82,6 @@ def setup(tmp_path):
     receiver.stop()
 
 
-
-
 def test_the_data_never_crosses_in_clear(setup):
     _, relay, client, root = setup
     secret_data = os.urandom(64 * 1024)      # lz4 leaves random bytes as they are

@@ -20,7 +20,6 @@ records_st = st.lists(st.tuples(text_st.filter(bool), text_st), min_size=1, max_
 # -- the log format -----------------------------------------------------------------------
 
 
-
 @given(text_st.filter(bool), text_st)
 def test_record_round_trips_any_text(key, value):
     line = encode_record(key, value)
