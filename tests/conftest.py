@@ -1,3 +1,4 @@
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -53,3 +54,13 @@ def free_ports(n: int) -> list[int]:
     for sk in socks:
         sk.close()
     return ports
+
+
+async def loop_until(what: str, predicate, polls: int = 2000) -> None:
+    """Let an asyncio loop run until ``predicate()`` holds: polls it every few
+    milliseconds, a bounded number of times (a bound on turns, not a timed assertion)."""
+    for _ in range(polls):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")

@@ -14,7 +14,7 @@ from hacluster.node.control import ControlError
 from raft.cluster_state import ClusterState
 from tests.conftest import free_ports
 from tests.unit.module_world import (FARM_USERCONFIG, MIRROR_USERCONFIG, FakeHost, ToyFarm,
-                                     ToyRuntime, ToyState, plan, safe_package, Step, members)
+                                     ToyRuntime, plan, safe_package, Step, members)
 
 KINDS = {"mirror": ToyRuntime, "farm": ToyFarm}
 

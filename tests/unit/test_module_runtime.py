@@ -18,6 +18,7 @@ from hacluster.modules.machine import Command, PlanDone, RunScript, ViewChanged
 from hacluster.modules.runtime import Placement
 from hacluster.modules.userconfig import parse_userconfig
 from raft.cluster_state import ClusterState
+from tests.conftest import loop_until
 from tests.unit.module_world import (MIRROR_USERCONFIG, CommitIntentAction, FakeHost, Fail,
                                      NotYet, Step, ToyRuntime, ToyState, members, plan)
 
@@ -36,15 +37,6 @@ def make_runtime(tmp_path: Path, scripts: dict[str, str] | None = None) -> ToyRu
         (module_dir / "bin" / name).chmod(0o755)
     config = parse_userconfig(MIRROR_USERCONFIG, "userconfig.xml", "web")
     return ToyRuntime(Placement(host, "web", module_dir, config, ("n1", "n2")))
-
-
-async def until(what: str, predicate, polls: int = 2000) -> None:
-    """Let the loop run until ``predicate()`` holds (by loop turns, not by a clock)."""
-    for _ in range(polls):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def started(rt: ToyRuntime) -> ToyRuntime:
@@ -85,12 +77,12 @@ def test_plans_run_one_at_a_time_in_order(tmp_path):
         rt.machine.plans.update(a=plan("a", Step("a1", gate), Step("a2")), b=plan("b", Step("b1")))
         rt.feed(Command("a"))
         rt.feed(Command("b"))
-        await until("a1 ran", lambda: rt.done == ["a1"])
+        await loop_until("a1 ran", lambda: rt.done == ["a1"])
         for _ in range(20):
             await asyncio.sleep(0)
         assert rt.done == ["a1"]                             # b waits for a
         gate.set()
-        await until("both plans ended", lambda: len(rt.machine.done()) == 2)
+        await loop_until("both plans ended", lambda: len(rt.machine.done()) == 2)
         assert rt.done == ["a1", "a2", "b1"]
         assert [d.ok for d in rt.machine.done()] == [True, True]
         assert rt.machine.display == (ToyState.UP, "Ready")
@@ -105,9 +97,9 @@ def test_an_urgent_plan_cancels_the_running_one_and_runs_at_once(tmp_path):
         rt.machine.plans.update(slow=plan("slow", Step("s1", held), Step("s2")),
                                 now=plan("now", Step("n1"), to=ToyState.STOP, urgent=True))
         rt.feed(Command("slow"))
-        await until("s1 ran", lambda: rt.done == ["s1"])
+        await loop_until("s1 ran", lambda: rt.done == ["s1"])
         rt.feed(Command("now"))
-        await until("the urgent plan ended", lambda: rt.machine.done())
+        await loop_until("the urgent plan ended", lambda: rt.machine.done())
         held.set()                      # would let the slow plan go on, had it not been cancelled
         for _ in range(20):
             await asyncio.sleep(0)
@@ -124,7 +116,7 @@ def test_a_failed_action_ends_the_plan_with_its_error_after_the_view_it_made(tmp
         rt.machine.plans["go"] = plan("go", CommitIntentAction("start"), Fail("disk on fire"),
                                       Step("never"))
         rt.feed(Command("go"))
-        await until("the plan ended", lambda: rt.machine.done())
+        await loop_until("the plan ended", lambda: rt.machine.done())
         done = rt.machine.done()[0]
         assert (done.ok, done.error, done.not_yet) == (False, "disk on fire", False)
         assert rt.done == []
@@ -145,11 +137,11 @@ def test_a_plan_that_cannot_begin_yet_is_retried_from_a_new_view(tmp_path, monke
         rt = await started(make_runtime(tmp_path))
         rt.machine.plans["go"] = plan("go", NotYet("the peer is starting"))
         rt.feed(Command("go"))
-        await until("the plan ended", lambda: rt.machine.done())
+        await loop_until("the plan ended", lambda: rt.machine.done())
         done = rt.machine.done()[0]
         assert (done.ok, done.error, done.not_yet) == (False, "the peer is starting", True)
         after = len(rt.machine.events)
-        await until("the view is fed again", lambda: len(rt.machine.events) > after)
+        await loop_until("the view is fed again", lambda: len(rt.machine.events) > after)
         assert isinstance(rt.machine.events[after], ViewChanged)
         await rt.close()
     asyncio.run(go())
@@ -161,9 +153,9 @@ def test_a_kind_that_asks_for_it_gets_the_view_again_after_a_failure(tmp_path):
         rt.retry_view_after_failure_s = 0.01
         rt.machine.plans["go"] = plan("go", Fail("no"))
         rt.feed(Command("go"))
-        await until("the plan ended", lambda: rt.machine.done())
+        await loop_until("the plan ended", lambda: rt.machine.done())
         after = len(rt.machine.events)
-        await until("the view is fed again", lambda: len(rt.machine.events) > after)
+        await loop_until("the view is fed again", lambda: len(rt.machine.events) > after)
         assert isinstance(rt.machine.events[after], ViewChanged)
         await rt.close()
     asyncio.run(go())
@@ -175,7 +167,7 @@ def test_a_commit_not_committed_in_time_is_retried_and_lands_once(tmp_path):
         rt.host.refuse_commits = 2
         rt.machine.plans["go"] = plan("go", CommitIntentAction("start"), Step("after"))
         rt.feed(Command("go"))
-        await until("the plan ended", lambda: rt.machine.done())
+        await loop_until("the plan ended", lambda: rt.machine.done())
         assert rt.machine.done()[0].ok and rt.done == ["after"]
         assert rt.host.commits == [("set_intent", ("web", "n1", "start"))]
         assert rt.host.state.to_dict()["modules"]["web"]["intent"] == {"n1": "start"}
@@ -193,7 +185,7 @@ def test_a_refused_or_never_committed_commit_fails_the_plan(tmp_path, refusals, 
         rt.host.refuse_commits = refusals
         rt.machine.plans["go"] = plan("go", CommitIntentAction(intent), Step("never"))
         rt.feed(Command("go"))
-        await until("the plan ended", lambda: rt.machine.done())
+        await loop_until("the plan ended", lambda: rt.machine.done())
         done = rt.machine.done()[0]
         assert (done.ok, done.error) == (False, error) and rt.done == []
         await rt.close()
@@ -210,10 +202,10 @@ def test_a_failing_script_fails_the_plan_and_a_failing_stop_script_is_forced(tmp
         rt.machine.plans["stop"] = plan("stop", RunScript("stop_prim", "UP", "STOP", "stop", stop=True),
                                         to=ToyState.STOP)
         rt.feed(Command("start"))
-        await until("start ended", lambda: len(rt.machine.done()) == 1)
+        await loop_until("start ended", lambda: len(rt.machine.done()) == 1)
         assert rt.machine.done()[0].error == "start_prim STOP UP start: exit 3: cannot bind port 80"
         rt.feed(Command("stop"))
-        await until("stop ended", lambda: len(rt.machine.done()) == 2)
+        await loop_until("stop ended", lambda: len(rt.machine.done()) == 2)
         assert rt.machine.done()[1].ok          # a stop script's failure is logged, not fatal
         calls = [line.split(" ", 1)[1] for line in record.read_text().splitlines()]
         assert calls == ["STOP UP start", "UP STOP stop", "UP STOP force"]
