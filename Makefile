@@ -5,10 +5,15 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync keepalived postgresql postgresql-contrib
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit demo demo-coordinator bench chaos chaos-cleanup apt venv clean
+.PHONY: test test-unit lint demo demo-coordinator bench chaos chaos-cleanup apt venv clean
 
-test: apt venv
+test: apt venv lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# ruff and mypy on the product packages (settings in pyproject.toml); a finding fails the build.
+lint: venv
+	$(PY) -m ruff check hacluster raft replication vip checkers
+	$(PY) -m mypy
 
 # tests/unit only: pure and fast, no root, no namespaces, no FUSE, no daemons (tests/lab has those).
 test-unit: venv
