@@ -2,66 +2,13 @@
 FUSE mount (root). The hook client alone: tests/unit/test_replication_hook.py."""
 from __future__ import annotations
 
-import json
 import os
-import socket
-import threading
 
 import pytest
 
 from chaos.lab import wait_until
 from tests.conftest import REPO
-
-
-class Owner:
-    """Answers each JSON line as ``behaviour(request)`` says: a dict to send,
-    "silent" to never answer, "close" to hang up, or raw bytes."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.requests: list[dict] = []
-        self.behaviour = lambda req: {"ok": True, "result": None}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
-        self._sock.listen(16)
-        self._stop = threading.Event()
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = conn.recv(65536)
-            if not chunk:
-                conn.close()
-                return
-            buf += chunk
-        request = json.loads(buf)
-        self.requests.append(request)
-        answer = self.behaviour(request)
-        if answer == "silent":
-            self._held.append(conn)
-            return
-        if answer != "close":
-            conn.sendall(answer if isinstance(answer, bytes) else (json.dumps(answer) + "\n").encode())
-        conn.close()
-
-    def cmds(self) -> list[str]:
-        return [r["cmd"] for r in self.requests]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        for conn in self._held:
-            conn.close()
+from tests.unit.test_replication_hook import Owner
 
 
 @pytest.fixture
