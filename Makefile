@@ -13,10 +13,19 @@ SBINDIR := /usr/local/sbin
 # FUSE for the replicated directories, libnftables for farm traffic sharing.
 RUNTIME_APT_PACKAGES := python3 python3-venv fuse3 nftables iproute2
 
-.PHONY: test demo demo-coordinator bench chaos chaos-cleanup apt venv clean install uninstall
+.PHONY: test test-unit lint demo demo-coordinator bench chaos chaos-cleanup apt venv clean install uninstall
 
-test: apt venv
+test: apt venv lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# ruff and mypy on the product packages (settings in pyproject.toml); a finding fails the build.
+lint: venv
+	$(PY) -m ruff check hacluster raft replication vip checkers
+	$(PY) -m mypy
+
+# tests/unit only: pure and fast, no root, no namespaces, no FUSE, no daemons (tests/lab has those).
+test-unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 demo: apt venv
 	$(PY) -m chaos.mirror_demo

@@ -1,7 +1,7 @@
 """hacluster: a software-only high-availability cluster for Linux on a Raft core.
 
 The package is in rooms; each imports only the rooms below it
-(tests/test_import_graph.py):
+(tests/unit/test_import_graph.py):
 
   cli.py, __main__.py  the ``hacluster`` command line: a thin client of the local daemon
   node_daemon.py       a data node: the daemon and its modules, put together

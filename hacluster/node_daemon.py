@@ -10,7 +10,9 @@ plain named leases (``--contend``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
+
+from raft.commands import Answer
 
 from hacluster.farm.driver import FarmModule
 from hacluster.mirror.driver import MirrorModule
@@ -73,4 +75,4 @@ class NodeDaemon(Daemon):
     def _applied(self, op: str, args: tuple, result: dict) -> None:
         super()._applied(op, args, result)
         if self.modules is not None:
-            self.modules.applied(op, args, result)
+            self.modules.applied(op, args, cast(Answer, result))   # a ClusterState answer

@@ -94,7 +94,7 @@ def allocate_with_homes(table: list[str | None] | None, powers: dict[str, int],
     old: list[str | None] = list(table) if table is not None else [None] * BUCKETS
     home: list[str | None] = list(homes) if homes is not None else [None] * BUCKETS
     if not powers:
-        return [None] * BUCKETS, [h or o for h, o in zip(home, old)]
+        return [None] * BUCKETS, [h or o for h, o in zip(home, old, strict=True)]
     current = shares([o if o in powers else None for o in old])
     target = quotas(powers, current)
     new: list[str | None] = [None] * BUCKETS

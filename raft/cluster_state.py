@@ -524,14 +524,15 @@ class ClusterState:
 
 
     # ---- farms -------------------------------------------------------------------------
-    def _farm_module(self, name: Any) -> tuple[dict[str, Any] | None, str | None]:
+    def _farm_module(self, name: Any) -> dict[str, Any] | str:
+        """The farm section of module ``name``, or why there is none."""
         module = self.modules.get(name) if isinstance(name, str) else None
         if module is None:
-            return None, f"unknown module {name!r}"
+            return f"unknown module {name!r}"
         if module["mode"] != "farm":
-            return None, f"module {name} is a {module['mode']} module, not a farm"
+            return f"module {name} is a {module['mode']} module, not a farm"
         module["farm"] = farm_of(module)
-        return module["farm"], None
+        return module["farm"]
 
     @staticmethod
     def _set_farm_members(farm: dict[str, Any], members: dict[str, int]) -> bool:
@@ -552,9 +553,9 @@ class ClusterState:
     def farm_join(self, name: str, node: str, power: int) -> Result:
         """``node`` serves farm ``name`` with weight ``power``; it must hold its
         liveness lease, so that an expiry can take it out again."""
-        farm, error = self._farm_module(name)
-        if farm is None:
-            return _refused(error)
+        farm = self._farm_module(name)
+        if isinstance(farm, str):
+            return _refused(farm)
         if not isinstance(node, str) or node not in self.members:
             return _refused(f"unknown member {node!r}")
         if self.members[node]["role"] != "node":
@@ -572,9 +573,9 @@ class ClusterState:
         return _ok(name=name, node=node, version=farm["version"], changed=changed)
 
     def farm_leave(self, name: str, node: str) -> Result:
-        farm, error = self._farm_module(name)
-        if farm is None:
-            return _refused(error)
+        farm = self._farm_module(name)
+        if isinstance(farm, str):
+            return _refused(farm)
         if not isinstance(node, str) or node not in farm["members"]:
             return _ok(name=name, node=node, version=farm["version"], changed=False)
         changed = self._set_farm_members(

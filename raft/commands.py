@@ -11,7 +11,7 @@ that follows the state (a node's modules) is told only about what changed.
 a module's entry, the members. A renewal moves only the lease's ``seq`` (the
 leader's fence for expiries), which nobody outside the state machine reads: it
 changes nothing. A refused command changes nothing at all.
-tests/test_raft_commands.py checks both claims on random command sequences.
+tests/unit/test_raft_commands.py checks both claims on random command sequences.
 """
 from __future__ import annotations
 

@@ -268,7 +268,7 @@ class HardenedServer(TcpServer):
         else stop polling the listener for a moment. It stays bound either way."""
         refusal_log("*", "accept",
                     "event=raft_accept_failed reason=\"%s: connection refused; the listener stays "
-                    "bound\" open_files_limit=%d", os.strerror(error.errno),
+                    "bound\" open_files_limit=%d", os.strerror(error.errno) if error.errno is not None else str(error),
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         if self._reserve_fd is not None:
             os.close(self._reserve_fd)

@@ -228,6 +228,11 @@ class _SyncObj(SyncObj):
 
     Private pysyncobj state is reached by its mangled names (``_SyncObj__x``)."""
 
+    # pysyncobj's private state that this class also assigns (pysyncobj has no types).
+    _SyncObj__raftElectionDeadline: float
+    _SyncObj__raftLeader: Any
+    _SyncObj__raftCommitIndex: int
+
     def __init__(self, self_address, peers, conf, consumers,
                  extra_wait: Callable[[], float | None] = lambda: None):
         self._extra_wait = extra_wait
@@ -396,7 +401,7 @@ class _SyncObj(SyncObj):
         entries = message.get("entries") or []
         local = self._SyncObj__getEntries(prev_idx + 1, len(entries)) if entries else []
         matched = 0
-        for new, old in zip(entries, local):
+        for new, old in zip(entries, local, strict=False):   # local may be shorter
             if new[1] != old[1] or new[2] != old[2]:
                 break
             matched += 1
@@ -485,7 +490,7 @@ def syncobj_conf_kwargs(secret: str, data: Path, settings: RaftSettings,
                         on_state_changed: Callable[[int, int], None], *,
                         bind_address: str | None = None) -> dict[str, Any]:
     """Everything RaftMember sets in pysyncobj's SyncObjConf (which ignores names it
-    does not know, so tests/test_pysyncobj_contract.py checks each one is read)."""
+    does not know, so tests/unit/test_pysyncobj_contract.py checks each one is read)."""
     return dict(
         password=secret,
         journalFile=str(data / "raft.journal"),

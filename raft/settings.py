@@ -64,7 +64,7 @@ class RaftSettings:
         if not self.leader_fallback_s > self.append_entries_period_s:
             raise SettingsError("raft: leader_fallback_s must be > append_entries_period_s")
         try:
-            self.lease_timing  # validates lease_s / lease_margin_s
+            _ = self.lease_timing  # validates lease_s / lease_margin_s
         except LeaseConfigError as e:
             raise SettingsError(f"raft: lease_s={self.lease_s}, lease_margin_s={self.lease_margin_s}: "
                                 f"{e}") from None

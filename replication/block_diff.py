@@ -14,9 +14,9 @@ sparse files sparse).
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import xxhash
 
@@ -39,7 +39,7 @@ def block_count(size: int, block_size: int) -> int:
     return -(-size // block_size)
 
 
-def file_digests(f: BinaryIO, block_size: int, read_size: int = READ_SIZE) -> tuple[list[int], int]:
+def file_digests(f: io.BufferedIOBase | io.RawIOBase, block_size: int, read_size: int = READ_SIZE) -> tuple[list[int], int]:
     """Digests of consecutive ``block_size`` blocks of ``f`` from its current
     position to its end, and the number of bytes read (the size they describe,
     even if the file changes meanwhile)."""

@@ -71,6 +71,7 @@ class Record:
         for key in ("cluster", "module", "copy"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise ValueError(f"identity record without {key}")
+        assert isinstance(gen, int)           # _is_gen said so (for the type checker)
         return cls(data["cluster"], data["module"], data["copy"], gen, tuple(hist))
 
     def advanced(self, generation: int) -> "Record":
@@ -183,18 +184,18 @@ def promotion_problem(local: Local, committed: Committed, node: str, cluster: st
     record, problem = _one_record(local, cluster, module)
     if record is None:
         return f"copy on {node}: {problem}"
-    entry = committed.copies.get(node)
-    if entry is None:
+    theirs = committed.copies.get(node)      # (copy id, generation) the cluster committed
+    if theirs is None:
         return (f"copy on {node} ({record.short()}): the cluster has no committed identity for "
                 f"{node}'s copy")
     if matches(record, committed, node):
         return None
-    if record.copy != entry[0]:
+    if record.copy != theirs[0]:
         return (f"copy on {node} is {record.short()}, but the cluster's copy on {node} is "
-                f"copy {entry[0][:8]}: another disk or a restored backup?")
-    older = "older than" if record.generation < entry[1] else "not"
+                f"copy {theirs[0][:8]}: another disk or a restored backup?")
+    older = "older than" if record.generation < theirs[1] else "not"
     return (f"copy on {node} holds generation {record.generation}, {older} the committed "
-            f"generation {entry[1]}: restored from a backup?")
+            f"generation {theirs[1]}: restored from a backup?")
 
 
 FULL = "full"                   # compare every block; the copy is of unknown content
@@ -229,8 +230,8 @@ def resync_mode(local: Local, committed: Committed, node: str, cluster: str,
         return REFUSE, (f"copy on {node} holds generation {record.generation}, newer than the "
                         f"cluster's generation {committed.generation}: not overwritten; if it is "
                         f"to be discarded, run 'hacluster -m {module} second fullsync' on {node}")
-    entry = committed.copies.get(node)
-    last = f"copy {entry[0][:8]} generation {entry[1]}" if entry else "none"
+    theirs = committed.copies.get(node)
+    last = f"copy {theirs[0][:8]} generation {theirs[1]}" if theirs else "none"
     return FULL, f"{record.short()} is not {node}'s last committed copy ({last})"
 
 

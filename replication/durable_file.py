@@ -8,7 +8,7 @@ package whose ``__init__`` imports nothing: raft/ and hacluster/ may import it
 without pulling anything else in, whereas a helper in raft/ would load pysyncobj
 into every replication process (raft/'s ``__init__`` imports its member). This
 module imports only the standard library, and is the only module of one lower
-package that another may import (tests/test_import_graph.py).
+package that another may import (tests/unit/test_import_graph.py).
 """
 from __future__ import annotations
 

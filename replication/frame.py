@@ -227,7 +227,7 @@ def _compress(data: bytes) -> tuple[int, bytes]:
     return 0, data
 
 
-def _body_digest(names: bytes, flags: int, wire: bytes) -> int:
+def _body_digest(names: bytes | memoryview, flags: int, wire: bytes | memoryview) -> int:
     if flags & Flag.COMPRESSED:
         return xxhash.xxh3_64_intdigest(wire, seed=_xxh(names))
     return _xxh(names)
@@ -518,9 +518,10 @@ class FrameDecoder:
         return self._finish_body()
 
     def _finish_body(self) -> list[Frame]:
-        if self._have < len(self._body):
-            return []
         header, body = self._header, self._body
+        assert header is not None and body is not None      # called while a body is received
+        if self._have < len(body):
+            return []
         self._header, self._body, self._have = None, None, 0
         try:
             return [decode_body(header, body, owned=True)]

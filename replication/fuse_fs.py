@@ -49,7 +49,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from collections.abc import Iterator
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from .ordering_lock import OrderingLock
 from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
@@ -68,10 +68,11 @@ _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Replicator(Protocol):
-    def submit(self, op: Op) -> object:
-        """Enqueue ``op``; called while the caller holds the ordering lock."""
+    def submit(self, op: Op) -> Any:
+        """Enqueue ``op``; called while the caller holds the ordering lock. Returns a
+        ticket, opaque here, for ``wait``."""
 
-    def wait(self, ticket: object) -> None:
+    def wait(self, ticket: Any) -> None:
         """Block until acknowledged; an exception makes the FUSE op fail with EIO."""
 
 

@@ -167,6 +167,7 @@ class PrimaryLink:
         after = activity_log.pending_epoch(self.state_dir)
         if after is None:
             return False
+        reason: str | None
         if not client.features & Feature.ACTIVITY_LOG:
             reason = "receiver does not report activity logs"
         else:

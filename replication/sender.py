@@ -40,11 +40,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
 from .ops import NAMESPACE_KINDS, WRITE_SETS_TIMES, Op, OpKind
 from .ordering_lock import OrderingLock
+
+if TYPE_CHECKING:
+    from .activity_log import ActivityLog
 
 log = logging.getLogger("replication.sender")
 
@@ -158,7 +161,7 @@ class Sender:
         self.on_refused: Callable[[Op, OSError], None] | None = None
         # The activity log (DESIGN.md "In-flight writes"): the FUSE layer marks
         # regions in it before it applies a change. None: no activity log.
-        self.activity = None
+        self.activity: ActivityLog | None = None
 
     # ---- owner API -----------------------------------------------------------
     @property

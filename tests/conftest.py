@@ -1,7 +1,12 @@
+import asyncio
 import os
 import socket
+from pathlib import Path
 
 import pytest
+
+# The repository's root (tests/unit/ and tests/lab/ are one level further down).
+REPO = Path(__file__).resolve().parent.parent
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -49,3 +54,13 @@ def free_ports(n: int) -> list[int]:
     for sk in socks:
         sk.close()
     return ports
+
+
+async def loop_until(what: str, predicate, polls: int = 2000) -> None:
+    """Let an asyncio loop run until ``predicate()`` holds: polls it every few
+    milliseconds, a bounded number of times (a bound on turns, not a timed assertion)."""
+    for _ in range(polls):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")

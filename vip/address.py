@@ -116,6 +116,40 @@ def _set_lifetime(ipr: IPRoute, a: _Ipv4Addr, lifetime_s: int) -> None:
         raise _netlink_error("refresh", str(a.local), a.interface, exc) from None
 
 
+def _already_held(addrs: list[_Ipv4Addr], vip: ipaddress.IPv4Address,
+                  interface: str | None) -> _Ipv4Addr | None:
+    """``vip`` as already held (on ``interface`` if named), None if nowhere; VipError if
+    it is held, but on another interface than the one named."""
+    held = [a for a in addrs if a.local == vip]
+    if not held:
+        return None
+    mine = [a for a in held if interface is None or a.interface == interface]
+    if mine:
+        return mine[0]
+    raise VipError(f"virtual IP {vip} is already on {held[0].interface}, "
+                   f"not on the requested {interface}")
+
+
+def _add_request(vip: ipaddress.IPv4Address, index: int, interface: str, prefixlen: int,
+                 lifetime_s: int | None) -> dict:
+    """The RTM_NEWADDR to add ``vip``/``prefixlen`` on ``interface`` (link ``index``): a
+    broadcast address below /31, our label when it fits, the lifetime if one is given
+    (both lifetimes: the kernel removes the address when ``valid_lft`` ends)."""
+    network = ipaddress.IPv4Network(f"{vip}/{prefixlen}", strict=False)
+    if prefixlen < 31 and vip in (network.network_address, network.broadcast_address):
+        raise VipError(f"virtual IP {vip}/{prefixlen} is the network or broadcast "
+                       f"address of {network}")
+    request: dict = {"index": index, "address": str(vip), "prefixlen": prefixlen}
+    if prefixlen < 31:
+        request["broadcast"] = str(network.broadcast_address)
+    label = _label_for(interface)
+    if label is not None:
+        request["label"] = label
+    if lifetime_s is not None:
+        request["valid_lft"] = request["preferred_lft"] = lifetime_s
+    return request
+
+
 def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = None,
             lifetime_s: int | None = None) -> str:
     """Add ``addr`` and return the interface that holds it.
@@ -131,15 +165,11 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
     _check_lifetime(addr, lifetime_s)
     with _netlink("add_vip") as ipr:
         addrs = _dump(ipr)
-        held = [a for a in addrs if a.local == vip]
-        if held:
-            mine = [a for a in held if interface is None or a.interface == interface]
-            if mine:
-                if lifetime_s is not None:
-                    _set_lifetime(ipr, mine[0], lifetime_s)
-                return mine[0].interface
-            raise VipError(f"virtual IP {addr} is already on {held[0].interface}, "
-                           f"not on the requested {interface}")
+        held = _already_held(addrs, vip, interface)
+        if held is not None:
+            if lifetime_s is not None:
+                _set_lifetime(ipr, held, lifetime_s)
+            return held.interface
         picked = _pick_interface(vip, addrs, interface)
         if interface is None:
             if picked is None:
@@ -151,20 +181,8 @@ def add_vip(addr: str, prefixlen: int | None = None, interface: str | None = Non
             raise VipError(f"virtual IP {addr}: no interface named {interface!r}")
         if prefixlen is None:
             prefixlen = picked[1] if picked else 32
-        network = ipaddress.IPv4Network(f"{vip}/{prefixlen}", strict=False)
-        if prefixlen < 31 and vip in (network.network_address, network.broadcast_address):
-            raise VipError(f"virtual IP {addr}/{prefixlen} is the network or broadcast "
-                           f"address of {network}")
-        request: dict = {"index": links[0], "address": str(vip), "prefixlen": prefixlen}
-        if prefixlen < 31:
-            request["broadcast"] = str(network.broadcast_address)
-        label = _label_for(interface)
-        if label is not None:
-            request["label"] = label
-        if lifetime_s is not None:
-            request["valid_lft"] = request["preferred_lft"] = lifetime_s
         try:
-            ipr.addr("add", **request)
+            ipr.addr("add", **_add_request(vip, links[0], interface, prefixlen, lifetime_s))
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:  # added by someone else meanwhile: same outcome
                 raise _netlink_error("add", addr, interface, exc) from None
@@ -204,13 +222,9 @@ def find_vip(addr: str, interface: str | None = None) -> HeldAddress | None:
 _KEPT = threading.local()   # one netlink socket per thread, for hold_vip
 
 
-def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
-    """Restart the kernel's count of the address's lifetime at ``lifetime_s`` seconds,
-    and put the address back as it was if the kernel expired it meanwhile: one
-    RTM_NEWADDR with NLM_F_REPLACE on a socket kept by the calling thread (about a
-    quarter of a millisecond; opening a socket and dumping addresses costs ~2 ms, and
-    this runs after every lease renewal). Only for a holder whose lease is held now:
-    it never checks whether the address should be there."""
+def _hold_request(held: HeldAddress, lifetime_s: int) -> dict:
+    """The RTM_NEWADDR (sent with NLM_F_REPLACE) that gives ``held`` a new lifetime of
+    ``lifetime_s`` seconds, or puts it back exactly as it was if the kernel expired it."""
     _check_lifetime(held.address, lifetime_s)
     request: dict = {"index": held.index, "address": held.address, "prefixlen": held.prefixlen,
                      "valid_lft": lifetime_s, "preferred_lft": lifetime_s}
@@ -218,6 +232,17 @@ def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
         request["broadcast"] = held.broadcast
     if held.label is not None:
         request["label"] = held.label
+    return request
+
+
+def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
+    """Restart the kernel's count of the address's lifetime at ``lifetime_s`` seconds,
+    and put the address back as it was if the kernel expired it meanwhile: one
+    RTM_NEWADDR with NLM_F_REPLACE on a socket kept by the calling thread (about a
+    quarter of a millisecond; opening a socket and dumping addresses costs ~2 ms, and
+    this runs after every lease renewal). Only for a holder whose lease is held now:
+    it never checks whether the address should be there."""
+    request = _hold_request(held, lifetime_s)
     for attempt in (1, 2):
         ipr = getattr(_KEPT, "ipr", None)
         if ipr is None:
@@ -234,14 +259,19 @@ def hold_vip(held: HeldAddress, lifetime_s: int) -> None:
                 raise
 
 
+def _removals(addrs: list[_Ipv4Addr], vip: ipaddress.IPv4Address,
+              interface: str | None) -> list[_Ipv4Addr]:
+    """The addresses ``remove_vip`` deletes: ``vip`` wherever it is held (on
+    ``interface`` only, if named), whatever its prefix length."""
+    return [a for a in addrs if a.local == vip and (interface is None or a.interface == interface)]
+
+
 def remove_vip(addr: str, interface: str | None = None) -> bool:
     """Remove ``addr`` (from ``interface`` only, if named); True if it was there."""
     vip = _parse_addr(addr)
     removed = False
     with _netlink("remove_vip") as ipr:
-        for a in _dump(ipr):
-            if a.local != vip or (interface is not None and a.interface != interface):
-                continue
+        for a in _removals(_dump(ipr), vip, interface):
             try:
                 # The kernel matches local address and prefix length: pass both as found.
                 ipr.addr("del", index=a.index, address=str(vip), prefixlen=a.prefixlen)

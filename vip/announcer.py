@@ -177,7 +177,7 @@ class VipAnnouncer:
                                f"second ahead within {wait_s:.2f} s (the kernel counts "
                                f"address lifetimes in whole seconds)")
             self._renewed.clear()
-            holder = self._lease()
+            holder = self._lease() if self._lease is not None else None
             if holder is not None:
                 holder.renew_now()
             try:

@@ -50,7 +50,7 @@ nft transaction (declare-then-delete, so a reload never leaves a moment with no 
 The inet table carries a comment naming the VIP, interface and shared MAC, so that
 ``vip.farm_vip.cleanup_leftovers`` can undo a crashed node from the table alone.
 ``bucket_of`` computes the kernel's bucket for a client (bit-exact with nft_hash.c's
-jhash and reciprocal_scale, checked against the kernel in tests/test_farm_traffic.py).
+jhash and reciprocal_scale, checked against the kernel in tests/lab/test_farm_traffic.py).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vip.address import VipError
 
@@ -99,7 +99,7 @@ def table_name(module: str) -> str:
 
 def _ipv4(addr: object, what: str) -> ipaddress.IPv4Address:
     try:
-        ip = ipaddress.IPv4Address(addr)  # type: ignore[arg-type]
+        ip = ipaddress.IPv4Address(addr)
     except (ValueError, TypeError):
         raise ValueError(f"bad {what} {addr!r}: not an IPv4 address") from None
     return ip
@@ -121,15 +121,16 @@ def _seed(seed: object) -> int:
 def _filter(filter: object) -> str:
     if filter not in FILTERS:
         raise ValueError(f"bad farm filter {filter!r}: need on_addr or on_port")
-    return filter  # type: ignore[return-value]
+    return filter
 
 
 def check_rules(rules: Iterable[object]) -> list[LbRule]:
     """The rules as LbRule, in order; ValueError naming the first bad one."""
     checked = []
     for i, raw in enumerate(rules):
+        fields: Any = raw       # unpacked as given: what does not unpack is refused below
         try:
-            port, proto, filter = raw  # type: ignore[misc]
+            port, proto, filter = fields
         except (TypeError, ValueError):
             raise ValueError(f"bad farm rule #{i} {raw!r}: need (port, proto, filter)") from None
         if port is not None and (isinstance(port, bool) or not isinstance(port, int)
@@ -271,12 +272,12 @@ def render_refresh(module: str, owned: Iterable[object], timeout_ms: int) -> str
     let them lapse)."""
     table = table_name(module)
     buckets = check_buckets(owned)
-    timeout_ms = _check_timeout(timeout_ms)
-    if not timeout_ms:
+    checked = _check_timeout(timeout_ms)
+    if not checked:
         raise ValueError(f"bad bucket timeout {timeout_ms!r} ms for a refresh: need >= 1")
     lines = [f"flush set inet {table} {SET}"]
     if buckets:
-        lines.append(f"add element inet {table} {SET} {{ {_elements(buckets, timeout_ms)} }}")
+        lines.append(f"add element inet {table} {SET} {{ {_elements(buckets, checked)} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -309,7 +310,7 @@ class NftContext:
     the namespace it is meant for (the daemon's, for its whole life)."""
 
     def __init__(self) -> None:
-        self._lib = None
+        self._lib: ctypes.CDLL | None = None
         self._ctx = None
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("nftables") or "libnftables.so.1")
@@ -332,7 +333,7 @@ class NftContext:
             log.info("event=libnftables_unavailable error=%r fallback=%s", str(exc), NFT)
 
     def run(self, script: str, what: str) -> None:
-        if self._ctx is None:
+        if self._ctx is None or self._lib is None:       # both set together, or neither
             done = _nft(["-f", "-"], script)
             if done.returncode != 0:
                 raise VipError(f"nft refused {what}: {_first_error(done.stderr)}")
@@ -343,7 +344,7 @@ class NftContext:
 
     def close(self) -> None:
         ctx, self._ctx = self._ctx, None
-        if ctx is not None:
+        if ctx is not None and self._lib is not None:
             self._lib.nft_ctx_free(ctx)
 
 

@@ -43,6 +43,7 @@ def hash_seed(module: str) -> int:
 
 class FarmModule(ModuleRuntime):
     mode = "farm"
+    machine: fm.FarmMachine
     # The machine retries a failed commit on the next view: give it one even if
     # nothing changed in Raft meanwhile.
     retry_view_after_failure_s = RETRY_VIEW_S
@@ -66,7 +67,9 @@ class FarmModule(ModuleRuntime):
             return None
         v = self.config.vips[0]
         loop = asyncio.get_running_loop()
-        interface = v.interface or await loop.run_in_executor(self._vip_thread, interface_for, v.addr)
+        interface = v.interface
+        if not interface:
+            interface = await loop.run_in_executor(self._vip_thread, interface_for, v.addr)
         rules = [(r.port, r.proto, r.filter) for r in self.config.lb_rules]
         # What this node holds for the farm is held on its liveness lease (see
         # _connected): the kernel lets the address and the buckets lapse at that

@@ -395,10 +395,10 @@ class FarmMachine:
         scripts = {a.script for a in (was.actions if was else ()) if isinstance(a, RunScript)}
         interrupted = (f"interrupted: {was.reason}",) if was is not None else ()
         if cur is State.UP and not scripts & {"start_both", "stop_both"}:
-            plan = Plan((DropVip(),), State.UP, "cut off from the cluster", urgent=True)
+            plan: Plan[State, Action] = Plan((DropVip(),), State.UP, "cut off from the cluster", urgent=True)
             self.running = plan
-            return Output(plans=(plan,), log=("cut off from the cluster: VIP dropped, the "
-                                              "application keeps running",) + interrupted)
+            return Output(plans=(plan,), log=(("cut off from the cluster: VIP dropped, the "
+                                               "application keeps running"),) + interrupted)
         nxt = State.STOP if cur is State.STOP else State.WAIT
         actions: tuple[Action, ...] = (DropVip(),)
         if cur is State.UP or scripts & {"start_both", "stop_both"}:

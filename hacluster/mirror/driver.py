@@ -205,7 +205,7 @@ class MirrorModule(ModuleRuntime):
         if self.config.rfs.mountpoints:
             local = [ci.LocalDir(e.path, e.record, ci.check_mount_point(e.path) or e.problem,
                                  e.missing) if mp else e
-                     for e, mp in zip(local, self.config.rfs.mountpoints)]
+                     for e, mp in zip(local, self.config.rfs.mountpoints, strict=True)]
         return local
 
     def _copy_problem(self, module: Mapping[str, Any]) -> str | None:

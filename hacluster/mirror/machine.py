@@ -333,8 +333,8 @@ class MirrorMachine:
                                       "the truth anyway")
             if force:
                 self.forced_copy = True
-            log = (f"PRIMFORCE: making the copy on {self.node} the truth; changes only on "
-                   f"{self.peer} since they were last in sync will be overwritten",) if force else ()
+            log = ((f"PRIMFORCE: making the copy on {self.node} the truth; changes only on "
+                    f"{self.peer} since they were last in sync will be overwritten"),) if force else ()
             return merge(Output(log=log), self._queue(
                 Plan((CommitGoodCopy(force), CommitIntent("start")), self.state, f"{name} command")))
         if name in ("second", "second_force"):
@@ -467,7 +467,7 @@ class MirrorMachine:
             if self.epoch is None:      # lease gone: the urgent fence already ran; again, idempotent
                 return self._fence(cur, "lease lost", urgent=False)
             nxt = State.STOP if target is State.STOP else State.WAIT
-            actions = (DropVip(), RunScript("stop_prim", cur, nxt.value, "force" if force else "stop",
+            actions: tuple[Action, ...] = (DropVip(), RunScript("stop_prim", cur, nxt.value, "force" if force else "stop",
                                             stop=True),
                        StopMount(kill=force), ReleaseLease())
             return Plan(actions + self._stop_tail(cur, nxt), nxt,
@@ -581,7 +581,7 @@ class MirrorMachine:
         cur = self._primary_state().value if self.state in PRIMARY else self.state.value
         fence = self._fence(cur, f"lease lost: {event.reason}", urgent=True)
         self.running = fence
-        log = (f"lease epoch {event.epoch} lost ({event.reason}): writes blocked, VIP dropped",)
+        log: tuple[str, ...] = (f"lease epoch {event.epoch} lost ({event.reason}): writes blocked, VIP dropped",)
         if was_running is not None:
             log += (f"interrupted: {was_running.reason}",)
         return merge(self._contend_change(), Output(plans=(fence,), log=log))

@@ -206,35 +206,39 @@ def build_check(c: CheckConfig, module_source: Callable[[CheckConfig], Callable[
     """The polled Check of one ``<check>`` entry (None for custom: its program sets it)."""
     probe_timeout = c.timeout_s + 1.0
     if c.kind == "tcp":
-        d = tcp.TcpDecision()
+        if c.port is None:      # the userconfig parser gives every tcp check a port
+            raise ValueError(f"check {c.resource}: a tcp check needs a port")
+        tcp_d = tcp.TcpDecision()
         send, expect = c.send, c.expect
         probe = functools.partial(tcp.probe_tcp, c.addrs[0], c.port, c.timeout_s,
                                   send.encode() if isinstance(send, str) else send,
                                   expect.encode() if isinstance(expect, str) else expect)
-        return Check(c.resource, c.interval_s, probe, lambda ok: d.observe(bool(ok)),
-                     timeout_s=probe_timeout, when=c.when, reset=d.reset, blocking=False)
+        return Check(c.resource, c.interval_s, probe, lambda ok: tcp_d.observe(bool(ok)),
+                     timeout_s=probe_timeout, when=c.when, reset=tcp_d.reset, blocking=False)
     if c.kind == "ping":
-        d = ping.PingDecision()
+        ping_d = ping.PingDecision()
         return Check(c.resource, c.interval_s, functools.partial(_ping_any, c.addrs, c.timeout_s),
-                     lambda ok: d.observe(bool(ok)), timeout_s=c.timeout_s * len(c.addrs) + 1.0,
-                     when=c.when, reset=d.reset)
+                     lambda ok: ping_d.observe(bool(ok)), timeout_s=c.timeout_s * len(c.addrs) + 1.0,
+                     when=c.when, reset=ping_d.reset)
     if c.kind == "intf":
-        d = intf.IntfDecision()
+        if c.interface is None:  # the userconfig parser gives every intf check an interface
+            raise ValueError(f"check {c.resource}: an intf check needs an interface")
+        intf_d = intf.IntfDecision()
         return Check(c.resource, c.interval_s, functools.partial(intf.read_interface, c.interface),
-                     d.observe_sample, when=c.when, reset=d.reset)
+                     intf_d.observe_sample, when=c.when, reset=intf_d.reset)
     if c.kind == "ip":
-        d = ip.IpDecision()
+        ip_d = ip.IpDecision()
         interface = (vip_interfaces or {}).get(c.addrs[0])
         return Check(c.resource, c.interval_s,
                      functools.partial(ip.probe_ip, c.addrs[0], interface, min(c.timeout_s, 1.0)),
-                     d.observe_sample, timeout_s=probe_timeout, when=c.when, reset=d.reset)
+                     ip_d.observe_sample, timeout_s=probe_timeout, when=c.when, reset=ip_d.reset)
     if c.kind == "splitbrain":
-        d = witness.WitnessDecision()
+        witness_d = witness.WitnessDecision()
 
         def reachable() -> dict[str, bool]:
             return {a: ping.ping_once(a, c.timeout_s) for a in c.addrs}
-        return Check(c.resource, c.interval_s, reachable, d.observe_reachable,
-                     timeout_s=c.timeout_s * len(c.addrs) + 1.0, when="pre", reset=d.reset)
+        return Check(c.resource, c.interval_s, reachable, witness_d.observe_reachable,
+                     timeout_s=c.timeout_s * len(c.addrs) + 1.0, when="pre", reset=witness_d.reset)
     if c.kind == "module":
         if module_source is None:
             raise ValueError(f"check {c.resource}: no way to read other modules' states here")
@@ -276,7 +280,8 @@ class ModuleChecks:
         self.policy = CheckPolicy(config.failover_rules, config.maxloop, config.loop_interval_s, module)
         self.runner = CheckRunner(self.table, self._changed, clock=clock)
         self.incarnation = ModuleIncarnation()
-        self.state, self.ready, self.transition = "STOP", True, None
+        self.state, self.ready = "STOP", True
+        self.transition: str | None = None
         self._when: dict[str, str] = {}
         scan = _ProcessScan(max_age_s=min(0.5, config.errd_poll_s / 2))
         for proc in config.errd:
@@ -285,15 +290,16 @@ class ModuleChecks:
             self._when[check.resource] = check.when
         self.custom: dict[str, CheckConfig] = {}
         for c in config.checks:
-            check = build_check(c, module_source, vip_interfaces)
-            if check is None:
+            built = build_check(c, module_source, vip_interfaces)
+            if built is None:
                 self.custom[c.resource] = c
                 self.table.declare(c.resource, clock())
             else:
-                self.runner.add(check)
+                self.runner.add(built)
             self._when[c.resource] = c.when
         self._programs: dict[str, asyncio.subprocess.Process] = {}
         self._program_tasks: dict[str, asyncio.Task] = {}
+        self._stopping_tasks: set[asyncio.Task] = set()   # referenced until done (see below)
         self._started = False
         self._closed = False
         self._refreshing = self._refresh_again = False
@@ -417,7 +423,10 @@ class ModuleChecks:
                 self._program_tasks[name] = asyncio.create_task(self._keep_program(name))
             elif not active and name in self._program_tasks:
                 self._program_tasks.pop(name).cancel()
-                asyncio.create_task(self._stop_program(name))
+                # The loop keeps only a weak reference to a task: keep this one until it is done.
+                stopping = asyncio.create_task(self._stop_program(name))
+                self._stopping_tasks.add(stopping)
+                stopping.add_done_callback(self._stopping_tasks.discard)
                 changed = self.table.set(name, INIT, self.clock())
                 if changed is not None:
                     self._changed(changed)

@@ -87,7 +87,7 @@ def _flow_table(config: ModuleConfig, members: dict[str, dict[str, str]],
         raise ModuleNodesError(f"the flow heartbeat {flow.name!r} lists {len(hosts)} servers for "
                                f"{len(owners)} nodes: give one replication address per node, "
                                "in the order of the first heartbeat's servers")
-    table = dict(zip(owners, hosts))
+    table = dict(zip(owners, hosts, strict=True))
     missing = [n for n in nodes if n not in table]
     if missing:
         raise ModuleNodesError(f"the flow heartbeat {flow.name!r} gives no replication address "

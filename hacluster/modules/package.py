@@ -187,7 +187,7 @@ def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedMod
             raise fail("package", f"{total} bytes uncompressed is over the {MAX_TOTAL_BYTES} byte limit")
         _check_names(members, fail)
         contents: dict[str, bytes] = {}
-        for info, member in zip(infos, members):
+        for info, member in zip(infos, members, strict=True):
             if member.is_dir:
                 continue
             try:
@@ -209,9 +209,9 @@ def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedMod
         raise ModulePackageError(str(exc)) from None
     by_name = {m.name: m for m in members}
     for script in SCRIPTS:
-        member = by_name.get(f"bin/{script}")
-        if member is not None and (member.is_dir or not member.mode & 0o100):
-            raise fail(member.name, "script is not executable (set its exec bit before packaging)")
+        found = by_name.get(f"bin/{script}")
+        if found is not None and (found.is_dir or not found.mode & 0o100):
+            raise fail(found.name, "script is not executable (set its exec bit before packaging)")
     for script in REQUIRED_SCRIPTS[config.mode]:
         if f"bin/{script}" not in by_name:
             raise fail(f"bin/{script}", f"missing: a {config.mode} module needs "

@@ -7,9 +7,9 @@ A runtime knows its node only as a ``ModuleHost``. It reads the committed state
 as the slice its view needs (``leases_read`` and its own entry): the registry
 hands it a new one when that part changed (``state_changed``).
 
-A subclass (a kind's driver) supplies the machine, ``leases_read``,
-``view_from(slice)``, ``_do(action)`` for its own actions, ``command()`` and
-``_state_fields()`` for its state log line.
+A subclass (a kind's driver) supplies the machine, ``leases_read``, ``start()``,
+``close()``, ``status()``, ``checker_action()``, ``view_from(slice)``, ``_do(action)``
+for its own actions, ``command()`` and ``_state_fields()`` for its state log line.
 """
 from __future__ import annotations
 
@@ -106,6 +106,22 @@ class ModuleRuntime:
         self.checks: ModuleChecks | None = None
 
     # ---- for the subclass ------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin following the committed state (the registry, once it made the runtime)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Stop at daemon shutdown or uninstall (``_stop_following`` first)."""
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        """What ``module_state`` shows of this module on this node."""
+        raise NotImplementedError
+
+    def checker_action(self, action: str, cause: str) -> None:
+        """A failover rule of the module's checkers fired (``checks.CheckerTarget``)."""
+        raise NotImplementedError
+
     def view_from(self, part: ModuleSlice) -> Any:
         """The machine's view of the committed state (``part``) and of this node."""
         raise NotImplementedError

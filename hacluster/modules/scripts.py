@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -105,7 +106,7 @@ class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 async def _spawn(program: str, *args: str,
-                 **kwargs: object) -> tuple[asyncio.subprocess.Process, asyncio.Future[None]]:
+                 **kwargs: Any) -> tuple[asyncio.subprocess.Process, asyncio.Future[None]]:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.subprocess_exec(lambda: _ExitProtocol(loop), program,
                                                      *args, **kwargs)

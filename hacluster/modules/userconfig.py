@@ -32,7 +32,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from xml.etree.ElementTree import Element, ParseError, TreeBuilder
 
 # defusedxml, not the standard library parser: a .safe comes from the network (peers,
@@ -215,7 +215,7 @@ class _LineTreeBuilder(TreeBuilder):
         self.line_of: dict[int, int] = {}
         self.current_line: Callable[[], int] = lambda: 0
 
-    def start(self, tag: str, attrs: dict[str, str]) -> Element:  # type: ignore[override]
+    def start(self, tag: str, attrs: dict[str, str]) -> Element:
         element = super().start(tag, attrs)
         self.line_of[id(element)] = self.current_line()
         return element
@@ -365,7 +365,7 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
     if "mode" not in a:
         raise r.error(service, "service@mode", "required (mirror or farm)")
     mode = r.choice(service, "service@mode", a["mode"], MODES)
-    kw: dict[str, object] = {"name": name, "mode": mode}
+    kw: dict[str, Any] = {"name": name, "mode": mode}     # ModuleConfig's fields, as read
     if "failover" in a:
         kw["failover"] = r.on_off(service, "service@failover", a["failover"])
     if "defaultprim" in a:
@@ -411,7 +411,7 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
     if "vip" in sections:
         kw["lb_rules"] = _read_lb_rules(r, sections["vip"], mode)
     kw["failover_rules"] = _read_rules(r, sections.get("failover"), kw.get("errd", ()), kw.get("checks", ()))
-    return ModuleConfig(**kw, warnings=tuple(w for _, w in sorted(r.warnings, key=lambda lw: lw[0])))  # type: ignore[arg-type]
+    return ModuleConfig(**kw, warnings=tuple(w for _, w in sorted(r.warnings, key=lambda lw: lw[0])))
 
 
 def _positive(r: _Reader, element: Element, what: str, value: float) -> float:
