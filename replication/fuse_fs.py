@@ -48,7 +48,7 @@ import re
 import stat
 import threading
 from dataclasses import dataclass
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Protocol
 
 from .ordering_lock import OrderingLock
@@ -168,6 +168,14 @@ def _sync_mode(flags: int) -> int | None:
     return None
 
 
+def _rel(path: str | None) -> str:
+    """The path below the root of a FUSE path. libfuse gives None only with a file
+    handle (an unlinked file), and the callers use the handle then."""
+    if path is None:
+        raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+    return path[1:]
+
+
 def _ns_of(ts) -> int:
     """A timespec from libfuse in ns, UTIME_NOW / UTIME_OMIT kept as such: with
     them libfuse leaves tv_sec unset (a change of the mtime alone, as ``touch -m``
@@ -212,7 +220,7 @@ class ReplicatedFS:
         if self.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    def _submit(self, ops: list[Op | None]) -> list[object]:
+    def _submit(self, ops: Sequence[Op | None]) -> list[object]:
         """Under the ordering lock, after the local change succeeded."""
         tickets = []
         for op in ops:
@@ -234,7 +242,7 @@ class ReplicatedFS:
         try:
             yield
         finally:
-            if token is not None:
+            if activity is not None and token is not None:
                 activity.end(token)
 
     @contextlib.contextmanager
@@ -246,7 +254,7 @@ class ReplicatedFS:
         try:
             yield
         finally:
-            if token is not None:
+            if activity is not None and token is not None:
                 activity.end(token)
 
     def _wait(self, tickets: list[object]) -> None:
@@ -490,7 +498,7 @@ class ReplicatedFS:
                 h.times_dirty = True
             # An O_SYNC / O_DSYNC write is a barrier: durable on both copies when
             # answered (the local write is, the fd has the flag).
-            tickets = self._submit([op, Op(OpKind.FSYNC, rel, mode=h.sync)
+            tickets = self._submit([op, Op(OpKind.FSYNC, op.path, mode=h.sync)
                                     if op is not None and h.sync is not None else None])
         self._wait(tickets)
         return n
@@ -505,7 +513,7 @@ class ReplicatedFS:
                 rel = self._data_path(path, h)
                 tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length) if rel else None])
         else:
-            rel = path[1:]
+            rel = _rel(path)
             with self._lock, self._noted(rel):
                 fd = os.open(rel, os.O_WRONLY | os.O_NONBLOCK | _OPEN_FLAGS, dir_fd=self._root)
                 try:
@@ -546,12 +554,11 @@ class ReplicatedFS:
     def _sync_and_wait(self, local_sync: Callable[[], None], tickets: list[object]) -> None:
         """The local sync while the replica syncs; answered when both are done
         (the local error first: it is the caller's own file system)."""
+        local_error: OSError | None = None
         try:
             local_sync()
         except OSError as e:
             local_error = e
-        else:
-            local_error = None
         self._wait(tickets)   # always: every submitted op is waited for
         if local_error is not None:
             raise local_error
@@ -706,7 +713,7 @@ class ReplicatedFS:
                 os.fchmod(h.fd, perm)
                 rel, st = self._data_path(path, h), os.fstat(h.fd)
             else:
-                rel = path[1:]
+                rel = _rel(path)
                 os.chmod(_at(rel), perm, dir_fd=self._root, follow_symlinks=False)
                 st = self._lstat(rel)
             tickets = self._submit([Op(OpKind.CHMOD, rel, mode=stat.S_IMODE(st.st_mode)) if rel else None])
@@ -722,7 +729,7 @@ class ReplicatedFS:
                 os.fchown(h.fd, uid, gid)
                 rel, st = self._data_path(path, h), os.fstat(h.fd)
             else:
-                rel = path[1:]
+                rel = _rel(path)
                 before = self._lstat(rel)
                 os.chown(_at(rel), uid, gid, dir_fd=self._root, follow_symlinks=False)
                 st = self._lstat(rel)
@@ -746,7 +753,7 @@ class ReplicatedFS:
                 _check(_libc.futimens(h.fd, ts), "futimens")   # glibc's utimensat refuses a NULL path
                 rel, st = self._data_path(path, h), os.fstat(h.fd)
             else:
-                rel = path[1:]
+                rel = _rel(path)
                 _check(_libc.utimensat(self._root, os.fsencode(_at(rel)), ts, _AT_SYMLINK_NOFOLLOW),
                        "utimensat")
                 st = self._lstat(rel)

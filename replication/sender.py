@@ -40,6 +40,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
@@ -318,7 +319,6 @@ class Sender:
                     seq = channel.send_op(op)
                 except OSError as e:
                     # Record it below as an unacknowledged op of this generation.
-                    seq = None
                     send_error = e
                 else:
                     if self._barriers:
@@ -378,6 +378,7 @@ class Sender:
         every refusal among them handled by ``late_error`` (recorded while
         settling; else the peer's loss, committed). The caller then waits for a
         loss transition that may be running."""
+        assert ticket.seq is not None       # a ticket of an op sent
         channel = self._channel_of(ticket)
         # a timeout on the receiver's progress (see wait_through), not on the total
         channel.wait_through(ticket.seq, self.ack_timeout_s)
@@ -458,7 +459,7 @@ class Sender:
 
     def _answer(self, ticket: Ticket) -> None:
         with self._answered:
-            if ticket.generation == self._generation:
+            if ticket.generation == self._generation and ticket.seq is not None:
                 self._in_flight.pop(ticket.seq, None)
                 self._answered.notify_all()
 
@@ -468,7 +469,7 @@ class Sender:
         not settling: the caller loses the peer."""
         refused = isinstance(error, ReplicationRefused) and not isinstance(error, StaleEpoch)
         with self._lock:
-            op = self._in_flight.get(ticket.seq)
+            op = self._in_flight.get(ticket.seq) if ticket.seq is not None else None
             if not (refused and self._settling and op is not None
                     and ticket.generation == self._generation
                     and self._state is SenderState.CONNECTED and self.on_refused is not None):
@@ -485,12 +486,14 @@ class Sender:
         self._answer(ticket)
         return True
 
-    def _record_refused(self, op: Op, error: ReplicationRefused) -> int | None:
+    def _record_refused(self, op: Op, error: OSError) -> int | None:
         """Record a refused op (``on_refused``: the store marks its path, fsynced);
         the refusals so far, or None when it could not be recorded: the sender has
         then failed (a change nobody recorded must not be acknowledged)."""
+        on_refused = self.on_refused
+        assert on_refused is not None       # the callers check it
         try:
-            self.on_refused(op, error)
+            on_refused(op, error)
         except OSError as e:
             with self._lock:
                 self._state = SenderState.FAILED
@@ -518,7 +521,7 @@ class Sender:
             log.error("event=sender_failed reason=%r", self._failure)
             raise ReplicationUnavailable(self._failure) from e
 
-    def _lose_peer(self, generation: int, reason: str, extra: list[Op] = ()) -> None:
+    def _lose_peer(self, generation: int, reason: str, extra: Sequence[Op] = ()) -> None:
         """Exactly one caller per generation does the transition; the others wait for it."""
         with self._lock:
             if generation != self._generation or self._state is not SenderState.CONNECTED:

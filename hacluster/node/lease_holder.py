@@ -72,7 +72,8 @@ class RenewalBatch:
                     if h not in asked and not h.renewing and h.early_renewal_ok(now)]
         if not members:
             for fut in asked.values():
-                fut.done() or fut.set_result(None)
+                if not fut.done():
+                    fut.set_result(None)
             return
         asyncio.get_running_loop().create_task(self._commit(members, asked))
 

@@ -37,9 +37,12 @@ class _ContextFilter(logging.Filter):
 class _LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        head = (f"ts={ts}.{int(record.msecs):03d}Z mono={record.mono:.6f} "
-                f"level={record.levelname.lower()} module={record.module_name} "
-                f"node={record.node} state={record.raft_state}")
+        # mono, module_name, node and raft_state are set on every record by the
+        # filter above: LogRecord does not declare them
+        fields = vars(record)
+        head = (f"ts={ts}.{int(record.msecs):03d}Z mono={fields['mono']:.6f} "
+                f"level={record.levelname.lower()} module={fields['module_name']} "
+                f"node={fields['node']} state={fields['raft_state']}")
         line = f"{head} {record.getMessage()}"
         if record.exc_info:
             line += " exc=" + repr(self.formatException(record.exc_info))
