@@ -324,7 +324,7 @@ class _Session:
             if op.kind in _PATH2_CONFINED:
                 check_relative(op.path2)
         except PathError as exc:
-            return exc.errno, f"{exc.strerror}: {exc.filename!r}"
+            return exc.errno or errno.EINVAL, f"{exc.strerror}: {exc.filename!r}"
         return None
 
     def _refuse_op(self, f: Frame, err: int, message: str) -> None:
@@ -357,6 +357,7 @@ class _Session:
                         continue   # drain until "end"
                     if item.kind == "query":
                         acks.flush()
+                        assert item.frame is not None    # a query item carries its frame
                         self._answer(item.frame)
                         continue
                     self._apply_item(item, acks)
@@ -375,6 +376,7 @@ class _Session:
         """Apply one op and acknowledge it (or send its error). Runs on the apply
         thread, or on the connection thread when the apply thread is idle."""
         rx = self.receiver
+        assert item.frame is not None and item.frame.op is not None   # an op item
         op = item.frame.op
         seq = item.frame.header.seq
         try:
@@ -582,12 +584,13 @@ class Receiver:
             out = dict(self._stats)
             out["min_epoch"] = self._min_epoch
         connected = session is not None and session.conn.alive
-        out.update(connected=connected, peer=session.conn.peer if connected else "",
-                   ack_mode=session.conn.ack_mode.name.lower() if connected else "",
+        conn = session.conn if session is not None else None
+        out.update(connected=connected, peer=conn.peer if conn and connected else "",
+                   ack_mode=conn.ack_mode.name.lower() if conn and connected else "",
                    queued=len(session.queue) if session else 0,
                    query_connections=len(self._query_sessions))
-        if connected:
-            out["epoch"] = session.conn.epoch
+        if conn is not None and connected:
+            out["epoch"] = conn.epoch
         return out
 
     # ------------------------------------------------------------ SessionHandler
