@@ -13,6 +13,7 @@ Pure functions over the history, plus ``write_report`` which writes the three fi
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from collections.abc import Sequence
@@ -339,3 +340,27 @@ def write_report(history: dict[str, Any], out_dir: Path, title: str = "chaos run
     paths["summary"].write_text(render_summary(history, title))
     paths["timeline"].write_bytes(render_timeline(history).png())
     return paths
+
+
+# How much of each log an episode with violations keeps (the end: where it went wrong).
+LOG_TAIL_BYTES = 4 << 20
+
+
+def keep_logs(workdir: Path, dest: Path, tail_bytes: int = LOG_TAIL_BYTES) -> int:
+    """Copy the last ``tail_bytes`` of every ``*.log`` under ``workdir`` (daemons,
+    modules, mounts, receivers, scripts, writers) to ``dest``, same relative
+    paths; returns how many. Best effort: a file that vanished is skipped."""
+    n = 0
+    for path in sorted(workdir.rglob("*.log")):
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - tail_bytes))
+                data = f.read()
+        except OSError:
+            continue
+        target = dest / path.relative_to(workdir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        n += 1
+    return n

@@ -19,7 +19,6 @@ from ``random.Random(f"{seed}/{index}/{nemesis}")``: a run is reproducible from 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import subprocess
 import threading
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .chaos_report import keep_logs
 from .history_check import epoch_violations, lost_acked_writes
 from .kvapp import CorruptLogError
 from .kv_workload import Ack, Answer, failover_gap
@@ -452,29 +452,6 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
         kept = keep_logs(Path(m.lab.workdir), run.logs_dir / f"episode-{index:03d}-{name}")
         log.warning("event=logs_kept index=%d files=%d where=%s", index, kept, run.logs_dir)
     return rec
-
-
-LOG_TAIL_BYTES = 4 << 20
-
-
-def keep_logs(workdir: Path, dest: Path, tail_bytes: int = LOG_TAIL_BYTES) -> int:
-    """Copy the last ``tail_bytes`` of every ``*.log`` under ``workdir`` (daemons,
-    modules, mounts, receivers, scripts, writers) to ``dest``, same relative
-    paths; returns how many. Best effort: a file that vanished is skipped."""
-    n = 0
-    for path in sorted(workdir.rglob("*.log")):
-        try:
-            with open(path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - tail_bytes))
-                data = f.read()
-        except OSError:
-            continue
-        target = dest / path.relative_to(workdir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        n += 1
-    return n
 
 
 def _r(x: float | None) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 from raft.settings import RaftSettings
 from vip.farm_ruleset import BUCKETS, bucket_of
 
-from .chaos_report import percentile, render_timeline, write_history
+from .chaos_report import keep_logs, percentile, render_timeline, write_history
 from .farm_client import ask_detail, hold, in_netns
 from .lab import Lab
 from .lab_farm import MODULE, PORT_ON_PORT, FarmLab
@@ -704,9 +704,12 @@ def _r(x: float | None) -> str:
 
 def run_farm_chaos(lab: Lab, names: Sequence[str], episodes: int, seed: int,
                    hold_range_s: tuple[float, float] = (2.0, 4.0), steady_s: float = 1.0,
-                   recovery_bound_s: float = 60.0) -> dict[str, Any]:
+                   recovery_bound_s: float = 60.0,
+                   logs_dir: Path | None = None) -> dict[str, Any]:
     """Every nemesis ``episodes`` times (interleaved) on a fresh FarmLab on ``lab``
-    (hosts f1, f2, f3, c); the history as plain data."""
+    (hosts f1, f2, f3, c); the history as plain data. An episode with violations
+    leaves the tails of the lab's logs in ``logs_dir``/episode-NNN-<nemesis> (the
+    daemons' lease and ruleset events say why a connection went unanswered)."""
     for n in names:
         make_farm_nemesis(n)        # unknown names refused before anything starts
     t0 = time.monotonic()
@@ -720,6 +723,9 @@ def run_farm_chaos(lab: Lab, names: Sequence[str], episodes: int, seed: int,
                                   recovery_bound_s=recovery_bound_s)
         eps.append(ep)
         conns += [(i, c) for c in cs]
+        if ep.violations and logs_dir is not None:
+            kept = keep_logs(Path(lab.workdir), logs_dir / f"episode-{i:03d}-{name}")
+            log.warning("event=logs_kept index=%d files=%d where=%s", i, kept, logs_dir)
     farm.cluster.stop_all()
     return {
         "kind": "farm", "seed": seed, "nemeses": list(names), "episodes_per_nemesis": episodes,
@@ -871,7 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS_DIR / f"farm-{time.strftime('%Y%m%d-%H%M%S')}-seed{args.seed}"
     lab = Lab([*NODES, CLIENT]).start()
     try:
-        history = run_farm_chaos(lab, args.nemesis, args.episodes, args.seed)
+        history = run_farm_chaos(lab, args.nemesis, args.episodes, args.seed,
+                                 logs_dir=out / "logs")
     finally:
         lab.cleanup()
     paths = write_farm_report(history, out)

@@ -218,7 +218,7 @@ class VipAnnouncer:
             return
         if self._lifetime_task is not None and not self._lifetime_task.done():
             return  # one refresh at a time; the next renewal brings the next one
-        if not needs_refresh(self._installed_until, time.monotonic(), self.renew_interval_s):
+        if not needs_refresh(self._installed_until, valid_until, self.renew_interval_s):
             return
         self._lifetime_task = asyncio.get_running_loop().create_task(
             self._refresh_lifetime(valid_until), name=f"vip-lifetime-{self.addr}")

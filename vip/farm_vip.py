@@ -11,10 +11,12 @@ the VIP, interface and MAC: ``cleanup_leftovers(module)`` undoes a crashed node 
 that alone.
 
 Kernel-side expiry (DESIGN.md rule 7): given ``deadline`` (the node's liveness-lease
-deadline, ``time.monotonic()`` seconds, None while not held), the address carries a
-lifetime and the buckets a timeout ending no later than that deadline; ``refresh`` (after
-each lease renewal) extends both. A killed or frozen daemon's node stops accepting its
-buckets, and loses the address, by itself.
+deadline, ``time.monotonic()`` seconds, None while not held), the buckets carry a
+timeout ending at that deadline (to the millisecond: the fence) and the address a
+lifetime a little longer (whole seconds, rounded up, plus one: a backstop, see
+lifetime.backstop_lifetime_s); ``refresh`` (after each lease renewal) extends both. A
+killed or frozen daemon's node stops accepting its buckets at the deadline, and loses
+the address soon after, by itself.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from vip.farm_ruleset import (
     render_refresh,
     render_ruleset,
 )
-from vip.lifetime import address_lifetime_s, element_timeout_ms
+from vip.lifetime import backstop_lifetime_s, element_timeout_ms
 from vip.shared_mac import join_shared_mac, leave_shared_mac, mac_bytes, shared_mac_for
 
 log = logging.getLogger("hacluster.vip.farm_vip")
@@ -113,7 +115,9 @@ class FarmVip:
         deadline = self._deadline()
         if deadline is None:
             return now, 0, 0
-        return now, address_lifetime_s(deadline, now), element_timeout_ms(deadline, now)
+        # The buckets are the fence (exact timeouts); the address only backs them up,
+        # and outlives them (see lifetime.backstop_lifetime_s).
+        return now, backstop_lifetime_s(deadline, now), element_timeout_ms(deadline, now)
 
     def _render(self, owned: frozenset[int], timeout_ms: int | None) -> str:
         assert self._node_addr is not None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 import zlib
 from typing import Any, Mapping
 
@@ -92,7 +91,7 @@ class FarmModule(ModuleRuntime):
             return                  # one at a time; the next renewal brings the next one
         holder = self.host.holder(liveness_resource(self.node))
         interval = holder.timing.renew_interval_s if holder is not None else 0.0
-        if not needs_refresh(vip.installed_until, time.monotonic(), interval):
+        if not needs_refresh(vip.installed_until, valid_until, interval):
             return
         self._refreshing = self._vip_thread.submit(vip.refresh)
         self._refreshing.add_done_callback(self._refreshed)

@@ -292,7 +292,7 @@ def test_an_epoch_violation_is_charged_to_the_episode_that_saw_it():
 
 
 def test_an_episode_with_violations_keeps_the_tail_of_every_log(tmp_path):
-    from chaos.chaos_run import keep_logs
+    from chaos.chaos_report import keep_logs
     lab = tmp_path / "lab"
     (lab / "n1" / "state").mkdir(parents=True)
     (lab / "n1" / "hacluster.log").write_bytes(b"a" * 10 + b"the end\n")

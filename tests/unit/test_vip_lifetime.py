@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from raft.lease import HolderLease, LeaseTiming
-from vip.lifetime import (INFINITE_LFT, address_lifetime_s, element_timeout_ms,
-                          needs_refresh)
+from vip.lifetime import (BACKSTOP_S, INFINITE_LFT, address_lifetime_s, backstop_lifetime_s,
+                          element_timeout_ms, needs_refresh)
 
 times = st.floats(min_value=0.0, max_value=1e7, allow_nan=False)
 spans = st.floats(min_value=-100.0, max_value=1e5, allow_nan=False)
@@ -71,11 +71,39 @@ def test_examples_at_the_default_timing():
     assert element_timeout_ms(5.0, 5.0) == 0
 
 
-@given(installed=st.one_of(st.none(), times), now=times,
+@given(installed=st.one_of(st.none(), times), until=times,
        interval=st.floats(min_value=0.01, max_value=100.0))
-def test_refresh_skipped_only_while_two_renewal_intervals_are_covered(installed, now, interval):
-    skip = not needs_refresh(installed, now, interval)
+def test_refresh_skipped_only_when_the_kernel_copy_already_reaches_the_deadline(installed, until,
+                                                                               interval):
+    skip = not needs_refresh(installed, until, interval)
     if skip:
-        assert installed is not None and installed - now >= 2 * interval
+        assert installed is not None and until - installed <= interval / 8
     elif installed is not None:
-        assert installed - now < 2 * interval
+        assert until - installed > interval / 8
+
+
+def test_every_renewal_refreshes_at_the_default_timing():
+    # renewals every 0.375 s move the deadline 0.375 s: the kernel's copy (bucket timeout
+    # at the old deadline, or a 1 s address floor) is always that far behind
+    assert needs_refresh(1.19, 1.19 + 0.375, 0.375)
+    assert needs_refresh(1.0, 1.19, 0.375)
+    assert not needs_refresh(1.19, 1.19, 0.375)
+
+
+@given(now=times, left=spans)
+def test_a_backstop_address_outlives_its_deadline_but_boundedly(now, left):
+    deadline = now + left
+    lft = backstop_lifetime_s(deadline, now)
+    assert isinstance(lft, int) and 0 <= lft < INFINITE_LFT
+    if deadline - now > 0:
+        assert now + lft >= deadline + BACKSTOP_S        # never before the buckets lapse
+        assert now + lft <= deadline + BACKSTOP_S + 1   # at most a whole second more
+    else:
+        assert lft == 0
+
+
+def test_backstop_examples_at_the_default_timing():
+    # a renewal answered 10 ms after it started leaves 1.19 s: buckets 1190 ms, address 3 s
+    assert backstop_lifetime_s(1.2, 0.01) == 2 + BACKSTOP_S
+    assert backstop_lifetime_s(1.2, 1.2) == 0
+    assert backstop_lifetime_s(math.nan, 0.0) == 0
