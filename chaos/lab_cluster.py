@@ -27,7 +27,14 @@ RAFT_PORT = 7400
 class LabCluster:
     def __init__(self, lab: Lab, nodes: list[str], witnesses: list[str] = (),
                  contend: dict[str, list[str]] | None = None,
-                 raft_settings: dict[str, Any] | None = None, name: str = "lab") -> None:
+                 raft_settings: dict[str, Any] | None = None, name: str = "lab",
+                 links_network: str | None = None) -> None:
+        """``links_network``: every member also reaches the others over this lab
+        network (its address there is its link: several heartbeat networks)."""
+        if links_network is not None and links_network not in lab.networks[1:]:
+            raise ValueError(f"links_network {links_network!r} must be one of the lab's "
+                             f"networks other than its first; the lab has {list(lab.networks)}")
+        self.links_network = links_network
         self.lab = lab
         self.nodes = list(nodes)
         self.witnesses = list(witnesses)
@@ -55,6 +62,9 @@ class LabCluster:
             argv += ["--node", f"{n}={self.lab.addr(n)}:{RAFT_PORT}"]
         for w in self.witnesses:
             argv += ["--witness", f"{w}={self.lab.addr(w)}:{RAFT_PORT}"]
+        if self.links_network is not None:
+            for m in self.members:
+                argv += ["--link", f"{m}={self.lab.addr(m, self.links_network)}"]
         res = self.hacluster(None, *argv)
         if res.returncode != 0:
             raise RuntimeError(f"cluster init failed: {res.stderr.strip()}")

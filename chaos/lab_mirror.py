@@ -31,7 +31,10 @@ class MirrorLab(LabModule):
                  ack_timeout_s: float = 1.0, defaultprim: str | None = None, *,
                  module: str = MODULE, port: int = PORT, datadir: str = DATADIR,
                  vip_host: int = 200, cluster: LabCluster | None = None,
-                 extra_sections: str = "", flow_network: str | None = None) -> None:
+                 extra_sections: str = "", flow_network: str | None = None,
+                 links_network: str | None = None) -> None:
+        """``links_network``: a second heartbeat network for Raft and leases (the
+        members' links, raft.links), when the module's own cluster is made here."""
         self.lab = lab
         self.nodes = list(nodes)
         self.client = client
@@ -39,7 +42,8 @@ class MirrorLab(LabModule):
         self.port = port
         self.datadir = datadir
         self._own_cluster = cluster is None
-        self.cluster = cluster or LabCluster(lab, self.nodes, [witness])
+        self.cluster = cluster or LabCluster(lab, self.nodes, [witness],
+                                             links_network=links_network)
         net = ipaddress.ip_network(f"{lab.addr(self.nodes[0])}/24", strict=False)
         self.vip = str(net.network_address + vip_host)
         self.url = f"http://{self.vip}:{port}"

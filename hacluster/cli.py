@@ -108,12 +108,23 @@ def _parse_member(spec: str, role: str, port: int) -> tuple[str, dict[str, str]]
 
 
 def cmd_cluster_init(args: argparse.Namespace) -> int:
-    members: dict[str, dict[str, str]] = {}
+    members: dict[str, dict[str, Any]] = {}
     for spec, role in [(s, "node") for s in args.node] + [(s, "witness") for s in args.witness]:
         name, m = _parse_member(spec, role, args.port)
         if name in members:
             raise ConfigError(f"member {name!r} given twice")
         members[name] = m
+    links: dict[str, list[str]] = {}
+    for spec in args.link:
+        if "=" not in spec:
+            raise ConfigError(f"--link {spec!r}: expected NAME=ADDRESS (the member's address on "
+                              "its next heartbeat network)")
+        name, host = spec.split("=", 1)
+        if name not in members:
+            raise ConfigError(f"--link {spec!r}: no member {name!r} (give it with --node or --witness)")
+        links[name] = [*links.get(name, []), host]
+    for name, hosts in links.items():
+        members[name]["links"] = hosts
     try:
         check_members(members)
     except MembershipError as e:
@@ -143,9 +154,16 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
     head = (f"cluster {st['cluster']}  (seen from {st['node']}, {st['role']})\n"
             f"leader {st['leader'] or '-'}  term {st['term']}  commit {st['commit_index']}  "
             f"applied {st['last_applied']}  quorum {'yes' if st['has_quorum'] else 'NO'}")
-    members = table(st["members"], [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"),
-                                    ("live", "LIVE"), ("connected", "CONNECTED"),
-                                    ("leader", "LEADER")])
+    columns = [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"), ("live", "LIVE"),
+               ("connected", "CONNECTED"), ("leader", "LEADER")]
+    rows = st["members"]
+    if any(m.get("paths") for m in rows):
+        # several heartbeat networks: each path from this node, network by network
+        rows = [{**m, "networks": " ".join(
+            f"{p['network']}:{p['address']}:{'up' if p['alive'] else 'DOWN'}"
+            for p in m.get("paths") or []) or "-"} for m in rows]
+        columns.append(("networks", "NETWORKS"))
+    members = table(rows, columns)
     leases = [r for r in st["leases"] if not r["resource"].startswith("node/")]
     text = f"{head}\n\n{members}"
     if leases:
@@ -200,7 +218,7 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
                               "only the Raft credential, not the cluster secret a data node needs: "
                               "run it on a data node (nothing was changed)")
         res = _member_request(cfg, f"add-{role} {args.name}", commands.ADD_MEMBER.name, name=args.name,
-                              address=address, role=role)
+                              address=address, role=role, **({"links": args.link} if args.link else {}))
         text = f"added {role} {args.name} ({address}) through Raft"
         if out is not None:
             # A new witness gets only the Raft credential: any voter can give it that.
@@ -513,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a data node (repeatable); ADDR is the address it listens on")
     sp.add_argument("--witness", action="append", default=[], metavar="NAME=ADDR[:PORT]",
                     help="a witness: a Raft voter with no modules (repeatable)")
+    sp.add_argument("--link", action="append", default=[], metavar="NAME=ADDR",
+                    help="NAME's address on its next heartbeat network (repeatable, in network "
+                         "order; the Raft port is used there too): Raft and leases then reach "
+                         "NAME over any of its networks")
     sp.add_argument("--port", type=int, default=DEFAULT_RAFT_PORT,
                     help=f"Raft port of the members given without one (default {DEFAULT_RAFT_PORT})")
     sp.add_argument("--out", required=True, help="directory to write one sub-directory per member into")
@@ -544,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                  lambda a, role=role: _member_change(a, role, True))
         sp.add_argument("name")
         sp.add_argument("address", help="ADDR[:PORT] (default port: this member's)")
+        sp.add_argument("--link", action="append", default=[], metavar="ADDR",
+                        help="its address on the next heartbeat network (repeatable, in "
+                             "network order); every member must be upgraded to this version")
         sp.add_argument("--out", help=f"write the new {what}'s configuration directory here")
         json_flag(sp)
         sp = add(cluster, f"cluster remove-{role}", f"remove a {what} through Raft", f"""

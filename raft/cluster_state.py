@@ -6,7 +6,7 @@ need a clock (has a lease run out?) are taken by the leader *outside* and come
 in as commands with a compare-and-set guard (``expire`` checks epoch and seq).
 
 State is plain data so that it can be dumped and checked:
-  members: name -> {"address": "host:port", "role": "node"|"witness"}
+  members: name -> {"address": "host:port", "role": "node"|"witness"[, "links": [host, ...]]}
   leases:  resource -> {"holder": name|None, "epoch": int, "seq": int,
                         "lease_s": float, "eligible": [names] | None}
   modules: name -> {"digest": sha256 hex, "mode": "mirror"|"farm", "size": int,
@@ -95,6 +95,13 @@ def _refused(error: str, **kw: Any) -> Result:
     return {"ok": False, "error": error, **kw}
 
 
+def _member_entry(address: str, role: str, links: list[str] | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"address": address, "role": role}
+    if links:
+        entry["links"] = list(links)
+    return entry
+
+
 class ClusterState:
     def __init__(self) -> None:
         self.members: dict[str, dict[str, str]] = {}
@@ -133,7 +140,7 @@ class ClusterState:
         return farm["version"], list(farm["table"]), dict(farm["members"])
 
     # ---- membership ----------------------------------------------------------
-    def bootstrap(self, members: dict[str, dict[str, str]]) -> Result:
+    def bootstrap(self, members: dict[str, dict[str, Any]]) -> Result:
         """First leader writes the initial members from `cluster init`; later calls are no-ops."""
         if self.members:
             return _refused("already bootstrapped")
@@ -141,12 +148,17 @@ class ClusterState:
             check_members(members)
         except (MembershipError, TypeError, AttributeError) as e:
             return _refused(f"invalid initial members: {e}")
-        self.members = {n: {"address": m["address"], "role": m["role"]} for n, m in members.items()}
+        self.members = {n: _member_entry(m["address"], m["role"], m.get("links"))
+                        for n, m in members.items()}
         return _ok(members=sorted(self.members))
 
-    def add_member(self, name: str, address: str, role: str) -> Result:
+    def add_member(self, name: str, address: str, role: str,
+                   links: list[str] | None = None) -> Result:
+        """``links``: the member's addresses on further heartbeat networks (raft.links);
+        sent only when there are some, so a member without them is added by an entry
+        older versions apply too."""
         try:
-            check_add(self.members, name, address, role)
+            check_add(self.members, name, address, role, links)
         except MembershipError as e:
             return _refused(str(e))
         ports = rp.member_ports(address)
@@ -156,7 +168,7 @@ class ClusterState:
             return _refused(f"{name}'s ports {ports.start}-{ports.stop - 1} (Raft port to Raft "
                             f"port + 3) are replication ports of module(s) {', '.join(clash)}: "
                             "give it another Raft port")
-        self.members[name] = {"address": address, "role": role}
+        self.members[name] = _member_entry(address, role, links)
         return _ok(name=name, address=address)
 
     def remove_member(self, name: str, role: str) -> Result:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
 import _socket
@@ -33,7 +34,8 @@ from .commands import OPS
 from .lease import LeaderLeaseClock, check_expiry
 from .listen import ListenError, listen_error
 from .plain_data import check_plain
-from .secure_channel import SecureTransport
+from .link_transport import LinkedTransport, LinkPlan
+from .links import heartbeat_key, member_paths
 from .settings import RaftSettings
 
 log = logging.getLogger("hacluster.raft")
@@ -196,7 +198,7 @@ def ignores_vote_request(leader_current: bool, transfer: bool) -> bool:
     return leader_current and not transfer
 
 
-class _RaftTransport(SecureTransport):
+class _RaftTransport(LinkedTransport):
     """Lets the member add fields to what pysyncobj sends (the transfer mark)."""
 
     def send(self, node, message):
@@ -234,8 +236,10 @@ class _SyncObj(SyncObj):
     _SyncObj__raftCommitIndex: int
 
     def __init__(self, self_address, peers, conf, consumers,
-                 extra_wait: Callable[[], float | None] = lambda: None):
+                 extra_wait: Callable[[], float | None] = lambda: None,
+                 link_plan: LinkPlan | None = None):
         self._extra_wait = extra_wait
+        self.link_plan = link_plan        # read by the transport's constructor
         self._last_leader_contact = None      # monotonic time of the last accepted append
         self._pre_vote: _PreVoteRound | None = None
         self._pre_vote_won_at_term: int | None = None
@@ -448,12 +452,14 @@ class _SyncObj(SyncObj):
     def _deadlines(self, now: float) -> list[float | None]:
         if len(self._SyncObj__commandsQueue._FastQueue__queue):
             return [now]  # commands left over by a time-boxed tick: carry on at once
+        links = self._SyncObj__transport.next_timer()   # heartbeats on several networks
         if self._SyncObj__raftState == _LEADER:
             extra = self._extra_wait()
-            return [self._SyncObj__newAppendEntriesTime, None if extra is None else now + extra]
+            return [self._SyncObj__newAppendEntriesTime, None if extra is None else now + extra,
+                    links]
         if self._SyncObj__connectedToAnyone():
-            return [self._SyncObj__raftElectionDeadline]
-        return []  # no election without a peer: the deadline may pass and stay passed
+            return [self._SyncObj__raftElectionDeadline, links]
+        return [links]  # no election without a peer: the deadline may pass and stay passed
 
     def sync_journal(self) -> None:
         journal = self._SyncObj__raftLog
@@ -512,7 +518,11 @@ class RaftMember:
     def __init__(self, self_address: str, peers: list[str], data_dir: str | os.PathLike,
                  secret: str, settings: RaftSettings,
                  on_applied: AppliedCallback | None = None,
-                 on_role_change: Callable[[str], None] | None = None) -> None:
+                 on_role_change: Callable[[str], None] | None = None,
+                 members: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """``members``: the member table (name -> address, role, links); with links
+        (several heartbeat networks) Raft reaches each peer over any of them
+        (raft.link_transport)."""
         if not secret:
             raise ValueError("a cluster secret is mandatory")
         durable_storage.install()
@@ -536,8 +546,13 @@ class RaftMember:
         self.last_tick = time.monotonic()
         conf = SyncObjConf(**syncobj_conf_kwargs(secret, data, settings, self._on_state_changed,
                                                  bind_address=self_address))
+        plan = None
+        if members and any(m.get("links") for m in members.values()):
+            plan = LinkPlan.from_members(self_address, members, heartbeat_key(secret),
+                                         settings.link_heartbeat_s, settings.link_timeout_s)
         self.syncobj = _SyncObj(self_address, [p for p in peers if p != self_address], conf,
-                                [self.consumer], extra_wait=self._time_to_lease_check)
+                                [self.consumer], extra_wait=self._time_to_lease_check,
+                                link_plan=plan)
         self._fail_unless_bound(self_address)
         self.syncobj.addOnTickCallback(self._on_tick)
 
@@ -706,6 +721,16 @@ class RaftMember:
             "peers": {str(k)[len("partner_node_status_server_"):]: v
                       for k, v in st.items() if str(k).startswith("partner_node_status_server_")},
         }
+
+    def set_link_members(self, members: Mapping[str, Mapping[str, Any]]) -> None:
+        """The member table changed: paths to peers over every heartbeat network."""
+        self.syncobj._SyncObj__transport.set_peers(
+            {str(m["address"]): tuple(member_paths(m)) for m in members.values()
+             if m["address"] != self.address})
+
+    def link_status(self) -> dict[str, list[dict[str, object]]]:
+        """Per peer (Raft address), per shared network: address, alive, last heard."""
+        return self.syncobj._SyncObj__transport.link_status()
 
     def change_peers(self, action: str, address: str) -> concurrent.futures.Future:
         """Raft configuration change (one at a time; pysyncobj refuses overlaps)."""

@@ -36,6 +36,34 @@ def check_address(address: object) -> str:
     return address
 
 
+MAX_LINKS = 7
+
+
+def check_links(links: object, name: str) -> list[str]:
+    """A member's addresses on its other heartbeat networks (``links``, in network
+    order after the Raft address's): IPv4 addresses, no port (the Raft port is used
+    on every network)."""
+    if links is None:
+        return []
+    if not isinstance(links, list) or len(links) > MAX_LINKS:
+        raise MembershipError(f"member {name!r}: links must be a list of at most {MAX_LINKS} "
+                              f"addresses (one per extra heartbeat network), got {links!r}")
+    for host in links:
+        # An address, not a name: the Raft thread connects to it and must not wait on DNS.
+        try:
+            if not isinstance(host, str):
+                raise ValueError(host)
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise MembershipError(f"member {name!r}: bad link address {host!r} "
+                                  "(an IPv4 address, without port)") from None
+    return list(links)
+
+
+def _hosts(name: str, m: dict) -> list[str]:
+    return [str(m["address"]).rsplit(":", 1)[0], *check_links(m.get("links"), name)]
+
+
 def shape_error(members: dict[str, dict]) -> str | None:
     """Why a set of voters is unsafe, or None. Every member (node or witness) votes."""
     voters = len(members)
@@ -61,14 +89,35 @@ def check_members(members: dict[str, dict]) -> None:
         if m["address"] in seen:
             raise MembershipError(f"duplicate address {m['address']}: members {seen[m['address']]!r} and {name!r}")
         seen[m["address"]] = name
+        check_links(m.get("links"), name)
+    _check_link_hosts(members)
     err = shape_error(members)
     if err:
         raise MembershipError(err)
 
 
-def check_add(members: dict[str, dict], name: str, address: str, role: str) -> None:
+def _check_link_hosts(members: dict[str, dict]) -> None:
+    """A link address may belong to one member only (it identifies the member's
+    connections), and never be another member's Raft host."""
+    owner: dict[str, str] = {}
+    for name, m in members.items():
+        for host in _hosts(name, m)[1:]:
+            if host in owner and owner[host] != name:
+                raise MembershipError(f"link address {host} given to members {owner[host]!r} "
+                                      f"and {name!r}")
+            owner[host] = name
+    for name, m in members.items():
+        host = _hosts(name, m)[0]
+        if owner.get(host, name) != name:
+            raise MembershipError(f"link address {host} of member {owner[host]!r} is the Raft "
+                                  f"host of member {name!r}")
+
+
+def check_add(members: dict[str, dict], name: str, address: str, role: str,
+              links: list[str] | None = None) -> None:
     check_name(name)
     check_address(address)
+    check_links(links, name)
     if role not in ROLES:
         raise MembershipError(f"invalid role {role!r}: expected one of {', '.join(ROLES)}")
     if name in members:
@@ -77,7 +126,8 @@ def check_add(members: dict[str, dict], name: str, address: str, role: str) -> N
         if m["address"] == address:
             raise MembershipError(f"duplicate address {address}: already used by member {other!r}")
     after = dict(members)
-    after[name] = {"address": address, "role": role}
+    after[name] = {"address": address, "role": role, **({"links": list(links)} if links else {})}
+    _check_link_hosts(after)
     err = shape_error(after)
     if err:
         raise MembershipError(f"refusing to add {role} {name!r}: {err}")

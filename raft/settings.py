@@ -39,6 +39,12 @@ class RaftSettings:
     log_compaction_min_time_s: float = 300.0
     # pysyncobj batches appends by default: better throughput, ~100x slower commits.
     batch_appends: bool = False
+    # Several heartbeat networks (raft.links, members' "links"): a datagram per network
+    # and peer this often; a path is dead after link_timeout_s without one. Below the
+    # election timeout, so a Raft connection moves to a live network before followers
+    # miss the leader. Unused with one network.
+    link_heartbeat_s: float = 0.05
+    link_timeout_s: float = 0.15
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -61,6 +67,11 @@ class RaftSettings:
             raise SettingsError("raft: election_timeout_max_s must be > election_timeout_min_s")
         if not self.connection_timeout_s >= self.election_timeout_max_s:
             raise SettingsError("raft: connection_timeout_s must be >= election_timeout_max_s")
+        if not self.link_timeout_s >= 2 * self.link_heartbeat_s:
+            raise SettingsError("raft: link_timeout_s must be >= 2 x link_heartbeat_s")
+        if not self.link_timeout_s < self.election_timeout_min_s:
+            raise SettingsError("raft: link_timeout_s must be < election_timeout_min_s (a Raft "
+                                "connection must move before followers miss the leader)")
         if not self.leader_fallback_s > self.append_entries_period_s:
             raise SettingsError("raft: leader_fallback_s must be > append_entries_period_s")
         try:

@@ -41,7 +41,7 @@ class ClusterConfig:
     directory: Path
     cluster: str
     self_name: str
-    members: dict[str, dict[str, str]]
+    members: dict[str, dict[str, Any]]
     raft: RaftSettings = field(default_factory=RaftSettings)
     data_dir: Path | None = None
     control_socket: Path | None = None
@@ -147,7 +147,9 @@ def load(directory: str | os.PathLike) -> ClusterConfig:
         directory=directory,
         cluster=str(raw["cluster"]),
         self_name=raw["self"],
-        members={n: {"address": m["address"], "role": m["role"]} for n, m in members.items()},
+        members={n: {"address": m["address"], "role": m["role"],
+                     **({"links": list(m["links"])} if m.get("links") else {})}
+                 for n, m in members.items()},
         raft=raft,
         data_dir=Path(raw["data_dir"]) if raw.get("data_dir") else None,
         control_socket=Path(raw["control_socket"]) if raw.get("control_socket") else None,

@@ -113,7 +113,7 @@ class Daemon:
         self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(
             self.config.me["address"], peers, self.config.data_path / "raft", raft_secret,
             self.config.raft, on_applied=self._applied_threadsafe,
-            on_role_change=self._role_changed_threadsafe))
+            on_role_change=self._role_changed_threadsafe, members=self.config.members))
         self.notifier.watchdog()    # the journal is read: the start goes on
         control: ControlServer | None = None
         peer_control: PeerControlServer | None = None
@@ -315,6 +315,7 @@ class Daemon:
             self.removed = True
             self._stop.set()
             return
+        self.raft.set_link_members(members)
         if members != self.config.members and self.name in members:
             self.config.members = members
             self.config.save()
@@ -338,15 +339,21 @@ class Daemon:
         leader = by_address.get(raft["leader"], raft["leader"])
         live = {n for n in snap["members"]
                 if (snap["leases"].get(liveness_resource(n)) or {}).get("holder") == n}
+        links = self.raft.link_status()
         members = []
         for name, m in sorted(snap["members"].items()):
             if name == self.name:
                 connected = True
             else:
                 connected = raft["peers"].get(m["address"], 0) == 2
-            members.append({"name": name, "role": m["role"], "address": m["address"],
-                            "live": name in live, "connected": connected,
-                            "leader": name == leader})
+            row = {"name": name, "role": m["role"], "address": m["address"],
+                   "live": name in live, "connected": connected, "leader": name == leader}
+            if m.get("links"):
+                row["links"] = m["links"]
+            if links.get(m["address"]):
+                # from this node: each heartbeat network's path to that member
+                row["paths"] = links[m["address"]]
+            members.append(row)
         return {
             "cluster": self.config.cluster, "node": self.name, "kind": self.kind,
             "leader": leader, "term": raft["term"], "commit_index": raft["commit_index"],
@@ -401,7 +408,10 @@ class Daemon:
 
     async def _add_member(self, request: dict) -> dict:
         name, address, role = request.get("name"), request.get("address"), request.get("role")
-        result = await self.commit(ADD_MEMBER, name, address, role)
+        links = request.get("links")
+        # Without links the entry has the three arguments older versions apply too.
+        result = await (self.commit(ADD_MEMBER, name, address, role, links) if links
+                        else self.commit(ADD_MEMBER, name, address, role))
         if not result["ok"]:
             raise ControlError(result["error"])
         try:

@@ -207,3 +207,33 @@ def test_no_quorum_message_names_the_alive():
         check_remove({**THREE, "d": node("10.0.0.4:7400")}, {"a"}, "d", "node")
     assert str(e.value) == ("refusing to remove node 'd': the remaining 3 voters would have "
                             "only 1 alive (a), no quorum")
+
+
+# ---- links: several heartbeat networks ------------------------------------------------
+
+def _three(**links):
+    return {n: {"address": f"10.0.0.{i}:7400", "role": "node",
+                **({"links": links[n]} if n in links else {})}
+            for i, n in enumerate(("n1", "n2", "n3"), start=1)}
+
+
+def test_links_are_checked_ipv4_without_port_and_owned_once():
+    from raft.membership import check_links
+    check_members(_three(n1=["10.1.0.1"], n2=["10.1.0.2"]))
+    assert check_links(None, "n1") == []
+    for bad in (["10.1.0.1:7400"], ["host.example"], "10.1.0.1", [7], ["10.1.0.1"] * 8):
+        with pytest.raises(MembershipError, match="n1"):
+            check_members(_three(n1=bad))
+    with pytest.raises(MembershipError, match="link address 10.1.0.9 given to members"):
+        check_members(_three(n1=["10.1.0.9"], n2=["10.1.0.9"]))
+    with pytest.raises(MembershipError, match="is the Raft host of member 'n2'"):
+        check_members(_three(n1=["10.0.0.2"]))
+
+
+def test_add_with_links_is_checked_against_the_others():
+    members = _three(n1=["10.1.0.1"])
+    check_add(members, "n4", "10.0.0.4:7400", "node", ["10.1.0.4"])
+    with pytest.raises(MembershipError, match="given to members"):
+        check_add(members, "n4", "10.0.0.4:7400", "node", ["10.1.0.1"])
+    with pytest.raises(MembershipError, match="bad link address"):
+        check_add(members, "n4", "10.0.0.4:7400", "node", ["nope"])

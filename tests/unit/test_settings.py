@@ -164,3 +164,11 @@ def test_whatever_we_accept_pysyncobj_accepts(data):
     for f in fields(RaftSettings):
         v = getattr(s, f.name)
         assert isinstance(v, bool) or (math.isfinite(v) and v >= 0), f.name
+
+
+def test_link_timing_must_fit_below_the_election_timeout():
+    RaftSettings(link_heartbeat_s=0.05, link_timeout_s=0.15)
+    with pytest.raises(SettingsError, match="link_timeout_s must be >= 2 x link_heartbeat_s"):
+        RaftSettings(link_heartbeat_s=0.1, link_timeout_s=0.15)
+    with pytest.raises(SettingsError, match="link_timeout_s must be < election_timeout_min_s"):
+        RaftSettings(link_timeout_s=0.3)
