@@ -39,7 +39,7 @@ from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, Plan
 from hacluster.node.commands import MODULE_CMD
 from hacluster.node.control import ControlError
 from hacluster.node.lease_holder import LeaseHolder
-from hacluster.node.peer_control import PeerControlError, call_peer, peer_control_address
+from hacluster.node.peer_control import PeerControlError, call_member
 
 from . import default_primary
 from . import machine as mm
@@ -324,9 +324,9 @@ class MirrorModule(ModuleRuntime):
 
     async def _call_peer_module(self, cmd_name: str, timeout: float, **extra: Any) -> dict:
         """A command of this module on the peer's daemon, over peer control."""
-        host, port = peer_control_address(self.host.members()[self.peer]["address"])
         request = {"cmd": MODULE_CMD.name, "module": self.name, "cmd_name": cmd_name, **extra}
-        return await call_peer(host, port, self.host.config.read_secret(), request, timeout=timeout)
+        return await call_member(self.host.members()[self.peer], self.host.config.read_secret(),
+                                 request, timeout=timeout)
 
     async def _peer_stamps_copy(self, epoch: int) -> str:
         try:

@@ -436,6 +436,12 @@ def _read_heart(r: _Reader, heart: Element, mode: str) -> Heart:
         pulse = _positive(r, heart, "heart@pulse", r.time_s(heart, "heart@pulse", a["pulse"], "ms"))
     if "timeout" in a:
         timeout = _positive(r, heart, "heart@timeout", r.time_s(heart, "heart@timeout", a["timeout"], "ms"))
+    for attr in ("pulse", "timeout"):
+        if attr in a:
+            r.warn(heart, f"heart@{attr}", "not used: failure detection is the cluster's Raft "
+                   "timers for every module (append_entries_period_s, election_timeout_*, "
+                   "lease_s in cluster.json's raft), and its heartbeat networks are the "
+                   "members' links (README \"Several heartbeat networks\")")
     nets: list[tuple[HeartbeatNet, Element]] = []
     for hb in r.children(heart, "heart", ("heartbeat",)):
         ha = r.attrs(hb, "heartbeat", ("name", "ident"))

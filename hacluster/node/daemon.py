@@ -27,6 +27,7 @@ import uvloop
 from raft.cluster_state import liveness_resource
 from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
+from raft.links import member_paths
 from raft.hardened_transport import raise_open_files_limit
 from raft.listen import ListenError, check_can_listen
 from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
@@ -35,7 +36,7 @@ from . import commands, exit_status, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
-from .peer_control import PeerControlError, PeerControlServer, call_peer, peer_control_address
+from .peer_control import PeerControlError, PeerControlServer, call_member, peer_control_address
 from .sd_notify import Notifier, raft_up, watchdog_due
 
 log = logging.getLogger("hacluster.daemon")
@@ -69,8 +70,9 @@ class Daemon:
         self._watchdog_fed = 0.0
 
     def member_hosts(self) -> set[str]:
-        """The current members' hosts, as their connections come from."""
-        return {m["address"].rsplit(":", 1)[0] for m in self.config.members.values()}
+        """The current members' hosts, as their connections come from (on every
+        heartbeat network: their links too)."""
+        return {h for m in self.config.members.values() for h in member_paths(m) if h}
 
     # ---- entry point --------------------------------------------------------
     def run(self) -> int:
@@ -126,7 +128,8 @@ class Daemon:
             if secret is not None:
                 host, port = peer_control_address(self.config.me["address"])
                 peer_control = PeerControlServer(host, port, secret, control.dispatch,
-                                                 member_hosts=self.member_hosts)
+                                                 member_hosts=self.member_hosts,
+                                                 extra_hosts=self.config.me.get("links") or ())
                 await peer_control.start()
             else:
                 log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
@@ -398,9 +401,8 @@ class Daemon:
             if name == self.name:
                 reply = await self._control.dispatch(inner)
             else:
-                host, port = peer_control_address(members[name]["address"])
                 try:
-                    reply = await call_peer(host, port, secret, inner, timeout=timeout)
+                    reply = await call_member(members[name], secret, inner, timeout=timeout)
                 except PeerControlError as e:
                     reply = {"ok": False, "error": str(e)}
             return {"node": name, **reply}

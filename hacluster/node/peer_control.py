@@ -30,7 +30,9 @@ import json
 import logging
 import os
 import struct
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+from raft.links import member_paths
 
 from .commands import LOCAL_MODULE_COMMANDS, MODULE_CMD, REMOTE_COMMANDS
 from .tcp_service import HandshakeLimits, TcpService
@@ -85,12 +87,13 @@ class PeerControlServer(TcpService):
     def __init__(self, host: str, port: int, secret: str, dispatch: Dispatch, *,
                  request_timeout: float = 5.0, max_connections: int = 16,
                  handshake: HandshakeLimits | None = None,
-                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
+                 member_hosts: Callable[[], Iterable[str]] = lambda: (),
+                 extra_hosts: Iterable[str] = ()) -> None:
         if not secret:
             raise ValueError("peer control: the cluster secret must be a non-empty string")
         super().__init__(host, port, log, max_connections,
                          handshake=handshake or HandshakeLimits(deadline_s=request_timeout),
-                         member_hosts=member_hosts)
+                         member_hosts=member_hosts, extra_hosts=extra_hosts)
         self._secret = secret
         self._dispatch = dispatch
 
@@ -131,13 +134,58 @@ class PeerControlServer(TcpService):
         return await self._dispatch(request)
 
 
+class PeerUnreachable(PeerControlError):
+    """No connection could be opened (nothing was sent): another network may do."""
+
+
+# A member with several networks: how long a connection may take on one before the
+# next is tried (a LAN answers a SYN in well under a millisecond; a dead network never).
+CONNECT_TRY_S = 1.0
+
+
+async def call_member(member: Mapping[str, Any], secret: str, request: dict[str, Any],
+                      timeout: float = 30.0) -> dict[str, Any]:
+    """``call_peer`` on a member over each of its networks in turn (its Raft host, then
+    its links, raft.links), within one deadline: a network on which no connection can
+    be opened is skipped; once the request is sent, its answer (or its failure) is final,
+    so a request is never sent twice."""
+    port = peer_control_address(str(member["address"]))[1]
+    hosts = [h for h in member_paths(member) if h is not None]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    failures = []
+    for i, host in enumerate(hosts):
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        last = i == len(hosts) - 1
+        try:
+            return await call_peer(host, port, secret, request, timeout=left,
+                                   connect_timeout=None if last else min(left, CONNECT_TRY_S))
+        except PeerUnreachable as e:
+            failures.append(str(e))
+            if last:
+                raise PeerUnreachable("; ".join(failures)) from None
+    raise PeerUnreachable("; ".join(failures) or f"node at {member['address']}: no time left")
+
+
 async def call_peer(host: str, port: int, secret: str, request: dict[str, Any],
-                    timeout: float = 30.0) -> dict[str, Any]:
-    """Send one control request to a peer; return its reply ``{"ok": ..., ...}``."""
+                    timeout: float = 30.0, connect_timeout: float | None = None) -> dict[str, Any]:
+    """Send one control request to a peer; return its reply ``{"ok": ..., ...}``.
+    PeerUnreachable when no connection could be opened (within ``connect_timeout``)."""
     where = f"node at {host}:{port}"
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                        connect_timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                if connect_timeout is None:
+                    raise
+                raise PeerUnreachable(f"{where}: no connection within {connect_timeout:g} s") from None
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+                raise PeerUnreachable(f"{where}: {reason}") from None
             try:
                 nonce = await reader.readexactly(NONCE_BYTES)
                 writer.write(_frame(secret, REQUEST_CONTEXT, nonce, json.dumps(request).encode()))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from raft.hardened_transport import RefusalLog
+from raft.link_transport import IP_FREEBIND
 from raft.listen import listen_error
 
 
@@ -33,9 +35,15 @@ class TcpService:
 
     def __init__(self, host: str, port: int, log: logging.Logger, max_connections: int,
                  handshake: HandshakeLimits | None = None,
-                 member_hosts: Callable[[], Iterable[str]] = lambda: ()) -> None:
+                 member_hosts: Callable[[], Iterable[str]] = lambda: (),
+                 extra_hosts: Iterable[str] = ()) -> None:
+        """``extra_hosts``: this member's addresses on its other heartbeat networks
+        (raft.links): listened on too, with IP_FREEBIND so that a network not up yet
+        is not a failure (its address is used once it appears)."""
         self.host = host
         self.port = port
+        self.extra_hosts = list(extra_hosts)
+        self._extra_servers: list[asyncio.Server] = []
         self._log = log
         self._slots = asyncio.Semaphore(max_connections)
         self._server: asyncio.Server | None = None
@@ -53,8 +61,24 @@ class TcpService:
             raise listen_error(self.host, self.port, self.purpose, e) from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._log.info("event=%s_listening host=%s port=%d", self.event_prefix, self.host, self.port)
+        for host in self.extra_hosts:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((host, self.port))
+                self._extra_servers.append(await asyncio.start_server(self._handle, sock=sock))
+            except OSError as e:
+                sock.close()
+                self._log.warning("event=%s_link_unusable host=%s port=%d reason=%r",
+                                  self.event_prefix, host, self.port, e.strerror or str(e))
+                continue
+            self._log.info("event=%s_listening host=%s port=%d", self.event_prefix, host, self.port)
 
     async def close(self) -> None:
+        for extra in self._extra_servers:
+            extra.close()
+        self._extra_servers.clear()
         if self._server is None:
             return
         self._server.close()

@@ -86,6 +86,10 @@ def test_losing_either_heartbeat_network_causes_no_failover_and_loses_no_write(m
             assert not _events(m, n, "lease_lost", t_cut), f"{n} lost a lease with {net} cut"
         st = m.state("n1")
         assert st["state"] in ("PRIM", "ALONE") and st["epoch"] == epoch, st
+        # peer control (-H) reaches the other member over the network that is left
+        res = m.cli("n1", "-H", "n2", "-m", m.module, "state", "--json")
+        [row] = json.loads(res.stdout)      # (the exit status is the state's: SECOND Transient)
+        assert row["node"] == "n2" and "error" not in row, row
         assert m.state("n2")["primary"] == "n1"
         m.wait_acks(n_before + 20, timeout=20)     # the application kept being served
         # (replication rides on lan here: with lan cut the primary may go ALONE, never away)

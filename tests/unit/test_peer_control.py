@@ -253,3 +253,35 @@ def test_a_request_bigger_than_the_handshake_cap_is_dropped_before_it_is_read():
         return closed, calls
     closed, calls = _run(go())
     assert closed and calls == []
+
+
+def test_a_member_is_reached_over_its_next_network_when_the_first_refuses():
+    """call_member: the Raft host's port is closed (nothing sent there), the link
+    answers; with every network refusing, one line names each."""
+    from hacluster.node.peer_control import PeerUnreachable, call_member
+
+    async def go():
+        calls: list = []
+        server = PeerControlServer("127.0.0.2", 0, SECRET, _dispatch(calls))
+        await server.start()
+        raft_port = server.port - 3         # the member's Raft port, as peer control derives it
+        member = {"address": f"127.0.0.1:{raft_port}", "role": "node", "links": ["127.0.0.2"]}
+        try:
+            reply = await call_member(member, SECRET, {"cmd": "module_state", "module": "db"},
+                                      timeout=5)
+        finally:
+            await server.close()
+        with pytest.raises(PeerUnreachable) as e:
+            await call_member(member, SECRET, {"cmd": "status"}, timeout=5)
+        return calls, reply, str(e.value)
+    calls, reply, error = _run(go())
+    assert calls == [{"cmd": "module_state", "module": "db"}]       # sent once, over the link
+    assert reply == {"ok": True, "result": {"echo": "db"}}
+    assert "127.0.0.1:" in error and "127.0.0.2:" in error and "\n" not in error
+
+
+def _dispatch(calls: list):
+    async def dispatch(request: dict) -> dict:
+        calls.append(request)
+        return {"ok": True, "result": {"echo": request.get("module")}}
+    return dispatch

@@ -98,7 +98,13 @@ def test_safekit_mirror_is_accepted_with_historical_units():
 
 def test_unimplemented_parts_are_warnings_with_file_and_line():
     c = parse_userconfig(SAFEKIT_MIRROR, "userconfig.xml", "demo")
+    unused = ("not used: failure detection is the cluster's Raft timers for every module "
+              "(append_entries_period_s, election_timeout_*, lease_s in cluster.json's raft), "
+              "and its heartbeat networks are the members' links (README \"Several heartbeat "
+              "networks\")")
     assert c.warnings == (
+        f"userconfig.xml:6: heart@pulse: {unused}",
+        f"userconfig.xml:6: heart@timeout: {unused}",
         "userconfig.xml:14: interface@check: not implemented yet, ignored",
         "userconfig.xml:21: rfs@acl: not implemented yet, ignored",
         'userconfig.xml:21: rfs@async: applies to durability="write" only; with '
