@@ -50,6 +50,11 @@ class NodeDaemon(Daemon):
         if self.modules is not None:
             await self.modules.close()
 
+    def module_statuses(self) -> dict[str, dict]:
+        if self.modules is None:
+            return {}
+        return {name: rt.status() for name, rt in self.modules.runtimes.items()}
+
     def listeners(self) -> list[tuple[str, int, str]]:
         return super().listeners() + [(*fetch_address(self.config.me["address"]),
                                        ModuleFetchServer.purpose)]

@@ -36,6 +36,8 @@ from . import commands, exit_status, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
+from .event_hooks import (EventTracker, HookConfigError, HookRunner, RefusedTap, load_hooks,
+                          module_events, quorum_event)
 from .peer_control import PeerControlError, PeerControlServer, call_member, peer_control_address
 from .sd_notify import Notifier, raft_up, watchdog_due
 
@@ -43,6 +45,8 @@ log = logging.getLogger("hacluster.daemon")
 
 COMMIT_TIMEOUT_S = 5.0
 READY_POLL_S = 0.2
+# How often the daemon looks at what only it sees (quorum, its modules) for event hooks.
+EVENT_POLL_S = 0.5
 # Beyond handing the leases back: closing the listeners and Raft (its journal's last sync).
 STOP_MARGIN_S = 10.0
 R = TypeVar("R", bound=Answer)
@@ -67,6 +71,9 @@ class Daemon:
         self.exit_reason = "stopped"
         self.removed = False        # removed from the cluster: exit_status.REMOVED
         self.notifier = Notifier()  # systemd's, when it started us
+        self.hooks: HookRunner | None = None
+        self._event_tracker = EventTracker()
+        self._refused_tap: RefusedTap | None = None
         self._watchdog_fed = 0.0
 
     def member_hosts(self) -> set[str]:
@@ -137,6 +144,7 @@ class Daemon:
                      self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                      self.config.socket_path)
             self._tasks.append(asyncio.create_task(self._bootstrap()))
+            self._start_hooks()
             self.hold(liveness_resource(self.name), on_turn=self._lease_loop_turned)
             self._check_watchdog_interval()
             await self.started()
@@ -160,12 +168,59 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stop_hooks()
         if peer_control is not None:
             await peer_control.close()
         if control is not None:
             await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
         log.info("event=daemon_stopped reason=%r", self.exit_reason)
+
+    # ---- cluster event hooks (event_hooks) -----------------------------------------------
+    def _start_hooks(self) -> None:
+        try:
+            hooks = load_hooks(self.config.directory)
+        except HookConfigError as e:
+            # A typo in hooks.json must not take a serving node down: said, and no hooks.
+            log.error("event=hooks_unusable error=%r", str(e))
+            hooks = []
+        self.hooks = HookRunner(hooks, self.name)
+        self.hooks.start()
+        if hooks:
+            assert self._loop is not None
+            self._refused_tap = RefusedTap(self.hooks, self._loop)
+            logging.getLogger("hacluster.raft").addHandler(self._refused_tap)
+            log.info("event=hooks_loaded hooks=%d", len(hooks))
+        self._tasks.append(asyncio.create_task(self._watch_for_events()))
+
+    async def _stop_hooks(self) -> None:
+        if self._refused_tap is not None:
+            logging.getLogger("hacluster.raft").removeHandler(self._refused_tap)
+            self._refused_tap = None
+        if self.hooks is not None:
+            await self.hooks.close()
+
+    def module_statuses(self) -> dict[str, dict]:
+        """This node's modules, by name, as ``hacluster state`` shows them (none here)."""
+        return {}
+
+    async def _watch_for_events(self) -> None:
+        """What only this node sees: its quorum, its modules serving after a failover."""
+        quorum: bool | None = None
+        modules: dict[str, dict] = {}
+        while True:
+            await asyncio.sleep(EVENT_POLL_S)
+            if self.hooks is None or self.raft is None:
+                continue
+            now = bool(self.raft.raft_status()["has_quorum"])
+            event = quorum_event(quorum, now)
+            if quorum is not None or now:       # nothing to say before the first quorum
+                quorum = now
+            current = self.module_statuses()
+            fired = ([event] if event is not None else []) + module_events(modules, current, self.name)
+            modules = current
+            for e in fired:
+                self.hooks.fire(e)
 
     # ---- systemd (sd_notify): ready, watchdog -------------------------------------------
     async def _report_ready(self) -> None:
@@ -294,6 +349,12 @@ class Daemon:
         log.info("event=raft_role role=%s term=%s mono=%.6f", role, status["term"], time.monotonic())
 
     def _applied(self, op: str, args: tuple, result: dict) -> None:
+        events = self._event_tracker.applied(op, args, result)
+        # Cluster events fire on the leader only (once per cluster), never for history
+        # replayed at start.
+        if events and self.hooks is not None and self.raft.is_leader() and self.raft.caught_up():
+            for event in events:
+                self.hooks.fire(event)
         if op in (EXPIRE.name, RELEASE.name) and result.get("ok"):
             holder = self.holders.get(args[0])
             if holder is not None:

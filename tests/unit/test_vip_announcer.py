@@ -184,16 +184,18 @@ def test_no_address_without_a_lease_a_second_ahead(kernel, left_s, renews_to, er
     asyncio.run(go())
 
 
-def test_renewals_refresh_the_lifetime_only_when_it_covers_under_two_intervals(kernel):
+def test_renewals_refresh_the_lifetime_unless_it_already_reaches_the_deadline(kernel):
     async def go():
         holder = Holder(left_s=30.0)
         ann = on_lease(holder, refresh_s=0, burst=1, renew_interval_s=2.0)
         await ann.raise_()
-        # installed until ~30 s from now: covers two intervals (4 s), nothing to do
-        ann.lease_renewed(time.monotonic() + 30.0)
+        installed = ann._installed_until      # the kernel's end: whole seconds, rounded down
+        assert installed is not None
+        # a deadline within an eighth of an interval of it: nothing to do
+        ann.lease_renewed(installed + 0.2)
         await asyncio.sleep(0.01)
         assert "hold" not in kernel.names()
-        ann.renew_interval_s = 20.0      # now it does not: the renewal extends it
+        # the renewal moved the deadline further: the lifetime follows it
         deadline = time.monotonic() + 31.0
         ann.lease_renewed(deadline)
         await loop_until("the lifetime was renewed", lambda: "hold" in kernel.names())
