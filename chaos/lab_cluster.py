@@ -50,6 +50,7 @@ class LabCluster:
         self.procs: dict[str, LabProcess] = {}
         self._config_dirs: dict[str, Path] = {}
         self._removed_states: dict[str, int] = {}
+        self._state_dirs: dict[str, Path] = {}
 
     # ---- set-up -------------------------------------------------------------
     def role(self, member: str) -> str:
@@ -63,8 +64,8 @@ class LabCluster:
         return self._config_dirs.get(member, self.cfg_root / member)
 
     def state_dir(self, member: str) -> Path:
-        """/var/lib/hacluster of the member's host."""
-        return self.lab.host_dir(member) / "state"
+        """/var/lib/hacluster of the member's host (or the one its last start named)."""
+        return self._state_dirs.get(member) or self.lab.host_dir(member) / "state"
 
     def run_dir(self, member: str) -> Path:
         """/run/hacluster of the member's host."""
@@ -120,10 +121,13 @@ class LabCluster:
         return self.lab.run(host, argv + list(args), check=False, timeout=timeout)
 
     def start(self, member: str, config_dir: Path | None = None,
-              env: dict[str, str] | None = None) -> LabProcess:
-        """``env``: added to the daemon's environment (NOTIFY_SOCKET, as systemd would)."""
+              env: dict[str, str] | None = None, state_dir: Path | None = None) -> LabProcess:
+        """``env``: added to the daemon's environment (NOTIFY_SOCKET, as systemd would).
+        ``config_dir``, ``state_dir``: this member's from now on."""
         if config_dir is not None:
             self._config_dirs[member] = config_dir
+        if state_dir is not None:
+            self._state_dirs[member] = state_dir
         cfg = self.config_dir(member)
         argv = [sys.executable, "-m", "hacluster", "-c", str(cfg), *self.path_flags(member),
                 self.role(member), "run"]
