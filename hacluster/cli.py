@@ -496,7 +496,11 @@ modules (the application runs on every node behind one shared virtual IP).
 
 Every command except cluster init, module package, setup and help asks the daemon of
 this member, through its control socket; the member's configuration directory is
---config, else $HACLUSTER_CONFIG, else /etc/hacluster. 'hacluster help COMMAND' (or
+--config, else $HACLUSTER_CONFIG, else /etc/hacluster, which the daemon only reads. Its
+state (Raft journal, modules) is in /var/lib/hacluster, its control socket in
+/run/hacluster, the modules' logs in /var/log/hacluster: --state-dir, --run-dir and
+--log-dir, their variables or the keys of cluster.json move them (README, Where things
+are). 'hacluster help COMMAND' (or
 'hacluster COMMAND --help') tells what a command does."""
 
 EXIT_STATUS = """\
