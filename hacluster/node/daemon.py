@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import uvloop
@@ -75,6 +76,7 @@ class Daemon:
         self.notifier = Notifier()  # systemd's, when it started us
         self._watchdog_fed = 0.0
         self._cached_members: dict[str, dict[str, str]] | None = None   # members.json's
+        self._pid_file: Path | None = None
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from (on every
@@ -88,7 +90,13 @@ class Daemon:
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
         soft, hard = raise_open_files_limit()
         log.info("event=open_files_limit soft=%d hard=%d", soft, hard)
-        return uvloop.run(self._main())
+        try:
+            return uvloop.run(self._main())
+        finally:
+            # Only the pid file this daemon wrote: a second daemon of this member stops
+            # before writing one, and must not remove the first one's.
+            if self._pid_file is not None:
+                self._pid_file.unlink(missing_ok=True)
 
     def listeners(self) -> list[tuple[str, int, str]]:
         """(host, port, what it is for) of every TCP listener this member opens: all on
@@ -154,7 +162,6 @@ class Daemon:
             raise
         finally:
             await self._shutdown(control, peer_control)
-            self.config.paths.pid_file(self.kind).unlink(missing_ok=True)
         return exit_status.REMOVED if self.removed else exit_status.STOPPED
 
     def _prepare_directories(self) -> None:
@@ -181,6 +188,7 @@ class Daemon:
         self.config.members = members
         self._cached_members = members if source == "state" else None
         atomic_write(paths.pid_file(self.kind), f"{os.getpid()}\n", mode=0o644)
+        self._pid_file = paths.pid_file(self.kind)
         log.info("event=paths config=%s state=%s run=%s log=%s", paths.config_dir,
                  paths.state_dir, paths.run_dir, paths.log_dir)
 

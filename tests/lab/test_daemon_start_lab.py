@@ -58,6 +58,8 @@ def test_a_second_daemon_on_a_used_port_fails_fast_and_the_first_goes_on(make_cl
         "this member?")
     assert first.alive()
     assert cluster.status("n1")["node"] == "n1"      # its control socket was not taken over
+    # nor its pid file
+    assert int((cluster.run_dir("n1") / "hacluster-node.pid").read_text()) == first.pid
 
 
 def test_a_taken_module_fetch_port_stops_the_node_naming_it(make_cluster):

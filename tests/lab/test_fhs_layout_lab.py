@@ -65,6 +65,7 @@ def test_membership_changes_never_write_the_configuration_directory(make_cluster
 
     # A restart starts from the committed membership, not from cluster.json's.
     assert cluster.stop("n2") == 0
+    assert not (cluster.run_dir("n2") / "hacluster-node.pid").exists()    # removed at stop
     cluster.start("n2")
     cluster.wait_for("n2 ready again", lambda: len(cluster.events("n2", "daemon_ready")) == 2, timeout=30)
     (seen,) = cluster.events("n2", "members_from_state")
