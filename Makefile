@@ -76,14 +76,18 @@ install:
 	$(PREFIX)/bin/python -m pip install -q --upgrade .
 	$(PREFIX)/bin/hacluster setup --sbin-dir $(SBINDIR)
 
-# Keeps /etc/hacluster, /var/lib/hacluster and /var/log/hacluster.
+# Removes the runtime directory (/run/hacluster: the socket and pid file of a stopped
+# daemon); keeps /etc/hacluster (the configuration and secret), /var/lib/hacluster
+# (the Raft journal: a member without it has lost its Raft memory) and
+# /var/log/hacluster, as apt's remove does; it prints the command that removes them.
 uninstall:
 	@test "$$(id -u)" = 0 || { echo "make uninstall: run it as root"; exit 1; }
 	-systemctl disable --now hacluster-node.service hacluster-witness.service 2>/dev/null
 	rm -f $(SBINDIR)/hacluster /etc/systemd/system/hacluster-node.service \
 	    /etc/systemd/system/hacluster-witness.service
 	-systemctl daemon-reload 2>/dev/null
-	rm -rf $(PREFIX)
+	rm -rf $(PREFIX) /run/hacluster
+	@echo "kept /etc/hacluster /var/lib/hacluster /var/log/hacluster (to remove this member for good: rm -r /etc/hacluster /var/lib/hacluster /var/log/hacluster)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

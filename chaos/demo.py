@@ -112,6 +112,7 @@ def main() -> int:
         cli(cluster, "w", "cluster", "status")
         readd = lab.workdir / "readd"
         cli(cluster, "w", "cluster", "add-node", holder, lab.addr(holder), "--out", str(readd))
+        cluster.move_state_away(holder)      # a member added back starts afresh
         cluster.start(holder, config_dir=readd / holder)
         cluster.wait_for(f"{holder} back", lambda: any(
             r["name"] == holder and r["live"] for r in (cluster.status("w") or {"members": []})["members"]),

@@ -4,6 +4,11 @@ Shared by the lab tests, the benchmarks and ``make demo``: writes the cluster
 configuration with the real ``hacluster cluster init``, starts ``node run`` /
 ``witness run`` in each host's namespace, talks to each daemon over its
 control socket, and reads the daemons' structured log lines back.
+
+Each member's directories are the lab host's own, passed explicitly on every command
+line (``--state-dir``, ``--run-dir``, ``--log-dir``) as a server's are by default
+(/var/lib/hacluster, /run/hacluster, /var/log/hacluster): nothing of a lab run lands
+outside the lab's work folder, and the configuration directory is only read.
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ class LabCluster:
         self.cfg_root = lab.workdir / "cfg"
         self.procs: dict[str, LabProcess] = {}
         self._config_dirs: dict[str, Path] = {}
+        self._removed_states: dict[str, int] = {}
+        self._state_dirs: dict[str, Path] = {}
 
     # ---- set-up -------------------------------------------------------------
     def role(self, member: str) -> str:
@@ -55,6 +62,35 @@ class LabCluster:
 
     def config_dir(self, member: str) -> Path:
         return self._config_dirs.get(member, self.cfg_root / member)
+
+    def state_dir(self, member: str) -> Path:
+        """/var/lib/hacluster of the member's host (or the one its last start named)."""
+        return self._state_dirs.get(member) or self.lab.host_dir(member) / "state"
+
+    def run_dir(self, member: str) -> Path:
+        """/run/hacluster of the member's host."""
+        return self.lab.host_dir(member) / "run"
+
+    def log_dir(self, member: str) -> Path:
+        """/var/log/hacluster of the member's host."""
+        return self.lab.host_dir(member) / "log"
+
+    def socket_path(self, member: str) -> Path:
+        return self.run_dir(member) / "control.sock"
+
+    def path_flags(self, member: str) -> list[str]:
+        return ["--state-dir", str(self.state_dir(member)), "--run-dir", str(self.run_dir(member)),
+                "--log-dir", str(self.log_dir(member))]
+
+    def move_state_away(self, member: str) -> Path:
+        """What an administrator does before adding a removed member back (the daemon
+        refuses its old state, naming this): its state directory moved aside."""
+        n = self._removed_states[member] = self._removed_states.get(member, 0) + 1
+        old = self.state_dir(member)
+        aside = old.with_name(f"state.removed-{n}")
+        if old.exists():
+            old.rename(aside)
+        return aside
 
     def init(self) -> None:
         argv = ["cluster", "init", "--name", self.name, "--out", str(self.cfg_root)]
@@ -81,16 +117,20 @@ class LabCluster:
         host = member or self.members[0]
         argv = [sys.executable, "-m", "hacluster"]
         if member is not None:
-            argv += ["-c", str(self.config_dir(member))]
+            argv += ["-c", str(self.config_dir(member)), *self.path_flags(member)]
         return self.lab.run(host, argv + list(args), check=False, timeout=timeout)
 
     def start(self, member: str, config_dir: Path | None = None,
-              env: dict[str, str] | None = None) -> LabProcess:
-        """``env``: added to the daemon's environment (NOTIFY_SOCKET, as systemd would)."""
+              env: dict[str, str] | None = None, state_dir: Path | None = None) -> LabProcess:
+        """``env``: added to the daemon's environment (NOTIFY_SOCKET, as systemd would).
+        ``config_dir``, ``state_dir``: this member's from now on."""
         if config_dir is not None:
             self._config_dirs[member] = config_dir
+        if state_dir is not None:
+            self._state_dirs[member] = state_dir
         cfg = self.config_dir(member)
-        argv = [sys.executable, "-m", "hacluster", "-c", str(cfg), self.role(member), "run"]
+        argv = [sys.executable, "-m", "hacluster", "-c", str(cfg), *self.path_flags(member),
+                self.role(member), "run"]
         for resource in self.contend.get(member, []):
             argv += ["--contend", resource]
         proc = self.lab.spawn(member, argv, name="hacluster", env=env)
@@ -116,7 +156,7 @@ class LabCluster:
     # ---- observation ------------------------------------------------------------
     def status(self, member: str, timeout: float = 2.0) -> dict | None:
         try:
-            return request(self.config_dir(member) / "control.sock", "status", timeout=timeout)
+            return request(self.socket_path(member), "status", timeout=timeout)
         except (ControlError, OSError, ValueError):
             return None
 

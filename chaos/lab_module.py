@@ -66,7 +66,7 @@ class LabModule:
         return res
 
     def call(self, node: str, cmd: str, timeout: float = 5.0, **kw: Any) -> Any:
-        return request(self.cluster.config_dir(node) / "control.sock", cmd, timeout=timeout, **kw)
+        return request(self.cluster.socket_path(node), cmd, timeout=timeout, **kw)
 
     def state(self, node: str) -> dict | None:
         try:

@@ -499,10 +499,10 @@ class FailoverDuringReintegration(Nemesis):
             os.fsync(f.fileno())
         self.record("write", prim, f"{bulk} {len(data)} bytes while {sec} is cut")
         # the primary's replication process logs the start of reintegration there
-        mount_logs = sorted(m.cluster.config_dir(prim).rglob(f"module_state/{m.module}/mount*.log"))
+        log_dir = m.cluster.log_dir(prim) / m.module
+        mount_logs = sorted(log_dir.glob("mount*.log"))
         if not mount_logs:
-            raise RuntimeError(f"{self.name}: no mount*.log of module {m.module} under "
-                               f"{m.cluster.config_dir(prim)}")
+            raise RuntimeError(f"{self.name}: no mount*.log of module {m.module} under {log_dir}")
         offsets = {p: p.stat().st_size for p in mount_logs}
         # A LAN copies the bulk in a blink: slow the primary's egress so that reintegration
         # lasts seconds (tbf's latency bound keeps Raft's packets from queueing long).
@@ -877,6 +877,7 @@ class MembershipChange(Nemesis):
                 self._restore_failed(member, f"add-{role} {member} failed: "
                                      f"{res.stderr.strip()!r}")
                 return
+            cluster.move_state_away(member)     # a member added back starts afresh
             cluster.start(member, config_dir=out / member)
             self.record("restore-start", member, f"config {out / member}")
         if not self._check_converged(ctx, self._original, "after the restore"):

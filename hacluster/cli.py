@@ -17,17 +17,24 @@ from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
-from .node import cluster_config, commands, exit_status, install as server_install
+from .node import cluster_config, commands, exit_status, install as server_install, member_cache, paths
 from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
 from .node.control import ControlError, request
 
 
 def _config_dir(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("HACLUSTER_CONFIG") or cluster_config.DEFAULT_CONFIG_DIR)
+    return Path(args.config or os.environ.get(paths.CONFIG_ENV) or paths.DEFAULT_CONFIG_DIR)
 
 
 def _load(args: argparse.Namespace) -> cluster_config.ClusterConfig:
-    return cluster_config.load(_config_dir(args))
+    """The member's configuration, with its paths from the flags, the environment, the
+    file (``hacluster.node.paths``); relative flags and variables from here."""
+    def absolute(value: str | None) -> str | None:
+        return os.path.abspath(value) if value else None
+    flags = {key: absolute(getattr(args, key, None)) for key in paths.DEFAULTS}
+    env = {var: os.path.abspath(os.environ[var]) for var in paths.ENVIRONMENT.values()
+           if os.environ.get(var)}
+    return cluster_config.load(_config_dir(args), env=env, flags=flags)
 
 
 def _call(args: argparse.Namespace, cmd: str, **kw: Any) -> Any:
@@ -193,6 +200,10 @@ def cmd_witness_credential(args: argparse.Namespace) -> int:
     """A witness configured before roles had their own credentials holds the cluster
     secret; this writes it a directory with only its Raft credential."""
     cfg = _load(args)
+    # The members as this member last applied them (its state), else its configuration.
+    cached = member_cache.read(cfg.paths.members_file)
+    if cached is not None and not cached.removed:
+        cfg.members = cached.members
     member = cfg.members.get(args.name)
     if member is None or member["role"] != "witness":
         raise ConfigError(f"{args.name!r} is not a witness of cluster {cfg.cluster} "
@@ -485,7 +496,11 @@ modules (the application runs on every node behind one shared virtual IP).
 
 Every command except cluster init, module package, setup and help asks the daemon of
 this member, through its control socket; the member's configuration directory is
---config, else $HACLUSTER_CONFIG, else /etc/hacluster. 'hacluster help COMMAND' (or
+--config, else $HACLUSTER_CONFIG, else /etc/hacluster, which the daemon only reads. Its
+state (Raft journal, modules) is in /var/lib/hacluster, its control socket in
+/run/hacluster, the modules' logs in /var/log/hacluster: --state-dir, --run-dir and
+--log-dir, their variables or the keys of cluster.json move them (README, Where things
+are). 'hacluster help COMMAND' (or
 'hacluster COMMAND --help') tells what a command does."""
 
 EXIT_STATUS = """\
@@ -496,12 +511,20 @@ usage error. 'state' exits with the module's state (STOP 0, WAIT 1, ALONE or UP 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hacluster", description=ABOUT, formatter_class=_Manual,
-                                usage="hacluster [--config DIR] [-m MODULE] [-H all|NODE,...] "
+                                usage="hacluster [--config DIR] [--state-dir DIR] [--run-dir DIR] "
+                                      "[--log-dir DIR] [-m MODULE] [-H all|NODE,...] "
                                       "COMMAND ...\n       hacluster help [COMMAND]")
     p.add_argument("--version", action="version", version=f"hacluster {version()}",
                    help="print the version of hacluster and exit")
     p.add_argument("--config", "-c", metavar="DIR", help="member configuration directory "
                    "(default $HACLUSTER_CONFIG or /etc/hacluster)")
+    for key, default in paths.DEFAULTS.items():
+        what = {"state_dir": "Raft journal, modules, committed membership",
+                "run_dir": "control socket, pid file",
+                "log_dir": "the modules' logs"}[key]
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar="DIR",
+                       help=f"{what} (default ${paths.ENVIRONMENT[key]}, else "
+                            f"{key} in cluster.json, else {default})")
     p.add_argument("--module", "-m", help="the module a state/start/stop/... command is for")
     p.add_argument("-H", "--hosts", metavar="all|NODE[,NODE...]",
                    help="run a module command on these nodes (through the local daemon)")
@@ -721,8 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
         Put this installation of hacluster in place on a server, as root: link the
         hacluster command into --sbin-dir, write the systemd units hacluster-node.service
         and hacluster-witness.service (shipped in the package) into --unit-dir with that
-        command in their ExecStart, create {cluster_config.DEFAULT_CONFIG_DIR} (0700),
-        /var/lib/hacluster (0700) and /var/log/hacluster (0750), and reload systemd. It
+        command in their ExecStart, create {paths.DEFAULT_CONFIG_DIR} (0700),
+        {paths.DEFAULTS["state_dir"]} (0700), {paths.DEFAULTS["run_dir"]} (0755) and
+        {paths.DEFAULTS["log_dir"]} (0755), and reload systemd. It
         enables nothing: copy the member's configuration first, then 'systemctl enable
         --now hacluster-node' (or hacluster-witness). 'make install' in a source tree
         makes a virtualenv in /opt/hacluster, installs the package there and runs this.

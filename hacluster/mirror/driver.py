@@ -505,7 +505,7 @@ class MirrorModule(ModuleRuntime):
                     "--listen", f"{my_host}:{ports[i]}",
                     "--secret-file", str(self.host.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
-            p = _Proc("receiver", root, argv, self.state_dir / f"receiver{i}.log")
+            p = _Proc("receiver", root, argv, self.log_dir / f"receiver{i}.log")
             procs.append(p)
             await p.start("event=listening", lambda reason: self._died(reason))
         self.receivers = procs
@@ -537,7 +537,7 @@ class MirrorModule(ModuleRuntime):
                     "--status-interval", "0"]
             if self.config.rfs.reintegration_bandwidth_Bps:
                 argv += ["--bandwidth", str(self.config.rfs.reintegration_bandwidth_Bps)]
-            p = _Proc("mount", root, argv, self.state_dir / f"mount{i}.log")
+            p = _Proc("mount", root, argv, self.log_dir / f"mount{i}.log")
             procs.append(p)
             self.mounts = procs
             await p.start("event=mounted", lambda reason: self._died(reason))

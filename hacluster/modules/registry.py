@@ -78,7 +78,7 @@ class ModuleRegistry:
     def __init__(self, host: ModuleHost, kinds: Mapping[str, RuntimeFactory]) -> None:
         self.host = host
         self.kinds = dict(kinds)                     # package mode -> its runtime
-        self.dir = host.config.data_path / "modules"
+        self.dir = host.config.paths.modules_dir
         private_dir(self.dir)
         self.runtimes: dict[str, ModuleRuntime] = {}
         self.installed: dict[str, str] = {}          # name -> digest on this node

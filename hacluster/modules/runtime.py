@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from .host import ModuleHost, ModuleSlice
 from .machine import Machine, PlanDone, ViewChanged
 from .scripts import KILL_GRACE_S, ScriptRunner
 from .userconfig import ModuleConfig
+
+LOG_DIR_MODE = 0o755
 
 log = logging.getLogger("hacluster.module")
 R = TypeVar("R", bound=Answer)
@@ -87,12 +90,18 @@ class ModuleRuntime:
         self.neighbour = placement.neighbour
         self.node = host.name
         self.machine = machine
-        self.state_dir = host.config.data_path / "module_state" / name
+        paths = host.config.paths
+        self.state_dir = paths.module_state_dir(name)
         private_dir(self.state_dir)
-        self.module_log = self.state_dir / "module.log"
+        # The module's logs (its state changes, script output, its processes' and
+        # checkers' output): under the log directory, not with its state.
+        self.log_dir = paths.module_log_dir(name)
+        os.makedirs(self.log_dir, mode=LOG_DIR_MODE, exist_ok=True)
+        self.module_log = self.log_dir / "module.log"
         self.prefix = host.config.path_prefix
-        self.runner = ScriptRunner(self.module_dir, name, self.state_dir / "script.log",
-                                   {**config.user_vars, "HACLUSTER_NODE": self.node,
+        self.runner = ScriptRunner(self.module_dir, name, self.log_dir / "script.log",
+                                   {**config.user_vars, **paths.environment(),
+                                    "HACLUSTER_NODE": self.node,
                                     "HACLUSTER_MODULE": name,
                                     "HACLUSTER_ROOT_PREFIX": self.prefix or "", **env},
                                    config.scripts_timeout_s)
@@ -283,8 +292,8 @@ class ModuleRuntime:
     def _start_checks(self) -> None:
         """The module's checkers (userconfig <errd>, <check>), started once it runs."""
         self.checks = ModuleChecks(
-            self.name, self.config, self, module_dir=self.module_dir, log_dir=self.state_dir,
-            env={**self.runner.env, "HACLUSTER_CONFIG": str(self.host.config.directory)},
+            self.name, self.config, self, module_dir=self.module_dir, log_dir=self.log_dir,
+            env=self.runner.env,
             module_log=self._module_log,
             module_source=functools.partial(module_state_source, self.host, self.neighbour),
             vip_interfaces={v.addr: v.interface for v in self.config.vips})

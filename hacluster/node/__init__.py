@@ -3,7 +3,9 @@
 ``daemon.Daemon`` runs the Raft member (raft/), this member's liveness lease
 (``lease_holder``), the control API on a Unix socket (``control``) and, on a data
 node, peer control for ``hacluster -H`` (``peer_control`` over ``tcp_service``);
-it follows committed membership changes into ``cluster_config``. ``commands``
+it reads its configuration (``cluster_config``) and never writes it, and keeps the
+committed membership in its state directory (``member_cache``); ``paths`` says where
+everything is, ``layout_upgrade`` moves an older layout's state. ``commands``
 declares every control command once. ``structured_log``: one logfmt line per event.
 On a server: ``sd_notify`` (ready, watchdog, stop time to systemd), ``exit_status``
 (what the units read), ``install`` (``hacluster setup``) and ``systemd/`` (the units).

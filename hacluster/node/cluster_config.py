@@ -1,9 +1,11 @@
 """A node's cluster configuration: ``cluster.json`` plus the ``secret`` file.
 
 One directory per member (``/etc/hacluster`` on a server, one per host in the
-lab). ``cluster init`` writes them all; a running daemon rewrites its own
-``members`` after every committed membership change, so a restart starts
-from the current member list.
+lab), written by the administrator (``cluster init``, ``cluster add-node``) and only
+read by the daemon: the committed membership lives in Raft and, as this member last
+applied it, in its state directory (``member_cache``). Where the state, the control
+socket and the logs are: ``paths`` (``NodePaths``), from flags, the environment or
+this file.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -24,11 +26,12 @@ from raft.membership import MembershipError, check_members, check_name
 from raft.settings import RaftSettings, SettingsError
 from replication.durable_file import atomic_write, durable_replace
 
+from .paths import DEFAULTS as PATH_KEYS, LEGACY_STATE_KEY, NodePaths, PathError, resolve
+
 CONFIG_FILE = "cluster.json"
 SECRET_FILE = "secret"              # the data nodes' cluster secret
 RAFT_SECRET_FILE = "raft_secret"    # a witness's only credential (see raft_credential)
 _RAFT_INFO = b"hacluster raft credential v1"
-DEFAULT_CONFIG_DIR = "/etc/hacluster"
 DEFAULT_RAFT_PORT = 7400
 
 
@@ -43,11 +46,15 @@ class ClusterConfig:
     self_name: str
     members: dict[str, dict[str, Any]]
     raft: RaftSettings = field(default_factory=RaftSettings)
-    data_dir: Path | None = None
-    control_socket: Path | None = None
+    # Where the state, the control socket and the logs are (None: the defaults).
+    paths: NodePaths = None  # type: ignore[assignment]  # set in __post_init__
     # Lab only: every module path (replicated directories) lives under this
     # prefix, so that several "servers" can share one machine's file system.
     path_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.paths is None:
+            self.paths = resolve(self.directory, {}, str(self.directory / CONFIG_FILE))
 
     @property
     def me(self) -> dict[str, str]:
@@ -58,12 +65,8 @@ class ClusterConfig:
         return self.me["role"]
 
     @property
-    def data_path(self) -> Path:
-        return self.data_dir or self.directory / "data"
-
-    @property
     def socket_path(self) -> Path:
-        return self.control_socket or self.directory / "control.sock"
+        return self.paths.control_socket
 
     @property
     def secret_path(self) -> Path:
@@ -100,21 +103,22 @@ class ClusterConfig:
             "members": self.members,
             "raft": self.raft.to_dict(),
         }
-        if self.data_dir:
-            d["data_dir"] = str(self.data_dir)
-        if self.control_socket:
-            d["control_socket"] = str(self.control_socket)
         if self.path_prefix:
             d["path_prefix"] = self.path_prefix
         return d
 
-    def save(self) -> None:
+    def write(self) -> None:
+        """For cluster init and add-node, which write a member's directory; the
+        daemon never calls it (paths set in a file are that server's: not copied)."""
         private_dir(self.directory)
         path = self.directory / CONFIG_FILE
         atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
-def load(directory: str | os.PathLike) -> ClusterConfig:
+def load(directory: str | os.PathLike, env: Mapping[str, str] | None = None,
+         flags: Mapping[str, str | None] | None = None) -> ClusterConfig:
+    """The member's configuration; its paths from ``flags`` (``--state-dir``, ...),
+    else ``env``, else the file, else the defaults (``paths.resolve``)."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
     try:
@@ -143,6 +147,12 @@ def load(directory: str | os.PathLike) -> ClusterConfig:
         raft = RaftSettings.from_dict(raw.get("raft"), where=f"{path}: raft")
     except SettingsError as e:
         raise ConfigError(str(e)) from None
+    try:
+        paths = resolve(directory, {k: raw.get(k) for k in (*PATH_KEYS, LEGACY_STATE_KEY,
+                                                             "control_socket")},
+                        str(path), env=env, flags=flags)
+    except PathError as e:
+        raise ConfigError(str(e)) from None
     return ClusterConfig(
         directory=directory,
         cluster=str(raw["cluster"]),
@@ -151,8 +161,7 @@ def load(directory: str | os.PathLike) -> ClusterConfig:
                      **({"links": list(m["links"])} if m.get("links") else {})}
                  for n, m in members.items()},
         raft=raft,
-        data_dir=Path(raw["data_dir"]) if raw.get("data_dir") else None,
-        control_socket=Path(raw["control_socket"]) if raw.get("control_socket") else None,
+        paths=paths,
         path_prefix=_path_prefix(raw.get("path_prefix"), path),
     )
 
@@ -248,5 +257,5 @@ def write_member_dir(base: Path, cluster: str, name: str, members: dict[str, dic
             raise ConfigError(f"{name}: a data node's configuration needs the cluster secret, "
                               "which only data nodes hold: run this on a data node")
         write_secret(directory, secret)
-    cfg.save()
+    cfg.write()
     return directory

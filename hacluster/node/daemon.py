@@ -3,8 +3,9 @@
 asyncio on uvloop; pysyncobj runs in its own tick thread and its callbacks
 hop onto the loop with ``call_soon_threadsafe``. The base class runs the Raft
 member, the cluster bootstrap, this member's liveness lease, the control API,
-and follows committed membership changes (rewrites cluster.json; stops when
-this member is removed, with ``exit_status.REMOVED``). Subclasses add what a role
+and follows committed membership changes (keeps them in its state directory,
+``member_cache``, never in the configuration directory; stops when this member is
+removed, with ``exit_status.REMOVED``). Subclasses add what a role
 does on top: the witness nothing, a data node its modules
 (``hacluster.node_daemon``), to which the base class is their
 ``hacluster.modules.host.ModuleHost``.
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import uvloop
@@ -32,7 +35,9 @@ from raft.hardened_transport import raise_open_files_limit
 from raft.listen import ListenError, check_can_listen
 from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
 
-from . import commands, exit_status, structured_log
+from replication.durable_file import atomic_write
+
+from . import commands, exit_status, layout_upgrade, member_cache, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
@@ -49,6 +54,8 @@ READY_POLL_S = 0.2
 EVENT_POLL_S = 0.5
 # Beyond handing the leases back: closing the listeners and Raft (its journal's last sync).
 STOP_MARGIN_S = 10.0
+RUN_DIR_MODE = 0o755    # the socket in it is 0600; the pid file may be read by monitors
+LOG_DIR_MODE = 0o755
 R = TypeVar("R", bound=Answer)
 T = TypeVar("T")
 
@@ -75,6 +82,8 @@ class Daemon:
         self._event_tracker = EventTracker()
         self._refused_tap: RefusedTap | None = None
         self._watchdog_fed = 0.0
+        self._cached_members: dict[str, dict[str, str]] | None = None   # members.json's
+        self._pid_file: Path | None = None
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from (on every
@@ -88,7 +97,13 @@ class Daemon:
         structured_log.setup(self.name, lambda: self.raft.role if self.raft else "starting")
         soft, hard = raise_open_files_limit()
         log.info("event=open_files_limit soft=%d hard=%d", soft, hard)
-        return uvloop.run(self._main())
+        try:
+            return uvloop.run(self._main())
+        finally:
+            # Only the pid file this daemon wrote: a second daemon of this member stops
+            # before writing one, and must not remove the first one's.
+            if self._pid_file is not None:
+                self._pid_file.unlink(missing_ok=True)
 
     def listeners(self) -> list[tuple[str, int, str]]:
         """(host, port, what it is for) of every TCP listener this member opens: all on
@@ -116,11 +131,11 @@ class Daemon:
         # member stops here, having touched nothing.
         for host, port, purpose in self.listeners():
             check_can_listen(host, port, purpose)
-        private_dir(self.config.data_path)
+        self._prepare_directories()
         peers = [m["address"] for m in self.config.members.values()]
         # SyncObj's constructor blocks until its port is bound: keep it off the loop.
         self.raft = await self._loop.run_in_executor(None, lambda: RaftMember(
-            self.config.me["address"], peers, self.config.data_path / "raft", raft_secret,
+            self.config.me["address"], peers, self.config.paths.raft_dir, raft_secret,
             self.config.raft, on_applied=self._applied_threadsafe,
             on_role_change=self._role_changed_threadsafe, members=self.config.members))
         self.notifier.watchdog()    # the journal is read: the start goes on
@@ -156,6 +171,34 @@ class Daemon:
         finally:
             await self._shutdown(control, peer_control)
         return exit_status.REMOVED if self.removed else exit_status.STOPPED
+
+    def _prepare_directories(self) -> None:
+        """Before the journal is opened: an old layout's state moved into the state
+        directory (``layout_upgrade``, or a refusal naming the command), the
+        directories made, the members to start from chosen (``member_cache``), the pid
+        file written. Nothing here writes into the configuration directory."""
+        paths = self.config.paths
+        moved = layout_upgrade.upgrade(paths)
+        if moved:
+            log.info("event=state_moved from=%s to=%s reason=%r", paths.legacy_state_dir,
+                     paths.state_dir, "the FHS layout: state under the state directory")
+        private_dir(paths.state_dir)
+        os.makedirs(paths.run_dir, mode=RUN_DIR_MODE, exist_ok=True)
+        os.makedirs(paths.log_dir, mode=LOG_DIR_MODE, exist_ok=True)
+        cached = member_cache.read(paths.members_file)
+        members, source = member_cache.starting_members(
+            self.config.members, self.config.cluster, self.name, cached, paths.members_file)
+        if source == "state" and members != self.config.members:
+            log.info("event=members_from_state file=%s members=%s configured=%s reason=%r",
+                     paths.members_file, ",".join(sorted(members)),
+                     ",".join(sorted(self.config.members)),
+                     "Raft's committed membership wins over cluster.json once joined")
+        self.config.members = members
+        self._cached_members = members if source == "state" else None
+        atomic_write(paths.pid_file(self.kind), f"{os.getpid()}\n", mode=0o644)
+        self._pid_file = paths.pid_file(self.kind)
+        log.info("event=paths config=%s state=%s run=%s log=%s", paths.config_dir,
+                 paths.state_dir, paths.run_dir, paths.log_dir)
 
     async def _shutdown(self, control: ControlServer | None,
                         peer_control: PeerControlServer | None) -> None:
@@ -243,6 +286,7 @@ class Daemon:
                 said = text
             await asyncio.sleep(READY_POLL_S)
         name = next((n for n, m in members.items() if m["address"] == leader), leader)
+        self._save_members()        # caught up: what this member applied is current
         self.notifier.ready(f"member {self.name} of cluster {self.config.cluster}; Raft leader {name}")
         log.info("event=daemon_ready leader=%s", name)
 
@@ -377,12 +421,25 @@ class Daemon:
         if self.name not in members and self.raft.caught_up():
             self.exit_reason = "removed from the cluster"
             self.removed = True
+            self._save_members(removed=True)
             self._stop.set()
             return
         self.raft.set_link_members(members)
-        if members != self.config.members and self.name in members:
+        if self.name in members:
             self.config.members = members
-            self.config.save()
+            self._save_members()
+
+    def _save_members(self, removed: bool = False) -> None:
+        """Keep the committed membership in the state directory (``member_cache``),
+        once caught up: a replayed history passes through older memberships."""
+        if not (removed or self.raft.caught_up()):
+            return
+        members = self.raft.snapshot()["members"]
+        if not members or (members == self._cached_members and not removed):
+            return
+        member_cache.write(self.config.paths.members_file,
+                           member_cache.CachedMembers(self.config.cluster, members, removed))
+        self._cached_members = members
 
     async def _bootstrap(self) -> None:
         """The first leader records the initial members; every member offers them."""

@@ -19,18 +19,21 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from .cluster_config import DEFAULT_CONFIG_DIR, ConfigError
+from .cluster_config import ConfigError
+from .paths import DEFAULT_CONFIG_DIR, DEFAULTS
 
 UNITS = ("hacluster-node.service", "hacluster-witness.service")
 UNIT_SOURCE = Path(__file__).parent / "systemd"
 SBIN_DIR = "/usr/local/sbin"
 UNIT_DIR = "/etc/systemd/system"
 SHIPPED_COMMAND = "/usr/local/sbin/hacluster"     # in the shipped units' ExecStart
-# What a member uses, and the mode each gets (an existing one is brought to it):
-# the configuration holds the secret; the state, the Raft journal and module copies;
-# the logs, readable by root's group.
-DIRECTORIES = ((DEFAULT_CONFIG_DIR, 0o700), ("/var/lib/hacluster", 0o700),
-               ("/var/log/hacluster", 0o750))
+# What a member uses, and the mode each gets (an existing one is brought to it): the
+# configuration holds the secret, the state the Raft journal and module copies (both
+# 0700); the runtime directory (the control socket, itself 0600, and the pid file) and
+# the logs may be read. The units name the same directories and modes (StateDirectory=
+# & co.), so systemd makes them at each start too; /run is emptied at boot.
+DIRECTORIES = ((DEFAULT_CONFIG_DIR, 0o700), (DEFAULTS["state_dir"], 0o700),
+               (DEFAULTS["run_dir"], 0o755), (DEFAULTS["log_dir"], 0o755))
 
 
 def unit_text(name: str, command: str = SHIPPED_COMMAND) -> str:

@@ -92,10 +92,12 @@ def test_membership_changes_from_cli(make_cluster):
         r["name"] == "n3" and r["live"] for r in cluster.status("n1")["members"]), timeout=15)
     cluster.wait_for("n3 caught up", lambda: (cluster.status("n3", ) or {}).get("leader"))
 
-    # Each member's cluster.json follows the committed membership.
+    # Each member keeps the committed membership in its state directory (members.json);
+    # its cluster.json, the administrator's, is left as written (tests/lab/test_fhs_layout_lab.py).
     import json
-    cfg = json.loads((cluster.config_dir("n1") / "cluster.json").read_text())
-    assert "n3" in cfg["members"]
+    cluster.wait_for("n1's members.json has n3", lambda: "n3" in json.loads(
+        (cluster.state_dir("n1") / "members.json").read_text())["members"])
+    assert "n3" not in json.loads((cluster.config_dir("n1") / "cluster.json").read_text())["members"]
 
     res = cluster.hacluster("w", "cluster", "remove-node", "n3")
     assert res.returncode == 0, res.stderr

@@ -47,7 +47,8 @@ def test_a_second_daemon_on_a_used_port_fails_fast_and_the_first_goes_on(make_cl
     cluster = make_cluster(["n1", "n2"], ["w"])
     cluster.wait_for("n1 ready", lambda: cluster.events("n1", "daemon_ready"))
     first = cluster.procs["n1"]
-    argv = [sys.executable, "-m", "hacluster", "-c", str(cluster.config_dir("n1")), "node", "run"]
+    argv = [sys.executable, "-m", "hacluster", "-c", str(cluster.config_dir("n1")),
+            *cluster.path_flags("n1"), "node", "run"]
     second = cluster.lab.spawn("n1", argv, name="hacluster-second")
     assert second.wait(timeout=30) == 1
     address = cluster.lab.addr("n1")
@@ -57,6 +58,8 @@ def test_a_second_daemon_on_a_used_port_fails_fast_and_the_first_goes_on(make_cl
         "this member?")
     assert first.alive()
     assert cluster.status("n1")["node"] == "n1"      # its control socket was not taken over
+    # nor its pid file
+    assert int((cluster.run_dir("n1") / "hacluster-node.pid").read_text()) == first.pid
 
 
 def test_a_taken_module_fetch_port_stops_the_node_naming_it(make_cluster):

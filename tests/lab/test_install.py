@@ -137,6 +137,14 @@ def test_the_units_say_what_the_daemon_does():
         assert unit["Restart"] == "on-failure"
         assert unit["RestartPreventExitStatus"] == str(exit_status.REMOVED)
         assert unit["KillMode"] == "mixed"
+        # systemd makes the directories setup makes, with the same modes.
+        for directive, (path, mode) in zip(
+                ("ConfigurationDirectory", "StateDirectory", "RuntimeDirectory", "LogsDirectory"),
+                install.DIRECTORIES):
+            assert "/" + {"ConfigurationDirectory": "etc", "StateDirectory": "var/lib",
+                          "RuntimeDirectory": "run", "LogsDirectory": "var/log"}[directive] + \
+                "/" + unit[directive] == path
+            assert unit[f"{directive}Mode"] == f"{mode:04o}"
         # The lease loop turns at least every two renewal intervals; the daemon warns
         # below four turns.
         turn = 2 * RaftSettings().lease_timing.renew_interval_s
@@ -165,7 +173,7 @@ def test_setup_links_the_cli_writes_the_units_and_makes_the_directories(tmp_path
         assert re.search(r"^ExecStart=/usr/sbin/hacluster (node|witness) run$", text, re.M)
     modes = {d: stat.S_IMODE((root / d.lstrip("/")).stat().st_mode) for d, _ in install.DIRECTORIES}
     assert modes == {"/etc/hacluster": 0o700, "/var/lib/hacluster": 0o700,
-                     "/var/log/hacluster": 0o750}
+                     "/run/hacluster": 0o755, "/var/log/hacluster": 0o755}
     assert any(line.startswith("next: ") for line in done)
     install.setup(sbin_dir=Path("/usr/sbin"), root=root)   # again: updates, no error
 

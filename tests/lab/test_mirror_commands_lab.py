@@ -14,7 +14,7 @@ pytestmark = [needs_root, pytest.mark.lab]
 
 
 def _mount_log(m: MirrorLab, node: str) -> str:
-    return (m.cluster.config_dir(node) / "data" / "module_state" / MODULE / "mount0.log").read_text()
+    return (m.cluster.log_dir(node) / MODULE / "mount0.log").read_text()
 
 
 def _force_digests_flags(m: MirrorLab, node: str) -> list[str]:
@@ -113,4 +113,4 @@ def test_cli_refuses_bad_packages_and_installs_nothing(make_lab, tmp_path):
     res = m.cli("n2", "module", "list", "--json", check=True)
     assert [r["module"] for r in json.loads(res.stdout)] == [MODULE]
     for n in m.nodes:
-        assert sorted(p.name for p in (m.cluster.config_dir(n) / "data" / "modules").iterdir()) == [MODULE, f"{MODULE}.safe"]
+        assert sorted(p.name for p in (m.cluster.state_dir(n) / "modules").iterdir()) == [MODULE, f"{MODULE}.safe"]

@@ -65,7 +65,7 @@ def test_postgres_failover_reintegration_under_pgbench_and_swap_back(make_lab):
     _all_acked_present(m, acks, "new primary n2")
     _amcheck_clean(m)
     # the dead primary's postmaster.pid was in the copy: start_prim saw it was stale
-    script_log = (m.cluster.config_dir("n2") / "data" / "module_state" / m.module / "script.log")
+    script_log = (m.cluster.log_dir("n2") / m.module / "script.log")
     assert "removing stale postmaster.pid" in script_log.read_text(errors="replace")
 
     # ---- the old primary returns while pgbench keeps writing ---------------------------

@@ -17,6 +17,7 @@ from hacluster.modules.machine import Command, Output, Plan, PlanDone, RunScript
 from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet
 from hacluster.node.cluster_config import ClusterConfig, write_secret
 from hacluster.node.control import ControlError
+from hacluster.node.paths import NodePaths
 from raft.cluster_state import ClusterState
 from raft.commands import SET_INTENT, Answer, RaftCommand
 from tests.unit.test_module_package import SCRIPT, zip_of
@@ -60,7 +61,9 @@ class FakeHost:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         write_secret(directory, SECRET)
-        self.config = ClusterConfig(directory, "c", name, all_members)
+        # Every path under the test's folder (a server's would be /var/lib/hacluster & co.).
+        self.config = ClusterConfig(directory, "c", name, all_members, paths=NodePaths(
+            directory, directory / "state", directory / "run", directory / "log"))
         self.state = state
         self.world = world if world is not None else []
         self.world.append(self)

@@ -14,9 +14,11 @@ from hacluster.node.control import ControlError, ControlServer
 
 
 @pytest.fixture
-def daemon_answering(tmp_path):
+def daemon_answering(tmp_path, monkeypatch):
     """answer(error) -> config dir of member 'a' whose control socket fails every
-    membership command with ``error``."""
+    membership command with ``error``. Its runtime directory (the socket's) is given
+    to the CLI in the environment."""
+    monkeypatch.setenv("HACLUSTER_RUN_DIR", str(tmp_path / "a"))
     assert cli.main(["cluster", "init", "--name", "t", "--node", "a=10.0.0.1", "--node",
                      "b=10.0.0.2", "--witness", "w2=10.0.0.9", "--out", str(tmp_path)]) == 0
     loop = asyncio.new_event_loop()

@@ -154,14 +154,29 @@ def rewrite(d: Path, mutate) -> Path:
     return path
 
 
-def test_save_and_load_round_trip(member_dir):
+def test_write_and_load_round_trip(member_dir):
     cfg = load(member_dir)
-    cfg.data_dir = member_dir / "elsewhere"
-    cfg.save()
+    cfg.write()
     again = load(member_dir)
     assert again.to_dict() == cfg.to_dict()
-    assert again.data_path == member_dir / "elsewhere"
-    assert again.socket_path == member_dir / "control.sock"
+    assert again.paths.state_dir == Path("/var/lib/hacluster")
+    assert again.socket_path == Path("/run/hacluster/control.sock")
+
+
+def test_paths_come_from_flags_then_environment_then_the_file(member_dir):
+    rewrite(member_dir, lambda raw: raw.update(state_dir="/srv/state", log_dir="/srv/log"))
+    cfg = load(member_dir, env={"HACLUSTER_STATE_DIR": "/env/state", "HACLUSTER_RUN_DIR": "/env/run"},
+               flags={"state_dir": "/flag/state", "run_dir": None, "log_dir": None})
+    assert (cfg.paths.state_dir, cfg.paths.run_dir, cfg.paths.log_dir) == (
+        Path("/flag/state"), Path("/env/run"), Path("/srv/log"))
+    assert cfg.socket_path == Path("/env/run/control.sock")
+    assert cfg.paths.config_dir == member_dir
+
+
+def test_a_relative_path_in_the_file_is_refused_naming_it(member_dir):
+    path = rewrite(member_dir, lambda raw: raw.update(run_dir="run"))
+    with pytest.raises(ConfigError, match=f"^{path}: run_dir: must be an absolute path, got 'run'$"):
+        load(member_dir)
 
 
 def test_invalid_json_names_file_line_col(member_dir):

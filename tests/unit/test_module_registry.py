@@ -83,7 +83,7 @@ def test_a_mirror_package_is_committed_installed_everywhere_and_run_by_the_mirro
             rt = reg.runtimes["web"]
             assert type(rt) is ToyRuntime and rt.started
             assert rt.nodes == ("n1", "n2") and rt.node == n
-            assert rt.module_dir == nodes.hosts[n].config.data_path / "modules" / "web"
+            assert rt.module_dir == nodes.hosts[n].config.paths.modules_dir / "web"
             assert (rt.module_dir / "bin" / "start_prim").exists()      # fetched by n2
             assert reg.installed["web"] == reply["digest"]
         rows = await nodes.request("n2", "module_list")
@@ -212,7 +212,7 @@ def test_uninstall_closes_the_runtimes_and_removes_the_package_everywhere(tmp_pa
         assert "web" not in nodes.state.to_dict()["modules"]
         for n, reg in nodes.registries.items():
             assert reg.runtimes == {} and reg.installed == {}
-            assert not (nodes.hosts[n].config.data_path / "modules" / "web").exists()
+            assert not (nodes.hosts[n].config.paths.modules_dir / "web").exists()
         assert [rt.closed_by for rt in runtimes] == ["close", "close"]
     run(go)(tmp_path)
 

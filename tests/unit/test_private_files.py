@@ -46,7 +46,7 @@ def test_read_secret_refuses_a_symlink(member_dir, tmp_path):
 def test_config_directory_is_private(member_dir):
     assert stat.S_IMODE(member_dir.stat().st_mode) == 0o700
     os.chmod(member_dir, 0o755)
-    cluster_config.load(member_dir).save()
+    cluster_config.load(member_dir).write()
     assert stat.S_IMODE(member_dir.stat().st_mode) == 0o700
 
 
