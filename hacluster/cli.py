@@ -415,8 +415,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 # ---- checkers -------------------------------------------------------------------
 def _resources_text(res: dict) -> str:
-    import time as _time
-    rows = [{**r, "since": _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r["since"])),
+    from .modules.rotating_log import utc_timestamp
+    rows = [{**r, "since": utc_timestamp(r["since"]),
              "age": f"{r['age_s']:.1f}s"} for r in res["resources"]]
     head = (f"{res['module']} on {res['node']}: {res['state']}  errd {'on' if res['errd'] else 'off'}  "
             f"checker {'on' if res['checker'] else 'off'}  loop {res['loop_count']}/{res['maxloop']}")

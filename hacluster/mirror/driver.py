@@ -35,7 +35,7 @@ from vip import VipAnnouncer, has_vip
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
 from hacluster.modules.nodes import ModuleNodesError, replication_hosts
-from hacluster.modules.rotating_log import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog
+from hacluster.modules.rotating_log import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, utc_timestamp
 from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet, stop_scripts_time_s
 from hacluster.node.commands import MODULE_CMD
 from hacluster.node.control import ControlError
@@ -107,7 +107,8 @@ class _Proc:
         assert self.proc and self.proc.stdout
         try:
             while line := await self.proc.stdout.readline():
-                self.out.write_line(line.rstrip(b"\n"))
+                # stamped here, as every line of a module's logs: UTC, ISO 8601
+                self.out.write_line(utc_timestamp().encode() + b" " + line.rstrip(b"\n"))
                 self.last_line = line.decode(errors="replace").strip()[:300] or self.last_line
                 if line.startswith(marker.encode()):
                     self.ready.set()
