@@ -815,12 +815,13 @@ def build_parser() -> argparse.ArgumentParser:
         and readiness, epoch, primary and in-sync set for a mirror, bucket table and
         members for a farm, a transition under way, why a copy is not promoted, the
         progress of a reintegration. With one module the exit status is its state: STOP
-        0, WAIT 1, ALONE or UP 2, PRIM 3, SECOND 4.""", cmd_state)
+        0, WAIT 1, ALONE or UP 2, PRIM 3, SECOND 4; 5 when it failed (an unknown
+        module, ...), 69 when no daemon answers.""", cmd_state)
     json_flag(sp)
     sp = add(sub, "waitstate", "wait until the module is in STATE (Ready)", """
         Wait until MODULE is in STATE and ready on this node (on every named node with
         -H), at most --timeout seconds. Exit status 0 when it is, 1 when the time ran
-        out.""", cmd_waitstate)
+        out, 5 when it failed (an unknown module, ...), 69 when no daemon answers.""", cmd_waitstate)
     sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP"])
     sp.add_argument("--timeout", type=float, default=60.0)
     json_flag(sp)
