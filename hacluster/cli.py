@@ -1,8 +1,10 @@
 """``hacluster`` command line: a thin client of the local daemon's control API
 (plus ``cluster init``, which writes configuration and needs no daemon).
-Tables for people, ``--json`` for programs; errors are one line on stderr
-and exit code 1 (2 for usage errors). The commands it sends, and its plain
-module verbs, come from the daemon's table (``hacluster.node.commands``)."""
+Tables for people, ``--json`` for programs; errors are one line on stderr (with
+``--json``: ``{"error": ..., "exit": N}`` on stdout) and the exit statuses of
+``hacluster.node.exit_status`` (distinct for a daemon that does not answer and for
+no quorum). The commands it sends, and its plain module verbs, come from the
+daemon's table (``hacluster.node.commands``)."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +21,17 @@ from raft.settings import RaftSettings
 
 from .node import cluster_config, commands, exit_status, install as server_install, member_cache, paths
 from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
-from .node.control import ControlError, request
+from .node.control import NO_QUORUM, UNREACHABLE, ControlError, request
+
+
+class Refused(ValueError):
+    """The CLI itself refuses (a destructive command not confirmed); exit FAILED."""
+
+
+class StateFailed(ValueError):
+    """'state -m M' or 'waitstate' failed for another reason than an unreachable daemon
+    or no quorum: exit STATE_FAILED, not 1 (which is WAIT)."""
+
 
 
 def _config_dir(args: argparse.Namespace) -> Path:
@@ -69,6 +81,29 @@ def _on_hosts(args: argparse.Namespace, cmd: str, human: Any, timeout: float = 3
             sep = "\n" if "\n" in text else " "
             print(f"{row['node']}:{sep}{text}")
     return rows
+
+
+def _stdin_is_tty() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def confirm(args: argparse.Namespace, what: str, why: str) -> None:
+    """A destructive command goes on with --force, or when the person at the terminal
+    answers yes; without a terminal (a script, a pipe) it is refused in one line that
+    names --force. The question goes to stderr (stdout may be --json)."""
+    if getattr(args, "force", False):
+        return
+    if not _stdin_is_tty():
+        raise Refused(f"{what}: {why}; not done: no terminal to confirm on, add --force to do it")
+    sys.stderr.write(f"{what}: {why}.\nDo it? [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise Refused(f"{what}: not confirmed; nothing done")
+    args.force = True
+
+
+def _several(hosts: list[str] | None) -> bool:
+    return hosts is not None and (hosts == ["all"] or len(hosts) > 1)
 
 
 def _rows_exit(rows: list[dict]) -> int:
@@ -177,7 +212,8 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
         text += "\n\n" + table(leases, [("resource", "LEASE"), ("holder", "HOLDER"),
                                          ("epoch", "EPOCH"), ("eligible", "ELIGIBLE")])
     _print(args, st, text)
-    return 0
+    # Scripts and monitors test the status: without quorum this member acts on nothing.
+    return exit_status.OK if st["has_quorum"] else exit_status.NO_QUORUM
 
 
 # Daemon errors after which a membership command may still commit: it reached (or may
@@ -192,7 +228,7 @@ def _member_request(cfg: cluster_config.ClusterConfig, what: str, cmd: str, **kw
         if any(mark in str(e) for mark in _OUTCOME_UNKNOWN_MARKS):
             raise ControlError(f"{what}: no confirmation ({e}); outcome unknown: a command that "
                                "reached the Raft leader may still commit; check with "
-                               "'hacluster cluster status'") from None
+                               "'hacluster cluster status'", e.code) from None
         raise
 
 
@@ -238,12 +274,30 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
                                                 secret, cfg.raft, cfg.read_raft_secret())
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
+        if role == "node":
+            _confirm_remove_node(args, cfg)
         res = _member_request(cfg, f"remove-{role} {args.name}", commands.REMOVE_MEMBER.name,
                               name=args.name, role=role)
         text = f"removed {role} {args.name} through Raft"
     text += "\nmembers: " + ", ".join(f"{n} ({m['role']})" for n, m in sorted(res["members"].items()))
     _print(args, res, text)
     return 0
+
+
+def in_sync_secondary_of(status: dict, node: str) -> list[str]:
+    """The mirror modules whose in-sync secondary ``node`` is (in the eligible set of
+    the module's lease, not its holder), from a ``cluster status`` answer."""
+    return sorted(r["resource"].split("/", 1)[1] for r in status.get("leases", [])
+                  if r["resource"].startswith("mirror/") and node in (r.get("eligible") or [])
+                  and r.get("holder") != node)
+
+
+def _confirm_remove_node(args: argparse.Namespace, cfg: cluster_config.ClusterConfig) -> None:
+    modules = in_sync_secondary_of(request(cfg.socket_path, commands.STATUS.name), args.name)
+    if modules:
+        confirm(args, f"remove-node {args.name}",
+                f"{args.name} holds an in-sync copy of {', '.join(modules)} (the copy a failover "
+                "would start from): removing it leaves the primary with no current secondary")
 
 
 def cmd_lease_list(args: argparse.Namespace) -> int:
@@ -254,13 +308,37 @@ def cmd_lease_list(args: argparse.Namespace) -> int:
 
 
 # ---- modules ---------------------------------------------------------------------
+def _report_text(report: Any) -> str:
+    lines = [f"error: {e}" for e in report.errors] + [f"warning: {w}" for w in report.warnings]
+    lines.append(f"{report.path}: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    return "\n".join(lines)
+
+
+def cmd_module_check(args: argparse.Namespace) -> int:
+    from .modules.package import check_path
+    report = check_path(args.path)
+    _print(args, {"path": report.path, "ok": report.ok, "mode": report.mode,
+                  "errors": list(report.errors), "warnings": list(report.warnings)},
+           _report_text(report))
+    return exit_status.OK if report.ok else exit_status.FAILED
+
+
 def cmd_module_package(args: argparse.Namespace) -> int:
-    from .modules.package import ModulePackageError, package
+    from .modules.package import ModulePackageError, check_path, package
+    report = check_path(args.dir)
+    if not report.ok:
+        # every error and warning, then the one-line failure (or the JSON error)
+        print("\n".join([f"error: {e}" for e in report.errors] + [f"warning: {w}" for w in report.warnings]),
+              file=sys.stderr)
+        raise ConfigError(f"{args.dir}: {len(report.errors)} error(s); nothing written")
     try:
         digest = package(args.dir, args.out)
     except ModulePackageError as e:
         raise ConfigError(str(e)) from None
-    _print(args, {"package": args.out, "digest": digest}, f"wrote {args.out} (sha256 {digest})")
+    text = f"wrote {args.out} (sha256 {digest})"
+    for w in report.warnings:
+        text += f"\nwarning: {w}"
+    _print(args, {"package": args.out, "digest": digest, "warnings": list(report.warnings)}, text)
     return 0
 
 
@@ -304,16 +382,55 @@ def _module(args: argparse.Namespace) -> str:
 def cmd_module_command(args: argparse.Namespace) -> int:
     """A plain module verb (``commands.MODULE_COMMANDS``): ``fullsync`` and ``--force``
     name commands of their own (prim_fullsync, second_force, ...)."""
+    module = _module(args)
+    if args.mcmd == "primforce":
+        _confirm_primforce(args, module)
+    elif args.mcmd == "second":
+        _confirm_second(args, module)
     name = args.mcmd
     if getattr(args, "fullsync", None):
         name += "_fullsync"
     if getattr(args, "force", False):
         name += "_force"
-    kw = {"module": _module(args), "cmd_name": name}
+    kw = {"module": module, "cmd_name": name}
 
     def human(res: dict) -> str:
         return f"{res['module']} on {res['node']}: {res['message']}"
     return _run(args, commands.MODULE_CMD.name, human, **kw)
+
+
+def _confirm_primforce(args: argparse.Namespace, module: str) -> None:
+    """primforce makes one node's copy the truth: never on several nodes at once (only
+    one can win, and which is chance); on one, --force or a yes at the terminal. (The
+    daemon's own primforce without --force only tells what it would overwrite.)"""
+    hosts = _hosts(args)
+    if _several(hosts):
+        raise Refused(f"primforce with -H {args.hosts}: primforce makes one node's copy the truth; "
+                      "name that one node (-H NODE), never several")
+    confirm(args, f"{module}: primforce",
+            "primforce makes this node primary even if its copy is not current: whatever the "
+            "current copy holds that this one lacks is overwritten (the answer says which "
+            "copy and how many primary sessions newer)")
+
+
+def _confirm_second(args: argparse.Namespace, module: str) -> None:
+    """``second`` discards this node's copy; when it is the only current one (no other
+    node in sync, this node not the primary) that is the module's data: confirm."""
+    if getattr(args, "force", False):
+        return
+    hosts = _hosts(args)
+    if hosts is None:
+        states = [_call(args, commands.MODULE_STATE.name, module=module)]
+    else:
+        rows = _call(args, commands.FORWARD.name, hosts="all" if hosts == ["all"] else hosts,
+                     request={"cmd": commands.MODULE_STATE.name, "module": module}, timeout=35)
+        states = [r["result"] for r in rows if r["ok"]]
+    last = [st["node"] for st in states if st.get("mode") != "farm" and st.get("primary") != st["node"]
+            and list(st.get("in_sync") or []) == [st["node"]]]
+    if last:
+        confirm(args, f"{module}: second on {','.join(last)}",
+                f"the copy on {','.join(last)} is the only current copy of {module}: 'second' "
+                "discards it (it is overwritten from the other node)")
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -327,8 +444,8 @@ def cmd_failover(args: argparse.Namespace) -> int:
 
 # ---- checkers -------------------------------------------------------------------
 def _resources_text(res: dict) -> str:
-    import time as _time
-    rows = [{**r, "since": _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r["since"])),
+    from .modules.rotating_log import utc_timestamp
+    rows = [{**r, "since": utc_timestamp(r["since"]),
              "age": f"{r['age_s']:.1f}s"} for r in res["resources"]]
     head = (f"{res['module']} on {res['node']}: {res['state']}  errd {'on' if res['errd'] else 'off'}  "
             f"checker {'on' if res['checker'] else 'off'}  loop {res['loop_count']}/{res['maxloop']}")
@@ -400,11 +517,24 @@ def _states_text(rows: list[dict]) -> str:
 def cmd_state(args: argparse.Namespace) -> int:
     if not args.module:
         return _run(args, commands.MODULE_STATE.name, _states_text)
+    try:
+        return _module_state(args)
+    except ControlError as e:
+        if e.code is not None:
+            raise
+        raise StateFailed(str(e)) from None
+    except ConfigError as e:
+        raise StateFailed(str(e)) from None
+
+
+def _module_state(args: argparse.Namespace) -> int:
     on_hosts = _on_hosts(args, commands.MODULE_STATE.name, _state_line, module=args.module)
     if on_hosts is not None:
         # One node: its SafeKit exit code; several: whether every node answered.
         if len(on_hosts) == 1 and on_hosts[0]["ok"]:
             return on_hosts[0]["result"]["exit_code"]
+        if len(on_hosts) == 1:
+            return exit_status.STATE_FAILED
         return _rows_exit(on_hosts)
     st = _call(args, commands.MODULE_STATE.name, module=args.module)
     _print(args, st, _state_line(st))
@@ -412,6 +542,17 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_waitstate(args: argparse.Namespace) -> int:
+    try:
+        return _waitstate(args)
+    except ControlError as e:
+        if e.code is not None:
+            raise
+        raise StateFailed(str(e)) from None
+    except ConfigError as e:
+        raise StateFailed(str(e)) from None
+
+
+def _waitstate(args: argparse.Namespace) -> int:
     kw = {"module": _module(args), "state": args.state, "wait_s": args.timeout}
 
     def human(st: dict) -> str:
@@ -425,9 +566,42 @@ def cmd_waitstate(args: argparse.Namespace) -> int:
     return 0 if st["reached"] else 1
 
 
+FOLLOW_POLL_S = 0.5
+
+
 def cmd_log(args: argparse.Namespace) -> int:
     kw = {"module": _module(args), "kind": args.kind, "lines": args.lines}
-    return _run(args, commands.MODULE_LOG.name, lambda res: "\n".join(res["lines"]), **kw)
+    if not args.follow:
+        return _run(args, commands.MODULE_LOG.name, lambda res: "\n".join(res["lines"]), **kw)
+    if _hosts(args) is not None:
+        raise ConfigError("log -f follows this node's log: run it on the node (no -H)")
+    return follow_log(args, kw)
+
+
+def follow_log(args: argparse.Namespace, kw: dict[str, Any], polls: int | None = None) -> int:
+    """Print the tail, then every line written after it, until interrupted (or after
+    ``polls`` polls, for tests). The daemon reads from the cursor of its last answer
+    and follows the file across rotations; a line is printed once."""
+    import time as _time
+
+    def show(res: dict) -> None:
+        if res.get("skipped"):
+            print(f"hacluster: log {res['path']}: lines were rotated away before they could be "
+                  "shown", file=sys.stderr)
+        for line in res["lines"]:
+            print(json.dumps({"line": line}) if getattr(args, "json", False) else line)
+        sys.stdout.flush()
+    res = _call(args, commands.MODULE_LOG.name, **kw)
+    show(res)
+    cursor = res.get("cursor") or {"dev": 0, "ino": 0, "offset": 0}
+    n = 0
+    while polls is None or n < polls:
+        n += 1
+        _time.sleep(FOLLOW_POLL_S)
+        res = _call(args, commands.MODULE_LOG.name, cursor=cursor, **kw)
+        show(res)
+        cursor = res.get("cursor") or cursor
+    return 0
 
 
 # ---- daemons -------------------------------------------------------------------
@@ -469,6 +643,7 @@ class _CommandTable:
         ``sub``. ``about``: the manual, in full sentences."""
         sp = sub.add_parser(words.split()[-1], help=summary, description=about,
                             formatter_class=_Manual)
+        _safekit_order(sp)
         self.listed.append((words, summary))
         if func is not None:
             sp.set_defaults(func=func, **defaults)
@@ -504,16 +679,22 @@ are). 'hacluster help COMMAND' (or
 'hacluster COMMAND --help') tells what a command does."""
 
 EXIT_STATUS = """\
-Exit status: 0 done; 1 refused or failed (one line on standard error says why); 2 a
-usage error. 'state' exits with the module's state (STOP 0, WAIT 1, ALONE or UP 2, PRIM
-3, SECOND 4); the daemons' own statuses are in 'hacluster help node run'."""
+Exit status ('state -m M' exits with the module's state: STOP 0, WAIT 1, ALONE or UP 2,
+PRIM 3, SECOND 4; the daemons' own statuses are in 'hacluster help node run'):
+
+""" + "\n".join(f"  {code:<4} {what}" for code, what in exit_status.CLI_TABLE) + """
+
+With --json an error is one JSON object on standard output, {"error": "...", "exit": N},
+and nothing on standard error. Destructive commands (primforce, second on the only
+current copy, remove-node of an in-sync secondary) ask for confirmation at a terminal;
+without one they need --force."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hacluster", description=ABOUT, formatter_class=_Manual,
-                                usage="hacluster [--config DIR] [--state-dir DIR] [--run-dir DIR] "
-                                      "[--log-dir DIR] [-m MODULE] [-H all|NODE,...] "
-                                      "COMMAND ...\n       hacluster help [COMMAND]")
+    p = _Parser(prog="hacluster", description=ABOUT, formatter_class=_Manual,
+                usage="hacluster [--config DIR] [--state-dir DIR] [--run-dir DIR] "
+                      "[--log-dir DIR] [-m MODULE] [-H all|NODE,...] "
+                      "COMMAND ...\n       hacluster help [COMMAND]")
     p.add_argument("--version", action="version", version=f"hacluster {version()}",
                    help="print the version of hacluster and exit")
     p.add_argument("--config", "-c", metavar="DIR", help="member configuration directory "
@@ -598,9 +779,15 @@ def build_parser() -> argparse.ArgumentParser:
             Remove the {what} NAME from the cluster: one committed change, refused when
             the remaining voters would have no live majority or when NAME still holds a
             lease (stop its modules first). The removed member's daemon exits by itself,
-            with status 78, and systemd does not restart it.""",
+            with status 78, and systemd does not restart it.""" + ("""
+
+            When NAME holds an in-sync copy of a mirror module (its secondary), you are
+            asked to confirm at a terminal; without one, --force is needed.""" if role == "node" else ""),
                  lambda a, role=role: _member_change(a, role, False))
         sp.add_argument("name")
+        if role == "node":
+            sp.add_argument("--force", action="store_true",
+                            help="also when NAME is a mirror module's in-sync secondary, without asking")
         json_flag(sp)
 
     lease = table_.group(sub, "lease", "named Raft leases")
@@ -614,10 +801,21 @@ def build_parser() -> argparse.ArgumentParser:
     module = table_.group(sub, "module", "application modules (.safe packages)")
     sp = add(module, "module package", "check a module folder and package it into a .safe", """
         Check a module folder (conf/userconfig.xml and the bin/ scripts: XML, script
-        names, no path escapes) and write it as a .safe package to OUT. Needs no
+        names, no path escapes) and write it as a .safe package to OUT, printing the
+        warnings of its userconfig.xml (file:line). With an error nothing is written:
+        every error and warning is printed, as 'module check' does. Needs no
         daemon.""", cmd_module_package)
     sp.add_argument("dir")
     sp.add_argument("-o", "--out", required=True)
+    json_flag(sp)
+    sp = add(module, "module check", "every error and warning of a module folder, .safe or userconfig.xml", """
+        Check a module folder, a .safe package or a userconfig.xml as 'module package'
+        and 'module install' would, and print every error and every warning, each with
+        its file (and line, in userconfig.xml): unknown elements and attributes (with
+        the name meant, for a near miss such as intervall), sections not implemented,
+        invalid values, scripts missing or not executable. Exit status 1 when there is
+        an error, 0 otherwise (warnings only). Needs no daemon.""", cmd_module_check)
+    sp.add_argument("path", metavar="DIR|FILE")
     json_flag(sp)
     sp = add(module, "module install", "install a .safe on every node through Raft", """
         Check a .safe package, commit its digest in Raft and install it on every data
@@ -665,21 +863,26 @@ def build_parser() -> argparse.ArgumentParser:
         and readiness, epoch, primary and in-sync set for a mirror, bucket table and
         members for a farm, a transition under way, why a copy is not promoted, the
         progress of a reintegration. With one module the exit status is its state: STOP
-        0, WAIT 1, ALONE or UP 2, PRIM 3, SECOND 4.""", cmd_state)
+        0, WAIT 1, ALONE or UP 2, PRIM 3, SECOND 4; 5 when it failed (an unknown
+        module, ...), 69 when no daemon answers.""", cmd_state)
     json_flag(sp)
     sp = add(sub, "waitstate", "wait until the module is in STATE (Ready)", """
         Wait until MODULE is in STATE and ready on this node (on every named node with
         -H), at most --timeout seconds. Exit status 0 when it is, 1 when the time ran
-        out.""", cmd_waitstate)
+        out, 5 when it failed (an unknown module, ...), 69 when no daemon answers.""", cmd_waitstate)
     sp.add_argument("state", type=str.upper, choices=["STOP", "WAIT", "ALONE", "PRIM", "SECOND", "UP"])
     sp.add_argument("--timeout", type=float, default=60.0)
     json_flag(sp)
-    sp = add(sub, "log", "the module log (state changes) or its script log", """
+    sp = add(sub, "log", "the module log (state changes) or its script log; -f follows", """
         Print the last --lines lines of MODULE's log on this node: its state changes
-        and decisions (--kind module) or the output of its scripts (--kind
-        script).""", cmd_log)
+        and decisions (--kind module) or the output of its scripts (--kind script).
+        With -f, then print every line written after them until interrupted (Ctrl-C),
+        across rotations. The daemon reads the end of the file only, in a thread: a
+        large log never stalls it. Every line starts with its time in UTC (ISO 8601).
+        The logs rotate at a size cap (cluster.json: logs.max_bytes, logs.keep).""", cmd_log)
     sp.add_argument("--kind", choices=["module", "script"], default="module")
     sp.add_argument("--lines", type=int, default=100)
+    sp.add_argument("-f", "--follow", action="store_true", help="then follow: print new lines as they come")
     json_flag(sp)
 
     # ---- checkers ----
@@ -799,15 +1002,60 @@ def version() -> str:
     return f"{__version__} (source tree {tree})" if (tree / "setup.cfg").exists() else __version__
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as JSON too when --json is on the command line."""
+
+    def error(self, message: str) -> Any:
+        if _JSON_WANTED[0]:
+            fail(True, message, exit_status.USAGE)
+            sys.exit(exit_status.USAGE)
+        super().error(message)
+
+
+_JSON_WANTED = [False]      # set by main from the raw arguments, before parsing
+
+
+# SafeKit's order, 'hacluster state -m M', as well as 'hacluster -m M state': the global
+# options are accepted after the command too. SUPPRESS: absent there, they do not
+# overwrite what was given before the command.
+def _safekit_order(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--config", "-c", metavar="DIR", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sp.add_argument("--module", "-m", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sp.add_argument("-H", "--hosts", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit status of an error (hacluster.node.exit_status)."""
+    if isinstance(error, ControlError) and error.code == UNREACHABLE:
+        return exit_status.UNREACHABLE
+    if isinstance(error, ControlError) and error.code == NO_QUORUM:
+        return exit_status.NO_QUORUM
+    if isinstance(error, StateFailed):
+        return exit_status.STATE_FAILED
+    return exit_status.FAILED
+
+
+def fail(as_json: bool, message: str, code: int) -> None:
+    """An error for people (one line on stderr) or for programs (one JSON object on
+    stdout: a program reads one stream, and the exit status says it is an error)."""
+    if as_json:
+        print(json.dumps({"error": message, "exit": code}))
+    else:
+        print(f"hacluster: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    _JSON_WANTED[0] = "--json" in raw
+    args = build_parser().parse_args(raw)
     try:
         return args.func(args)
     except (ConfigError, ControlError, ValueError, ListenError) as e:
-        print(f"hacluster: {e}", file=sys.stderr)
-        return 1
+        code = exit_code(e)
+        fail(getattr(args, "json", False), str(e), code)
+        return code
     except KeyboardInterrupt:
-        return 130
+        return exit_status.INTERRUPTED
 
 
 if __name__ == "__main__":

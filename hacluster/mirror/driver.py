@@ -35,6 +35,7 @@ from vip import VipAnnouncer, has_vip
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
 from hacluster.modules.nodes import ModuleNodesError, replication_hosts
+from hacluster.modules.rotating_log import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, utc_timestamp
 from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet, stop_scripts_time_s
 from hacluster.node.commands import MODULE_CMD
 from hacluster.node.control import ControlError
@@ -73,8 +74,11 @@ def _die_with_parent() -> None:
 class _Proc:
     """A replication child process whose output goes to the module's log."""
 
-    def __init__(self, kind: str, root: str, argv: list[str], log_path: Path) -> None:
+    def __init__(self, kind: str, root: str, argv: list[str], log_path: Path,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP) -> None:
         self.kind, self.root, self.argv, self.log_path = kind, root, argv, log_path
+        # read from its pipe by the daemon, which alone writes (and rotates) the file
+        self.out = RotatingLog(log_path, log_max_bytes, log_keep)
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
         self.stopping = False
@@ -101,13 +105,15 @@ class _Proc:
 
     async def _read(self, marker: str, on_exit) -> None:
         assert self.proc and self.proc.stdout
-        with open(self.log_path, "ab") as out:
+        try:
             while line := await self.proc.stdout.readline():
-                out.write(line)
-                out.flush()
+                # stamped here, as every line of a module's logs: UTC, ISO 8601
+                self.out.write_line(utc_timestamp().encode() + b" " + line.rstrip(b"\n"))
                 self.last_line = line.decode(errors="replace").strip()[:300] or self.last_line
                 if line.startswith(marker.encode()):
                     self.ready.set()
+        finally:
+            self.out.close()
         rc = await self.proc.wait()
         self.ready.set()
         if not self.stopping:
@@ -505,7 +511,8 @@ class MirrorModule(ModuleRuntime):
                     "--listen", f"{my_host}:{ports[i]}",
                     "--secret-file", str(self.host.config.secret_path),
                     "--min-epoch", str(epoch), "--status-interval", "0"]
-            p = _Proc("receiver", root, argv, self.log_dir / f"receiver{i}.log")
+            p = _Proc("receiver", root, argv, self.log_dir / f"receiver{i}.log",
+                      self.host.config.log_max_bytes, self.log_keep)
             procs.append(p)
             await p.start("event=listening", lambda reason: self._died(reason))
         self.receivers = procs
@@ -537,7 +544,8 @@ class MirrorModule(ModuleRuntime):
                     "--status-interval", "0"]
             if self.config.rfs.reintegration_bandwidth_Bps:
                 argv += ["--bandwidth", str(self.config.rfs.reintegration_bandwidth_Bps)]
-            p = _Proc("mount", root, argv, self.log_dir / f"mount{i}.log")
+            p = _Proc("mount", root, argv, self.log_dir / f"mount{i}.log",
+                      self.host.config.log_max_bytes, self.log_keep)
             procs.append(p)
             self.mounts = procs
             await p.start("event=mounted", lambda reason: self._died(reason))

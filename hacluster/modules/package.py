@@ -41,7 +41,29 @@ _DRIVE = re.compile(r"[A-Za-z]:")
 
 
 class ModulePackageError(ValueError):
-    """A package or module that cannot be used; the message names package and member."""
+    """A package or module that cannot be used; the message names package and member
+    (the first error). ``errors``: every error found; ``warnings``: those of its
+    userconfig.xml (both for ``hacluster module check``)."""
+
+    def __init__(self, message: str, errors: tuple[str, ...] | None = None,
+                 warnings: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else (message,)
+        self.warnings = warnings
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``hacluster module check`` prints: every error and every warning, each
+    naming file (and line, in userconfig.xml)."""
+    path: str
+    errors: tuple[str, ...]
+    warnings: tuple[str, ...]
+    mode: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
 
 
 @dataclass(frozen=True)
@@ -82,19 +104,11 @@ def check_module_name(name: str) -> str:
 
 # --- package ---------------------------------------------------------------------------
 
-def package(src_dir: str | Path, out_path: str | Path) -> str:
-    """Zip the module folder ``src_dir`` into ``out_path``; return the sha256 hex digest.
-
-    Symlinks to files inside the folder are stored as the files they point to (a
-    package holds no symlinks); anything pointing outside is refused. The result is
-    checked like any received package before it is written.
-    """
-    src = Path(src_dir)
-    out = Path(out_path)
+def _zip_folder(src: Path, skip: Path | None) -> bytes:
+    """The package bytes of module folder ``src`` (``skip``: a file not to include)."""
     if not (src / USERCONFIG).is_file():
         raise ModulePackageError(f"{src}: no {USERCONFIG} in the module folder")
     root = src.resolve()
-    out_resolved = out.resolve()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         for rel in _walk(src, root):
@@ -104,7 +118,7 @@ def package(src_dir: str | Path, out_path: str | Path) -> str:
                 info.external_attr = (stat.S_IFDIR | 0o755) << 16
                 zf.writestr(info, b"")
                 continue
-            if path.resolve() == out_resolved:
+            if skip is not None and path.resolve() == skip:
                 continue  # the package being written inside its own folder
             info = zipfile.ZipInfo(rel, FIXED_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -113,8 +127,55 @@ def package(src_dir: str | Path, out_path: str | Path) -> str:
             info.create_system = 3  # unix, so that readers honour the mode bits
             with open(path, "rb") as f:
                 zf.writestr(info, f.read(), compresslevel=9)
-    data = buffer.getvalue()
-    check(data, str(out), root.name if _NAME.fullmatch(root.name) else "module")
+    return buffer.getvalue()
+
+
+def _folder_name(src: Path) -> str:
+    name = src.resolve().name
+    return name if _NAME.fullmatch(name) else "module"
+
+
+def check_path(path: str | Path) -> CheckReport:
+    """``hacluster module check``: a module folder, a ``.safe`` or a userconfig.xml,
+    checked as ``module package`` and ``module install`` would, collecting every
+    error and warning instead of stopping at the first. Reads only."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            data = _zip_folder(p, None)
+            checked, _ = _read_package(data, str(p), _folder_name(p),
+                                      config_source=str(p / USERCONFIG), every_error=True)
+        elif p.suffix == ".safe":
+            if p.stat().st_size > MAX_TOTAL_BYTES:
+                raise ModulePackageError(f"{p}: {p.stat().st_size} bytes is over the {MAX_TOTAL_BYTES} byte limit")
+            checked, _ = _read_package(p.read_bytes(), str(p), p.name.removesuffix(".safe")
+                                      if _NAME.fullmatch(p.name.removesuffix(".safe")) else "module",
+                                      every_error=True)
+        else:
+            module_dir = p.resolve().parent.parent
+            try:
+                cfg = load_userconfig(p, module_dir.name if _NAME.fullmatch(module_dir.name) else "module")
+            except UserConfigError as e:
+                raise ModulePackageError(str(e), e.errors, e.warnings) from None
+            return CheckReport(str(p), (), cfg.warnings, cfg.mode)
+    except ModulePackageError as e:
+        return CheckReport(str(p), e.errors, e.warnings)
+    except OSError as e:
+        return CheckReport(str(p), (f"{p}: cannot read ({e.strerror})",), ())
+    return CheckReport(str(p), (), checked.config.warnings, checked.config.mode)
+
+
+def package(src_dir: str | Path, out_path: str | Path) -> str:
+    """Zip the module folder ``src_dir`` into ``out_path``; return the sha256 hex digest.
+
+    Symlinks to files inside the folder are stored as the files they point to (a
+    package holds no symlinks); anything pointing outside is refused. The result is
+    checked like any received package before it is written.
+    """
+    src = Path(src_dir)
+    out = Path(out_path)
+    data = _zip_folder(src, out.resolve())
+    check(data, str(out), _folder_name(src))
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         tmp.write_bytes(data)
@@ -163,7 +224,11 @@ def check(safe_bytes: bytes, source: str, name: str) -> CheckedModule:
     return checked
 
 
-def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedModule, dict[str, bytes]]:
+def _read_package(safe_bytes: bytes, source: str, name: str, *, config_source: str | None = None,
+                  every_error: bool = False) -> tuple[CheckedModule, dict[str, bytes]]:
+    """``config_source``: how messages name the userconfig.xml (default
+    ``SOURCE:conf/userconfig.xml``). ``every_error``: go on past the first error of the
+    userconfig or scripts to report them all (ModulePackageError.errors)."""
     def fail(member: str, problem: str) -> ModulePackageError:
         # One line of bounded length, whatever a hostile member name or zipfile's
         # message (which quotes header bytes) holds.
@@ -203,19 +268,29 @@ def _read_package(safe_bytes: bytes, source: str, name: str) -> tuple[CheckedMod
             contents[member.name] = data
     if USERCONFIG not in contents:
         raise fail(USERCONFIG, "missing: a module needs conf/userconfig.xml")
+    errors: list[str] = []
+    warnings: tuple[str, ...] = ()
+    config: ModuleConfig | None = None
     try:
-        config = parse_userconfig(contents[USERCONFIG], f"{source}:{USERCONFIG}", name)
+        config = parse_userconfig(contents[USERCONFIG], config_source or f"{source}:{USERCONFIG}", name)
+        warnings = config.warnings
     except UserConfigError as exc:
-        raise ModulePackageError(str(exc)) from None
+        if not every_error:
+            raise ModulePackageError(str(exc), exc.errors, exc.warnings) from None
+        errors += exc.errors
+        warnings = exc.warnings
     by_name = {m.name: m for m in members}
     for script in SCRIPTS:
         found = by_name.get(f"bin/{script}")
         if found is not None and (found.is_dir or not found.mode & 0o100):
-            raise fail(found.name, "script is not executable (set its exec bit before packaging)")
-    for script in REQUIRED_SCRIPTS[config.mode]:
-        if f"bin/{script}" not in by_name:
-            raise fail(f"bin/{script}", f"missing: a {config.mode} module needs "
-                                        f"{' and '.join('bin/' + s for s in REQUIRED_SCRIPTS[config.mode])}")
+            errors.append(str(fail(found.name, "script is not executable (set its exec bit before packaging)")))
+    if config is not None:
+        for script in REQUIRED_SCRIPTS[config.mode]:
+            if f"bin/{script}" not in by_name:
+                errors.append(str(fail(f"bin/{script}", f"missing: a {config.mode} module needs "
+                                       f"{' and '.join('bin/' + s for s in REQUIRED_SCRIPTS[config.mode])}")))
+    if errors or config is None:
+        raise ModulePackageError(errors[0], tuple(errors), warnings)
     return CheckedModule(name, digest(safe_bytes), config, tuple(members)), contents
 
 

@@ -26,7 +26,7 @@ from raft.replication_ports import ports_of
 from hacluster.node import commands
 from hacluster.node.control import ControlError, Handler
 
-from . import package
+from . import package, rotating_log
 from .checks import checks_command
 from .fetch import ModuleFetchError, ModuleFetchServer, fetch_module
 from .host import ModuleHost, ModuleSlice
@@ -326,17 +326,28 @@ class ModuleRegistry:
         return {"module": rt.name, "reached": reached, **rt.status()}
 
     async def _log(self, request: dict) -> dict:
+        """The last ``lines`` lines of a module log, or (``cursor``) the lines written
+        since a previous answer. Read in a thread and bounded (rotating_log): a large
+        log costs its tail, never a stall of the loop that renews the leases."""
         rt = self._runtime(request)
         kind = request.get("kind", "module")
         path = {"module": rt.module_log, "script": rt.runner.log_path}.get(kind)
         if path is None:
             raise ControlError(f"unknown log {kind!r} (module, script)")
-        lines = min(int(request.get("lines", 100)), MAX_LOG_LINES)
         try:
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-        except FileNotFoundError:
-            text = []
-        return {"module": rt.name, "kind": kind, "path": str(path), "lines": text}
+            lines = min(int(request.get("lines", 100)), MAX_LOG_LINES)
+            cursor = (rotating_log.Cursor.from_dict(request["cursor"])
+                      if request.get("cursor") is not None else None)
+        except (TypeError, ValueError) as e:
+            raise ControlError(f"module_log: {e}") from None
+        loop = asyncio.get_running_loop()
+        if cursor is None:
+            chunk = await loop.run_in_executor(None, rotating_log.read_tail, path, lines)
+        else:
+            chunk = await loop.run_in_executor(None, rotating_log.read_since, path, cursor, rt.log_keep)
+        return {"module": rt.name, "kind": kind, "path": str(path), "lines": chunk.lines,
+                "cursor": chunk.cursor.to_dict() if chunk.cursor else None,
+                "skipped": chunk.skipped}
 
     async def _peer_lost(self, request: dict) -> dict:
         return await self._runtime(request).replication_peer_lost(

@@ -30,6 +30,7 @@ from hacluster.node.control import ControlError
 from .checks import ModuleChecks, module_state_source
 from .host import ModuleHost, ModuleSlice
 from .machine import Machine, PlanDone, ViewChanged
+from .rotating_log import RotatingLog
 from .scripts import KILL_GRACE_S, ScriptRunner
 from .userconfig import ModuleConfig
 
@@ -98,13 +99,16 @@ class ModuleRuntime:
         self.log_dir = paths.module_log_dir(name)
         os.makedirs(self.log_dir, mode=LOG_DIR_MODE, exist_ok=True)
         self.module_log = self.log_dir / "module.log"
+        self.log_keep = host.config.log_keep
+        self._module_log_file = RotatingLog(self.module_log, host.config.log_max_bytes, self.log_keep)
         self.prefix = host.config.path_prefix
         self.runner = ScriptRunner(self.module_dir, name, self.log_dir / "script.log",
                                    {**config.user_vars, **paths.environment(),
                                     "HACLUSTER_NODE": self.node,
                                     "HACLUSTER_MODULE": name,
                                     "HACLUSTER_ROOT_PREFIX": self.prefix or "", **env},
-                                   config.scripts_timeout_s)
+                                   config.scripts_timeout_s,
+                                   log_max_bytes=host.config.log_max_bytes, log_keep=self.log_keep)
         self._plan_task: asyncio.Task | None = None
         self._slice = ModuleSlice(None, {})     # the last read of the committed state
         self._last_view: Any = None
@@ -212,8 +216,8 @@ class ModuleRuntime:
                 fut.set_result(True)
 
     def _module_log(self, text: str) -> None:
-        with open(self.module_log, "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        # one line per entry: a note holding a newline must not make two
+        self._module_log_file.write_text(" ".join(text.splitlines()))
 
     # ---- plans ---------------------------------------------------------------------------
     def _launch(self, plan: Any) -> None:

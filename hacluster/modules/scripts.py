@@ -2,8 +2,9 @@
 
 Each script runs as ``bin/<script> <state> <next_state> <action>`` in its own
 process group (so a timeout kills what it spawned too), with stdin from
-/dev/null and its output, line by line, appended to the module's script log
-with a timestamp and the script name. A script that is not there is a success.
+/dev/null and its output through a pipe the daemon reads, line by line, appended to
+the module's script log with a timestamp (UTC) and the script name; the log rotates at
+its size cap (rotating_log). A script that is not there is a success.
 Stop scripts that fail are called once more with action ``force``.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import psutil
 
 from checkers.errd import process_start_ticks
+
+from .rotating_log import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, utc_timestamp
 
 log = logging.getLogger("hacluster.scripts")
 
@@ -51,8 +54,7 @@ class ScriptResult:
 
 
 def _timestamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    return utc_timestamp()
 
 
 def _check_env(env: dict[str, str], where: str) -> None:
@@ -114,14 +116,15 @@ async def _spawn(program: str, *args: str,
 
 
 class _LineLogger:
-    """Copies a script's output pipe into the script log, one write per line
-    (O_APPEND: lines of scripts running at once interleave only whole)."""
+    """Copies a script's output pipe into the script log, one write per line through
+    the runner's one RotatingLog (lines of scripts running at once interleave only
+    whole, and rotation falls between lines)."""
 
-    def __init__(self, log_path: Path, script: str, stream: asyncio.StreamReader) -> None:
+    def __init__(self, out: RotatingLog, script: str, stream: asyncio.StreamReader) -> None:
         self.script = script
         self.prefix = f" {script}: ".encode()
         self.stream = stream
-        self.fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.out = out
         self.activity = 0      # bumped on every chunk: lets the caller see the pipe go idle
         self.last_line = b""
         self.task = asyncio.ensure_future(self._copy())
@@ -129,7 +132,7 @@ class _LineLogger:
     def _write(self, line: bytes) -> None:
         if line.strip():
             self.last_line = line
-        os.write(self.fd, _timestamp().encode() + self.prefix + line + b"\n")
+        self.out.write_line(_timestamp().encode() + self.prefix + line)
 
     async def _copy(self) -> None:
         pending = b""
@@ -147,8 +150,6 @@ class _LineLogger:
                 self._write(pending)
         except OSError as e:
             log.warning("event=script_log_failed script=%s reason=%r", self.script, str(e))
-        finally:
-            os.close(self.fd)
 
     async def drain(self) -> None:
         """Return at EOF, or once the pipe has been idle for DRAIN_IDLE_S."""
@@ -161,15 +162,17 @@ class _LineLogger:
 
 class ScriptRunner:
     def __init__(self, module_dir: Path, module: str, log_path: Path, env: dict[str, str],
-                 timeout_s: float, *, kill_grace_s: float = KILL_GRACE_S) -> None:
+                 timeout_s: float, *, kill_grace_s: float = KILL_GRACE_S,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP) -> None:
         """``env``: the module's ``<user>`` variables. ``timeout_s``: default
-        per-script timeout."""
+        per-script timeout. ``log_max_bytes``, ``log_keep``: the script log's rotation."""
         _check_env(env, f"the <user> variables of module {module}")
         if timeout_s <= 0:
             raise ValueError(f"script timeout of module {module} must be positive, got {timeout_s}")
         self.module_dir = Path(module_dir)
         self.module = module
         self.log_path = Path(log_path)
+        self.log = RotatingLog(self.log_path, log_max_bytes, log_keep)
         self.env = dict(env)
         self.timeout_s = timeout_s
         self.kill_grace_s = kill_grace_s
@@ -211,7 +214,7 @@ class ScriptRunner:
             return ScriptResult(script, 126, False, time.monotonic() - started)
         self._remember(proc.pid)
         assert proc.stdout is not None
-        output = _LineLogger(self.log_path, script, proc.stdout)
+        output = _LineLogger(self.log, script, proc.stdout)
         self._loggers.add(output)
         output.task.add_done_callback(lambda _: self._loggers.discard(output))
         timed_out = False

@@ -27,6 +27,7 @@ are for farm modules only.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import posixpath
 import re
@@ -76,10 +77,34 @@ CHECK_DEFAULT_ACTION = {"tcp": "restart", "ping": "wait", "intf": "wait", "ip": 
                         "custom": "restart", "module": "wait", "splitbrain": "none"}
 LB_PROTOS = ("tcp", "udp")
 LB_FILTERS = ("on_addr", "on_port")
+SECTIONS = ("heart", "vip", "rfs", "user", "errd", "check", "failover", "farm")
 
 
 class UserConfigError(ValueError):
-    """An unusable userconfig.xml; the message is ``file:line: section@attr: problem``."""
+    """An unusable userconfig.xml; the message is ``file:line: section@attr: problem``
+    (the first error). ``errors``: every error found, in line order (one per section,
+    checker or service attribute at most: reading a section stops at its first);
+    ``warnings``: the warnings found meanwhile."""
+
+    def __init__(self, message: str, errors: tuple[str, ...] | None = None,
+                 warnings: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.errors = errors if errors is not None else (message,)
+        self.warnings = warnings
+
+
+_FAILED = object()      # what _Reader.attempt returns for a part that had an error
+
+
+def _hint(name: str, known: tuple[str, ...] | list[str]) -> str:
+    """' (did you mean X?)' for a near miss (intervall, checks), else ''."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _line_in(message: str) -> int:
+    match = re.search(r":(\d+): ", message)
+    return int(match.group(1)) if match else 0
 
 
 @dataclass(frozen=True)
@@ -228,6 +253,19 @@ class _Reader:
         self.source = source
         self.line_of = line_of
         self.warnings: list[tuple[int, str]] = []
+        self.errors: list[str] = []
+
+    def attempt(self, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(*args)``, or _FAILED with its error kept: one error in a part does
+        not hide the errors of the others (``hacluster module check`` lists them all)."""
+        try:
+            return read(*args)
+        except UserConfigError as e:
+            self.errors.extend(e.errors)
+            return _FAILED
+
+    def sorted_warnings(self) -> tuple[str, ...]:
+        return tuple(w for _, w in sorted(self.warnings, key=lambda lw: lw[0]))
 
     def where(self, element: Element) -> str:
         return f"{self.source}:{self.line_of.get(id(element), 0)}"
@@ -245,7 +283,7 @@ class _Reader:
             if attr in ignored:
                 self.warn(element, f"{section}@{attr}", "not implemented yet, ignored")
             elif attr not in known:
-                self.warn(element, f"{section}@{attr}", "unknown attribute, ignored")
+                self.warn(element, f"{section}@{attr}", "unknown attribute, ignored" + _hint(attr, known))
         return {k: v for k, v in element.attrib.items() if k in known}
 
     def children(self, element: Element, section: str, known: tuple[str, ...]) -> list[Element]:
@@ -254,7 +292,7 @@ class _Reader:
             if child.tag in known:
                 result.append(child)
             else:
-                self.warn(child, f"{section}/{child.tag}", "unknown element, ignored")
+                self.warn(child, f"{section}/{child.tag}", "unknown element, ignored" + _hint(child.tag, known))
         return result
 
     # --- value parsers: each names element, attribute and the bad value ---
@@ -321,7 +359,11 @@ def parse_userconfig(data: bytes, source: str, name: str) -> ModuleConfig:
         # multi-byte ones such as UTF-32 (ValueError).
         raise UserConfigError(f"{source}:1: xml: {_short(str(exc))} (use UTF-8)") from None
     reader = _Reader(source, builder.line_of)
-    return _read_module(reader, root, name)
+    try:
+        return _read_module(reader, root, name)
+    except UserConfigError as e:
+        e.warnings = e.warnings or reader.sorted_warnings()
+        raise
 
 
 def load_userconfig(path: str | Path, name: str | None = None) -> ModuleConfig:
@@ -351,7 +393,7 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
         services = [c for c in root if c.tag == "service"]
         for child in root:
             if child.tag != "service":
-                r.warn(child, f"safe/{child.tag}", "unknown element, ignored")
+                r.warn(child, f"safe/{child.tag}", "unknown element, ignored" + _hint(child.tag, ("service",)))
         if len(services) != 1:
             raise r.error(root, "safe", f"expected exactly one <service>, found {len(services)}")
         service = services[0]
@@ -366,52 +408,74 @@ def _read_module(r: _Reader, root: Element, name: str) -> ModuleConfig:
         raise r.error(service, "service@mode", "required (mirror or farm)")
     mode = r.choice(service, "service@mode", a["mode"], MODES)
     kw: dict[str, Any] = {"name": name, "mode": mode}     # ModuleConfig's fields, as read
+
+    def keep(key: str, value: Any) -> None:
+        if value is not _FAILED:
+            kw[key] = value
     if "failover" in a:
-        kw["failover"] = r.on_off(service, "service@failover", a["failover"])
+        keep("failover", r.attempt(r.on_off, service, "service@failover", a["failover"]))
     if "defaultprim" in a:
-        kw["defaultprim"] = _defaultprim(r, service, a["defaultprim"], mode)
+        keep("defaultprim", r.attempt(_defaultprim, r, service, a["defaultprim"], mode))
     if "maxloop" in a:
-        kw["maxloop"] = r.integer(service, "service@maxloop", a["maxloop"], 0)
+        keep("maxloop", r.attempt(r.integer, service, "service@maxloop", a["maxloop"], 0))
     if "loop_interval" in a:
-        kw["loop_interval_s"] = r.time_s(service, "service@loop_interval", a["loop_interval"], "h")
+        keep("loop_interval_s", r.attempt(r.time_s, service, "service@loop_interval", a["loop_interval"], "h"))
     if "scripts_timeout" in a:
-        kw["scripts_timeout_s"] = _positive(r, service, "service@scripts_timeout",
-                                            r.time_s(service, "service@scripts_timeout", a["scripts_timeout"], "s"))
+        keep("scripts_timeout_s", r.attempt(
+            lambda: _positive(r, service, "service@scripts_timeout",
+                              r.time_s(service, "service@scripts_timeout", a["scripts_timeout"], "s"))))
 
     sections: dict[str, Element] = {}
     for child in service:
         if child.tag in sections:
-            raise r.error(child, child.tag, f"duplicate section (first at line {r.line_of.get(id(sections[child.tag]))})")
+            r.errors.append(str(r.error(child, child.tag, "duplicate section (first at line "
+                                                          f"{r.line_of.get(id(sections[child.tag]))})")))
+            continue
         sections[child.tag] = child
         if child.tag in NOT_IMPLEMENTED_SECTIONS:
             r.warn(child, child.tag, "section not implemented yet, ignored")
-        elif child.tag not in ("heart", "vip", "rfs", "user", "errd", "check", "failover", "farm"):
-            r.warn(child, child.tag, "unknown section, ignored")
+        elif child.tag not in SECTIONS:
+            r.warn(child, child.tag, "unknown section, ignored" + _hint(child.tag, SECTIONS))
 
+    def fail(element: Element, what: str, problem: str) -> None:
+        r.errors.append(str(r.error(element, what, problem)))
     if "heart" in sections:
-        kw["heart"] = _read_heart(r, sections["heart"], mode)
+        keep("heart", r.attempt(_read_heart, r, sections["heart"], mode))
     if "vip" in sections:
-        kw["vips"] = _read_vip(r, sections["vip"], mode)
+        keep("vips", r.attempt(_read_vip, r, sections["vip"], mode))
     if "rfs" in sections:
         if mode == "farm":
-            raise r.error(sections["rfs"], "rfs", "a farm module has no replicated directories; remove <rfs>")
-        kw["rfs"] = _read_rfs(r, sections["rfs"])
+            fail(sections["rfs"], "rfs", "a farm module has no replicated directories; remove <rfs>")
+        else:
+            keep("rfs", r.attempt(_read_rfs, r, sections["rfs"]))
     elif mode == "mirror":
-        raise r.error(service, "service/rfs", "a mirror module needs <rfs> with at least one <replicated dir=...>")
+        fail(service, "service/rfs", "a mirror module needs <rfs> with at least one <replicated dir=...>")
     if "user" in sections:
-        kw["user_vars"] = _read_user(r, sections["user"])
+        keep("user_vars", r.attempt(_read_user, r, sections["user"]))
+    errors_before = len(r.errors)
     if "errd" in sections:
-        kw["errd"], kw["errd_poll_s"] = _read_errd(r, sections["errd"])
+        errd = r.attempt(_read_errd, r, sections["errd"])
+        if errd is not _FAILED:
+            kw["errd"], kw["errd_poll_s"] = errd
     if "check" in sections:
-        kw["checks"] = _read_check(r, sections["check"], mode)
+        keep("checks", r.attempt(_read_check, r, sections["check"], mode))
+    checkers_failed = len(r.errors) > errors_before
     if "farm" in sections:
         if mode != "farm":
-            raise r.error(sections["farm"], "farm", "only a farm module has <farm>; remove it or use mode=\"farm\"")
-        kw["farm_nodes"] = _read_farm(r, sections["farm"])
+            fail(sections["farm"], "farm", "only a farm module has <farm>; remove it or use mode=\"farm\"")
+        else:
+            keep("farm_nodes", r.attempt(_read_farm, r, sections["farm"]))
     if "vip" in sections:
-        kw["lb_rules"] = _read_lb_rules(r, sections["vip"], mode)
-    kw["failover_rules"] = _read_rules(r, sections.get("failover"), kw.get("errd", ()), kw.get("checks", ()))
-    return ModuleConfig(**kw, warnings=tuple(w for _, w in sorted(r.warnings, key=lambda lw: lw[0])))
+        keep("lb_rules", r.attempt(_read_lb_rules, r, sections["vip"], mode))
+    # The rules name the resources of <errd> and <check>: read them only when those
+    # were read whole (else every rule naming a resource of theirs would be an error).
+    if not checkers_failed:
+        keep("failover_rules", r.attempt(_read_rules, r, sections.get("failover"), kw.get("errd", ()),
+                                         kw.get("checks", ())))
+    if r.errors:
+        errors = tuple(sorted(r.errors, key=_line_in))
+        raise UserConfigError(errors[0], errors, r.sorted_warnings())
+    return ModuleConfig(**kw, warnings=r.sorted_warnings())
 
 
 def _positive(r: _Reader, element: Element, what: str, value: float) -> float:
@@ -700,13 +764,21 @@ def _read_check(r: _Reader, check: Element, mode: str) -> tuple[CheckConfig, ...
     r.attrs(check, "check", ())
     result: list[CheckConfig] = []
     seen: dict[str, Element] = {}
+    failed = False
     for el in r.children(check, "check", CHECK_KINDS):
-        config = _read_checker(r, el, mode)
+        config = r.attempt(_read_checker, r, el, mode)     # every checker's error, not the first
+        if config is _FAILED:
+            failed = True
+            continue
         if config.resource in seen:
-            raise r.error(el, f"{el.tag}@ident", f"resource {config.resource} is defined twice "
-                                                  f"(first at line {r.line_of.get(id(seen[config.resource]))})")
+            failed = True
+            r.errors.append(str(r.error(el, f"{el.tag}@ident", f"resource {config.resource} is defined twice "
+                                        f"(first at line {r.line_of.get(id(seen[config.resource]))})")))
+            continue
         seen[config.resource] = el
         result.append(config)
+    if failed:      # the errors are in r.errors already
+        raise UserConfigError("<check>: see the errors above", errors=())
     return tuple(result)
 
 

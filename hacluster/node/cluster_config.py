@@ -33,6 +33,8 @@ SECRET_FILE = "secret"              # the data nodes' cluster secret
 RAFT_SECRET_FILE = "raft_secret"    # a witness's only credential (see raft_credential)
 _RAFT_INFO = b"hacluster raft credential v1"
 DEFAULT_RAFT_PORT = 7400
+DEFAULT_LOG_MAX_BYTES = 10 << 20    # each module log file (hacluster.modules.rotating_log)
+DEFAULT_LOG_KEEP = 5                # rotated files kept besides it
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,10 @@ class ClusterConfig:
     # Lab only: every module path (replicated directories) lives under this
     # prefix, so that several "servers" can share one machine's file system.
     path_prefix: str | None = None
+    # Every module log (module.log, script.log) rotates at log_max_bytes and keeps
+    # log_keep rotated files: cluster.json's "logs": {"max_bytes": N, "keep": K}.
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_keep: int = DEFAULT_LOG_KEEP
 
     def __post_init__(self) -> None:
         if self.paths is None:
@@ -105,6 +111,8 @@ class ClusterConfig:
         }
         if self.path_prefix:
             d["path_prefix"] = self.path_prefix
+        if (self.log_max_bytes, self.log_keep) != (DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_KEEP):
+            d["logs"] = {"max_bytes": self.log_max_bytes, "keep": self.log_keep}
         return d
 
     def write(self) -> None:
@@ -163,7 +171,26 @@ def load(directory: str | os.PathLike, env: Mapping[str, str] | None = None,
         raft=raft,
         paths=paths,
         path_prefix=_path_prefix(raw.get("path_prefix"), path),
+        **_logs(raw.get("logs"), path),
     )
+
+
+def _logs(value: Any, path: Path) -> dict[str, int]:
+    """cluster.json's "logs": {"max_bytes": N (at least 4096), "keep": K (1 to 100)}."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"max_bytes", "keep"}:
+        raise ConfigError(f"{path}: logs must be an object with max_bytes and/or keep, got {value!r}")
+    out = {"log_max_bytes": value.get("max_bytes", DEFAULT_LOG_MAX_BYTES),
+           "log_keep": value.get("keep", DEFAULT_LOG_KEEP)}
+    if not isinstance(out["log_max_bytes"], int) or isinstance(out["log_max_bytes"], bool) \
+            or out["log_max_bytes"] < 4096:
+        raise ConfigError(f"{path}: logs.max_bytes must be an integer of at least 4096, "
+                          f"got {value.get('max_bytes')!r}")
+    if not isinstance(out["log_keep"], int) or isinstance(out["log_keep"], bool) \
+            or not 1 <= out["log_keep"] <= 100:
+        raise ConfigError(f"{path}: logs.keep must be an integer from 1 to 100, got {value.get('keep')!r}")
+    return out
 
 
 def _path_prefix(value: Any, path: Path) -> str | None:

@@ -123,18 +123,21 @@ MODULE_COMMANDS: dict[str, ModuleCommand] = {c.name: c for c in (
                   about=(
         "Start the module on this node as secondary: its copy is brought up to date from "
         "the primary and may be overwritten. 'second fullsync' compares every block instead "
-        "of the recorded changes. Refused when this node holds the only current copy, "
-        "unless --force is given.")),
+        "of the recorded changes. When this node holds the only current copy you are asked "
+        "to confirm at a terminal; without one (and by the daemon) it is refused unless "
+        "--force is given.")),
     ModuleCommand("second_force", _MIRROR),
     ModuleCommand("second_fullsync", _MIRROR),
     ModuleCommand("second_fullsync_force", _MIRROR),
     ModuleCommand("primforce", _MIRROR,
                   verb="make this node primary even if its copy is not current (loud)",
-                  force="do it: without it, primforce only says what it would overwrite",
+                  force="do it without asking (without it: asked at a terminal, refused otherwise)",
                   about=(
         "Make this node primary although its copy is not the current one, for when the "
-        "current copy is lost. Without --force it only says what it would overwrite: the "
-        "other copy's generation and how many primary sessions newer it is.")),
+        "current copy is lost; the answer says what it overwrote: the other copy's "
+        "generation and how many primary sessions newer it is. At a terminal you are asked "
+        "to confirm; without one --force is needed. Never on several nodes at once (-H "
+        "all is refused).")),
     ModuleCommand("primforce_force", _MIRROR),
     ModuleCommand("why", _MIRROR, verb="why the module is in its state and what it waits for", about=(
         "Say why the mirror module is in its state on this node and what it waits for "

@@ -18,8 +18,24 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_REQUEST_BYTES = 1 << 20
 
 
+NO_QUORUM = "no_quorum"        # ControlError.code: not committed, Raft has no leader/majority
+UNREACHABLE = "unreachable"    # no daemon answered (set by the client side only)
+
+
 class ControlError(RuntimeError):
-    """The daemon refused or failed a request; the message is for the user."""
+    """The daemon refused or failed a request; the message is for the user. ``code``
+    tells the CLI which exit status it is (NO_QUORUM, UNREACHABLE, or None: refused)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonUnreachable(ControlError):
+    """No daemon answered on the control socket (or not in time)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, UNREACHABLE)
 
 
 def _answers(path: Path) -> bool:
@@ -91,7 +107,7 @@ class ControlServer:
         try:
             return {"ok": True, "result": await handler(request)}
         except ControlError as e:
-            return {"ok": False, "error": str(e)}
+            return {"ok": False, "error": str(e), **({"code": e.code} if e.code else {})}
         except Exception as e:  # noqa: BLE001 - the CLI gets a message, the log the trace
             log.exception("event=control_error cmd=%s", request["cmd"])
             return {"ok": False, "error": f"internal error in {request['cmd']}: {e}"}
@@ -105,20 +121,23 @@ def request(path: Path, cmd: str, timeout: float = 30.0, **args: Any) -> Any:
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"no hacluster daemon listening on {path} "
-                               "(is hacluster node run / witness run started?)") from None
+            raise DaemonUnreachable(f"no hacluster daemon listening on {path} "
+                                    "(is hacluster node run / witness run started?)") from None
+        except PermissionError:
+            raise DaemonUnreachable(f"{path}: permission denied (the control socket is root's)") from None
         sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = sock.recv(65536)
             if not chunk:
-                raise ControlError(f"daemon on {path} closed the connection")
+                raise DaemonUnreachable(f"daemon on {path} closed the connection")
             buf += chunk
     except socket.timeout:
-        raise ControlError(f"daemon on {path} did not answer {cmd} within {timeout} s") from None
+        raise DaemonUnreachable(f"daemon on {path} did not answer {cmd} within {timeout} s") from None
     finally:
         sock.close()
     reply = json.loads(buf)
     if not reply.get("ok"):
-        raise ControlError(reply.get("error", "unknown error"))
+        code = reply.get("code")
+        raise ControlError(reply.get("error", "unknown error"), code if isinstance(code, str) else None)
     return reply.get("result")

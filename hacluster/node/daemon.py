@@ -37,7 +37,7 @@ from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
 
 from replication.durable_file import atomic_write
 
-from . import commands, exit_status, layout_upgrade, member_cache, structured_log
+from . import commands, control, exit_status, layout_upgrade, member_cache, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder
@@ -377,9 +377,10 @@ class Daemon:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(op, *args)), timeout)
         except asyncio.TimeoutError:
-            raise ControlError(f"{op}: not committed within {timeout} s (no quorum?)") from None
+            raise ControlError(f"{op}: not committed within {timeout} s (no quorum?)",
+                               control.NO_QUORUM) from None
         except RaftCommandError as e:
-            raise ControlError(str(e)) from None
+            raise ControlError(str(e), control.NO_QUORUM if "no Raft leader" in str(e) else None) from None
 
     # ---- Raft callbacks (tick thread → loop) ----------------------------------------
     def _applied_threadsafe(self, op: str, args: tuple, result: dict) -> None:

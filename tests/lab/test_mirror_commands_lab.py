@@ -41,7 +41,8 @@ def test_defaultprim_first_start_with_H_all_then_second_fullsync(make_lab):
     assert res.returncode == 4, res.stdout + res.stderr          # SafeKit's code for SECOND
     assert res.stdout.startswith("n2: ")
     res = m.cli("n1", "-H", "n2,nosuch", "-m", MODULE, "state")
-    assert res.returncode == 1 and "unknown node(s) nosuch" in res.stderr
+    # a failure of 'state' is 5, never 1 (which is WAIT)
+    assert res.returncode == 5 and "unknown node(s) nosuch" in res.stderr
     # why: read-only, from each node's machine, through peer control like any module command
     res = m.cli("n1", "-H", "all", "-m", MODULE, "why", check=True)
     assert f"n1:\n{MODULE} on n1: PRIM (Ready), heading for PRIM\n" in res.stdout
