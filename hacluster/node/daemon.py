@@ -24,6 +24,10 @@ from typing import Any, Callable, TypeVar
 
 import uvloop
 
+import hacluster
+from hacluster.http.server import HttpServer
+from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
+
 from raft.cluster_state import liveness_resource
 from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
@@ -34,7 +38,7 @@ from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
 from . import commands, exit_status, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
-from .lease_holder import LeaseHolder
+from .lease_holder import LeaseHolder, RenewalBatch
 from .peer_control import PeerControlError, PeerControlServer, call_peer, peer_control_address
 from .sd_notify import Notifier, raft_up, watchdog_due
 
@@ -67,6 +71,9 @@ class Daemon:
         self.removed = False        # removed from the cluster: exit_status.REMOVED
         self.notifier = Notifier()  # systemd's, when it started us
         self._watchdog_fed = 0.0
+        self.started_at = time.time()           # for the metrics (wall, Unix seconds)
+        self._started_mono = time.monotonic()
+        self.http: HttpServer | None = None
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from."""
@@ -88,6 +95,8 @@ class Daemon:
         found = [(host, int(port), RAFT_PURPOSE)]
         if self.config.holds_data_secret:
             found.append((*peer_control_address(self.config.me["address"]), PeerControlServer.purpose))
+        if self.config.http_address is not None:
+            found.append((*self.config.http_address, HttpServer.purpose))
         return found
 
     def stop_time_s(self) -> float:
@@ -130,6 +139,11 @@ class Daemon:
                 await peer_control.start()
             else:
                 log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
+            if self.config.http_address is not None:
+                self.http = HttpServer(*self.config.http_address, probe=self)
+                await self.http.start()
+            else:
+                log.info("event=http_off reason=%r", "disabled in cluster.json (http.enabled)")
             log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                      self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                      self.config.socket_path)
@@ -159,6 +173,8 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if peer_control is not None:
             await peer_control.close()
+        if self.http is not None:
+            await self.http.close()
         if control is not None:
             await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
@@ -278,6 +294,43 @@ class Daemon:
             raise ControlError(f"{op}: not committed within {timeout} s (no quorum?)") from None
         except RaftCommandError as e:
             raise ControlError(str(e)) from None
+
+    # ---- what the HTTP endpoints see (hacluster.http.snapshot.NodeProbe) -------------------
+    def http_snapshot(self) -> NodeSnapshot:
+        """This member now, for /metrics and the readiness endpoints: one read of the
+        committed state (as ``cluster status`` does) and of each module here."""
+        now = time.monotonic()
+        modules, known = self.module_snapshots()
+        return NodeSnapshot(cluster=self.config.cluster, node=self.name, kind=self.kind,
+                            version=hacluster.__version__, started_at=self.started_at,
+                            uptime_s=now - self._started_mono, raft=self._raft_snapshot(),
+                            modules=modules, known_modules=known)
+
+    def module_snapshots(self) -> tuple[tuple[ModuleSnapshot, ...], frozenset[str]]:
+        """The modules running here, and every module installed in the cluster (a
+        witness runs none)."""
+        return (), frozenset()
+
+    def _raft_snapshot(self) -> RaftSnapshot | None:
+        if self.raft is None:
+            return None
+        snap = self.raft.snapshot()
+        raft = self.raft.raft_status()
+        by_address = {m["address"]: n for n, m in snap["members"].items()}
+        leader = by_address.get(raft["leader"], raft["leader"]) if raft["leader"] else None
+        members = tuple(MemberSnapshot(
+            name=name, role=m["role"],
+            live=(snap["leases"].get(liveness_resource(name)) or {}).get("holder") == name,
+            connected=name == self.name or raft["peers"].get(m["address"], 0) == 2,
+            leader=name == leader) for name, m in sorted(snap["members"].items()))
+        holder = self.holders.get(liveness_resource(self.name))
+        batch = RenewalBatch.of(self.raft, self.name)
+        return RaftSnapshot(role=raft["role"], term=raft["term"] or 0,
+                            commit_index=raft["commit_index"] or 0,
+                            last_applied=raft["last_applied"] or 0, leader=leader,
+                            has_quorum=bool(raft["has_quorum"]), members=members,
+                            live=holder is not None and holder.holding(),
+                            renewals=batch.latency.snapshot(), renewals_unconfirmed=batch.unconfirmed)
 
     # ---- Raft callbacks (tick thread → loop) ----------------------------------------
     def _applied_threadsafe(self, op: str, args: tuple, result: dict) -> None:
