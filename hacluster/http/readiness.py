@@ -7,7 +7,9 @@ sends traffic to those that answer 200.
   module: this node is PRIM or ALONE *and* holds the module's lease (its deadline not
   passed): a primary that lost its lease is demoting, and answering 200 there would send
   clients to a node that must stop acting. A farm module: this node is UP and owns
-  buckets. 503 everywhere else; 404 for a module the cluster does not know.
+  buckets. In both, no transition away from that state is running (a swap or a stop
+  has begun to stop the application: the load balancer drains it first). 503
+  everywhere else; 404 for a module the cluster does not know.
 * ``/ready``: the node is a live member: Raft has a leader and this node holds its
   liveness lease.
 * ``/health``: the daemon runs (it answers at all).
@@ -51,6 +53,8 @@ def serves(module: ModuleSnapshot) -> tuple[bool, str]:
     if module.mode == "farm":
         if module.state != "UP":
             return False, f"state {module.state}"
+        if module.heading_to not in (None, "UP"):
+            return False, f"UP, leaving for {module.heading_to} ({module.transition})"
         if module.buckets <= 0:
             return False, "UP but owns no bucket"
         return True, f"UP with {module.buckets} buckets"
@@ -58,6 +62,8 @@ def serves(module: ModuleSnapshot) -> tuple[bool, str]:
         return False, f"state {module.state}"
     if not module.lease_held:
         return False, f"{module.state} without the module's lease (demoting)"
+    if module.heading_to not in (None, *PRIMARY_STATES):
+        return False, f"{module.state}, leaving for {module.heading_to} ({module.transition})"
     return True, f"{module.state} holding the lease at epoch {module.epoch}"
 
 

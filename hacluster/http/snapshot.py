@@ -74,7 +74,8 @@ class ModuleSnapshot:
     buckets: int = 0        # farm: buckets this node owns
     table_version: int = 0  # farm: the bucket table's version
     resources: Mapping[str, str] = field(default_factory=dict)  # checker resource -> init|up|down
-    transition: str | None = None
+    transition: str | None = None  # the reason of the plan running now, if one runs
+    heading_to: str | None = None   # the state that plan leads to
 
 
 @dataclass(frozen=True)

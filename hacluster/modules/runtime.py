@@ -142,9 +142,11 @@ class ModuleRuntime:
         state, ready = self.machine.display
         resources = ({r.name: r.value for r in self.checks.table}
                      if self.checks is not None else {})
+        running = self.machine.running
         return ModuleSnapshot(name=self.name, mode=self.mode, state=state.value,
                               ready=ready == "Ready", resources=resources,
-                              transition=self.machine.running.reason if self.machine.running else None)
+                              transition=running.reason if running else None,
+                              heading_to=running.next_state.value if running else None)
 
     def stop_time_s(self) -> float:
         """The longest this module's stop at daemon shutdown may take (the rule behind

@@ -31,6 +31,18 @@ def test_a_farm_module_is_served_by_every_node_up_with_buckets(state, buckets, s
     assert readiness.primary(node([farm(state, buckets)]), "web").status == status
 
 
+@pytest.mark.parametrize("module, heading_to, status", [
+    (mirror("PRIM"), "SECOND", 503), (mirror("PRIM"), "STOP", 503), (mirror("ALONE"), "PRIM", 200),
+    (mirror("PRIM"), "PRIM", 200), (farm("UP"), "STOP", 503), (farm("UP"), "UP", 200)])
+def test_a_node_leaving_the_role_stops_answering_200_when_the_transition_begins(
+        module, heading_to, status):
+    leaving = dataclasses.replace(module, heading_to=heading_to, transition="swap")
+    answer = readiness.primary(node([leaving]), module.name)
+    assert answer.status == status
+    if status == 503:
+        assert f"leaving for {heading_to}" in answer.body["reason"]
+
+
 def test_an_unknown_module_is_404_and_one_that_runs_elsewhere_503():
     snap = node([mirror()], known={"db", "other"})
     assert readiness.primary(snap, "nope").status == 404
