@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hacluster.http")
 
-PURPOSE = "the HTTP endpoints (metrics, readiness), where monitoring and load balancers connect"
+PURPOSE = ("the HTTP endpoints (metrics, readiness), where monitoring and load balancers "
+           "connect (Raft port + 4, or http in cluster.json)")
 
 
 def _json(answer: readiness.Answer) -> "web.Response":
