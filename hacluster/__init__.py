@@ -11,6 +11,8 @@ The package is in rooms; each imports only the rooms below it
                        its node
   node/                the cluster member: daemon, control socket, peer control, lease
                        holder, configuration, the table of control commands, the log
+  http/                the HTTP endpoints (metrics, readiness): pure functions of a
+                       snapshot the daemon hands over (``NodeProbe``), and their server
 
 Nothing is imported here, so that a room loads only what it uses.
 """

@@ -15,6 +15,7 @@ from typing import Any, cast
 from raft.commands import Answer
 
 from hacluster.farm.driver import FarmModule
+from hacluster.http.snapshot import ModuleSnapshot
 from hacluster.mirror.driver import MirrorModule
 from hacluster.modules.fetch import ModuleFetchServer
 from hacluster.modules.registry import ModuleRegistry, RuntimeFactory, fetch_address
@@ -63,6 +64,11 @@ class NodeDaemon(Daemon):
         """The base's, plus the slowest module's stop (its modules stop side by side)."""
         modules = self.modules.stop_time_s() if self.modules is not None else 0.0
         return super().stop_time_s() + modules
+
+    def module_snapshots(self) -> tuple[tuple[ModuleSnapshot, ...], frozenset[str]]:
+        if self.modules is None:
+            return (), frozenset()
+        return self.modules.http_modules()
 
     def control_handlers(self) -> dict[str, Handler]:
         handlers = super().control_handlers()

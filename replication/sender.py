@@ -150,6 +150,9 @@ class Sender:
         self._pruned_through = -1
         self._durable_floor = 0
         self._fast_barriers = 0
+        # Sent to a receiver by this process (counters, for the owner's metrics).
+        self._ops_sent = 0
+        self._bytes_sent = 0
         self._failure: str | None = None
         # Unset while a peer-loss transition runs: nothing is answered until it ends.
         self._transition = threading.Event()
@@ -302,7 +305,8 @@ class Sender:
             return {"state": self._state.value, "in_flight": len(self._in_flight),
                     "generation": self._generation, "failure": self._failure,
                     "settling": self._settling, "refusals_recorded": self._refusals,
-                    "barriers_answered_by_durable_mark": self._fast_barriers}
+                    "barriers_answered_by_durable_mark": self._fast_barriers,
+                    "ops_sent": self._ops_sent, "bytes_sent": self._bytes_sent}
 
     # ---- Replicator API (called by the FUSE layer) ------------------------------
     def submit(self, op: Op) -> Ticket:
@@ -321,6 +325,8 @@ class Sender:
                     # Record it below as an unacknowledged op of this generation.
                     send_error = e
                 else:
+                    self._ops_sent += 1
+                    self._bytes_sent += len(op.data)
                     if self._barriers:
                         self._trim_answered(channel)
                         self._note_paths(op, seq)

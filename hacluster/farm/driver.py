@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import zlib
 from typing import Any, Mapping
@@ -23,6 +24,7 @@ from vip.address import VipError, interface_for
 from vip.farm_vip import FarmVip, cleanup_leftovers
 from vip.lifetime import needs_refresh
 
+from hacluster.http.snapshot import ModuleSnapshot
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
 from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed
@@ -209,6 +211,11 @@ class FarmModule(ModuleRuntime):
             "transition": self.machine.running.reason if self.machine.running else None,
             "error": self.error,
         }
+
+    def http_module(self) -> ModuleSnapshot:
+        view = self._last_view or fm.View()
+        return dataclasses.replace(super().http_module(), nodes=tuple(self.nodes),
+                                   buckets=len(view.buckets), table_version=view.version or 0)
 
     async def close(self) -> None:
         """Daemon shutdown: stop serving (the liveness release takes this node out of

@@ -13,6 +13,7 @@ kill the mount) are synchronous enough that writes stop within the lease.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -32,8 +33,10 @@ from replication.durable_file import atomic_write
 from replication.mount import unmount
 from vip import VipAnnouncer, has_vip
 
+from hacluster.http.snapshot import LinkSnapshot, ModuleSnapshot, Reintegration
 from hacluster.modules.checks import RESUME
 from hacluster.modules.host import ModuleSlice
+from hacluster.modules.machine import ViewChanged
 from hacluster.modules.nodes import ModuleNodesError, replication_hosts
 from hacluster.modules.rotating_log import DEFAULT_KEEP, DEFAULT_MAX_BYTES, RotatingLog, utc_timestamp
 from hacluster.modules.runtime import ModuleRuntime, Placement, PlanFailed, PlanNotYet, stop_scripts_time_s
@@ -158,7 +161,13 @@ class MirrorModule(ModuleRuntime):
         self.holder: LeaseHolder | None = None
         self.mounts: list[_Proc] = []
         self.receivers: list[_Proc] = []
-        self.progress: dict[str, Any] = {}
+        # What each mount reported of its link last (every second, replication.hook_client),
+        # by the receiver it sends to (one per replicated directory): (monotonic, status).
+        self.links: dict[str, tuple[float, dict[str, Any]]] = {}
+        # For the metrics: changes of primary seen committed, promotions of this node.
+        self.failovers = 0
+        self.promotions = 0
+        self._last_holder: str | None = None
         self._last_epoch_path = self.state_dir / "last_primary_epoch"
         self._deferred: asyncio.TimerHandle | None = None
         self._deferral_done = False
@@ -552,6 +561,7 @@ class MirrorModule(ModuleRuntime):
 
     async def _stop_mounts(self, kill: bool) -> None:
         mounts, self.mounts = self.mounts, []
+        self.links = {}
         loop = asyncio.get_running_loop()
         if not kill:
             # The mount process ends when its file system is unmounted (libfuse
@@ -616,12 +626,54 @@ class MirrorModule(ModuleRuntime):
         if not result.get("ok"):
             raise ControlError(f"module {self.name}: {result.get('error')}")
         log.info("event=secondary_in_sync module=%s peer=%s epoch=%d", self.name, self.peer, epoch)
-        self.progress = {}
         self.refresh()
         return {"in_sync": result["eligible"]}
 
     def replication_progress(self, progress: dict) -> None:
-        self.progress = progress
+        """A mount's link status (``replication.primary_link.PrimaryLink.status``)."""
+        if self.mounts:     # not a late report of a mount that is stopping
+            self.links[str(progress.get("peer", "?"))] = (time.monotonic(), progress)
+
+    def reintegration(self) -> dict[str, Any] | None:
+        """The progress of a reintegration running now (the first directory's that runs)."""
+        for _, link in self.links.values():
+            if link.get("phase") == "reintegrating" and isinstance(link.get("reintegration"), dict):
+                return link["reintegration"]
+        return None
+
+    def feed(self, event: Any) -> Any:
+        if isinstance(event, ViewChanged):
+            holder = event.view.holder
+            if holder is not None:
+                if self._last_holder is not None and holder != self._last_holder:
+                    self.failovers += 1
+                self._last_holder = holder
+        was_primary = self.machine.state in mm.PRIMARY
+        out = super().feed(event)
+        if not was_primary and self.machine.state in mm.PRIMARY:
+            self.promotions += 1
+        return out
+
+    def http_module(self) -> ModuleSnapshot:
+        view = self._last_view or mm.View()
+        now = time.monotonic()
+        links = tuple(LinkSnapshot(
+            peer=peer, phase=str(st.get("phase", "?")),
+            sender_state=str((st.get("sender") or {}).get("state", "?")),
+            in_flight=int((st.get("sender") or {}).get("in_flight", 0)),
+            ops_sent=int((st.get("sender") or {}).get("ops_sent", 0)),
+            bytes_sent=int((st.get("sender") or {}).get("bytes_sent", 0)),
+            age_s=now - at) for peer, (at, st) in sorted(self.links.items()))
+        ri = self.reintegration()
+        return dataclasses.replace(
+            super().http_module(), epoch=self.epoch if self.epoch is not None else view.epoch,
+            primary=view.holder, nodes=tuple(self.nodes), in_sync=frozenset(view.in_sync),
+            lease_held=self.holder is not None and self.holder.holding(),
+            failovers=self.failovers, promotions=self.promotions, links=links,
+            reintegration=Reintegration(
+                bytes_done=int(ri.get("bytes_done", 0)), bytes_total=int(ri.get("bytes_total", 0)),
+                files_done=int(ri.get("files_done", 0)), files_total=int(ri.get("files_total", 0)),
+                passes=int(ri.get("pass", 0))) if ri is not None else None)
 
     # ---- commands -------------------------------------------------------------------------
     async def command(self, name: str, request: Mapping[str, Any]) -> str | dict[str, Any]:
@@ -708,8 +760,9 @@ class MirrorModule(ModuleRuntime):
             "intent": view.intent, "vip": [v.addr for v in self.vips if v.raised],
             "transition": self.machine.running.reason if self.machine.running else None,
         }
-        if self.progress:
-            st["reintegration"] = self.progress
+        reintegration = self.reintegration()
+        if reintegration is not None:
+            st["reintegration"] = reintegration
         committed = self._committed_identity()
         st["generation"] = committed.generation
         mine = committed.copies.get(self.node)

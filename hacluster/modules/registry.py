@@ -23,6 +23,7 @@ from raft.commands import (BOOTSTRAP, INSTALL_MODULE, SET_FAILOVER, UNINSTALL_MO
 from raft.durable_storage import private_dir
 from raft.replication_ports import ports_of
 
+from hacluster.http.snapshot import ModuleSnapshot
 from hacluster.node import commands
 from hacluster.node.control import ControlError, Handler
 
@@ -112,6 +113,12 @@ class ModuleRegistry:
     async def close(self) -> None:
         await asyncio.gather(*(rt.close() for rt in self.runtimes.values()), return_exceptions=True)
         await self.fetch_server.close()
+
+    def http_modules(self) -> tuple[tuple[ModuleSnapshot, ...], frozenset[str]]:
+        """The modules running here (for the HTTP endpoints) and every module this node
+        knows to be installed in the cluster (those not running here answer 503, not 404)."""
+        running = tuple(rt.http_module() for _, rt in sorted(self.runtimes.items()))
+        return running, frozenset(self.installed) | frozenset(self.runtimes) | frozenset(self.errors)
 
     # ---- following the committed state --------------------------------------------------
     def applied(self, op: str, args: tuple, result: Answer) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, TypeVar
 from raft.commands import Answer, RaftCommand
 from raft.durable_storage import private_dir
 
+from hacluster.http.snapshot import ModuleSnapshot
 from hacluster.node.control import ControlError
 
 from .checks import ModuleChecks, module_state_source
@@ -146,6 +147,19 @@ class ModuleRuntime:
         """A module command its driver serves (hacluster.node.commands, ``RUNTIME``):
         a message for the administrator, or a reply of its own."""
         raise NotImplementedError
+
+    def http_module(self) -> ModuleSnapshot:
+        """This module on this node for the HTTP endpoints (metrics, readiness): what every
+        kind has; a kind adds its own fields (``dataclasses.replace``). No I/O, no copy of
+        the committed state: it is read at every scrape and readiness poll."""
+        state, ready = self.machine.display
+        resources = ({r.name: r.value for r in self.checks.table}
+                     if self.checks is not None else {})
+        running = self.machine.running
+        return ModuleSnapshot(name=self.name, mode=self.mode, state=state.value,
+                              ready=ready == "Ready", resources=resources,
+                              transition=running.reason if running else None,
+                              heading_to=running.next_state.value if running else None)
 
     def stop_time_s(self) -> float:
         """The longest this module's stop at daemon shutdown may take (the rule behind

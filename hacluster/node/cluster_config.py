@@ -35,10 +35,52 @@ _RAFT_INFO = b"hacluster raft credential v1"
 DEFAULT_RAFT_PORT = 7400
 DEFAULT_LOG_MAX_BYTES = 10 << 20    # each module log file (hacluster.modules.rotating_log)
 DEFAULT_LOG_KEEP = 5                # rotated files kept besides it
+# The HTTP endpoints (metrics, readiness): the member's host, Raft port + 4 by default
+# (README, Ports).
+HTTP_PORT_OFFSET = 4
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names file and field."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The ``http`` section of cluster.json: ``enabled`` (default true), ``host`` (default:
+    the member's own address), ``port`` (default: its Raft port + 4)."""
+    enabled: bool = True
+    host: str | None = None
+    port: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if not self.enabled:
+            d["enabled"] = False
+        if self.host is not None:
+            d["host"] = self.host
+        if self.port is not None:
+            d["port"] = self.port
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> "HttpSettings":
+        if raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: must be an object, got {raw!r}")
+        unknown = sorted(set(raw) - {"enabled", "host", "port"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: enabled, host, port)")
+        enabled, host, port = raw.get("enabled", True), raw.get("host"), raw.get("port")
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{where}: enabled must be true or false, got {enabled!r}")
+        if host is not None and (not isinstance(host, str) or not host.strip()
+                                 or host != host.strip() or "/" in host):
+            raise ConfigError(f"{where}: host must be an address or a host name, got {host!r}")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                                 or not 1 <= port <= 65535):
+            raise ConfigError(f"{where}: port must be an integer from 1 to 65535, got {port!r}")
+        return cls(enabled, host, port)
 
 
 @dataclass
@@ -57,6 +99,7 @@ class ClusterConfig:
     # log_keep rotated files: cluster.json's "logs": {"max_bytes": N, "keep": K}.
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
     log_keep: int = DEFAULT_LOG_KEEP
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     def __post_init__(self) -> None:
         if self.paths is None:
@@ -73,6 +116,15 @@ class ClusterConfig:
     @property
     def socket_path(self) -> Path:
         return self.paths.control_socket
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the HTTP endpoints listen; None when disabled."""
+        if not self.http.enabled:
+            return None
+        host, port = self.me["address"].rsplit(":", 1)
+        return (self.http.host or host,
+                self.http.port if self.http.port is not None else int(port) + HTTP_PORT_OFFSET)
 
     @property
     def secret_path(self) -> Path:
@@ -113,6 +165,8 @@ class ClusterConfig:
             d["path_prefix"] = self.path_prefix
         if (self.log_max_bytes, self.log_keep) != (DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_KEEP):
             d["logs"] = {"max_bytes": self.log_max_bytes, "keep": self.log_keep}
+        if self.http.to_dict():
+            d["http"] = self.http.to_dict()
         return d
 
     def write(self) -> None:
@@ -172,6 +226,7 @@ def load(directory: str | os.PathLike, env: Mapping[str, str] | None = None,
         paths=paths,
         path_prefix=_path_prefix(raw.get("path_prefix"), path),
         **_logs(raw.get("logs"), path),
+        http=HttpSettings.from_dict(raw.get("http"), f"{path}: http"),
     )
 
 

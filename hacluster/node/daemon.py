@@ -27,6 +27,10 @@ from typing import Any, Callable, TypeVar
 
 import uvloop
 
+import hacluster
+from hacluster.http.server import HttpServer
+from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
+
 from raft.cluster_state import liveness_resource
 from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
@@ -40,7 +44,7 @@ from replication.durable_file import atomic_write
 from . import commands, control, exit_status, layout_upgrade, member_cache, structured_log
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
-from .lease_holder import LeaseHolder
+from .lease_holder import LeaseHolder, RenewalBatch
 from .event_hooks import (EventTracker, HookConfigError, HookRunner, RefusedTap, load_hooks,
                           module_events, quorum_event)
 from .peer_control import PeerControlError, PeerControlServer, call_member, peer_control_address
@@ -84,6 +88,9 @@ class Daemon:
         self._watchdog_fed = 0.0
         self._cached_members: dict[str, dict[str, str]] | None = None   # members.json's
         self._pid_file: Path | None = None
+        self.started_at = time.time()           # for the metrics (wall, Unix seconds)
+        self._started_mono = time.monotonic()
+        self.http: HttpServer | None = None
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from (on every
@@ -112,6 +119,8 @@ class Daemon:
         found = [(host, int(port), RAFT_PURPOSE)]
         if self.config.holds_data_secret:
             found.append((*peer_control_address(self.config.me["address"]), PeerControlServer.purpose))
+        if self.config.http_address is not None:
+            found.append((*self.config.http_address, HttpServer.purpose))
         return found
 
     def stop_time_s(self) -> float:
@@ -155,6 +164,11 @@ class Daemon:
                 await peer_control.start()
             else:
                 log.info("event=peer_control_off reason=%r", "a witness holds only the Raft credential")
+            if self.config.http_address is not None:
+                self.http = HttpServer(*self.config.http_address, probe=self)
+                await self.http.start()
+            else:
+                log.info("event=http_off reason=%r", "disabled in cluster.json (http.enabled)")
             log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                      self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                      self.config.socket_path)
@@ -214,6 +228,8 @@ class Daemon:
         await self._stop_hooks()
         if peer_control is not None:
             await peer_control.close()
+        if self.http is not None:
+            await self.http.close()
         if control is not None:
             await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
@@ -381,6 +397,43 @@ class Daemon:
                                control.NO_QUORUM) from None
         except RaftCommandError as e:
             raise ControlError(str(e), control.NO_QUORUM if "no Raft leader" in str(e) else None) from None
+
+    # ---- what the HTTP endpoints see (hacluster.http.snapshot.NodeProbe) -------------------
+    def http_snapshot(self) -> NodeSnapshot:
+        """This member now, for /metrics and the readiness endpoints: one read of the
+        committed state (as ``cluster status`` does) and of each module here."""
+        now = time.monotonic()
+        modules, known = self.module_snapshots()
+        return NodeSnapshot(cluster=self.config.cluster, node=self.name, kind=self.kind,
+                            version=hacluster.__version__, started_at=self.started_at,
+                            uptime_s=now - self._started_mono, raft=self._raft_snapshot(),
+                            modules=modules, known_modules=known)
+
+    def module_snapshots(self) -> tuple[tuple[ModuleSnapshot, ...], frozenset[str]]:
+        """The modules running here, and every module installed in the cluster (a
+        witness runs none)."""
+        return (), frozenset()
+
+    def _raft_snapshot(self) -> RaftSnapshot | None:
+        if self.raft is None:
+            return None
+        snap = self.raft.snapshot()
+        raft = self.raft.raft_status()
+        by_address = {m["address"]: n for n, m in snap["members"].items()}
+        leader = by_address.get(raft["leader"], raft["leader"]) if raft["leader"] else None
+        members = tuple(MemberSnapshot(
+            name=name, role=m["role"],
+            live=(snap["leases"].get(liveness_resource(name)) or {}).get("holder") == name,
+            connected=name == self.name or raft["peers"].get(m["address"], 0) == 2,
+            leader=name == leader) for name, m in sorted(snap["members"].items()))
+        holder = self.holders.get(liveness_resource(self.name))
+        batch = RenewalBatch.of(self.raft, self.name)
+        return RaftSnapshot(role=raft["role"], term=raft["term"] or 0,
+                            commit_index=raft["commit_index"] or 0,
+                            last_applied=raft["last_applied"] or 0, leader=leader,
+                            has_quorum=bool(raft["has_quorum"]), members=members,
+                            live=holder is not None and holder.holding(),
+                            renewals=batch.latency.snapshot(), renewals_unconfirmed=batch.unconfirmed)
 
     # ---- Raft callbacks (tick thread → loop) ----------------------------------------
     def _applied_threadsafe(self, op: str, args: tuple, result: dict) -> None:

@@ -22,6 +22,8 @@ from raft.commands import ACQUIRE, RELEASE, RENEW_MANY
 from raft.lease import HolderLease, LeaseTiming
 from raft.member import RaftCommandError, RaftMember
 
+from hacluster.http.histogram import Histogram
+
 log = logging.getLogger("hacluster.lease")
 
 # After the first holder asks, wait this long for others before committing: a few
@@ -52,6 +54,9 @@ class RenewalBatch:
         self.holders: set[LeaseHolder] = set()
         self._asked: dict[LeaseHolder, asyncio.Future] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # For the metrics endpoint: how long committed batches took, how many did not.
+        self.latency = Histogram()
+        self.unconfirmed = 0
 
     async def renew(self, holder: "LeaseHolder") -> None:
         """Renew ``holder``'s lease with the next batch; returns once the holder
@@ -91,9 +96,11 @@ class RenewalBatch:
             except (asyncio.TimeoutError, RaftCommandError) as e:
                 log.debug("event=lease_renew_unconfirmed node=%s resources=%s reason=%r", self.node,
                           ",".join(h.resource for h in members), str(e))
+                self.unconfirmed += 1
                 for h in members:
                     h.retry_not_before = started + h.timing.renew_interval_s / RETRIES_PER_INTERVAL
                 return
+            self.latency.observe(time.monotonic() - started)
             for h in members:
                 one = (result.get("results") or {}).get(h.resource) if result.get("ok") else result
                 h.answered(epochs[h][1], started, one or {"ok": False, "error": "no answer"})

@@ -11,6 +11,7 @@ import pytest
 
 from chaos.lab_cluster import RAFT_PORT
 from hacluster.modules.registry import FETCH_PORT_OFFSET
+from hacluster.node.cluster_config import HTTP_PORT_OFFSET
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
@@ -62,10 +63,14 @@ def test_a_second_daemon_on_a_used_port_fails_fast_and_the_first_goes_on(make_cl
     assert int((cluster.run_dir("n1") / "hacluster-node.pid").read_text()) == first.pid
 
 
-def test_a_taken_module_fetch_port_stops_the_node_naming_it(make_cluster):
+@pytest.mark.parametrize("offset, purpose", [
+    (FETCH_PORT_OFFSET, "module fetch, where the data nodes fetch module packages (Raft port + 2)"),
+    (HTTP_PORT_OFFSET, ("the HTTP endpoints (metrics, readiness), where monitoring and load "
+                        "balancers connect (Raft port + 4, or http in cluster.json)"))])
+def test_a_taken_port_stops_the_node_naming_it(make_cluster, offset, purpose):
     cluster = make_cluster(["n1", "n2"], ["w"], start=False)
     address = cluster.lab.addr("n2")
-    port = RAFT_PORT + FETCH_PORT_OFFSET
+    port = RAFT_PORT + offset
     squatter = cluster.lab.spawn("n2", [sys.executable, "-c", (
         "import socket, time\n"
         f"s = socket.create_server(({address!r}, {port}))\n"
@@ -77,9 +82,8 @@ def test_a_taken_module_fetch_port_stops_the_node_naming_it(make_cluster):
         proc = cluster.start("n2")
         assert proc.wait(timeout=30) == 1
         assert _daemon_lines(proc)[-1] == (
-            f"hacluster: cannot listen on {address}:{port} for module fetch, where the data "
-            "nodes fetch module packages (Raft port + 2): Address already in use; another "
-            "process listens there: a second daemon of this member?")
+            f"hacluster: cannot listen on {address}:{port} for {purpose}: Address already in "
+            "use; another process listens there: a second daemon of this member?")
     finally:
         squatter.kill()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections import Counter
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from chaos.farm_client import in_netns
 from chaos.lab import wait_until
 from chaos.lab_farm import MODULE, PORT_ON_ADDR, PORT_ON_PORT, FarmLab
+from hacluster.node import cluster_config
 from tests.conftest import needs_root
 from vip.farm_ruleset import bucket_of
 
@@ -109,8 +111,20 @@ def test_stopping_the_module_hands_its_share_over_and_start_takes_it_back(farm):
     assert set(counts) == {"f1", "f3"}, counts
     res = farm.cli("f1", "-H", "all", "-m", MODULE, "state")
     assert res.returncode == 0 and "f2: names on f2: STOP" in res.stdout, res.stdout
+    # a load balancer's readiness check: every node UP with buckets answers 200, f2 not
+    assert _primary_status(farm, "f2") == 503
+    assert _primary_status(farm, "f1") == 200 and _primary_status(farm, "f3") == 200
     farm.cli("f1", "-H", "f2", "-m", MODULE, "start", check=True)
     farm.wait_farm(farm.nodes)
+    wait_until("f2 answers 200", lambda: _primary_status(farm, "f2") == 200, 10)
+
+
+def _primary_status(farm: FarmLab, node: str) -> int:
+    """GET /primary/<module> on the node's HTTP endpoint, from the client host."""
+    host, port = cluster_config.load(farm.cluster.config_dir(node)).http_address
+    res = farm.lab.run(farm.client, [sys.executable, "-m", "chaos.http_probe", "--once",
+                                     f"http://{host}:{port}/primary/{MODULE}"], check=False)
+    return int(res.stderr.split("status=")[1].split()[0])
 
 
 def _app_pid(farm: FarmLab, node: str) -> int:

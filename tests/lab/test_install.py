@@ -64,6 +64,7 @@ def test_the_wheel_holds_the_product_only(built_wheel):
     assert top == PRODUCT | {f"hacluster-{hacluster.__version__}.dist-info"}
     assert "hacluster/node/systemd/hacluster-node.service" in names
     assert "hacluster/node/systemd/hacluster-witness.service" in names
+    assert "hacluster/http/alerts.yml" in names       # the Prometheus alert rules
     entry_points = zipfile.ZipFile(built_wheel).read(
         f"hacluster-{hacluster.__version__}.dist-info/entry_points.txt").decode()
     assert re.search(r"^hacluster = hacluster\.cli:main$", entry_points, re.M)

@@ -179,6 +179,18 @@ def test_a_relative_path_in_the_file_is_refused_naming_it(member_dir):
         load(member_dir)
 
 
+def test_http_endpoints_default_to_the_member_address_raft_port_plus_4(member_dir):
+    cfg = load(member_dir)
+    assert cfg.http_address == ("10.0.0.1", 7404)
+    assert "http" not in cfg.to_dict()       # defaults are not written
+    rewrite(member_dir, lambda raw: raw.__setitem__("http", {"host": "127.0.0.1", "port": 9100}))
+    cfg = load(member_dir)
+    assert cfg.http_address == ("127.0.0.1", 9100)
+    assert cfg.to_dict()["http"] == {"host": "127.0.0.1", "port": 9100}   # written back by init
+    rewrite(member_dir, lambda raw: raw.__setitem__("http", {"enabled": False}))
+    assert load(member_dir).http_address is None
+
+
 def test_invalid_json_names_file_line_col(member_dir):
     path = member_dir / CONFIG_FILE
     path.write_text('{\n  "cluster": "prod",\n  "self": "a"\n  "members": {}\n}\n')
@@ -213,6 +225,12 @@ def test_missing_field(member_dir, field):
     (lambda raw: raw["members"].__setitem__("w", "10.0.0.9:7400"), "member 'w'"),
     (lambda raw: raw["members"]["b"].pop("role"), "invalid role None"),
     (lambda raw: raw["members"]["b"].__setitem__("address", "10.0.0.1:7400"), "duplicate address"),
+    (lambda raw: raw.__setitem__("http", True), "http: must be an object"),
+    (lambda raw: raw.__setitem__("http", {"port": "7404"}), "http: port must be an integer"),
+    (lambda raw: raw.__setitem__("http", {"port": 70000}), "http: port must be an integer"),
+    (lambda raw: raw.__setitem__("http", {"enabled": "no"}), "http: enabled must be true or false"),
+    (lambda raw: raw.__setitem__("http", {"listen": "x:1"}), "http: unknown field 'listen'"),
+    (lambda raw: raw.__setitem__("http", {"host": " 10.0.0.1"}), "http: host must be"),
 ])
 def test_broken_config_refused_naming_the_file(member_dir, mutate, words):
     path = rewrite(member_dir, mutate)

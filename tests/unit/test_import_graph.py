@@ -8,8 +8,9 @@ is still a loop in the design.
 Layers (docs/DESIGN.md, Layout): hacluster/ stands on raft/, replication/, vip/,
 checkers/, which import nothing above them and nothing of each other, except the
 one durable-write helper ``replication.durable_file`` (see its docstring). Inside
-hacluster/ the rooms stand on each other in this order, lowest first: node/,
-modules/, mirror/ and farm/ (side by side, never importing each other),
+hacluster/ the rooms stand on each other in this order, lowest first: http/ (the
+HTTP endpoints: pure rendering and decisions fed a snapshot, and their server),
+node/, modules/, mirror/ and farm/ (side by side, never importing each other),
 node_daemon.py, cli.py, __main__.py.
 
 ``python -m tests.unit.test_import_graph [ROOT]`` prints the graph of hacluster/ and its
@@ -27,9 +28,9 @@ LOWER = ("raft", "replication", "vip", "checkers")
 # What a lower package may import from another lower package (module names).
 SHARED_LOW_LEVEL = frozenset({"replication.durable_file"})
 # hacluster's rooms, lowest first; a room imports only rooms below it.
-ROOM_FLOORS = {"hacluster.node": 0, "hacluster.modules": 1, "hacluster.mirror": 2,
-               "hacluster.farm": 2, "hacluster.node_daemon": 3, "hacluster.cli": 4,
-               "hacluster.__main__": 5}
+ROOM_FLOORS = {"hacluster.http": 0, "hacluster.node": 1, "hacluster.modules": 2,
+               "hacluster.mirror": 3, "hacluster.farm": 3, "hacluster.node_daemon": 4,
+               "hacluster.cli": 5, "hacluster.__main__": 6}
 
 
 def module_files(root: Path, packages: tuple[str, ...] = PRODUCT) -> dict[str, Path]:
