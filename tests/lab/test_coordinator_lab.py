@@ -68,8 +68,11 @@ def test_cut_off_holder_stops_before_new_grant(make_cluster):
 
 def test_membership_changes_from_cli(make_cluster):
     cluster = make_cluster(["n1", "n2"], ["w"], extra_hosts=["n3"])
-    cluster.wait_for("all live", lambda: all(
-        r["live"] for r in (cluster.status("n1") or {"members": [{"live": False}]})["members"]))
+    def all_live() -> bool:
+        rows = (cluster.status("n1") or {}).get("members", [])
+        # (the member list is empty until the bootstrap entry is applied)
+        return len(rows) == len(cluster.members) and all(r["live"] for r in rows)
+    cluster.wait_for("all live", all_live)
 
     # Refused: removing the witness leaves two voters without one.
     res = cluster.hacluster("n1", "cluster", "remove-witness", "w")
