@@ -36,7 +36,8 @@ def test_the_node_daemon_is_a_module_host(configs):
 
 def test_remote_commands_are_those_declared_remote():
     assert commands.REMOTE_COMMANDS == {"status", "leases", "module_list", "module_cmd",
-                                        "module_state", "module_log", "module_waitstate"}
+                                        "module_state", "module_log", "module_waitstate",
+                                        "snapshot_part"}
     assert commands.LOCAL_MODULE_COMMANDS == {"set_resource"}
 
 
