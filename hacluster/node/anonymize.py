@@ -55,17 +55,16 @@ class Anonymizer:
         if category not in (MEMBER, HOST, CLUSTER):
             raise ValueError(f"unknown category {category!r} (one of {MEMBER}, {HOST}, {CLUSTER})")
         for name in names:
-            if not name or not isinstance(name, str):
-                continue
+            if not name or not isinstance(name, str) or _is_address(name):
+                continue        # an address is found by its shape, as an address
             candidates = [name]
             if category == HOST:
                 candidates = [name.lower()]
                 first = name.split(".", 1)[0].lower()
-                if first != name.lower() and first:
+                # a fully qualified name's first label, when it is a name (not a number)
+                if first != name.lower() and re.search("[a-z]", first):
                     candidates.append(first)
             for c in candidates:
-                if _is_address(c):
-                    continue        # an address is found by its shape, as an address
                 if c not in self._names:
                     self._names[c] = category
                     self._pattern = None

@@ -106,16 +106,24 @@ def mask_urls(text: str, keep_path: bool = True) -> tuple[str, int]:
     return text, count
 
 
+REDACTED = b"(redacted: a cluster credential)"
+
+
 def redact(data: bytes, secrets: Iterable[str]) -> tuple[bytes, int]:
     """``data`` with every occurrence of each secret replaced (longest first, so that a
-    secret holding another is replaced whole); how many were replaced."""
+    secret holding another is replaced whole); how many were replaced. Until none is
+    left: a replacement that makes a new occurrence (with the text around it) is
+    replaced again, after a few rounds by nothing, which always ends (data shrinks)."""
+    raws = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
     count = 0
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        raw = secret.encode()
-        n = data.count(raw)
-        if n:
-            count += n
-            data = data.replace(raw, b"(redacted: a cluster credential)")
+    rounds = 0
+    while any(raw in data for raw in raws):
+        rounds += 1
+        for raw in raws:
+            n = data.count(raw)
+            if n:
+                count += n
+                data = data.replace(raw, REDACTED if rounds <= 2 and raw not in REDACTED else b"")
     return data, count
 
 
