@@ -28,6 +28,7 @@ from typing import Iterable
 MEMBER, HOST, CLUSTER = "MEMBER", "HOST", "CLUSTER"
 IPV4_TOKEN, IPV6_TOKEN = "IP", "IPV6"
 CATEGORIES = (IPV4_TOKEN, IPV6_TOKEN, HOST, MEMBER, CLUSTER)
+MEMO_MAX = 100_000
 
 _WORD = "A-Za-z0-9_"
 _IPV4 = r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])"
@@ -48,6 +49,9 @@ class Anonymizer:
         self._tokens: dict[tuple[str, str], str] = {}   # (category, key) -> token
         self._counts: dict[str, int] = {c: 0 for c in CATEGORIES}
         self._pattern: re.Pattern[str] | None = None
+        # what each matched text became: logs repeat the same few addresses (and times
+        # shaped like addresses) a million times; parse each once
+        self._done: dict[tuple[str | None, str], str] = {}
 
     def add(self, category: str, names: Iterable[str]) -> None:
         """Names to replace (``MEMBER``, ``HOST`` or ``CLUSTER``). A name already given
@@ -68,6 +72,7 @@ class Anonymizer:
                 if c not in self._names:
                     self._names[c] = category
                     self._pattern = None
+                    self._done.clear()
 
     def token(self, category: str, key: str) -> str:
         """The token of ``key`` (made on first use)."""
@@ -107,12 +112,25 @@ class Anonymizer:
         return self._compiled().sub(self._replace, text)
 
     def _replace(self, match: re.Match[str]) -> str:
-        found = match.group(0)
-        if match.lastgroup == "name":
+        key = (match.lastgroup, match.group(0))
+        done = self._done.get(key)
+        if done is None:
+            if len(self._done) >= MEMO_MAX:
+                self._done.clear()
+            done = self._done[key] = self._replacement(match.lastgroup, match.group(0))
+        return done
+
+    def _replacement(self, group: str | None, found: str) -> str:
+        if group == "name":
             category = self._names.get(found)
             if category is None or category == HOST:   # hosts match case-insensitively
                 return self.token(HOST, found.lower())
             return self.token(category, found)
+        if group == "ipv6":
+            bare = found.split("%", 1)[0]
+            colons = bare.count(":")
+            if "::" not in bare and not (colons == 7 or (colons == 6 and "." in bare)):
+                return found    # a time (21:32:58), a MAC address: not an IPv6 address
         try:
             address = ipaddress.ip_address(found.split("%", 1)[0])
         except ValueError:
