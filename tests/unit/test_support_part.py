@@ -184,3 +184,37 @@ def test_disk_usage_counts_the_state_directory_and_free_space(config):
     assert usage["filesystems"]["state_dir"]["free"] > 0
     assert "error" in usage["filesystems"]["log_dir"]       # not made yet
     assert Path(usage["state_dir"]) == state
+
+
+def test_under_systemd_the_daemon_log_is_journald_s_for_its_unit_bounded(tmp_path, monkeypatch):
+    # a journalctl on PATH that says what it was asked and prints more than the bound
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    journalctl = bin_dir / "journalctl"
+    journalctl.write_text("#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\n"
+                          "if [ \"$2\" = hacluster-witness ]; then echo 'No journal files' >&2; exit 1; fi\n"
+                          "yes '2026-12-06T21:00:00+0000 host hacluster[1]: event=x' | head -c 3000000\n")
+    journalctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = support_part.daemon_log("node", environ={"INVOCATION_ID": "1"})
+    assert (bin_dir / "args").read_text().split() == [
+        "-u", "hacluster-node", "--since", plan.JOURNAL_SINCE, "-o", "short-iso", "--no-pager", "-n", "50000"]
+    assert len(out) <= plan.TAIL_BYTES and out.startswith(b"2026-12-06T21:00:00+0000 host")
+    with pytest.raises(Skip, match="journalctl -u hacluster-witness failed: No journal files"):
+        support_part.daemon_log("witness", environ={"JOURNAL_STREAM": "8:1"})
+    # asked of the command (no daemon): journald only where systemd runs, else said
+    if not Path("/run/systemd/system").is_dir():
+        with pytest.raises(Skip, match="no systemd journal on this host"):
+            support_part.daemon_log("node", in_daemon=False)
+
+
+def test_the_daemon_refuses_a_bad_or_unknown_part_in_one_line(config):
+    import asyncio
+
+    from hacluster.node.control import ControlError
+    from hacluster.node_daemon import NodeDaemon
+    daemon = NodeDaemon(config)
+    with pytest.raises(ControlError, match="'id' must be a string and 'offset' an integer"):
+        asyncio.run(daemon._snapshot_part({"id": "x", "offset": "0"}))
+    with pytest.raises(ControlError, match="snapshot part of n1: no snapshot part nope on this node"):
+        asyncio.run(daemon._snapshot_part({"id": "nope", "offset": 0}))
