@@ -5,7 +5,9 @@ with --anonymize no lab address and no member name is left; a node cut off is li
 as unreachable, with a warning, and the snapshot is still written (exit 0)."""
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chaos.lab_mirror import MirrorLab
-from hacluster.node import cluster_config
+from hacluster.node import cluster_config, support_snapshot as plan
 from tests.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.lab]
@@ -55,11 +57,27 @@ def test_a_snapshot_of_every_node_holds_what_support_needs_and_no_secret(mirror)
     m = mirror
     m.wait_pair("n1")
     work = m.lab.workdir
+    # n2's part over two chunks of peer control: two custom checkers' output files (not
+    # rotated by hacluster) of random text, which gzip cannot shrink much
+    logs = m.cluster.log_dir("n2") / MODULE
+    for name in ("custom.a.log", "custom.b.log"):
+        (logs / name).write_text("".join(base64.b64encode(os.urandom(60)).decode() + "\n"
+                                         for _ in range(8000)))
+    expired_before = len(m.cluster.events("n1", "lease_expired"))
     out = work / "snap.tar.gz"
     res = snapshot(m, "-o", str(out), "--json")
     assert res.returncode == 0, res.stderr
     manifest = json.loads(res.stdout)
     files = extract(out, work / "snap")
+    for name in ("custom.a.log", "custom.b.log"):
+        tail = files[f"nodes/n2/modules/{MODULE}/logs/{name}"]
+        assert 500 << 10 < len(tail) <= 512 << 10 and (logs / name).read_bytes().endswith(tail)
+    assert manifest["nodes"]["n2"]["bytes"] > 1 << 20
+    built = [int(e["bytes"]) for e in m.cluster.events("n2", "snapshot_part_built")]
+    assert built and built[-1] > plan.CHUNK_BYTES       # it came in several chunks
+    # built beside the loop that renews the leases: no lease lost, nobody moved
+    assert len(m.cluster.events("n1", "lease_expired")) == expired_before
+    assert m.states() == {"n1": "PRIM/Ready", "n2": "SECOND/Ready"}
 
     # the manifest lists every file of the archive with its size, and nothing else
     assert "MANIFEST.json" in files and json.loads(files["MANIFEST.json"]) == manifest
