@@ -41,6 +41,10 @@ class PartError(Exception):
     """A part that could not be fetched or read; one line."""
 
 
+class ArchiveError(ValueError):
+    """The archive could not be written; one line naming it."""
+
+
 @dataclass
 class Gathered:
     parts: dict[str, bytes] = field(default_factory=dict)
@@ -225,7 +229,6 @@ def write_archive(out: Path | None, gathered: Gathered, *, cluster: str, made_on
     part_manifests: dict[str, dict[str, Any]] = {}
     for node in sorted(parts):
         manifest, files = parts[node]
-        node_dir = a(node)
         kept, skipped = [], list(manifest.get("skipped") or [])
         for entry in manifest["files"]:
             path = entry.get("path")
@@ -240,24 +243,40 @@ def write_archive(out: Path | None, gathered: Gathered, *, cluster: str, made_on
                     skipped.append({"path": path, "what": entry.get("what", ""),
                                     "reason": "not UTF-8 text: cannot be anonymized, left out"})
                     continue
-            kept.append({**entry, "path": a(path), "size": len(data)})
-            entries.append((f"{plan.NODES_DIR}/{node_dir}/{a(path)}", data))
-        part_manifests[node_dir] = {**manifest, "files": kept, "skipped": skipped}
+            kept.append({**entry, "size": len(data)})
+            entries.append((f"{plan.NODES_DIR}/{a(node)}/{a(path)}", data))
+        part = {"files": kept, "skipped": skipped, "built_by": manifest.get("built_by", "daemon"),
+                **({"note": manifest["note"]} if manifest.get("note") else {})}
+        # names stand in the paths, the reasons and the notes too: every value (the
+        # manifest's keys are its own words)
+        part_manifests[a(node)] = _anonymized_values(part, anon) if anon is not None else part
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     anonymized: dict[str, Any] | None = ({"what": ANONYMIZED_WHAT, "replaced": anon.counts()}
                                          if anon is not None else None)
-    manifest = plan.archive_manifest(cluster=cluster, made_on=made_on, created=created, version=version,
-                                     command=command, parts=part_manifests,
-                                     missing={a(n): r for n, r in missing.items()}, anonymized=anonymized)
+    manifest = plan.archive_manifest(cluster=a(cluster), made_on=a(made_on), created=created,
+                                     version=version, command=[a(c) for c in command],
+                                     parts=part_manifests,
+                                     missing={a(n): a(r) for n, r in missing.items()}, anonymized=anonymized)
     if anon is not None:
-        # names also stand in the reasons, the paths and the notes: the whole manifest
-        manifest = json.loads(anon.text(json.dumps(manifest)))
-        manifest["anonymized"] = {"what": ANONYMIZED_WHAT, "replaced": anon.counts()}
+        manifest["anonymized"]["replaced"] = anon.counts()     # with the names of the missing
     body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     target = out if out is not None else directory / plan.default_file_name(a(cluster), a(made_on), now)
-    _write_tar(target, [(plan.MANIFEST, body), *entries], now)
+    try:
+        _write_tar(target, [(plan.MANIFEST, body), *entries], now)
+    except OSError as e:
+        raise ArchiveError(f"{target}: cannot write the snapshot: {e.strerror or e}") from None
     return Written(target, target.stat().st_size, manifest,
                    anon.mapping() if anon is not None else None)
+
+
+def _anonymized_values(value: Any, anon: Anonymizer) -> Any:
+    if isinstance(value, dict):
+        return {k: _anonymized_values(v, anon) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_anonymized_values(v, anon) for v in value]
+    if isinstance(value, str):
+        return anon.text(value)
+    return value
 
 
 def _write_tar(target: Path, entries: list[tuple[str, bytes]], now: float) -> None:

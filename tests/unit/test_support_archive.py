@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hacluster import cli
-from hacluster.node import support_snapshot as plan
+from hacluster.node import support_archive, support_snapshot as plan
 from hacluster.node.control import ControlError, DaemonUnreachable
 from hacluster.node.support_archive import Gathered, PartError, gather, read_part, write_archive
 from hacluster.node.support_part import PartStore, Source, build_part, data_source
@@ -200,6 +200,20 @@ def test_the_summary_line_and_the_tokens_beside_an_anonymized_archive(member, tm
     assert line.startswith(f"wrote {archive.name} (") and "nodes MEMBER-1; anonymized" in line
     tokens = Path(str(archive) + ".tokens.json")
     assert json.loads(tokens.read_text())["MEMBER-1"] == "n1" and (tokens.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_archive_that_cannot_be_written_is_one_line_and_a_member_named_like_a_key_is_fine(tmp_path):
+    gathered = Gathered(parts={"files": part("files", "10.1.0.1", "nodes", "10.1.0.2")})
+    written = write_archive(tmp_path / "a.tar.gz", gathered, cluster="c", made_on="files", version="1",
+                            command=["hacluster", "snapshot"], anonymize=True)
+    files = unpack(written.path)
+    manifest = json.loads(files.pop(plan.MANIFEST))
+    assert list(manifest["nodes"]) == ["MEMBER-1"] and manifest["unreachable"] == []
+    assert {f["path"] for f in manifest["files"]} == set(files)
+    assert all(p.startswith("nodes/MEMBER-1/") for p in files)
+    with pytest.raises(support_archive.ArchiveError, match="cannot write the snapshot: No such file or directory"):
+        write_archive(tmp_path / "no" / "a.tar.gz", gathered, cluster="c", made_on="files", version="1",
+                      command=["hacluster", "snapshot"], anonymize=False)
 
 
 def test_a_bad_timeout_is_refused_in_one_line(member, capsys):
