@@ -150,3 +150,10 @@ def test_a_node_cut_off_is_listed_unreachable_and_the_snapshot_is_still_written(
     assert manifest["nodes"]["n1"]["included"] is True
     assert "nodes/n1/status/cluster_status.json" in files
     assert not any(p.startswith("nodes/n2/") for p in files)
+    # n2 cut off still gives its own snapshot, from its own daemon (no -H: no peer control)
+    res = m.cli("n2", "snapshot", "-o", str(m.lab.workdir / "n2.tar.gz"), "--json", timeout=120)
+    assert res.returncode == 0, res.stderr
+    own = json.loads(res.stdout)
+    assert own["nodes"]["n2"]["included"] and own["unreachable"] == []
+    assert "nodes/n2/status/raft.json" in {f["path"] for f in own["files"]}
+    assert "note" not in own["nodes"]["n2"]         # built by its daemon, not by the command
