@@ -604,6 +604,60 @@ def follow_log(args: argparse.Namespace, kw: dict[str, Any], polls: int | None =
     return 0
 
 
+# ---- support snapshot -----------------------------------------------------------
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """One .tar.gz for support: each node's part (through the local daemon and peer
+    control with -H), a MANIFEST.json; a node that does not answer is listed, and the
+    snapshot is still written (exit 0, a warning line per missing node)."""
+    from .modules.support import module_sources
+    from .node import support_archive, support_part, support_snapshot
+    from .node.control import DaemonUnreachable
+
+    cfg = _load(args)
+    hosts = _hosts(args)
+    if args.timeout <= 0:
+        raise ConfigError(f"--timeout {args.timeout:g}: must be more than 0 seconds")
+    try:
+        gathered = support_archive.gather(request, cfg.socket_path, cfg.self_name, hosts,
+                                          timeout=args.timeout)
+    except DaemonUnreachable as e:
+        # When the daemon is down a snapshot is wanted most: this node's files, read here.
+        note = f"no daemon answered ({e}): no status, Raft or module state in this part"
+        data = support_part.build_local(cfg, module_sources(cfg.paths, {}, {}), note)
+        gathered = support_archive.Gathered(parts={cfg.self_name: data})
+        if hosts is not None:
+            others = _snapshot_nodes(cfg, hosts)
+            gathered.missing = {n: "the local daemon does not answer: other nodes are reached "
+                                   "through it" for n in others if n != cfg.self_name}
+    written = support_archive.write_archive(
+        Path(args.out) if args.out else None, gathered, cluster=cfg.cluster, made_on=cfg.self_name,
+        version=version(), command=["hacluster", *(["-H", args.hosts] if hosts else []), "snapshot",
+                                    *(["--anonymize"] if args.anonymize else [])],
+        anonymize=args.anonymize)
+    if written.tokens is not None:
+        tokens_path = written.path.with_name(written.path.name + ".tokens.json")
+        fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(written.tokens, f, indent=2, sort_keys=True)
+    for node, reason in sorted(gathered.missing.items()):
+        print(f"hacluster: warning: {node} unreachable, not in the snapshot: {reason}", file=sys.stderr)
+    line = support_snapshot.summary_line(str(written.path), written.size, written.manifest)
+    if written.tokens is not None:
+        line += f" (tokens in {written.path.name}.tokens.json: keep it, do not send it)"
+    _print(args, written.manifest, line)
+    return exit_status.OK
+
+
+def _snapshot_nodes(cfg: cluster_config.ClusterConfig, hosts: list[str]) -> list[str]:
+    """The data nodes -H names, from the membership this member last applied (or its
+    configuration) when its daemon cannot be asked."""
+    cached = member_cache.read(cfg.paths.members_file)
+    members = cached.members if cached is not None and not cached.removed else cfg.members
+    if hosts == ["all"]:
+        return sorted(n for n, m in members.items() if m["role"] == "node")
+    return list(dict.fromkeys(hosts))
+
+
 # ---- daemons -------------------------------------------------------------------
 def cmd_node_run(args: argparse.Namespace) -> int:
     from .node_daemon import NodeDaemon
@@ -914,6 +968,36 @@ def build_parser() -> argparse.ArgumentParser:
         -H.""", cmd_set)
     sp.add_argument("-r", "--resource", required=True, metavar="custom.NAME")
     sp.add_argument("-v", "--value", required=True, metavar="up|down")
+    json_flag(sp)
+
+    # ---- support ----
+    sp = add(sub, "snapshot", "one .tar.gz for support: configs, states, Raft, logs, versions", """
+        Write one .tar.gz for support (as SafeKit's 'safekit snapshot' or Pacemaker's
+        crm_report): for this node, or with -H for each named node (-H all: every data
+        node), its configuration (cluster.json, hooks.json; never the cluster secret,
+        the Raft credential or a file named like a secret or a key), the cluster and
+        Raft status and committed state, each module's state, configuration
+        (userconfig.xml, the listing of its package with digests) and last events (the
+        last 2 MiB of module.log and script.log), the daemon's recent log (journald,
+        or its standard error when that is a file), versions, paths, disk usage and the
+        metrics. MANIFEST.json at its top lists every file with its size and what it
+        is, and what was left out and why. Each daemon builds its part in a thread,
+        bounded in size and time, and sends it in chunks over peer control.
+
+        A node that does not answer within --timeout is listed as unreachable in the
+        manifest and in a warning line; the snapshot is still written (exit 0). When
+        this node's daemon does not answer, this node's files are read by the command
+        itself. --anonymize replaces IP addresses, host names, member names and the
+        cluster name by tokens (IP-1, HOST-1, MEMBER-1, ...), the same value by the same
+        token in every file; the tokens are written beside the archive
+        (FILE.tokens.json), for you to keep. Prints one line (path, size, nodes in and
+        unreachable); --json prints the manifest.""", cmd_snapshot)
+    sp.add_argument("-o", "--out", metavar="FILE", help="the archive to write (default: "
+                    "hacluster-snapshot-<cluster>-<node>-<UTC time>.tar.gz here)")
+    sp.add_argument("--anonymize", action="store_true",
+                    help="replace IP addresses, host names, member and cluster names by tokens")
+    sp.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="how long a node may take to answer each request (default 10)")
     json_flag(sp)
 
     # ---- daemons and the server ----

@@ -10,7 +10,7 @@ plain named leases (``--contend``).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any, Iterable, cast
 
 from raft.commands import Answer
 
@@ -19,10 +19,12 @@ from hacluster.http.snapshot import ModuleSnapshot
 from hacluster.mirror.driver import MirrorModule
 from hacluster.modules.fetch import ModuleFetchServer
 from hacluster.modules.registry import ModuleRegistry, RuntimeFactory, fetch_address
+from hacluster.modules.support import module_sources
 from hacluster.node import commands
 from hacluster.node.cluster_config import ClusterConfig
 from hacluster.node.control import ControlError, Handler
 from hacluster.node.daemon import Daemon
+from hacluster.node.support_part import Source
 
 # The module kinds a node runs, by the mode of their package (<service mode=...>).
 KINDS: dict[str, RuntimeFactory] = {commands.MIRROR: MirrorModule, commands.FARM: FarmModule}
@@ -69,6 +71,12 @@ class NodeDaemon(Daemon):
         if self.modules is None:
             return (), frozenset()
         return self.modules.http_modules()
+
+    def support_sources(self) -> Iterable[Source]:
+        """Every module's state (taken now), configuration and last events (read by the
+        snapshot's build thread: hacluster.modules.support)."""
+        errors = dict(self.modules.errors) if self.modules is not None else {}
+        return module_sources(self.config.paths, self.module_statuses(), errors)
 
     def control_handlers(self) -> dict[str, Handler]:
         handlers = super().control_handlers()

@@ -46,6 +46,9 @@ MODULE_CMD = ControlCommand("module_cmd", remote=True, modules=True)
 MODULE_STATE = ControlCommand("module_state", remote=True, modules=True)
 MODULE_LOG = ControlCommand("module_log", remote=True, modules=True)
 MODULE_WAITSTATE = ControlCommand("module_waitstate", remote=True, modules=True)
+# this member's part of a support snapshot (hacluster snapshot, -H): built in a thread,
+# fetched in chunks (support_part)
+SNAPSHOT_PART = ControlCommand("snapshot_part", remote=True)
 # hooks of this node's own replication processes (the mount of a mirror module)
 REPLICATION_PEER_LOST = ControlCommand("replication_peer_lost", modules=True)
 REPLICATION_IN_SYNC = ControlCommand("replication_in_sync", modules=True)
@@ -53,7 +56,7 @@ REPLICATION_PROGRESS = ControlCommand("replication_progress", modules=True)
 
 CONTROL_COMMANDS: dict[str, ControlCommand] = {c.name: c for c in (
     STATUS, LEASES, ADD_MEMBER, REMOVE_MEMBER, FORWARD, MODULE_INSTALL, MODULE_UNINSTALL,
-    MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE,
+    MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE, SNAPSHOT_PART,
     REPLICATION_PEER_LOST, REPLICATION_IN_SYNC, REPLICATION_PROGRESS)}
 REMOTE_COMMANDS = frozenset(c.name for c in CONTROL_COMMANDS.values() if c.remote)
 

@@ -23,11 +23,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import uvloop
 
 import hacluster
+from hacluster.http import metrics as http_metrics
 from hacluster.http.server import HttpServer
 from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
 
@@ -42,6 +43,7 @@ from raft.member import RAFT_PURPOSE, RaftCommandError, RaftMember
 from replication.durable_file import atomic_write
 
 from . import commands, control, exit_status, layout_upgrade, member_cache, structured_log
+from . import support_snapshot
 from .cluster_config import ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder, RenewalBatch
@@ -49,6 +51,7 @@ from .event_hooks import (EventTracker, HookConfigError, HookRunner, RefusedTap,
                           module_events, quorum_event)
 from .peer_control import PeerControlError, PeerControlServer, call_member, peer_control_address
 from .sd_notify import Notifier, raft_up, watchdog_due
+from .support_part import PartStore, Source, build_part, node_sources, read_credentials
 
 log = logging.getLogger("hacluster.daemon")
 
@@ -91,6 +94,7 @@ class Daemon:
         self.started_at = time.time()           # for the metrics (wall, Unix seconds)
         self._started_mono = time.monotonic()
         self.http: HttpServer | None = None
+        self._parts = PartStore()       # support snapshot parts, until fetched
 
     def member_hosts(self) -> set[str]:
         """The current members' hosts, as their connections come from (on every
@@ -346,7 +350,13 @@ class Daemon:
             commands.ADD_MEMBER.name: self._add_member,
             commands.REMOVE_MEMBER.name: self._remove_member,
             commands.FORWARD.name: self._forward,
+            commands.SNAPSHOT_PART.name: self._snapshot_part,
         }
+
+    def support_sources(self) -> Iterable[Source]:
+        """The files a role adds to this member's snapshot part (a data node: its
+        modules'); plain data taken here, on the loop, the files read by the build thread."""
+        return ()
 
     # ---- what the modules are given (hacluster.modules.host.ModuleHost) ----------------
     def track(self, task: "asyncio.Task[T]") -> "asyncio.Task[T]":
@@ -508,6 +518,9 @@ class Daemon:
 
     # ---- control handlers ----------------------------------------------------------
     async def _status(self, request: dict) -> dict:
+        return self._status_now()
+
+    def _status_now(self) -> dict:
         snap = self.raft.snapshot()
         raft = self.raft.raft_status()
         by_address = {m["address"]: n for n, m in snap["members"].items()}
@@ -564,6 +577,9 @@ class Daemon:
         else:
             raise ControlError("forward: 'hosts' must be 'all' or a list of member names")
         timeout = float(inner.get("wait_s") or 0) + 30.0
+        asked = request.get("timeout_s")
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and 0 < asked < timeout:
+            timeout = float(asked)      # a caller that wants a quick answer (snapshot)
         if not self.config.holds_data_secret:
             raise ControlError("-H: this member is a witness; it holds only the Raft credential "
                                "and cannot drive other members: run it on a data node")
@@ -579,6 +595,64 @@ class Daemon:
                     reply = {"ok": False, "error": str(e)}
             return {"node": name, **reply}
         return list(await asyncio.gather(*(one(n) for n in names)))
+
+    async def _snapshot_part(self, request: dict) -> dict:
+        """This member's part of a support snapshot: without ``id``, start building it
+        (the answer is its id at once); with ``id`` and ``offset``, ``{"ready": false}``
+        while it is built, then its bytes from ``offset`` in chunks (support_part)."""
+        part_id = request.get("id")
+        if part_id is None:
+            return self._start_part()
+        offset = request.get("offset", 0)
+        if not isinstance(part_id, str) or not isinstance(offset, int) or isinstance(offset, bool):
+            raise ControlError("snapshot_part: 'id' must be a string and 'offset' an integer")
+        try:
+            return self._parts.chunk(part_id, offset)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ControlError(f"snapshot part of {self.name}: {e.args[0] if e.args else e}") from None
+
+    def _start_part(self) -> dict:
+        """What only the loop knows, taken now as plain data; the files are read and
+        packed in a thread, bounded (support_snapshot: PART_DEADLINE_S, PART_MAX_BYTES),
+        so that building a part never delays a lease renewal."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + support_snapshot.PART_DEADLINE_S
+        try:
+            part_id = self._parts.begin()
+        except ValueError as e:
+            raise ControlError(f"snapshot part of {self.name}: {e}") from None
+        status = raft_status = state = None
+        note = None
+        if self.raft is not None:
+            status = self._status_now()
+            raft_status = self.raft.raft_status()
+            state = self.raft.snapshot()
+        else:
+            note = "the daemon's Raft member was not running"
+        metrics_text = http_metrics.render(self.http_snapshot()) if self.http is not None else None
+        sources: list[Iterable[Source]] = [
+            node_sources(self.config, deadline=deadline, status=status, raft_status=raft_status,
+                         cluster_state=state, metrics=metrics_text, daemon_note=note,
+                         metrics_off="the HTTP endpoints are disabled (cluster.json: http.enabled)"),
+            self.support_sources()]
+
+        def build() -> bytes:
+            return build_part(self.name, (s for group in sources for s in group),
+                              lambda: read_credentials(self.config), deadline=deadline)
+
+        def done(fut: "asyncio.Future[bytes]") -> None:
+            if fut.cancelled():
+                self._parts.finish(part_id, None, "the build was cancelled (the daemon is stopping)")
+            elif fut.exception() is not None:
+                log.error("event=snapshot_part_failed id=%s error=%r", part_id, str(fut.exception()))
+                self._parts.finish(part_id, None, f"building it failed: {fut.exception()}")
+            else:
+                data = fut.result()
+                log.info("event=snapshot_part_built id=%s bytes=%d", part_id, len(data))
+                self._parts.finish(part_id, data)
+        loop.run_in_executor(None, build).add_done_callback(done)
+        log.info("event=snapshot_part_started id=%s", part_id)
+        return {"id": part_id, "ready": False, "node": self.name}
 
     async def _add_member(self, request: dict) -> dict:
         name, address, role = request.get("name"), request.get("address"), request.get("role")

@@ -26,7 +26,8 @@ def test_each_daemon_serves_exactly_the_commands_the_table_gives_its_role(config
 
 def test_a_handler_missing_from_the_table_or_the_daemon_stops_it():
     with pytest.raises(RuntimeError, match=r"missing \['leases'\], not declared \['nuke'\]"):
-        commands.check_handlers({"status", "add_member", "remove_member", "forward", "nuke"},
+        commands.check_handlers({"status", "add_member", "remove_member", "forward", "snapshot_part",
+                                 "nuke"},
                                 with_modules=False)
 
 
@@ -36,7 +37,8 @@ def test_the_node_daemon_is_a_module_host(configs):
 
 def test_remote_commands_are_those_declared_remote():
     assert commands.REMOTE_COMMANDS == {"status", "leases", "module_list", "module_cmd",
-                                        "module_state", "module_log", "module_waitstate"}
+                                        "module_state", "module_log", "module_waitstate",
+                                        "snapshot_part"}
     assert commands.LOCAL_MODULE_COMMANDS == {"set_resource"}
 
 
