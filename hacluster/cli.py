@@ -44,8 +44,8 @@ def _load(args: argparse.Namespace) -> cluster_config.ClusterConfig:
     def absolute(value: str | None) -> str | None:
         return os.path.abspath(value) if value else None
     flags = {key: absolute(getattr(args, key, None)) for key in paths.DEFAULTS}
-    env = {var: os.path.abspath(os.environ[var]) for var in paths.ENVIRONMENT.values()
-           if os.environ.get(var)}
+    env = {var: os.path.abspath(os.environ[var])
+           for var in (*paths.ENVIRONMENT.values(), paths.ROOT_PREFIX_ENV) if os.environ.get(var)}
     return cluster_config.load(_config_dir(args), env=env, flags=flags)
 
 
