@@ -186,8 +186,8 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
            f"cluster {args.name}: wrote {len(written)} member configurations (secret mode 0600)\n"
            + table(rows, [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"),
                           ("config", "CONFIG DIR")])
-           + "\ncopy each directory to its server as /etc/hacluster, then run "
-             "'hacluster node run' (or 'witness run') there")
+           + "\ncopy each directory's files to its server's /etc/hacluster (modes kept: "
+             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there")
     return 0
 
 
