@@ -219,6 +219,8 @@ class Walkthrough:
         """systemd's start of a Type=notify unit, from the unit file setup wrote."""
         path = self.root(host) / "etc/systemd/system" / f"{unit}.service"
         service = unit_service_section(path.read_text())
+        shipped = unit_service_section((REPO / "hacluster/node/systemd" / path.name).read_text())
+        assert service == shipped, "hacluster setup wrote another unit than the shipped one"
         assert service["Type"] == "notify"
         for key, var in (("ConfigurationDirectory", "HACLUSTER_CONFIG"),
                          ("StateDirectory", "HACLUSTER_STATE_DIR"),
