@@ -412,7 +412,8 @@ class Lab:
         return merged
 
     def run(self, host: str, argv: Sequence[str], check: bool = True, timeout: float = 30,
-            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+            env: Mapping[str, str] | None = None,
+            cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
         """Run argv in the host's namespace and wait; ``env`` adds to our environment.
         Its stdin is /dev/null: a command that would ask at a terminal (hacluster's
         confirmations) never waits on the test runner's."""
@@ -420,7 +421,7 @@ class Lab:
         log.debug("lab=%s action=run host=%s argv=%s", self.id, host, list(argv))
         return subprocess.run([IP, "netns", "exec", ns, *argv], capture_output=True,
                               stdin=subprocess.DEVNULL, text=True, check=check, timeout=timeout,
-                              env=self._env(env))
+                              env=self._env(env), cwd=cwd)
 
     def spawn(self, host: str, argv: Sequence[str], name: str = "daemon",
               env: Mapping[str, str] | None = None,

@@ -44,8 +44,8 @@ def _load(args: argparse.Namespace) -> cluster_config.ClusterConfig:
     def absolute(value: str | None) -> str | None:
         return os.path.abspath(value) if value else None
     flags = {key: absolute(getattr(args, key, None)) for key in paths.DEFAULTS}
-    env = {var: os.path.abspath(os.environ[var]) for var in paths.ENVIRONMENT.values()
-           if os.environ.get(var)}
+    env = {var: os.path.abspath(os.environ[var])
+           for var in (*paths.ENVIRONMENT.values(), paths.ROOT_PREFIX_ENV) if os.environ.get(var)}
     return cluster_config.load(_config_dir(args), env=env, flags=flags)
 
 
@@ -186,8 +186,8 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
            f"cluster {args.name}: wrote {len(written)} member configurations (secret mode 0600)\n"
            + table(rows, [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"),
                           ("config", "CONFIG DIR")])
-           + "\ncopy each directory to its server as /etc/hacluster, then run "
-             "'hacluster node run' (or 'witness run') there")
+           + "\ncopy each directory's files to its server's /etc/hacluster (modes kept: "
+             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there")
     return 0
 
 

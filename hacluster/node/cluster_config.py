@@ -26,7 +26,8 @@ from raft.membership import MembershipError, check_members, check_name
 from raft.settings import RaftSettings, SettingsError
 from replication.durable_file import atomic_write, durable_replace
 
-from .paths import DEFAULTS as PATH_KEYS, LEGACY_STATE_KEY, NodePaths, PathError, resolve
+from .paths import (DEFAULTS as PATH_KEYS, LEGACY_STATE_KEY, ROOT_PREFIX_ENV, NodePaths, PathError,
+                    resolve)
 
 CONFIG_FILE = "cluster.json"
 SECRET_FILE = "secret"              # the data nodes' cluster secret
@@ -224,7 +225,9 @@ def load(directory: str | os.PathLike, env: Mapping[str, str] | None = None,
                  for n, m in members.items()},
         raft=raft,
         paths=paths,
-        path_prefix=_path_prefix(raw.get("path_prefix"), path),
+        path_prefix=_path_prefix(*((env[ROOT_PREFIX_ENV], f"${ROOT_PREFIX_ENV}")
+                                   if env and env.get(ROOT_PREFIX_ENV)
+                                   else (raw.get("path_prefix"), f"{path}: path_prefix"))),
         **_logs(raw.get("logs"), path),
         http=HttpSettings.from_dict(raw.get("http"), f"{path}: http"),
     )
@@ -248,11 +251,12 @@ def _logs(value: Any, path: Path) -> dict[str, int]:
     return out
 
 
-def _path_prefix(value: Any, path: Path) -> str | None:
+def _path_prefix(value: Any, origin: str) -> str | None:
+    """The lab's '/' for module paths: $HACLUSTER_ROOT_PREFIX, else cluster.json's."""
     if value in (None, ""):
         return None
     if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
-        raise ConfigError(f"{path}: path_prefix must be an absolute path without '..', got {value!r}")
+        raise ConfigError(f"{origin}: must be an absolute path without '..', got {value!r}")
     return value.rstrip("/")
 
 

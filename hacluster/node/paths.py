@@ -31,6 +31,10 @@ DEFAULTS = {"state_dir": "/var/lib/hacluster", "run_dir": "/run/hacluster",
 ENVIRONMENT = {"state_dir": "HACLUSTER_STATE_DIR", "run_dir": "HACLUSTER_RUN_DIR",
                "log_dir": "HACLUSTER_LOG_DIR"}
 CONFIG_ENV = "HACLUSTER_CONFIG"
+# Lab only: what a member sees as '/' for module paths (cluster.json's path_prefix), so
+# that several "servers" can share one file system. The daemon hands it to the module
+# scripts under the same name, and reads it from its own environment before the file.
+ROOT_PREFIX_ENV = "HACLUSTER_ROOT_PREFIX"
 # Before the FHS layout, the state lived in the configuration directory, under data/
 # (and ``data_dir`` in cluster.json moved it): the same content as the state directory.
 LEGACY_STATE_SUBDIR = "data"

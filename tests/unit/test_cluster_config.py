@@ -173,6 +173,18 @@ def test_paths_come_from_flags_then_environment_then_the_file(member_dir):
     assert cfg.paths.config_dir == member_dir
 
 
+def test_the_labs_root_prefix_comes_from_the_environment_then_the_file(member_dir):
+    assert load(member_dir).path_prefix is None
+    rewrite(member_dir, lambda raw: raw.update(path_prefix="/lab/file/"))
+    assert load(member_dir).path_prefix == "/lab/file"
+    assert load(member_dir, env={"HACLUSTER_ROOT_PREFIX": "/lab/env"}).path_prefix == "/lab/env"
+    # empty, as the daemon hands it to scripts when there is none: the file's
+    assert load(member_dir, env={"HACLUSTER_ROOT_PREFIX": ""}).path_prefix == "/lab/file"
+    with pytest.raises(ConfigError, match=r"^\$HACLUSTER_ROOT_PREFIX: must be an absolute path "
+                                          r"without '\.\.', got 'lab'$"):
+        load(member_dir, env={"HACLUSTER_ROOT_PREFIX": "lab"})
+
+
 def test_a_relative_path_in_the_file_is_refused_naming_it(member_dir):
     path = rewrite(member_dir, lambda raw: raw.update(run_dir="run"))
     with pytest.raises(ConfigError, match=f"^{path}: run_dir: must be an absolute path, got 'run'$"):
