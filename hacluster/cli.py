@@ -19,6 +19,7 @@ from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
+from .http import passwords, roles, tls
 from .node import cluster_config, commands, exit_status, install as server_install, member_cache, paths
 from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
 from .node.control import NO_QUORUM, UNREACHABLE, ControlError, request
@@ -149,6 +150,11 @@ def _parse_member(spec: str, role: str, port: int) -> tuple[str, dict[str, str]]
     return name, {"address": cluster_config.with_port(address, port), "role": role}
 
 
+# Where cluster init writes the cluster CA (certificate and key): upper case, so it can
+# never be a member's directory (member names are lower case).
+CA_DIR = "CA"
+
+
 def cmd_cluster_init(args: argparse.Namespace) -> int:
     members: dict[str, dict[str, Any]] = {}
     for spec, role in [(s, "node") for s in args.node] + [(s, "witness") for s in args.witness]:
@@ -178,16 +184,29 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
         if (out / name / cluster_config.CONFIG_FILE).exists():
             raise ConfigError(f"{out / name / cluster_config.CONFIG_FILE}: already exists; "
                               "refusing to overwrite (nothing written)")
+    if (out / CA_DIR / tls.CA_KEY).exists():
+        raise ConfigError(f"{out / CA_DIR / tls.CA_KEY}: already exists; refusing to overwrite "
+                          "(nothing written)")
     secret = cluster_config.new_secret()
+    # Made before any directory is written: a failure here leaves nothing half-done.
+    ca = tls.make_ca(args.name)
+    certs = {name: tls.sign_member(ca, args.name, name, m["address"].rsplit(":", 1)[0])
+             for name, m in members.items() if m["role"] == "node"}
     written = [cluster_config.write_member_dir(out, args.name, name, members, secret, RaftSettings())
                for name in sorted(members)]
+    for name, pem in certs.items():
+        tls.write_member(out / name, pem, ca.cert)
+    tls.write_ca(out / CA_DIR, ca)
     rows = [{"name": n, **members[n], "config": str(out / n)} for n in sorted(members)]
-    _print(args, {"cluster": args.name, "members": rows},
+    _print(args, {"cluster": args.name, "members": rows, "ca": str(out / CA_DIR)},
            f"cluster {args.name}: wrote {len(written)} member configurations (secret mode 0600)\n"
            + table(rows, [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"),
                           ("config", "CONFIG DIR")])
            + "\ncopy each directory's files to its server's /etc/hacluster (modes kept: "
-             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there")
+             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there"
+           + f"\nHTTPS: each data node has http.crt/http.key signed by the cluster CA "
+             f"{out / CA_DIR / tls.CA_CERT}; give that file to browsers and API clients. Keep "
+             f"{out / CA_DIR / tls.CA_KEY} offline (it signs certificates for new members)")
     return 0
 
 

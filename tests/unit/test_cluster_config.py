@@ -31,7 +31,7 @@ def test_cluster_init_writes_one_dir_per_member(tmp_path, capsys):
     assert init(tmp_path) == 0
     out = capsys.readouterr().out
     assert "cluster prod: wrote 3 member configurations" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "w"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CA", "a", "b", "w"]
     secrets = set()
     for name in ("a", "b", "w"):
         d = tmp_path / name
