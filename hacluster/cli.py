@@ -326,6 +326,78 @@ def cmd_lease_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- users of the HTTPS API --------------------------------------------------------
+def _read_password(args: argparse.Namespace, name: str) -> str:
+    """The new password: one line of standard input with --password-stdin, else typed
+    twice at a terminal (never an argument: it would show in ps and the shell history).
+    Hashed here (scrypt): only the hash goes to the daemon and into the cluster state."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        if not sys.stdin.isatty():
+            raise Refused(f"user {name}: no terminal to type the password at: give it on "
+                          "standard input with --password-stdin")
+        import getpass
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise Refused(f"user {name}: the two passwords differ (nothing changed)")
+    try:
+        return passwords.hash_password(password)
+    except passwords.PasswordError as e:
+        raise ConfigError(f"user {name}: {e}") from None
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    error = roles.name_error(args.name) or roles.role_error(args.role)
+    if error:
+        raise ConfigError(error)
+    if any(u["name"] == args.name for u in _call(args, commands.USER_LIST.name)):
+        raise Refused(f"user {args.name} exists: change their password with 'user passwd', "
+                      "their role with 'user role'")
+    res = _call(args, commands.USER_SET.name, name=args.name, role=args.role,
+                hash=_read_password(args, args.name))
+    _print(args, res, f"user {args.name} added ({args.role}): committed, they can log in on "
+                      "every data node")
+    return 0
+
+
+def _user(args: argparse.Namespace) -> dict:
+    found = next((u for u in _call(args, commands.USER_LIST.name) if u["name"] == args.name), None)
+    if found is None:
+        raise Refused(f"no user {args.name!r} ('hacluster user list')")
+    return found
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    user = _user(args)
+    res = _call(args, commands.USER_SET.name, name=args.name, role=user["role"],
+                hash=_read_password(args, args.name))
+    _print(args, res, f"user {args.name}: password changed (their sessions end on every node)")
+    return 0
+
+
+def cmd_user_role(args: argparse.Namespace) -> int:
+    if roles.role_error(args.role):
+        raise ConfigError(str(roles.role_error(args.role)))
+    _user(args)
+    res = _call(args, commands.USER_SET.name, name=args.name, role=args.role, hash=None)
+    _print(args, res, f"user {args.name}: role {args.role}")
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    res = _call(args, commands.USER_REMOVE.name, name=args.name)
+    _print(args, res, f"user {args.name} removed (their sessions end on every node)")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    rows = _call(args, commands.USER_LIST.name)
+    _print(args, rows, table(rows, [("name", "USER"), ("role", "ROLE")]) if rows
+           else "no users (add one: hacluster user add NAME --role admin)")
+    return 0
+
+
 # ---- modules ---------------------------------------------------------------------
 def _report_text(report: Any) -> str:
     lines = [f"error: {e}" for e in report.errors] + [f"warning: {w}" for w in report.warnings]
@@ -868,6 +940,42 @@ def build_parser() -> argparse.ArgumentParser:
         List the named leases in the cluster state: who holds each, its epoch (raised by
         every grant), its duration and which members may acquire it automatically.""",
              cmd_lease_list)
+    json_flag(sp)
+
+    # ---- users of the HTTPS API ----
+    user = table_.group(sub, "user", "users of the HTTPS API and their roles")
+    role_help = "monitor (read), control (also module commands) or admin (also users)"
+    sp = add(user, "user add", "add a user of the HTTPS API", """
+        Add a user who can log in to the HTTPS API on every data node, with ROLE monitor
+        (read), control (also module commands) or admin (also users and the audit
+        trail). The password is typed twice at a terminal, or read from standard input
+        with --password-stdin, and hashed here (scrypt): only the hash is committed to
+        the cluster state.""", cmd_user_add)
+    sp.add_argument("name")
+    sp.add_argument("--role", required=True, help=role_help)
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    json_flag(sp)
+    sp = add(user, "user passwd", "change a user's password", """
+        Change the password of user NAME (typed twice, or --password-stdin). Their
+        sessions end on every node.""", cmd_user_passwd)
+    sp.add_argument("name")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    json_flag(sp)
+    sp = add(user, "user role", "change a user's role", """
+        Give user NAME the role ROLE; it applies to their next request, on every
+        node.""", cmd_user_role)
+    sp.add_argument("name")
+    sp.add_argument("role", help=role_help)
+    json_flag(sp)
+    sp = add(user, "user remove", "remove a user", """
+        Remove user NAME; their sessions end on every node.""", cmd_user_remove)
+    sp.add_argument("name")
+    json_flag(sp)
+    sp = add(user, "user list", "the users and their roles", """
+        List the users of the HTTPS API and their roles (never their password
+        hashes).""", cmd_user_list)
     json_flag(sp)
 
     # ---- modules ----
