@@ -14,7 +14,7 @@ from hacluster.http import sessions
 from hacluster.http.api import Api, ApiState, make_api_app, routes
 from hacluster.http.audit import AuditLog
 from hacluster.http.openapi import DOCUMENT
-from tests.unit.http_api_fakes import FakeBackend, client, login, make_certs, start_server
+from tests.unit.http_api_fakes import FakeBackend, client, make_certs, start_server
 
 TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
          "boolean": bool, "null": type(None)}
