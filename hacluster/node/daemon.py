@@ -696,6 +696,9 @@ class Daemon:
             status = self._status_now()
             raft_status = self.raft.raft_status()
             state = self.raft.snapshot()
+            # the API's users by name and role: their password hashes stay in the cluster
+            if state.get("users"):
+                state["users"] = {n: {"role": u["role"]} for n, u in state["users"].items()}
         else:
             note = "the daemon's Raft member was not running"
         metrics_text = http_metrics.render(self.http_snapshot()) if self.http is not None else None
