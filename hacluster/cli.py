@@ -283,6 +283,15 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
             raise ConfigError(f"add-node {args.name} --out: this member is a witness and holds "
                               "only the Raft credential, not the cluster secret a data node needs: "
                               "run it on a data node (nothing was changed)")
+        ca = None
+        if getattr(args, "ca", None):
+            if out is None:
+                raise ConfigError(f"add-node {args.name} --ca: give --out too (the certificate is "
+                                  "written into the new node's configuration directory)")
+            try:
+                ca = tls.read_ca(Path(args.ca))     # before the change: nothing half-done
+            except tls.TlsError as e:
+                raise ConfigError(f"add-node {args.name}: {e}") from None
         res = _member_request(cfg, f"add-{role} {args.name}", commands.ADD_MEMBER.name, name=args.name,
                               address=address, role=role, **({"links": args.link} if args.link else {}))
         text = f"added {role} {args.name} ({address}) through Raft"
@@ -291,6 +300,10 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
             secret = cfg.read_secret() if role == "node" or cfg.holds_data_secret else None
             d = cluster_config.write_member_dir(out, cfg.cluster, args.name, res["members"],
                                                 secret, cfg.raft, cfg.read_raft_secret())
+            if ca is not None:
+                tls.write_member(d, tls.sign_member(ca, cfg.cluster, args.name,
+                                                    address.rsplit(":", 1)[0]), ca.cert)
+                text += "; its HTTPS certificate is signed by the cluster CA"
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
         if role == "node":
@@ -919,6 +932,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="its address on the next heartbeat network (repeatable, in "
                              "network order); every member must be upgraded to this version")
         sp.add_argument("--out", help=f"write the new {what}'s configuration directory here")
+        if role == "node":
+            sp.add_argument("--ca", metavar="DIR", help="with --out: the directory of the cluster "
+                            "CA (cluster init's OUT/CA) to sign the node's HTTPS certificate with "
+                            "(without it the node serves no API until given a certificate)")
         json_flag(sp)
         sp = add(cluster, f"cluster remove-{role}", f"remove a {what} through Raft", f"""
             Remove the {what} NAME from the cluster: one committed change, refused when

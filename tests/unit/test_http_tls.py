@@ -73,3 +73,16 @@ def test_an_unusable_certificate_is_one_line_naming_the_files(tmp_path):
         assert str(tmp_path / "c.pem") in str(e) and "\n" not in str(e)
     else:
         raise AssertionError("an unusable certificate was accepted")
+
+
+def test_add_node_with_a_ca_checks_it_before_changing_anything(tmp_path, capsys):
+    assert cli.main(["cluster", "init", "--node", "a=127.0.0.1", "--node", "b=127.0.0.2",
+                     "--witness", "w=127.0.0.3", "--out", str(tmp_path / "cfg")]) == 0
+    base = ["-c", str(tmp_path / "cfg" / "a"), "--run-dir", str(tmp_path / "run"),
+            "--state-dir", str(tmp_path / "state"), "cluster", "add-node", "c", "127.0.0.4"]
+    capsys.readouterr()
+    assert cli.main([*base, "--ca", str(tmp_path / "cfg" / "CA")]) != 0
+    assert "give --out too" in capsys.readouterr().err
+    assert cli.main([*base, "--out", str(tmp_path / "new"), "--ca", str(tmp_path / "nope")]) != 0
+    assert "no cluster CA there" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()      # refused before the daemon was asked
