@@ -19,6 +19,7 @@ from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
 from raft.settings import RaftSettings
 
+from .http import passwords, roles, tls
 from .node import cluster_config, commands, exit_status, install as server_install, member_cache, paths
 from .node.cluster_config import DEFAULT_RAFT_PORT, ConfigError
 from .node.control import NO_QUORUM, UNREACHABLE, ControlError, request
@@ -149,6 +150,11 @@ def _parse_member(spec: str, role: str, port: int) -> tuple[str, dict[str, str]]
     return name, {"address": cluster_config.with_port(address, port), "role": role}
 
 
+# Where cluster init writes the cluster CA (certificate and key): upper case, so it can
+# never be a member's directory (member names are lower case).
+CA_DIR = "CA"
+
+
 def cmd_cluster_init(args: argparse.Namespace) -> int:
     members: dict[str, dict[str, Any]] = {}
     for spec, role in [(s, "node") for s in args.node] + [(s, "witness") for s in args.witness]:
@@ -178,16 +184,29 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
         if (out / name / cluster_config.CONFIG_FILE).exists():
             raise ConfigError(f"{out / name / cluster_config.CONFIG_FILE}: already exists; "
                               "refusing to overwrite (nothing written)")
+    if (out / CA_DIR / tls.CA_KEY).exists():
+        raise ConfigError(f"{out / CA_DIR / tls.CA_KEY}: already exists; refusing to overwrite "
+                          "(nothing written)")
     secret = cluster_config.new_secret()
+    # Made before any directory is written: a failure here leaves nothing half-done.
+    ca = tls.make_ca(args.name)
+    certs = {name: tls.sign_member(ca, args.name, name, m["address"].rsplit(":", 1)[0])
+             for name, m in members.items() if m["role"] == "node"}
     written = [cluster_config.write_member_dir(out, args.name, name, members, secret, RaftSettings())
                for name in sorted(members)]
+    for name, pem in certs.items():
+        tls.write_member(out / name, pem, ca.cert)
+    tls.write_ca(out / CA_DIR, ca)
     rows = [{"name": n, **members[n], "config": str(out / n)} for n in sorted(members)]
-    _print(args, {"cluster": args.name, "members": rows},
+    _print(args, {"cluster": args.name, "members": rows, "ca": str(out / CA_DIR)},
            f"cluster {args.name}: wrote {len(written)} member configurations (secret mode 0600)\n"
            + table(rows, [("name", "NAME"), ("role", "ROLE"), ("address", "ADDRESS"),
                           ("config", "CONFIG DIR")])
            + "\ncopy each directory's files to its server's /etc/hacluster (modes kept: "
-             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there")
+             "scp -p), then systemctl enable --now hacluster-node (or hacluster-witness) there"
+           + f"\nHTTPS: each data node has http.crt/http.key signed by the cluster CA "
+             f"{out / CA_DIR / tls.CA_CERT}; give that file to browsers and API clients. Keep "
+             f"{out / CA_DIR / tls.CA_KEY} offline (it signs certificates for new members)")
     return 0
 
 
@@ -264,6 +283,15 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
             raise ConfigError(f"add-node {args.name} --out: this member is a witness and holds "
                               "only the Raft credential, not the cluster secret a data node needs: "
                               "run it on a data node (nothing was changed)")
+        ca = None
+        if getattr(args, "ca", None):
+            if out is None:
+                raise ConfigError(f"add-node {args.name} --ca: give --out too (the certificate is "
+                                  "written into the new node's configuration directory)")
+            try:
+                ca = tls.read_ca(Path(args.ca))     # before the change: nothing half-done
+            except tls.TlsError as e:
+                raise ConfigError(f"add-node {args.name}: {e}") from None
         res = _member_request(cfg, f"add-{role} {args.name}", commands.ADD_MEMBER.name, name=args.name,
                               address=address, role=role, **({"links": args.link} if args.link else {}))
         text = f"added {role} {args.name} ({address}) through Raft"
@@ -272,6 +300,10 @@ def _member_change(args: argparse.Namespace, role: str, adding: bool) -> int:
             secret = cfg.read_secret() if role == "node" or cfg.holds_data_secret else None
             d = cluster_config.write_member_dir(out, cfg.cluster, args.name, res["members"],
                                                 secret, cfg.raft, cfg.read_raft_secret())
+            if ca is not None:
+                tls.write_member(d, tls.sign_member(ca, cfg.cluster, args.name,
+                                                    address.rsplit(":", 1)[0]), ca.cert)
+                text += "; its HTTPS certificate is signed by the cluster CA"
             text += f"; its configuration is in {d} (start it with hacluster --config {d} {role} run)"
     else:
         if role == "node":
@@ -304,6 +336,78 @@ def cmd_lease_list(args: argparse.Namespace) -> int:
     rows = _call(args, commands.LEASES.name)
     _print(args, rows, table(rows, [("resource", "LEASE"), ("holder", "HOLDER"), ("epoch", "EPOCH"),
                                     ("lease_s", "LEASE S"), ("eligible", "ELIGIBLE")]))
+    return 0
+
+
+# ---- users of the HTTPS API --------------------------------------------------------
+def _read_password(args: argparse.Namespace, name: str) -> str:
+    """The new password: one line of standard input with --password-stdin, else typed
+    twice at a terminal (never an argument: it would show in ps and the shell history).
+    Hashed here (scrypt): only the hash goes to the daemon and into the cluster state."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        if not sys.stdin.isatty():
+            raise Refused(f"user {name}: no terminal to type the password at: give it on "
+                          "standard input with --password-stdin")
+        import getpass
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            raise Refused(f"user {name}: the two passwords differ (nothing changed)")
+    try:
+        return passwords.hash_password(password)
+    except passwords.PasswordError as e:
+        raise ConfigError(f"user {name}: {e}") from None
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    error = roles.name_error(args.name) or roles.role_error(args.role)
+    if error:
+        raise ConfigError(error)
+    if any(u["name"] == args.name for u in _call(args, commands.USER_LIST.name)):
+        raise Refused(f"user {args.name} exists: change their password with 'user passwd', "
+                      "their role with 'user role'")
+    res = _call(args, commands.USER_SET.name, name=args.name, role=args.role,
+                hash=_read_password(args, args.name))
+    _print(args, res, f"user {args.name} added ({args.role}): committed, they can log in on "
+                      "every data node")
+    return 0
+
+
+def _user(args: argparse.Namespace) -> dict:
+    found = next((u for u in _call(args, commands.USER_LIST.name) if u["name"] == args.name), None)
+    if found is None:
+        raise Refused(f"no user {args.name!r} ('hacluster user list')")
+    return found
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    user = _user(args)
+    res = _call(args, commands.USER_SET.name, name=args.name, role=user["role"],
+                hash=_read_password(args, args.name))
+    _print(args, res, f"user {args.name}: password changed (their sessions end on every node)")
+    return 0
+
+
+def cmd_user_role(args: argparse.Namespace) -> int:
+    if roles.role_error(args.role):
+        raise ConfigError(str(roles.role_error(args.role)))
+    _user(args)
+    res = _call(args, commands.USER_SET.name, name=args.name, role=args.role, hash=None)
+    _print(args, res, f"user {args.name}: role {args.role}")
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    res = _call(args, commands.USER_REMOVE.name, name=args.name)
+    _print(args, res, f"user {args.name} removed (their sessions end on every node)")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    rows = _call(args, commands.USER_LIST.name)
+    _print(args, rows, table(rows, [("name", "USER"), ("role", "ROLE")]) if rows
+           else "no users (add one: hacluster user add NAME --role admin)")
     return 0
 
 
@@ -828,6 +932,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="its address on the next heartbeat network (repeatable, in "
                              "network order); every member must be upgraded to this version")
         sp.add_argument("--out", help=f"write the new {what}'s configuration directory here")
+        if role == "node":
+            sp.add_argument("--ca", metavar="DIR", help="with --out: the directory of the cluster "
+                            "CA (cluster init's OUT/CA) to sign the node's HTTPS certificate with "
+                            "(without it the node serves no API until given a certificate)")
         json_flag(sp)
         sp = add(cluster, f"cluster remove-{role}", f"remove a {what} through Raft", f"""
             Remove the {what} NAME from the cluster: one committed change, refused when
@@ -849,6 +957,42 @@ def build_parser() -> argparse.ArgumentParser:
         List the named leases in the cluster state: who holds each, its epoch (raised by
         every grant), its duration and which members may acquire it automatically.""",
              cmd_lease_list)
+    json_flag(sp)
+
+    # ---- users of the HTTPS API ----
+    user = table_.group(sub, "user", "users of the HTTPS API and their roles")
+    role_help = "monitor (read), control (also module commands) or admin (also users)"
+    sp = add(user, "user add", "add a user of the HTTPS API", """
+        Add a user who can log in to the HTTPS API on every data node, with ROLE monitor
+        (read), control (also module commands) or admin (also users and the audit
+        trail). The password is typed twice at a terminal, or read from standard input
+        with --password-stdin, and hashed here (scrypt): only the hash is committed to
+        the cluster state.""", cmd_user_add)
+    sp.add_argument("name")
+    sp.add_argument("--role", required=True, help=role_help)
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    json_flag(sp)
+    sp = add(user, "user passwd", "change a user's password", """
+        Change the password of user NAME (typed twice, or --password-stdin). Their
+        sessions end on every node.""", cmd_user_passwd)
+    sp.add_argument("name")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input")
+    json_flag(sp)
+    sp = add(user, "user role", "change a user's role", """
+        Give user NAME the role ROLE; it applies to their next request, on every
+        node.""", cmd_user_role)
+    sp.add_argument("name")
+    sp.add_argument("role", help=role_help)
+    json_flag(sp)
+    sp = add(user, "user remove", "remove a user", """
+        Remove user NAME; their sessions end on every node.""", cmd_user_remove)
+    sp.add_argument("name")
+    json_flag(sp)
+    sp = add(user, "user list", "the users and their roles", """
+        List the users of the HTTPS API and their roles (never their password
+        hashes).""", cmd_user_list)
     json_flag(sp)
 
     # ---- modules ----

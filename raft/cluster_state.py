@@ -16,6 +16,9 @@ State is plain data so that it can be dumped and checked:
                     (raft.replication_ports; absent for one installed before)
   farm modules also have "farm": {"members": {node: power}, "table": [256 owners
                     or None], "version": int} (a snapshot without it: empty farm)
+  users:   name -> {"role": "monitor"|"control"|"admin", "hash": "scrypt$..."}
+                    (the HTTP API's users, raft.user_table; absent from a dump when empty,
+                    so a state without users dumps as it did before they existed)
 A mirror module's primary is the holder of the lease ``mirror/<module>``; its
 ``eligible`` list is the module's in-sync set (DESIGN rule 3). Which *copies*
 those nodes hold (DESIGN rule 6) is in the module's "identity":
@@ -42,6 +45,7 @@ from typing import Any
 from . import replication_ports as rp
 from .bucket_allocator import BUCKETS, allocate_with_homes
 from .membership import MembershipError, check_add, check_members, check_name, check_remove
+from .user_table import MAX_USERS, hash_error, name_error, role_error
 
 Result = dict[str, Any]
 
@@ -107,6 +111,7 @@ class ClusterState:
         self.members: dict[str, dict[str, str]] = {}
         self.leases: dict[str, dict[str, Any]] = {}
         self.modules: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, dict[str, str]] = {}
 
     # ---- reads -------------------------------------------------------------
     def live_members(self) -> set[str]:
@@ -117,8 +122,11 @@ class ClusterState:
         return lease["holder"] if lease else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
-                "modules": copy.deepcopy(self.modules)}
+        d = {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
+             "modules": copy.deepcopy(self.modules)}
+        if self.users:
+            d["users"] = copy.deepcopy(self.users)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClusterState":
@@ -126,6 +134,7 @@ class ClusterState:
         state.members = copy.deepcopy(data.get("members", {}))
         state.leases = copy.deepcopy(data.get("leases", {}))
         state.modules = copy.deepcopy(data.get("modules", {}))
+        state.users = copy.deepcopy(data.get("users", {}))
         for module in state.modules.values():
             if module.get("mode") == "farm":
                 module["farm"] = farm_of(module)
@@ -608,3 +617,27 @@ class ClusterState:
         if resource == liveness_resource(node):
             return self._leave_every_farm(node)
         return []
+
+    # ---- the HTTP API's users (raft.user_table) ---------------------------------------
+    def set_user(self, name: str, role: str, password_hash: str | None) -> Result:
+        """Add a user or change one's role and/or password hash (None: keep the hash,
+        which a new user must have)."""
+        error = name_error(name) or role_error(role)
+        if error is None and password_hash is not None:
+            error = hash_error(password_hash)
+        if error is None and password_hash is None and name not in self.users:
+            error = f"user {name!r} does not exist: a new user needs a password"
+        if error is None and name not in self.users and len(self.users) >= MAX_USERS:
+            error = f"at most {MAX_USERS} users"
+        if error is not None:
+            return _refused(error)
+        created = name not in self.users
+        old = self.users.get(name) or {}
+        self.users[name] = {"role": role, "hash": password_hash or old["hash"]}
+        return _ok(name=name, role=role, created=created)
+
+    def remove_user(self, name: str) -> Result:
+        if not isinstance(name, str) or name not in self.users:
+            return _refused(f"no user {name!r}")
+        del self.users[name]
+        return _ok(name=name)

@@ -102,6 +102,16 @@ class FarmChanged(Answer, total=False):
     changed: bool
 
 
+class UserSet(Answer, total=False):
+    name: str
+    role: str
+    created: bool
+
+
+class UserRemoved(Answer, total=False):
+    name: str
+
+
 R = TypeVar("R", bound=Answer)
 
 
@@ -112,6 +122,7 @@ class Changed:
     members: bool = False
     leases: frozenset[str] = frozenset()
     modules: frozenset[str] = frozenset()
+    users: bool = False             # the HTTP API's user table (read on demand, never followed)
     everything: bool = False
 
     def concerns(self, module: str, leases: Iterable[str] = ()) -> bool:
@@ -121,7 +132,7 @@ class Changed:
 
     @property
     def nothing(self) -> bool:
-        return not (self.everything or self.members or self.leases or self.modules)
+        return not (self.everything or self.members or self.leases or self.modules or self.users)
 
 
 NOTHING = Changed()
@@ -146,6 +157,10 @@ def _module_of(resource: str) -> frozenset[str]:
     """A mirror module's lease lives with its entry (its identity)."""
     return frozenset({resource[len(MIRROR_PREFIX):]}) if resource.startswith(MIRROR_PREFIX) \
         else frozenset()
+
+
+def _users(args: tuple, result: Answer) -> Changed:
+    return Changed(users=True)
 
 
 def _lease(args: tuple, result: Answer) -> Changed:
@@ -202,11 +217,13 @@ FARM_JOIN: RaftCommand[FarmChanged] = RaftCommand("farm_join", _module)
 FARM_LEAVE: RaftCommand[FarmChanged] = RaftCommand("farm_leave", _module)
 RENEW_MANY: RaftCommand[RenewedMany] = RaftCommand("renew_many", _nothing)
 BEGIN_GENERATION: RaftCommand[Eligible] = RaftCommand("begin_generation", _lease_and_identity)
+SET_USER: RaftCommand[UserSet] = RaftCommand("set_user", _users)
+REMOVE_USER: RaftCommand[UserRemoved] = RaftCommand("remove_user", _users)
 
 COMMANDS: dict[str, RaftCommand[Any]] = {c.name: c for c in (
     BOOTSTRAP, ADD_MEMBER, REMOVE_MEMBER, ACQUIRE, RENEW, RELEASE, EXPIRE, SET_ELIGIBLE,
     INSTALL_MODULE, UNINSTALL_MODULE, SET_INTENT, SET_FAILOVER, SET_IN_SYNC, NAME_GOOD_COPY,
-    LEAVE_IN_SYNC, FARM_JOIN, FARM_LEAVE, RENEW_MANY, BEGIN_GENERATION)}
+    LEAVE_IN_SYNC, FARM_JOIN, FARM_LEAVE, RENEW_MANY, BEGIN_GENERATION, SET_USER, REMOVE_USER)}
 OPS = tuple(COMMANDS)
 
 

@@ -39,6 +39,13 @@ DEFAULT_LOG_KEEP = 5                # rotated files kept besides it
 # The HTTP endpoints (metrics, readiness): the member's host, Raft port + 4 by default
 # (README, Ports).
 HTTP_PORT_OFFSET = 4
+# The HTTPS API (hacluster.http.api): Raft port + 5, served only with a certificate
+# (http.crt / http.key in the member's directory, written by cluster init, or
+# http.cert / http.key in cluster.json).
+API_PORT_OFFSET = 5
+HTTP_CERT_FILE = "http.crt"
+HTTP_KEY_FILE = "http.key"
+CA_CERT_FILE = "ca.crt"
 
 
 class ConfigError(ValueError):
@@ -48,19 +55,24 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class HttpSettings:
     """The ``http`` section of cluster.json: ``enabled`` (default true), ``host`` (default:
-    the member's own address), ``port`` (default: its Raft port + 4)."""
+    the member's own address), ``port`` (plain HTTP: metrics and readiness; default its
+    Raft port + 4), ``api_port`` (HTTPS: the API; default Raft port + 5), ``cert`` and
+    ``key`` (the API's certificate chain and key, PEM; default ``http.crt`` and
+    ``http.key`` in the member's directory, which cluster init writes)."""
     enabled: bool = True
     host: str | None = None
     port: int | None = None
+    api_port: int | None = None
+    cert: str | None = None
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         if not self.enabled:
             d["enabled"] = False
-        if self.host is not None:
-            d["host"] = self.host
-        if self.port is not None:
-            d["port"] = self.port
+        for name in ("host", "port", "api_port", "cert", "key"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         return d
 
     @classmethod
@@ -69,19 +81,30 @@ class HttpSettings:
             return cls()
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: must be an object, got {raw!r}")
-        unknown = sorted(set(raw) - {"enabled", "host", "port"})
+        known = ("enabled", "host", "port", "api_port", "cert", "key")
+        unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: enabled, host, port)")
-        enabled, host, port = raw.get("enabled", True), raw.get("host"), raw.get("port")
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(known)})")
+        enabled, host = raw.get("enabled", True), raw.get("host")
         if not isinstance(enabled, bool):
             raise ConfigError(f"{where}: enabled must be true or false, got {enabled!r}")
         if host is not None and (not isinstance(host, str) or not host.strip()
                                  or host != host.strip() or "/" in host):
             raise ConfigError(f"{where}: host must be an address or a host name, got {host!r}")
-        if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                                 or not 1 <= port <= 65535):
-            raise ConfigError(f"{where}: port must be an integer from 1 to 65535, got {port!r}")
-        return cls(enabled, host, port)
+        for name in ("port", "api_port"):
+            port = raw.get(name)
+            if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                                     or not 1 <= port <= 65535):
+                raise ConfigError(f"{where}: {name} must be an integer from 1 to 65535, "
+                                  f"got {port!r}")
+        for name in ("cert", "key"):
+            value = raw.get(name)
+            if value is not None and (not isinstance(value, str) or not value.startswith("/")):
+                raise ConfigError(f"{where}: {name} must be an absolute path, got {value!r}")
+        if (raw.get("cert") is None) != (raw.get("key") is None):
+            raise ConfigError(f"{where}: cert and key go together (give both or neither)")
+        return cls(enabled, host, raw.get("port"), raw.get("api_port"), raw.get("cert"),
+                   raw.get("key"))
 
 
 @dataclass
@@ -126,6 +149,26 @@ class ClusterConfig:
         host, port = self.me["address"].rsplit(":", 1)
         return (self.http.host or host,
                 self.http.port if self.http.port is not None else int(port) + HTTP_PORT_OFFSET)
+
+    @property
+    def api_address(self) -> tuple[str, int] | None:
+        """Where the HTTPS API listens; None when HTTP is disabled."""
+        if not self.http.enabled:
+            return None
+        host, port = self.me["address"].rsplit(":", 1)
+        return (self.http.host or host,
+                self.http.api_port if self.http.api_port is not None
+                else int(port) + API_PORT_OFFSET)
+
+    @property
+    def api_certificate(self) -> tuple[Path, Path] | None:
+        """The API's certificate and key: cluster.json's, else those cluster init wrote
+        into this directory; None when there are none (the API is then not served:
+        never passwords over plain HTTP)."""
+        if self.http.cert is not None and self.http.key is not None:
+            return Path(self.http.cert), Path(self.http.key)
+        cert, key = self.directory / HTTP_CERT_FILE, self.directory / HTTP_KEY_FILE
+        return (cert, key) if cert.exists() and key.exists() else None
 
     @property
     def secret_path(self) -> Path:

@@ -53,11 +53,17 @@ SNAPSHOT_PART = ControlCommand("snapshot_part", remote=True)
 REPLICATION_PEER_LOST = ControlCommand("replication_peer_lost", modules=True)
 REPLICATION_IN_SYNC = ControlCommand("replication_in_sync", modules=True)
 REPLICATION_PROGRESS = ControlCommand("replication_progress", modules=True)
+# the HTTPS API's users (hacluster user ...): committed through Raft; local only (root
+# on this node's socket), never from another node
+USER_SET = ControlCommand("user_set")
+USER_REMOVE = ControlCommand("user_remove")
+USER_LIST = ControlCommand("user_list")
 
 CONTROL_COMMANDS: dict[str, ControlCommand] = {c.name: c for c in (
     STATUS, LEASES, ADD_MEMBER, REMOVE_MEMBER, FORWARD, MODULE_INSTALL, MODULE_UNINSTALL,
     MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE, SNAPSHOT_PART,
-    REPLICATION_PEER_LOST, REPLICATION_IN_SYNC, REPLICATION_PROGRESS)}
+    REPLICATION_PEER_LOST, REPLICATION_IN_SYNC, REPLICATION_PROGRESS, USER_SET, USER_REMOVE,
+    USER_LIST)}
 REMOTE_COMMANDS = frozenset(c.name for c in CONTROL_COMMANDS.values() if c.remote)
 
 

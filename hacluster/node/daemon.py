@@ -29,10 +29,14 @@ import uvloop
 
 import hacluster
 from hacluster.http import metrics as http_metrics
+from hacluster.http.api_server import ApiServer
+from hacluster.http.roles import name_error, role_error
 from hacluster.http.server import HttpServer
+from hacluster.http.tls import TlsError, server_context
 from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
 
 from raft.cluster_state import liveness_resource
+from raft import commands as raft_commands
 from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
 from raft.durable_storage import private_dir
 from raft.links import member_paths
@@ -44,7 +48,8 @@ from replication.durable_file import atomic_write
 
 from . import commands, control, exit_status, layout_upgrade, member_cache, structured_log
 from . import support_snapshot
-from .cluster_config import ClusterConfig
+from .api_backend import DaemonApi
+from .cluster_config import HTTP_CERT_FILE, HTTP_KEY_FILE, ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder, RenewalBatch
 from .event_hooks import (EventTracker, HookConfigError, HookRunner, RefusedTap, load_hooks,
@@ -63,6 +68,7 @@ EVENT_POLL_S = 0.5
 STOP_MARGIN_S = 10.0
 RUN_DIR_MODE = 0o755    # the socket in it is 0600; the pid file may be read by monitors
 LOG_DIR_MODE = 0o755
+AUDIT_FILE = "audit.log"     # the HTTPS API's audit trail, in the log directory (bounded)
 R = TypeVar("R", bound=Answer)
 T = TypeVar("T")
 
@@ -94,6 +100,7 @@ class Daemon:
         self.started_at = time.time()           # for the metrics (wall, Unix seconds)
         self._started_mono = time.monotonic()
         self.http: HttpServer | None = None
+        self.api: ApiServer | None = None
         self._parts = PartStore()       # support snapshot parts, until fetched
 
     def member_hosts(self) -> set[str]:
@@ -125,7 +132,16 @@ class Daemon:
             found.append((*peer_control_address(self.config.me["address"]), PeerControlServer.purpose))
         if self.config.http_address is not None:
             found.append((*self.config.http_address, HttpServer.purpose))
+        if self._serves_api():
+            assert self.config.api_address is not None
+            found.append((*self.config.api_address, ApiServer.purpose))
         return found
+
+    def _serves_api(self) -> bool:
+        """The HTTPS API runs on a data node (it needs the cluster secret for its session
+        key) with HTTP enabled and a certificate (cluster init's, or http.cert/key)."""
+        return (self.config.api_address is not None and self.config.holds_data_secret
+                and self.config.api_certificate is not None)
 
     def stop_time_s(self) -> float:
         """The longest the stop sequence may take: what systemd is asked to wait for
@@ -173,6 +189,7 @@ class Daemon:
                 await self.http.start()
             else:
                 log.info("event=http_off reason=%r", "disabled in cluster.json (http.enabled)")
+            await self._start_api(secret)
             log.info("event=daemon_started kind=%s address=%s members=%s control=%s",
                      self.kind, self.config.me["address"], ",".join(sorted(self.config.members)),
                      self.config.socket_path)
@@ -234,6 +251,8 @@ class Daemon:
             await peer_control.close()
         if self.http is not None:
             await self.http.close()
+        if self.api is not None:
+            await self.api.close()
         if control is not None:
             await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
@@ -351,6 +370,9 @@ class Daemon:
             commands.REMOVE_MEMBER.name: self._remove_member,
             commands.FORWARD.name: self._forward,
             commands.SNAPSHOT_PART.name: self._snapshot_part,
+            commands.USER_SET.name: self._user_set,
+            commands.USER_REMOVE.name: self._user_remove,
+            commands.USER_LIST.name: self._user_list,
         }
 
     def support_sources(self) -> Iterable[Source]:
@@ -517,6 +539,53 @@ class Daemon:
             await asyncio.sleep(0.2)
 
     # ---- control handlers ----------------------------------------------------------
+    async def _start_api(self, secret: str | None) -> None:
+        if not self._serves_api():
+            why = ("disabled in cluster.json (http.enabled)" if self.config.api_address is None
+                   else "a witness holds no cluster secret" if secret is None
+                   else f"no certificate ({HTTP_CERT_FILE}/{HTTP_KEY_FILE} in {self.config.directory} "
+                        "or http.cert/http.key in cluster.json): never passwords over plain HTTP")
+            log.info("event=api_off reason=%r", why)
+            return
+        assert self.config.api_address is not None and self.config.api_certificate is not None
+        try:
+            context = server_context(*self.config.api_certificate)
+        except TlsError as e:
+            # the node serves its modules without the API rather than not at all
+            log.error("event=api_off reason=%r", str(e))
+            return
+        backend = DaemonApi(self.http_snapshot, secret, self.raft.snapshot, self._status_now,
+                            self._forward, self.commit)
+        self.api = ApiServer(*self.config.api_address, backend, context,
+                             self.config.paths.log_dir / AUDIT_FILE)
+        await self.api.start()
+
+    # ---- the API's users, from the CLI (hacluster user ...) ----------------------------
+    async def _user_set(self, request: dict) -> dict:
+        name, role, password_hash = request.get("name"), request.get("role"), request.get("hash")
+        error = name_error(name) or role_error(role)
+        if error:
+            raise ControlError(error)
+        result = await self.commit(raft_commands.SET_USER, name, role, password_hash)
+        if not result["ok"]:
+            raise ControlError(result.get("error", "refused"))
+        log.info("event=api_audit user=root address=control-socket action=user_set target=%r "
+                 "result=ok detail=%r", name, f"role={role}" + (" password changed"
+                                                               if password_hash else ""))
+        return dict(result)
+
+    async def _user_remove(self, request: dict) -> dict:
+        result = await self.commit(raft_commands.REMOVE_USER, request.get("name"))
+        if not result["ok"]:
+            raise ControlError(result.get("error", "refused"))
+        log.info("event=api_audit user=root address=control-socket action=user_remove "
+                 "target=%r result=ok detail=''", request.get("name"))
+        return dict(result)
+
+    async def _user_list(self, request: dict) -> list[dict]:
+        users = self.raft.snapshot().get("users") or {}
+        return [{"name": n, "role": users[n]["role"]} for n in sorted(users)]
+
     async def _status(self, request: dict) -> dict:
         return self._status_now()
 
@@ -627,6 +696,9 @@ class Daemon:
             status = self._status_now()
             raft_status = self.raft.raft_status()
             state = self.raft.snapshot()
+            # the API's users by name and role: their password hashes stay in the cluster
+            if state.get("users"):
+                state["users"] = {n: {"role": u["role"]} for n, u in state["users"].items()}
         else:
             note = "the daemon's Raft member was not running"
         metrics_text = http_metrics.render(self.http_snapshot()) if self.http is not None else None

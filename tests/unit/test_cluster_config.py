@@ -31,7 +31,7 @@ def test_cluster_init_writes_one_dir_per_member(tmp_path, capsys):
     assert init(tmp_path) == 0
     out = capsys.readouterr().out
     assert "cluster prod: wrote 3 member configurations" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "w"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CA", "a", "b", "w"]
     secrets = set()
     for name in ("a", "b", "w"):
         d = tmp_path / name
@@ -336,3 +336,15 @@ def test_a_witness_writes_a_new_witness_its_credential_but_no_data_node(tmp_path
     with pytest.raises(ConfigError, match="only data nodes hold"):
         cluster_config.write_member_dir(tmp_path / "new", "prod", "c", members, None, w.raft,
                                         w.read_raft_secret())
+
+
+# ---- http: the HTTPS API's port and certificate ----------------------------------------
+def test_http_api_settings_are_checked_and_round_trip(tmp_path):
+    from hacluster.node.cluster_config import HttpSettings
+    s = HttpSettings.from_dict({"api_port": 9443, "cert": "/etc/x.crt", "key": "/etc/x.key"}, "w")
+    assert HttpSettings.from_dict(s.to_dict(), "w") == s
+    for raw, why in [({"cert": "/etc/x.crt"}, "cert and key go together"),
+                     ({"cert": "x.crt", "key": "/k"}, "absolute path"),
+                     ({"api_port": 0}, "api_port must be"), ({"tls": True}, "unknown field 'tls'")]:
+        with pytest.raises(ConfigError, match=why):
+            HttpSettings.from_dict(raw, "cluster.json: http")

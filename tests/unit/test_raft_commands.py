@@ -89,6 +89,11 @@ def command(draw, state: ClusterState) -> tuple[str, tuple]:
         "leave_in_sync": (resource, node, draw(st.booleans())),
         "farm_join": (module, node, draw(st.sampled_from([1, 2]))),
         "farm_leave": (module, node),
+        "set_user": (draw(st.sampled_from(["alice", "bob", "9bad"])),
+                     draw(st.sampled_from(["monitor", "admin", "root"])),
+                     draw(st.sampled_from([None, "scrypt$15$8$1$" + "A" * 22 + "$" + "B" * 43,
+                                           "plain"]))),
+        "remove_user": (draw(st.sampled_from(["alice", "carol"])),),
     }[op]
     return op, args
 
@@ -101,11 +106,13 @@ def test_what_a_command_says_it_changed_covers_every_change_a_reader_sees(data):
     for _ in range(data.draw(st.integers(1, 25))):
         op, args = data.draw(command(s))
         members, modules, leases = _seen(s)
+        users = copy.deepcopy(s.users)
         result = getattr(s, op)(*args)
         changed = commands.changed(op, args, result)
         after_members, after_modules, after_leases = _seen(s)
         if changed.everything:
             continue
+        assert changed.users or s.users == users, (op, args, result)
         assert changed.members or after_members == members, (op, args, result)
         for name in set(modules) | set(after_modules):
             if modules.get(name) != after_modules.get(name):

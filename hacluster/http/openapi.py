@@ -1,0 +1,162 @@
+"""The OpenAPI 3.1 document of the API (served at /api/openapi.json), written by hand
+rather than generated from the routes, so that the test that compares the two
+(tests/unit/test_http_openapi.py: every registered route declared and every declared
+path registered, answers valid against their schemas) checks something.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None,
+         extra: bool = False) -> dict[str, Any]:
+    return {"type": "object", "required": sorted(required),
+            "properties": {**required, **(optional or {})}, "additionalProperties": extra}
+
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_BOOL = {"type": "boolean"}
+_NULL_STR = {"type": ["string", "null"]}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _STR}),
+    "Login": _obj({"user": _STR, "password": _STR}),
+    "Session": _obj({"user": _STR, "role": {"enum": ["monitor", "control", "admin"]},
+                     "csrf": _STR, "expires": _NUM}),
+    "LoggedOut": _obj({"user": _STR, "logged_out": _BOOL}),
+    "Member": _obj({"name": _STR, "role": {"enum": ["node", "witness"]}, "address": _STR,
+                    "live": _BOOL, "connected": _BOOL, "leader": _BOOL}, extra=True),
+    "Cluster": _obj({"cluster": _STR, "node": _STR, "leader": _NULL_STR, "term": _INT,
+                     "has_quorum": _BOOL, "members": {"type": "array", "items": _ref("Member")}},
+                    extra=True),
+    "NodeRow": _obj({"node": _STR, "ok": _BOOL}, {"result": {"type": "object"}, "error": _STR},
+                    extra=True),
+    "Module": _obj({"name": _STR, "mode": {"enum": ["mirror", "farm"]}, "failover": _BOOL,
+                    "nodes": {"type": "array", "items": _ref("NodeRow")}}, extra=True),
+    "Modules": _obj({"modules": {"type": "array", "items": _ref("Module")}}),
+    "Resources": _obj({"module": _STR, "nodes": {"type": "array", "items": _ref("NodeRow")}}),
+    "Log": _obj({"module": _STR, "node": _STR, "kind": {"enum": ["module", "script"]},
+                 "lines": {"type": "array", "items": _STR}}),
+    "Command": _obj({"nodes": {"oneOf": [{"const": "all"},
+                                         {"type": "array", "items": _STR, "minItems": 1}]}},
+                    {"force": _BOOL, "fullsync": _BOOL}),
+    "CommandResult": _obj({"module": _STR, "command": _STR, "ok": _BOOL,
+                           "nodes": {"type": "array", "items": _ref("NodeRow")}}),
+    "User": _obj({"name": _STR, "role": {"enum": ["monitor", "control", "admin"]}}),
+    "Users": _obj({"users": {"type": "array", "items": _ref("User")}}),
+    "UserPut": _obj({"role": {"enum": ["monitor", "control", "admin"]}},
+                    {"password": {"type": "string", "minLength": 8}}),
+    "UserSet": _obj({"name": _STR, "role": _STR, "created": _BOOL}),
+    "UserRemoved": _obj({"name": _STR, "removed": _BOOL}),
+    "AuditEntry": _obj({"t": _NUM, "user": _STR, "address": _STR, "action": _STR,
+                        "target": _STR, "result": _STR, "detail": _STR}),
+    "Audit": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
+}
+
+
+def _json_body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _answers(ok: str, *errors: int, ok_status: str = "200") -> dict[str, Any]:
+    words = {400: "bad input", 401: "not logged in", 403: "wrong role, CSRF token or origin",
+             404: "unknown", 409: "refused by the cluster", 429: "too many failed logins",
+             503: "no quorum, or a member without the cluster secret"}
+    out: dict[str, Any] = {ok_status: {"description": "done",
+                                       "content": {"application/json": {"schema": _ref(ok)}}}}
+    for status in errors:
+        out[str(status)] = {"description": words[status],
+                            "content": {"application/json": {"schema": _ref("Error")}}}
+    return out
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": _STR}
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+_READ = (401, 403, 503)
+_ACT = (400, 401, 403, 503)
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "hacluster HTTP API", "version": "1",
+             "description": "Log in with POST /api/login; send the session cookie back and, on "
+                            "every POST, PUT and DELETE, the header X-CSRF-Token with the csrf "
+                            "value of the login's answer. Roles: monitor reads, control also "
+                            "runs module commands, admin also manages users."},
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"session": {"type": "apiKey", "in": "cookie",
+                                        "name": "hacluster_session"}},
+    },
+    "security": [{"session": []}],
+    "paths": {
+        "/api/openapi.json": {"get": {"summary": "this document", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/api/login": {"post": {"summary": "log in: sets the session cookie", "security": [],
+                                "requestBody": _json_body("Login"),
+                                "responses": _answers("Session", 400, 401, 403, 429, 503)}},
+        "/api/logout": {"post": {"summary": "log out (monitor)",
+                                 "responses": _answers("LoggedOut", *_ACT)}},
+        "/api/session": {"get": {"summary": "who is logged in, and the CSRF token",
+                                 "responses": _answers("Session", *_READ)}},
+        "/api/cluster": {"get": {"summary": "the cluster: members, leader, leases (monitor)",
+                                 "responses": _answers("Cluster", *_READ)}},
+        "/api/modules": {"get": {"summary": "every module and its state on every node (monitor)",
+                                 "responses": _answers("Modules", *_READ)}},
+        "/api/modules/{module}": {"get": {
+            "summary": "one module and its state on every node (monitor)",
+            "parameters": [_path_param("module")],
+            "responses": _answers("Module", 404, *_READ)}},
+        "/api/modules/{module}/resources": {"get": {
+            "summary": "the module's checker resources on each node (monitor)",
+            "parameters": [_path_param("module"),
+                           _query("nodes", {"type": "string", "description": "all, or names "
+                                            "separated by commas"})],
+            "responses": _answers("Resources", 400, *_READ)}},
+        "/api/modules/{module}/log": {"get": {
+            "summary": "the last lines of a module's log on one node (monitor)",
+            "parameters": [_path_param("module"), _query("node", _STR, required=True),
+                           _query("kind", {"enum": ["module", "script"]}),
+                           _query("lines", {"type": "integer", "minimum": 1, "maximum": 2000})],
+            "responses": _answers("Log", 400, 404, *_READ)}},
+        "/api/modules/{module}/commands/{command}": {"post": {
+            "summary": "run a module command on nodes (control); primforce needs force: true "
+                       "and one node, second with force overwrites the only current copy",
+            "parameters": [_path_param("module"),
+                           {"name": "command", "in": "path", "required": True,
+                            "schema": {"enum": ["start", "stop", "forcestop", "restart",
+                                                "stopstart", "swap", "prim", "second",
+                                                "primforce"]}}],
+            "requestBody": _json_body("Command"),
+            "responses": {**_answers("CommandResult", 404, *_ACT),
+                          "409": {"description": "a node refused (the rows say why)",
+                                  "content": {"application/json": {
+                                      "schema": {"oneOf": [_ref("CommandResult"),
+                                                           _ref("Error")]}}}}}}},
+        "/api/users": {"get": {"summary": "the users and their roles (admin)",
+                               "responses": _answers("Users", *_READ)}},
+        "/api/users/{name}": {
+            "put": {"summary": "add a user or change one's role or password (admin)",
+                    "parameters": [_path_param("name")], "requestBody": _json_body("UserPut"),
+                    "responses": _answers("UserSet", 409, *_ACT)},
+            "delete": {"summary": "remove a user (admin; never the last admin)",
+                       "parameters": [_path_param("name")],
+                       "responses": _answers("UserRemoved", 404, 409, *_ACT)}},
+        "/api/audit": {"get": {"summary": "the audit trail's last entries (admin)",
+                               "parameters": [_query("limit", {"type": "integer", "minimum": 1})],
+                               "responses": _answers("Audit", 400, *_READ)}},
+    },
+}
