@@ -981,13 +981,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read the password from the first line of standard input")
     json_flag(sp)
     sp = add(user, "user role", "change a user's role", """
-        Give user NAME the role ROLE; it applies to their next request, on every
-        node.""", cmd_user_role)
+        Give user NAME the role ROLE (monitor, control or admin); it applies to their
+        next request, on every node, without a new login.""", cmd_user_role)
     sp.add_argument("name")
     sp.add_argument("role", help=role_help)
     json_flag(sp)
     sp = add(user, "user remove", "remove a user", """
-        Remove user NAME; their sessions end on every node.""", cmd_user_remove)
+        Remove user NAME from the cluster state: they can no longer log in, and their
+        sessions end on every node. Unlike the API, this may remove the last admin
+        (root on a server can always add one back with user add).""", cmd_user_remove)
     sp.add_argument("name")
     json_flag(sp)
     sp = add(user, "user list", "the users and their roles", """
