@@ -11,7 +11,7 @@ USERCONFIG = """<!DOCTYPE safe>
 <!-- the hacluster demo: an HTTP key/value service on a replicated directory -->
 <safe>
   <service mode="mirror" failover="on" scripts_timeout="30s"{service_extra}>
-    <heart pulse="700" timeout="30000">{heartbeat}</heart>
+    <heart>{heartbeat}</heart>
     <vip garp_refresh="{garp}">
       <interface_list>
         <interface check="on" arpreroute="on">

@@ -187,6 +187,9 @@ def write_pg_module(folder: Path, vip: str, *, datadir: str = DATADIR, port: int
     rfs.set("ack_timeout", f"{ack_timeout_s}s")
     rfs.find("replicated").set("dir", datadir)
     heart = service.find("heart")
+    if heart is None and (servers or flow_servers):
+        heart = ET.Element("heart")        # the template has none: first, as in SafeKit's order
+        service.insert(0, heart)
     for name, addrs, ident in (("default", servers, None), ("flow", flow_servers, "flow")):
         if addrs:
             hb = ET.SubElement(heart, "heartbeat", {"name": name, **({"ident": ident} if ident else {})})
