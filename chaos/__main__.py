@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     total = len(args.nemesis) * args.episodes * len(workloads)
 
     last_write = [time.monotonic()]
+    seen: list[ChaosRun] = []       # the run, as the first episode hands it over
 
     def progress(run: ChaosRun, rec: EpisodeRecord) -> None:
+        seen[:] = [run]
         # Progress survives a crash, at most PROGRESS_WRITE_S old: the history holds every
         # acknowledgement of the run, so writing it after each episode made a long sweep
         # quadratic (minutes per episode by the end of a 500-episode run).
@@ -87,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
               f"recovery {rs} s, {rec.acked} acked, {len(rec.violations)} violation(s)"
               + "".join(f"\n  VIOLATION {v}" for v in rec.violations), flush=True)
 
-    run = run_chaos(args.nemesis, args.episodes, args.seed, tuple(args.hold),
-                    args.recovery_bound, on_episode=progress, workloads=workloads,
-                    logs_dir=out / "logs")
+    try:
+        run = run_chaos(args.nemesis, args.episodes, args.seed, tuple(args.hold),
+                        args.recovery_bound, on_episode=progress, workloads=workloads,
+                        logs_dir=out / "logs")
+    except BaseException:
+        if seen:        # what ran is kept, whatever stopped the run
+            write_report(seen[0].to_history(), out, f"chaos run {out.name} (stopped)")
+        raise
     paths = write_report(run.to_history(), out, f"chaos run {out.name}")
     if args.bench_json is not None:
         args.bench_json.parent.mkdir(parents=True, exist_ok=True)
