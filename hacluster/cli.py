@@ -13,7 +13,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from raft.listen import ListenError
 from raft.membership import MembershipError, check_members
@@ -618,17 +618,24 @@ def _states_text(rows: list[dict]) -> str:
     return "\n".join(_state_line(r) for r in rows) or "no modules"
 
 
-def cmd_state(args: argparse.Namespace) -> int:
-    if not args.module:
-        return _run(args, commands.MODULE_STATE.name, _states_text)
+def _state_failure(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``fn(args)``, its plain failures turned into StateFailed: state and waitstate exit
+    with a module's state, so a failure must not look like one of them (1 is WAIT).
+    Errors with their own status (unreachable, no quorum) keep it."""
     try:
-        return _module_state(args)
+        return fn(args)
     except ControlError as e:
         if e.code is not None:
             raise
         raise StateFailed(str(e)) from None
     except ConfigError as e:
         raise StateFailed(str(e)) from None
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    if not args.module:
+        return _run(args, commands.MODULE_STATE.name, _states_text)
+    return _state_failure(_module_state, args)
 
 
 def _module_state(args: argparse.Namespace) -> int:
@@ -646,14 +653,7 @@ def _module_state(args: argparse.Namespace) -> int:
 
 
 def cmd_waitstate(args: argparse.Namespace) -> int:
-    try:
-        return _waitstate(args)
-    except ControlError as e:
-        if e.code is not None:
-            raise
-        raise StateFailed(str(e)) from None
-    except ConfigError as e:
-        raise StateFailed(str(e)) from None
+    return _state_failure(_waitstate, args)
 
 
 def _waitstate(args: argparse.Namespace) -> int:

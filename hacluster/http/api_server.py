@@ -14,11 +14,11 @@ import logging
 import ssl
 from pathlib import Path
 
-from raft.listen import listen_error
 
 from .api import ApiState, make_api_app
 from .api_backend import ApiBackend
 from .audit import AuditLog
+from .server import start_site
 
 log = logging.getLogger("hacluster.http")
 
@@ -41,18 +41,8 @@ class ApiServer:
 
     async def start(self) -> None:
         """Listen; raft.listen.ListenError (one line) when the address cannot be bound."""
-        from aiohttp import web
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True,
-                           ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except OSError as e:
-            await self._runner.cleanup()
-            raise listen_error(self.host, self.port, self.purpose, e) from None
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
+        self.port = await start_site(self._runner, self.host, self.port, self.purpose,
+                                     self.ssl_context)
         log.info("event=api_listening host=%s port=%d", self.host, self.port)
 
     async def close(self) -> None:

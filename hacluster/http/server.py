@@ -23,6 +23,8 @@ from .exposition import CONTENT_TYPE
 from .snapshot import NodeProbe
 
 if TYPE_CHECKING:
+    import ssl
+
     from aiohttp import web
 
 log = logging.getLogger("hacluster.http")
@@ -62,6 +64,23 @@ def make_app(probe: NodeProbe) -> "web.Application":
     return app
 
 
+async def start_site(runner: "web.AppRunner", host: str, port: int, purpose: str,
+                     ssl_context: "ssl.SSLContext | None" = None) -> int:
+    """Set ``runner`` up and listen on host:port (TLS with ``ssl_context``); the port
+    bound (0 asks for any). raft.listen.ListenError, one line, when it cannot bind;
+    nothing is left running then."""
+    from aiohttp import web
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError as e:
+        await runner.cleanup()
+        raise listen_error(host, port, purpose, e) from None
+    addresses = runner.addresses
+    return addresses[0][1] if addresses else port
+
+
 class HttpServer:
     purpose = PURPOSE
 
@@ -74,17 +93,7 @@ class HttpServer:
 
     async def start(self) -> None:
         """Listen; raft.listen.ListenError (one line) when the address cannot be bound."""
-        from aiohttp import web
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as e:
-            await self._runner.cleanup()
-            raise listen_error(self.host, self.port, self.purpose, e) from None
-        addresses = self._runner.addresses
-        if addresses:
-            self.port = addresses[0][1]
+        self.port = await start_site(self._runner, self.host, self.port, self.purpose)
         log.info("event=http_listening host=%s port=%d", self.host, self.port)
 
     async def close(self) -> None:
