@@ -298,8 +298,10 @@ class Daemon:
             event = quorum_event(quorum, now)
             if quorum is not None or now:       # nothing to say before the first quorum
                 quorum = now
-            current = self.module_statuses()
-            fired = ([event] if event is not None else []) + module_events(modules, current, self.name)
+            fired = [event] if event is not None else []
+            # Every module's status, twice a second, only when a hook runs on failover_done.
+            current = self.module_statuses() if self.hooks.wants("failover_done") else {}
+            fired += module_events(modules, current, self.name)
             modules = current
             for e in fired:
                 self.hooks.fire(e)

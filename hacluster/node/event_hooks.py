@@ -255,11 +255,15 @@ class HookRunner:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def wants(self, kind: str) -> bool:
+        """Does any hook run on ``kind`` (what is costly to watch for is watched only then)?"""
+        return any(h.wants(kind) for h in self.hooks)
+
     def fire(self, event: ClusterEvent) -> None:
         """Queue ``event`` for the hooks that want it (event loop thread)."""
         log.info("event=cluster_event kind=%s %s", event.kind,
                  " ".join(f"{k}={v}" for k, v in event.fields.items()))
-        if not any(h.wants(event.kind) for h in self.hooks):
+        if not self.wants(event.kind):
             return
         if len(self._queue) >= QUEUE_MAX:
             self._queue.popleft()
