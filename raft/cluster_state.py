@@ -16,6 +16,12 @@ State is plain data so that it can be dumped and checked:
                     (raft.replication_ports; absent for one installed before)
   farm modules also have "farm": {"members": {node: power}, "table": [256 owners
                     or None], "version": int} (a snapshot without it: empty farm)
+  feature_level: int (absent: 0), the newest command set every member applies
+                    (raft.commands.FEATURE_LEVEL; raised by ``raise_feature_level`` once
+                    every member runs a version that has it)
+  maintenance: {"cluster": hold_s, "modules": {name: hold_s}} (absent: none), see
+                    ``set_maintenance``; a held lease may carry "hold_s" (its holder was
+                    granted that much beyond the lease, see ``renew_many``)
   users:   name -> {"role": "monitor"|"control"|"admin", "hash": "scrypt$..."}
                     (the HTTP API's users, raft.user_table; absent from a dump when empty,
                     so a state without users dumps as it did before they existed)
@@ -56,6 +62,13 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 FARM_POWER_MAX = 1000
 _HISTORY_MAX = 16
 _COPY_ID = re.compile(r"^[0-9a-f]{32}$")
+# The command set of this version (raft.commands.FEATURE_LEVEL mirrors it): 1 adds
+# maintenance (set_maintenance, renew_many's extensions).
+FEATURE_LEVEL = 1
+MAINTENANCE_LEVEL = 1
+# How long a maintenance hold may be: how long applications may run without their
+# daemon before the cluster may act for them again.
+MAINTENANCE_HOLD_MAX_S = 7 * 24 * 3600.0
 
 
 def liveness_resource(name: str) -> str:
@@ -112,6 +125,8 @@ class ClusterState:
         self.leases: dict[str, dict[str, Any]] = {}
         self.modules: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, str]] = {}
+        self.feature_level = 0
+        self.maintenance: dict[str, Any] = {}
 
     # ---- reads -------------------------------------------------------------
     def live_members(self) -> set[str]:
@@ -121,11 +136,34 @@ class ClusterState:
         lease = self.leases.get(resource)
         return lease["holder"] if lease else None
 
+    def maintenance_hold(self, resource: str) -> float | None:
+        """How long a renewal of ``resource`` may be extended now (``renew_many``):
+        the module's maintenance hold for its mirror lease, the cluster's for every
+        lease; None when neither is on."""
+        holds = []
+        if "cluster" in self.maintenance:
+            holds.append(self.maintenance["cluster"])
+        if resource.startswith(MIRROR_PREFIX):
+            hold = self.maintenance.get("modules", {}).get(resource[len(MIRROR_PREFIX):])
+            if hold is not None:
+                holds.append(hold)
+        return max(holds) if holds else None
+
+    def in_maintenance(self, module: str | None = None) -> bool:
+        """The cluster, or ``module``, is in maintenance (cluster-wide counts for every module)."""
+        return "cluster" in self.maintenance or (
+            module is not None and module in self.maintenance.get("modules", {}))
+
     def to_dict(self) -> dict[str, Any]:
         d = {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
              "modules": copy.deepcopy(self.modules)}
         if self.users:
             d["users"] = copy.deepcopy(self.users)
+        # Absent at their defaults, so a state without them dumps as it did before they existed.
+        if self.feature_level:
+            d["feature_level"] = self.feature_level
+        if self.maintenance:
+            d["maintenance"] = copy.deepcopy(self.maintenance)
         return d
 
     @classmethod
@@ -135,6 +173,8 @@ class ClusterState:
         state.leases = copy.deepcopy(data.get("leases", {}))
         state.modules = copy.deepcopy(data.get("modules", {}))
         state.users = copy.deepcopy(data.get("users", {}))
+        state.feature_level = int(data.get("feature_level", 0))
+        state.maintenance = copy.deepcopy(data.get("maintenance", {}))
         for module in state.modules.values():
             if module.get("mode") == "farm":
                 module["farm"] = farm_of(module)
@@ -255,12 +295,44 @@ class ClusterState:
             return _refused(f"{node} no longer holds {resource} epoch {epoch} "
                             f"(holder {holder}, epoch {cur})", holder=holder, epoch=cur)
         lease["seq"] += 1
+        # A plain renewal asks for no extension: its holder keeps none (renew_many).
+        lease.pop("hold_s", None)
         return _ok(epoch=epoch)
 
-    def renew_many(self, node: str, leases: list) -> Result:
+    def _renew_extended(self, resource: str, node: str, epoch: int) -> Result:
+        """A renewal whose holder asks to be held beyond the lease while maintenance
+        covers it: the answer's ``hold_s`` is what it is granted now (0 outside
+        maintenance). The lease keeps the largest hold granted since its holder last
+        renewed without asking (the leader counts it: raft.lease.check_expiry)."""
+        lease = self.leases.get(resource)
+        kept = lease.get("hold_s") if lease else None
+        result = self.renew(resource, node, epoch)
+        if not result["ok"]:
+            return result
+        assert lease is not None
+        granted = self.maintenance_hold(resource) or 0.0
+        hold = max(granted, kept or 0.0)
+        if hold:
+            lease["hold_s"] = hold
+        return _ok(epoch=epoch, hold_s=granted)
+
+    def renew_many(self, node: str, leases: list, extend: list | None = None) -> Result:
         """Renew several leases of one holder in one entry: ``leases`` is a list of
         [resource, epoch]; ``results`` maps each resource to what ``renew`` would
-        have answered (each one renewed or refused on its own)."""
+        have answered (each one renewed or refused on its own).
+
+        ``extend`` (feature level 1, maintenance): the resources whose holder asks to
+        be held beyond the lease (answered with the ``hold_s`` granted). A resource
+        renewed without asking tells that its holder, before this renewal started,
+        brought everything it holds back within a plain lease: its hold ends
+        (DESIGN.md, maintenance)."""
+        if extend is not None:
+            if self.feature_level < MAINTENANCE_LEVEL:
+                return _refused(f"renew_many: extensions need feature level {MAINTENANCE_LEVEL} "
+                                f"(the cluster is at {self.feature_level})")
+            if not isinstance(extend, (list, tuple)) or not all(isinstance(r, str) for r in extend):
+                return _refused(f"renew_many: extend must be a list of resources, got {extend!r}")
+        wanted = set(extend or ())
         if not isinstance(leases, (list, tuple)) or not leases:
             return _refused(f"renew_many: leases must be a non-empty list of [resource, epoch], "
                             f"got {leases!r}")
@@ -272,7 +344,10 @@ class ClusterState:
             pairs.append((item[0], item[1]))
         if len({r for r, _ in pairs}) != len(pairs):
             return _refused("renew_many: a resource is listed twice")
-        return _ok(results={r: self.renew(r, node, e) for r, e in pairs})
+        if wanted - {r for r, _ in pairs}:
+            return _refused("renew_many: extend names a resource that is not renewed")
+        return _ok(results={r: self._renew_extended(r, node, e) if r in wanted
+                            else self.renew(r, node, e) for r, e in pairs})
 
     def release(self, resource: str, node: str, epoch: int) -> Result:
         lease = self.leases.get(resource) if isinstance(resource, str) else None
@@ -280,6 +355,7 @@ class ClusterState:
             return _refused(f"{node} does not hold {resource} epoch {epoch}")
         lease["holder"] = None
         lease["seq"] += 1
+        lease.pop("hold_s", None)       # a release comes after its holder stopped acting
         return _ok(epoch=epoch, **_farms_left(self._not_live(resource, node)))
 
     def expire(self, resource: str, epoch: int, seq: int) -> Result:
@@ -294,6 +370,7 @@ class ClusterState:
         holder = lease["holder"]
         lease["holder"] = None
         lease["seq"] += 1
+        lease.pop("hold_s", None)       # the leader counted it before proposing this
         return _ok(epoch=epoch, holder=holder, **_farms_left(self._not_live(resource, holder)))
 
     def set_eligible(self, resource: str, nodes: list[str] | None, lease_s: float) -> Result:
@@ -409,6 +486,9 @@ class ClusterState:
             return _refused(f"module {name} is still primary on {holder}; stop it first")
         del self.modules[name]
         self.leases.pop(mirror_resource(name), None)
+        modules = self.maintenance.get("modules", {})
+        if modules.pop(name, None) is not None and not modules:
+            self.maintenance.pop("modules", None)
         left = sorted(farm_of(module)["members"]) if module["mode"] == "farm" else []
         return _ok(name=name, **({"farm_members_left": left} if left else {}))
 
@@ -617,6 +697,50 @@ class ClusterState:
         if resource == liveness_resource(node):
             return self._leave_every_farm(node)
         return []
+
+    # ---- versions and maintenance ------------------------------------------------------
+    def raise_feature_level(self, level: int) -> Result:
+        """Every member runs a version that applies commands of ``level``: from now on
+        they may be used. Proposed by the leader's daemon once it saw that (a member of an
+        older version refuses this entry as unknown, like the commands it would enable)."""
+        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+            return _refused(f"invalid feature level {level!r}")
+        if level > FEATURE_LEVEL:
+            return _refused(f"feature level {level} is newer than this version's {FEATURE_LEVEL}")
+        if level <= self.feature_level:
+            return _ok(level=self.feature_level, raised=False)
+        self.feature_level = level
+        return _ok(level=level, raised=True)
+
+    def set_maintenance(self, module: str | None, hold_s: float | None) -> Result:
+        """Maintenance on (``hold_s``: how long a holder may act without renewing, e.g.
+        while its daemon restarts) or off (None), for ``module`` or the whole cluster
+        (None). In maintenance no failover starts and each renewal that asks is extended
+        by ``hold_s`` (``renew_many``): the Raft leader never takes a lease while its
+        holder may still act, however long the daemon is away within the hold."""
+        if self.feature_level < MAINTENANCE_LEVEL:
+            return _refused(f"maintenance needs every member at feature level {MAINTENANCE_LEVEL} "
+                            f"(the cluster is at {self.feature_level}): upgrade every member first")
+        if module is not None:
+            entry = self.modules.get(module) if isinstance(module, str) else None
+            if entry is None:
+                return _refused(f"unknown module {module!r}")
+        if hold_s is not None and (not _valid_duration(hold_s) or hold_s > MAINTENANCE_HOLD_MAX_S):
+            return _refused(f"invalid maintenance hold {hold_s!r} (seconds, > 0 and at most "
+                            f"{MAINTENANCE_HOLD_MAX_S:.0f})")
+        modules = self.maintenance.setdefault("modules", {})
+        if module is None:
+            if hold_s is None:
+                self.maintenance.pop("cluster", None)
+            else:
+                self.maintenance["cluster"] = float(hold_s)
+        elif hold_s is None:
+            modules.pop(module, None)
+        else:
+            modules[module] = float(hold_s)
+        if not modules:
+            self.maintenance.pop("modules", None)
+        return _ok(module=module, hold_s=hold_s)
 
     # ---- the HTTP API's users (raft.user_table) ---------------------------------------
     def set_user(self, name: str, role: str, password_hash: str | None) -> Result:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Required, TypedDict, TypeVar
 
-from .cluster_state import MIRROR_PREFIX, mirror_resource
+from .cluster_state import FEATURE_LEVEL, MIRROR_PREFIX, mirror_resource
+
+__all__ = ["FEATURE_LEVEL", "COMMANDS", "OPS", "RaftCommand", "Changed", "changed"]
 
 
 # ---- answers ------------------------------------------------------------------------------
@@ -112,6 +114,16 @@ class UserRemoved(Answer, total=False):
     name: str
 
 
+class LevelRaised(Answer, total=False):
+    level: int
+    raised: bool
+
+
+class MaintenanceSet(Answer, total=False):
+    module: str | None
+    hold_s: float | None
+
+
 R = TypeVar("R", bound=Answer)
 
 
@@ -181,6 +193,11 @@ def _module(args: tuple, result: Answer) -> Changed:
     return Changed(modules=frozenset({args[0]}))
 
 
+def _maintenance(args: tuple, result: Answer) -> Changed:
+    """A module's maintenance concerns that module; the cluster's, every module."""
+    return EVERYTHING if args[0] is None else Changed(modules=frozenset({args[0]}))
+
+
 def _module_and_lease(args: tuple, result: Answer) -> Changed:
     return Changed(leases=frozenset({mirror_resource(args[0])}), modules=frozenset({args[0]}))
 
@@ -190,6 +207,10 @@ def _module_and_lease(args: tuple, result: Answer) -> Changed:
 class RaftCommand(Generic[R]):
     name: str                               # the ClusterState method; what the journal holds
     touches: Touches = field(repr=False)    # what it changed, from its arguments and answer
+    # The feature level (ClusterState.feature_level) from which it may be proposed: a
+    # member of an older version refuses it as unknown, so it is sent only once every
+    # member applies it the same way (the state machine refuses it before that too).
+    level: int = 0
 
     def changed(self, args: tuple, result: Answer) -> Changed:
         """What this command changed, once applied with ``args`` and answered ``result``."""
@@ -219,11 +240,15 @@ RENEW_MANY: RaftCommand[RenewedMany] = RaftCommand("renew_many", _nothing)
 BEGIN_GENERATION: RaftCommand[Eligible] = RaftCommand("begin_generation", _lease_and_identity)
 SET_USER: RaftCommand[UserSet] = RaftCommand("set_user", _users)
 REMOVE_USER: RaftCommand[UserRemoved] = RaftCommand("remove_user", _users)
+# Feature level 1: versions and maintenance.
+RAISE_FEATURE_LEVEL: RaftCommand[LevelRaised] = RaftCommand("raise_feature_level", _everything)
+SET_MAINTENANCE: RaftCommand[MaintenanceSet] = RaftCommand("set_maintenance", _maintenance, level=1)
 
 COMMANDS: dict[str, RaftCommand[Any]] = {c.name: c for c in (
     BOOTSTRAP, ADD_MEMBER, REMOVE_MEMBER, ACQUIRE, RENEW, RELEASE, EXPIRE, SET_ELIGIBLE,
     INSTALL_MODULE, UNINSTALL_MODULE, SET_INTENT, SET_FAILOVER, SET_IN_SYNC, NAME_GOOD_COPY,
-    LEAVE_IN_SYNC, FARM_JOIN, FARM_LEAVE, RENEW_MANY, BEGIN_GENERATION, SET_USER, REMOVE_USER)}
+    LEAVE_IN_SYNC, FARM_JOIN, FARM_LEAVE, RENEW_MANY, BEGIN_GENERATION, SET_USER, REMOVE_USER,
+    RAISE_FEATURE_LEVEL, SET_MAINTENANCE)}
 OPS = tuple(COMMANDS)
 
 

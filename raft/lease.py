@@ -53,9 +53,17 @@ class LeaseTiming:
         return self.margin_s / self.lease_s
 
 
-def holder_deadline(renewal_started_at: float, timing: LeaseTiming) -> float:
-    """Holder's local time at which it must have stopped acting."""
-    return renewal_started_at + timing.lease_s - timing.margin_s
+# A maintenance hold (``hold_s``, minutes to hours) is counted on two clocks like the
+# lease, so the holder gives up this fraction of it besides the margin: far more than
+# two monotonic clocks drift apart (ppm), so the holder still stops first.
+HOLD_DRIFT = 0.01
+
+
+def holder_deadline(renewal_started_at: float, timing: LeaseTiming, hold_s: float = 0.0) -> float:
+    """Holder's local time at which it must have stopped acting; ``hold_s``: what the
+    renewal was granted beyond the lease (maintenance, ClusterState.renew_many)."""
+    return (renewal_started_at + timing.lease_s - timing.margin_s
+            + hold_s * (1.0 - HOLD_DRIFT))
 
 
 def leader_expiry(applied_at: float, leader_since: float, lease_s: float) -> float:
@@ -76,15 +84,30 @@ class HolderLease:
         self._valid_until: float | None = None
         self._last_started: float | None = None
 
-    def renewal_succeeded(self, started_at: float, epoch: int) -> None:
+    def renewal_succeeded(self, started_at: float, epoch: int, hold_s: float = 0.0) -> None:
+        """``hold_s``: what this renewal was granted beyond the lease (maintenance)."""
         if self.epoch is not None and epoch != self.epoch:
             # A new epoch starts a new lease; nothing carries over.
             self._valid_until = None
+            self._last_started = None
         self.epoch = epoch
-        deadline = holder_deadline(started_at, self.timing)
+        deadline = holder_deadline(started_at, self.timing, hold_s)
         if self._valid_until is None or deadline > self._valid_until:
             self._valid_until = deadline
+        if self._last_started is None or started_at > self._last_started:
             self._last_started = started_at
+
+    def extended(self) -> bool:
+        """Held beyond what its last renewal gives without a maintenance hold."""
+        return (self._valid_until is not None and self._last_started is not None
+                and self._valid_until > holder_deadline(self._last_started, self.timing))
+
+    def drop_extension(self) -> None:
+        """Maintenance is over: act no longer than a plain renewal gives (its holder
+        then lets its fences catch up before it renews without asking for a hold)."""
+        if self._valid_until is not None and self._last_started is not None:
+            self._valid_until = min(self._valid_until,
+                                    holder_deadline(self._last_started, self.timing))
 
     def lost(self) -> None:
         """Raft said no (released, expired, or another holder): stop now."""
@@ -176,7 +199,8 @@ def check_expiry(leases: Mapping[str, Mapping[str, Any]], clock: LeaderLeaseCloc
     node's election), and when to look again (the earliest expiry still to come, at the
     latest ``check_period_s`` from now, so a lease granted meanwhile is looked at too).
 
-    ``leases`` is ClusterState's table (resource -> holder, epoch, seq, lease_s); a
+    ``leases`` is ClusterState's table (resource -> holder, epoch, seq, lease_s, and
+    "hold_s" while its holder may act that much longer: maintenance); a
     lease whose (resource, epoch, seq) is in ``pending`` already has an ``expire`` on
     its way and is not proposed twice. A node that does not lead expires nothing."""
     next_check = now + check_period_s
@@ -186,7 +210,7 @@ def check_expiry(leases: Mapping[str, Mapping[str, Any]], clock: LeaderLeaseCloc
     for resource, lease in leases.items():
         if lease["holder"] is None:
             continue
-        expiry = clock.expires_at(resource, lease["lease_s"])
+        expiry = clock.expires_at(resource, lease["lease_s"] + lease.get("hold_s", 0.0))
         assert expiry is not None  # None only when not the leader, returned above
         if now < expiry:
             next_check = min(next_check, expiry)

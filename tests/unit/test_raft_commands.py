@@ -15,7 +15,8 @@ MEMBERS = {"a": {"address": "10.0.0.1:7400", "role": "node"},
            "w": {"address": "10.0.0.9:7400", "role": "witness"}}
 MODULES = ["m1", "m2", "f1"]
 RESOURCES = [mirror_resource("m1"), mirror_resource("m2"), "vip"] + [liveness_resource(n) for n in NODES]
-READS = ("live_members", "holder", "to_dict", "from_dict", "farm_table", "generation")
+READS = ("live_members", "holder", "to_dict", "from_dict", "farm_table", "generation",
+         "maintenance_hold", "in_maintenance")
 
 
 def test_the_table_is_every_command_of_the_state_machine():
@@ -51,9 +52,13 @@ def test_a_liveness_expiry_names_the_farms_its_node_left():
 
 
 def _seen(state: ClusterState) -> tuple[dict, dict, dict]:
-    """What readers see: members, module entries, leases without their seq."""
-    leases = {r: {k: v for k, v in lease.items() if k != "seq"} for r, lease in state.leases.items()}
-    return copy.deepcopy(state.members), copy.deepcopy(state.modules), copy.deepcopy(leases)
+    """What readers see: members, module entries (with whether each is in maintenance),
+    leases without their seq and hold (the leader's, raft.lease.check_expiry)."""
+    leases = {r: {k: v for k, v in lease.items() if k not in ("seq", "hold_s")}
+              for r, lease in state.leases.items()}
+    modules = {name: {**entry, "in maintenance": state.in_maintenance(name)}
+               for name, entry in state.modules.items()}
+    return copy.deepcopy(state.members), copy.deepcopy(modules), copy.deepcopy(leases)
 
 
 @st.composite
@@ -75,7 +80,10 @@ def command(draw, state: ClusterState) -> tuple[str, tuple]:
         "remove_member": (node, "node"),
         "acquire": (resource, node, 1.5, draw(st.booleans())),
         "renew": (resource, holder, epoch),
-        "renew_many": (holder, [[resource, epoch]]),
+        "renew_many": (holder, [[resource, epoch]]) + draw(st.sampled_from([(), ([resource],)])),
+        "raise_feature_level": (draw(st.sampled_from([1, 2])),),
+        "set_maintenance": (draw(st.sampled_from([None, module, "nope"])),
+                            draw(st.sampled_from([None, 60.0, -1]))),
         "release": (resource, holder, epoch),
         "expire": (resource, epoch, lease["seq"]),
         "set_eligible": (resource, draw(st.sampled_from([None, nodes])), 1.5),
