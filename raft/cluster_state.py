@@ -155,7 +155,7 @@ class ClusterState:
             module is not None and module in self.maintenance.get("modules", {}))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
+        d: dict[str, Any] = {"members": copy.deepcopy(self.members), "leases": copy.deepcopy(self.leases),
              "modules": copy.deepcopy(self.modules)}
         if self.users:
             d["users"] = copy.deepcopy(self.users)
