@@ -226,13 +226,38 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
         columns.append(("networks", "NETWORKS"))
     members = table(rows, columns)
     leases = [r for r in st["leases"] if not r["resource"].startswith("node/")]
-    text = f"{head}\n\n{members}"
+    text = f"{head}\n{_versions_line(st)}\n\n{members}"
     if leases:
         text += "\n\n" + table(leases, [("resource", "LEASE"), ("holder", "HOLDER"),
                                          ("epoch", "EPOCH"), ("eligible", "ELIGIBLE")])
     _print(args, st, text)
     # Scripts and monitors test the status: without quorum this member acts on nothing.
     return exit_status.OK if st["has_quorum"] else exit_status.NO_QUORUM
+
+
+def _versions_line(st: dict) -> str:
+    """The versions line of ``cluster status``: this daemon's version and feature
+    level, the cluster's committed level, and what is in maintenance."""
+    m = st.get("maintenance") or {}
+    line = (f"version {st.get('version', '?')}  feature level {st.get('feature_level', 0)} "
+            f"(cluster {m.get('feature_level', 0)})")
+    parts = []
+    if m.get("cluster") is not None:
+        parts.append(f"cluster (hold {m['cluster']:g} s)")
+    parts += [f"{name} (hold {hold:g} s)" for name, hold in sorted((m.get("modules") or {}).items())]
+    return line + "  maintenance " + (", ".join(parts) if parts else "off")
+
+
+def cmd_maintenance(args: argparse.Namespace) -> int:
+    on = args.state == "on"
+    result = _call(args, commands.MAINTENANCE.name, module=args.module, on=on,
+                   hold_s=args.hold if on else None)
+    what = f"module {args.module}" if args.module else "the cluster"
+    text = (f"maintenance on for {what}: no failover starts; the daemon may stop and start "
+            f"again within {args.hold:g} s with the application running" if on
+            else f"maintenance off for {what}")
+    _print(args, result, text)
+    return exit_status.OK
 
 
 # Daemon errors after which a membership command may still commit: it reached (or may
@@ -957,6 +982,27 @@ def build_parser() -> argparse.ArgumentParser:
         List the named leases in the cluster state: who holds each, its epoch (raised by
         every grant), its duration and which members may acquire it automatically.""",
              cmd_lease_list)
+    json_flag(sp)
+
+    # ---- maintenance ----
+    maint = table_.group(sub, "maintenance", "maintenance without downtime")
+    sp = add(maint, "maintenance on", "no failover; the daemon may restart with applications running", """
+        Put the cluster (or, with -m, one module) in maintenance: no failover starts, and
+        every lease renewal is extended by HOLD seconds, so a daemon stopped meanwhile
+        (an upgrade, a restart) leaves its applications, mounts and virtual IPs running
+        and takes them back when it starts again within HOLD. After HOLD without its
+        daemon a node stops acting by itself (its mounts refuse writes, its VIPs expire
+        in the kernel). Needs every member at this version's feature level.""",
+             cmd_maintenance, state="on")
+    sp.add_argument("--hold", type=float, default=600.0,
+                    help="seconds a node may act without its daemon (default 600)")
+    json_flag(sp)
+    sp = add(maint, "maintenance off", "back to normal: failovers allowed again", """
+        End maintenance of the cluster (or, with -m, of one module). Each node brings what
+        it holds back within a plain lease before the cluster counts one again, so a
+        failover after this waits at most one lease, or the hold for a node whose daemon
+        is still away.""",
+             cmd_maintenance, state="off", hold=0.0)
     json_flag(sp)
 
     # ---- users of the HTTPS API ----

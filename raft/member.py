@@ -29,7 +29,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 socket.inet_ntop = _socket.inet_ntop
 
 from . import durable_storage
-from .cluster_state import ClusterState, Result
+from .cluster_state import FEATURE_LEVEL, ClusterState, Result
 from .commands import OPS
 from .lease import LeaderLeaseClock, check_expiry
 from .listen import ListenError, listen_error
@@ -244,6 +244,9 @@ class _SyncObj(SyncObj):
         self._pre_vote: _PreVoteRound | None = None
         self._pre_vote_won_at_term: int | None = None
         self._transfer_election = False
+        # What each peer last said of the command set it applies ("fl" in its messages;
+        # a version before feature levels sends none: 0), and when (monotonic).
+        self.peer_levels: dict[str, tuple[int, float]] = {}
         super().__init__(self_address, peers, conf, consumers=consumers,
                          transportClass=_RaftTransport)
         # The tick thread calls self._poller.poll(autoTickPeriod) at the end of each
@@ -256,6 +259,10 @@ class _SyncObj(SyncObj):
         self._SyncObj__properies.add("_poll_sockets")
 
     def _SyncObj__onMessageReceived(self, node, message):  # noqa: N802 (pysyncobj's name)
+        level = message.get("fl", 0)
+        self.peer_levels[str(getattr(node, "address", node))] = (
+            level if isinstance(level, int) and not isinstance(level, bool) else 0,
+            monotonic_time())
         kind = message.get("type")
         if kind in self._OWN_MESSAGES:
             getattr(self, self._OWN_MESSAGES[kind])(node, message)
@@ -280,8 +287,11 @@ class _SyncObj(SyncObj):
                      "term_notice": "_on_term_notice"}
 
     def outgoing(self, message: dict) -> dict:
+        # Every message says which command set this member applies (raft.commands
+        # FEATURE_LEVEL); older versions read the keys they know and ignore this one.
+        message = dict(message, fl=FEATURE_LEVEL)
         if self._transfer_election and message.get("type") == "request_vote":
-            return dict(message, transfer=True)
+            message["transfer"] = True
         return message
 
     # ---- elections (thesis §9.6 pre-vote, §4.2.3) --------------------------------------
@@ -721,6 +731,12 @@ class RaftMember:
             "peers": {str(k)[len("partner_node_status_server_"):]: v
                       for k, v in st.items() if str(k).startswith("partner_node_status_server_")},
         }
+
+    def peer_feature_levels(self, max_age_s: float) -> dict[str, int]:
+        """Raft address -> the feature level that peer sent within ``max_age_s``."""
+        now = monotonic_time()
+        return {address: level for address, (level, at) in list(self.syncobj.peer_levels.items())
+                if now - at <= max_age_s}
 
     def set_link_members(self, members: Mapping[str, Mapping[str, Any]]) -> None:
         """The member table changed: paths to peers over every heartbeat network."""

@@ -209,7 +209,8 @@ class MirrorModule(ModuleRuntime):
                        peer_live=peer_lease.get("holder") == self.peer,
                        failover=module.get("failover", True),
                        intent=(module.get("intent") or {}).get(self.node),
-                       copy_problem=self._copy_problem(module))
+                       copy_problem=self._copy_problem(module),
+                       maintenance=part.maintenance)
 
     # ---- the copy's identity (DESIGN rule 6) ----------------------------------------------
     def _local_copy(self) -> ci.Local:
@@ -724,6 +725,11 @@ class MirrorModule(ModuleRuntime):
     def checker_action(self, action: str, cause: str) -> None:
         """What a fired failover rule asks (after the action loop): restart, stopstart,
         stop, wait, swap, or resume (the wait of ``cause`` is over)."""
+        if action != RESUME and (self._last_view or mm.View()).maintenance:
+            log.warning("event=checker_action_ignored module=%s action=%s cause=%s reason=%r",
+                        self.name, action, cause, "maintenance")
+            self._module_log(f"checker {cause}: {action} ignored: the module is in maintenance")
+            return
         event = mm.CheckerUp(cause) if action == RESUME else mm.CheckerDown(cause, action)
         out = self.feed(event)
         if out.refused:

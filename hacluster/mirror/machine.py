@@ -69,6 +69,9 @@ class View:
     # Why this node's copy may not become primary by itself (DESIGN rule 6: its
     # on-disk identity does not match what Raft committed for it); None: it may.
     copy_problem: str | None = None
+    # The module (or the cluster) is in maintenance: nothing starts or fails over by
+    # itself; a primary keeps its role, and its lease is held beyond the lease.
+    maintenance: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,9 @@ class MirrorMachine:
                          f"{v.copy_problem} ('primforce' overrides)")
         if not v.failover:
             lines.append("automatic failover is off")
+        if v.maintenance:
+            lines.append("in maintenance: nothing starts or fails over by itself "
+                         "('hacluster maintenance off' ends it)")
         if self.swap_pending:
             lines.append(f"swap: waiting for {self.peer} to take the lease")
         lines.append(f"{self.peer} is {'live' if v.peer_live else 'not live'}; "
@@ -411,6 +417,8 @@ class MirrorMachine:
             return False        # rule 6: only a copy that proves it is the current one
         if self.state in PRIMARY or self.epoch is not None:
             return True
+        if v.maintenance and not promoting:
+            return False        # maintenance: nothing starts or fails over by itself
         # Automatic failover only when on; a waiting node still starts as primary
         # when Raft lets it (it is in the in-sync set, e.g. named with prim).
         return v.failover or self.state is State.WAIT

@@ -38,14 +38,18 @@ class ModuleSlice:
     without their ``seq`` (the leader's fence, which moves at every renewal)."""
     module: Mapping[str, Any] | None
     leases: Mapping[str, Mapping[str, Any]]
+    maintenance: bool = False   # the module, or the cluster, is in maintenance
 
     @classmethod
     def of(cls, state: Mapping[str, Any], module: str, leases: Iterable[str]) -> "ModuleSlice":
-        """From a cluster state snapshot (``raft.member.RaftMember.snapshot``)."""
+        """From a cluster state snapshot (``raft.member.RaftMember.snapshot``). A lease's
+        ``hold_s`` (the leader's, like ``seq``) is left out."""
         entry = state["modules"].get(module)
+        maintenance = state.get("maintenance") or {}
         return cls(frozen(entry) if entry is not None else None, MappingProxyType({
-            r: frozen({k: v for k, v in state["leases"][r].items() if k != "seq"})
-            for r in leases if r in state["leases"]}))
+            r: frozen({k: v for k, v in state["leases"][r].items() if k not in ("seq", "hold_s")})
+            for r in leases if r in state["leases"]}),
+            "cluster" in maintenance or module in (maintenance.get("modules") or {}))
 
     def lease(self, resource: str) -> Mapping[str, Any]:
         """The lease ``resource`` (empty when there is none)."""

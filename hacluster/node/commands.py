@@ -58,12 +58,14 @@ REPLICATION_PROGRESS = ControlCommand("replication_progress", modules=True)
 USER_SET = ControlCommand("user_set")
 USER_REMOVE = ControlCommand("user_remove")
 USER_LIST = ControlCommand("user_list")
+# maintenance on/off, cluster-wide or for one module (committed through Raft)
+MAINTENANCE = ControlCommand("maintenance")
 
 CONTROL_COMMANDS: dict[str, ControlCommand] = {c.name: c for c in (
     STATUS, LEASES, ADD_MEMBER, REMOVE_MEMBER, FORWARD, MODULE_INSTALL, MODULE_UNINSTALL,
     MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE, SNAPSHOT_PART,
     REPLICATION_PEER_LOST, REPLICATION_IN_SYNC, REPLICATION_PROGRESS, USER_SET, USER_REMOVE,
-    USER_LIST)}
+    USER_LIST, MAINTENANCE)}
 REMOTE_COMMANDS = frozenset(c.name for c in CONTROL_COMMANDS.values() if c.remote)
 
 

@@ -35,9 +35,10 @@ from hacluster.http.server import HttpServer
 from hacluster.http.tls import TlsError, server_context
 from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
 
-from raft.cluster_state import liveness_resource
+from raft.cluster_state import MAINTENANCE_LEVEL, liveness_resource
 from raft import commands as raft_commands
-from raft.commands import ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, RELEASE, REMOVE_MEMBER, Answer, RaftCommand
+from raft.commands import (ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, FEATURE_LEVEL, RAISE_FEATURE_LEVEL,
+                           RELEASE, REMOVE_MEMBER, SET_MAINTENANCE, Answer, RaftCommand)
 from raft.durable_storage import private_dir
 from raft.links import member_paths
 from raft.hardened_transport import raise_open_files_limit
@@ -52,6 +53,7 @@ from .api_backend import DaemonApi
 from .cluster_config import HTTP_CERT_FILE, HTTP_KEY_FILE, ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder, RenewalBatch
+from .maintenance import MaintenanceView
 from .event_hooks import (EventTracker, HookConfigError, HookRunner, RefusedTap, load_hooks,
                           module_events, quorum_event)
 from .peer_control import PeerControlError, PeerControlServer, call_member, peer_control_address
@@ -66,6 +68,10 @@ READY_POLL_S = 0.2
 EVENT_POLL_S = 0.5
 # Beyond handing the leases back: closing the listeners and Raft (its journal's last sync).
 STOP_MARGIN_S = 10.0
+# The leader looks this often whether every member applies this version's commands, as
+# heard in their Raft messages within FEATURE_LEVEL_HEARD_S (raft.member.peer_feature_levels).
+FEATURE_LEVEL_CHECK_S = 2.0
+FEATURE_LEVEL_HEARD_S = 10.0
 RUN_DIR_MODE = 0o755    # the socket in it is 0600; the pid file may be read by monitors
 LOG_DIR_MODE = 0o755
 AUDIT_FILE = "audit.log"     # the HTTPS API's audit trail, in the log directory (bounded)
@@ -89,6 +95,8 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self._control: ControlServer | None = None
         self.exit_reason = "stopped"
+        self._levels_behind: list[str] = []
+        self._maintenance: MaintenanceView | None = None
         self.removed = False        # removed from the cluster: exit_status.REMOVED
         self.notifier = Notifier()  # systemd's, when it started us
         self.hooks: HookRunner | None = None
@@ -196,6 +204,7 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._bootstrap()))
             self._start_hooks()
             self.hold(liveness_resource(self.name), on_turn=self._lease_loop_turned)
+            self.track(asyncio.create_task(self._raise_feature_level()))
             self._check_watchdog_interval()
             await self.started()
             self.track(asyncio.create_task(self._report_ready()))
@@ -257,6 +266,41 @@ class Daemon:
             await control.close()
         await self._loop.run_in_executor(None, self.raft.destroy)
         log.info("event=daemon_stopped reason=%r", self.exit_reason)
+
+    # ---- versions (raft.commands.FEATURE_LEVEL) ------------------------------------------
+    async def _raise_feature_level(self) -> None:
+        """On the leader: once every member has said (in its Raft messages, within
+        FEATURE_LEVEL_HEARD_S) that it applies this version's commands, commit the
+        level, which lets them be used (maintenance). A member of an older version
+        says nothing: the level waits until it is upgraded."""
+        while True:
+            await asyncio.sleep(FEATURE_LEVEL_CHECK_S)
+            # A Raft snapshot installed from the leader applies no entries: read again.
+            self._maintenance = None
+            if not self.raft.is_leader():
+                continue
+            snap = self.raft.snapshot()
+            if snap.get("feature_level", 0) >= FEATURE_LEVEL or not snap["members"]:
+                continue
+            heard = self.raft.peer_feature_levels(FEATURE_LEVEL_HEARD_S)
+            behind = sorted(n for n, m in snap["members"].items()
+                            if m["address"] != self.config.me["address"]
+                            and heard.get(m["address"], 0) < FEATURE_LEVEL)
+            if behind:
+                if behind != self._levels_behind:
+                    log.info("event=feature_level_waits level=%d cluster_level=%d members=%s "
+                             "reason=%r", FEATURE_LEVEL, snap.get("feature_level", 0),
+                             ",".join(behind), "not heard at this version's level (older version?)")
+                self._levels_behind = behind
+                continue
+            try:
+                result = await self.commit(RAISE_FEATURE_LEVEL, FEATURE_LEVEL)
+            except ControlError as e:
+                log.warning("event=feature_level_not_raised level=%d error=%r", FEATURE_LEVEL, str(e))
+                continue
+            if result.get("raised"):
+                log.info("event=feature_level_raised level=%d reason=%r", FEATURE_LEVEL,
+                         "every member applies this version's commands")
 
     # ---- cluster event hooks (event_hooks) -----------------------------------------------
     def _start_hooks(self) -> None:
@@ -375,6 +419,7 @@ class Daemon:
             commands.USER_SET.name: self._user_set,
             commands.USER_REMOVE.name: self._user_remove,
             commands.USER_LIST.name: self._user_list,
+            commands.MAINTENANCE.name: self._set_maintenance,
         }
 
     def support_sources(self) -> Iterable[Source]:
@@ -398,6 +443,13 @@ class Daemon:
     def caught_up(self) -> bool:
         return self.raft.caught_up()
 
+    def maintenance(self) -> MaintenanceView:
+        """The committed feature level and maintenance, cached between the entries that
+        change them (read at every renewal; a full snapshot is a deep copy)."""
+        if self._maintenance is None:
+            self._maintenance = MaintenanceView.of(self.raft.snapshot())
+        return self._maintenance
+
     def hold(self, resource: str, *, force: bool = False,
              on_acquired: Callable[[int], None] | None = None,
              on_lost: Callable[[int, str], None] | None = None,
@@ -405,6 +457,8 @@ class Daemon:
         holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
                              on_acquired=on_acquired, on_lost=on_lost, force=force,
                              on_turn=on_turn)
+        holder.wants_hold = lambda: self.maintenance().hold(resource) is not None
+        holder.batch.extensions_allowed = lambda: self.maintenance().level >= MAINTENANCE_LEVEL
         self.holders[resource] = holder
         self.track(asyncio.create_task(holder.run()))
         return holder
@@ -499,6 +553,11 @@ class Daemon:
                      args[0], args[1], result["epoch"], result.get("forced", False), time.monotonic())
         if op in (BOOTSTRAP.name, ADD_MEMBER.name, REMOVE_MEMBER.name) and result.get("ok"):
             self._membership_changed(op, args, result)
+        if op in MaintenanceView.CHANGED_BY and result.get("ok"):
+            self._maintenance = None
+            if op == SET_MAINTENANCE.name:
+                log.info("event=maintenance module=%s state=%s hold_s=%s", args[0] or "*",
+                         "on" if args[1] is not None else "off", args[1])
 
     def _membership_changed(self, op: str, args: tuple, result: dict) -> None:
         members = self.raft.snapshot()["members"]
@@ -588,6 +647,22 @@ class Daemon:
         users = self.raft.snapshot().get("users") or {}
         return [{"name": n, "role": users[n]["role"]} for n in sorted(users)]
 
+    async def _set_maintenance(self, request: dict) -> dict:
+        """``{"module": name|None, "on": bool, "hold_s": seconds}``: maintenance for a
+        module or the whole cluster, committed (raft.cluster_state.set_maintenance)."""
+        module, on, hold_s = request.get("module"), request.get("on"), request.get("hold_s")
+        if module is not None and not isinstance(module, str):
+            raise ControlError(f"maintenance: module must be a name, got {module!r}")
+        if not isinstance(on, bool):
+            raise ControlError(f"maintenance: on must be true or false, got {on!r}")
+        if on and (isinstance(hold_s, bool) or not isinstance(hold_s, (int, float))):
+            raise ControlError(f"maintenance: hold_s must be a number of seconds, got {hold_s!r}")
+        result = await self.commit(SET_MAINTENANCE, module, float(hold_s) if on else None)
+        if not result.get("ok"):
+            raise ControlError(f"maintenance: {result.get('error')}")
+        return {"module": module, "maintenance": "on" if on else "off",
+                "hold_s": result.get("hold_s")}
+
     async def _status(self, request: dict) -> dict:
         return self._status_now()
 
@@ -619,6 +694,9 @@ class Daemon:
             "last_applied": raft["last_applied"], "role": raft["role"],
             "has_quorum": raft["has_quorum"], "members": members,
             "leases": self._lease_rows(snap),
+            # versions: what this daemon is and applies, and the level the cluster committed
+            "version": hacluster.__version__, "feature_level": FEATURE_LEVEL,
+            "maintenance": MaintenanceView.of(snap).as_dict(),
         }
 
     @staticmethod

@@ -55,6 +55,9 @@ class RenewalBatch:
         self._asked: dict[LeaseHolder, asyncio.Future] = {}
         self._timer: asyncio.TimerHandle | None = None
         # For the metrics endpoint: how long committed batches took, how many did not.
+        # Has the cluster the feature level of renew_many's extensions? (the daemon's
+        # committed state; before it, the form every version applies)
+        self.extensions_allowed: Callable[[], bool] = lambda: False
         self.latency = Histogram()
         self.unconfirmed = 0
 
@@ -83,6 +86,10 @@ class RenewalBatch:
         asyncio.get_running_loop().create_task(self._commit(members, asked))
 
     async def _commit(self, members: list["LeaseHolder"], asked: dict) -> None:
+        # Which leases ask for a maintenance hold: decided (and extensions dropped)
+        # before ``started``, so a lease renewed without asking had its fences back
+        # within a plain lease before its renewal started (raft.cluster_state.renew_many).
+        extend = [h.resource for h in members if h.asks_hold()]
         # Taken before the entry is proposed: each lease counts from no later than this.
         started = time.monotonic()
         epochs = {h: (h.lease.epoch, h.generation) for h in members}
@@ -90,9 +97,12 @@ class RenewalBatch:
             h.renewing += 1
         try:
             timeout = min(h.timing.renew_interval_s for h in members)
+            leases = [[h.resource, epochs[h][0]] for h in members]
+            # The form older versions apply, unless the cluster's feature level allows the other.
+            args: tuple = (self.node, leases, extend) if self.extensions_allowed() else (self.node, leases)
             try:
                 result = await asyncio.wait_for(asyncio.wrap_future(self.raft.submit(
-                    RENEW_MANY.name, self.node, [[h.resource, epochs[h][0]] for h in members])), timeout)
+                    RENEW_MANY.name, *args)), timeout)
             except (asyncio.TimeoutError, RaftCommandError) as e:
                 log.debug("event=lease_renew_unconfirmed node=%s resources=%s reason=%r", self.node,
                           ",".join(h.resource for h in members), str(e))
@@ -141,6 +151,12 @@ class LeaseHolder:
         # After an unconfirmed renewal: the earliest time to try again (monotonic).
         self.retry_not_before = 0.0
         self.batch = RenewalBatch.of(raft, node)
+        # Maintenance (raft.cluster_state.set_maintenance): does the committed state cover
+        # this lease now? And what acts on this lease's behalf (a VIP's lifetime, a farm's
+        # bucket timeouts, a mount's permit to outlive the daemon): each returns until
+        # when it acts (monotonic), None when it does not.
+        self.wants_hold: Callable[[], bool] = lambda: False
+        self._fences: list[Callable[[], float | None]] = []
 
     # ---- queries ---------------------------------------------------------
     def holding(self) -> bool:
@@ -160,6 +176,29 @@ class LeaseHolder:
         holder's new deadline (monotonic): for what the kernel holds on this lease's
         behalf and must expire by itself at that deadline (DESIGN.md rule 7)."""
         self._renewal_watchers.append(callback)
+
+    def add_fence(self, until: Callable[[], float | None]) -> None:
+        """Something that acts for this lease until ``until()`` (see ``asks_hold``)."""
+        self._fences.append(until)
+
+    def asks_hold(self) -> bool:
+        """Ask for a maintenance hold in the next renewal? While maintenance covers the
+        lease, yes. Once it is over the lease drops its extension, its fences are told
+        the shorter deadline, and it goes on asking (nothing is granted, but Raft keeps
+        the old hold) until every fence acts no longer than the lease: only a renewal
+        that does not ask lets the Raft leader count a plain lease again."""
+        if self.wants_hold():
+            return True
+        if self.lease.extended():
+            self.lease.drop_extension()
+            log.info("event=lease_hold_dropped resource=%s valid_until=%.3f reason=%r",
+                     self.resource, self.lease.valid_until() or 0.0, "maintenance is over")
+            valid_until = self.lease.valid_until()
+            if valid_until is not None:
+                for renewed in list(self._renewal_watchers):
+                    renewed(valid_until)
+        valid_until = self.lease.valid_until() or time.monotonic()
+        return any((f() or 0.0) > valid_until for f in self._fences)
 
     def renew_now(self) -> None:
         """Renew as soon as possible instead of at the next due time: for a caller that
@@ -227,7 +266,7 @@ class LeaseHolder:
             return
         if result.get("ok"):
             was_holding = self.lease.epoch is not None
-            self.lease.renewal_succeeded(started, result["epoch"])
+            self.lease.renewal_succeeded(started, result["epoch"], float(result.get("hold_s") or 0.0))
             self.last_refusal = None
             self._arm_deadline()
             if not was_holding:

@@ -27,7 +27,7 @@ def test_each_daemon_serves_exactly_the_commands_the_table_gives_its_role(config
 def test_a_handler_missing_from_the_table_or_the_daemon_stops_it():
     with pytest.raises(RuntimeError, match=r"missing \['leases'\], not declared \['nuke'\]"):
         commands.check_handlers({"status", "add_member", "remove_member", "forward", "snapshot_part",
-                                 "user_set", "user_remove", "user_list", "nuke"},
+                                 "user_set", "user_remove", "user_list", "maintenance", "nuke"},
                                 with_modules=False)
 
 
