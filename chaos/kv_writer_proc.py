@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     writer = KvWriter(args.url, prefix=args.prefix, timeout=args.timeout, on_ack=_print_ack).start()
     stop.wait()
     writer.stop()
+    # every write that failed (and was retried), for checkers of downtime; not JSON at
+    # the line's start, so readers of the acknowledgements skip them
+    for failure in writer.failures:
+        print("failed " + json.dumps(dataclasses.asdict(failure)), flush=True)
     return 0
 
 

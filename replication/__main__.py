@@ -114,10 +114,23 @@ def cmd_mount(args: argparse.Namespace) -> int:
                        durability=Durability(args.durability),
                        bandwidth=args.bandwidth, alone=args.alone,
                        peer_lost=peer_lost, on_in_sync=on_in_sync)
+    watch = None
+    if args.owner_pid is not None:
+        from .owner_watch import OwnerWatch
+        watch = OwnerWatch(args.owner_pid, args.log_file)
+        watch.start()
     if hook is not None:
         # Every second, whatever the phase: the owner's metrics read the queue, the bytes
-        # sent and the reintegration's progress from it (one small request on its socket).
-        hook.report_progress(link.status)
+        # sent and the reintegration's progress from it (one small request on its socket);
+        # its answer carries the maintenance hold (replication.owner_watch).
+        def status() -> dict[str, Any]:
+            current = dict(link.status() or {})
+            if watch is not None:
+                current["hold_until"] = watch.hold_until
+                current["pid"] = os.getpid()
+            return current
+
+        hook.report_progress(status, watch.answer if watch is not None else None)
     stop = threading.Event()
 
     def report() -> None:
@@ -295,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the owner's Unix socket: peer loss, in-sync and progress are "
                         "reported there, and writes fail if the owner does not confirm a loss")
     p.add_argument("--module", default=None, help="module name sent to the owner (with --hook-socket)")
+    p.add_argument("--owner-pid", type=int, default=None, metavar="PID",
+                   help="the daemon that owns this mount: when it exits the mount stops at "
+                        "once, unless it granted a maintenance hold (replication.owner_watch)")
+    p.add_argument("--log-file", default=None, metavar="PATH",
+                   help="with --owner-pid: where the output goes once the owner is gone")
     p.add_argument("--hook-timeout", type=float, default=10.0,
                    help="seconds to wait for the owner's answer")
     p.set_defaults(func=cmd_mount, check=_check_mount_args)

@@ -71,18 +71,20 @@ class HookClient:
             generation = self._generation
         self._start_thread(self._deliver_in_sync, generation, name="replication-hook-in-sync")
 
-    def progress(self, progress: dict[str, Any]) -> bool:
-        """Best effort: False if the owner did not take it."""
+    def progress(self, progress: dict[str, Any]) -> Any:
+        """Best effort: the owner's answer, None if it did not take it."""
         try:
-            self.request("replication_progress", timeout_s=PROGRESS_TIMEOUT_S, progress=progress)
-            return True
+            return self.request("replication_progress", timeout_s=PROGRESS_TIMEOUT_S,
+                                progress=progress)
         except HookFailed as e:
             log.debug("event=hook_progress_failed error=%r", str(e))
-            return False
+            return None
 
-    def report_progress(self, status: Callable[[], dict[str, Any] | None]) -> None:
-        """Every PROGRESS_INTERVAL_S, send ``status()`` unless it returns None
-        (no reintegration running)."""
+    def report_progress(self, status: Callable[[], dict[str, Any] | None],
+                        answered: Callable[[Any], None] | None = None) -> None:
+        """Every PROGRESS_INTERVAL_S, send ``status()`` unless it returns None;
+        ``answered(result)`` with each answer (the owner's maintenance hold,
+        replication.owner_watch)."""
         def loop() -> None:
             while not self._stop.wait(PROGRESS_INTERVAL_S):
                 try:
@@ -91,7 +93,9 @@ class HookClient:
                     log.debug("event=hook_progress_status_failed error=%r", str(e))
                     continue
                 if current is not None:
-                    self.progress(current)
+                    result = self.progress(current)
+                    if result is not None and answered is not None:
+                        answered(result)
 
         self._start_thread(loop, name="replication-hook-progress")
 

@@ -210,6 +210,20 @@ class VipAnnouncer:
         hold_vip(held, lifetime)
         return now + lifetime
 
+    def fence_until(self) -> float | None:
+        """Until when the kernel holds this address (monotonic; None: not raised), for
+        the lease holder's fences (hacluster.node.lease_holder.LeaseHolder.add_fence)."""
+        return self._installed_until if self.raised else None
+
+    async def detach(self) -> None:
+        """The daemon stops in maintenance and leaves the address to its kernel lifetime:
+        stop refreshing and announcing it, keep it (and its marker)."""
+        async with self._lock:
+            for task in (self._refresh_task, self._lifetime_task):
+                if task is not None:
+                    task.cancel()
+            self._refresh_task = self._lifetime_task = None
+
     def lease_renewed(self, valid_until: float) -> None:
         """The holder's lease was renewed up to ``valid_until``: extend the address's
         kernel lifetime (in the background, when lifetime.needs_refresh says so)."""

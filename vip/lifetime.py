@@ -84,9 +84,12 @@ def needs_refresh(installed_until: float | None, valid_until: float,
     Yes unless it already ends within an eighth of a renewal interval of the new
     deadline. Every renewal moves the deadline a whole interval, so in practice that is
     every renewal: what the kernel holds must end as close to the lease as it can,
+    and never after it (a deadline that moved nearer is refreshed too),
     because when renewals pause (a Raft leader's death, an election) it is the kernel's
     copy, not the lease, that runs out first. (Skipping every other refresh, as an
     earlier rule did, left the buckets 0.44 s instead of 0.82 s at worst.)"""
     if installed_until is None:
         return True
-    return valid_until - installed_until > renew_interval_s / 8.0
+    # A deadline brought nearer (a maintenance hold dropped, raft.lease.drop_extension):
+    # the kernel's copy must come back within it.
+    return valid_until - installed_until > renew_interval_s / 8.0 or installed_until > valid_until

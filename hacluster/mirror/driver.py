@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -88,12 +90,15 @@ class _Proc:
         self.reader: asyncio.Task | None = None
         self.last_line = ""         # what it said last: why it exited, when it did
 
-    async def start(self, ready_marker: str, on_exit) -> None:
+    async def start(self, ready_marker: str, on_exit, die_with_parent: bool = True) -> None:
+        """``die_with_parent``: SIGKILL when the daemon dies (a receiver); a mount watches
+        its owner itself instead (``--owner-pid``: replication.owner_watch), so that it
+        may outlive the daemon within a maintenance hold."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            preexec_fn=_die_with_parent if die_with_parent else None)
         self.reader = asyncio.create_task(self._read(ready_marker, on_exit))
         try:
             await asyncio.wait_for(self.ready.wait(), PROCESS_READY_S)
@@ -122,6 +127,26 @@ class _Proc:
         if not self.stopping:
             on_exit(f"{self.kind} for {self.root} exited with {rc}")
 
+    def adopt(self, pid: int, on_exit) -> None:
+        """A mount an earlier daemon started (maintenance): watched through a pidfd; its
+        output goes to its log file by itself (replication.owner_watch)."""
+        self.proc = _AdoptedProcess(pid)   # type: ignore[assignment]
+        self.ready.set()
+
+        async def watch() -> None:
+            assert self.proc is not None
+            rc = await self.proc.wait()
+            if not self.stopping:
+                on_exit(f"{self.kind} for {self.root} (adopted, pid {pid}) exited ({rc})")
+        self.reader = asyncio.create_task(watch())
+
+    def detach(self) -> None:
+        """The daemon stops in maintenance and leaves this process running: stop reading
+        its output (it writes its log file itself once the daemon is gone)."""
+        self.stopping = True
+        if self.reader is not None:
+            self.reader.cancel()
+
     async def stop(self, kill: bool) -> None:
         self.stopping = True
         p = self.proc
@@ -137,6 +162,57 @@ class _Proc:
             log.warning("event=process_kill kind=%s root=%s pid=%d", self.kind, self.root, p.pid)
             p.kill()
             await p.wait()
+
+
+class _AdoptedProcess:
+    """What ``_Proc`` uses of asyncio's Process, for a process this daemon did not start
+    (it cannot wait() for it: a pidfd tells when it exits; its status is not ours)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited = asyncio.Event()
+        self._fd = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._fd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+        os.close(self._fd)
+        self.returncode = -1        # unknown: reaped by whoever is its parent now
+        self._exited.set()
+
+    async def wait(self) -> int:
+        await self._exited.wait()
+        return self.returncode if self.returncode is not None else -1
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is not None:
+            raise ProcessLookupError(self.pid)
+        os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+MOUNT_PID_FILE = "mount.pid"
+
+
+def running_mount(state: Path, root: str, epoch: int) -> int | None:
+    """The pid of the mount an earlier daemon started for ``root`` at ``epoch`` (its pid
+    file in the directory's state, checked against the process's command line), None
+    when there is none: a reused pid or another session is never adopted."""
+    try:
+        record = json.loads((state / MOUNT_PID_FILE).read_text())
+        pid = int(record["pid"])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    args = [a.decode(errors="replace") for a in argv]
+    want = {"--root": root, "--epoch": str(epoch)}
+    if "mount" not in args or any(args[args.index(k) + 1] != v if k in args[:-1] else True
+                                  for k, v in want.items()):
+        return None
+    return pid
 
 
 class MirrorModule(ModuleRuntime):
@@ -172,6 +248,12 @@ class MirrorModule(ModuleRuntime):
         self._deferred: asyncio.TimerHandle | None = None
         self._deferral_done = False
         self._overwrite_ok = False      # second fullsync / --force: a newer copy may be overwritten
+        # Maintenance: the epoch of a primary session left running by the daemon before
+        # this one, while its first renewal is asked (start); the maintenance hold each
+        # mount may hold (by pid, see replication_progress).
+        self._adopting: int | None = None
+        self._adoption_decided: asyncio.Event | None = None
+        self._mount_hold: dict[int, float | None] = {}
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -182,9 +264,18 @@ class MirrorModule(ModuleRuntime):
         return self.machine.epoch
 
     async def start(self) -> None:
-        """Before following the cluster: a daemon that died as primary may have
-        left the VIP on this host and the application running. Remove both."""
+        """Before following the cluster: a daemon stopped in maintenance may have left
+        its primary session running (mounts, application, VIP): take it over if Raft
+        still names this node's session (``_adopt``). Otherwise a daemon that died as
+        primary may have left the VIP on this host and the application running: remove
+        both."""
         loop = asyncio.get_running_loop()
+        if await self._adopt():
+            self.started = True
+            self._start_checks()
+            self.refresh()
+            self.host.track(asyncio.create_task(self._watch_local_copy()))
+            return
         was_primary = False
         for v in self.vips:
             if await loop.run_in_executor(None, v.left_behind):  # the kernel may have expired it
@@ -198,6 +289,75 @@ class MirrorModule(ModuleRuntime):
         self._start_checks()
         self.refresh()
         self.host.track(asyncio.create_task(self._watch_local_copy()))
+
+    # ---- maintenance: a daemon restarted under a running primary session ---------------
+    async def _adopt(self) -> bool:
+        """Adopt the primary session the daemon before this one left running in
+        maintenance: the committed state names this node holder at epoch E, the module is
+        in maintenance, and a mount of epoch E runs for every replicated directory. Its
+        lease is renewed at E (the same session: no new epoch, since its writer never
+        stopped; DESIGN.md "Maintenance"); granted, the machine adopts it (``Adopted``);
+        refused, what was left running is fenced and stopped like a daemon's leftovers."""
+        part = self._read_slice()
+        lease = part.lease(self.resource)
+        epoch = lease.get("epoch")
+        if not part.maintenance or lease.get("holder") != self.node or not isinstance(epoch, int):
+            return False
+        pids = [running_mount(self.state_dir / f"rfs{i}", self.real_dir(d), epoch)
+                for i, d in enumerate(self.config.rfs.dirs)]
+        if not all(pids):
+            return False
+        self._adopting = epoch
+        self._adoption_decided = asyncio.Event()
+        for i, (d, pid) in enumerate(zip(self.config.rfs.dirs, pids, strict=True)):
+            assert pid is not None
+            p = _Proc("mount", self.real_dir(d), [], self.log_dir / f"mount{i}.log",
+                      self.host.config.log_max_bytes, self.log_keep)
+            p.adopt(pid, lambda reason: self._died(reason))
+            self.mounts.append(p)
+            self._mount_hold[pid] = math.inf     # what the daemon before gave: until it reports
+        log.info("event=adopting module=%s node=%s epoch=%d mounts=%s", self.name, self.node,
+                 epoch, ",".join(str(p) for p in pids))
+        self._module_log(f"daemon restarted in maintenance: adopting the running primary "
+                         f"session of epoch {epoch}")
+        self._hold_lease(resume_epoch=epoch)
+        wait_s = 4 * self.host.config.raft.lease_s
+        try:
+            await asyncio.wait_for(self._adoption_decided.wait(), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        adopted = self.machine.epoch == epoch and self.machine.state in mm.PRIMARY
+        self._adopting = None
+        if adopted:
+            return True
+        log.error("event=adoption_failed module=%s epoch=%d reason=%r", self.name, epoch,
+                  "the lease was not renewed at that epoch: the session left running is stopped")
+        self._module_log(f"the primary session of epoch {epoch} could not be adopted: stopped")
+        if self.holder is not None:
+            holder, self.holder = self.holder, None
+            holder._on_lost = None
+            await self.host.release(self.resource, hand_back=False)
+            del holder
+        for v in self.vips:
+            await v.drop()
+        await self._stop_mounts(kill=True)
+        await self.runner.run_stop("stop_prim", "ALONE", "STOP", "force")
+        return False
+
+    def _adoption_answer(self, epoch: int, granted: bool) -> None:
+        if self._adopting != epoch or self._adoption_decided is None:
+            return
+        if granted:
+            self.feed(mm.Adopted(epoch))
+        self._adoption_decided.set()
+
+    def _leaves_running(self) -> bool:
+        """Daemon shutdown in maintenance: may this primary session go on without it? Only
+        under a hold Raft granted (the leader will not take the lease for that long)."""
+        view = self._last_view or mm.View()
+        return (view.maintenance and self.machine.state in mm.PRIMARY and bool(self.mounts)
+                and self.holder is not None and self.holder.holding()
+                and self.holder.lease.extended())
 
     # ---- the committed view --------------------------------------------------------
     def view_from(self, part: ModuleSlice) -> mm.View:
@@ -446,11 +606,7 @@ class MirrorModule(ModuleRuntime):
                          self.name, self.peer, self.config.defaultprim, delay)
                 self._deferred = asyncio.get_running_loop().call_later(delay, self._deferred_contend)
                 return
-            self.holder = self.host.hold(
-                self.resource, on_acquired=self._lease_acquired,
-                on_lost=lambda epoch, reason: self.feed(mm.LeaseLost(epoch, reason)))
-            for v in self.vips:
-                self.holder.watch_renewals(v.lease_renewed)
+            self._hold_lease()
         elif not on:
             self._deferral_done = False
             if self._deferred is not None:
@@ -460,6 +616,19 @@ class MirrorModule(ModuleRuntime):
                 self.holder = None
                 self.host.release(self.resource, hand_back=False)   # not held: nothing to hand back
 
+    def _hold_lease(self, resume_epoch: int | None = None) -> None:
+        def lost(epoch: int, reason: str) -> None:
+            if self._adopting == epoch:
+                self._adoption_answer(epoch, False)
+            else:
+                self.feed(mm.LeaseLost(epoch, reason))
+        self.holder = self.host.hold(self.resource, on_acquired=self._lease_acquired,
+                                     on_lost=lost, resume_epoch=resume_epoch)
+        for v in self.vips:
+            self.holder.watch_renewals(v.lease_renewed)
+            self.holder.add_fence(v.fence_until)
+        self.holder.add_fence(self._fence_until)
+
     def _deferred_contend(self) -> None:
         # After one deferral ask regardless: a preference must never keep the module down.
         self._deferred = None
@@ -468,6 +637,9 @@ class MirrorModule(ModuleRuntime):
             self._set_contend(True)
 
     def _lease_acquired(self, epoch: int) -> None:
+        if self._adopting == epoch:
+            self._adoption_answer(epoch, True)
+            return
         try:
             atomic_write(self._last_epoch_path, f"{epoch}\n", mode=0o644)
         except OSError as e:
@@ -551,18 +723,28 @@ class MirrorModule(ModuleRuntime):
                     "--ack-mode", ack, "--ack-timeout", str(self.config.rfs.ack_timeout_s),
                     "--durability", self.config.rfs.durability,
                     "--hook-socket", str(self.host.config.socket_path), "--module", self.name,
-                    "--status-interval", "0"]
+                    "--status-interval", "0",
+                    "--owner-pid", str(os.getpid()),
+                    "--log-file", str(self.log_dir / f"mount{i}.log")]
             if self.config.rfs.reintegration_bandwidth_Bps:
                 argv += ["--bandwidth", str(self.config.rfs.reintegration_bandwidth_Bps)]
             p = _Proc("mount", root, argv, self.log_dir / f"mount{i}.log",
                       self.host.config.log_max_bytes, self.log_keep)
             procs.append(p)
             self.mounts = procs
-            await p.start("event=mounted", lambda reason: self._died(reason))
+            await p.start("event=mounted", lambda reason: self._died(reason), die_with_parent=False)
+            assert p.proc is not None
+            self._mount_hold[p.proc.pid] = None
+            # for a daemon started in maintenance after this one (_adopt)
+            atomic_write(state / MOUNT_PID_FILE, json.dumps(
+                {"pid": p.proc.pid, "epoch": epoch, "root": root}) + "\n", mode=0o644)
 
     async def _stop_mounts(self, kill: bool) -> None:
         mounts, self.mounts = self.mounts, []
         self.links = {}
+        self._mount_hold = {}
+        for i in range(len(self.config.rfs.dirs)):
+            (self.state_dir / f"rfs{i}" / MOUNT_PID_FILE).unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
         if not kill:
             # The mount process ends when its file system is unmounted (libfuse
@@ -630,10 +812,40 @@ class MirrorModule(ModuleRuntime):
         self.refresh()
         return {"in_sync": result["eligible"]}
 
-    def replication_progress(self, progress: dict) -> None:
-        """A mount's link status (``replication.primary_link.PrimaryLink.status``)."""
-        if self.mounts:     # not a late report of a mount that is stopping
-            self.links[str(progress.get("peer", "?"))] = (time.monotonic(), progress)
+    def replication_progress(self, progress: dict) -> dict[str, Any]:
+        """A mount's link status (``replication.primary_link.PrimaryLink.status``); the
+        answer is the mount's maintenance hold (replication.owner_watch): this primary's
+        lease deadline while maintenance covers the module, else none. While the daemon
+        is still adopting the mounts of the one before it, the mount keeps what it has."""
+        pid = progress.get("pid")
+        mine = [p for p in self.mounts if p.proc is not None and p.proc.pid == pid]
+        if not mine:
+            return {}       # not a mount of this primary session (or a late report): no hold
+        if self._adopting is not None:
+            reported = progress.get("hold_until")
+            self._mount_hold[pid] = reported if isinstance(reported, (int, float)) else None
+            return {"hold_until": reported}
+        self.links[str(progress.get("peer", "?"))] = (time.monotonic(), progress)
+        hold = None
+        view = self._last_view or mm.View()
+        if view.maintenance and self.holder is not None and self.holder.holding():
+            hold = self.holder.lease.valid_until()
+        # What the mount may hold from now: the hold it reported, or this answer's if
+        # larger (an answer may be lost: then it keeps what it reported). Its next report
+        # says which.
+        reported = progress.get("hold_until")
+        held = [v for v in (reported, hold)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        self._mount_hold[pid] = max(held) if held else None
+        return {"hold_until": hold, "owner_pid": os.getpid()}
+
+    def _fence_until(self) -> float | None:
+        """Until when a mount may act for this primary's lease without the daemon
+        (LeaseHolder.add_fence): the largest maintenance hold a mount may still hold
+        (infinite for an adopted mount that has not reported yet). The VIP is a fence of
+        its own (its kernel lifetime)."""
+        holds = [h for h in self._mount_hold.values() if h is not None]
+        return max(holds) if holds else None
 
     def reintegration(self) -> dict[str, Any] | None:
         """The progress of a reintegration running now (the first directory's that runs)."""
@@ -785,7 +997,27 @@ class MirrorModule(ModuleRuntime):
         return ports_of(self.name, self._read_slice().entry())
 
     async def close(self) -> None:
-        """Daemon shutdown: stop acting the way a clean stop would, keep the intent."""
+        """Daemon shutdown: stop acting the way a clean stop would, keep the intent. In
+        maintenance, under a granted hold, leave the primary session running (the mounts
+        watch for their owner and keep serving within the hold; the VIP's lifetime and
+        the lease reach as far), for the next daemon to adopt."""
+        if self._leaves_running():
+            assert self.holder is not None
+            holder = self.holder
+            await self._stop_following()
+            holder._on_lost = None
+            for v in self.vips:
+                await v.detach()
+            for p in self.mounts:
+                p.detach()
+            until = holder.lease.valid_until() or 0.0
+            log.warning("event=left_running module=%s node=%s epoch=%s hold_left_s=%.1f reason=%r",
+                        self.name, self.node, self.epoch, until - time.monotonic(),
+                        "maintenance: the daemon stops, the application goes on")
+            self._module_log(f"daemon stopping in maintenance: the primary session of epoch "
+                             f"{self.epoch} goes on without it for {until - time.monotonic():.0f} s")
+            await self.host.release(self.resource, hand_back=False)
+            return
         await self._stop_following()
         for v in self.vips:
             await v.drop()

@@ -93,6 +93,16 @@ class LeaseReleased:
 
 
 @dataclass(frozen=True)
+class Adopted:
+    """This node's daemon started again in maintenance and found its primary session
+    still running (the mounts, the application, the VIP: left by the daemon before it,
+    hacluster.mirror.driver): its first renewal of lease ``epoch`` was granted, so the
+    session goes on — no script runs, no new generation (the copy's writer never
+    stopped)."""
+    epoch: int
+
+
+@dataclass(frozen=True)
 class ReplicationDied:
     """The mount process (primary) or the receiver (secondary) ended on its own."""
     reason: str
@@ -101,7 +111,7 @@ class ReplicationDied:
 CHECKER_ACTIONS = ("restart", "stopstart", "stop", "wait", "swap")
 
 Event = Union[Command, ViewChanged, LeaseAcquired, LeaseLost, LeaseReleased, PlanDone, ReplicationDied,
-              CheckerDown, CheckerUp]
+              CheckerDown, CheckerUp, Adopted]
 
 
 # ---- actions (and RunScript, CommitIntent, DropVip of every kind) ---------------------
@@ -235,6 +245,18 @@ class MirrorMachine:
             return self._reconcile()
         if isinstance(event, LeaseLost):
             return self._lease_lost(event)
+        if isinstance(event, Adopted):
+            if self.state is not State.STOP or self.running is not None:
+                return Output(refused=f"adopting a running primary session needs a module that has "
+                                      f"not started here yet (state {self.state.value})")
+            self.epoch = event.epoch
+            self.state = State.ALONE
+            # The VIP is still held, with the old daemon's lifetime: raised again, it
+            # follows this daemon's renewals (and its burst refreshes the clients' ARP).
+            note = (f"primary session of epoch {event.epoch} adopted after a daemon restart "
+                    "in maintenance")
+            return merge(Output(log=(note,)),
+                         self._start(Plan((RaiseVip(),), State.ALONE, "adopted")))
         if isinstance(event, LeaseReleased):
             if self.epoch is not None and event.epoch == self.epoch:
                 self.epoch = None

@@ -93,8 +93,10 @@ class ModuleHost(Protocol):
 
     # ---- leases -----------------------------------------------------------------------
     def hold(self, resource: str, *, on_acquired: Callable[[int], None] | None = None,
-             on_lost: Callable[[int, str], None] | None = None) -> LeaseHolder:
-        """Keep acquiring and renewing lease ``resource`` for this node from now on."""
+             on_lost: Callable[[int, str], None] | None = None,
+             resume_epoch: int | None = None) -> LeaseHolder:
+        """Keep acquiring and renewing lease ``resource`` for this node from now on
+        (``resume_epoch``: go on with a session left running, LeaseHolder)."""
         ...
 
     def holder(self, resource: str) -> LeaseHolder | None:

@@ -365,5 +365,6 @@ class ModuleRegistry:
 
     async def _progress(self, request: dict) -> dict:
         progress = request.get("progress")
-        self._runtime(request).replication_progress(progress if isinstance(progress, dict) else {})
-        return {}
+        # the answer carries the maintenance hold of the mount (replication.owner_watch)
+        return self._runtime(request).replication_progress(
+            progress if isinstance(progress, dict) else {}) or {}

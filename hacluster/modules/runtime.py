@@ -337,7 +337,7 @@ class ModuleRuntime:
     async def replication_in_sync(self, epoch: int) -> dict[str, Any]:
         raise self._no_replication()
 
-    def replication_progress(self, progress: dict[str, Any]) -> None:
+    def replication_progress(self, progress: dict[str, Any]) -> dict[str, Any] | None:
         raise self._no_replication()
 
     # ---- waiting ------------------------------------------------------------------------

@@ -251,7 +251,10 @@ class Daemon:
         log.info("event=daemon_stopping reason=%r", self.exit_reason)
         self.notifier.stopping(f"stopping: {self.exit_reason}", self.stop_time_s())
         await self.stopping()
-        await asyncio.gather(*(h.stop() for h in self.holders.values()))
+        # In maintenance a lease held under a granted hold is not released: what acts on
+        # it (a farm's buckets, a mirror session left running) goes on within the hold.
+        await asyncio.gather(*(h.stop(release=not self._kept_in_maintenance(h))
+                               for h in self.holders.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -443,6 +446,14 @@ class Daemon:
     def caught_up(self) -> bool:
         return self.raft.caught_up()
 
+    def _kept_in_maintenance(self, holder: LeaseHolder) -> bool:
+        kept = (self.raft is not None and self.maintenance().hold(holder.resource) is not None
+                and holder.holding() and holder.lease.extended())
+        if kept:
+            log.warning("event=lease_kept resource=%s epoch=%s reason=%r", holder.resource,
+                        holder.lease.epoch, "maintenance: held until the hold ends, not released")
+        return kept
+
     def maintenance(self) -> MaintenanceView:
         """The committed feature level and maintenance, cached between the entries that
         change them (read at every renewal; a full snapshot is a deep copy)."""
@@ -453,10 +464,11 @@ class Daemon:
     def hold(self, resource: str, *, force: bool = False,
              on_acquired: Callable[[int], None] | None = None,
              on_lost: Callable[[int, str], None] | None = None,
-             on_turn: Callable[[], None] | None = None) -> LeaseHolder:
+             on_turn: Callable[[], None] | None = None,
+             resume_epoch: int | None = None) -> LeaseHolder:
         holder = LeaseHolder(self.raft, resource, self.name, self.config.raft.lease_timing,
                              on_acquired=on_acquired, on_lost=on_lost, force=force,
-                             on_turn=on_turn)
+                             on_turn=on_turn, resume_epoch=resume_epoch)
         holder.wants_hold = lambda: self.maintenance().hold(resource) is not None
         holder.batch.extensions_allowed = lambda: self.maintenance().level >= MAINTENANCE_LEVEL
         self.holders[resource] = holder
@@ -702,7 +714,8 @@ class Daemon:
     @staticmethod
     def _lease_rows(snap: dict) -> list[dict]:
         return [{"resource": r, "holder": lease["holder"], "epoch": lease["epoch"],
-                 "lease_s": lease["lease_s"], "eligible": lease["eligible"]}
+                 "lease_s": lease["lease_s"], "eligible": lease["eligible"],
+                 **({"hold_s": lease["hold_s"]} if "hold_s" in lease else {})}
                 for r, lease in sorted(snap["leases"].items())]
 
     async def _leases(self, request: dict) -> list[dict]:

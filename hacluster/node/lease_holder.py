@@ -126,7 +126,12 @@ class LeaseHolder:
                  on_acquired: Callable[[int], None] | None = None,
                  on_lost: Callable[[int, str], None] | None = None,
                  force: bool = False,
-                 on_turn: Callable[[], None] | None = None) -> None:
+                 on_turn: Callable[[], None] | None = None,
+                 resume_epoch: int | None = None) -> None:
+        """``resume_epoch``: go on with a session of this lease that a daemon before this
+        one left running (maintenance): renew at that epoch instead of acquiring (an
+        acquire by the holder starts a new epoch); ``on_acquired`` once it is granted,
+        ``on_lost`` if it is refused."""
         self.raft = raft
         self.resource = resource
         self.node = node
@@ -151,6 +156,9 @@ class LeaseHolder:
         # After an unconfirmed renewal: the earliest time to try again (monotonic).
         self.retry_not_before = 0.0
         self.batch = RenewalBatch.of(raft, node)
+        self._resuming = resume_epoch is not None
+        if resume_epoch is not None:
+            self.lease.epoch = resume_epoch     # not valid until its first renewal is granted
         # Maintenance (raft.cluster_state.set_maintenance): does the committed state cover
         # this lease now? And what acts on this lease's behalf (a VIP's lifetime, a farm's
         # bucket timeouts, a mount's permit to outlive the daemon): each returns until
@@ -265,7 +273,8 @@ class LeaseHolder:
         if generation != self.generation or self.stopping:
             return
         if result.get("ok"):
-            was_holding = self.lease.epoch is not None
+            was_holding = self.lease.epoch is not None and not self._resuming
+            self._resuming = False
             self.lease.renewal_succeeded(started, result["epoch"], float(result.get("hold_s") or 0.0))
             self.last_refusal = None
             self._arm_deadline()
