@@ -71,14 +71,19 @@ class HookClient:
             generation = self._generation
         self._start_thread(self._deliver_in_sync, generation, name="replication-hook-in-sync")
 
-    def progress(self, progress: dict[str, Any]) -> Any:
-        """Best effort: the owner's answer, None if it did not take it."""
+    def progress(self, progress: dict[str, Any],
+                 answered: Callable[[Any], None] | None = None) -> bool:
+        """Best effort: False if the owner did not take it; ``answered(result)`` with
+        its answer when it did."""
         try:
-            return self.request("replication_progress", timeout_s=PROGRESS_TIMEOUT_S,
-                                progress=progress)
+            result = self.request("replication_progress", timeout_s=PROGRESS_TIMEOUT_S,
+                                  progress=progress)
         except HookFailed as e:
             log.debug("event=hook_progress_failed error=%r", str(e))
-            return None
+            return False
+        if answered is not None:
+            answered(result)
+        return True
 
     def report_progress(self, status: Callable[[], dict[str, Any] | None],
                         answered: Callable[[Any], None] | None = None) -> None:
@@ -93,9 +98,7 @@ class HookClient:
                     log.debug("event=hook_progress_status_failed error=%r", str(e))
                     continue
                 if current is not None:
-                    result = self.progress(current)
-                    if result is not None and answered is not None:
-                        answered(result)
+                    self.progress(current, answered)
 
         self._start_thread(loop, name="replication-hook-progress")
 

@@ -77,9 +77,11 @@ def test_refresh_skipped_only_when_the_kernel_copy_already_reaches_the_deadline(
                                                                                interval):
     skip = not needs_refresh(installed, until, interval)
     if skip:
-        assert installed is not None and until - installed <= interval / 8
+        assert installed is not None and 0 <= until - installed <= interval / 8
     elif installed is not None:
-        assert until - installed > interval / 8
+        # behind the new deadline by more than the slack, or beyond it (a deadline
+        # brought nearer: a maintenance hold dropped)
+        assert until - installed > interval / 8 or installed > until
 
 
 def test_every_renewal_refreshes_at_the_default_timing():
@@ -88,6 +90,8 @@ def test_every_renewal_refreshes_at_the_default_timing():
     assert needs_refresh(1.19, 1.19 + 0.375, 0.375)
     assert needs_refresh(1.0, 1.19, 0.375)
     assert not needs_refresh(1.19, 1.19, 0.375)
+    # a deadline brought nearer (maintenance over: the hold dropped) shortens the kernel's copy
+    assert needs_refresh(600.0, 1.19, 0.375)
 
 
 @given(now=times, left=spans)
