@@ -57,7 +57,10 @@ PROCESS_STOP_S = 15.0
 # replication.mount.unmount at its worst: fusermount -u, then -u -z, then umount -l,
 # 10 s each.
 UNMOUNT_WORST_S = 30.0
-PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_client, 10 s)
+PEER_LOST_RETRY_S = 5.0
+# A daemon stopping in maintenance waits this long at most for its mounts to confirm
+# their maintenance hold (each reports once a second: replication.hook_client).
+MOUNT_HOLD_WAIT_S = 2.5     # below the mount's hook timeout (replication.hook_client, 10 s)
 
 
 def mirror_stop_time_s(scripts_timeout_s: float, directories: int) -> float:
@@ -254,6 +257,7 @@ class MirrorModule(ModuleRuntime):
         self._adopting: int | None = None
         self._adoption_decided: asyncio.Event | None = None
         self._mount_hold: dict[int, float | None] = {}
+        self._mount_reported: dict[int, float | None] = {}  # the hold each mount said it has
 
     # ---- paths ---------------------------------------------------------------
     def real_dir(self, d: str) -> str:
@@ -351,13 +355,34 @@ class MirrorModule(ModuleRuntime):
             self.feed(mm.Adopted(epoch))
         self._adoption_decided.set()
 
-    def _leaves_running(self) -> bool:
+    def _mounts_held_s(self) -> float | None:
+        """How long every mount may still serve without the daemon, by what each last
+        reported (None: some mount holds no maintenance hold)."""
+        now = time.monotonic()
+        reported = [self._mount_reported.get(p.proc.pid) if p.proc is not None else None
+                    for p in self.mounts]
+        if not reported or any(r is None for r in reported):
+            return None
+        return min(r for r in reported if r is not None) - now
+
+    async def _leaves_running(self) -> bool:
         """Daemon shutdown in maintenance: may this primary session go on without it? Only
-        under a hold Raft granted (the leader will not take the lease for that long)."""
+        under a hold Raft granted (the leader will not take the lease for that long) and
+        that every mount holds (a mount without one stops when its daemon does: waited
+        for up to MOUNT_HOLD_WAIT_S, the time of two of its reports)."""
         view = self._last_view or mm.View()
-        return (view.maintenance and self.machine.state in mm.PRIMARY and bool(self.mounts)
+        if not (view.maintenance and self.machine.state in mm.PRIMARY and bool(self.mounts)
                 and self.holder is not None and self.holder.holding()
-                and self.holder.lease.extended())
+                and self.holder.lease.extended()):
+            return False
+        give_up = time.monotonic() + MOUNT_HOLD_WAIT_S
+        while (self._mounts_held_s() or 0.0) <= 1.0:
+            if time.monotonic() >= give_up:
+                log.warning("event=not_left_running module=%s reason=%r", self.name,
+                            "a mount did not confirm its maintenance hold: stopping normally")
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     # ---- the committed view --------------------------------------------------------
     def view_from(self, part: ModuleSlice) -> mm.View:
@@ -743,6 +768,7 @@ class MirrorModule(ModuleRuntime):
         mounts, self.mounts = self.mounts, []
         self.links = {}
         self._mount_hold = {}
+        self._mount_reported = {}
         for i in range(len(self.config.rfs.dirs)):
             (self.state_dir / f"rfs{i}" / MOUNT_PID_FILE).unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
@@ -834,6 +860,8 @@ class MirrorModule(ModuleRuntime):
         # larger (an answer may be lost: then it keeps what it reported). Its next report
         # says which.
         reported = progress.get("hold_until")
+        self._mount_reported[pid] = (float(reported) if isinstance(reported, (int, float))
+                                     and not isinstance(reported, bool) else None)
         held = [v for v in (reported, hold)
                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
         self._mount_hold[pid] = max(held) if held else None
@@ -981,6 +1009,10 @@ class MirrorModule(ModuleRuntime):
         reintegration = self.reintegration()
         if reintegration is not None:
             st["reintegration"] = reintegration
+        if view.maintenance:
+            # how long the mounts may serve without the daemon (None: not all hold a hold)
+            held = self._mounts_held_s() if self.mounts else None
+            st["maintenance"] = {"mounts_held_s": round(held, 1) if held is not None else None}
         committed = self._committed_identity()
         st["generation"] = committed.generation
         mine = committed.copies.get(self.node)
@@ -1001,7 +1033,7 @@ class MirrorModule(ModuleRuntime):
         maintenance, under a granted hold, leave the primary session running (the mounts
         watch for their owner and keep serving within the hold; the VIP's lifetime and
         the lease reach as far), for the next daemon to adopt."""
-        if self._leaves_running():
+        if await self._leaves_running():
             assert self.holder is not None
             holder = self.holder
             await self._stop_following()

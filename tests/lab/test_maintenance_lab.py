@@ -66,6 +66,7 @@ def test_the_primary_daemon_restarts_in_maintenance_with_no_write_failed_or_lost
     assert res.returncode == 0, res.stderr
     assert "maintenance on for module" in res.stdout
     wait_until("a renewal granted the hold", lambda: _lease(m, "n1").get("hold_s") == 60.0, 10)
+    wait_until("the mount holds it", lambda: (m.state("n1")["maintenance"]["mounts_held_s"] or 0) > 30, 10)
     assert "maintenance kvdemo (hold 60 s)" in m.cli("n1", "cluster", "status").stdout
     mounts = _mount_pids(m, "n1")
     assert mounts, "no replication mount on n1"
@@ -109,13 +110,14 @@ def test_a_daemon_away_beyond_the_hold_stops_its_mount_and_nothing_fails_over(pa
     m.wait_acks(10)
     assert m.cli("n1", "maintenance", "on", "-m", MODULE, "--hold", "3").returncode == 0
     wait_until("a renewal granted the hold", lambda: _lease(m, "n1").get("hold_s") == 3.0, 10)
+    wait_until("the mount holds it", lambda: (m.state("n1")["maintenance"]["mounts_held_s"] or 0) > 2, 10)
     mounts = _mount_pids(m, "n1")
     pid = m.cluster.procs["n1"].pid
     os.kill(pid, signal.SIGKILL)         # a daemon that dies, not one that stops
     m.cluster.procs["n1"].popen.wait()
     stopped_at = time.monotonic()
     wait_until("the mount stopped itself", lambda: not any(psutil.pid_exists(p) for p in mounts), 15)
-    assert time.monotonic() - stopped_at >= 2.0     # not before (most of) the hold
+    assert time.monotonic() - stopped_at >= 1.0     # not at once: it held (a report is 1 s old at most)
     # in maintenance nothing fails over, even once the hold is over
     time.sleep(2.0)
     assert m.state("n2")["state"] == "SECOND"
