@@ -43,7 +43,8 @@ def test_modules_gather_every_nodes_state():
         {"node": "n1", "ok": True, "result": {"module": "db", "state": "PRIM"}},
         {"node": "n2", "ok": False, "error": "n2: unreachable"}]
     assert modules[1]["nodes"][0]["result"]["state"] == "NOT RUNNING"
-    assert forwarded == [{"hosts": "all", "request": {"cmd": "module_state"}}]
+    # a node that does not answer in 5 s is shown as not answering, not waited for
+    assert forwarded == [{"hosts": "all", "request": {"cmd": "module_state"}, "timeout_s": 5.0}]
     assert api.api_session_key() == session_key("s3cret") and api.api_users() == STATE["users"]
 
 
