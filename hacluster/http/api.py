@@ -173,6 +173,11 @@ async def _raw_body(request: "web.Request", limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _gone(request: "web.Request") -> bool:
+    """The client of a stream closed its connection."""
+    return request.transport is None or request.transport.is_closing()
+
+
 def _flag(request: "web.Request", name: str) -> bool:
     value = request.query.get(name, "false").lower()
     if value not in ("true", "false", "1", "0"):
@@ -377,7 +382,7 @@ class Api:
         response = await self._event_stream(request)
         seq, cursor = 0, None
         try:
-            while True:
+            while not _gone(request):
                 seq += 1
                 if answer is not None:
                     shown = [x for x in answer.get("lines", []) if grep in x.lower()]
@@ -416,12 +421,17 @@ class Api:
         response = await self._event_stream(request)
         try:
             async with self.s.event_hub().listen() as queue:
-                while True:
+                idle_since = self.s.mono()
+                while not _gone(request):
                     try:
-                        item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                        # wake up once a second: a page that left is noticed (and the
+                        # poller stopped when it was the last) without waiting for a write
+                        item = await asyncio.wait_for(queue.get(), 1.0)
                     except asyncio.TimeoutError:
-                        await response.write(b": keep-alive\n\n")
-                        self._still_valid(caller)
+                        if self.s.mono() - idle_since >= KEEPALIVE_S:
+                            idle_since = self.s.mono()
+                            await response.write(b": keep-alive\n\n")
+                            self._still_valid(caller)
                         continue
                     if item is None:
                         break
@@ -486,7 +496,7 @@ class Api:
         action = "module_userconfig" if userconfig is not None else "module_install"
         report = await self.s.backend.api_install(module, data, userconfig, True)
         if not report.get("ok") or check_only:
-            if not report.get("ok"):
+            if not report.get("ok") and not check_only:      # a check alone reads
                 self._audit(request, caller.user, action, module, "refused",
                             "; ".join(report.get("errors", []))[:500])
             errors = [str(e) for e in report.get("errors", [])]

@@ -87,7 +87,7 @@ def frame(event_id: int, kind: str, data: Any) -> bytes:
     return f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data, sort_keys=True)}\n\n".encode()
 
 
-@dataclass
+@dataclass(eq=False)     # each listener is itself (a set member), not its value
 class _Listener:
     queue: asyncio.Queue[tuple[int, str, Any] | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_MAX))
