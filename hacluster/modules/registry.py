@@ -258,7 +258,7 @@ class ModuleRegistry:
                 raise ControlError(f"{name}.safe: {e.strerror}") from None
             except ModulePackageError as e:
                 raise ControlError(str(e)) from None
-            return data, name, name
+            return data, f"{name}.safe", name
         if not isinstance(path, str):
             raise ControlError("module_install needs the path of a .safe file")
         try:

@@ -544,7 +544,7 @@ def test_the_console_is_served_from_the_package_with_a_strict_policy(certs):
                     assert r.headers["X-Frame-Options"] == "DENY"
                     # nothing from elsewhere: every src/href is this server's
                     import re
-                    assert all(u.startswith("/") for u in re.findall(r'(?:src|href)="([^"]+)"', page))
+                    assert all(u.startswith(("/", "data:")) for u in re.findall(r'(?:src|href)="([^"]+)"', page))
                 for name, kind in (("console.js", "text/javascript"), ("console.css", "text/css")):
                     async with http.get(base + "/console/" + name) as r:
                         assert r.status == 200 and r.headers["Content-Type"].startswith(kind)
