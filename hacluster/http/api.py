@@ -20,8 +20,15 @@ audit trail (``audit``).
 
 The module commands keep the CLI's guards: ``primforce`` needs ``"force": true`` and
 exactly one node (the CLI's confirmation; never on several nodes at once); ``second``
-without ``force`` is the daemon's plain ``second``, which it refuses when this node
-holds the only current copy, and with ``"force": true`` it is ``second --force``.
+without ``force`` is refused when a chosen node holds the only current copy (the CLI's
+confirmation, asked from the same module states), and with ``"force": true`` it is
+``second --force``. Module packages (admin) go through the same control request as
+``hacluster module install``, checked first with every error at file:line.
+
+Live events (``events``) and streamed logs are server-sent events: one shared reading
+of the cluster a second while pages listen; a log stream asks its node for the lines
+since its cursor once a second (the node reads them bounded, in a thread). The web
+console (``console``) is served beside the API from the package's static files.
 """
 from __future__ import annotations
 
@@ -475,6 +482,14 @@ class Api:
                                     "this one lacks: confirm with \"force\": true")
         name = command + ("_fullsync" if fullsync else "") + ("_force" if force else "")
         target = f"{module} on {'all' if nodes is None else ','.join(nodes)}"
+        if command == "second" and not force:
+            last = await self._only_current_copies(module, nodes)
+            if last:
+                why = (f"the copy on {','.join(last)} is the only current copy of {module}: "
+                       "'second' discards it (it is overwritten from the other node); confirm "
+                       "with \"force\": true")
+                self._audit(request, caller.user, name, target, "refused", why)
+                raise ApiError(409, why)
         try:
             rows = await self.s.backend.api_module_command(module, name, nodes)
         except BackendError as e:
@@ -558,6 +573,22 @@ class Api:
         _fields(body, "userconfig", {"userconfig": str}, {"check_only": bool})
         return await self._checked_install(request, caller, module, None, body["userconfig"],
                                            body.get("check_only", False))
+
+    async def _only_current_copies(self, module: str, nodes: list[str] | None) -> list[str]:
+        """The CLI's guard of ``second`` (cli._confirm_second): the chosen nodes whose
+        mirror copy is the only current one (not the primary, alone in sync)."""
+        entry = next((m for m in await self.s.backend.api_modules() if m["name"] == module), None)
+        if entry is None:
+            return []
+        out = []
+        for row in entry["nodes"]:
+            st = row.get("result") or {}
+            if (row.get("ok") and (nodes is None or row["node"] in nodes)
+                    and st.get("mode", entry.get("mode")) != "farm"
+                    and st.get("primary") != row["node"]
+                    and list(st.get("in_sync") or []) == [row["node"]]):
+                out.append(row["node"])
+        return out
 
     # ---- users ------------------------------------------------------------------------
     async def users(self, request: "web.Request") -> "web.Response":

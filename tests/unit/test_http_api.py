@@ -554,3 +554,38 @@ def test_the_console_is_served_from_the_package_with_a_strict_policy(certs):
         finally:
             await server.close()
     run(go())
+
+
+def test_second_on_the_only_current_copy_needs_force_as_at_the_cli(certs, tmp_path):
+    async def go():
+        b = backend()
+        rows = [{"node": "n1", "ok": True, "result": {"state": "STOP", "primary": None,
+                                                       "in_sync": ["n1"]}},
+                {"node": "n2", "ok": True, "result": {"state": "STOP", "primary": None,
+                                                       "in_sync": ["n1"]}}]
+
+        async def modules():
+            return [{"name": "db", "mode": "mirror", "failover": True, "nodes": rows}]
+        b.api_modules = modules         # type: ignore[method-assign]
+        server = await start_server(b, certs, tmp_path / "audit.log")
+        base = f"https://127.0.0.1:{server.port}"
+        try:
+            async with client(certs[2]) as http:
+                h = {sessions.CSRF_HEADER: await logged_in(http, base, "carl")}
+                url = base + "/api/modules/db/commands/second"
+                async with http.post(url, json={"nodes": ["n1"]}, headers=h) as r:
+                    body = await r.json()
+                    assert r.status == 409 and "only current copy" in body["error"]
+                    assert '"force": true' in body["error"]
+                assert b.commands == []
+                async with http.post(url, json={"nodes": ["n2"]}, headers=h) as r:
+                    assert r.status == 200          # n2's copy is not the current one
+                async with http.post(url, json={"nodes": ["n1"], "force": True}, headers=h) as r:
+                    assert r.status == 200
+                assert b.commands == [("db", "second", ["n2"]), ("db", "second_force", ["n1"])]
+        finally:
+            await server.close()
+        audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+        assert [(e["action"], e["result"]) for e in audit if e["action"] != "login"] == [
+            ("second", "refused"), ("second", "ok"), ("second_force", "ok")]
+    run(go())
