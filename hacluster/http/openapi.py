@@ -237,3 +237,27 @@ DOCUMENT: dict[str, Any] = {
                                "responses": _answers("Audit", 400, *_READ)}},
     },
 }
+
+
+# The role each operation needs (x-role; absent: no login needed). The API decides by
+# its handlers' own checks; tests/unit/test_http_openapi.py calls every operation with
+# no session, without the CSRF token and with each role below this one, and expects
+# 401/403 exactly as declared here.
+ROLES = {
+    ("get", "/api/session"): "monitor", ("post", "/api/logout"): "monitor",
+    ("get", "/api/cluster"): "monitor", ("get", "/api/events"): "monitor",
+    ("get", "/api/modules"): "monitor", ("get", "/api/modules/{module}"): "monitor",
+    ("get", "/api/modules/{module}/resources"): "monitor",
+    ("get", "/api/modules/{module}/why"): "monitor",
+    ("get", "/api/modules/{module}/log"): "monitor",
+    ("get", "/api/modules/{module}/log/stream"): "monitor",
+    ("post", "/api/modules/{module}/commands/{command}"): "control",
+    ("delete", "/api/modules/{module}"): "admin",
+    ("put", "/api/modules/{module}/package"): "admin",
+    ("get", "/api/modules/{module}/userconfig"): "admin",
+    ("put", "/api/modules/{module}/userconfig"): "admin",
+    ("get", "/api/users"): "admin", ("put", "/api/users/{name}"): "admin",
+    ("delete", "/api/users/{name}"): "admin", ("get", "/api/audit"): "admin",
+}
+for (_method, _path), _role in ROLES.items():
+    DOCUMENT["paths"][_path][_method]["x-role"] = _role

@@ -152,3 +152,91 @@ def test_answers_validate_against_the_declared_schemas(certs):
         assert str(status) in declared, (method, path, status)
         schema = declared[str(status)]["content"]["application/json"]["schema"]
         assert errors(schema, answer) == [], (method, path, answer)
+
+
+# a request each operation accepts (so that 401/403 come from the session, the token
+# or the role, not from bad input)
+SAMPLES = {"{module}": "db", "{command}": "swap", "{name}": "bob"}
+BODIES = {("post", "/api/modules/{module}/commands/{command}"): {"nodes": ["n1"]},
+          ("put", "/api/modules/{module}/package"): b"PK good",
+          ("put", "/api/modules/{module}/userconfig"): {"userconfig": "<safe/>"},
+          ("put", "/api/users/{name}"): {"role": "monitor", "password": "bob-password"}}
+QUERIES = {"/api/modules/{module}/log": "?node=n1", "/api/modules/{module}/log/stream": "?node=n1"}
+USERS = {"monitor": ("mona", "monitor-password"), "control": ("carl", "control-password"),
+         "admin": ("ann", "admin-password")}
+RANK = ["monitor", "control", "admin"]
+
+
+def operations():
+    """Every operation of the document, the logout last (it ends the session)."""
+    found = [(m, p, o) for p, item in DOCUMENT["paths"].items() for m, o in item.items()]
+    return sorted(found, key=lambda x: x[1] == "/api/logout")
+
+
+def test_every_operation_refuses_no_session_a_missing_csrf_token_and_a_lower_role(certs):
+    """Driven by the document: every operation that declares a role (x-role) answers
+    401 without a session, 403 without the CSRF token when it changes state, 403 to
+    each role below its own, and not 401/403 to its own role; each of those answers
+    is declared and valid against its schema."""
+    async def go():
+        backend = FakeBackend()
+        for role, (user, password) in USERS.items():
+            backend.add(user, role, password)
+        server = await start_server(backend, certs)
+        base = f"https://127.0.0.1:{server.port}"
+        seen = []
+        try:
+            sessions_by_role = {}
+            for role, (user, password) in USERS.items():
+                http = client(certs[2])
+                async with http.post(base + "/api/login", json={"user": user,
+                                                                "password": password}) as r:
+                    sessions_by_role[role] = (http, (await r.json())["csrf"])
+            anonymous = client(certs[2])
+            for method, path, operation in operations():
+                role = operation.get("x-role")
+                if role is None:
+                    continue
+                url = base + re.sub(r"{\w+}", lambda m: SAMPLES[m.group(0)], path) + QUERIES.get(path, "")
+                body = BODIES.get((method, path))
+                kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+
+                async def call(http, csrf, method=method, url=url, kw=kw):
+                    headers = {sessions.CSRF_HEADER: csrf} if csrf else {}
+                    async with http.request(method.upper(), url, headers=headers, **kw) as r:
+                        if r.headers.get("Content-Type", "").startswith("text/event-stream"):
+                            return r.status, None
+                        return r.status, await r.json()
+                status, answer = await call(anonymous, None)
+                seen.append((method, path, status, answer, 401))
+                for other in RANK:
+                    http, csrf = sessions_by_role[other]
+                    if method != "get":
+                        status, answer = await call(http, None)
+                        seen.append((method, path, status, answer, 403))
+                    status, answer = await call(http, csrf)
+                    below = RANK.index(other) < RANK.index(role)
+                    seen.append((method, path, status, answer, 403 if below else "ok"))
+                    if not below:
+                        break       # one call with the needed role (it may change state)
+        finally:
+            for http, _ in sessions_by_role.values():
+                await http.close()
+            await anonymous.close()
+            await server.close()
+        return seen
+
+    seen = asyncio.run(go())
+    checked = set()
+    for method, path, status, answer, expected in seen:
+        if expected == "ok":
+            assert status not in (401, 403), (method, path, status, answer)
+        else:
+            assert status == expected, (method, path, status, answer)
+        declared = DOCUMENT["paths"][path][method]["responses"]
+        assert str(status) in declared, (method, path, status)
+        if answer is not None:
+            schema = declared[str(status)]["content"]["application/json"]["schema"]
+            assert errors(schema, answer) == [], (method, path, answer)
+        checked.add((method, path))
+    assert checked == {(m, p) for m, p, o in operations() if "x-role" in o}
