@@ -557,9 +557,13 @@ class Daemon:
             # the node serves its modules without the API rather than not at all
             log.error("event=api_off reason=%r", str(e))
             return
+        uploads = self.config.paths.state_dir / API_UPLOAD_DIR
+        # packages of uploads a crash interrupted (each is removed once installed or refused)
+        for leftover in uploads.glob("upload-*.safe") if uploads.is_dir() else ():
+            leftover.unlink(missing_ok=True)
         backend = DaemonApi(self.http_snapshot, secret, self.raft.snapshot, self._status_now,
                             self._forward, self.commit, local=self._control.dispatch,
-                            upload_dir=self.config.paths.state_dir / API_UPLOAD_DIR,
+                            upload_dir=uploads,
                             api_url=self._api_url)
         self.api = ApiServer(*self.config.api_address, backend, context,
                              self.config.paths.log_dir / AUDIT_FILE)
