@@ -229,6 +229,13 @@ def test_roles_a_swap_with_its_confirmation_and_an_install_from_the_console(cons
     ann.click("#log-show")
     wait_until("n2's module log shown", lambda: "state PRIM" in ann.inner_text("#log-out"), 20)
     c.shot(ann, "logs")
+    # follow: the stream shows a line written after it started
+    ann.fill("#log-filter", "resetloop")
+    ann.check("#log-follow")
+    m.cli("n2", "-m", MODULE, "resetloop", check=True)
+    wait_until("the streamed log shows the new line",
+               lambda: "event=resetloop" in ann.inner_text("#log-out"), 20)
+    ann.uncheck("#log-follow")
     ann.click("button.tab[data-tab=advanced]")
     ann.select_option("#raw-module", MODULE)
     ann.click("#raw-show")
