@@ -206,9 +206,14 @@ function cellFor(module, row) {
       bar.append(fill); td.append(bar);
     }
   } else {
+    // a farm node's share of the traffic: the buckets (of 256) the committed table gives it
     const members = st.members || {};
-    const share = Object.keys(members).length ? ` · farm members ${Object.keys(members).sort().join(", ")}` : "";
-    td.append(el("div", `buckets ${st.buckets ?? "-"} · power ${st.power ?? "-"}${share}`, "detail"));
+    const pct = st.buckets !== undefined ? Math.round(100 * st.buckets / 256) : null;
+    td.append(el("div", `share ${st.buckets ?? "-"}/256 buckets` + (pct !== null ? ` (${pct}%)` : "")
+      + ` · power ${st.power ?? "-"}`, "detail"));
+    if (Object.keys(members).length) {
+      td.append(el("div", "farm: " + Object.keys(members).sort().map((n) => `${n} ×${members[n]}`).join(", "), "detail"));
+    }
   }
   if (st.transition) td.append(el("div", "→ " + st.transition, "detail"));
   if (st.vip && st.vip.length) td.append(el("div", "vip " + st.vip.join(", "), "detail"));
