@@ -61,8 +61,24 @@ class ApiBackend(Protocol):
     async def api_resources(self, module: str, nodes: list[str] | None) -> list[dict[str, Any]]:
         ...
 
-    async def api_module_log(self, module: str, node: str, kind: str,
-                             lines: int) -> dict[str, Any]:
+    async def api_module_log(self, module: str, node: str, kind: str, lines: int,
+                             cursor: dict[str, Any] | None = None) -> dict[str, Any]:
         """The last ``lines`` lines of the module's log (kind "module" or "script") on
-        ``node``, read with the bounded tail reader."""
+        ``node``, read with the bounded tail reader; with ``cursor`` (that of a previous
+        answer) the lines written since. {"lines", "cursor", "skipped"}."""
+        ...
+
+    async def api_install(self, name: str, data: bytes | None, userconfig: str | None,
+                          check_only: bool) -> dict[str, Any]:
+        """Install package bytes ``data`` as module ``name`` on every node, or (``data``
+        None) the installed package with ``userconfig`` as its conf/userconfig.xml;
+        ``check_only``: {"ok", "mode", "errors", "warnings"} and nothing installed.
+        BackendError when refused (nothing installed)."""
+        ...
+
+    async def api_uninstall(self, name: str) -> dict[str, Any]:
+        ...
+
+    async def api_userconfig(self, name: str) -> str:
+        """The installed conf/userconfig.xml of module ``name``."""
         ...

@@ -46,4 +46,6 @@ class ApiServer:
         log.info("event=api_listening host=%s port=%d", self.host, self.port)
 
     async def close(self) -> None:
+        if self.state.hub is not None:
+            await self.state.hub.close()
         await self._runner.cleanup()

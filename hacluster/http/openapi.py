@@ -30,10 +30,13 @@ SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _STR}),
     "Login": _obj({"user": _STR, "password": _STR}),
     "Session": _obj({"user": _STR, "role": {"enum": ["monitor", "control", "admin"]},
-                     "csrf": _STR, "expires": _NUM}),
+                     "csrf": _STR, "expires": _NUM}, {"handoff": _STR}),
+    "Handoff": _obj({"token": _STR}),
     "LoggedOut": _obj({"user": _STR, "logged_out": _BOOL}),
     "Member": _obj({"name": _STR, "role": {"enum": ["node", "witness"]}, "address": _STR,
-                    "live": _BOOL, "connected": _BOOL, "leader": _BOOL}, extra=True),
+                    "live": _BOOL, "connected": _BOOL, "leader": _BOOL},
+                   {"api": {"type": ["string", "null"], "description": "the member's API "
+                            "(https://host:port), where the console reconnects"}}, extra=True),
     "Cluster": _obj({"cluster": _STR, "node": _STR, "leader": _NULL_STR, "term": _INT,
                      "has_quorum": _BOOL, "members": {"type": "array", "items": _ref("Member")}},
                     extra=True),
@@ -45,6 +48,15 @@ SCHEMAS: dict[str, Any] = {
     "Resources": _obj({"module": _STR, "nodes": {"type": "array", "items": _ref("NodeRow")}}),
     "Log": _obj({"module": _STR, "node": _STR, "kind": {"enum": ["module", "script"]},
                  "lines": {"type": "array", "items": _STR}}),
+    "Why": _obj({"module": _STR, "nodes": {"type": "array", "items": _ref("NodeRow")}}),
+    "PackageReport": _obj({"module": _STR, "ok": _BOOL, "mode": {"enum": ["mirror", "farm", None]},
+                           "errors": {"type": "array", "items": _STR},
+                           "warnings": {"type": "array", "items": _STR}, "installed": _BOOL},
+                          {"error": _STR, "digest": _STR,
+                           "replication_ports": {"type": "array", "items": _INT}}),
+    "Userconfig": _obj({"module": _STR, "userconfig": _STR}),
+    "UserconfigPut": _obj({"userconfig": _STR}, {"check_only": _BOOL}),
+    "Uninstalled": _obj({"module": _STR, "uninstalled": _BOOL}),
     "Command": _obj({"nodes": {"oneOf": [{"const": "all"},
                                          {"type": "array", "items": _STR, "minItems": 1}]}},
                     {"force": _BOOL, "fullsync": _BOOL}),
@@ -68,7 +80,8 @@ def _json_body(schema: str) -> dict[str, Any]:
 
 def _answers(ok: str, *errors: int, ok_status: str = "200") -> dict[str, Any]:
     words = {400: "bad input", 401: "not logged in", 403: "wrong role, CSRF token or origin",
-             404: "unknown", 409: "refused by the cluster", 429: "too many failed logins",
+             404: "unknown", 409: "refused by the cluster", 413: "body too large",
+             429: "too many failed logins",
              503: "no quorum, or a member without the cluster secret"}
     out: dict[str, Any] = {ok_status: {"description": "done",
                                        "content": {"application/json": {"schema": _ref(ok)}}}}
@@ -76,6 +89,11 @@ def _answers(ok: str, *errors: int, ok_status: str = "200") -> dict[str, Any]:
         out[str(status)] = {"description": words[status],
                             "content": {"application/json": {"schema": _ref("Error")}}}
     return out
+
+
+def _failures(*errors: int) -> dict[str, Any]:
+    """The error answers alone (a stream's 200 is not JSON)."""
+    return {k: v for k, v in _answers("Error", *errors).items() if k != "200"}
 
 
 def _path_param(name: str) -> dict[str, Any]:
@@ -87,6 +105,10 @@ def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[st
 
 
 _READ = (401, 403, 503)
+_LOG_QUERY = [_query("node", _STR, required=True), _query("kind", {"enum": ["module", "script"]}),
+              _query("lines", {"type": "integer", "minimum": 1, "maximum": 2000}),
+              _query("filter", {"type": "string", "description": "only lines holding this text "
+                                                                "(any case)"})]
 _ACT = (400, 401, 403, 503)
 
 DOCUMENT: dict[str, Any] = {
@@ -110,16 +132,63 @@ DOCUMENT: dict[str, Any] = {
                                 "responses": _answers("Session", 400, 401, 403, 429, 503)}},
         "/api/logout": {"post": {"summary": "log out (monitor)",
                                  "responses": _answers("LoggedOut", *_ACT)}},
-        "/api/session": {"get": {"summary": "who is logged in, and the CSRF token",
+        "/api/session": {"get": {"summary": "who is logged in, the CSRF token, and a handoff "
+                                            "token (10 min) for POST /api/handoff on another "
+                                            "member",
                                  "responses": _answers("Session", *_READ)}},
+        "/api/handoff": {"post": {"summary": "a session on this member from another member's "
+                                             "handoff token (the console following a failover)",
+                                  "security": [], "requestBody": _json_body("Handoff"),
+                                  "responses": _answers("Session", 400, 401, 403, 503)}},
+        "/api/events": {"get": {
+            "summary": "server-sent events of the whole cluster (monitor): snapshot (cluster "
+                       "and modules, first and after each change), module, member, raft (what "
+                       "changed: before/after), error (a reading failed)",
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": _STR}}},
+                          **_failures(*_READ)}}},
         "/api/cluster": {"get": {"summary": "the cluster: members, leader, leases (monitor)",
                                  "responses": _answers("Cluster", *_READ)}},
         "/api/modules": {"get": {"summary": "every module and its state on every node (monitor)",
                                  "responses": _answers("Modules", *_READ)}},
-        "/api/modules/{module}": {"get": {
-            "summary": "one module and its state on every node (monitor)",
-            "parameters": [_path_param("module")],
-            "responses": _answers("Module", 404, *_READ)}},
+        "/api/modules/{module}": {
+            "get": {"summary": "one module and its state on every node (monitor)",
+                    "parameters": [_path_param("module")],
+                    "responses": _answers("Module", 404, *_READ)},
+            "delete": {"summary": "uninstall the module from every node (admin; refused while "
+                                  "it is started)",
+                       "parameters": [_path_param("module")],
+                       "responses": _answers("Uninstalled", 404, 409, *_ACT)}},
+        "/api/modules/{module}/package": {"put": {
+            "summary": "install a .safe on every node (admin): the body is the file's bytes; "
+                       "checked as hacluster module check does (400: every error at file:line, "
+                       "nothing installed); ?check=true only checks",
+            "parameters": [_path_param("module"), _query("check", _BOOL)],
+            "requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "responses": {**_answers("PackageReport", 401, 403, 409, 413, 503),
+                          "400": {"description": "an invalid package (nothing installed)",
+                                  "content": {"application/json": {"schema": {"oneOf": [
+                                      _ref("PackageReport"), _ref("Error")]}}}}}}},
+        "/api/modules/{module}/userconfig": {
+            "get": {"summary": "the installed conf/userconfig.xml (admin: it may hold "
+                               "credentials)",
+                    "parameters": [_path_param("module")],
+                    "responses": _answers("Userconfig", 404, 409, *_READ)},
+            "put": {"summary": "install the module's package with a new userconfig.xml (admin); "
+                               "check_only: only check (400: every error at file:line)",
+                    "parameters": [_path_param("module")],
+                    "requestBody": _json_body("UserconfigPut"),
+                    "responses": {**_answers("PackageReport", 401, 403, 404, 409, 503),
+                                  "400": {"description": "invalid (nothing installed)",
+                                          "content": {"application/json": {"schema": {"oneOf": [
+                                              _ref("PackageReport"), _ref("Error")]}}}}}}},
+        "/api/modules/{module}/why": {"get": {
+            "summary": "why the module is in its state on each node (monitor)",
+            "parameters": [_path_param("module"),
+                           _query("nodes", {"type": "string", "description": "all, or names "
+                                            "separated by commas"})],
+            "responses": _answers("Why", 400, 404, *_READ)}},
         "/api/modules/{module}/resources": {"get": {
             "summary": "the module's checker resources on each node (monitor)",
             "parameters": [_path_param("module"),
@@ -128,10 +197,16 @@ DOCUMENT: dict[str, Any] = {
             "responses": _answers("Resources", 400, *_READ)}},
         "/api/modules/{module}/log": {"get": {
             "summary": "the last lines of a module's log on one node (monitor)",
-            "parameters": [_path_param("module"), _query("node", _STR, required=True),
-                           _query("kind", {"enum": ["module", "script"]}),
-                           _query("lines", {"type": "integer", "minimum": 1, "maximum": 2000})],
+            "parameters": [_path_param("module"), *_LOG_QUERY],
             "responses": _answers("Log", 400, 404, *_READ)}},
+        "/api/modules/{module}/log/stream": {"get": {
+            "summary": "server-sent events \"lines\" (monitor): the last lines, then the new "
+                       "ones as the node writes them (asked once a second, read bounded in a "
+                       "thread on the node); \"error\" while the node does not answer",
+            "parameters": [_path_param("module"), *_LOG_QUERY],
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": _STR}}},
+                          **_failures(400, 404, *_READ)}}},
         "/api/modules/{module}/commands/{command}": {"post": {
             "summary": "run a module command on nodes (control); primforce needs force: true "
                        "and one node, second with force overwrites the only current copy",
@@ -139,7 +214,9 @@ DOCUMENT: dict[str, Any] = {
                            {"name": "command", "in": "path", "required": True,
                             "schema": {"enum": ["start", "stop", "forcestop", "restart",
                                                 "stopstart", "swap", "prim", "second",
-                                                "primforce"]}}],
+                                                "primforce", "failover_on", "failover_off",
+                                                "errd_on", "errd_off", "checker_on",
+                                                "checker_off", "resetloop"]}}],
             "requestBody": _json_body("Command"),
             "responses": {**_answers("CommandResult", 404, *_ACT),
                           "409": {"description": "a node refused (the rows say why)",
@@ -160,3 +237,27 @@ DOCUMENT: dict[str, Any] = {
                                "responses": _answers("Audit", 400, *_READ)}},
     },
 }
+
+
+# The role each operation needs (x-role; absent: no login needed). The API decides by
+# its handlers' own checks; tests/unit/test_http_openapi.py calls every operation with
+# no session, without the CSRF token and with each role below this one, and expects
+# 401/403 exactly as declared here.
+ROLES = {
+    ("get", "/api/session"): "monitor", ("post", "/api/logout"): "monitor",
+    ("get", "/api/cluster"): "monitor", ("get", "/api/events"): "monitor",
+    ("get", "/api/modules"): "monitor", ("get", "/api/modules/{module}"): "monitor",
+    ("get", "/api/modules/{module}/resources"): "monitor",
+    ("get", "/api/modules/{module}/why"): "monitor",
+    ("get", "/api/modules/{module}/log"): "monitor",
+    ("get", "/api/modules/{module}/log/stream"): "monitor",
+    ("post", "/api/modules/{module}/commands/{command}"): "control",
+    ("delete", "/api/modules/{module}"): "admin",
+    ("put", "/api/modules/{module}/package"): "admin",
+    ("get", "/api/modules/{module}/userconfig"): "admin",
+    ("put", "/api/modules/{module}/userconfig"): "admin",
+    ("get", "/api/users"): "admin", ("put", "/api/users/{name}"): "admin",
+    ("delete", "/api/users/{name}"): "admin", ("get", "/api/audit"): "admin",
+}
+for (_method, _path), _role in ROLES.items():
+    DOCUMENT["paths"][_path][_method]["x-role"] = _role

@@ -40,6 +40,13 @@ def session_key(cluster_secret: str) -> bytes:
     return HKDF(algorithm=SHA256(), length=32, salt=None, info=_INFO).derive(cluster_secret.encode())
 
 
+def handoff_key(key: bytes) -> bytes:
+    """The key of the console's handoff tokens (``api``: a session on another node
+    after a failover), derived from the cookie key: a token the page can read is never
+    accepted as a session cookie, nor a cookie as a token."""
+    return hmac.new(key, b"hacluster http handoff v1", hashlib.sha256).digest()
+
+
 @dataclass(frozen=True)
 class Session:
     user: str

@@ -165,6 +165,47 @@ def check_path(path: str | Path) -> CheckReport:
     return CheckReport(str(p), (), checked.config.warnings, checked.config.mode)
 
 
+def check_bytes(safe_bytes: bytes, source: str, name: str) -> CheckReport:
+    """``check_path`` for package bytes (an upload): every error and warning, each
+    naming ``source`` and the member (and line, in userconfig.xml). Reads only."""
+    try:
+        check_module_name(name)
+        checked, _ = _read_package(safe_bytes, source, name, every_error=True)
+    except ModulePackageError as e:
+        return CheckReport(source, e.errors, e.warnings)
+    return CheckReport(source, (), checked.config.warnings, checked.config.mode)
+
+
+def read_userconfig(safe_bytes: bytes, source: str) -> str:
+    """The text of a package's conf/userconfig.xml (what an editor shows)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(safe_bytes)) as zf:
+            return zf.read(USERCONFIG).decode("utf-8", errors="replace")
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+        raise ModulePackageError(f"{source}: {USERCONFIG}: unreadable ({e})") from None
+
+
+def with_userconfig(safe_bytes: bytes, source: str, userconfig: str) -> bytes:
+    """The package ``safe_bytes`` with its conf/userconfig.xml replaced by ``userconfig``,
+    every other member as it was (name, mode, content); the result is not checked here
+    (``check_bytes`` / ``install`` do)."""
+    out = io.BytesIO()
+    try:
+        with zipfile.ZipFile(io.BytesIO(safe_bytes)) as src, zipfile.ZipFile(out, "w") as dst:
+            for info in src.infolist():
+                data = userconfig.encode() if info.filename == USERCONFIG else src.read(info)
+                copy = zipfile.ZipInfo(info.filename, FIXED_DATE)
+                copy.external_attr = info.external_attr
+                copy.create_system = info.create_system
+                copy.compress_type = zipfile.ZIP_DEFLATED if not info.is_dir() else zipfile.ZIP_STORED
+                dst.writestr(copy, data, compresslevel=9 if not info.is_dir() else None)
+            if USERCONFIG not in src.namelist():
+                raise ModulePackageError(f"{source}: {USERCONFIG}: missing")
+    except (zipfile.BadZipFile, ValueError, OSError, RuntimeError, zlib.error) as e:
+        raise ModulePackageError(f"{source}: unreadable ({e})") from None
+    return out.getvalue()
+
+
 def package(src_dir: str | Path, out_path: str | Path) -> str:
     """Zip the module folder ``src_dir`` into ``out_path``; return the sha256 hex digest.
 

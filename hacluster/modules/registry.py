@@ -222,6 +222,7 @@ class ModuleRegistry:
             commands.MODULE_STATE.name: self._state,
             commands.MODULE_LOG.name: self._log,
             commands.MODULE_WAITSTATE.name: self._waitstate,
+            commands.MODULE_USERCONFIG.name: self._userconfig,
             commands.REPLICATION_PEER_LOST.name: self._peer_lost,
             commands.REPLICATION_IN_SYNC.name: self._in_sync,
             commands.REPLICATION_PROGRESS.name: self._progress,
@@ -237,18 +238,47 @@ class ModuleRegistry:
             raise ControlError(f"unknown module {name!r} on {self.host.name} (running: {known})")
         return rt
 
-    async def _install(self, request: dict) -> dict:
-        path = request.get("package")
-        name = request.get("name")
+    async def _install_source(self, request: dict) -> tuple[bytes, str, str]:
+        """(package bytes, how messages name them, module name) of a module_install:
+        the ``.safe`` file ``package`` names, or (``userconfig``: the text of a new
+        conf/userconfig.xml, the HTTPS API's editor) the installed package of module
+        ``name`` with that file replaced. Read in a thread."""
+        path, name, userconfig = request.get("package"), request.get("name"), request.get("userconfig")
+        loop = asyncio.get_running_loop()
+        if userconfig is not None:
+            if not isinstance(userconfig, str) or not isinstance(name, str):
+                raise ControlError("module_install: 'userconfig' (text) needs the module's 'name'")
+            if self.installed.get(name) is None:
+                raise ControlError(f"module {name} is not installed on {self.host.name}")
+            try:
+                base = await loop.run_in_executor(None, (self.dir / f"{name}.safe").read_bytes)
+                data = await loop.run_in_executor(None, package.with_userconfig, base,
+                                                  f"{name}.safe", userconfig)
+            except OSError as e:
+                raise ControlError(f"{name}.safe: {e.strerror}") from None
+            except ModulePackageError as e:
+                raise ControlError(str(e)) from None
+            return data, f"{name}.safe", name
         if not isinstance(path, str):
             raise ControlError("module_install needs the path of a .safe file")
         try:
-            data = Path(path).read_bytes()
+            data = await loop.run_in_executor(None, Path(path).read_bytes)
         except OSError as e:
             raise ControlError(f"{path}: {e.strerror}") from None
         if not isinstance(name, str) or not name:
             name = Path(path).name.removesuffix(".safe")
+        return data, str(request.get("source") or path), name
+
+    async def _install(self, request: dict) -> dict:
+        """Install a package on every node (``check_only``: only say what ``hacluster
+        module check`` would: every error and warning, nothing installed)."""
+        data, path, name = await self._install_source(request)
         loop = asyncio.get_running_loop()
+        if request.get("check_only"):
+            report = await loop.run_in_executor(None, package.check_bytes, data, path, name)
+            return {"module": name, "ok": report.ok, "mode": report.mode,
+                    "digest": package.digest(data), "errors": list(report.errors),
+                    "warnings": list(report.warnings)}
         try:
             package.check_module_name(name)
             checked = await loop.run_in_executor(None, package.check, data, path, name)
@@ -279,6 +309,20 @@ class ModuleRegistry:
                 "replication_ports": ports_of(name, self.host.cluster_state()["modules"][name])
                 if checked.config.mode == commands.MIRROR else [],
                 "warnings": list(checked.config.warnings)}
+
+    async def _userconfig(self, request: dict) -> dict:
+        name = request.get("module")
+        if not isinstance(name, str) or self.installed.get(name) is None:
+            raise ControlError(f"module {name!r} is not installed on {self.host.name}")
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(None, (self.dir / f"{name}.safe").read_bytes)
+            text = package.read_userconfig(data, f"{name}.safe")
+        except OSError as e:
+            raise ControlError(f"{name}.safe: {e.strerror}") from None
+        except ModulePackageError as e:
+            raise ControlError(str(e)) from None
+        return {"module": name, "userconfig": text}
 
     async def _uninstall(self, request: dict) -> dict:
         name = request.get("module")

@@ -10,6 +10,10 @@ on one node logs in on every node.
 """
 from __future__ import annotations
 
+import asyncio
+import os
+import uuid
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
 from hacluster.http.api_backend import BackendError
@@ -22,6 +26,10 @@ from .control import NO_QUORUM, ControlError
 
 Forward = Callable[[dict], Awaitable[list[dict]]]
 Commit = Callable[..., Awaitable[Any]]
+Local = Callable[[dict], Awaitable[dict]]
+# reads of every node's module state for the API and its events: a node that does not
+# answer in this time is shown as not answering rather than holding up the others
+STATE_TIMEOUT_S = 5.0
 
 
 def _backend_error(e: ControlError) -> BackendError:
@@ -31,8 +39,13 @@ def _backend_error(e: ControlError) -> BackendError:
 class DaemonApi:
     def __init__(self, snapshot: Callable[[], NodeSnapshot], secret: str | None,
                  cluster_state: Callable[[], dict[str, Any]], status: Callable[[], dict],
-                 forward: Forward, commit: Commit) -> None:
+                 forward: Forward, commit: Commit, local: Local | None = None,
+                 upload_dir: Path | None = None,
+                 api_url: Callable[[dict], str | None] = lambda member: None) -> None:
         self._snapshot = snapshot
+        self._local = local
+        self._upload_dir = upload_dir
+        self._api_url = api_url
         self._key = session_key(secret) if secret is not None else None
         self._state = cluster_state
         self._status = status
@@ -64,7 +77,10 @@ class DaemonApi:
         return await self._committed(raft_commands.REMOVE_USER, name)
 
     async def api_cluster(self) -> dict[str, Any]:
-        return self._status()
+        status = dict(self._status())
+        # where the page finds every member's API when its own node dies
+        status["members"] = [{**m, "api": self._api_url(m)} for m in status.get("members", [])]
+        return status
 
     def _module_entry(self, module: str) -> dict[str, Any]:
         entry = self._state()["modules"].get(module)
@@ -72,10 +88,13 @@ class DaemonApi:
             raise BackendError(f"no module {module!r} installed", 404)
         return entry
 
-    async def _on_nodes(self, nodes: list[str] | None, request: dict[str, Any]) -> list[dict]:
+    async def _on_nodes(self, nodes: list[str] | None, request: dict[str, Any],
+                        timeout_s: float | None = None) -> list[dict]:
+        forward: dict[str, Any] = {"hosts": "all" if nodes is None else nodes, "request": request}
+        if timeout_s is not None:
+            forward["timeout_s"] = timeout_s
         try:
-            return await self._forward({"hosts": "all" if nodes is None else nodes,
-                                        "request": request})
+            return await self._forward(forward)
         except ControlError as e:
             raise BackendError(str(e), 400 if "unknown node" in str(e) else 409) from None
 
@@ -83,7 +102,7 @@ class DaemonApi:
         modules = self._state()["modules"]
         if not modules:
             return []
-        rows = await self._on_nodes(None, {"cmd": commands.MODULE_STATE.name})
+        rows = await self._on_nodes(None, {"cmd": commands.MODULE_STATE.name}, STATE_TIMEOUT_S)
         out = []
         for name, entry in sorted(modules.items()):
             per_node = []
@@ -111,11 +130,68 @@ class DaemonApi:
         return await self._on_nodes(nodes, {"cmd": commands.MODULE_CMD.name, "module": module,
                                             "cmd_name": commands.RESOURCES.name})
 
-    async def api_module_log(self, module: str, node: str, kind: str, lines: int) -> dict[str, Any]:
+    async def api_module_log(self, module: str, node: str, kind: str, lines: int,
+                             cursor: dict[str, Any] | None = None) -> dict[str, Any]:
         self._module_entry(module)
-        rows = await self._on_nodes([node], {"cmd": commands.MODULE_LOG.name, "module": module,
-                                             "kind": kind, "lines": lines})
+        request: dict[str, Any] = {"cmd": commands.MODULE_LOG.name, "module": module,
+                                   "kind": kind, "lines": lines}
+        if cursor is not None:
+            request["cursor"] = cursor
+        rows = await self._on_nodes([node], request)
         row = rows[0]
         if not row.get("ok"):
             raise BackendError(f"{node}: {row.get('error', 'failed')}", 409)
         return dict(row["result"])
+
+    async def _run_local(self, request: dict[str, Any], status: int = 409) -> Any:
+        if self._local is None:
+            raise BackendError("this member does not install modules (a witness)", 503)
+        reply = await self._local(request)
+        if not reply.get("ok"):
+            raise BackendError(reply.get("error", "refused"),
+                               503 if reply.get("code") == NO_QUORUM else status)
+        return reply["result"]
+
+    async def api_install(self, name: str, data: bytes | None, userconfig: str | None,
+                          check_only: bool) -> dict[str, Any]:
+        """``hacluster module install`` (or ``module check``: ``check_only``) of uploaded
+        package bytes, or of the installed package with a new userconfig.xml: the same
+        control request the CLI sends, so the same checks and guards. The upload is
+        written to a private file first (the request names a file) and removed after."""
+        request: dict[str, Any] = {"cmd": commands.MODULE_INSTALL.name, "name": name,
+                                   "check_only": check_only}
+        if userconfig is not None:
+            return dict(await self._run_local({**request, "userconfig": userconfig}, 400))
+        if data is None or self._upload_dir is None:
+            raise BackendError("module install: no package", 400)
+        path = self._upload_dir / f"upload-{uuid.uuid4().hex}.safe"
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, _write_private, path, data)
+        try:
+            return dict(await self._run_local({**request, "package": str(path),
+                                               "source": f"{name}.safe"}, 400))
+        finally:
+            await loop.run_in_executor(None, lambda: path.unlink(missing_ok=True))
+
+    async def api_uninstall(self, name: str) -> dict[str, Any]:
+        self._module_entry(name)
+        return dict(await self._run_local({"cmd": commands.MODULE_UNINSTALL.name, "module": name}))
+
+    async def api_userconfig(self, name: str) -> str:
+        """The installed conf/userconfig.xml of a module (read in a thread)."""
+        self._module_entry(name)
+        if self._upload_dir is None:
+            raise BackendError("this member holds no modules (a witness)", 503)
+        result = await self._run_local({"cmd": commands.MODULE_USERCONFIG.name, "module": name})
+        return str(result["userconfig"])
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)

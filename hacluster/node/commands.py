@@ -46,6 +46,8 @@ MODULE_CMD = ControlCommand("module_cmd", remote=True, modules=True)
 MODULE_STATE = ControlCommand("module_state", remote=True, modules=True)
 MODULE_LOG = ControlCommand("module_log", remote=True, modules=True)
 MODULE_WAITSTATE = ControlCommand("module_waitstate", remote=True, modules=True)
+# the installed conf/userconfig.xml of a module (the HTTPS API's editor); local only
+MODULE_USERCONFIG = ControlCommand("module_userconfig", modules=True)
 # this member's part of a support snapshot (hacluster snapshot, -H): built in a thread,
 # fetched in chunks (support_part)
 SNAPSHOT_PART = ControlCommand("snapshot_part", remote=True)
@@ -63,7 +65,8 @@ MAINTENANCE = ControlCommand("maintenance")
 
 CONTROL_COMMANDS: dict[str, ControlCommand] = {c.name: c for c in (
     STATUS, LEASES, ADD_MEMBER, REMOVE_MEMBER, FORWARD, MODULE_INSTALL, MODULE_UNINSTALL,
-    MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE, SNAPSHOT_PART,
+    MODULE_LIST, MODULE_CMD, MODULE_STATE, MODULE_LOG, MODULE_WAITSTATE, MODULE_USERCONFIG,
+    SNAPSHOT_PART,
     REPLICATION_PEER_LOST, REPLICATION_IN_SYNC, REPLICATION_PROGRESS, USER_SET, USER_REMOVE,
     USER_LIST, MAINTENANCE)}
 REMOTE_COMMANDS = frozenset(c.name for c in CONTROL_COMMANDS.values() if c.remote)

@@ -50,7 +50,7 @@ from replication.durable_file import atomic_write
 from . import commands, control, exit_status, layout_upgrade, member_cache, structured_log
 from . import support_snapshot
 from .api_backend import DaemonApi
-from .cluster_config import HTTP_CERT_FILE, HTTP_KEY_FILE, ClusterConfig
+from .cluster_config import API_PORT_OFFSET, HTTP_CERT_FILE, HTTP_KEY_FILE, ClusterConfig
 from .control import ControlError, ControlServer, Handler
 from .lease_holder import LeaseHolder, RenewalBatch
 from .maintenance import MaintenanceView
@@ -75,6 +75,7 @@ FEATURE_LEVEL_HEARD_S = 10.0
 RUN_DIR_MODE = 0o755    # the socket in it is 0600; the pid file may be read by monitors
 LOG_DIR_MODE = 0o755
 AUDIT_FILE = "audit.log"     # the HTTPS API's audit trail, in the log directory (bounded)
+API_UPLOAD_DIR = "api-uploads"   # module packages sent to the HTTPS API, kept while installed (private)
 R = TypeVar("R", bound=Answer)
 T = TypeVar("T")
 
@@ -627,11 +628,28 @@ class Daemon:
             # the node serves its modules without the API rather than not at all
             log.error("event=api_off reason=%r", str(e))
             return
+        uploads = self.config.paths.state_dir / API_UPLOAD_DIR
+        # packages of uploads a crash interrupted (each is removed once installed or refused)
+        for leftover in uploads.glob("upload-*.safe") if uploads.is_dir() else ():
+            leftover.unlink(missing_ok=True)
         backend = DaemonApi(self.http_snapshot, secret, self.raft.snapshot, self._status_now,
-                            self._forward, self.commit)
+                            self._forward, self.commit, local=self._control.dispatch,
+                            upload_dir=uploads,
+                            api_url=self._api_url)
         self.api = ApiServer(*self.config.api_address, backend, context,
                              self.config.paths.log_dir / AUDIT_FILE)
         await self.api.start()
+
+    def _api_url(self, member: dict) -> str | None:
+        """Where a member's HTTPS API listens, as this node's configuration places its
+        own (Raft port + 5 or http.api_port; the Raft address's host): the console
+        reconnects there when its node dies. None for a witness (it serves no API)."""
+        if member.get("role") != "node" or self.config.api_address is None:
+            return None
+        host, port = str(member.get("address", "")).rsplit(":", 1)
+        api_port = (self.config.http.api_port if self.config.http.api_port is not None
+                    else int(port) + API_PORT_OFFSET)
+        return f"https://{host}:{api_port}"
 
     # ---- the API's users, from the CLI (hacluster user ...) ----------------------------
     async def _user_set(self, request: dict) -> dict:

@@ -24,6 +24,11 @@ class FakeBackend:
         self.users: dict[str, dict[str, str]] = {}
         self.commands: list[tuple[str, str, list[str] | None]] = []
         self.refuse: dict[str, str] = {}    # node -> error of its module commands
+        self.installed: dict[str, bytes] = {"db": b"PK-db"}   # module -> package bytes
+        self.userconfigs: dict[str, str] = {"db": "<safe><service mode=\"mirror\"/></safe>"}
+        self.log: list[str] = [f"line {i}" for i in range(5)]    # written so far
+        self.module_states: dict[str, str | None] = {"n1": "PRIM", "n2": None}
+        self.reads = 0
 
     def add(self, name: str, role: str, password: str) -> None:
         self.users[name] = {"role": role, "hash": passwords.hash_password(password, log2_n=FAST)}
@@ -55,9 +60,11 @@ class FakeBackend:
                      "connected": True, "leader": False}]}
 
     async def api_modules(self) -> list[dict[str, Any]]:
+        self.reads += 1
         return [{"name": "db", "mode": "mirror", "failover": True, "nodes": [
-            {"node": "n1", "ok": True, "result": {"state": "PRIM"}},
-            {"node": "n2", "ok": False, "error": "n2: unreachable"}]}]
+            {"node": n, "ok": True, "result": {"state": st}} if st is not None else
+            {"node": n, "ok": False, "error": f"{n}: unreachable"}
+            for n, st in self.module_states.items()]}]
 
     async def api_module_command(self, module: str, command: str,
                                  nodes: list[str] | None) -> list[dict[str, Any]]:
@@ -72,8 +79,50 @@ class FakeBackend:
     async def api_resources(self, module: str, nodes: list[str] | None) -> list[dict[str, Any]]:
         return [{"node": n, "ok": True, "result": {"resources": []}} for n in (nodes or ["n1"])]
 
-    async def api_module_log(self, module: str, node: str, kind: str, lines: int) -> dict[str, Any]:
-        return {"lines": [f"{kind} line {i}" for i in range(lines)][-3:]}
+    async def api_module_log(self, module: str, node: str, kind: str, lines: int,
+                             cursor: dict[str, Any] | None = None) -> dict[str, Any]:
+        if node == "gone":
+            raise BackendError("gone: unreachable", 409)
+        # without a cursor: the last lines, at most 3 (a bounded tail)
+        start = cursor["at"] if cursor else max(0, len(self.log) - min(lines, 3))
+        return {"lines": [f"{kind} {x}" for x in self.log[start:]],
+                "cursor": {"at": len(self.log)}, "skipped": 0}
+
+    async def api_install(self, name: str, data: bytes | None, userconfig: str | None,
+                          check_only: bool) -> dict[str, Any]:
+        """A package is good when its bytes start with PK and hold no "bad"; a
+        userconfig when it holds no "bad" (the real checks: hacluster.modules.package)."""
+        text = userconfig if userconfig is not None else (data or b"").decode("latin-1")
+        if userconfig is not None and name not in self.installed:
+            raise BackendError(f"module {name} is not installed", 400)
+        errors = []
+        if userconfig is None and not text.startswith("PK"):
+            errors.append(f"{name}.safe: package: not a zip file")
+        if "bad" in text:
+            errors.append(f"{name}.safe:conf/userconfig.xml:3: <service>: bad element")
+        if check_only or errors:
+            return {"module": name, "ok": not errors, "mode": None if errors else "mirror",
+                    "errors": errors, "warnings": []}
+        if "started" in text:
+            raise BackendError(f"module {name} is started; stop it on every node before "
+                               "installing another version (nothing installed)", 409)
+        if userconfig is not None:
+            self.userconfigs[name] = userconfig
+        else:
+            self.installed[name] = data or b""
+        return {"module": name, "digest": "ab" * 32, "mode": "mirror", "warnings": [],
+                "replication_ports": [7500]}
+
+    async def api_uninstall(self, name: str) -> dict[str, Any]:
+        if name not in self.installed:
+            raise BackendError(f"no module {name!r} installed", 404)
+        del self.installed[name]
+        return {"module": name}
+
+    async def api_userconfig(self, name: str) -> str:
+        if name not in self.userconfigs:
+            raise BackendError(f"no module {name!r} installed", 404)
+        return self.userconfigs[name]
 
 
 def make_certs(directory: Path) -> tuple[Path, Path, Path]:
@@ -88,8 +137,11 @@ def client_context(ca_cert: Path) -> ssl.SSLContext:
 
 
 async def start_server(backend: FakeBackend, certs: tuple[Path, Path, Path],
-                       audit: Path | None = None) -> ApiServer:
+                       audit: Path | None = None, period_s: float = 0.05) -> ApiServer:
     server = ApiServer("127.0.0.1", 0, backend, tls.server_context(certs[0], certs[1]), audit)
+    # the event hub and streamed logs poll fast here (the daemon's: once a second)
+    server.state.events_period_s = period_s
+    server.state.log_poll_s = period_s
     await server.start()
     return server
 

@@ -68,8 +68,9 @@ def test_the_validator_fails_what_it_should():
 
 def test_every_registered_route_is_declared_and_every_declared_one_registered():
     app = make_api_app(ApiState(FakeBackend(), AuditLog(None)))
+    # the console's static files (/, /console/...) are pages, not the API
     registered = {(r.method, r.resource.canonical) for r in app.router.routes()
-                  if r.method != "HEAD"}
+                  if r.method != "HEAD" and r.resource.canonical.startswith("/api/")}
     declared = {(method.upper(), path) for path, item in DOCUMENT["paths"].items()
                 for method in item}
     assert registered == declared
@@ -104,6 +105,17 @@ def test_answers_validate_against_the_declared_schemas(certs):
              ("PUT", "/api/users/bob", {"role": "monitor", "password": "bob-password"}),
              ("GET", "/api/users", None), ("DELETE", "/api/users/bob", None),
              ("DELETE", "/api/users/nobody", None), ("GET", "/api/audit", None),
+             ("GET", "/api/modules/db/why?nodes=n1", None),
+             ("POST", "/api/modules/db/commands/errd_off", {"nodes": ["n1"]}),
+             ("PUT", "/api/modules/web/package?check=true", b"PK bad"),
+             ("PUT", "/api/modules/web/package", b"PK good"),
+             ("PUT", "/api/modules/web/package", b"PK started"),
+             ("GET", "/api/modules/db/userconfig", None),
+             ("GET", "/api/modules/nope/userconfig", None),
+             ("PUT", "/api/modules/db/userconfig", {"userconfig": "<safe/>", "check_only": True}),
+             ("PUT", "/api/modules/db/userconfig", {"userconfig": "bad"}),
+             ("DELETE", "/api/modules/web", None), ("DELETE", "/api/modules/web", None),
+             ("POST", "/api/handoff", {"token": "forged.token"}),
              ("POST", "/api/logout", None), ("GET", "/api/cluster", None)]
 
     async def go():
@@ -117,7 +129,8 @@ def test_answers_validate_against_the_declared_schemas(certs):
             async with client(certs[2]) as http:
                 csrf = ""
                 for method, path, body in calls:
-                    async with http.request(method, base + path, json=body,
+                    kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+                    async with http.request(method, base + path, **kw,
                                             headers={sessions.CSRF_HEADER: csrf}) as r:
                         answer = await r.json()
                         seen.append((method, path, r.status, answer))
@@ -130,7 +143,8 @@ def test_answers_validate_against_the_declared_schemas(certs):
     seen = asyncio.run(go())
     statuses = [status for _, _, status, _ in seen]
     assert statuses == [200, 200, 200, 200, 200, 404, 200, 200, 400, 200, 409, 400, 200, 200,
-                        200, 404, 200, 200, 401]
+                        200, 404, 200, 200, 200, 400, 200, 409, 200, 404, 200, 400, 200, 404,
+                        401, 200, 401]
     for method, path, status, answer in seen:
         template = next(p for p in DOCUMENT["paths"] if re.fullmatch(
             re.sub(r"{\w+}", r"[^/]+", p), path.split("?")[0]))
@@ -138,3 +152,91 @@ def test_answers_validate_against_the_declared_schemas(certs):
         assert str(status) in declared, (method, path, status)
         schema = declared[str(status)]["content"]["application/json"]["schema"]
         assert errors(schema, answer) == [], (method, path, answer)
+
+
+# a request each operation accepts (so that 401/403 come from the session, the token
+# or the role, not from bad input)
+SAMPLES = {"{module}": "db", "{command}": "swap", "{name}": "bob"}
+BODIES = {("post", "/api/modules/{module}/commands/{command}"): {"nodes": ["n1"]},
+          ("put", "/api/modules/{module}/package"): b"PK good",
+          ("put", "/api/modules/{module}/userconfig"): {"userconfig": "<safe/>"},
+          ("put", "/api/users/{name}"): {"role": "monitor", "password": "bob-password"}}
+QUERIES = {"/api/modules/{module}/log": "?node=n1", "/api/modules/{module}/log/stream": "?node=n1"}
+USERS = {"monitor": ("mona", "monitor-password"), "control": ("carl", "control-password"),
+         "admin": ("ann", "admin-password")}
+RANK = ["monitor", "control", "admin"]
+
+
+def operations():
+    """Every operation of the document, the logout last (it ends the session)."""
+    found = [(m, p, o) for p, item in DOCUMENT["paths"].items() for m, o in item.items()]
+    return sorted(found, key=lambda x: x[1] == "/api/logout")
+
+
+def test_every_operation_refuses_no_session_a_missing_csrf_token_and_a_lower_role(certs):
+    """Driven by the document: every operation that declares a role (x-role) answers
+    401 without a session, 403 without the CSRF token when it changes state, 403 to
+    each role below its own, and not 401/403 to its own role; each of those answers
+    is declared and valid against its schema."""
+    async def go():
+        backend = FakeBackend()
+        for role, (user, password) in USERS.items():
+            backend.add(user, role, password)
+        server = await start_server(backend, certs)
+        base = f"https://127.0.0.1:{server.port}"
+        seen = []
+        try:
+            sessions_by_role = {}
+            for role, (user, password) in USERS.items():
+                http = client(certs[2])
+                async with http.post(base + "/api/login", json={"user": user,
+                                                                "password": password}) as r:
+                    sessions_by_role[role] = (http, (await r.json())["csrf"])
+            anonymous = client(certs[2])
+            for method, path, operation in operations():
+                role = operation.get("x-role")
+                if role is None:
+                    continue
+                url = base + re.sub(r"{\w+}", lambda m: SAMPLES[m.group(0)], path) + QUERIES.get(path, "")
+                body = BODIES.get((method, path))
+                kw = {"data": body} if isinstance(body, bytes) else {"json": body}
+
+                async def call(http, csrf, method=method, url=url, kw=kw):
+                    headers = {sessions.CSRF_HEADER: csrf} if csrf else {}
+                    async with http.request(method.upper(), url, headers=headers, **kw) as r:
+                        if r.headers.get("Content-Type", "").startswith("text/event-stream"):
+                            return r.status, None
+                        return r.status, await r.json()
+                status, answer = await call(anonymous, None)
+                seen.append((method, path, status, answer, 401))
+                for other in RANK:
+                    http, csrf = sessions_by_role[other]
+                    if method != "get":
+                        status, answer = await call(http, None)
+                        seen.append((method, path, status, answer, 403))
+                    status, answer = await call(http, csrf)
+                    below = RANK.index(other) < RANK.index(role)
+                    seen.append((method, path, status, answer, 403 if below else "ok"))
+                    if not below:
+                        break       # one call with the needed role (it may change state)
+        finally:
+            for http, _ in sessions_by_role.values():
+                await http.close()
+            await anonymous.close()
+            await server.close()
+        return seen
+
+    seen = asyncio.run(go())
+    checked = set()
+    for method, path, status, answer, expected in seen:
+        if expected == "ok":
+            assert status not in (401, 403), (method, path, status, answer)
+        else:
+            assert status == expected, (method, path, status, answer)
+        declared = DOCUMENT["paths"][path][method]["responses"]
+        assert str(status) in declared, (method, path, status)
+        if answer is not None:
+            schema = declared[str(status)]["content"]["application/json"]["schema"]
+            assert errors(schema, answer) == [], (method, path, answer)
+        checked.add((method, path))
+    assert checked == {(m, p) for m, p, o in operations() if "x-role" in o}

@@ -10,11 +10,14 @@ import pytest
 from hacluster.modules.package import (
     ModulePackageError,
     check,
+    check_bytes,
     digest,
     install,
     list_installed,
     package,
+    read_userconfig,
     uninstall,
+    with_userconfig,
 )
 
 USERCONFIG = b"""<!DOCTYPE safe>
@@ -263,3 +266,27 @@ def test_names_uninstall_and_list(tmp_path):
     assert sorted(os.listdir(modules)) == ["a_farm", "a_farm.safe"]
     with pytest.raises(ModulePackageError, match=r"b-app: not installed"):
         uninstall(modules, "b-app")
+
+
+def test_an_upload_is_checked_with_every_error_and_its_userconfig_replaced(tmp_path):
+    """The HTTPS API's install and editor: check_bytes reports every error (file:line),
+    with_userconfig keeps every other member (content and exec bit)."""
+    data = zip_of(good_members())
+    assert check_bytes(data, "webapp.safe", "webapp").ok
+    assert read_userconfig(data, "webapp.safe") == USERCONFIG.decode()
+    bad = USERCONFIG.decode().replace('<replicated dir="/var/lib/app"/>', '<replicated/>')
+    edited = with_userconfig(data, "webapp.safe", bad)
+    report = check_bytes(edited, "webapp.safe", "webapp")
+    assert not report.ok and all("webapp.safe:conf/userconfig.xml:" in e for e in report.errors), report
+    assert "webapp.safe:conf/userconfig.xml:4: replicated@dir" in report.errors[0]
+    good = with_userconfig(data, "webapp.safe", FARM_USERCONFIG.decode())
+    with zipfile.ZipFile(io.BytesIO(good)) as zf:
+        assert zf.read("bin/start_prim") == SCRIPT
+        assert (zf.getinfo("bin/start_prim").external_attr >> 16) & 0o100
+    # a farm module needs start_both/stop_both: two errors, both reported
+    assert len(check_bytes(good, "webapp.safe", "webapp").errors) == 2
+    not_zip = check_bytes(b"not a zip", "up.safe", "up")
+    assert not not_zip.ok and "up.safe: package: not a zip file" in not_zip.errors[0]
+    assert not check_bytes(data, "x.safe", "1bad").ok
+    with pytest.raises(ModulePackageError):
+        with_userconfig(b"junk", "x.safe", "<safe/>")

@@ -2,6 +2,7 @@
 commit replaced by recorders (the real ones run in the lab): one module's state per
 node out of every node's module list, the requests it forwards, a refused commit."""
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,8 @@ def test_modules_gather_every_nodes_state():
         {"node": "n1", "ok": True, "result": {"module": "db", "state": "PRIM"}},
         {"node": "n2", "ok": False, "error": "n2: unreachable"}]
     assert modules[1]["nodes"][0]["result"]["state"] == "NOT RUNNING"
-    assert forwarded == [{"hosts": "all", "request": {"cmd": "module_state"}}]
+    # a node that does not answer in 5 s is shown as not answering, not waited for
+    assert forwarded == [{"hosts": "all", "request": {"cmd": "module_state"}, "timeout_s": 5.0}]
     assert api.api_session_key() == session_key("s3cret") and api.api_users() == STATE["users"]
 
 
@@ -73,3 +75,38 @@ def test_users_are_committed_and_a_refusal_or_no_quorum_is_an_error():
     with pytest.raises(BackendError) as e:
         asyncio.run(make([], [], ControlError("not committed", NO_QUORUM)).api_remove_user("x"))
     assert e.value.status == 503
+
+
+def test_an_upload_is_installed_through_the_clis_control_request_and_then_removed(tmp_path):
+    sent = []
+
+    async def local(request):
+        sent.append(dict(request))
+        if "package" in request:
+            assert Path(request["package"]).read_bytes() == b"PK-bytes"
+            assert Path(request["package"]).stat().st_mode & 0o077 == 0     # private
+        if request.get("name") == "refused":
+            return {"ok": False, "error": "module refused is started; stop it"}
+        return {"ok": True, "result": {"module": request.get("name"), "ok": True,
+                                       "userconfig": "<safe/>"}}
+
+    api = DaemonApi(lambda: node([]), "s3cret", lambda: STATE, lambda: {"members": [
+        {"name": "n1", "role": "node", "address": "10.0.0.1:7400"}]},
+        None, None, local=local, upload_dir=tmp_path / "uploads",
+        api_url=lambda m: "https://" + m["address"].split(":")[0] + ":7405")
+    assert asyncio.run(api.api_install("web", b"PK-bytes", None, True))["ok"]
+    assert sent[0]["cmd"] == "module_install" and sent[0]["check_only"] is True
+    assert sent[0]["source"] == "web.safe"
+    with pytest.raises(BackendError) as e:
+        asyncio.run(api.api_install("refused", b"PK-bytes", None, False))
+    assert e.value.status == 400 and "stop it" in str(e.value)
+    assert list((tmp_path / "uploads").iterdir()) == []            # nothing left behind
+    asyncio.run(api.api_install("db", None, "<safe/>", False))
+    assert sent[-1] == {"cmd": "module_install", "name": "db", "check_only": False,
+                        "userconfig": "<safe/>"}
+    asyncio.run(api.api_userconfig("db"))
+    assert sent[-1] == {"cmd": "module_userconfig", "module": "db"}
+    with pytest.raises(BackendError):
+        asyncio.run(api.api_uninstall("nope"))
+    members = asyncio.run(api.api_cluster())["members"]
+    assert members[0]["api"] == "https://10.0.0.1:7405"
