@@ -31,6 +31,7 @@ from pathlib import Path
 GUEST_PORT = 7001
 DISK_MIB = 64          # records in the first 16 MiB, bulk writes after them
 RECORD_AREA_MIB = 16
+GUEST_FILES = ("vm.conf", "vmlinuz", "initrd.img", "disk.img")
 # the kernel modules the guest loads (their dependencies are added from modules.dep)
 GUEST_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "button", "evdev")
 

@@ -407,6 +407,25 @@ def _wait(pred, timeout: float, step: float = 0.1) -> bool:
     return bool(pred())
 
 
+def _launch(argv: list[str], p: Paths) -> str | None:
+    """Run QEMU (-daemonize: it returns once it has opened everything, the guest runs
+    on in its own session) and wait until the guest runs; None, or what failed."""
+    with open(p.run_dir / "qemu.log", "ab") as log:
+        log.write(f"--- {time.strftime('%F %T')} {shlex.join(argv)}\n".encode())
+        log.flush()
+        res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=120)
+    if res.returncode != 0:
+        tail = (p.run_dir / "qemu.log").read_text(errors="replace").strip().splitlines()[-1:]
+        return f"QEMU failed to start ({res.returncode}): {' '.join(tail)}"
+    if not _wait(lambda: status_of(p) in (RUNNING, DEAD), 30) or (status := status_of(p)) != RUNNING:
+        status = status_of(p)
+        if (pid := running_qemu(p)) is not None:      # a QEMU that does not run the guest
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: running_qemu(p) is None, 10)
+        return f"not running 30 s after QEMU started (status {status})"
+    return None
+
+
 def start(env: dict[str, str]) -> int:
     p = paths_from_env(env)
     if not p.vm_dir.is_dir():
@@ -435,20 +454,18 @@ def start(env: dict[str, str]) -> int:
     except DefinitionError as e:
         print(f"{p.conf}: {e}")
         return 1
-    argv = qemu_argv(d, p.vm_dir, p.run_dir, accel, env.get("VM_QEMU", "qemu-system-x86_64"),
-                     env.get("HACLUSTER_NODE", ""), env.get("HACLUSTER_EPOCH", ""))
-    with open(p.run_dir / "qemu.log", "ab") as log:
-        log.write(f"--- {time.strftime('%F %T')} {shlex.join(argv)}\n".encode())
-        log.flush()
-        # -daemonize: returns once QEMU has opened everything; the guest runs on in
-        # its own session
-        res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=120)
-    if res.returncode != 0:
-        tail = (p.run_dir / "qemu.log").read_text(errors="replace").strip().splitlines()[-1:]
-        print(f"QEMU failed to start guest {d.name} ({res.returncode}): {' '.join(tail)}")
-        return 1
-    if not _wait(lambda: status_of(p) == RUNNING, 30):
-        print(f"guest {d.name} not running 30 s after QEMU started (status {status_of(p)})")
+    qemu = env.get("VM_QEMU", "qemu-system-x86_64")
+    failure = _launch(qemu_argv(d, p.vm_dir, p.run_dir, accel, qemu, env.get("HACLUSTER_NODE", ""),
+                                env.get("HACLUSTER_EPOCH", "")), p)
+    if failure and accel == "kvm" and d.kvm == "auto":
+        # /dev/kvm opens but KVM does not run this guest (nested virtualisation often
+        # refuses some MSRs): kvm = auto falls back to software emulation
+        print(f"KVM failed ({failure}): starting guest {d.name} under software emulation (TCG)")
+        accel = "tcg"
+        failure = _launch(qemu_argv(d, p.vm_dir, p.run_dir, accel, qemu, env.get("HACLUSTER_NODE", ""),
+                                    env.get("HACLUSTER_EPOCH", "")), p)
+    if failure:
+        print(f"guest {d.name}: {failure}")
         return 1
     print(f"guest {d.name} started (QEMU PID {running_qemu(p)}, accel {accel}, "
           f"{d.memory_mib} MiB, {d.cpus} cpu)")
