@@ -279,8 +279,8 @@ class GuestWatch:
     did not answer (a hung QEMU), or DEAD (the process is gone); it returns the value to
     report when it changes, else None. A failed state or a dead QEMU is down at once;
     ``misses`` non-running answers in a row (paused, no answer, a state in between)
-    are down too. Nothing is reported before the first answer, so a watcher started
-    while the guest boots does not report it down."""
+    are down too (start_prim returns once the guest runs, so a watcher that starts
+    then sees it running)."""
 
     def __init__(self, misses: int = 3) -> None:
         if misses < 1:
