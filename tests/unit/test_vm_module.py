@@ -20,7 +20,12 @@ VMCTL = Path(__file__).resolve().parents[2] / "modules" / "vm" / "bin" / "vmctl.
 _spec = importlib.util.spec_from_file_location("vmctl", VMCTL)
 vmctl = importlib.util.module_from_spec(_spec)
 sys.modules["vmctl"] = vmctl       # dataclasses look their module up while the file runs
-_spec.loader.exec_module(vmctl)
+_writes = sys.dont_write_bytecode
+sys.dont_write_bytecode = True      # no __pycache__ in the module's bin/ (it would be packaged)
+try:
+    _spec.loader.exec_module(vmctl)
+finally:
+    sys.dont_write_bytecode = _writes
 
 GOOD = """# a guest
 name = web1

@@ -251,8 +251,8 @@ def qemu_argv(d: VmDefinition, vm_dir: Path, run_dir: Path, accel: str,
         if d.append:
             argv += ["-append", d.append]
     for i, disk in enumerate(d.disks):
-        argv += ["-drive", f"file={vm_dir / disk.path},format={disk.format},if={disk.interface},"
-                           f"cache={DRIVE_CACHE},aio=threads,index={i}"]
+        argv += ["-drive", (f"file={vm_dir / disk.path},format={disk.format},if={disk.interface},"
+                            f"cache={DRIVE_CACHE},aio=threads,index={i}")]
     if d.net != "none":
         mac = f",mac={d.mac}" if d.mac else ""
         if d.net == "user":
