@@ -39,6 +39,7 @@ bench: apt venv
 	$(PY) -m bench failover
 	$(PY) -m bench farm
 	$(PY) -m bench pgbench
+	$(PY) -m bench vm
 
 # The full chaos sweeps, mirror (kv and PostgreSQL workloads) then farm: every nemesis, 10 episodes each
 # (chaos/results/<run>/, bench/results/chaos.json); make test runs each nemesis once.
