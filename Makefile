@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium qemu-system-x86 busybox-static linux-image-amd64
 STAMP := $(VENV)/.installed
 
 # A server install (as root): the product in a virtualenv, its command linked into
@@ -39,6 +39,7 @@ bench: apt venv
 	$(PY) -m bench failover
 	$(PY) -m bench farm
 	$(PY) -m bench pgbench
+	$(PY) -m bench vm
 
 # The full chaos sweeps, mirror (kv and PostgreSQL workloads) then farm: every nemesis, 10 episodes each
 # (chaos/results/<run>/, bench/results/chaos.json); make test runs each nemesis once.

@@ -5,7 +5,7 @@ import os
 import sys
 
 BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile",
-           "idle-floor", "pgbench")
+           "idle-floor", "pgbench", "vm")
 
 
 def main() -> int:
@@ -34,6 +34,10 @@ def main() -> int:
     pg.add_argument("--recovery-trials", type=int, default=3, help="crash recoveries on each side")
     pg.add_argument("--burst", type=int, default=500,
                     help="transactions per client between the checkpoint and the crash")
+    vm = p.add_argument_group("vm (a QEMU guest's disk through the mirror vs a plain directory)")
+    vm.add_argument("--vm-records", type=int, default=200, help="flushed records per round")
+    vm.add_argument("--vm-mib", type=int, default=32, help="MiB written per round (at most 48)")
+    vm.add_argument("--vm-failovers", type=int, default=2, help="host kills (each side once for 2)")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (the lab uses network namespaces)", file=sys.stderr)
@@ -86,6 +90,12 @@ def main() -> int:
         try:
             run(scale=args.scale, clients=args.clients, duration=args.duration, rounds=args.rounds,
                 recovery_trials=args.recovery_trials, burst=args.burst)
+        except ValueError as e:     # a bad flag, refused before any lab starts
+            p.error(str(e))
+    elif args.name == "vm":
+        from .vm_bench import run
+        try:
+            run(rounds=args.rounds, records=args.vm_records, mib=args.vm_mib, trials=args.vm_failovers)
         except ValueError as e:     # a bad flag, refused before any lab starts
             p.error(str(e))
     elif args.name == "keepalived":

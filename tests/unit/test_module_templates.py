@@ -15,7 +15,7 @@ from hacluster.modules.userconfig import parse_userconfig
 from tests.conftest import REPO
 
 MODULES = REPO / "modules"
-TEMPLATES = {"postgresql": "mirror", "generic-mirror": "mirror", "generic-farm": "farm"}
+TEMPLATES = {"postgresql": "mirror", "generic-mirror": "mirror", "generic-farm": "farm", "vm": "mirror"}
 
 
 def test_the_catalogue_is_what_this_test_covers():
@@ -60,3 +60,10 @@ def test_postgresql_template_keeps_the_data_directory_inside_the_replicated_one(
     assert config.user_vars["PG_DIR"] in config.rfs.dirs
     # a variable named like one PostgreSQL's programs read would change what they do
     assert not [v for v in config.user_vars if v.startswith("PG") and not v.startswith("PG_")]
+
+
+def test_vm_template_runs_the_guest_from_the_replicated_directory_and_watches_it():
+    config = parse_userconfig((MODULES / "vm/conf/userconfig.xml").read_bytes(), "vm", "vm")
+    assert config.user_vars["VM_DIR"] in config.rfs.dirs
+    assert config.rfs.durability == "barrier"    # the guest's flushes are the barriers
+    assert [(c.kind, c.exec, c.when) for c in config.checks] == [("custom", "vm_watch", "prim")]
