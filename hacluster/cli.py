@@ -475,6 +475,10 @@ def cmd_module_install(args: argparse.Namespace) -> int:
     res = _call(args, commands.MODULE_INSTALL.name, package=str(Path(args.package).resolve()), name=args.name,
                 timeout=120)
     text = f"installed {res['mode']} module {res['module']} (sha256 {res['digest'][:12]}) on every node"
+    if res.get("staged"):
+        text = (f"staged {res['mode']} module {res['module']} (sha256 {res['digest'][:12]}): it runs, "
+                "so each node changes to this version at its next stop of the module "
+                "(stop, then start; swap to serve from the other node meanwhile)")
     if res.get("replication_ports"):
         text += f"; replication ports {','.join(map(str, res['replication_ports']))}"
     for w in res.get("warnings", []):
@@ -493,6 +497,7 @@ def _module_table(rows: list[dict]) -> str:
     for r in rows:
         r["started_on"] = sorted(n for n, i in r["intent"].items() if i == "start")
     return table(rows, [("module", "MODULE"), ("mode", "MODE"), ("digest", "SHA256"),
+                        ("staged", "STAGED"), ("runs_here", "RUNS HERE"),
                         ("installed_here", "HERE"), ("state", "STATE"),
                         ("failover", "FAILOVER"), ("started_on", "STARTED ON"),
                         ("replication_ports", "PORTS"), ("error", "ERROR")])

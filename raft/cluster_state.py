@@ -12,6 +12,9 @@ State is plain data so that it can be dumped and checked:
   modules: name -> {"digest": sha256 hex, "mode": "mirror"|"farm", "size": int,
                     "source": member that has the package, "failover": bool,
                     "intent": {member: "start"|"stop"}}
+  a module being upgraded has "staged": {"digest", "size", "source"} (a new version
+                    each node changes to at its next stop, ``stage_module``) and
+                    "running": {node: digest} (the nodes that changed already)
   mirror modules also have "replication_ports": [one port per replicated directory]
                     (raft.replication_ports; absent for one installed before)
   farm modules also have "farm": {"members": {node: power}, "table": [256 owners
@@ -697,6 +700,56 @@ class ClusterState:
         if resource == liveness_resource(node):
             return self._leave_every_farm(node)
         return []
+
+    # ---- rolling module upgrades (feature level 1) ---------------------------------------
+    def stage_module(self, name: str, digest: str, mode: str, size: int, source: str) -> Result:
+        """A new version of a module that runs: every node fetches it and changes to it
+        at its own next stop of the module (``apply_staged``), one node at a time, the
+        application served by the others meanwhile. Staging the running version again
+        withdraws a staged one."""
+        if self.feature_level < MAINTENANCE_LEVEL:
+            return _refused(f"staging a module version needs every member at feature level "
+                            f"{MAINTENANCE_LEVEL} (the cluster is at {self.feature_level})")
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return _refused(f"unknown module {name!r}")
+        if mode != module["mode"]:
+            return _refused(f"module {name} is a {module['mode']} module; the new version is a "
+                            f"{mode!r} module: uninstall it first")
+        if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+            return _refused(f"invalid package digest {digest!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            return _refused(f"invalid package size {size!r}")
+        if source not in self.members or self.members[source]["role"] != "node":
+            return _refused(f"module packages are staged from data nodes only, not {source!r}")
+        if digest == module["digest"]:
+            module.pop("staged", None)
+            return _ok(name=name, staged=None)
+        module["staged"] = {"digest": digest, "size": size, "source": source}
+        return _ok(name=name, staged=digest)
+
+    def apply_staged(self, name: str, node: str, digest: str) -> Result:
+        """``node`` stopped the module and runs the staged version from now on. Once
+        every node that has an intent for the module runs it, it is the module's version
+        (``digest``) and nothing is staged any more."""
+        if self.feature_level < MAINTENANCE_LEVEL:
+            return _refused(f"apply_staged needs feature level {MAINTENANCE_LEVEL}")
+        module = self.modules.get(name) if isinstance(name, str) else None
+        if module is None:
+            return _refused(f"unknown module {name!r}")
+        staged = module.get("staged")
+        if staged is None or staged["digest"] != digest:
+            return _refused(f"{digest!r} is not the staged version of module {name}")
+        if node not in self.members or self.members[node]["role"] != "node":
+            return _refused(f"{node!r} is not a data node of this cluster")
+        running = module.setdefault("running", {})
+        running[node] = digest
+        nodes = set(module["intent"]) | {node}
+        if all(running.get(n) == digest for n in nodes):
+            module.update(digest=digest, size=staged["size"], source=staged["source"])
+            del module["staged"], module["running"]
+            return _ok(name=name, node=node, digest=digest, promoted=True)
+        return _ok(name=name, node=node, digest=digest, promoted=False)
 
     # ---- versions and maintenance ------------------------------------------------------
     def raise_feature_level(self, level: int) -> Result:

@@ -119,6 +119,18 @@ class LevelRaised(Answer, total=False):
     raised: bool
 
 
+class ModuleStaged(Answer, total=False):
+    name: str
+    staged: str | None
+
+
+class StagedApplied(Answer, total=False):
+    name: str
+    node: str
+    digest: str
+    promoted: bool
+
+
 class MaintenanceSet(Answer, total=False):
     module: str | None
     hold_s: float | None
@@ -243,12 +255,14 @@ REMOVE_USER: RaftCommand[UserRemoved] = RaftCommand("remove_user", _users)
 # Feature level 1: versions and maintenance.
 RAISE_FEATURE_LEVEL: RaftCommand[LevelRaised] = RaftCommand("raise_feature_level", _everything)
 SET_MAINTENANCE: RaftCommand[MaintenanceSet] = RaftCommand("set_maintenance", _maintenance, level=1)
+STAGE_MODULE: RaftCommand[ModuleStaged] = RaftCommand("stage_module", _module, level=1)
+APPLY_STAGED: RaftCommand[StagedApplied] = RaftCommand("apply_staged", _module, level=1)
 
 COMMANDS: dict[str, RaftCommand[Any]] = {c.name: c for c in (
     BOOTSTRAP, ADD_MEMBER, REMOVE_MEMBER, ACQUIRE, RENEW, RELEASE, EXPIRE, SET_ELIGIBLE,
     INSTALL_MODULE, UNINSTALL_MODULE, SET_INTENT, SET_FAILOVER, SET_IN_SYNC, NAME_GOOD_COPY,
     LEAVE_IN_SYNC, FARM_JOIN, FARM_LEAVE, RENEW_MANY, BEGIN_GENERATION, SET_USER, REMOVE_USER,
-    RAISE_FEATURE_LEVEL, SET_MAINTENANCE)}
+    RAISE_FEATURE_LEVEL, SET_MAINTENANCE, STAGE_MODULE, APPLY_STAGED)}
 OPS = tuple(COMMANDS)
 
 

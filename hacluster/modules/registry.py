@@ -18,8 +18,10 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from raft.commands import (BOOTSTRAP, INSTALL_MODULE, SET_FAILOVER, UNINSTALL_MODULE, Answer,
-                           changed)
+from raft.commands import (APPLY_STAGED, BOOTSTRAP, INSTALL_MODULE, SET_FAILOVER, STAGE_MODULE,
+                           UNINSTALL_MODULE, Answer, changed)
+from raft.cluster_state import MAINTENANCE_LEVEL
+from replication.durable_file import atomic_write
 from raft.durable_storage import private_dir
 from raft.replication_ports import ports_of
 
@@ -38,9 +40,24 @@ from .runtime import ModuleRuntime, Placement
 log = logging.getLogger("hacluster.modules")
 
 FETCH_PORT_OFFSET = 2      # module fetch service: Raft port + 2
+# How often a node looks whether a staged version may be applied (the module stopped here).
+STAGED_CHECK_S = 0.5
 MAX_LOG_LINES = 10_000
 
 RuntimeFactory = Callable[[Placement], ModuleRuntime]
+
+
+def node_digest(module: Mapping[str, Any], node: str) -> str:
+    """The version ``node`` runs of a committed module: the staged one once it changed
+    to it (raft.cluster_state.apply_staged), else the module's."""
+    return (module.get("running") or {}).get(node) or module["digest"]
+
+
+def node_source(module: Mapping[str, Any], node: str) -> str:
+    staged = module.get("staged")
+    if staged is not None and node_digest(module, node) == staged["digest"]:
+        return staged["source"]
+    return module["source"]
 
 
 def fetch_address(raft_address: str) -> tuple[str, int]:
@@ -88,6 +105,7 @@ class ModuleRegistry:
         self._sync_lock = asyncio.Lock()
         self._sync_again = False
         self._synced_once = False
+        self._staged_task: asyncio.Task | None = None
         address, port = fetch_address(host.config.me["address"])
         self.fetch_server = ModuleFetchServer(address, port, host.config.read_secret(), self._lookup,
                                               member_hosts=host.member_hosts)
@@ -99,18 +117,38 @@ class ModuleRegistry:
                     return (self.dir / f"{name}.safe").read_bytes()
                 except OSError:
                     return None
+        for path in self.dir.glob(".staged-*.safe"):     # versions staged, not yet run here
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if package.digest(data) == digest:
+                return data
         return None
+
+    def _staged_path(self, name: str) -> Path:
+        return self.dir / f".staged-{name}.safe"
+
+    def _staged_digest(self, name: str) -> str | None:
+        try:
+            return package.digest(self._staged_path(name).read_bytes())
+        except OSError:
+            return None
 
     async def start(self) -> None:
         await self.fetch_server.start()
         for m in package.list_installed(self.dir):
             self.installed[m.name] = m.digest
+        # its own task (not the host's: those are waited for), cancelled by close()
+        self._staged_task = asyncio.create_task(self._apply_staged_loop())
 
     def stop_time_s(self) -> float:
         """The longest stop of the modules running here (they stop side by side)."""
         return max((rt.stop_time_s() for rt in self.runtimes.values()), default=0.0)
 
     async def close(self) -> None:
+        if self._staged_task is not None:
+            self._staged_task.cancel()
         await asyncio.gather(*(rt.close() for rt in self.runtimes.values()), return_exceptions=True)
         await self.fetch_server.close()
 
@@ -123,7 +161,8 @@ class ModuleRegistry:
     # ---- following the committed state --------------------------------------------------
     def applied(self, op: str, args: tuple, result: Answer) -> None:
         """After every applied Raft entry."""
-        if op in (INSTALL_MODULE.name, UNINSTALL_MODULE.name, BOOTSTRAP.name) or not self._synced_once:
+        if op in (INSTALL_MODULE.name, UNINSTALL_MODULE.name, BOOTSTRAP.name, STAGE_MODULE.name,
+                  APPLY_STAGED.name) or not self._synced_once:
             self.host.track(asyncio.create_task(self.sync()))
         self.feed.applied(op, args, result, list(self.runtimes.values()))
 
@@ -155,23 +194,94 @@ class ModuleRegistry:
                 log.error("event=module_uninstall_failed module=%s error=%r", name, str(e))
             self.installed.pop(name, None)
         for name, mod in sorted(wanted.items()):
-            if self.installed.get(name) != mod["digest"]:
+            digest = node_digest(mod, self.host.name)
+            if self.installed.get(name) != digest:
                 if name in self.runtimes:
                     await self.runtimes.pop(name).close()
                 if not await self._fetch_and_install(name, mod, snap):
                     continue
             if name not in self.runtimes:
                 self._start_runtime(name, mod, snap)
+            staged = mod.get("staged")
+            if staged is not None and staged["digest"] != digest \
+                    and self._staged_digest(name) != staged["digest"]:
+                await self._fetch_staged(name, staged, snap)
+            elif staged is None:
+                self._staged_path(name).unlink(missing_ok=True)
+
+    async def _fetch_staged(self, name: str, staged: dict, snap: dict) -> None:
+        """A new version staged for module ``name``: fetched now, kept beside the one that
+        runs until this node applies it (``_apply_staged_loop``)."""
+        member = snap["members"].get(staged["source"])
+        if member is None:
+            self.errors[name] = f"staged version's source {staged['source']} is no longer a member"
+            return
+        host, port = fetch_address(member["address"])
+        try:
+            data = await fetch_module(host, port, self.host.config.read_secret(), staged["digest"])
+            def keep() -> None:
+                package.check(data, f"{name}.safe", name)
+                atomic_write(self._staged_path(name), data, mode=0o640)
+            await asyncio.get_running_loop().run_in_executor(None, keep)
+        except (ModuleFetchError, ModulePackageError, OSError) as e:
+            log.error("event=module_staged_fetch_failed module=%s source=%s error=%r", name,
+                      staged["source"], str(e))
+            asyncio.get_running_loop().call_later(2.0, lambda: self.host.track(
+                asyncio.create_task(self.sync())))
+            return
+        log.info("event=module_staged module=%s digest=%s source=%s", name, staged["digest"][:12],
+                 staged["source"])
+
+    async def _apply_staged_loop(self) -> None:
+        """A staged version is applied on this node while the module is stopped here (or
+        does not run here): committed, then ``sync`` installs it and starts the runtime
+        again, still stopped, with the new scripts (rolling upgrade, one node at a time)."""
+        while True:
+            await asyncio.sleep(STAGED_CHECK_S)
+            snap = self.host.cluster_state()
+            for name, mod in sorted(snap["modules"].items()):
+                staged = mod.get("staged")
+                if staged is None or node_digest(mod, self.host.name) == staged["digest"]:
+                    continue
+                if self._staged_digest(name) != staged["digest"]:
+                    continue
+                rt = self.runtimes.get(name)
+                if rt is not None and (rt.machine.display[0].value != "STOP"
+                                       or rt.machine.running is not None):
+                    continue
+                try:
+                    result = await self.host.commit(APPLY_STAGED, name, self.host.name, staged["digest"])
+                except ControlError as e:
+                    log.warning("event=module_staged_not_applied module=%s error=%r", name, str(e))
+                    continue
+                log.info("event=module_staged_applied module=%s digest=%s promoted=%s", name,
+                         staged["digest"][:12], result.get("promoted"))
 
     async def _fetch_and_install(self, name: str, mod: dict, snap: dict) -> bool:
-        source = mod["source"]
+        digest = node_digest(mod, self.host.name)
+        if self._staged_digest(name) == digest:     # applied here: installed from what was staged
+            try:
+                data = await asyncio.get_running_loop().run_in_executor(
+                    None, self._staged_path(name).read_bytes)
+                installed = await asyncio.get_running_loop().run_in_executor(
+                    None, package.install, data, self.dir, name)
+            except (ModulePackageError, OSError) as e:
+                self.errors[name] = f"installing the staged version of {name}: {e}"
+                return False
+            self._staged_path(name).unlink(missing_ok=True)
+            self.installed[name] = installed.digest
+            self.errors.pop(name, None)
+            log.info("event=module_installed module=%s digest=%s source=staged", name,
+                     installed.digest[:12])
+            return True
+        source = node_source(mod, self.host.name)
         member = snap["members"].get(source)
         if member is None:
             self.errors[name] = f"package source {source} is no longer a member"
             return False
         host, port = fetch_address(member["address"])
         try:
-            data = await fetch_module(host, port, self.host.config.read_secret(), mod["digest"])
+            data = await fetch_module(host, port, self.host.config.read_secret(), digest)
             installed = await asyncio.get_running_loop().run_in_executor(
                 None, package.install, data, self.dir, name)
         except (ModuleFetchError, ModulePackageError, OSError) as e:
@@ -284,11 +394,15 @@ class ModuleRegistry:
             checked = await loop.run_in_executor(None, package.check, data, path, name)
         except ModulePackageError as e:
             raise ControlError(str(e)) from None
-        old = self.host.cluster_state()["modules"].get(name)
+        state = self.host.cluster_state()
+        old = state["modules"].get(name)
         if old is not None and old["digest"] != checked.digest and any(
                 i == "start" for i in old["intent"].values()):
-            raise ControlError(f"module {name} is started; stop it on every node before installing "
-                               "another version (nothing installed)")
+            if state.get("feature_level", 0) < MAINTENANCE_LEVEL:
+                raise ControlError(f"module {name} is started; stop it on every node before "
+                                   "installing another version, or upgrade every member to stage "
+                                   "it (nothing installed)")
+            return await self._stage(name, data, checked)
         async with self._sync_lock:
             try:
                 installed = await loop.run_in_executor(None, package.install, data, self.dir, name)
@@ -309,6 +423,22 @@ class ModuleRegistry:
                 "replication_ports": ports_of(name, self.host.cluster_state()["modules"][name])
                 if checked.config.mode == commands.MIRROR else [],
                 "warnings": list(checked.config.warnings)}
+
+    async def _stage(self, name: str, data: bytes, checked: Any) -> dict:
+        """Another version of a module that runs: staged (every node fetches it and
+        changes to it at its next stop of the module), not installed."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: atomic_write(self._staged_path(name), data,
+                                                             mode=0o640))
+        result = await self.host.commit(STAGE_MODULE, name, checked.digest, checked.config.mode,
+                                        len(data), self.host.name)
+        if not result.get("ok"):
+            raise ControlError(result["error"])
+        log.info("event=module_staged module=%s digest=%s source=%s", name, checked.digest[:12],
+                 self.host.name)
+        await self.sync()
+        return {"module": name, "digest": checked.digest, "mode": checked.config.mode,
+                "staged": True, "warnings": list(checked.config.warnings)}
 
     async def _userconfig(self, request: dict) -> dict:
         name = request.get("module")
@@ -337,8 +467,11 @@ class ModuleRegistry:
         rows = []
         for name, mod in sorted(snap["modules"].items()):
             rt = self.runtimes.get(name)
+            here = node_digest(mod, self.host.name)
             rows.append({"module": name, "mode": mod["mode"], "digest": mod["digest"][:12],
-                         "installed_here": self.installed.get(name) == mod["digest"],
+                         "installed_here": self.installed.get(name) == here,
+                         "runs_here": here[:12],
+                         "staged": (mod.get("staged") or {}).get("digest", "")[:12] or None,
                          "state": rt.machine.display[0].value if rt else None,
                          "failover": mod["failover"],
                          "replication_ports": ports_of(name, mod) if mod["mode"] == commands.MIRROR else [],

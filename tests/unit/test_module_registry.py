@@ -195,10 +195,37 @@ def test_a_started_module_refuses_another_version_and_keeps_the_installed_one(tm
         assert nodes.state.set_intent("web", "n2", "start")["ok"]
         other = safe_package(nodes.tmp_path, "web", MIRROR_USERCONFIG, {"start_prim": b"#!/bin/sh\nexit 3\n"})
         with pytest.raises(ControlError, match="^module web is started; stop it on every node before "
-                                               r"installing another version \(nothing installed\)$"):
+                                               r"installing another version, or upgrade every member "
+                                               r"to stage it \(nothing installed\)$"):
             await nodes.request("n1", "module_install", package=str(other))
         assert nodes.state.to_dict()["modules"]["web"]["digest"] == first["digest"]
         assert nodes.registries["n1"].installed["web"] == first["digest"]
+    run(go)(tmp_path)
+
+
+def test_another_version_of_a_started_module_is_staged_and_applied_where_it_is_stopped(tmp_path):
+    async def go(nodes):
+        nodes.state.raise_feature_level(1)
+        first = await nodes.request("n1", "module_install", package=str(safe_package(nodes.tmp_path, "web")))
+        await nodes.settle()
+        assert nodes.state.set_intent("web", "n2", "start")["ok"]
+        other = safe_package(nodes.tmp_path, "web", MIRROR_USERCONFIG, {"start_prim": b"#!/bin/sh\nexit 3\n"})
+        reply = await nodes.request("n1", "module_install", package=str(other))
+        assert reply["staged"] and reply["digest"] != first["digest"]
+        module = nodes.state.to_dict()["modules"]["web"]
+        assert module["digest"] == first["digest"] and module["staged"]["digest"] == reply["digest"]
+        await nodes.settle()
+        # both toy runtimes are stopped: each node applies it, then it is the module's version
+        for _ in range(100):
+            if nodes.state.to_dict()["modules"]["web"]["digest"] == reply["digest"]:
+                break
+            await asyncio.sleep(0.05)
+        await nodes.settle()
+        assert "staged" not in nodes.state.to_dict()["modules"]["web"]
+        for n, reg in nodes.registries.items():
+            assert reg.installed["web"] == reply["digest"], n
+            assert (reg.runtimes["web"].module_dir / "bin" / "start_prim").read_bytes().endswith(b"exit 3\n")
+            assert not reg._staged_path("web").exists()
     run(go)(tmp_path)
 
 

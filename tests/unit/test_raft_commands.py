@@ -82,6 +82,8 @@ def command(draw, state: ClusterState) -> tuple[str, tuple]:
         "renew": (resource, holder, epoch),
         "renew_many": (holder, [[resource, epoch]]) + draw(st.sampled_from([(), ([resource],)])),
         "raise_feature_level": (draw(st.sampled_from([1, 2])),),
+        "stage_module": (module, draw(st.sampled_from(["a" * 64, "c" * 64])), mode, 10, node),
+        "apply_staged": (module, node, draw(st.sampled_from(["a" * 64, "c" * 64]))),
         "set_maintenance": (draw(st.sampled_from([None, module, "nope"])),
                             draw(st.sampled_from([None, 60.0, -1]))),
         "release": (resource, holder, epoch),
