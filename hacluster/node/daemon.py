@@ -35,7 +35,7 @@ from hacluster.http.server import HttpServer
 from hacluster.http.tls import TlsError, server_context
 from hacluster.http.snapshot import MemberSnapshot, ModuleSnapshot, NodeSnapshot, RaftSnapshot
 
-from raft.cluster_state import MAINTENANCE_LEVEL, liveness_resource
+from raft.cluster_state import LIVENESS_PREFIX, MAINTENANCE_LEVEL, liveness_resource
 from raft import commands as raft_commands
 from raft.commands import (ACQUIRE, ADD_MEMBER, BOOTSTRAP, EXPIRE, FEATURE_LEVEL, RAISE_FEATURE_LEVEL,
                            RELEASE, REMOVE_MEMBER, SET_MAINTENANCE, Answer, RaftCommand)
@@ -448,7 +448,11 @@ class Daemon:
         return self.raft.caught_up()
 
     def _kept_in_maintenance(self, holder: LeaseHolder) -> bool:
-        kept = (self.raft is not None and self.maintenance().hold(holder.resource) is not None
+        # A liveness lease is always released: a farm module stops serving with its
+        # daemon (its driver drops the VIP and stops the application), so the node must
+        # leave the farms at once for the others to take its buckets.
+        kept = (self.raft is not None and not holder.resource.startswith(LIVENESS_PREFIX)
+                and self.maintenance().hold(holder.resource) is not None
                 and holder.holding() and holder.lease.extended())
         if kept:
             log.warning("event=lease_kept resource=%s epoch=%s reason=%r", holder.resource,
