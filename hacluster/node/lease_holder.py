@@ -54,10 +54,10 @@ class RenewalBatch:
         self.holders: set[LeaseHolder] = set()
         self._asked: dict[LeaseHolder, asyncio.Future] = {}
         self._timer: asyncio.TimerHandle | None = None
-        # For the metrics endpoint: how long committed batches took, how many did not.
         # Has the cluster the feature level of renew_many's extensions? (the daemon's
         # committed state; before it, the form every version applies)
         self.extensions_allowed: Callable[[], bool] = lambda: False
+        # For the metrics endpoint: how long committed batches took, how many did not.
         self.latency = Histogram()
         self.unconfirmed = 0
 
@@ -199,6 +199,7 @@ class LeaseHolder:
             return True
         if self.lease.extended():
             self.lease.drop_extension()
+            self._arm_deadline()    # the holder itself stops at the nearer deadline too
             log.info("event=lease_hold_dropped resource=%s valid_until=%.3f reason=%r",
                      self.resource, self.lease.valid_until() or 0.0, "maintenance is over")
             valid_until = self.lease.valid_until()

@@ -141,3 +141,83 @@ def test_a_renewal_that_fails_fast_is_retried_at_a_bounded_pace(tmp_path):
     assert len(attempts) >= 2, attempts                        # it did keep trying
     assert len(attempts) <= window / gap + 2, (len(attempts), window)
     assert all(b - a >= gap * 0.9 for a, b in zip(attempts, attempts[1:])), attempts
+
+
+def test_a_maintenance_hold_is_asked_kept_while_a_fence_reaches_it_and_dropped(tmp_path):
+    """Real single-voter Raft: in maintenance the renewals ask for and get the hold;
+    after it, the holder drops its extension (and stops at the nearer deadline), asks on
+    while a fence still reaches beyond a plain lease (Raft keeps the hold), and renews
+    plainly once it does not (Raft drops it)."""
+    address = f"127.0.0.1:{free_ports(1)[0]}"
+    member = RaftMember(address, [address], tmp_path, "secret", RaftSettings())
+    timing = LeaseTiming(1.0, 0.2)
+    lost: list[str] = []
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 10
+        while not member.is_leader():
+            assert time.monotonic() < deadline, "a single voter never became leader"
+            await asyncio.sleep(0.02)
+        assert (await asyncio.wrap_future(member.submit(
+            "bootstrap", {"a": {"address": address, "role": "node"}})))["ok"]
+        assert (await asyncio.wrap_future(member.submit("raise_feature_level", 1)))["ok"]
+        holder = LeaseHolder(member, liveness_resource("a"), "a", timing,
+                             on_lost=lambda epoch, why: lost.append(why))
+        maintenance = {"on": True}
+        fence = {"until": None}
+        holder.wants_hold = lambda: maintenance["on"]
+        holder.add_fence(lambda: fence["until"])
+        holder.batch.extensions_allowed = lambda: True
+        task = asyncio.create_task(holder.run())
+        assert (await asyncio.wrap_future(member.submit("set_maintenance", None, 30.0)))["ok"]
+        for _ in range(100):
+            if holder.lease.extended():
+                break
+            await asyncio.sleep(0.05)
+        assert holder.lease.extended()
+        assert member.snapshot()["leases"]["node/a"]["hold_s"] == 30.0
+        # maintenance over, but a fence (a mount's hold) still reaches far
+        fence["until"] = time.monotonic() + 60
+        maintenance["on"] = False
+        assert (await asyncio.wrap_future(member.submit("set_maintenance", None, None)))["ok"]
+        await asyncio.sleep(4 * timing.renew_interval_s)
+        assert not holder.lease.extended()                  # dropped at once
+        assert member.snapshot()["leases"]["node/a"]["hold_s"] == 30.0   # kept for the fence
+        fence["until"] = None
+        await asyncio.sleep(4 * timing.renew_interval_s)
+        assert "hold_s" not in member.snapshot()["leases"]["node/a"]
+        assert holder.holding() and not lost
+        # maintenance again; then it ends just as renewals stop getting through: the
+        # holder stops at a plain lease's deadline, not at the hold's (30 s)
+        maintenance["on"] = True
+        assert (await asyncio.wrap_future(member.submit("set_maintenance", None, 30.0)))["ok"]
+        for _ in range(100):
+            if holder.lease.extended():
+                break
+            await asyncio.sleep(0.05)
+        assert holder.lease.extended()
+        real_submit = member.submit
+
+        def refusing(op, *args):
+            if op != "renew_many":
+                return real_submit(op, *args)
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_exception(RaftCommandError("no Raft leader known (nothing sent)"))
+            return fut
+        member.submit = refusing
+        maintenance["on"] = False
+        stopped_at = time.monotonic()
+        for _ in range(200):
+            if lost:
+                break
+            await asyncio.sleep(0.05)
+        assert lost, "the holder still acted 10 s after its plain deadline"
+        assert time.monotonic() - stopped_at < 10.0     # a plain lease (1 s), far from 30 s
+        holder.stopping = True
+        holder.wake()
+        await asyncio.wait_for(task, 5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        member.destroy()
