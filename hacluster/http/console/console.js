@@ -4,6 +4,11 @@
 // textContent (never parsed as HTML).
 "use strict";
 
+// UTC, ISO 8601, to the second: the one time format of the modules' logs too.
+function utcTime(ms) {
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
 const DANGEROUS = {
   stop: "stops the module on the chosen node(s); a primary's in-sync secondary takes over",
   forcestop: "stops the module at once (stop scripts called with force)",
@@ -257,7 +262,8 @@ function renderMembers() {
 }
 
 function addTimeline(ev) {
-  const when = new Date((ev.t || Date.now() / 1000) * 1000).toLocaleTimeString();
+  // one time format everywhere (the logs' too): UTC, ISO 8601
+  const when = utcTime((ev.t || Date.now() / 1000) * 1000);
   let text;
   if (ev.type === "module") text = `${ev.module} on ${ev.node}: ${ev.from || "-"} → ${ev.to || "-"}`;
   else if (ev.type === "member") text = `member ${ev.member}: ${JSON.stringify(ev.after)}`;
@@ -296,7 +302,7 @@ async function showResources() {
     for (const res of row.result.resources || []) {
       const tr = el("tr");
       tr.append(el("td", row.node), el("td", res.resource), el("td", res.value),
-        el("td", new Date(res.since * 1000).toLocaleTimeString()));
+        el("td", utcTime(res.since * 1000)));
       body.append(tr);
     }
   }
