@@ -425,7 +425,16 @@ def run_episode(m: MirrorLab, run: ChaosRun, index: int, name: str,
                                 rec.t_recovered or rec.t_heal)
     read_back = vip_keys = identical = None
     if after is not None:
-        prim, sec = after[0], after[1]
+        # Read back from the pair as it is now, not as it was at the heal: a primary whose
+        # lease outlived the fault may still lose it just after the heal (its renewals
+        # not through again in time), and the secondary then takes over legitimately;
+        # the old primary's copy, being resynced, does not hold what the new one acked.
+        settled = wait_healthy(m, run.recovery_bound_s) or after
+        if settled[:2] != after[:2]:
+            log.info("event=pair_changed_after_recovery index=%d before=%s after=%s", index,
+                     after, settled)
+            rec.primary_after, rec.epoch_after = settled[0], settled[2]
+        prim, sec = settled[0], settled[1]
         read_back = _records(m, prim)
         vip_keys = m.keys_via_vip()
         identical = m.copies_identical(prim, sec)
