@@ -53,6 +53,14 @@ class NodeDaemon(Daemon):
         if self.modules is not None:
             await self.modules.close()
 
+    def liveness_serves_on(self) -> bool:
+        """Every farm module running here went on serving at shutdown (maintenance):
+        the node stays in the farms, its liveness lease is kept."""
+        if self.modules is None:
+            return True
+        farms = [rt for rt in self.modules.runtimes.values() if rt.mode == "farm"]
+        return all(getattr(rt, "left_running", False) for rt in farms)
+
     def module_statuses(self) -> dict[str, dict]:
         if self.modules is None:
             return {}

@@ -673,6 +673,10 @@ class ClusterState:
                             f"it cannot join farm {name}")
         if farm["members"].get(node) == power:
             return _ok(name=name, node=node, version=farm["version"], changed=False)
+        if "cluster" in self.maintenance:
+            # A join moves buckets from other nodes, whose daemons may be away (their
+            # kernels accept those buckets until their hold ends): nobody joins meanwhile.
+            return _refused(f"the cluster is in maintenance: {node} joins farm {name} when it ends")
         changed = self._set_farm_members(farm, {**farm["members"], node: power})
         return _ok(name=name, node=node, version=farm["version"], changed=changed)
 

@@ -216,6 +216,34 @@ class FarmVip:
         self._installed(now, lifetime_s or 0, timeout_ms)
         return f"buckets {timeout_ms} ms, address {lifetime_s} s"
 
+    def adopt(self, owned: Iterable[int]) -> None:
+        """Take over what a daemon before this one left held for the farm (maintenance:
+        its ruleset, address and shared MAC, with the kernel's timeouts), then put the
+        ruleset in one atomic swap to ``owned`` with this lease's deadline (the buckets a
+        node accepted never lapse in between: the swap replaces them, it does not
+        remove them first). VipError if nothing is left to adopt."""
+        recorded = read_table_comment(self.module)
+        if recorded is None or recorded[0] != self.vip or recorded[1] != self.interface:
+            raise VipError(f"farm VIP {self.vip} of {self.module}: no ruleset left to adopt "
+                           f"(found {recorded!r})")
+        buckets = check_buckets(owned)
+        self._node_addr = node_address(self.interface, self.vip)
+        self._held = find_vip(self.vip, self.interface)
+        self._owned = frozenset()       # raised: set_buckets swaps the ruleset
+        self.set_buckets(buckets)
+        self._responder = ArpResponder(self.interface, self.vip, mac_bytes(self.mac))
+        self._responder.start()
+        log.info("event=farm_vip_adopted module=%s vip=%s buckets=%d", self.module, self.vip,
+                 len(buckets))
+
+    def detach(self) -> None:
+        """The daemon stops in maintenance: leave the ruleset, the address and the
+        shared MAC to the kernel's timeouts (the other nodes answer ARP for the shared
+        MAC meanwhile); stop this process's ARP responder."""
+        responder, self._responder = self._responder, None
+        if responder is not None:
+            responder.stop()
+
     def drop(self) -> None:
         """Remove everything this node holds for the farm VIP; idempotent, also when
         only leftovers of a crashed process remain."""

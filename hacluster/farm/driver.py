@@ -61,6 +61,7 @@ class FarmModule(ModuleRuntime):
         self._vip_thread = concurrent.futures.ThreadPoolExecutor(1, f"farm-vip-{self.name}")
         self.error: str | None = None
         self._refreshing: concurrent.futures.Future | None = None
+        self.left_running = False       # close() in maintenance left this node serving
 
     # ---- set-up -----------------------------------------------------------------
     async def _make_vip(self) -> FarmVip | None:
@@ -104,22 +105,30 @@ class FarmModule(ModuleRuntime):
             log.warning("event=farm_vip_not_refreshed module=%s error=%r", self.name, str(exc))
 
     async def start(self) -> None:
+        """A daemon stopped in maintenance left this node serving (``close``): take it
+        over (``_adopt``). Otherwise clean what a previous life may have left."""
         loop = asyncio.get_running_loop()
-        removed = await loop.run_in_executor(self._vip_thread, cleanup_leftovers, self.name)
-        if removed:
-            log.warning("event=leftovers_cleaned module=%s removed=%r", self.name, removed)
-        try:
-            self.farm_vip = await self._make_vip()
-        except (VipError, ValueError) as e:
-            self.error = f"farm VIP: {e}"
-            log.error("event=farm_vip_unusable module=%s error=%r", self.name, str(e))
+        adopted = await self._adopt()
+        if adopted is None:
+            removed = await loop.run_in_executor(self._vip_thread, cleanup_leftovers, self.name)
+            if removed:
+                log.warning("event=leftovers_cleaned module=%s removed=%r", self.name, removed)
+            try:
+                self.farm_vip = await self._make_vip()
+            except (VipError, ValueError) as e:
+                self.error = f"farm VIP: {e}"
+                log.error("event=farm_vip_unusable module=%s error=%r", self.name, str(e))
         liveness = self.host.holder(liveness_resource(self.node))
         if liveness is not None:
             liveness.watch(lambda held: self.refresh())
             liveness.watch_renewals(self._lease_renewed)
+            # what the kernel accepts for this node reaches as far as the buckets' timeouts:
+            # a maintenance hold is given back only once they are within a plain lease
+            liveness.add_fence(lambda: self.farm_vip.installed_until
+                               if self.farm_vip is not None and self.farm_vip.raised else None)
         self.started = True
         self._start_checks()
-        self.feed(fm.Restarted())
+        self.feed(fm.Adopted(adopted) if adopted is not None else fm.Restarted())
         self.refresh()
 
     # ---- the committed view --------------------------------------------------------
@@ -217,9 +226,64 @@ class FarmModule(ModuleRuntime):
         return dataclasses.replace(super().http_module(), nodes=tuple(self.nodes),
                                    buckets=len(view.buckets), table_version=view.version or 0)
 
+    # ---- maintenance: a daemon restarted while this node serves ---------------------------
+    async def _adopt(self) -> frozenset[int] | None:
+        """In maintenance, with this node still a farm member holding buckets and its
+        ruleset left in the kernel: once this daemon holds its liveness lease, swap the
+        ruleset to the committed buckets with this lease's deadline and serve on (the
+        buckets the node accepted never lapse in between). None: nothing to adopt."""
+        part = self._read_slice()
+        farm = part.entry().get("farm") or {}
+        if not part.maintenance or self.node not in (farm.get("members") or {}):
+            return None
+        liveness = self.host.holder(liveness_resource(self.node))
+        if liveness is None:
+            return None
+        give_up = asyncio.get_running_loop().time() + 4 * self.host.config.raft.lease_s
+        while not liveness.holding():
+            if asyncio.get_running_loop().time() >= give_up:
+                return None
+            await asyncio.sleep(0.05)
+        buckets = frozenset(i for i, owner in enumerate(farm.get("table") or []) if owner == self.node)
+        loop = asyncio.get_running_loop()
+        try:
+            vip = await self._make_vip()
+            if vip is None:
+                return None
+            await loop.run_in_executor(self._vip_thread, vip.adopt, buckets)
+        except (VipError, ValueError) as e:
+            log.warning("event=farm_not_adopted module=%s reason=%r", self.name, str(e))
+            return None
+        self.farm_vip = vip
+        log.info("event=farm_adopted module=%s node=%s buckets=%d", self.name, self.node, len(buckets))
+        self._module_log(f"daemon restarted in maintenance: serving on with {len(buckets)} buckets")
+        return buckets
+
+    def leaves_running(self) -> bool:
+        """Daemon shutdown in cluster maintenance: may this node go on serving without
+        its daemon? Only under a hold Raft granted the liveness lease (the leader takes
+        no bucket from it for that long) and with the VIP up."""
+        liveness = self.host.holder(liveness_resource(self.node))
+        return (self._read_slice().maintenance and self.machine.state is fm.State.UP
+                and self.machine.running is None and self.farm_vip is not None
+                and self.farm_vip.raised and liveness is not None and liveness.holding()
+                and liveness.lease.extended())
+
     async def close(self) -> None:
         """Daemon shutdown: stop serving (the liveness release takes this node out of
-        the farm in Raft), stop the application, keep the intent."""
+        the farm in Raft), stop the application, keep the intent. In cluster
+        maintenance, under a granted hold: serve on (``leaves_running``; the daemon then
+        keeps the liveness lease) for the next daemon to adopt."""
+        if self.leaves_running():
+            assert self.farm_vip is not None
+            await self._stop_following()
+            await asyncio.get_running_loop().run_in_executor(self._vip_thread, self.farm_vip.detach)
+            self.left_running = True
+            log.warning("event=left_running module=%s node=%s reason=%r", self.name, self.node,
+                        "maintenance: the daemon stops, the farm application goes on serving")
+            self._module_log("daemon stopping in maintenance: this node goes on serving")
+            self._vip_thread.shutdown(wait=False)
+            return
         await self._stop_following()
         loop = asyncio.get_running_loop()
         if self.farm_vip is not None:

@@ -69,7 +69,15 @@ class Restarted:
     may have been left behind by its previous life. The first event."""
 
 
-Event = Command | ViewChanged | PlanDone | CheckerDown | CheckerUp | Restarted
+@dataclass(frozen=True)
+class Adopted:
+    """The daemon starts in maintenance and took over what the one before it left
+    serving (hacluster.farm.driver): the application runs, the VIP accepts ``buckets``.
+    The first event, instead of Restarted: no script runs."""
+    buckets: frozenset[int]
+
+
+Event = Command | ViewChanged | PlanDone | CheckerDown | CheckerUp | Restarted | Adopted
 
 
 # ---- actions (and RunScript, CommitIntent, DropVip of every kind) ---------------------
@@ -173,6 +181,16 @@ class FarmMachine:
             return self._reconcile()
         if isinstance(event, Restarted):
             return self._restarted()
+        if isinstance(event, Adopted):
+            if self.state is not State.STOP or self.running is not None:
+                return Output(refused="Adopted must be the first event")
+            self.state = State.UP
+            self.vip = frozenset(event.buckets)
+            # No decision before the first view: the committed intent and membership
+            # come with it (deciding on the empty view would stop what was adopted).
+            self._await_view = True
+            note = f"daemon restarted in maintenance: serving on with {len(event.buckets)} buckets"
+            return Output(log=(note,))
         raise TypeError(f"unknown event {event!r}")
 
     # ---- commands and checkers --------------------------------------------------------

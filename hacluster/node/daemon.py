@@ -447,11 +447,17 @@ class Daemon:
     def caught_up(self) -> bool:
         return self.raft.caught_up()
 
+    def liveness_serves_on(self) -> bool:
+        """At shutdown in maintenance: does this member go on serving without its
+        daemon (a data node's farms left running)? A member without farms does."""
+        return True
+
     def _kept_in_maintenance(self, holder: LeaseHolder) -> bool:
-        # A liveness lease is always released: a farm module stops serving with its
-        # daemon (its driver drops the VIP and stops the application), so the node must
-        # leave the farms at once for the others to take its buckets.
-        kept = (self.raft is not None and not holder.resource.startswith(LIVENESS_PREFIX)
+        # A liveness lease is kept only when every farm here went on serving: a farm
+        # that stopped with its daemon must leave the farms at once, for the others to
+        # take its buckets (its node leaves them with its liveness lease).
+        liveness = holder.resource.startswith(LIVENESS_PREFIX)
+        kept = (self.raft is not None and (not liveness or self.liveness_serves_on())
                 and self.maintenance().hold(holder.resource) is not None
                 and holder.holding() and holder.lease.extended())
         if kept:

@@ -154,8 +154,10 @@ def test_a_new_version_of_the_scripts_rolls_node_by_node_with_the_application_se
     new_digest = _module_row(m, "n1")["staged"]
     assert new_digest and new_digest != old_digest
 
-    def runs(node: str) -> str:
-        return _module_row(m, node)["runs_here"]
+    def runs(node: str) -> str | None:
+        """The version the node runs, once installed there (Raft says it first)."""
+        row = _module_row(m, node)
+        return row["runs_here"] if row["installed_here"] else None
 
     def version_file(node: str) -> Path:
         return m.cluster.state_dir(node) / "modules" / MODULE / "bin" / "VERSION"
@@ -186,3 +188,41 @@ def test_a_new_version_of_the_scripts_rolls_node_by_node_with_the_application_se
     gaps = [b["t_acked"] - a["t_acked"] for a, b in zip(acks, acks[1:], strict=False)]
     print(f"rolling upgrade: {len(acks)} writes acknowledged, {len(failed)} failed and retried "
           f"(the swap), largest gap {max(gaps):.3f} s")
+
+
+def test_a_farm_node_daemon_restarts_in_cluster_maintenance_and_its_share_is_served_throughout(make_lab):
+    """Cluster maintenance on a three-node farm: f1's daemon stops, its application and
+    kernel ruleset go on serving its buckets (every connection answered, each by the
+    bucket's owner), the new daemon adopts them; after maintenance the holds go."""
+    from chaos.lab_farm import MODULE as FARM, PORT_ON_PORT, FarmLab
+
+    lab = make_lab(["f1", "f2", "f3", "c"])
+    farm = FarmLab(lab).start()
+    wait_until("feature level 1", lambda: json.loads(farm.cli("f1", "cluster", "status", "--json").stdout)
+               ["maintenance"]["feature_level"] == 1, 20)
+    owned = farm.ruleset_buckets("f1")
+    assert owned
+    assert farm.cli("f1", "maintenance", "on", "--hold", "60").returncode == 0
+
+    def f1_liveness() -> dict:
+        rows = json.loads(farm.cli("f2", "cluster", "status", "--json").stdout)["leases"]
+        return next(r for r in rows if r["resource"] == "node/f1")
+    wait_until("f1's liveness holds", lambda: f1_liveness().get("hold_s") == 60.0, 10)
+    epoch = f1_liveness()["epoch"]
+    assert farm.cluster.stop("f1") == 0
+    answers = farm.ask_many(PORT_ON_PORT, 600)
+    assert None not in {a[0] for a in answers}, "a connection went unanswered"
+    assert "f1" in {a[0] for a in answers}          # f1's share served without its daemon
+    assert f1_liveness()["holder"] == "f1"          # kept, not released: f1 still in the farm
+    farm.cluster.start("f1")
+    st = farm.wait_state("f1", "UP", timeout=30)
+    assert st["buckets"] == len(owned)
+    assert farm.ruleset_buckets("f1") == owned
+    assert f1_liveness()["epoch"] >= epoch
+    module_log = farm.cli("f1", "-m", FARM, "log").stdout
+    assert "goes on serving" in module_log and "serving on with" in module_log
+    answers = farm.ask_many(PORT_ON_PORT, 300)
+    assert None not in {a[0] for a in answers}
+    assert farm.cli("f1", "maintenance", "off").returncode == 0
+    wait_until("the holds given back", lambda: "hold_s" not in f1_liveness(), 15)
+    assert farm.complete_on(farm.nodes)

@@ -560,3 +560,19 @@ def test_deterministic(steps):
     _play(a, steps)
     _play(b, steps)
     assert a.scripts == b.scripts and a.vip == b.vip and a.table == b.table
+
+
+def test_an_adopted_node_serves_on_and_decides_only_on_the_first_view():
+    """A daemon restarted in maintenance adopts what its node served: UP at once with
+    those buckets, no script, nothing decided on the empty view; the first view keeps
+    it serving (or swaps to the committed buckets)."""
+    from hacluster.farm.machine import Adopted, FarmMachine, State, View
+    from hacluster.modules.machine import ViewChanged
+    m = FarmMachine("a")
+    out = m.handle(Adopted(frozenset({1, 2, 3})))
+    assert not out.plans and m.state is State.UP
+    same = View(version=4, buckets=frozenset({1, 2, 3}), joined=True, connected=True, intent="start")
+    assert not m.handle(ViewChanged(same)).plans and m.display == (State.UP, "Ready")
+    more = View(version=5, buckets=frozenset({1, 2, 3, 4}), joined=True, connected=True, intent="start")
+    plans = m.handle(ViewChanged(more)).plans
+    assert [type(a).__name__ for p in plans for a in p.actions] == ["SetBuckets"]

@@ -129,3 +129,20 @@ def test_the_holder_gives_up_a_share_of_a_long_hold_for_clock_drift():
     assert holder.valid_until() == 100.0 + 1.2 - 0.3 + 3600.0 * (1 - HOLD_DRIFT)
     holder.drop_extension()
     assert not holder.extended() and holder.valid_until() == 100.0 + 1.2 - 0.3
+
+
+def test_no_node_joins_a_farm_in_cluster_maintenance():
+    """A join moves buckets away from nodes whose daemons may be away, their kernels
+    still accepting those buckets within their hold: refused until maintenance ends."""
+    s = _state()
+    s.install_module("f", "f" * 64, "farm", 10, "a", TIMING.lease_s)
+    for n in ("a", "b"):
+        s.acquire(f"node/{n}", n, TIMING.lease_s)
+    assert s.farm_join("f", "a", 1)["changed"]
+    assert s.set_maintenance(None, 60.0)["ok"]
+    refused = s.farm_join("f", "b", 1)
+    assert not refused["ok"] and "maintenance" in refused["error"]
+    assert s.farm_join("f", "a", 1)["ok"]           # already in, same power: no change
+    assert s.farm_leave("f", "a")["ok"]             # leaving only gives buckets to others
+    assert s.set_maintenance(None, None)["ok"]
+    assert s.farm_join("f", "b", 1)["ok"]
