@@ -23,6 +23,16 @@ def two_holder_state() -> ClusterState:
     return s
 
 
+async def bootstrapped(member: RaftMember, address: str) -> None:
+    """A single voter that leads, with member "a" at ``address`` bootstrapped."""
+    deadline = time.monotonic() + 10
+    while not member.is_leader():
+        assert time.monotonic() < deadline, "a single voter never became leader"
+        await asyncio.sleep(0.02)
+    assert (await asyncio.wrap_future(member.submit(
+        "bootstrap", {"a": {"address": address, "role": "node"}})))["ok"]
+
+
 def test_renew_many_renews_each_lease_as_renew_would():
     s = two_holder_state()
     seq = {r: s.leases[r]["seq"] for r in ("node/a", "vip")}
@@ -55,13 +65,7 @@ def test_a_nodes_leases_renew_in_one_commit_each_interval(tmp_path):
     timing = LeaseTiming(1.0, 0.2)          # renewals every 0.25 s
 
     async def scenario() -> tuple[list[LeaseHolder], float]:
-        deadline = time.monotonic() + 10
-        while not member.is_leader():
-            assert time.monotonic() < deadline, "a single voter never became leader"
-            await asyncio.sleep(0.02)
-        result = await asyncio.wrap_future(member.submit(
-            "bootstrap", {"a": {"address": address, "role": "node"}}))
-        assert result["ok"]
+        await bootstrapped(member, address)
         holders = [LeaseHolder(member, liveness_resource("a"), "a", timing)]
         tasks = [asyncio.create_task(holders[0].run())]
         await asyncio.sleep(0.1)             # out of phase with the first one
@@ -111,12 +115,7 @@ def test_a_renewal_that_fails_fast_is_retried_at_a_bounded_pace(tmp_path):
         return fut
 
     async def scenario() -> tuple[float, bool]:
-        deadline = time.monotonic() + 10
-        while not member.is_leader():
-            assert time.monotonic() < deadline, "a single voter never became leader"
-            await asyncio.sleep(0.02)
-        assert (await asyncio.wrap_future(member.submit(
-            "bootstrap", {"a": {"address": address, "role": "node"}})))["ok"]
+        await bootstrapped(member, address)
         holder = LeaseHolder(member, liveness_resource("a"), "a", timing)
         task = asyncio.create_task(holder.run())
         while not holder.holding():
@@ -154,12 +153,7 @@ def test_a_maintenance_hold_is_asked_kept_while_a_fence_reaches_it_and_dropped(t
     lost: list[str] = []
 
     async def scenario() -> None:
-        deadline = time.monotonic() + 10
-        while not member.is_leader():
-            assert time.monotonic() < deadline, "a single voter never became leader"
-            await asyncio.sleep(0.02)
-        assert (await asyncio.wrap_future(member.submit(
-            "bootstrap", {"a": {"address": address, "role": "node"}})))["ok"]
+        await bootstrapped(member, address)
         assert (await asyncio.wrap_future(member.submit("raise_feature_level", 1)))["ok"]
         holder = LeaseHolder(member, liveness_resource("a"), "a", timing,
                              on_lost=lambda epoch, why: lost.append(why))
