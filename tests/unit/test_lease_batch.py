@@ -116,6 +116,7 @@ def test_a_renewal_that_fails_fast_is_retried_at_a_bounded_pace(tmp_path):
 
     async def scenario() -> tuple[float, bool]:
         await bootstrapped(member, address)
+        deadline = time.monotonic() + 10
         holder = LeaseHolder(member, liveness_resource("a"), "a", timing)
         task = asyncio.create_task(holder.run())
         while not holder.holding():
