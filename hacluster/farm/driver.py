@@ -200,6 +200,11 @@ class FarmModule(ModuleRuntime):
         if action == "swap":
             self._module_log(f"checker {cause}: swap ignored (a farm module has no primary)")
             return
+        if action != RESUME and self._read_slice().maintenance:
+            log.warning("event=checker_action_ignored module=%s action=%s cause=%s reason=%r",
+                        self.name, action, cause, "maintenance")
+            self._module_log(f"checker {cause}: {action} ignored: the module is in maintenance")
+            return
         out = self.feed(fm.CheckerUp(cause) if action == RESUME else fm.CheckerDown(cause, action))
         if out.refused:
             log.warning("event=checker_action_refused module=%s action=%s cause=%s reason=%r",
