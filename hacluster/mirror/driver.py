@@ -57,10 +57,10 @@ PROCESS_STOP_S = 15.0
 # replication.mount.unmount at its worst: fusermount -u, then -u -z, then umount -l,
 # 10 s each.
 UNMOUNT_WORST_S = 30.0
-PEER_LOST_RETRY_S = 5.0
+PEER_LOST_RETRY_S = 5.0     # below the mount's hook timeout (replication.hook_client, 10 s)
 # A daemon stopping in maintenance waits this long at most for its mounts to confirm
 # their maintenance hold (each reports once a second: replication.hook_client).
-MOUNT_HOLD_WAIT_S = 2.5     # below the mount's hook timeout (replication.hook_client, 10 s)
+MOUNT_HOLD_WAIT_S = 2.5
 
 
 def mirror_stop_time_s(scripts_timeout_s: float, directories: int) -> float:
@@ -311,15 +311,23 @@ class MirrorModule(ModuleRuntime):
                 for i, d in enumerate(self.config.rfs.dirs)]
         if not all(pids):
             return False
-        self._adopting = epoch
-        self._adoption_decided = asyncio.Event()
         for i, (d, pid) in enumerate(zip(self.config.rfs.dirs, pids, strict=True)):
             assert pid is not None
             p = _Proc("mount", self.real_dir(d), [], self.log_dir / f"mount{i}.log",
                       self.host.config.log_max_bytes, self.log_keep)
-            p.adopt(pid, lambda reason: self._died(reason))
+            try:
+                p.adopt(pid, lambda reason: self._died(reason))
+            except ProcessLookupError:
+                # it ended meanwhile: no session to adopt; the others are stopped, and
+                # the leftovers handled as after a crash
+                log.warning("event=adoption_failed module=%s epoch=%d reason=%r", self.name,
+                            epoch, f"mount {pid} ended before it was adopted")
+                await self._stop_mounts(kill=True)
+                return False
             self.mounts.append(p)
             self._mount_hold[pid] = math.inf     # what the daemon before gave: until it reports
+        self._adopting = epoch
+        self._adoption_decided = asyncio.Event()
         log.info("event=adopting module=%s node=%s epoch=%d mounts=%s", self.name, self.node,
                  epoch, ",".join(str(p) for p in pids))
         self._module_log(f"daemon restarted in maintenance: adopting the running primary "
