@@ -56,6 +56,47 @@ from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, Op
 
 log = logging.getLogger("replication.fuse")
 
+# libfuse 3's capability bits (fuse_common.h), named in the init log line.
+FUSE_CAPS = {
+    "async_read": 1 << 0, "posix_locks": 1 << 1, "atomic_o_trunc": 1 << 3,
+    "export_support": 1 << 4, "dont_mask": 1 << 6, "splice_write": 1 << 7,
+    "splice_move": 1 << 8, "splice_read": 1 << 9, "flock_locks": 1 << 10,
+    "ioctl_dir": 1 << 11, "auto_inval_data": 1 << 12, "readdirplus": 1 << 13,
+    "readdirplus_auto": 1 << 14, "async_dio": 1 << 15, "writeback_cache": 1 << 16,
+    "no_open_support": 1 << 17, "parallel_dirops": 1 << 18, "posix_acl": 1 << 19,
+    "handle_killpriv": 1 << 20, "cache_symlinks": 1 << 23, "no_opendir_support": 1 << 24,
+    "explicit_inval_data": 1 << 25, "expire_only": 1 << 26, "setxattr_ext": 1 << 27,
+}
+# Not asked for: the kernel's writeback cache (docs/DESIGN.md, "The replication
+# channel"). A write-back that fails here (ENOSPC, EIO) leaves the application's
+# bytes in the kernel's page cache, clean and readable, and the file's size as the
+# kernel computed it (with the writeback cache the kernel's size is authoritative:
+# it ignores the size our getattr reports), while neither disk holds them; dropping
+# those pages needs an inode invalidation sent from another thread after the reply
+# (from the write handler it deadlocks on the pages under write-back), and the size
+# cannot be taken back at all. That explains the copies a chaos check found differing
+# after disk-full-primary with it on (7f552d9); not those after disk-full-secondary and
+# failover-during-reintegration, which are still unexplained.
+FUSE_CAP_WRITEBACK_CACHE = FUSE_CAPS["writeback_cache"]
+
+
+def caps_named(mask: int) -> str:
+    """``mask`` as capability names joined by '+' (unknown bits in hex)."""
+    names = [name for name, bit in FUSE_CAPS.items() if mask & bit]
+    rest = mask & ~sum(FUSE_CAPS.values())
+    return "+".join(names + ([hex(rest)] if rest else [])) or "none"
+
+
+def negotiated_of(conn: Any) -> dict[str, Any]:
+    """What libfuse's ``fuse_conn_info`` holds at init (before libfuse clamps
+    max_write to its buffer): protocol, sizes, capabilities offered and wanted."""
+    return {"proto": f"{conn.proto_major}.{conn.proto_minor}",
+            "max_write": conn.max_write, "max_read": conn.max_read,
+            "max_readahead": conn.max_readahead, "max_background": conn.max_background,
+            "congestion_threshold": conn.congestion_threshold,
+            "capable": caps_named(conn.capable), "want": caps_named(conn.want)}
+
+
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -214,6 +255,7 @@ class ReplicatedFS:
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
+        self.negotiated: dict[str, Any] = {}
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
@@ -367,6 +409,15 @@ class ReplicatedFS:
         return self._submit([self._times_op(rel, os.fstat(h.fd))])
 
     # ---- lifecycle ------------------------------------------------------------
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's init: record what the kernel and libfuse offer (one log line,
+        and ``negotiated`` for tests and benchmarks). The kernel's writeback cache
+        is deliberately not asked for (see FUSE_CAP_WRITEBACK_CACHE above)."""
+        if conn is not None:
+            self.negotiated = negotiated_of(conn)
+            log.info("event=fuse_init %s", " ".join(f"{k}={v}" for k, v in self.negotiated.items()))
+        self.init("/")
+
     def init(self, path: str) -> None:
         if self._ready is not None:
             self._ready()

@@ -1,0 +1,35 @@
+"""The FUSE layer's init: what it records of libfuse's offer, and what it asks for."""
+from types import SimpleNamespace
+
+from replication.fuse_fs import (FUSE_CAP_WRITEBACK_CACHE, FUSE_CAPS, ReplicatedFS, caps_named,
+                                 negotiated_of)
+
+
+def _conn(capable: int, want: int) -> SimpleNamespace:
+    return SimpleNamespace(proto_major=7, proto_minor=41, max_write=1 << 20, max_read=0,
+                           max_readahead=131072, max_background=12, congestion_threshold=9,
+                           capable=capable, want=want)
+
+
+def test_caps_named_lists_known_bits_and_shows_unknown_ones_in_hex() -> None:
+    assert caps_named(0) == "none"
+    assert caps_named(FUSE_CAPS["async_read"] | FUSE_CAPS["splice_read"]) == "async_read+splice_read"
+    assert caps_named(FUSE_CAPS["async_read"] | 1 << 30) == "async_read+0x40000000"
+
+
+def test_negotiated_of_reads_sizes_and_capabilities() -> None:
+    got = negotiated_of(_conn(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAPS["async_read"],
+                              FUSE_CAPS["async_read"]))
+    assert got == {"proto": "7.41", "max_write": 1 << 20, "max_read": 0, "max_readahead": 131072,
+                   "max_background": 12, "congestion_threshold": 9,
+                   "capable": "async_read+writeback_cache", "want": "async_read"}
+
+
+def test_init_records_the_offer_never_asks_for_the_writeback_cache_and_reports_ready() -> None:
+    ready = []
+    fs = ReplicatedFS(-1, SimpleNamespace(), ready=lambda: ready.append(True))
+    conn = _conn(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAPS["async_read"], FUSE_CAPS["async_read"])
+    fs.init_with_config(conn, None)
+    assert not conn.want & FUSE_CAP_WRITEBACK_CACHE
+    assert fs.negotiated["capable"] == "async_read+writeback_cache"
+    assert ready == [True]
