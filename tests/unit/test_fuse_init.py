@@ -1,6 +1,8 @@
 """The FUSE layer's init: what it records of libfuse's offer, and what it asks for."""
 from types import SimpleNamespace
 
+import pytest
+
 from replication.fuse_fs import (FUSE_CAP_WRITEBACK_CACHE, FUSE_CAPS, ReplicatedFS, caps_named,
                                  negotiated_of)
 
@@ -33,3 +35,23 @@ def test_init_records_the_offer_never_asks_for_the_writeback_cache_and_reports_r
     assert not conn.want & FUSE_CAP_WRITEBACK_CACHE
     assert fs.negotiated["capable"] == "async_read+writeback_cache"
     assert ready == [True]
+
+
+def test_a_trusting_primary_drops_auto_inval_data_the_default_and_the_read_only_view_keep_it() -> None:
+    offer = FUSE_CAPS["auto_inval_data"] | FUSE_CAPS["async_read"]
+    primary = ReplicatedFS(-1, SimpleNamespace(), trust_page_cache=True)
+    conn = _conn(offer, offer)
+    primary.init_with_config(conn, None)
+    assert conn.want == FUSE_CAPS["async_read"]         # auto_inval_data off
+
+    view = ReplicatedFS(-1, SimpleNamespace(), read_only=True)
+    conn = _conn(offer, offer)
+    view.init_with_config(conn, None)
+    assert conn.want == offer                             # libfuse's default kept
+
+    untrusting = ReplicatedFS(-1, SimpleNamespace())                   # the default
+    conn = _conn(offer, offer)
+    untrusting.init_with_config(conn, None)
+    assert conn.want == offer
+    with pytest.raises(ValueError, match="receiver writes underneath"):
+        ReplicatedFS(-1, SimpleNamespace(), read_only=True, trust_page_cache=True)
