@@ -47,6 +47,7 @@ import os
 import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Protocol
@@ -860,6 +861,37 @@ def fuse_mount_at(path: str) -> str | None:
     return found
 
 
+# The mount's readahead (the kernel gives a FUSE mount 128 KiB and libfuse can only
+# lower it at init): 1 MiB, matching the 1 MiB requests. Sequential reads through
+# the mount with the file's pages not cached here (the backing file's cached):
+# 1.6-1.9 GB/s at 128 KiB, 2.4-3.5 GB/s at 1 MiB; random 8 KiB reads unchanged.
+READ_AHEAD_KB = 1024
+
+
+def set_read_ahead(root: str, kb: int = READ_AHEAD_KB, timeout: float = 10.0) -> bool:
+    """Set the readahead of the FUSE mount on ``root`` once it is live (its INIT
+    answered: the kernel sets the readahead from libfuse's answer, so an earlier
+    write would be lowered again). Runs beside the serving loop; False (logged)
+    when the mount or its /sys/class/bdi entry is not there."""
+    deadline = time.monotonic() + timeout
+    dev = fuse_mount_at(root)
+    while dev is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        dev = fuse_mount_at(root)
+    if dev is None:
+        log.warning("event=read_ahead_not_set root=%s reason=%r", root, "not mounted")
+        return False
+    try:
+        os.stat(root)   # answered only after INIT: from then on the value stays
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.warning("event=read_ahead_not_set root=%s dev=%s reason=%r", root, dev, str(e))
+        return False
+    log.info("event=read_ahead_set root=%s dev=%s kb=%d", root, dev, kb)
+    return True
+
+
 _fuse_cls = None
 
 
@@ -937,6 +969,8 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
         # stays right across opens and reads of cached pages never reach us. Not on
         # the secondary's read-only view: its receiver writes underneath.
         extra = {} if read_only else {"kernel_cache": True}
+        threading.Thread(target=set_read_ahead, args=(root,), name="fuse-read-ahead",
+                         daemon=True).start()
         fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
                  hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
                  fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster",

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replication.applier import Applier
-from replication.fuse_fs import RENAME_EXCHANGE, RENAME_NOREPLACE, fuse_mount_at
+from replication.fuse_fs import READ_AHEAD_KB, RENAME_EXCHANGE, RENAME_NOREPLACE, fuse_mount_at
 from replication.mount import mount_in_process, mount_in_thread, unmount
 from replication.ops import FSYNC_DATASYNC, WRITE_SETS_TIMES, Op, OpKind
 
@@ -543,6 +544,21 @@ def test_reads_through_the_page_cache_see_every_change_made_through_the_mount(fs
     finally:
         os.close(reader)
     assert_same_tree(tree(fs.under), tree(fs.mirror))
+
+
+def test_the_mount_reads_ahead_1_mib(fs):
+    fs.mount(MirrorReplicator(fs.mirror))
+    bdi = pathlib.Path(f"/sys/class/bdi/{fuse_mount_at(fs.root)}/read_ahead_kb")
+    deadline = time.monotonic() + 10
+    while bdi.read_text().strip() != str(READ_AHEAD_KB) and time.monotonic() < deadline:
+        time.sleep(0.01)    # set beside the serving loop, once INIT was answered
+    assert bdi.read_text().strip() == str(READ_AHEAD_KB) == "1024"
+    data = os.urandom(3 << 20)
+    with open(fs.p("f"), "wb") as f:
+        f.write(data)
+    with open(fs.p("f"), "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert f.read() == data
 
 
 @pytest.mark.xfail(strict=True, reason="known, not fixed: libfuse's high-level API gives each name "
