@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium qemu-system-x86 busybox-static linux-image-amd64
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium qemu-system-x86 busybox-static linux-image-amd64 gcc pkg-config libfuse3-dev
 STAMP := $(VENV)/.installed
 
 # A server install (as root): the product in a virtualenv, its command linked into

@@ -4,8 +4,8 @@ import logging
 import os
 import sys
 
-BENCHES = ("raft", "replication", "replication-profile", "failover", "keepalived", "farm", "checkers", "idle-profile",
-           "idle-floor", "pgbench", "vm")
+BENCHES = ("raft", "replication", "replication-profile", "native-passthrough", "failover", "keepalived",
+           "farm", "checkers", "idle-profile", "idle-floor", "pgbench", "vm")
 
 
 def main() -> int:
@@ -66,6 +66,9 @@ def main() -> int:
             run(tree_mb=args.tree_mb)
     elif args.name == "replication-profile":
         from .replication_profile import run
+        run()
+    elif args.name == "native-passthrough":
+        from .native_passthrough import run
         run()
     elif args.name == "failover" and args.workload == "pg":
         from .failover_pg_bench import run

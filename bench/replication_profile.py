@@ -1,7 +1,9 @@
 """Where the time goes in the replicated write path: py-spy samples the mount
 (primary) and receiver processes while a workload runs through the mount,
 and the hottest functions (own time, and time including callees) are printed
-for each. ``python -m bench replication-profile`` (needs py-spy in the venv).
+for each: 4 KiB write + fsync, 1 MiB sequential writes, small files (create +
+4 KiB write + close). ``python -m bench replication-profile`` (needs py-spy in
+the venv: ``pip install py-spy``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from chaos.lab import Lab
 from chaos.replication_pair import ReplicationPair
 
-from .replication_bench import sync_4k
+from .replication_bench import small_files, sync_4k
 from .replication_seq import seq_write
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -59,7 +61,8 @@ def run(seconds: float = 8.0) -> None:
                 pair.start_receiver()
                 pair.start_mount()
                 for name, work in (("sync_4k", lambda: sync_4k(pair.prim, 200)),
-                                   ("seq_write", lambda: seq_write(pair.prim, 128))):
+                                   ("seq_write", lambda: seq_write(pair.prim, 128)),
+                                   ("small_files", lambda: small_files(pair.prim, 300))):
                     outs = {role: base / f"{name}-{role}.raw" for role in ("mount", "receiver")}
                     spies = [record(pair.mount.pid, seconds, outs["mount"]),
                              record(pair.receiver.pid, seconds, outs["receiver"])]

@@ -47,6 +47,7 @@ import os
 import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Protocol
@@ -55,6 +56,47 @@ from .ordering_lock import OrderingLock
 from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
 
 log = logging.getLogger("replication.fuse")
+
+# libfuse 3's capability bits (fuse_common.h), named in the init log line.
+FUSE_CAPS = {
+    "async_read": 1 << 0, "posix_locks": 1 << 1, "atomic_o_trunc": 1 << 3,
+    "export_support": 1 << 4, "dont_mask": 1 << 6, "splice_write": 1 << 7,
+    "splice_move": 1 << 8, "splice_read": 1 << 9, "flock_locks": 1 << 10,
+    "ioctl_dir": 1 << 11, "auto_inval_data": 1 << 12, "readdirplus": 1 << 13,
+    "readdirplus_auto": 1 << 14, "async_dio": 1 << 15, "writeback_cache": 1 << 16,
+    "no_open_support": 1 << 17, "parallel_dirops": 1 << 18, "posix_acl": 1 << 19,
+    "handle_killpriv": 1 << 20, "cache_symlinks": 1 << 23, "no_opendir_support": 1 << 24,
+    "explicit_inval_data": 1 << 25, "expire_only": 1 << 26, "setxattr_ext": 1 << 27,
+}
+# Not asked for: the kernel's writeback cache (docs/DESIGN.md, "The replication
+# channel"). A write-back that fails here (ENOSPC, EIO) leaves the application's
+# bytes in the kernel's page cache, clean and readable, and the file's size as the
+# kernel computed it (with the writeback cache the kernel's size is authoritative:
+# it ignores the size our getattr reports), while neither disk holds them; dropping
+# those pages needs an inode invalidation sent from another thread after the reply
+# (from the write handler it deadlocks on the pages under write-back), and the size
+# cannot be taken back at all. That explains the copies a chaos check found differing
+# after disk-full-primary with it on (7f552d9); not those after disk-full-secondary and
+# failover-during-reintegration, which are still unexplained.
+FUSE_CAP_WRITEBACK_CACHE = FUSE_CAPS["writeback_cache"]
+
+
+def caps_named(mask: int) -> str:
+    """``mask`` as capability names joined by '+' (unknown bits in hex)."""
+    names = [name for name, bit in FUSE_CAPS.items() if mask & bit]
+    rest = mask & ~sum(FUSE_CAPS.values())
+    return "+".join(names + ([hex(rest)] if rest else [])) or "none"
+
+
+def negotiated_of(conn: Any) -> dict[str, Any]:
+    """What libfuse's ``fuse_conn_info`` holds at init (before libfuse clamps
+    max_write to its buffer): protocol, sizes, capabilities offered and wanted."""
+    return {"proto": f"{conn.proto_major}.{conn.proto_minor}",
+            "max_write": conn.max_write, "max_read": conn.max_read,
+            "max_readahead": conn.max_readahead, "max_background": conn.max_background,
+            "congestion_threshold": conn.congestion_threshold,
+            "capable": caps_named(conn.capable), "want": caps_named(conn.want)}
+
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -202,18 +244,24 @@ class ReplicatedFS:
     def __init__(self, root_fd: int, replicator: Replicator, *, read_only: bool = False,
                  ready: Callable[[], None] | None = None,
                  lock: OrderingLock | _ExclusiveOnly | None = None,
-                 context: Callable[[], tuple[int, int, int]] | None = None) -> None:
+                 context: Callable[[], tuple[int, int, int]] | None = None,
+                 trust_page_cache: bool | None = None) -> None:
         """``context()`` gives the calling process's (uid, gid, pid) (libfuse's
-        fuse_get_context when mounted)."""
+        fuse_get_context when mounted). ``trust_page_cache`` (off by default; never
+        on the read-only view): see ``init_with_config``."""
         self._root = root_fd
         self._rep = replicator
         self.read_only = read_only
+        self.trust_page_cache = bool(trust_page_cache)
+        if self.trust_page_cache and read_only:
+            raise ValueError("the read-only view cannot trust its page cache: the receiver writes underneath")
         self._ready = ready
         self._lock = lock if lock is not None else ordering_lock_for(replicator)
         self._ilocks = _InodeLocks()
         self._handles: dict[int, _Handle] = {}
         self._next_fh = itertools.count(1)
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
+        self.negotiated: dict[str, Any] = {}
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
@@ -367,6 +415,33 @@ class ReplicatedFS:
         return self._submit([self._times_op(rel, os.fstat(h.fd))])
 
     # ---- lifecycle ------------------------------------------------------------
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's init: record what the kernel and libfuse offer (one log line,
+        and ``negotiated`` for tests and benchmarks). The kernel's writeback cache
+        is deliberately not asked for (see FUSE_CAP_WRITEBACK_CACHE above).
+
+        With ``trust_page_cache`` (for a primary: every change to the directory comes
+        through this mount, as kernel_cache already assumes) libfuse's default
+        auto_inval_data is turned off. With it the kernel asks for the attributes
+        before a read that follows a write, sees the mtime our own write moved, and
+        drops the file's whole page cache: reads after writes (a database's pages,
+        its WAL at recovery) went back to user space. Without it the cache stays;
+        it stays right because writes through the mount update the cached pages
+        (a failed or short write un-caches the pages it touched, in the kernel),
+        and a size change the kernel did not make still drops them. NOT the default
+        yet, because of hard links: libfuse's high-level API gives each *name* its
+        own kernel inode, so a write through one name leaves the other name's
+        cached pages stale; auto_inval_data bounds that to attr_timeout (1 s),
+        without it the staleness lasts until the kernel drops that inode
+        (tests/lab/test_fuse_fs.py shows both). Measured on a warm 64 MiB file,
+        one 8 KiB write + four 8 KiB reads: 8.4k/s trusted vs 2.9k/s default."""
+        if conn is not None and self.trust_page_cache:
+            conn.want &= ~FUSE_CAPS["auto_inval_data"]
+        if conn is not None:
+            self.negotiated = negotiated_of(conn)
+            log.info("event=fuse_init %s", " ".join(f"{k}={v}" for k, v in self.negotiated.items()))
+        self.init("/")
+
     def init(self, path: str) -> None:
         if self._ready is not None:
             self._ready()
@@ -786,6 +861,37 @@ def fuse_mount_at(path: str) -> str | None:
     return found
 
 
+# The mount's readahead (the kernel gives a FUSE mount 128 KiB and libfuse can only
+# lower it at init): 1 MiB, matching the 1 MiB requests. Sequential reads through
+# the mount with the file's pages not cached here (the backing file's cached):
+# 1.6-1.9 GB/s at 128 KiB, 2.4-3.5 GB/s at 1 MiB; random 8 KiB reads unchanged.
+READ_AHEAD_KB = 1024
+
+
+def set_read_ahead(root: str, kb: int = READ_AHEAD_KB, timeout: float = 10.0) -> bool:
+    """Set the readahead of the FUSE mount on ``root`` once it is live (its INIT
+    answered: the kernel sets the readahead from libfuse's answer, so an earlier
+    write would be lowered again). Runs beside the serving loop; False (logged)
+    when the mount or its /sys/class/bdi entry is not there."""
+    deadline = time.monotonic() + timeout
+    dev = fuse_mount_at(root)
+    while dev is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+        dev = fuse_mount_at(root)
+    if dev is None:
+        log.warning("event=read_ahead_not_set root=%s reason=%r", root, "not mounted")
+        return False
+    try:
+        os.stat(root)   # answered only after INIT: from then on the value stays
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.warning("event=read_ahead_not_set root=%s dev=%s reason=%r", root, dev, str(e))
+        return False
+    log.info("event=read_ahead_set root=%s dev=%s kb=%d", root, dev, kb)
+    return True
+
+
 _fuse_cls = None
 
 
@@ -840,13 +946,15 @@ def _fuse_class():
 
 def serve(root: str, replicator: Replicator, *, read_only: bool = False,
           ready: Callable[[], None] | None = None,
-          lock: OrderingLock | None = None, max_threads: int = 16) -> None:
+          lock: OrderingLock | None = None, max_threads: int = 16,
+          trust_page_cache: bool | None = None) -> None:
     """Mount the replicating file system over ``root`` and serve it until unmounted.
 
     Blocks (multithreaded libfuse loop). ``ready`` is called once the kernel has
     connected (the mount is live). ``read_only`` mounts a read-only view (EROFS for
     every change) for the secondary; ``max_threads`` bounds libfuse's worker
-    threads (operations in flight at once). Raises if ``root`` already has a FUSE mount
+    threads (operations in flight at once); ``trust_page_cache``: see
+    ReplicatedFS.init_with_config (off by default). Raises if ``root`` already has a FUSE mount
     on it or the mount fails."""
     fuse_cls = _fuse_class()
     root = mount_point_path(root)
@@ -855,12 +963,14 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # before the mount hides it
     try:
         fs = ReplicatedFS(root_fd, replicator, read_only=read_only, ready=ready, lock=lock,
-                          context=fuse_cls.get_context)
+                          context=fuse_cls.get_context, trust_page_cache=trust_page_cache)
         # kernel_cache on the primary: every change to the directory goes through
         # this mount (the primary is its only writer), so the kernel's page cache
         # stays right across opens and reads of cached pages never reach us. Not on
         # the secondary's read-only view: its receiver writes underneath.
         extra = {} if read_only else {"kernel_cache": True}
+        threading.Thread(target=set_read_ahead, args=(root,), name="fuse-read-ahead",
+                         daemon=True).start()
         fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
                  hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
                  fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster",

@@ -137,7 +137,8 @@ def _wait_ready(ready: Callable[[], bool], failed: Callable[[], str | None], tim
 
 
 def mount_in_thread(root: str, replicator: Replicator, *, read_only: bool = False,
-                    lock: OrderingLock | None = None, timeout: float = 10.0) -> ThreadMount:
+                    lock: OrderingLock | None = None, timeout: float = 10.0,
+                    trust_page_cache: bool | None = None) -> ThreadMount:
     """Serve ``root`` from a daemon thread of this process (tests, tools).
 
     This process must not mmap files of the mount: a page fault taken while
@@ -149,7 +150,8 @@ def mount_in_thread(root: str, replicator: Replicator, *, read_only: bool = Fals
 
     def run() -> None:
         try:
-            serve(root, replicator, read_only=read_only, ready=ready.set, lock=lock)
+            serve(root, replicator, read_only=read_only, ready=ready.set, lock=lock,
+                  trust_page_cache=trust_page_cache)
         except BaseException as e:  # noqa: BLE001 - reported to the caller below
             errors.append(e)
             log.error("event=fuse_serve_failed root=%s error=%r", root, e)
@@ -167,10 +169,11 @@ def mount_in_thread(root: str, replicator: Replicator, *, read_only: bool = Fals
 
 
 def _child_main(root: str, factory: Callable[..., Replicator], args: tuple, read_only: bool,
-                conn) -> None:
+                conn, trust_page_cache: bool | None = None) -> None:
     try:
         replicator = factory(*args)
-        serve(root, replicator, read_only=read_only, ready=lambda: conn.send("ready"))
+        serve(root, replicator, read_only=read_only, ready=lambda: conn.send("ready"),
+              trust_page_cache=trust_page_cache)
     except BaseException as e:
         try:
             conn.send(f"error: {e!r}")
@@ -180,7 +183,8 @@ def _child_main(root: str, factory: Callable[..., Replicator], args: tuple, read
 
 
 def mount_in_process(root: str, replicator_factory: Callable[..., Replicator], args: tuple = (), *,
-                     read_only: bool = False, timeout: float = 20.0) -> ProcessMount:
+                     read_only: bool = False, timeout: float = 20.0,
+                     trust_page_cache: bool | None = None) -> ProcessMount:
     """Serve ``root`` from a child process (spawned, so no threads are inherited).
 
     ``replicator_factory(*args)`` builds the replicator inside the child: it and
@@ -188,7 +192,8 @@ def mount_in_process(root: str, replicator_factory: Callable[..., Replicator], a
     root = mount_point_path(root)
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=_child_main, args=(root, replicator_factory, args, read_only, child_conn),
+    p = ctx.Process(target=_child_main, args=(root, replicator_factory, args, read_only, child_conn,
+                                              trust_page_cache),
                     name=f"fuse:{root}", daemon=True)
     p.start()
     child_conn.close()
