@@ -174,7 +174,8 @@ def test_a_new_version_of_the_scripts_rolls_node_by_node_with_the_application_se
     m.wait_state("n2", "PRIM", timeout=60)
     m.wait_state("n1", "SECOND", timeout=60)
     m.cli("n1", "-m", MODULE, "stop", check=True)
-    wait_until("the new version is the module's", lambda: _module_row(m, "n1")["digest"] == new_digest, 30)
+    wait_until("the new version is the module's, installed on n1", lambda: (
+        _module_row(m, "n1")["digest"] == new_digest and runs("n1") == new_digest), 30)
     assert _module_row(m, "n1")["staged"] is None and version_file("n1").exists()
     m.cli("n1", "-m", MODULE, "start", check=True)
     m.wait_state("n1", "SECOND", timeout=60)
