@@ -31,6 +31,7 @@ import psutil
 from .lab import NSENTER, Lab, LabProcess, wait_until
 from .lab_cluster import LabCluster
 from .lab_mirror import MirrorLab
+from .module_template import copied_template, set_user_vars, write_userconfig
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "modules" / "postgresql"
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -175,17 +176,7 @@ def write_pg_module(folder: Path, vip: str, *, datadir: str = DATADIR, port: int
     """A copy of the template with these values in its userconfig.xml (the scripts are
     the template's, unchanged). ``clients``: networks trusted without a password (the
     lab's); ``servers``/``flow_servers``: as for the kv module."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.copytree(template, folder)
-    path = folder / "conf" / "userconfig.xml"
-    root = ET.fromstring(path.read_bytes())
-    service = root.find("service")
-    service.set("scripts_timeout", "120s")
-    service.find("vip").find(".//virtual_addr").set("addr", vip)
-    rfs = service.find("rfs")
-    rfs.set("ack_timeout", f"{ack_timeout_s}s")
-    rfs.find("replicated").set("dir", datadir)
+    path, root, service = copied_template(folder, template, vip, datadir, ack_timeout_s)
     heart = service.find("heart")
     if heart is None and (servers or flow_servers):
         heart = ET.Element("heart")        # the template has none: first, as in SafeKit's order
@@ -195,17 +186,10 @@ def write_pg_module(folder: Path, vip: str, *, datadir: str = DATADIR, port: int
             hb = ET.SubElement(heart, "heartbeat", {"name": name, **({"ident": ident} if ident else {})})
             for a in addrs:
                 ET.SubElement(hb, "server", {"addr": a})
-    values = {"PG_DIR": datadir, "PG_PORT": str(port), "PG_CLIENTS": clients,
-              "PG_CLIENT_AUTH": "trust", "PG_BIN": PG_BIN,
-              "PG_OPTIONS": LAB_PG_OPTIONS,
-              **(extra_vars or {})}
-    user = service.find("user")
-    for var in user.findall("var"):
-        if var.get("name") in values:
-            var.set("value", values.pop(var.get("name")))
-    for name, value in values.items():
-        ET.SubElement(user, "var", {"name": name, "value": value})
-    path.write_bytes(b"<!DOCTYPE safe>\n" + ET.tostring(root))
+    set_user_vars(service, {"PG_DIR": datadir, "PG_PORT": str(port), "PG_CLIENTS": clients,
+                            "PG_CLIENT_AUTH": "trust", "PG_BIN": PG_BIN,
+                            "PG_OPTIONS": LAB_PG_OPTIONS, **(extra_vars or {})})
+    write_userconfig(path, root)
     return folder
 
 

@@ -10,16 +10,15 @@ guest outside the cluster, the benches' baseline).
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 from .lab import Lab, LabProcess, wait_until
 from .lab_cluster import LabCluster
 from .lab_mirror import MirrorLab
+from .module_template import copied_template, set_user_vars, write_userconfig
 from .vm_guest import GUEST_FILES, GUEST_PORT, build_guest, parse_records
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "modules" / "vm"
@@ -32,23 +31,10 @@ def write_vm_module(folder: Path, vip: str, *, datadir: str = DATADIR, ack_timeo
                     stop_timeout_s: float = 5.0, template: Path = TEMPLATE) -> Path:
     """A copy of the template with these values in its userconfig.xml (the scripts are
     the template's, unchanged). The watcher reports through this interpreter's CLI."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    shutil.copytree(template, folder)
-    path = folder / "conf" / "userconfig.xml"
-    root = ET.fromstring(path.read_bytes())
-    service = root.find("service")
-    service.set("scripts_timeout", "120s")
-    service.find("vip").find(".//virtual_addr").set("addr", vip)
-    rfs = service.find("rfs")
-    rfs.set("ack_timeout", f"{ack_timeout_s}s")
-    rfs.find("replicated").set("dir", datadir)
-    values = {"VM_DIR": datadir, "VM_STOP_TIMEOUT": f"{stop_timeout_s:g}",
-              "VM_CLI": f"{sys.executable} -m hacluster"}
-    for var in service.find("user").findall("var"):
-        if var.get("name") in values:
-            var.set("value", values[var.get("name")])
-    path.write_bytes(b"<!DOCTYPE safe>\n" + ET.tostring(root))
+    path, root, service = copied_template(folder, template, vip, datadir, ack_timeout_s)
+    set_user_vars(service, {"VM_DIR": datadir, "VM_STOP_TIMEOUT": f"{stop_timeout_s:g}",
+                            "VM_CLI": f"{sys.executable} -m hacluster"})
+    write_userconfig(path, root)
     return folder
 
 
