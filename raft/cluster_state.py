@@ -49,7 +49,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from typing import Any
+from typing import Any, Mapping
 
 from . import replication_ports as rp
 from .bucket_allocator import BUCKETS, allocate_with_homes
@@ -80,6 +80,18 @@ def liveness_resource(name: str) -> str:
 
 def mirror_resource(module: str) -> str:
     return MIRROR_PREFIX + module
+
+
+def maintenance_hold_of(maintenance: Mapping[str, Any], resource: str) -> float | None:
+    """The hold a renewal of ``resource`` gets under ``maintenance`` (the state's
+    section, or a snapshot's): the module's for its mirror lease, the cluster's for
+    every lease, the larger of both; None when neither is on."""
+    holds = [] if maintenance.get("cluster") is None else [maintenance["cluster"]]
+    if resource.startswith(MIRROR_PREFIX):
+        hold = (maintenance.get("modules") or {}).get(resource[len(MIRROR_PREFIX):])
+        if hold is not None:
+            holds.append(hold)
+    return max(holds) if holds else None
 
 
 def empty_farm() -> dict[str, Any]:
@@ -140,17 +152,8 @@ class ClusterState:
         return lease["holder"] if lease else None
 
     def maintenance_hold(self, resource: str) -> float | None:
-        """How long a renewal of ``resource`` may be extended now (``renew_many``):
-        the module's maintenance hold for its mirror lease, the cluster's for every
-        lease; None when neither is on."""
-        holds = []
-        if "cluster" in self.maintenance:
-            holds.append(self.maintenance["cluster"])
-        if resource.startswith(MIRROR_PREFIX):
-            hold = self.maintenance.get("modules", {}).get(resource[len(MIRROR_PREFIX):])
-            if hold is not None:
-                holds.append(hold)
-        return max(holds) if holds else None
+        """How long a renewal of ``resource`` may be extended now (``renew_many``)."""
+        return maintenance_hold_of(self.maintenance, resource)
 
     def in_maintenance(self, module: str | None = None) -> bool:
         """The cluster, or ``module``, is in maintenance (cluster-wide counts for every module)."""

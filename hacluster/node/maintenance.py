@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from raft.cluster_state import MIRROR_PREFIX
+from raft.cluster_state import maintenance_hold_of
 
 __all__ = ["MaintenanceView"]
 
@@ -29,13 +29,8 @@ class MaintenanceView:
                    dict(m.get("modules") or {}))
 
     def hold(self, resource: str) -> float | None:
-        """The hold a renewal of ``resource`` asks for now (as ClusterState.maintenance_hold)."""
-        holds = [] if self.cluster is None else [self.cluster]
-        if resource.startswith(MIRROR_PREFIX):
-            module = self.modules.get(resource[len(MIRROR_PREFIX):])
-            if module is not None:
-                holds.append(module)
-        return max(holds) if holds else None
+        """The hold a renewal of ``resource`` asks for now (what Raft grants it)."""
+        return maintenance_hold_of({"cluster": self.cluster, "modules": self.modules}, resource)
 
     def covers(self, module: str) -> bool:
         """``module`` (or the whole cluster) is in maintenance."""
