@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium qemu-system-x86 busybox-static linux-image-amd64 gcc pkg-config libfuse3-dev
+APT_PACKAGES := iproute2 nftables fuse3 iputils-ping arping procps python3-venv rsync curl keepalived postgresql postgresql-contrib chromium qemu-system-x86 busybox-static linux-image-amd64 gcc pkg-config libfuse3-dev python3-dev
 STAMP := $(VENV)/.installed
 
 # A server install (as root): the product in a virtualenv, its command linked into
@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 PREFIX := /opt/hacluster
 SBINDIR := /usr/local/sbin
 # What the product itself needs on a server (the lab and benchmarks need APT_PACKAGES):
-# FUSE for the replicated directories, libnftables for farm traffic sharing.
-RUNTIME_APT_PACKAGES := python3 python3-venv fuse3 nftables iproute2
+# FUSE for the replicated directories, libnftables for farm traffic sharing; a compiler
+# and the headers for replication._dataplane (the FUSE layer's hot requests in C, setup.py).
+RUNTIME_APT_PACKAGES := python3 python3-venv fuse3 nftables iproute2 gcc pkg-config libfuse3-dev python3-dev
 
 .PHONY: test test-unit lint demo demo-coordinator bench chaos chaos-cleanup apt venv clean install uninstall
 

@@ -41,17 +41,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import itertools
 import logging
 import os
 import re
 import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Protocol
 
+from . import native_fuse
 from .ordering_lock import OrderingLock
 from .ops import FSYNC_DATASYNC, UTIME_NOW, UTIME_OMIT, WRITE_SETS_TIMES, Op, OpKind
 
@@ -259,7 +260,6 @@ class ReplicatedFS:
         self._lock = lock if lock is not None else ordering_lock_for(replicator)
         self._ilocks = _InodeLocks()
         self._handles: dict[int, _Handle] = {}
-        self._next_fh = itertools.count(1)
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
         self.negotiated: dict[str, Any] = {}
 
@@ -331,12 +331,15 @@ class ReplicatedFS:
         return h
 
     def _register(self, fd: int, flags: int, dirty: bool = False) -> int:
+        """The file handle given to the kernel is the descriptor itself: the C
+        read path (replication/native_fuse.py) preads on it without a lookup. A
+        descriptor is unique while open, and is closed only after its handle is
+        dropped (``release``)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
-        fh = next(self._next_fh)
-        self._handles[fh] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty,
+        self._handles[fd] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty,
                                     sync=_sync_mode(flags))
-        return fh
+        return fd
 
     def _data_path(self, path: str | None, h: _Handle) -> str | None:
         """The name to replicate a handle's data op under; None if the inode has no
@@ -448,7 +451,7 @@ class ReplicatedFS:
 
     # ---- reads (straight to the local directory) --------------------------------
     def getattr(self, path: str | None, fh: int | None = None) -> dict:
-        h = self._handles.get(fh) if fh else None
+        h = self._handles.get(fh) if fh is not None else None
         if h is not None:
             st = os.fstat(h.fd)
         else:
@@ -947,16 +950,21 @@ def _fuse_class():
 def serve(root: str, replicator: Replicator, *, read_only: bool = False,
           ready: Callable[[], None] | None = None,
           lock: OrderingLock | None = None, max_threads: int = 16,
-          trust_page_cache: bool | None = None) -> None:
+          trust_page_cache: bool | None = None, native: bool | None = None) -> None:
     """Mount the replicating file system over ``root`` and serve it until unmounted.
 
     Blocks (multithreaded libfuse loop). ``ready`` is called once the kernel has
     connected (the mount is live). ``read_only`` mounts a read-only view (EROFS for
     every change) for the secondary; ``max_threads`` bounds libfuse's worker
     threads (operations in flight at once); ``trust_page_cache``: see
-    ReplicatedFS.init_with_config (off by default). Raises if ``root`` already has a FUSE mount
-    on it or the mount fails."""
+    ReplicatedFS.init_with_config (off by default); ``native``: read and getattr served
+    in C (replication/native_fuse.py; default: when built and not turned off). Raises
+    if ``root`` already has a FUSE mount on it or the mount fails."""
     fuse_cls = _fuse_class()
+    if native is None:
+        native = native_fuse.wanted()
+    elif native and not native_fuse.available():
+        raise RuntimeError(native_fuse.why_unavailable())
     root = mount_point_path(root)
     if fuse_mount_at(root):
         raise RuntimeError(f"{root} already has a FUSE mount on it")
@@ -971,9 +979,19 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
         extra = {} if read_only else {"kernel_cache": True}
         threading.Thread(target=set_read_ahead, args=(root,), name="fuse-read-ahead",
                          daemon=True).start()
-        fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
-                 hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
-                 fsname="hacluster-replica" if read_only else "hacluster", subtype="hacluster",
-                 **extra)
+        with native_fuse.installed(sys.modules["mfusepy"], root_fd) if native \
+                else contextlib.nullcontext(False) as in_c:
+            if in_c:
+                log.info("event=fuse_native ops=%s", ",".join(native_fuse.native_ops()))
+            else:
+                log.info("event=fuse_native ops=none reason=%r", native_fuse.why_unavailable()
+                         or ("another mount of this process has them" if native else "turned off"))
+            fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
+                     hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
+                     fsname="hacluster-replica" if read_only else "hacluster",
+                     subtype="hacluster", **extra)
+            if in_c:
+                log.info("event=fuse_native_served %s",
+                         " ".join(f"{k}={v}" for k, v in sorted(native_fuse.counters().items())))
     finally:
         os.close(root_fd)

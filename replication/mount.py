@@ -138,7 +138,8 @@ def _wait_ready(ready: Callable[[], bool], failed: Callable[[], str | None], tim
 
 def mount_in_thread(root: str, replicator: Replicator, *, read_only: bool = False,
                     lock: OrderingLock | None = None, timeout: float = 10.0,
-                    trust_page_cache: bool | None = None) -> ThreadMount:
+                    trust_page_cache: bool | None = None,
+                    native: bool | None = None) -> ThreadMount:
     """Serve ``root`` from a daemon thread of this process (tests, tools).
 
     This process must not mmap files of the mount: a page fault taken while
@@ -151,7 +152,7 @@ def mount_in_thread(root: str, replicator: Replicator, *, read_only: bool = Fals
     def run() -> None:
         try:
             serve(root, replicator, read_only=read_only, ready=ready.set, lock=lock,
-                  trust_page_cache=trust_page_cache)
+                  trust_page_cache=trust_page_cache, native=native)
         except BaseException as e:  # noqa: BLE001 - reported to the caller below
             errors.append(e)
             log.error("event=fuse_serve_failed root=%s error=%r", root, e)
