@@ -6,33 +6,214 @@
  * took the GIL in mfusepy to do one pread or fstat. Here those requests are served
  * by C functions that libfuse's worker threads call directly, without the GIL.
  *
- * What is here, and nothing more: requests that change nothing. read = pread on the
- * handle's descriptor (the Python layer uses the descriptor itself as the file
- * handle), getattr = fstat on the handle or fstatat under the served directory.
- * Every request that changes something stays in Python (replication/fuse_fs.py),
- * where the ordering, activity-log and barrier rules live, once.
+ * What is here:
+ *  - read = pread on the handle's descriptor (the Python layer uses the descriptor
+ *    itself as the file handle); getattr = fstat on the handle or fstatat under the
+ *    served directory.
+ *  - write, when streamed writes are on (barrier durability): the local pwrite, then
+ *    a record (path, offset, bytes written, the file's times) appended to a queue
+ *    that Python drains into the replication channel (replication/native_fuse.py,
+ *    NativeWrites). Only when every activity-log key the write touches is pinned
+ *    here by Python (it was made durably active there); otherwise, and for a
+ *    path-less or O_SYNC/O_DSYNC write, the request goes to Python's write, which
+ *    applies the activity-log rule and pins the keys for the next writes.
+ * Every other request stays in Python (replication/fuse_fs.py), and so do the rules:
+ * channel order (the queue lock below is taken by Python around its own changes, and
+ * its exclusive ordering lock holds the write lock below), the activity log (what is
+ * pinned, and when a pin ends), barriers and peer loss.
  *
  * The functions are handed to Python as addresses (``addresses()``) and put into
  * libfuse's operations table in place of mfusepy's (replication/native_fuse.py).
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #define FUSE_USE_VERSION 35
-#define _GNU_SOURCE
 #include <fuse.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* The served directory, opened before the mount covered it (-1: not set). */
 static atomic_int root_fd = -1;
 /* Requests served here (for tests and the bench: the C path was taken). */
-static atomic_ullong n_read, n_getattr;
+static atomic_ullong n_read, n_getattr, n_write, n_write_python;
+
+/* ---- streamed writes ------------------------------------------------------------ */
+
+typedef int (*write_fn)(const char *, const char *, size_t, off_t, struct fuse_file_info *);
+
+/* mfusepy's write (into Python), for what is not served here. */
+static write_fn python_write = NULL;
+static atomic_int writes_on = 0;
+static int need_pins = 1;          /* 0: no activity log (a replicator without one) */
+static long long region_size = 1 << 20;
+#define NOTE_REGION (-1LL)        /* activity_log.NOTE: the whole path */
+
+/* Held shared by a C write for its pwrite and queueing; held exclusively by a Python
+ * thread that holds the ordering lock exclusively (ordering_lock.OrderingLock hooks).
+ * Writers preferred: a namespace change is not starved by a stream of writes. */
+static pthread_rwlock_t write_gate;
+/* Guards the queue and the pins. A C write holds it from its pwrite to its queueing,
+ * and Python holds it around its own data changes and their submission: the queue's
+ * order is the order the changes were made to the local directory. */
+static pthread_mutex_t queue_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
+
+typedef struct record {
+    struct record *next;
+    char *path;                   /* relative ("a/b") */
+    long long offset;
+    long long atime_ns, mtime_ns;
+    size_t len;
+    char data[];
+} record;
+
+static record *q_head = NULL, *q_tail = NULL;
+static size_t q_len = 0, q_bytes = 0;
+#define QUEUE_BYTES_MAX (64u << 20)   /* writers wait beyond this (Python drains) */
+
+/* Pinned activity-log keys: (path, region) -> last use. A chained hash table. */
+typedef struct pin {
+    struct pin *next;
+    long long region;
+    double last_use;
+    char path[];
+} pin;
+
+static pin **pins = NULL;
+static size_t n_buckets = 0, n_pins = 0;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint64_t hash_key(const char *path, long long region) {
+    uint64_t h = 1469598103934665603ULL;            /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return (h ^ (uint64_t)region) * 1099511628211ULL;
+}
+
+static pin *pin_find(const char *path, long long region) {
+    if (n_buckets == 0)
+        return NULL;
+    for (pin *p = pins[hash_key(path, region) % n_buckets]; p; p = p->next)
+        if (p->region == region && strcmp(p->path, path) == 0)
+            return p;
+    return NULL;
+}
+
+static int pins_grow(void) {
+    size_t nb = n_buckets ? n_buckets * 2 : 1024;
+    pin **nt = calloc(nb, sizeof *nt);
+    if (nt == NULL)
+        return -1;
+    for (size_t i = 0; i < n_buckets; i++)
+        for (pin *p = pins[i], *next; p; p = next) {
+            next = p->next;
+            size_t b = hash_key(p->path, p->region) % nb;
+            p->next = nt[b];
+            nt[b] = p;
+        }
+    free(pins);
+    pins = nt;
+    n_buckets = nb;
+    return 0;
+}
+
+/* Caller holds queue_mu. The regions of [offset, offset+len) of path are all pinned
+ * (or the path's NOTE key is); their last use is now. */
+static int pinned_and_touched(const char *path, long long offset, size_t len) {
+    if (len == 0)
+        return 1;
+    pin *note = pin_find(path, NOTE_REGION);
+    long long first = offset / region_size, last = (offset + (long long)len - 1) / region_size;
+    if (note == NULL) {
+        for (long long r = first; r <= last; r++)
+            if (pin_find(path, r) == NULL)
+                return 0;
+    }
+    double t = now_s();
+    if (note != NULL) {
+        note->last_use = t;
+        return 1;
+    }
+    for (long long r = first; r <= last; r++)
+        pin_find(path, r)->last_use = t;
+    return 1;
+}
+
+static int dp_write(const char *path, const char *buf, size_t size, off_t off,
+                    struct fuse_file_info *fi) {
+    if (!atomic_load(&writes_on) || path == NULL || path[1] == '\0'
+            || (fi->flags & (O_SYNC | O_DSYNC))) {
+        atomic_fetch_add_explicit(&n_write_python, 1, memory_order_relaxed);
+        return python_write(path, buf, size, off, fi);
+    }
+    const char *rel = path + 1;
+    size_t plen = strlen(rel);
+    pthread_rwlock_rdlock(&write_gate);
+    pthread_mutex_lock(&queue_mu);
+    while (q_bytes > QUEUE_BYTES_MAX && atomic_load(&writes_on))
+        pthread_cond_wait(&queue_cv, &queue_mu);
+    if (!atomic_load(&writes_on) || (need_pins && !pinned_and_touched(rel, off, size))) {
+        pthread_mutex_unlock(&queue_mu);
+        pthread_rwlock_unlock(&write_gate);
+        atomic_fetch_add_explicit(&n_write_python, 1, memory_order_relaxed);
+        return python_write(path, buf, size, off, fi);
+    }
+    int fd = (int)fi->fh;
+    ssize_t n = pwrite(fd, buf, size, off);
+    int err = n < 0 ? errno : 0;
+    struct stat st;
+    if (n > 0 && fstat(fd, &st) < 0) {
+        /* written but not describable: the activity log covers the region (the
+         * key is pinned), the error goes to the writer */
+        err = errno;
+    }
+    if (n > 0 && err == 0) {
+        record *r = malloc(sizeof *r + (size_t)n);
+        char *p = malloc(plen + 1);
+        if (r == NULL || p == NULL) {
+            free(r);
+            free(p);
+            err = ENOMEM;
+        } else {
+            memcpy(p, rel, plen + 1);
+            memcpy(r->data, buf, (size_t)n);
+            r->next = NULL;
+            r->path = p;
+            r->offset = (long long)off;
+            r->len = (size_t)n;
+            r->atime_ns = (long long)st.st_atim.tv_sec * 1000000000LL + st.st_atim.tv_nsec;
+            r->mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+            if (q_tail)
+                q_tail->next = r;
+            else
+                q_head = r;
+            q_tail = r;
+            q_len++;
+            q_bytes += (size_t)n;
+            pthread_cond_broadcast(&queue_cv);
+        }
+    }
+    pthread_mutex_unlock(&queue_mu);
+    pthread_rwlock_unlock(&write_gate);
+    atomic_fetch_add_explicit(&n_write, 1, memory_order_relaxed);
+    return err ? -err : (int)n;
+}
 
 /* "/a/b" -> "a/b"; "/" -> "." */
 static const char *rel_of(const char *path) {
@@ -75,15 +256,252 @@ static PyObject *py_set_root(PyObject *self, PyObject *arg) {
 static PyObject *py_addresses(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K}", "read", (unsigned long long)(uintptr_t)&dp_read,
-                         "getattr", (unsigned long long)(uintptr_t)&dp_getattr);
+    return Py_BuildValue("{s:K,s:K,s:K}", "read", (unsigned long long)(uintptr_t)&dp_read,
+                         "getattr", (unsigned long long)(uintptr_t)&dp_getattr,
+                         "write", (unsigned long long)(uintptr_t)&dp_write);
 }
 
 static PyObject *py_counters(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K}", "read", (unsigned long long)atomic_load(&n_read),
-                         "getattr", (unsigned long long)atomic_load(&n_getattr));
+    return Py_BuildValue("{s:K,s:K,s:K,s:K}", "read", (unsigned long long)atomic_load(&n_read),
+                         "getattr", (unsigned long long)atomic_load(&n_getattr),
+                         "write", (unsigned long long)atomic_load(&n_write),
+                         "write_python", (unsigned long long)atomic_load(&n_write_python));
+}
+
+/* set_python_write(address): mfusepy's write callback, for what C does not serve. */
+static PyObject *py_set_python_write(PyObject *self, PyObject *arg) {
+    (void)self;
+    unsigned long long a = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    python_write = (write_fn)(uintptr_t)a;
+    Py_RETURN_NONE;
+}
+
+/* Lock-taking helpers: the GIL is let go while waiting (a C write holding the lock
+ * may call into Python when it falls back... it never does while holding it, but
+ * another Python thread may hold the lock and need the GIL to let it go). */
+static void lock_queue(void) {
+    if (pthread_mutex_trylock(&queue_mu) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&queue_mu);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static PyObject *py_writes(PyObject *self, PyObject *args) {
+    (void)self;
+    int on, pins_needed = 1;
+    long long rs;
+    if (!PyArg_ParseTuple(args, "pL|p", &on, &rs, &pins_needed))
+        return NULL;
+    if (rs <= 0) {
+        PyErr_SetString(PyExc_ValueError, "region size must be positive");
+        return NULL;
+    }
+    lock_queue();
+    if (on && python_write == NULL) {
+        pthread_mutex_unlock(&queue_mu);
+        PyErr_SetString(PyExc_RuntimeError, "set_python_write first");
+        return NULL;
+    }
+    region_size = rs;
+    need_pins = pins_needed;
+    atomic_store(&writes_on, on);
+    pthread_cond_broadcast(&queue_cv);
+    pthread_mutex_unlock(&queue_mu);
+    Py_RETURN_NONE;
+}
+
+/* writes_off(): C writes go to Python from now on; callable with the queue lock held. */
+static PyObject *py_writes_off(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    atomic_store(&writes_on, 0);
+    pthread_cond_broadcast(&queue_cv);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lock(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    lock_queue();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_unlock(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_mutex_unlock(&queue_mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_block_writes(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_rwlock_wrlock(&write_gate);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_unblock_writes(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    pthread_rwlock_unlock(&write_gate);
+    Py_RETURN_NONE;
+}
+
+/* Caller holds queue_mu: every queued record, oldest first, as
+ * (path, offset, data, atime_ns, mtime_ns); the queue is left empty. */
+static PyObject *take_locked(void) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    while (q_head != NULL) {
+        record *r = q_head;
+        PyObject *t = Py_BuildValue("(sLy#LL)", r->path, r->offset, r->data, (Py_ssize_t)r->len,
+                                    r->atime_ns, r->mtime_ns);
+        if (t == NULL || PyList_Append(out, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(t);
+        q_head = r->next;
+        if (q_head == NULL)
+            q_tail = NULL;
+        q_len--;
+        q_bytes -= r->len;
+        free(r->path);
+        free(r);
+    }
+    pthread_cond_broadcast(&queue_cv);
+    return out;
+}
+
+/* take_locked(): as take(), for a caller that holds the queue lock (lock()). */
+static PyObject *py_take_locked(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return take_locked();
+}
+
+/* take(timeout): wait up to timeout seconds for a record, then take them all. */
+static PyObject *py_take(PyObject *self, PyObject *arg) {
+    (void)self;
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    lock_queue();
+    if (q_head == NULL && timeout > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        long long ns = until.tv_nsec + (long long)(timeout * 1e9);
+        until.tv_sec += ns / 1000000000LL;
+        until.tv_nsec = ns % 1000000000LL;
+        Py_BEGIN_ALLOW_THREADS
+        while (q_head == NULL) {
+            if (pthread_cond_timedwait(&queue_cv, &queue_mu, &until) == ETIMEDOUT)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyObject *out = take_locked();
+    pthread_mutex_unlock(&queue_mu);
+    return out;
+}
+
+/* wait(timeout) -> bool: a record is queued (waits up to timeout seconds for one). */
+static PyObject *py_wait(PyObject *self, PyObject *arg) {
+    (void)self;
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    lock_queue();
+    if (q_head == NULL && timeout > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        long long ns = until.tv_nsec + (long long)(timeout * 1e9);
+        until.tv_sec += ns / 1000000000LL;
+        until.tv_nsec = ns % 1000000000LL;
+        Py_BEGIN_ALLOW_THREADS
+        while (q_head == NULL) {
+            if (pthread_cond_timedwait(&queue_cv, &queue_mu, &until) == ETIMEDOUT)
+                break;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    int any = q_head != NULL;
+    pthread_mutex_unlock(&queue_mu);
+    return PyBool_FromLong(any);
+}
+
+/* Caller holds queue_mu (pin and unpin are called by Python under lock()). */
+static PyObject *py_pin(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path;
+    long long region;
+    if (!PyArg_ParseTuple(args, "sL", &path, &region))
+        return NULL;
+    if (pin_find(path, region) != NULL)
+        Py_RETURN_FALSE;
+    if (n_pins + 1 > n_buckets && pins_grow() < 0)
+        return PyErr_NoMemory();
+    size_t plen = strlen(path);
+    pin *p = malloc(sizeof *p + plen + 1);
+    if (p == NULL)
+        return PyErr_NoMemory();
+    memcpy(p->path, path, plen + 1);
+    p->region = region;
+    p->last_use = now_s();
+    size_t b = hash_key(path, region) % n_buckets;
+    p->next = pins[b];
+    pins[b] = p;
+    n_pins++;
+    Py_RETURN_TRUE;
+}
+
+/* unpin_idle(idle_s): caller holds queue_mu; removes and returns the pins not used
+ * for idle_s seconds (every pin with idle_s < 0), as [(path, region)]. */
+static PyObject *py_unpin_idle(PyObject *self, PyObject *arg) {
+    (void)self;
+    double idle = PyFloat_AsDouble(arg);
+    if (idle == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    double t = now_s();
+    for (size_t i = 0; i < n_buckets; i++) {
+        pin **pp = &pins[i];
+        while (*pp) {
+            pin *p = *pp;
+            if (idle < 0 || t - p->last_use >= idle) {
+                PyObject *k = Py_BuildValue("(sL)", p->path, p->region);
+                if (k == NULL || PyList_Append(out, k) < 0) {
+                    Py_XDECREF(k);
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                Py_DECREF(k);
+                *pp = p->next;
+                free(p);
+                n_pins--;
+            } else {
+                pp = &p->next;
+            }
+        }
+    }
+    return out;
+}
+
+static PyObject *py_pending(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("(nn)", (Py_ssize_t)q_len, (Py_ssize_t)q_bytes);
 }
 
 static PyMethodDef methods[] = {
@@ -93,6 +511,27 @@ static PyMethodDef methods[] = {
      "addresses() -> {operation: address of its C function}."},
     {"counters", py_counters, METH_NOARGS,
      "counters() -> {operation: requests served in C so far}."},
+    {"set_python_write", py_set_python_write, METH_O,
+     "set_python_write(address): the Python write callback, for what C does not serve."},
+    {"writes", py_writes, METH_VARARGS,
+     "writes(on, region_size, need_pins=True): streamed writes served in C (on) or all "
+     "in Python; without need_pins no activity-log key is asked for."},
+    {"writes_off", py_writes_off, METH_NOARGS,
+     "Every later write to Python; may be called with the queue lock held."},
+    {"lock", py_lock, METH_NOARGS, "Take the queue lock (C writes wait)."},
+    {"unlock", py_unlock, METH_NOARGS, "Let go of the queue lock."},
+    {"block_writes", py_block_writes, METH_NOARGS,
+     "Wait for C writes in progress, and hold new ones (the exclusive ordering lock)."},
+    {"unblock_writes", py_unblock_writes, METH_NOARGS, "Let C writes go on."},
+    {"take", py_take, METH_O,
+     "take(timeout) -> [(path, offset, data, atime_ns, mtime_ns)], oldest first."},
+    {"take_locked", py_take_locked, METH_NOARGS, "take(0) for a holder of the queue lock."},
+    {"wait", py_wait, METH_O, "wait(timeout) -> bool: a record is queued."},
+    {"pin", py_pin, METH_VARARGS,
+     "pin(path, region) -> bool (new): under the queue lock; C writes may touch it."},
+    {"unpin_idle", py_unpin_idle, METH_O,
+     "unpin_idle(idle_s) -> [(path, region)]: under the queue lock."},
+    {"pending", py_pending, METH_NOARGS, "pending() -> (records, bytes) queued."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -103,5 +542,10 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__dataplane(void) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&write_gate, &attr);
+    pthread_rwlockattr_destroy(&attr);
     return PyModule_Create(&module);
 }

@@ -262,14 +262,33 @@ class ReplicatedFS:
         self._handles: dict[int, _Handle] = {}
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
         self.negotiated: dict[str, Any] = {}
+        self._native: native_fuse.NativeWrites | None = None   # C serves writes (serve)
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
         if self.read_only:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
+    def _data_section(self) -> contextlib.AbstractContextManager:
+        """Around a data change made under the shared ordering lock and its
+        submission, when C serves writes: they wait meanwhile (channel order = local
+        order; replication/native_fuse.py)."""
+        return self._native.section() if self._native is not None else contextlib.nullcontext()
+
     def _submit(self, ops: Sequence[Op | None]) -> list[object]:
-        """Under the ordering lock, after the local change succeeded."""
+        """Under the ordering lock, after the local change succeeded. When C serves
+        writes, the writes it queued before go first."""
+        native = self._native
+        if native is None:
+            return self._submit_now(ops)
+        with native.section():
+            try:
+                native.drain_locked()
+            except OSError as e:
+                raise OSError(errno.EIO, str(e)) from e
+            return self._submit_now(ops)
+
+    def _submit_now(self, ops: Sequence[Op | None]) -> list[object]:
         tickets = []
         for op in ops:
             if op is None:
@@ -560,7 +579,7 @@ class ReplicatedFS:
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         self._writable()
         h = self._handle(fh)
-        with self._lock.shared(), h.ilock, \
+        with self._lock.shared(), h.ilock, self._data_section(), \
                 self._written(self._data_path(path, h), offset, len(data)):
             n = os.pwrite(h.fd, data, offset)
             rel = self._data_path(path, h)
@@ -578,6 +597,9 @@ class ReplicatedFS:
             # answered (the local write is, the fd has the flag).
             tickets = self._submit([op, Op(OpKind.FSYNC, op.path, mode=h.sync)
                                     if op is not None and h.sync is not None else None])
+            if self._native is not None and op is not None and path is not None \
+                    and h.sync is None:
+                self._native.pin_locked(op.path, offset, n)   # the next writes here are C's
         self._wait(tickets)
         return n
 
@@ -585,7 +607,8 @@ class ReplicatedFS:
         self._writable()
         h = self._handles.get(fh) if fh else None
         if h is not None:
-            with self._lock.shared(), h.ilock, self._noted(self._data_path(path, h)):
+            with self._lock.shared(), h.ilock, self._data_section(), \
+                    self._noted(self._data_path(path, h)):
                 os.ftruncate(h.fd, length)
                 h.times_dirty = True
                 rel = self._data_path(path, h)
@@ -606,7 +629,8 @@ class ReplicatedFS:
     def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> int:
         self._writable()
         h = self._handle(fh)
-        with self._lock.shared(), h.ilock, self._noted(self._data_path(path, h)):
+        with self._lock.shared(), h.ilock, self._data_section(), \
+                self._noted(self._data_path(path, h)):
             _check(_libc.fallocate(h.fd, mode, offset, length), "fallocate")
             h.times_dirty = True
             rel = self._data_path(path, h)
@@ -621,7 +645,7 @@ class ReplicatedFS:
         if self.read_only:
             sync(h.fd)
             return 0
-        with self._lock.shared(), h.ilock:
+        with self._lock.shared(), h.ilock, self._data_section():
             tickets = self._flush_times(path, h)
             rel = self._data_path(path, h)
             tickets += self._submit([Op(OpKind.FSYNC, rel, mode=FSYNC_DATASYNC if datasync else 0)
@@ -663,7 +687,7 @@ class ReplicatedFS:
         h = self._handle(fh)
         if not h.times_dirty:
             return 0
-        with self._lock.shared(), h.ilock:
+        with self._lock.shared(), h.ilock, self._data_section():
             tickets = self._flush_times(path, h)
         self._wait(tickets)
         return 0
@@ -674,7 +698,7 @@ class ReplicatedFS:
             return 0
         try:
             if h.times_dirty:  # written after the last flush (shared mmap write-back)
-                with self._lock.shared(), h.ilock:
+                with self._lock.shared(), h.ilock, self._data_section():
                     tickets = self._flush_times(path, h)
                 self._wait(tickets)
         finally:
@@ -947,6 +971,48 @@ def _fuse_class():
     return _fuse_cls
 
 
+def _native_writes_for(fs: ReplicatedFS, replicator: object) -> native_fuse.NativeWrites | None:
+    """C serves the writes of a mount whose replicator streams them (barrier
+    durability, or a replicator saying ``streams_writes``) and that keeps its
+    ordering lock as an OrderingLock; None otherwise (every write in Python)."""
+    from .activity_log import DEFAULT_COLD_S, DEFAULT_REGION_SIZE
+    durability = getattr(getattr(replicator, "durability", None), "value", None)
+    if not (durability == "barrier" or getattr(replicator, "streams_writes", False)):
+        return None
+    if not isinstance(fs._lock, OrderingLock) or not native_fuse.available():
+        return None
+    activity = getattr(replicator, "activity", None)
+    writes = native_fuse.NativeWrites(
+        fs._submit_now, activity,
+        region_size=getattr(activity, "region_size", DEFAULT_REGION_SIZE),
+        idle_s=getattr(activity, "cold_s", DEFAULT_COLD_S) / 2)
+    fs._native = writes
+    lock = fs._lock
+    dp = native_fuse.dataplane()
+
+    def exclusive_taken() -> None:
+        dp.block_writes()   # C writes in progress end, new ones wait
+        writes.drain()      # what C queued goes before what the holder will submit
+
+    lock.exclusive_hooks = (exclusive_taken, dp.unblock_writes)
+    return writes
+
+
+def _detach_native_writes(fs: ReplicatedFS) -> None:
+    if isinstance(fs._lock, OrderingLock):
+        fs._lock.exclusive_hooks = None
+    fs._native = None
+
+
+def _stop_native_writes(fs: ReplicatedFS, writes: native_fuse.NativeWrites) -> None:
+    """After the loop: C writes off, the queue drained into the replicator, the pins
+    ended; then every change is Python's again."""
+    writes.stop()
+    _detach_native_writes(fs)
+    log.info("event=native_writes_stopped %s",
+             " ".join(f"{k}={v}" for k, v in sorted(writes.status().items())))
+
+
 def serve(root: str, replicator: Replicator, *, read_only: bool = False,
           ready: Callable[[], None] | None = None,
           lock: OrderingLock | None = None, max_threads: int = 16,
@@ -979,17 +1045,27 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
         extra = {} if read_only else {"kernel_cache": True}
         threading.Thread(target=set_read_ahead, args=(root,), name="fuse-read-ahead",
                          daemon=True).start()
-        with native_fuse.installed(sys.modules["mfusepy"], root_fd) if native \
-                else contextlib.nullcontext(False) as in_c:
+        writes = _native_writes_for(fs, replicator) if native and not read_only else None
+        with native_fuse.installed(sys.modules["mfusepy"], root_fd,
+                                   on_installed=writes.start if writes else None) \
+                if native else contextlib.nullcontext(False) as in_c:
             if in_c:
-                log.info("event=fuse_native ops=%s", ",".join(native_fuse.native_ops()))
+                log.info("event=fuse_native ops=%s writes=%s", ",".join(native_fuse.native_ops()),
+                         "c" if writes else "python")
             else:
+                if writes is not None:
+                    _detach_native_writes(fs)
+                    writes = None
                 log.info("event=fuse_native ops=none reason=%r", native_fuse.why_unavailable()
                          or ("another mount of this process has them" if native else "turned off"))
-            fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
-                     hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
-                     fsname="hacluster-replica" if read_only else "hacluster",
-                     subtype="hacluster", **extra)
+            try:
+                fuse_cls(fs, root, foreground=True, allow_other=True, default_permissions=True,
+                         hard_remove=True, use_ino=True, ro=read_only, max_threads=max_threads,
+                         fsname="hacluster-replica" if read_only else "hacluster",
+                         subtype="hacluster", **extra)
+            finally:
+                if writes is not None:
+                    _stop_native_writes(fs, writes)
             if in_c:
                 log.info("event=fuse_native_served %s",
                          " ".join(f"{k}={v}" for k, v in sorted(native_fuse.counters().items())))

@@ -1,10 +1,27 @@
 """The FUSE layer's hot requests served in C (replication/_dataplane.c).
 
 mfusepy builds libfuse's operations table out of ctypes callbacks into Python; every
-request then crosses ctypes and takes the GIL. For the requests that change nothing
-(read, getattr) the C functions of ``_dataplane`` go into the table in their place,
-and libfuse's worker threads call them without entering Python. Everything else
-stays in ReplicatedFS (replication/fuse_fs.py), unchanged.
+request then crosses ctypes and takes the GIL. For read, getattr and write the C
+functions of ``_dataplane`` go into the table in their place, and libfuse's worker
+threads call them without entering Python. Everything else stays in ReplicatedFS
+(replication/fuse_fs.py).
+
+Writes (``NativeWrites``, with barrier durability only): C applies the write locally
+and queues a record of it; a pump thread here turns the records into WRITE ops and
+submits them, in queue order, before anything Python submits after them (every
+submission drains the queue first, under ``submit_lock`` and the queue lock). The
+rules stay in Python, once:
+  - channel order = local order: Python's own data changes are made and submitted
+    under the queue lock (C writes wait meanwhile); a holder of the exclusive
+    ordering lock also holds C writes back (``OrderingLock`` hooks) after draining
+    the queue;
+  - the activity log: C writes only to regions whose keys Python pinned, each pin an
+    Activity begun (made durable) by Python's own write of that region; a pin unused
+    for ``idle_s`` is taken back under the queue lock, the queue drained, and only
+    then its Activity ended, so the log may clear the key once the peer has all;
+  - barriers and peer loss: fsync and friends are Python's, after the drain; a
+    record that cannot be submitted turns C writes off and fails every later change
+    (EIO), as the Python path would have failed the write itself.
 
 The swap happens inside mfusepy's call of ``fuse_main_real``: mfusepy builds the
 table and hands it to libfuse in the same call, so that call is the one place where
@@ -22,8 +39,14 @@ import ctypes
 import importlib
 import os
 import threading
+import logging
+import time
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
+
+from .ops import WRITE_SETS_TIMES, Op, OpKind
+
+log = logging.getLogger("replication.fuse")
 
 _dataplane: ModuleType | None
 try:
@@ -58,9 +81,14 @@ def native_ops() -> list[str]:
 
 def put_into(ops: Any) -> list[str]:
     """Replace the C-served operations in a libfuse operations table (mfusepy's
-    ctypes ``fuse_operations``); returns their names."""
+    ctypes ``fuse_operations``); returns their names. mfusepy's write stays
+    reachable from C (for what C does not serve)."""
     assert _dataplane is not None
     fields = {f[0]: f[1] for f in type(ops)._fields_}
+    python_write = ctypes.cast(ops.write, ctypes.c_void_p).value
+    if not python_write:
+        raise RuntimeError("the operations table has no write to fall back to")
+    _dataplane.set_python_write(python_write)
     done = []
     for name, address in sorted(_dataplane.addresses().items()):
         setattr(ops, name, ctypes.cast(ctypes.c_void_p(address), fields[name]))
@@ -72,11 +100,18 @@ _claim_lock = threading.Lock()
 _claimed = False
 
 
+def dataplane() -> Any:
+    assert _dataplane is not None
+    return _dataplane
+
+
 @contextlib.contextmanager
-def installed(mfusepy: Any, root_fd: int) -> Iterator[bool]:
+def installed(mfusepy: Any, root_fd: int,
+              on_installed: Callable[[], None] | None = None) -> Iterator[bool]:
     """While inside, the mount this thread makes with mfusepy (``FUSE(...)``) serves
     read and getattr in C, under the directory ``root_fd`` (opened before the mount
-    covered it). Yields False (and changes nothing) when another mount of this
+    covered it); ``on_installed`` runs once the table holds the C functions, before the
+    mount starts. Yields False (and changes nothing) when another mount of this
     process has the C functions already: they know one served directory, and the
     product runs each mount in a process of its own; tests may run several."""
     global _claimed
@@ -94,6 +129,8 @@ def installed(mfusepy: Any, root_fd: int) -> Iterator[bool]:
     def fuse_main_real(argc: Any, argv: Any, ops_p: Any, size: Any, ctx: Any) -> Any:
         if threading.get_ident() == owner:   # not another thread's mount made meanwhile
             put_into(ops_p.contents)
+            if on_installed is not None:
+                on_installed()
         return real(argc, argv, ops_p, size, ctx)
 
     mfusepy.fuse_main_real = fuse_main_real
@@ -104,3 +141,154 @@ def installed(mfusepy: Any, root_fd: int) -> Iterator[bool]:
         _dataplane.set_root(-1)
         with _claim_lock:
             _claimed = False
+
+
+class NativeWriteError(OSError):
+    pass
+
+
+class NativeWrites:
+    """Python's half of the C write path (module doc). ``submit(ops)`` submits ops
+    to the replicator, in order; ``activity``: the replicator's activity log (None:
+    it keeps none, and C writes need no pins)."""
+
+    def __init__(self, submit: Callable[[Sequence[Op]], list], activity: Any,
+                 region_size: int, idle_s: float) -> None:
+        assert _dataplane is not None
+        self._dp = _dataplane
+        self._submit = submit
+        self.activity = activity
+        self.region_size = region_size
+        self.idle_s = idle_s
+        # Taken before the queue lock by whoever drains the queue and submits.
+        self.submit_lock = threading.RLock()
+        self._section_owner: int | None = None
+        self._section_depth = 0
+        self._pins: dict[tuple[str, int], Any] = {}   # pinned key -> its Activity
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.records = 0
+
+    # ---- life --------------------------------------------------------------------
+    def start(self) -> None:
+        self._dp.writes(True, self.region_size, self.activity is not None)
+        for target, name in ((self._pump, "native-pump"), (self._unpin_loop, "native-unpin")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """C writes off (later ones go to Python), the queue drained, every pin ended."""
+        self._dp.writes(False, self.region_size, self.activity is not None)
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        with self.section():
+            self._drain_locked()
+            tokens = self._unpin_locked(-1.0)
+        self._end(tokens)
+
+    # ---- the queue ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """A change made and submitted by Python: C writes wait until it is
+        submitted (``drain_locked`` inside, before the submission). Reentrant."""
+        me = threading.get_ident()
+        with self.submit_lock:
+            if self._section_owner == me:
+                self._section_depth += 1
+                try:
+                    yield
+                finally:
+                    self._section_depth -= 1
+                return
+            self._dp.lock()
+            self._section_owner, self._section_depth = me, 1
+            try:
+                yield
+            finally:
+                self._section_owner, self._section_depth = None, 0
+                self._dp.unlock()
+
+    def drain_locked(self) -> None:
+        """Under ``section`` (or the exclusive ordering lock's hook): submit every
+        queued record. Raises EIO if an earlier record could not be."""
+        self._drain_locked()
+        if self.error is not None:
+            raise NativeWriteError(5, f"not replicated: {self.error}")
+
+    def _drain_locked(self) -> None:
+        records = self._dp.take_locked()
+        if not records or self.error is not None:
+            return
+        ops = [Op(OpKind.WRITE, path, offset=offset, data=data, mode=WRITE_SETS_TIMES,
+                  atime_ns=atime_ns, mtime_ns=mtime_ns)
+               for path, offset, data, atime_ns, mtime_ns in records]
+        try:
+            self._submit(ops)
+            self.records += len(ops)
+        except BaseException as exc:  # noqa: BLE001 - every later change fails instead
+            self.error = exc
+            self._dp.writes_off()   # we hold the queue lock: writes() would wait for it
+            log.error("event=native_write_not_replicated records=%d error=%r", len(ops), exc)
+
+    def drain(self) -> None:
+        with self.section():
+            self._drain_locked()
+
+    def _pump(self) -> None:
+        while not self._stop.is_set():
+            if self._dp.wait(0.2):
+                self.drain()
+
+    # ---- pins --------------------------------------------------------------------
+    def pin_locked(self, path: str, offset: int, length: int) -> None:
+        """Under ``section``, after Python's write of these regions (its Activity is
+        durable): pin them, so that the next writes there are C's."""
+        if self.activity is None or self.error is not None:
+            return
+        from .activity_log import regions_of
+        for region in regions_of(offset, length, self.region_size):
+            key = (path, region)
+            if key in self._pins:
+                continue
+            token = self.activity.begin([key])     # active already: no flush
+            if self._dp.pin(path, region):
+                self._pins[key] = token
+            else:
+                self.activity.end(token)
+
+    def _unpin_loop(self) -> None:
+        while not self._stop.wait(max(self.idle_s / 2, 0.05)):
+            with self.section():
+                tokens = self._unpin_locked(self.idle_s)
+            self._end(tokens)
+
+    def _unpin_locked(self, idle_s: float) -> list:
+        """Under ``section``: take back the pins unused for idle_s (all if < 0); their
+        records are submitted before their Activities may end (returned, to end)."""
+        unpinned = self._dp.unpin_idle(idle_s)
+        if unpinned:
+            self._drain_locked()
+        return [t for t in (self._pins.pop((p, r), None) for p, r in unpinned) if t is not None]
+
+    def _end(self, tokens: list) -> None:
+        if self.activity is not None:
+            for token in tokens:
+                self.activity.end(token)
+
+    def status(self) -> dict[str, Any]:
+        n, nbytes = self._dp.pending()
+        return {"pins": len(self._pins), "queued": n, "queued_bytes": nbytes,
+                "records": self.records, **self._dp.counters()}
+
+
+def wait_drained(writes: NativeWrites, timeout: float = 10.0) -> bool:
+    """For tests: True once nothing is queued."""
+    deadline = time.monotonic() + timeout
+    while writes.status()["queued"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class OrderingLock:
@@ -22,6 +22,11 @@ class OrderingLock:
         self._owner: int | None = None
         self._depth = 0
         self._waiting = 0
+        # (taken, released): run by the exclusive holder right after it took the
+        # lock and right before it lets go (outermost level only). The C write path
+        # holds its writes back there (replication/native_fuse.py).
+        self.exclusive_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._held_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Exclusive (reentrant)."""
@@ -43,12 +48,30 @@ class OrderingLock:
                     self._cond.notify_all()  # shared waiters held back by us may go on
             if ok:
                 self._owner, self._depth = me, 1
-            return ok
+            hooks = self.exclusive_hooks
+        if ok and hooks is not None:
+            try:
+                hooks[0]()
+            except BaseException:
+                self._let_go()
+                raise
+            self._held_hooks = hooks   # released by the same ones, even if changed meanwhile
+        return ok
 
     def release(self) -> None:
         with self._cond:
             if self._owner != threading.get_ident():
                 raise RuntimeError("release of an OrderingLock not held by this thread")
+            if self._depth > 1:
+                self._depth -= 1
+                return
+            hooks, self._held_hooks = self._held_hooks, None
+        if hooks is not None:
+            hooks[1]()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        with self._cond:
             self._depth -= 1
             if not self._depth:
                 self._owner = None
