@@ -280,6 +280,38 @@ def test_a_write_that_cannot_be_submitted_fails_the_next_barrier(streaming):
         os.close(fd)
 
 
+@needs_dataplane
+@pytest.mark.parametrize("flag", [os.O_SYNC, os.O_DSYNC], ids=["O_SYNC", "O_DSYNC"])
+def test_sync_writes_are_barriers_served_by_python(streaming, flag):
+    """An O_SYNC / O_DSYNC write answers only once durable on both copies (an FSYNC
+    op after it): Python's write does that, so C must hand every such write to it,
+    pinned region or not."""
+    rep = StreamingMirror(streaming.mirror, streaming.state)
+    streaming.mount(rep, native=True)
+    with open(streaming.p("f"), "wb") as f:       # pins the region through Python
+        f.write(b"\0" * 8192)
+        f.write(b"\1" * 8192)
+    fd = os.open(streaming.p("f"), os.O_WRONLY | flag)
+    try:
+        before = native_fuse.counters()
+        fsyncs_before = sum(op.kind is OpKind.FSYNC for op in rep.ops)
+        for i in range(5):
+            os.pwrite(fd, bytes([i]) * 4096, i * 4096)
+            # answered: applied on the mirror already (FSYNC waited for), no barrier needed
+            with open(os.path.join(streaming.mirror, "f"), "rb") as m:
+                m.seek(i * 4096)
+                assert m.read(4096) == bytes([i]) * 4096
+        after = native_fuse.counters()
+    finally:
+        os.close(fd)
+    assert after["write"] == before["write"], (before, after)
+    assert after["write_python"] - before["write_python"] == 5
+    # one FSYNC op per write at least (the kernel may follow each with an fsync too)
+    assert sum(op.kind is OpKind.FSYNC for op in rep.ops) - fsyncs_before >= 5
+
+
+# Last in this file: the module-scoped mount holds the C functions of this process
+# until the module ends (a mount made meanwhile is served in Python).
 @pytest.fixture(scope="module")
 def streaming_prop(tmp_path_factory):
     base = tmp_path_factory.mktemp("streaming-prop")
@@ -324,3 +356,4 @@ def test_random_operation_sequences_leave_identical_trees_at_every_barrier(strea
     barrier(s.root)
     assert not s.rep.errors
     assert_same_tree(tree(s.under), tree(s.mirror))
+
