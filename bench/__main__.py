@@ -5,7 +5,7 @@ import os
 import sys
 
 BENCHES = ("raft", "replication", "replication-profile", "native-passthrough", "failover", "keepalived",
-           "farm", "checkers", "idle-profile", "idle-floor", "pgbench", "vm")
+           "farm", "checkers", "idle-profile", "idle-floor", "pgbench", "vm", "write-path")
 
 
 def main() -> int:
@@ -101,6 +101,9 @@ def main() -> int:
             run(rounds=args.rounds, records=args.vm_records, mib=args.vm_mib, trials=args.vm_failovers)
         except ValueError as e:     # a bad flag, refused before any lab starts
             p.error(str(e))
+    elif args.name == "write-path":
+        from .write_path import run
+        run(rounds=max(args.rounds, 3))
     elif args.name == "keepalived":
         from .keepalived_baseline import measure_keepalived_failover
         print(measure_keepalived_failover(args.trials))

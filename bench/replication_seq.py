@@ -85,7 +85,11 @@ print(total / (time.perf_counter() - t) / 1e6)
 
 class AcknowledgeAtOnce:
     """A replicator answering every operation at once: what is measured with it is
-    the FUSE layer's own cost (replication is not under test there)."""
+    the FUSE layer's own cost (replication is not under test there). It streams
+    writes, as the product's barrier durability does: C serves them when built
+    (replication/native_fuse.py), with no activity log to consult."""
+
+    streams_writes = True
 
     def submit(self, op: object) -> None:
         return None

@@ -239,7 +239,7 @@ class NativeWrites:
 
     def _pump(self) -> None:
         while not self._stop.is_set():
-            if self._dp.wait(0.2):
+            if self._dp.wait(1.0):   # woken by the first record (idle: once a second)
                 self.drain()
 
     # ---- pins --------------------------------------------------------------------
@@ -260,7 +260,9 @@ class NativeWrites:
                 self.activity.end(token)
 
     def _unpin_loop(self) -> None:
-        while not self._stop.wait(max(self.idle_s / 2, 0.05)):
+        while not self._stop.wait(max(self.idle_s, 0.05)):
+            if not self._pins:
+                continue
             with self.section():
                 tokens = self._unpin_locked(self.idle_s)
             self._end(tokens)
