@@ -67,7 +67,12 @@ static pthread_rwlock_t write_gate;
  * and Python holds it around its own data changes and their submission: the queue's
  * order is the order the changes were made to the local directory. */
 static pthread_mutex_t queue_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;   /* writers waiting for room */
+/* The pump waits here for a batch: woken by the first record, then by a full batch
+ * (one wake-up per batch, not per write). */
+static pthread_cond_t pump_cv = PTHREAD_COND_INITIALIZER;
+#define BATCH_RECORDS 256
+#define BATCH_BYTES (1u << 20)
 
 typedef struct record {
     struct record *next;
@@ -206,7 +211,9 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
             q_tail = r;
             q_len++;
             q_bytes += (size_t)n;
-            pthread_cond_broadcast(&queue_cv);
+            if (q_len == 1 || q_len == BATCH_RECORDS
+                    || (q_bytes >= BATCH_BYTES && q_bytes - (size_t)n < BATCH_BYTES))
+                pthread_cond_signal(&pump_cv);
         }
     }
     pthread_mutex_unlock(&queue_mu);
@@ -311,6 +318,7 @@ static PyObject *py_writes(PyObject *self, PyObject *args) {
     need_pins = pins_needed;
     atomic_store(&writes_on, on);
     pthread_cond_broadcast(&queue_cv);
+    pthread_cond_broadcast(&pump_cv);
     pthread_mutex_unlock(&queue_mu);
     Py_RETURN_NONE;
 }
@@ -321,6 +329,7 @@ static PyObject *py_writes_off(PyObject *self, PyObject *unused) {
     (void)unused;
     atomic_store(&writes_on, 0);
     pthread_cond_broadcast(&queue_cv);
+    pthread_cond_broadcast(&pump_cv);
     Py_RETURN_NONE;
 }
 
@@ -414,26 +423,37 @@ static PyObject *py_take(PyObject *self, PyObject *arg) {
     return out;
 }
 
-/* wait(timeout) -> bool: a record is queued (waits up to timeout seconds for one). */
-static PyObject *py_wait(PyObject *self, PyObject *arg) {
+static struct timespec deadline_in(double seconds) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    long long ns = until.tv_nsec + (long long)(seconds * 1e9);
+    until.tv_sec += ns / 1000000000LL;
+    until.tv_nsec = ns % 1000000000LL;
+    return until;
+}
+
+/* wait(timeout, linger=0) -> bool: a record is queued. Waits up to timeout seconds for
+ * the first one, then up to linger seconds more for a batch to fill. */
+static PyObject *py_wait(PyObject *self, PyObject *args) {
     (void)self;
-    double timeout = PyFloat_AsDouble(arg);
-    if (timeout == -1.0 && PyErr_Occurred())
+    double timeout, linger = 0;
+    if (!PyArg_ParseTuple(args, "d|d", &timeout, &linger))
         return NULL;
     lock_queue();
+    Py_BEGIN_ALLOW_THREADS
     if (q_head == NULL && timeout > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        long long ns = until.tv_nsec + (long long)(timeout * 1e9);
-        until.tv_sec += ns / 1000000000LL;
-        until.tv_nsec = ns % 1000000000LL;
-        Py_BEGIN_ALLOW_THREADS
-        while (q_head == NULL) {
-            if (pthread_cond_timedwait(&queue_cv, &queue_mu, &until) == ETIMEDOUT)
+        struct timespec until = deadline_in(timeout);
+        while (q_head == NULL && atomic_load(&writes_on))
+            if (pthread_cond_timedwait(&pump_cv, &queue_mu, &until) == ETIMEDOUT)
                 break;
-        }
-        Py_END_ALLOW_THREADS
     }
+    if (q_head != NULL && linger > 0) {
+        struct timespec until = deadline_in(linger);
+        while (q_len < BATCH_RECORDS && q_bytes < BATCH_BYTES && atomic_load(&writes_on))
+            if (pthread_cond_timedwait(&pump_cv, &queue_mu, &until) == ETIMEDOUT)
+                break;
+    }
+    Py_END_ALLOW_THREADS
     int any = q_head != NULL;
     pthread_mutex_unlock(&queue_mu);
     return PyBool_FromLong(any);
@@ -526,7 +546,8 @@ static PyMethodDef methods[] = {
     {"take", py_take, METH_O,
      "take(timeout) -> [(path, offset, data, atime_ns, mtime_ns)], oldest first."},
     {"take_locked", py_take_locked, METH_NOARGS, "take(0) for a holder of the queue lock."},
-    {"wait", py_wait, METH_O, "wait(timeout) -> bool: a record is queued."},
+    {"wait", py_wait, METH_VARARGS,
+     "wait(timeout, linger=0) -> bool: a record is queued (then up to linger s for a batch)."},
     {"pin", py_pin, METH_VARARGS,
      "pin(path, region) -> bool (new): under the queue lock; C writes may touch it."},
     {"unpin_idle", py_unpin_idle, METH_O,

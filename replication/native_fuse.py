@@ -143,6 +143,9 @@ def installed(mfusepy: Any, root_fd: int,
             _claimed = False
 
 
+PUMP_LINGER_S = 0.002
+
+
 class NativeWriteError(OSError):
     pass
 
@@ -180,8 +183,8 @@ class NativeWrites:
 
     def stop(self) -> None:
         """C writes off (later ones go to Python), the queue drained, every pin ended."""
-        self._dp.writes(False, self.region_size, self.activity is not None)
         self._stop.set()
+        self._dp.writes(False, self.region_size, self.activity is not None)   # wakes the pump
         for t in self._threads:
             t.join(timeout=10)
         with self.section():
@@ -239,7 +242,12 @@ class NativeWrites:
 
     def _pump(self) -> None:
         while not self._stop.is_set():
-            if self._dp.wait(1.0):   # woken by the first record (idle: once a second)
+            if self.error is not None:   # C writes are off: nothing more will be queued
+                self._stop.wait(1.0)
+                continue
+            # Woken by the first record, then a batch's worth or PUMP_LINGER_S later
+            # (barriers do not wait for this: they drain the queue themselves).
+            if self._dp.wait(1.0, PUMP_LINGER_S):
                 self.drain()
 
     # ---- pins --------------------------------------------------------------------
