@@ -371,8 +371,12 @@ static PyObject *take_locked(void) {
         return NULL;
     while (q_head != NULL) {
         record *r = q_head;
-        PyObject *t = Py_BuildValue("(sLy#LL)", r->path, r->offset, r->data, (Py_ssize_t)r->len,
-                                    r->atime_ns, r->mtime_ns);
+        /* names as mfusepy gives them to Python: UTF-8 with surrogateescape */
+        PyObject *name = PyUnicode_DecodeUTF8(r->path, (Py_ssize_t)strlen(r->path),
+                                              "surrogateescape");
+        PyObject *t = name == NULL ? NULL
+            : Py_BuildValue("(NLy#LL)", name, r->offset, r->data, (Py_ssize_t)r->len,
+                            r->atime_ns, r->mtime_ns);
         if (t == NULL || PyList_Append(out, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(out);
@@ -462,18 +466,33 @@ static PyObject *py_wait(PyObject *self, PyObject *args) {
 /* Caller holds queue_mu (pin and unpin are called by Python under lock()). */
 static PyObject *py_pin(PyObject *self, PyObject *args) {
     (void)self;
-    const char *path;
+    PyObject *name;
     long long region;
-    if (!PyArg_ParseTuple(args, "sL", &path, &region))
+    if (!PyArg_ParseTuple(args, "UL", &name, &region))
         return NULL;
-    if (pin_find(path, region) != NULL)
+    PyObject *raw = PyUnicode_AsEncodedString(name, "utf-8", "surrogateescape");
+    if (raw == NULL)
+        return NULL;
+    const char *path = PyBytes_AS_STRING(raw);
+    if ((size_t)PyBytes_GET_SIZE(raw) != strlen(path)) {
+        Py_DECREF(raw);
+        PyErr_SetString(PyExc_ValueError, "a path with a NUL byte");
+        return NULL;
+    }
+    if (pin_find(path, region) != NULL) {
+        Py_DECREF(raw);
         Py_RETURN_FALSE;
-    if (n_pins + 1 > n_buckets && pins_grow() < 0)
+    }
+    if (n_pins + 1 > n_buckets && pins_grow() < 0) {
+        Py_DECREF(raw);
         return PyErr_NoMemory();
+    }
     size_t plen = strlen(path);
     pin *p = malloc(sizeof *p + plen + 1);
-    if (p == NULL)
+    if (p == NULL) {
+        Py_DECREF(raw);
         return PyErr_NoMemory();
+    }
     memcpy(p->path, path, plen + 1);
     p->region = region;
     p->last_use = now_s();
@@ -481,6 +500,7 @@ static PyObject *py_pin(PyObject *self, PyObject *args) {
     p->next = pins[b];
     pins[b] = p;
     n_pins++;
+    Py_DECREF(raw);
     Py_RETURN_TRUE;
 }
 
@@ -500,7 +520,9 @@ static PyObject *py_unpin_idle(PyObject *self, PyObject *arg) {
         while (*pp) {
             pin *p = *pp;
             if (idle < 0 || t - p->last_use >= idle) {
-                PyObject *k = Py_BuildValue("(sL)", p->path, p->region);
+                PyObject *k = Py_BuildValue(
+                    "(NL)", PyUnicode_DecodeUTF8(p->path, (Py_ssize_t)strlen(p->path),
+                                                 "surrogateescape"), p->region);
                 if (k == NULL || PyList_Append(out, k) < 0) {
                     Py_XDECREF(k);
                     Py_DECREF(out);

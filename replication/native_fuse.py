@@ -222,19 +222,22 @@ class NativeWrites:
             raise NativeWriteError(5, f"not replicated: {self.error}")
 
     def _drain_locked(self) -> None:
-        records = self._dp.take_locked()
-        if not records or self.error is not None:
+        if self.error is not None:
+            self._dp.take_locked()   # none should be left: C writes are off
             return
-        ops = [Op(OpKind.WRITE, path, offset=offset, data=data, mode=WRITE_SETS_TIMES,
-                  atime_ns=atime_ns, mtime_ns=mtime_ns)
-               for path, offset, data, atime_ns, mtime_ns in records]
+        records: list = []
         try:
-            self._submit(ops)
-            self.records += len(ops)
+            records = self._dp.take_locked()
+            if not records:
+                return
+            self._submit([Op(OpKind.WRITE, path, offset=offset, data=data, mode=WRITE_SETS_TIMES,
+                             atime_ns=atime_ns, mtime_ns=mtime_ns)
+                          for path, offset, data, atime_ns, mtime_ns in records])
+            self.records += len(records)
         except BaseException as exc:  # noqa: BLE001 - every later change fails instead
             self.error = exc
             self._dp.writes_off()   # we hold the queue lock: writes() would wait for it
-            log.error("event=native_write_not_replicated records=%d error=%r", len(ops), exc)
+            log.error("event=native_write_not_replicated records=%d error=%r", len(records), exc)
 
     def drain(self) -> None:
         with self.section():
@@ -262,7 +265,12 @@ class NativeWrites:
             if key in self._pins:
                 continue
             token = self.activity.begin([key])     # active already: no flush
-            if self._dp.pin(path, region):
+            try:
+                pinned = self._dp.pin(path, region)
+            except (ValueError, MemoryError) as exc:   # never fails the write: stays Python's
+                log.warning("event=native_pin_failed path=%r error=%r", path, exc)
+                pinned = False
+            if pinned:
                 self._pins[key] = token
             else:
                 self.activity.end(token)

@@ -216,6 +216,27 @@ def test_streamed_writes_are_served_in_c_and_reach_the_mirror_by_the_barrier(str
         time.sleep(0.05)
 
 
+
+@needs_dataplane
+def test_names_that_are_not_utf8_stream_too(streaming):
+    """Linux names are bytes: a name that is no UTF-8 goes through the queue and the
+    pins as mfusepy gives it to Python (surrogateescape)."""
+    rep = StreamingMirror(streaming.mirror, streaming.state)
+    streaming.mount(rep, native=True)
+    name = os.path.join(os.fsencode(streaming.root), b"\xff\xfe-not-utf8")
+    before = native_fuse.counters()["write"]
+    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for i in range(20):
+            os.pwrite(fd, bytes([i]) * 4096, i * 4096)
+    finally:
+        os.close(fd)
+    barrier(streaming.root)
+    assert native_fuse.counters()["write"] - before >= 10
+    assert not rep.errors
+    assert_same_tree(tree(streaming.under), tree(streaming.mirror))
+    assert os.listdir(os.fsencode(streaming.mirror)) == [b"\xff\xfe-not-utf8"]
+
 @needs_dataplane
 def test_concurrent_streamed_writers_keep_their_order(streaming):
     """Writers on several names of one file (hard links reach the layer in parallel),
