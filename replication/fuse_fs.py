@@ -605,7 +605,7 @@ class ReplicatedFS:
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh else None
+        h = self._handles.get(fh) if fh is not None else None
         if h is not None:
             with self._lock.shared(), h.ilock, self._data_section(), \
                     self._noted(self._data_path(path, h)):
@@ -808,7 +808,7 @@ class ReplicatedFS:
     # ---- attributes -------------------------------------------------------------------
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh else None
+        h = self._handles.get(fh) if fh is not None else None
         perm = stat.S_IMODE(mode)
         with self._lock:
             if h is not None:
@@ -824,7 +824,7 @@ class ReplicatedFS:
 
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh else None
+        h = self._handles.get(fh) if fh is not None else None
         with self._lock:
             if h is not None:
                 before = os.fstat(h.fd)
@@ -847,7 +847,7 @@ class ReplicatedFS:
     def utimens(self, path: str | None, times: tuple[int, int] | None = None,
                 fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh else None
+        h = self._handles.get(fh) if fh is not None else None
         atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
         ts = (_Timespec * 2)(_Timespec(*_timespec(atime)), _Timespec(*_timespec(mtime)))
         with self._lock:
