@@ -55,6 +55,9 @@ typedef int (*write_fn)(const char *, const char *, size_t, off_t, struct fuse_f
 /* mfusepy's write (into Python), for what is not served here. */
 static write_fn python_write = NULL;
 static atomic_int writes_on = 0;
+/* A write applied locally that could not be queued (errno): C writes stop, and Python
+ * fails every later change (``failure()``): the copies would differ otherwise. */
+static atomic_int write_failure = 0;
 static int need_pins = 1;          /* 0: no activity log (a replicator without one) */
 static long long region_size = 1 << 20;
 #define NOTE_REGION (-1LL)        /* activity_log.NOTE: the whole path */
@@ -183,11 +186,8 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
     ssize_t n = pwrite(fd, buf, size, off);
     int err = n < 0 ? errno : 0;
     struct stat st;
-    if (n > 0 && fstat(fd, &st) < 0) {
-        /* written but not describable: the activity log covers the region (the
-         * key is pinned), the error goes to the writer */
-        err = errno;
-    }
+    if (n > 0 && fstat(fd, &st) < 0)
+        err = errno;          /* written, not describable: handled as not queued below */
     if (n > 0 && err == 0) {
         record *r = malloc(sizeof *r + (size_t)n);
         char *p = malloc(plen + 1);
@@ -215,6 +215,13 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
                     || (q_bytes >= BATCH_BYTES && q_bytes - (size_t)n < BATCH_BYTES))
                 pthread_cond_signal(&pump_cv);
         }
+    }
+    if (n > 0 && err != 0) {
+        /* The write is on the local disk and will never reach the channel: stop
+         * here (the key stays pinned, so the activity log covers the region). */
+        atomic_store(&write_failure, err);
+        atomic_store(&writes_on, 0);
+        pthread_cond_broadcast(&pump_cv);
     }
     pthread_mutex_unlock(&queue_mu);
     pthread_rwlock_unlock(&write_gate);
@@ -540,6 +547,13 @@ static PyObject *py_unpin_idle(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* failure() -> errno of a write applied locally that could not be queued, or 0. */
+static PyObject *py_failure(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(atomic_load(&write_failure));
+}
+
 static PyObject *py_pending(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -575,6 +589,8 @@ static PyMethodDef methods[] = {
     {"unpin_idle", py_unpin_idle, METH_O,
      "unpin_idle(idle_s) -> [(path, region)]: under the queue lock."},
     {"pending", py_pending, METH_NOARGS, "pending() -> (records, bytes) queued."},
+    {"failure", py_failure, METH_NOARGS,
+     "failure() -> errno of a write applied locally that could not be queued, or 0."},
     {NULL, NULL, 0, NULL},
 };
 

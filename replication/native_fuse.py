@@ -222,6 +222,11 @@ class NativeWrites:
             raise NativeWriteError(5, f"not replicated: {self.error}")
 
     def _drain_locked(self) -> None:
+        failure = self._dp.failure()
+        if failure and self.error is None:
+            self.error = OSError(failure, "a write applied locally could not be queued for "
+                                 f"replication: {os.strerror(failure)}")
+            log.error("event=native_write_not_queued error=%r", str(self.error))
         if self.error is not None:
             self._dp.take_locked()   # none should be left: C writes are off
             return
