@@ -19,17 +19,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import statistics
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from chaos.lab import Lab
-from chaos.replication_pair import ReplicationPair
-
-from .replication_bench import _bench_dir, mount_fuse_only
+from .replication_bench import _pair_lab
 from .stats import alternating_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,47 +80,30 @@ def cpu_s(pid: int) -> float:
 
 
 def measure(rounds: int = 3) -> dict[str, Any]:
-    base = _bench_dir()
-    try:
-        local, fuse_only = base / "local", base / "fuse-only"
-        local.mkdir()
-        fuse_only.mkdir()
-        with Lab(["prim", "sec"]) as lab:
-            pair = ReplicationPair(lab, base / "pair")
-            ceiling = mount_fuse_only(fuse_only)
-            try:
-                pair.start_receiver()
-                for d in (local, fuse_only):
-                    prepare(d)
-                native_now: list[str] = [""]
+    with _pair_lab() as (_, local, fuse_only, pair):   # its mount serves writes in C
+        for d in (local, fuse_only, pair.prim):
+            prepare(d)
+        native_now = ["1"]
 
-                def mirror(native: str) -> Callable[[], dict[str, float]]:
-                    def run() -> dict[str, float]:
-                        if native_now[0] != native:     # the mount as asked
-                            if pair.mount is not None:
-                                pair.stop_mount()
-                            os.environ["HACLUSTER_FUSE_NATIVE"] = native
-                            try:
-                                pair.start_mount()
-                            finally:
-                                os.environ.pop("HACLUSTER_FUSE_NATIVE", None)
-                            native_now[0] = native
-                            if not (pair.prim / "rel0").exists():
-                                prepare(pair.prim)
-                        return side(pair.prim, pair.mount.pid, pair.receiver.pid)
-                    return run
+        def mirror(native: str) -> Callable[[], dict[str, float]]:
+            def run() -> dict[str, float]:
+                if native_now[0] != native:     # the mount restarted as asked
+                    pair.stop_mount()
+                    os.environ["HACLUSTER_FUSE_NATIVE"] = native
+                    try:
+                        pair.start_mount()
+                    finally:
+                        os.environ.pop("HACLUSTER_FUSE_NATIVE", None)
+                    native_now[0] = native
+                return side(pair.prim, pair.mount.pid, pair.receiver.pid)
+            return run
 
-                got = alternating_rounds({
-                    "local": lambda: side(local),
-                    "fuse_only": lambda: side(fuse_only),
-                    "mirror_python": mirror("0"),
-                    "mirror_c": mirror("1"),
-                }, rounds)
-            finally:
-                ceiling.unmount()
-                pair.close()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        got = alternating_rounds({
+            "local": lambda: side(local),
+            "fuse_only": lambda: side(fuse_only),
+            "mirror_python": mirror("0"),
+            "mirror_c": mirror("1"),
+        }, rounds)
     out: dict[str, Any] = {"rounds": rounds, "pages": PAGES, "clients": CLIENTS, "commits": COMMITS,
                            "per_round": got}
     for name, runs in got.items():
