@@ -72,6 +72,7 @@ STOP_MARGIN_S = 10.0
 # heard in their Raft messages within FEATURE_LEVEL_HEARD_S (raft.member.peer_feature_levels).
 FEATURE_LEVEL_CHECK_S = 2.0
 FEATURE_LEVEL_HEARD_S = 10.0
+REMOVAL_CONFIRM_S = 2.0   # a member seeing itself removed stops if it still is this much later
 RUN_DIR_MODE = 0o755    # the socket in it is 0600; the pid file may be read by monitors
 LOG_DIR_MODE = 0o755
 AUDIT_FILE = "audit.log"     # the HTTPS API's audit trail, in the log directory (bounded)
@@ -99,6 +100,7 @@ class Daemon:
         self._levels_behind: list[str] = []
         self._maintenance: MaintenanceView | None = None
         self.removed = False        # removed from the cluster: exit_status.REMOVED
+        self._removal_pending = False   # a removal seen, confirmed REMOVAL_CONFIRM_S later
         self.notifier = Notifier()  # systemd's, when it started us
         self.hooks: HookRunner | None = None
         self._event_tracker = EventTracker()
@@ -587,17 +589,33 @@ class Daemon:
         log.info("event=membership_changed op=%s member=%s members=%s",
                  op, result.get("name", "-"), ",".join(sorted(members)))
         # Replayed history (restart, or a re-added member catching up) may hold
-        # an old removal of this member: act only once caught up with the leader.
+        # an old removal of this member: act only once caught up with the leader,
+        # and only if the removal still stands REMOVAL_CONFIRM_S later. Caught up
+        # means caught up with the leader's commit index, which for a member being
+        # re-added may still end at its removal: the add is in flight to it (seen
+        # by the chaos suite: a re-added witness stopped itself as removed).
         if self.name not in members and self.raft.caught_up():
-            self.exit_reason = "removed from the cluster"
-            self.removed = True
-            self._save_members(removed=True)
-            self._stop.set()
+            if not self._removal_pending:
+                self._removal_pending = True
+                self._loop.call_later(REMOVAL_CONFIRM_S, self._confirm_removed)
             return
         self.raft.set_link_members(members)
         if self.name in members:
             self.config.members = members
             self._save_members()
+
+    def _confirm_removed(self) -> None:
+        """REMOVAL_CONFIRM_S after this member saw itself removed: stop if it still
+        is (a removed member hears from no leader meanwhile: nothing is lost)."""
+        self._removal_pending = False
+        members = self.raft.snapshot()["members"]
+        if self.name in members or not self.raft.caught_up():
+            log.info("event=removal_not_confirmed members=%s", ",".join(sorted(members)))
+            return
+        self.exit_reason = "removed from the cluster"
+        self.removed = True
+        self._save_members(removed=True)
+        self._stop.set()
 
     def _save_members(self, removed: bool = False) -> None:
         """Keep the committed membership in the state directory (``member_cache``),
