@@ -302,8 +302,10 @@ def read_since(path: Path, cursor: Cursor, keep: int = DEFAULT_KEEP,
             if nxt is None:
                 break
             if os.fstat(fd).st_size > current.offset:
-                # lines came in before the rotation: rotated, its size is final now
+                # lines came in before the rotation: rotated, its size is final now;
+                # read them from where this read ended (not where it began)
                 os.close(nxt)
+                offset = current.offset
                 continue
             os.close(fd)
             fd, offset = nxt, 0

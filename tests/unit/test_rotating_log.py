@@ -208,3 +208,33 @@ def test_one_time_format_utc_iso_8601():
     assert utc_timestamp(0) == "1970-01-01T00:00:00.000Z"
     assert utc_timestamp(1_800_000_000.2505) == "2027-01-15T08:00:00.250Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_timestamp())
+
+
+
+def test_lines_that_came_in_just_before_a_rotation_are_read_once(tmp_path, monkeypatch):
+    """The reader is at the end of a file when the writer appends to it and rotates it:
+    it goes on in that file from where it stopped, not from where its last read began
+    (that read's lines were given twice: seen once in a full run, the follower test)."""
+    import hacluster.modules.rotating_log as rl
+    path = tmp_path / "script.log"
+    out = RotatingLog(path, MIN_MAX_BYTES, keep=5)
+    for i in range(3):
+        out.write_line(b"line %06d" % i)
+    first = read_since(path, Cursor(0, 0, 0))
+    for i in range(3, 6):
+        out.write_line(b"line %06d" % i)
+    real = rl._open_successor
+
+    def late_line_then_successor(*args):
+        if not late_line_then_successor.done:   # after the reader's read of 3..5
+            late_line_then_successor.done = True
+            out.write_line(b"line 000006")       # into the file being read
+            out._rotate()
+            out.write_line(b"line 000007")       # the next file
+        return real(*args)
+
+    late_line_then_successor.done = False
+    monkeypatch.setattr(rl, "_open_successor", late_line_then_successor)
+    second = read_since(path, first.cursor)
+    assert late_line_then_successor.done
+    assert first.lines + second.lines == [f"line {i:06d}" for i in range(8)]
