@@ -146,20 +146,21 @@ static int pins_grow(void) {
 static int pinned_and_touched(const char *path, long long offset, size_t len) {
     if (len == 0)
         return 1;
-    pin *note = pin_find(path, NOTE_REGION);
-    long long first = offset / region_size, last = (offset + (long long)len - 1) / region_size;
-    if (note == NULL) {
-        for (long long r = first; r <= last; r++)
-            if (pin_find(path, r) == NULL)
-                return 0;
-    }
     double t = now_s();
+    pin *note = pin_find(path, NOTE_REGION);
     if (note != NULL) {
         note->last_use = t;
         return 1;
     }
-    for (long long r = first; r <= last; r++)
-        pin_find(path, r)->last_use = t;
+    /* one lookup per region (those found before a missing one are touched too: they
+     * stay pinned a little longer, which only keeps them covered longer) */
+    long long first = offset / region_size, last = (offset + (long long)len - 1) / region_size;
+    for (long long r = first; r <= last; r++) {
+        pin *p = pin_find(path, r);
+        if (p == NULL)
+            return 0;
+        p->last_use = t;
+    }
     return 1;
 }
 
@@ -294,9 +295,9 @@ static PyObject *py_set_python_write(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* Lock-taking helpers: the GIL is let go while waiting (a C write holding the lock
- * may call into Python when it falls back... it never does while holding it, but
- * another Python thread may hold the lock and need the GIL to let it go). */
+/* The queue lock from Python: the GIL is let go while waiting, since the holder may be
+ * another Python thread that needs the GIL to get to its unlock (C writes never call
+ * into Python while they hold it). */
 static void lock_queue(void) {
     if (pthread_mutex_trylock(&queue_mu) != 0) {
         Py_BEGIN_ALLOW_THREADS
@@ -402,36 +403,11 @@ static PyObject *take_locked(void) {
     return out;
 }
 
-/* take_locked(): as take(), for a caller that holds the queue lock (lock()). */
+/* take_locked(): every queued record, for a caller that holds the queue lock (lock()). */
 static PyObject *py_take_locked(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
     return take_locked();
-}
-
-/* take(timeout): wait up to timeout seconds for a record, then take them all. */
-static PyObject *py_take(PyObject *self, PyObject *arg) {
-    (void)self;
-    double timeout = PyFloat_AsDouble(arg);
-    if (timeout == -1.0 && PyErr_Occurred())
-        return NULL;
-    lock_queue();
-    if (q_head == NULL && timeout > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        long long ns = until.tv_nsec + (long long)(timeout * 1e9);
-        until.tv_sec += ns / 1000000000LL;
-        until.tv_nsec = ns % 1000000000LL;
-        Py_BEGIN_ALLOW_THREADS
-        while (q_head == NULL) {
-            if (pthread_cond_timedwait(&queue_cv, &queue_mu, &until) == ETIMEDOUT)
-                break;
-        }
-        Py_END_ALLOW_THREADS
-    }
-    PyObject *out = take_locked();
-    pthread_mutex_unlock(&queue_mu);
-    return out;
 }
 
 static struct timespec deadline_in(double seconds) {
@@ -579,9 +555,9 @@ static PyMethodDef methods[] = {
     {"block_writes", py_block_writes, METH_NOARGS,
      "Wait for C writes in progress, and hold new ones (the exclusive ordering lock)."},
     {"unblock_writes", py_unblock_writes, METH_NOARGS, "Let C writes go on."},
-    {"take", py_take, METH_O,
-     "take(timeout) -> [(path, offset, data, atime_ns, mtime_ns)], oldest first."},
-    {"take_locked", py_take_locked, METH_NOARGS, "take(0) for a holder of the queue lock."},
+    {"take_locked", py_take_locked, METH_NOARGS,
+     "take_locked() -> [(path, offset, data, atime_ns, mtime_ns)], oldest first, the queue "
+     "left empty: for a holder of the queue lock."},
     {"wait", py_wait, METH_VARARGS,
      "wait(timeout, linger=0) -> bool: a record is queued (then up to linger s for a batch)."},
     {"pin", py_pin, METH_VARARGS,

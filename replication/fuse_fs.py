@@ -1023,8 +1023,9 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
     connected (the mount is live). ``read_only`` mounts a read-only view (EROFS for
     every change) for the secondary; ``max_threads`` bounds libfuse's worker
     threads (operations in flight at once); ``trust_page_cache``: see
-    ReplicatedFS.init_with_config (off by default); ``native``: read and getattr served
-    in C (replication/native_fuse.py; default: when built and not turned off). Raises
+    ReplicatedFS.init_with_config (off by default); ``native``: read, getattr and, with
+    barrier durability, writes served in C (replication/native_fuse.py; default: when
+    built and not turned off). Raises
     if ``root`` already has a FUSE mount on it or the mount fails."""
     fuse_cls = _fuse_class()
     if native is None:

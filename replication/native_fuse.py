@@ -40,10 +40,10 @@ import importlib
 import os
 import threading
 import logging
-import time
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
+from .activity_log import regions_of
 from .ops import WRITE_SETS_TIMES, Op, OpKind
 
 log = logging.getLogger("replication.fuse")
@@ -109,7 +109,7 @@ def dataplane() -> Any:
 def installed(mfusepy: Any, root_fd: int,
               on_installed: Callable[[], None] | None = None) -> Iterator[bool]:
     """While inside, the mount this thread makes with mfusepy (``FUSE(...)``) serves
-    read and getattr in C, under the directory ``root_fd`` (opened before the mount
+    read, getattr and (once ``NativeWrites`` turns them on) writes in C, under the directory ``root_fd`` (opened before the mount
     covered it); ``on_installed`` runs once the table holds the C functions, before the
     mount starts. Yields False (and changes nothing) when another mount of this
     process has the C functions already: they know one served directory, and the
@@ -264,7 +264,6 @@ class NativeWrites:
         durable): pin them, so that the next writes there are C's."""
         if self.activity is None or self.error is not None:
             return
-        from .activity_log import regions_of
         for region in regions_of(offset, length, self.region_size):
             key = (path, region)
             if key in self._pins:
@@ -306,12 +305,3 @@ class NativeWrites:
         return {"pins": len(self._pins), "queued": n, "queued_bytes": nbytes,
                 "records": self.records, **self._dp.counters()}
 
-
-def wait_drained(writes: NativeWrites, timeout: float = 10.0) -> bool:
-    """For tests: True once nothing is queued."""
-    deadline = time.monotonic() + timeout
-    while writes.status()["queued"]:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
