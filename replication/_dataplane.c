@@ -47,6 +47,7 @@
 static atomic_int root_fd = -1;
 /* Requests served here (for tests and the bench: the C path was taken). */
 static atomic_ullong n_read, n_getattr, n_write, n_write_python;
+static atomic_ullong n_pump_unparked;   /* times a record woke the parked pump */
 
 /* ---- streamed writes ------------------------------------------------------------ */
 
@@ -71,9 +72,12 @@ static pthread_rwlock_t write_gate;
  * order is the order the changes were made to the local directory. */
 static pthread_mutex_t queue_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_cv = PTHREAD_COND_INITIALIZER;   /* writers waiting for room */
-/* The pump waits here for a batch: woken by the first record, then by a full batch
- * (one wake-up per batch, not per write). */
+/* The pump waits here for a batch: woken by a full batch, or, when it is parked (no
+ * record came for a while), by the first record. While writes keep coming it wakes
+ * once per linger period, not per write: a barrier drains the queue itself, so a
+ * wake-up per write (and the Python lock it takes) bought nothing but CPU. */
 static pthread_cond_t pump_cv = PTHREAD_COND_INITIALIZER;
+static int pump_parked = 0;       /* under queue_mu */
 #define BATCH_RECORDS 256
 #define BATCH_BYTES (1u << 20)
 
@@ -212,9 +216,14 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
             q_tail = r;
             q_len++;
             q_bytes += (size_t)n;
-            if (q_len == 1 || q_len == BATCH_RECORDS
-                    || (q_bytes >= BATCH_BYTES && q_bytes - (size_t)n < BATCH_BYTES))
+            if (q_len == 1 && pump_parked) {
+                pump_parked = 0;    /* one signal is enough */
+                atomic_fetch_add_explicit(&n_pump_unparked, 1, memory_order_relaxed);
                 pthread_cond_signal(&pump_cv);
+            } else if (q_len == BATCH_RECORDS
+                       || (q_bytes >= BATCH_BYTES && q_bytes - (size_t)n < BATCH_BYTES)) {
+                pthread_cond_signal(&pump_cv);
+            }
         }
     }
     if (n > 0 && err != 0) {
@@ -279,10 +288,11 @@ static PyObject *py_addresses(PyObject *self, PyObject *unused) {
 static PyObject *py_counters(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K}", "read", (unsigned long long)atomic_load(&n_read),
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "read", (unsigned long long)atomic_load(&n_read),
                          "getattr", (unsigned long long)atomic_load(&n_getattr),
                          "write", (unsigned long long)atomic_load(&n_write),
-                         "write_python", (unsigned long long)atomic_load(&n_write_python));
+                         "write_python", (unsigned long long)atomic_load(&n_write_python),
+                         "pump_unparked", (unsigned long long)atomic_load(&n_pump_unparked));
 }
 
 /* set_python_write(address): mfusepy's write callback, for what C does not serve. */
@@ -419,26 +429,38 @@ static struct timespec deadline_in(double seconds) {
     return until;
 }
 
-/* wait(timeout, linger=0) -> bool: a record is queued. Waits up to timeout seconds for
- * the first one, then up to linger seconds more for a batch to fill. */
+/* Caller holds queue_mu: until a batch is full or linger seconds passed. */
+static void wait_batch(double linger) {
+    struct timespec until = deadline_in(linger);
+    while (q_len < BATCH_RECORDS && q_bytes < BATCH_BYTES && atomic_load(&writes_on))
+        if (pthread_cond_timedwait(&pump_cv, &queue_mu, &until) == ETIMEDOUT)
+            break;
+}
+
+/* wait(timeout, linger, park) -> bool: a record is queued. First up to linger seconds
+ * for a batch (not woken by single records); then, if nothing is queued and park,
+ * parked up to timeout seconds for the first record, and up to linger more for a
+ * batch. */
 static PyObject *py_wait(PyObject *self, PyObject *args) {
     (void)self;
-    double timeout, linger = 0;
-    if (!PyArg_ParseTuple(args, "d|d", &timeout, &linger))
+    double timeout, linger;
+    int park;
+    if (!PyArg_ParseTuple(args, "ddp", &timeout, &linger, &park))
         return NULL;
     lock_queue();
     Py_BEGIN_ALLOW_THREADS
-    if (q_head == NULL && timeout > 0) {
+    if (linger > 0)
+        wait_batch(linger);
+    if (q_head == NULL && park && timeout > 0) {
         struct timespec until = deadline_in(timeout);
-        while (q_head == NULL && atomic_load(&writes_on))
+        while (q_head == NULL && atomic_load(&writes_on)) {
+            pump_parked = 1;   /* again after a wake-up whose record a barrier took */
             if (pthread_cond_timedwait(&pump_cv, &queue_mu, &until) == ETIMEDOUT)
                 break;
-    }
-    if (q_head != NULL && linger > 0) {
-        struct timespec until = deadline_in(linger);
-        while (q_len < BATCH_RECORDS && q_bytes < BATCH_BYTES && atomic_load(&writes_on))
-            if (pthread_cond_timedwait(&pump_cv, &queue_mu, &until) == ETIMEDOUT)
-                break;
+        }
+        pump_parked = 0;
+        if (q_head != NULL && linger > 0)
+            wait_batch(linger);
     }
     Py_END_ALLOW_THREADS
     int any = q_head != NULL;
@@ -559,7 +581,7 @@ static PyMethodDef methods[] = {
      "take_locked() -> [(path, offset, data, atime_ns, mtime_ns)], oldest first, the queue "
      "left empty: for a holder of the queue lock."},
     {"wait", py_wait, METH_VARARGS,
-     "wait(timeout, linger=0) -> bool: a record is queued (then up to linger s for a batch)."},
+     "wait(timeout, linger, park) -> bool: a record is queued (module source: when it wakes)."},
     {"pin", py_pin, METH_VARARGS,
      "pin(path, region) -> bool (new): under the queue lock; C writes may touch it."},
     {"unpin_idle", py_unpin_idle, METH_O,

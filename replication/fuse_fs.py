@@ -111,6 +111,10 @@ _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Replicator(Protocol):
+    """A replicator may also offer ``submit_many(ops) -> [ticket]``: several ops at
+    once, in order (replication/sender.py sends them together); without it each op
+    is submitted alone."""
+
     def submit(self, op: Op) -> Any:
         """Enqueue ``op``; called while the caller holds the ordering lock. Returns a
         ticket, opaque here, for ``wait``."""
@@ -283,16 +287,31 @@ class ReplicatedFS:
             return self._submit_now(ops)
         with native.section():
             try:
-                native.drain_locked()
+                queued = native.take_ops_locked()
             except OSError as e:
                 raise OSError(errno.EIO, str(e)) from e
-            return self._submit_now(ops)
+            if not queued:
+                return self._submit_now(ops)
+            # one submission: on the wire together (a barrier and the writes before it)
+            try:
+                tickets = self._submit_now([*queued, *ops])
+            except BaseException as e:
+                native.not_submitted(queued, e)
+                raise
+            return tickets[len(queued):]
 
     def _submit_now(self, ops: Sequence[Op | None]) -> list[object]:
+        todo = [op for op in ops if op is not None]
+        many = getattr(self._rep, "submit_many", None)
+        if many is not None and len(todo) > 1:
+            try:
+                return list(many(todo))
+            except Exception as e:  # noqa: BLE001 - any failure: the caller gets EIO
+                log.error("event=replicate_submit_failed ops=%d first=%r error=%r", len(todo),
+                          todo[0].describe(), e)
+                raise OSError(errno.EIO, f"not replicated: {e}") from e
         tickets = []
-        for op in ops:
-            if op is None:
-                continue
+        for op in todo:
             try:
                 tickets.append(self._rep.submit(op))
             except Exception as e:  # noqa: BLE001 - any failure: the caller gets EIO

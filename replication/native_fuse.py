@@ -143,7 +143,10 @@ def installed(mfusepy: Any, root_fd: int,
             _claimed = False
 
 
-PUMP_LINGER_S = 0.002
+# The pump sends what no barrier drained: once per PUMP_LINGER_S while writes come (or
+# at once for a full batch), parked after PUMP_HOT_ROUNDS periods with nothing queued.
+PUMP_LINGER_S = 0.004
+PUMP_HOT_ROUNDS = 5
 
 
 class NativeWriteError(OSError):
@@ -221,42 +224,65 @@ class NativeWrites:
         if self.error is not None:
             raise NativeWriteError(5, f"not replicated: {self.error}")
 
-    def _drain_locked(self) -> None:
+    def take_ops_locked(self) -> list[Op]:
+        """Under ``section``: the queued writes as WRITE ops, for a caller that submits
+        them (in order, before its own) and calls ``not_submitted`` if that fails.
+        Raises EIO if an earlier record could not be submitted."""
+        ops = self._take_locked()
+        if self.error is not None:
+            raise NativeWriteError(5, f"not replicated: {self.error}")
+        return ops
+
+    def not_submitted(self, ops: Sequence[Op], exc: BaseException) -> None:
+        """Under ``section``: ``take_ops_locked``'s ops could not be submitted: they
+        were answered and applied here, so every later change fails instead."""
+        if self.error is None:
+            self.error = exc
+            self._dp.writes_off()   # we hold the queue lock: writes() would wait for it
+            log.error("event=native_write_not_replicated records=%d error=%r", len(ops), exc)
+        self.records -= len(ops)
+
+    def _take_locked(self) -> list[Op]:
         failure = self._dp.failure()
         if failure and self.error is None:
             self.error = OSError(failure, "a write applied locally could not be queued for "
                                  f"replication: {os.strerror(failure)}")
             log.error("event=native_write_not_queued error=%r", str(self.error))
+        records = self._dp.take_locked()
         if self.error is not None:
-            self._dp.take_locked()   # none should be left: C writes are off
-            return
-        records: list = []
+            return []   # none should be there: C writes are off
+        self.records += len(records)
+        return [Op(OpKind.WRITE, path, offset=offset, data=data, mode=WRITE_SETS_TIMES,
+                   atime_ns=atime_ns, mtime_ns=mtime_ns)
+                for path, offset, data, atime_ns, mtime_ns in records]
+
+    def _drain_locked(self) -> None:
+        ops: list[Op] = []
         try:
-            records = self._dp.take_locked()
-            if not records:
-                return
-            self._submit([Op(OpKind.WRITE, path, offset=offset, data=data, mode=WRITE_SETS_TIMES,
-                             atime_ns=atime_ns, mtime_ns=mtime_ns)
-                          for path, offset, data, atime_ns, mtime_ns in records])
-            self.records += len(records)
+            ops = self._take_locked()
+            if ops:
+                self._submit(ops)
         except BaseException as exc:  # noqa: BLE001 - every later change fails instead
-            self.error = exc
-            self._dp.writes_off()   # we hold the queue lock: writes() would wait for it
-            log.error("event=native_write_not_replicated records=%d error=%r", len(records), exc)
+            self.not_submitted(ops, exc)
 
     def drain(self) -> None:
         with self.section():
             self._drain_locked()
 
     def _pump(self) -> None:
+        idle = 0
         while not self._stop.is_set():
             if self.error is not None:   # C writes are off: nothing more will be queued
                 self._stop.wait(1.0)
                 continue
-            # Woken by the first record, then a batch's worth or PUMP_LINGER_S later
-            # (barriers do not wait for this: they drain the queue themselves).
-            if self._dp.wait(1.0, PUMP_LINGER_S):
+            # A batch's worth or PUMP_LINGER_S; parked (woken by the first record)
+            # after PUMP_HOT_ROUNDS with nothing to send. Barriers do not wait for
+            # this: they drain the queue themselves.
+            if self._dp.wait(1.0, PUMP_LINGER_S, idle >= PUMP_HOT_ROUNDS):
                 self.drain()
+                idle = 0
+            else:
+                idle += 1
 
     # ---- pins --------------------------------------------------------------------
     def pin_locked(self, path: str, offset: int, length: int) -> None:

@@ -5,11 +5,12 @@ their own threads; they never replace the sender). Per sender connection two
 threads: the connection thread reads
 and verifies frames (frame.py), refuses stale epochs and unsafe paths at once
 (error ACK, nothing applied), and queues the rest; the apply thread applies
-them in arrival order (applier.py) and acknowledges. An op that arrives alone
-(nothing more received behind it) and finds the apply thread idle with nothing
-queued is applied by the connection thread itself: order is the same (nothing
-is ahead of it), and a synchronous writer, which sends one op and waits, saves
-a thread wake-up per round trip (~0.1-0.3 ms on a small VM). A sender that
+them in arrival order (applier.py) and acknowledges. Ops that arrive alone
+(nothing more received behind those of one read) and find the apply thread idle
+with nothing queued are applied by the connection thread itself, and answered
+with one ACK range: order is the same (nothing is ahead of them), and a
+synchronous writer, or a barrier sent with the writes before it, saves a thread
+wake-up per round trip (~0.1-0.3 ms on a small VM). A sender that
 pipelines keeps both threads busy, reading overlapping applying. A corrupt
 or oversized frame resets the channel after everything queued before it was applied and
 acknowledged: once a frame is lost, applying later ones could reorder writes
@@ -256,16 +257,20 @@ class _Session:
                 self.end_reason = f"connection lost: {exc}"
                 return
             except FrameError as exc:
+                self._inline_acks.flush()
                 receipts.flush()
                 self._bad_frame(exc)
                 return
             if frames is None:
                 return
-            for i, f in enumerate(frames):
-                # alone: the last of this read, and no part of another frame behind it
-                alone = i == len(frames) - 1 and not reader.decoder.buffered
+            # alone: nothing of another frame behind this read's (a sender that sent
+            # them together waits for them, and is not streaming more behind them)
+            alone = not reader.decoder.buffered
+            for f in frames:
                 if not self._dispatch(f, receipts, alone):
+                    self._inline_acks.flush()
                     return
+            self._inline_acks.flush()
             receipts.flush()   # one ACK for everything that arrived in this read
 
     def _bad_frame(self, exc: FrameError) -> None:
@@ -283,12 +288,14 @@ class _Session:
         if h.ftype == FrameType.OP:
             refusal = self._refusal(f)
             if refusal is not None:
+                self._inline_acks.flush()
                 receipts.flush()
                 self._refuse_op(f, *refusal)
                 return True
             item = _Item("op", f, size=len(f.payload) + 200)
             if (self.conn.ack_mode == AckMode.RECEIPT and f.op is not None
                     and f.op.kind != OpKind.FSYNC):
+                self._inline_acks.flush()
                 item.receipt_acked = True
                 receipts.add(h.seq)
             else:
@@ -296,12 +303,16 @@ class _Session:
                 if alone and self.queue.claim_idle():
                     try:
                         self._apply_item(item, self._inline_acks)
-                        self._inline_acks.flush()
                     finally:
                         self.queue.done()
+                    if self._inline_acks.due():   # a slow batch still shows progress
+                        self._inline_acks.flush()
                     return True
+            # inline ACKs first: the apply thread's must not overtake them
+            self._inline_acks.flush()
             self.queue.put(item)
         elif h.ftype == FrameType.QUERY:
+            self._inline_acks.flush()
             self.queue.put(_Item("query", f, size=200))
         elif h.ftype == FrameType.PING:
             self.conn.send(fr.encode_pong(h.offset))

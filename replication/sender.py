@@ -347,6 +347,59 @@ class Sender:
         self._record_or_fail([op])
         return Ticket(generation, None, self._is_barrier(op))
 
+    def submit_many(self, ops: Sequence[Op]) -> list[Ticket]:
+        """``submit`` for each of ``ops``, in order. Connected, with a channel that
+        sends several ops at once (``send_ops``), they go on the wire together: the
+        C write path's batches, and a barrier with the writes it drains."""
+        ops = list(ops)
+        if ops and ops[0].kind == OpKind.FSYNC:
+            # only a barrier first in line can find everything before it answered
+            # (see _durable_already); one behind ops of the same batch never does
+            return [self.submit(ops[0])] + self.submit_many(ops[1:])
+        if len(ops) < 2:
+            return [self.submit(op) for op in ops]
+        with self._lock:
+            state, generation, channel = self._state, self._generation, self._channel
+            send_ops = getattr(channel, "send_ops", None)
+            if state is SenderState.CONNECTED and channel is not None and send_ops is None:
+                by_one = True
+            elif state is SenderState.CONNECTED:
+                by_one = False
+                try:
+                    if channel is None or send_ops is None:
+                        raise ConnectionError("no receiver connected")
+                    seqs = send_ops(ops)
+                except OSError as e:
+                    send_error = e
+                else:
+                    if self._barriers:
+                        self._trim_answered(channel)
+                    tickets = []
+                    for op, seq in zip(ops, seqs, strict=True):
+                        self._ops_sent += 1
+                        self._bytes_sent += len(op.data)
+                        if self._barriers:
+                            self._note_paths(op, seq)
+                            op = _light(op)
+                        self._in_flight[seq] = op
+                        if self._settling and self._keep_for_late:
+                            self._keep_sent(seq, op)
+                        if self.on_sent is not None:
+                            self.on_sent(op)
+                        tickets.append(Ticket(generation, seq, self._is_barrier(op)))
+                    return tickets
+        if state is SenderState.CONNECTED and by_one:
+            return [self.submit(op) for op in ops]
+        if state is SenderState.CONNECTED:
+            self._lose_peer(generation, f"send failed: {send_error}", extra=ops)
+            return [Ticket(generation, None, self._is_barrier(op)) for op in ops]
+        if state is SenderState.FAILED:
+            self._record_or_fail(ops)
+            raise ReplicationUnavailable(f"replication failed earlier ({self._failure}); "
+                                         f"{len(ops)} changes applied locally only")
+        self._record_or_fail(ops)
+        return [Ticket(generation, None, self._is_barrier(op)) for op in ops]
+
     def wait(self, ticket: Ticket) -> None:
         """Return when the op of ``ticket`` may be answered to the application:
         acknowledged, or recorded with the peer's loss committed (its owner's

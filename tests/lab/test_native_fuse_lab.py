@@ -152,9 +152,10 @@ class StreamingMirror(MirrorReplicator):
 
     streams_writes = True
 
-    def __init__(self, mirror: str, state: str, fail_writes_after: int | None = None) -> None:
+    def __init__(self, mirror: str, state: str, fail_writes_after: int | None = None,
+                 cold_s: float = 0.2) -> None:
         super().__init__(mirror)
-        self.activity = ActivityLog(state, 1, region_size=64 << 10, cold_s=0.2)
+        self.activity = ActivityLog(state, 1, region_size=64 << 10, cold_s=cold_s)
         self.fail_writes_after = fail_writes_after
 
     def submit(self, op):
@@ -215,6 +216,42 @@ def test_streamed_writes_are_served_in_c_and_reach_the_mirror_by_the_barrier(str
         assert time.monotonic() < deadline, rep.activity._state.busy
         time.sleep(0.05)
 
+
+
+def wait_mirrored(path: Path, want: bytes, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.read_bytes() == want):
+        assert time.monotonic() < deadline, f"{path} not mirrored without a barrier"
+        time.sleep(0.01)
+
+
+@needs_dataplane
+def test_streamed_writes_reach_the_mirror_without_a_barrier_also_after_the_pump_parked(
+        streaming):
+    """No fsync anywhere: the pump sends what C queued, while writes keep coming
+    (once per linger period) and after it parked (woken by the first record)."""
+    rep = StreamingMirror(streaming.mirror, streaming.state, cold_s=30)   # pins stay
+    streaming.mount(rep, native=True)
+    mirrored = Path(streaming.mirror) / "data"
+    fd = os.open(streaming.p("data"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        want = bytearray(8 * 8192)
+        for i in range(8):          # the first write pins the region (Python), then C
+            want[i * 8192:(i + 1) * 8192] = bytes([i + 1]) * 8192
+            os.pwrite(fd, bytes([i + 1]) * 8192, i * 8192)
+        wait_mirrored(mirrored, bytes(want))
+        for _ in range(3):
+            time.sleep(10 * native_fuse.PUMP_LINGER_S * native_fuse.PUMP_HOT_ROUNDS)   # parked
+            before = native_fuse.counters()
+            want[0:8192] = bytes([want[0] + 1]) * 8192
+            os.pwrite(fd, bytes(want[0:8192]), 0)
+            after = native_fuse.counters()
+            assert after["write"] == before["write"] + 1             # served in C
+            assert after["pump_unparked"] == before["pump_unparked"] + 1, (before, after)
+            wait_mirrored(mirrored, bytes(want))
+    finally:
+        os.close(fd)
+    assert not rep.errors
 
 
 @needs_dataplane

@@ -688,3 +688,71 @@ def test_the_receiver_reports_how_far_its_copy_is_durable(receiver, connect):
     c.drain(timeout=5)
     wait_until("a durable mark covering the write", lambda: c.durable_through >= seq, timeout=10)
     assert (receiver.path / "f").read_bytes() == b"x" * 5000
+
+
+def _count_sends(monkeypatch):
+    """The sends made by the calling thread (not the pings of the client's own)."""
+    sends = []
+    real = channel.send_parts
+    me = threading.get_ident()
+
+    def counting(sock, parts, sealer=None):
+        if threading.get_ident() == me:
+            sends.append(len(parts))
+        return real(sock, parts, sealer)
+
+    monkeypatch.setattr(channel, "send_parts", counting)
+    return sends
+
+
+def test_a_batch_goes_in_one_send_and_each_op_is_answered_for_itself(receiver, connect,
+                                                                      monkeypatch):
+    c = connect(receiver)
+    c.wait(c.send_op(Op(OpKind.CREATE, "f")))
+    sends = _count_sends(monkeypatch)
+    before = receiver.status()["ops_applied"]
+    seqs = c.send_ops([Op(OpKind.WRITE, "f", offset=i * 4, data=b"%04d" % i) for i in range(5)]
+                      + [Op(OpKind.WRITE, "missing/f", data=b"x"),
+                         Op(OpKind.WRITE, "f", offset=20, data=b"tail"),
+                         Op(OpKind.FSYNC, "f")])
+    assert len(sends) == 1                        # one send for eight ops
+    assert seqs == list(range(seqs[0], seqs[0] + 8))
+    for i, seq in enumerate(seqs):
+        if i == 5:
+            with pytest.raises(ReplicationRefused) as info:
+                c.wait(seq)
+            assert info.value.errno == errno.ENOENT
+        else:
+            c.wait(seq)
+    assert (receiver.path / "f").read_bytes() == b"00000001000200030004tail"
+    assert receiver.status()["ops_applied"] == before + 7
+    _still_serving(receiver, connect)
+
+
+def test_a_batch_to_a_receiver_without_write_times_keeps_each_writes_error(receiver, connect,
+                                                                           monkeypatch):
+    monkeypatch.setattr(channel, "accept_features",
+                        lambda offered: int(fr.Feature.NEGOTIATE | fr.Feature.AEAD))
+    c = connect(receiver)
+    c.wait(c.send_op(Op(OpKind.CREATE, "f")))
+    seqs = c.send_ops([Op(OpKind.WRITE, "f", data=b"x", mode=WRITE_SETS_TIMES, atime_ns=5,
+                          mtime_ns=1_600_000_000_000_000_001),
+                       Op(OpKind.WRITE, "missing/f", data=b"x", mode=WRITE_SETS_TIMES,
+                          mtime_ns=1)])
+    assert seqs[1] == seqs[0] + 2                 # each WRITE went with its UTIMENS
+    c.wait(seqs[0])
+    with pytest.raises(ReplicationRefused) as info:
+        c.wait(seqs[1])
+    assert info.value.errno == errno.ENOENT and "WRITE missing/f" in str(info.value)
+    assert os.stat(receiver.path / "f").st_mtime_ns == 1_600_000_000_000_000_001
+
+
+def test_an_async_batch_with_a_refusal_is_answered_in_order(receiver, connect):
+    late = []
+    c = connect(receiver, ack_mode="async", on_late_error=lambda *e: late.append(e))
+    seqs = c.send_ops([Op(OpKind.CREATE, "g"), Op(OpKind.WRITE, "nowhere/g", data=b"x"),
+                       Op(OpKind.WRITE, "g", data=b"after"), Op(OpKind.FSYNC, "g")])
+    c.wait_through(seqs[-1], 5)
+    # the refusal came before the barrier's answer: counted by the time it returns
+    assert c.late_error_count == 1 and late[0][0] == seqs[1]
+    assert (receiver.path / "g").read_bytes() == b"after"

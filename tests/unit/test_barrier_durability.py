@@ -309,3 +309,68 @@ def test_while_settling_and_before_the_mark_covers_the_reintegration_barriers_go
     ch.ack_through(ch.last_seq)
     ch.durable_through = ch.last_seq
     assert s.submit(fsync(1)).seq is None
+
+
+class BatchChannel(DurableChannel):
+    """A DurableChannel that also sends several ops at once; ``batches`` keeps each."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.batches: list[list[Op]] = []
+        self.fail = fail
+
+    def send_ops(self, ops):
+        if self.fail or self.closed:
+            raise ConnectionError("connection lost")
+        self.batches.append(list(ops))
+        return [self.send_op(op) for op in ops]
+
+
+def test_a_batch_goes_out_together_and_its_barrier_waits_for_all_of_it():
+    s, _, rec, lost = barrier_sender()
+    ch = BatchChannel()
+    s.attach(ch, late_errors=True)
+    tickets = s.submit_many([write(0), write(1), fsync(1)])
+    assert ch.batches == [[write(0), write(1), fsync(1)]]
+    assert [t.seq for t in tickets] == [1, 2, 3]
+    assert [t.barrier for t in tickets] == [False, False, True]
+    t, out = in_thread(s.wait, tickets[2])
+    ch.ack_through(2)
+    t.join(0.2)
+    assert out == []                       # its own answer still missing
+    ch.ack_through(3)
+    t.join(5)
+    assert out == ["ok"] and lost == [] and rec.ops == []
+    assert s.status()["in_flight"] == 0 and s.status()["ops_sent"] == 3
+
+
+def test_a_barrier_first_in_a_batch_may_still_be_answered_by_the_durable_mark():
+    s, _, rec, lost = barrier_sender()
+    ch = BatchChannel()
+    s.attach(ch, late_errors=True)
+    ch.durable_through = 0                 # everything before the session is durable there
+    tickets = s.submit_many([fsync(5), write(0), write(1)])
+    assert tickets[0].seq is None and not tickets[0].barrier     # nothing sent for it
+    assert ch.batches == [[write(0), write(1)]]
+    # a barrier behind ops of its own batch never finds them answered: it is sent
+    tickets = s.submit_many([write(2), fsync(7)])
+    assert ch.batches[-1] == [write(2), fsync(7)] and tickets[1].seq == 4
+    assert lost == [] and rec.ops == []
+
+
+def test_a_batch_that_cannot_be_sent_is_recorded_before_the_loss_is_committed():
+    order: list = []
+    rec = Recorder()
+    s = Sender(rec, lambda reason: order.append(("hook", len(rec.ops), reason)),
+               ack_timeout_s=0.5, durability=Durability.BARRIER)
+    ch = BatchChannel(fail=True)
+    s.attach(ch, late_errors=True)
+    tickets = s.submit_many([write(0), write(1), fsync(1)])
+    assert all(t.seq is None for t in tickets)
+    for t in tickets:
+        s.wait(t)
+    assert order and order[0][1] == 3 and "connection lost" in order[0][2]
+    assert rec.ops == [write(0), write(1), fsync(1)] and s.state is SenderState.ALONE
+    # alone: a later batch is recorded, nothing sent
+    s.submit_many([write(3), write(4)])
+    assert rec.ops[-2:] == [write(3), write(4)] and ch.batches == []
