@@ -17,6 +17,8 @@
  *    here by Python (it was made durably active there); otherwise, and for a
  *    path-less or O_SYNC/O_DSYNC write, the request goes to Python's write, which
  *    applies the activity-log rule and pins the keys for the next writes.
+ *  - open (not O_TRUNC/O_CREAT), and flush and release of the handles it opened while
+ *    Python has not adopted them (see dp_open).
  * Every other request stays in Python (replication/fuse_fs.py), and so do the rules:
  * channel order (the queue lock below is taken by Python around its own changes, and
  * its exclusive ordering lock holds the write lock below), the activity log (what is
@@ -268,6 +270,95 @@ static int dp_getattr(const char *path, struct stat *st, struct fuse_file_info *
     return r < 0 ? -errno : 0;
 }
 
+/* Opens served here: the descriptor opened under the served directory, with the
+ * flags Python's open would use (fuse_fs._local_flags), becomes the handle. Python
+ * never learns of it unless it needs it: it then adopts it (``adopt``: the open
+ * flags, and the descriptor is Python's from then on, closed by its release). A
+ * handle C opened and nobody adopted is flushed (nothing to do: no data change went
+ * through Python on it) and released (closed) here. Why: PostgreSQL fsyncs every
+ * file of its data directory when it starts after a crash, opening each twice; the
+ * Python open, flush and release cost ~80 us each there. Not here: O_TRUNC and
+ * O_CREAT (they change the file), a writable open on a read-only mount (EROFS from
+ * Python), and a descriptor beyond the table. */
+#define FD_TABLE 65536
+static atomic_int c_opened[FD_TABLE];      /* open flags + 1 while C owns it, else 0 */
+static atomic_int opens_writable = 0;      /* the mount is not read-only */
+static atomic_ullong n_open, n_flush, n_release;
+typedef int (*fi_fn)(const char *, struct fuse_file_info *);
+static fi_fn python_open, python_flush, python_release;
+#define STRIP_FLAGS (O_APPEND | O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY)
+
+static int dp_open(const char *path, struct fuse_file_info *fi) {
+    int flags = fi->flags;
+    int root = atomic_load(&root_fd);
+    if (python_open == NULL)
+        return -EIO;
+    if (path == NULL || root < 0 || (flags & (O_TRUNC | O_CREAT))
+            || ((flags & O_ACCMODE) != O_RDONLY && !atomic_load(&opens_writable)))
+        return python_open(path, fi);
+    int fd = openat(root, rel_of(path), (flags & ~STRIP_FLAGS) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    if (fd >= FD_TABLE) {
+        close(fd);
+        return python_open(path, fi);
+    }
+    atomic_store(&c_opened[fd], flags + 1);
+    fi->fh = (uint64_t)fd;
+    atomic_fetch_add_explicit(&n_open, 1, memory_order_relaxed);
+    return 0;
+}
+
+static int c_owns(const struct fuse_file_info *fi) {
+    return fi != NULL && fi->fh < FD_TABLE && atomic_load(&c_opened[fi->fh]) != 0;
+}
+
+static int dp_flush(const char *path, struct fuse_file_info *fi) {
+    if (c_owns(fi)) {
+        atomic_fetch_add_explicit(&n_flush, 1, memory_order_relaxed);
+        return 0;
+    }
+    return python_flush != NULL ? python_flush(path, fi) : -EIO;
+}
+
+static int dp_release(const char *path, struct fuse_file_info *fi) {
+    /* no other request of this handle is in flight: the kernel releases it last */
+    if (fi != NULL && fi->fh < FD_TABLE && atomic_exchange(&c_opened[fi->fh], 0) != 0) {
+        close((int)fi->fh);
+        atomic_fetch_add_explicit(&n_release, 1, memory_order_relaxed);
+        return 0;
+    }
+    return python_release != NULL ? python_release(path, fi) : -EIO;
+}
+
+/* adopt(fd) -> flags or -1: the open flags of a handle C opened, now Python's (its
+ * release goes to Python, which closes it); -1: C did not open it. */
+static PyObject *py_adopt(PyObject *self, PyObject *arg) {
+    (void)self;
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd < 0 || fd >= FD_TABLE)
+        return PyLong_FromLong(-1);
+    int v = atomic_exchange(&c_opened[fd], 0);
+    return PyLong_FromLong(v ? v - 1 : -1);
+}
+
+/* set_python_ops(open, flush, release, writable): mfusepy's callbacks, for what C does
+ * not serve; writable: writable opens may be served here. */
+static PyObject *py_set_python_ops(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned long long o, f, r;
+    int writable;
+    if (!PyArg_ParseTuple(args, "KKKp", &o, &f, &r, &writable))
+        return NULL;
+    python_open = (fi_fn)(uintptr_t)o;
+    python_flush = (fi_fn)(uintptr_t)f;
+    python_release = (fi_fn)(uintptr_t)r;
+    atomic_store(&opens_writable, writable);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_root(PyObject *self, PyObject *arg) {
     (void)self;
     long fd = PyLong_AsLong(arg);
@@ -280,16 +371,24 @@ static PyObject *py_set_root(PyObject *self, PyObject *arg) {
 static PyObject *py_addresses(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K}", "read", (unsigned long long)(uintptr_t)&dp_read,
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+                         "read", (unsigned long long)(uintptr_t)&dp_read,
                          "getattr", (unsigned long long)(uintptr_t)&dp_getattr,
-                         "write", (unsigned long long)(uintptr_t)&dp_write);
+                         "write", (unsigned long long)(uintptr_t)&dp_write,
+                         "open", (unsigned long long)(uintptr_t)&dp_open,
+                         "flush", (unsigned long long)(uintptr_t)&dp_flush,
+                         "release", (unsigned long long)(uintptr_t)&dp_release);
 }
 
 static PyObject *py_counters(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "read", (unsigned long long)atomic_load(&n_read),
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+                         "read", (unsigned long long)atomic_load(&n_read),
                          "getattr", (unsigned long long)atomic_load(&n_getattr),
+                         "open", (unsigned long long)atomic_load(&n_open),
+                         "flush", (unsigned long long)atomic_load(&n_flush),
+                         "release", (unsigned long long)atomic_load(&n_release),
                          "write", (unsigned long long)atomic_load(&n_write),
                          "write_python", (unsigned long long)atomic_load(&n_write_python),
                          "pump_unparked", (unsigned long long)atomic_load(&n_pump_unparked));
@@ -565,6 +664,10 @@ static PyMethodDef methods[] = {
      "addresses() -> {operation: address of its C function}."},
     {"counters", py_counters, METH_NOARGS,
      "counters() -> {operation: requests served in C so far}."},
+    {"adopt", py_adopt, METH_O,
+     "adopt(fd) -> open flags, or -1: a handle C opened becomes Python's."},
+    {"set_python_ops", py_set_python_ops, METH_VARARGS,
+     "set_python_ops(open, flush, release, writable): Python's callbacks (addresses)."},
     {"set_python_write", py_set_python_write, METH_O,
      "set_python_write(address): the Python write callback, for what C does not serve."},
     {"writes", py_writes, METH_VARARGS,

@@ -267,6 +267,8 @@ class ReplicatedFS:
         self._context = context or (lambda: (os.geteuid(), os.getegid(), os.getpid()))
         self.negotiated: dict[str, Any] = {}
         self._native: native_fuse.NativeWrites | None = None   # C serves writes (serve)
+        self._c_opens: Any = None      # the C data plane when it serves opens (serve)
+        self._adopting = threading.Lock()
 
     # ---- plumbing -----------------------------------------------------------
     def _writable(self) -> None:
@@ -363,9 +365,25 @@ class ReplicatedFS:
         return Op(OpKind.UTIMENS, rel, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
 
     def _handle(self, fh: int | None) -> _Handle:
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         if h is None:
             raise OSError(errno.EBADF, "unknown file handle")
+        return h
+
+    def _handle_or_none(self, fh: int | None) -> _Handle | None:
+        """The handle ``fh``; one the C data plane opened (native_fuse: open, flush
+        and release of handles Python never needed stay there) is adopted first."""
+        if fh is None:
+            return None
+        h = self._handles.get(fh)
+        if h is None and self._c_opens is not None:
+            with self._adopting:
+                h = self._handles.get(fh)
+                if h is None:
+                    flags = self._c_opens.adopt(fh)
+                    if flags >= 0:
+                        self._register(fh, flags)
+                        h = self._handles[fh]
         return h
 
     def _register(self, fd: int, flags: int, dirty: bool = False) -> int:
@@ -489,7 +507,7 @@ class ReplicatedFS:
 
     # ---- reads (straight to the local directory) --------------------------------
     def getattr(self, path: str | None, fh: int | None = None) -> dict:
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         if h is not None:
             st = os.fstat(h.fd)
         else:
@@ -624,7 +642,7 @@ class ReplicatedFS:
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         if h is not None:
             with self._lock.shared(), h.ilock, self._data_section(), \
                     self._noted(self._data_path(path, h)):
@@ -827,7 +845,7 @@ class ReplicatedFS:
     # ---- attributes -------------------------------------------------------------------
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         perm = stat.S_IMODE(mode)
         with self._lock:
             if h is not None:
@@ -843,7 +861,7 @@ class ReplicatedFS:
 
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         with self._lock:
             if h is not None:
                 before = os.fstat(h.fd)
@@ -866,7 +884,7 @@ class ReplicatedFS:
     def utimens(self, path: str | None, times: tuple[int, int] | None = None,
                 fh: int | None = None) -> int:
         self._writable()
-        h = self._handles.get(fh) if fh is not None else None
+        h = self._handle_or_none(fh)
         atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
         ts = (_Timespec * 2)(_Timespec(*_timespec(atime)), _Timespec(*_timespec(mtime)))
         with self._lock:
@@ -1067,9 +1085,11 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
                          daemon=True).start()
         writes = _native_writes_for(fs, replicator) if native and not read_only else None
         with native_fuse.installed(sys.modules["mfusepy"], root_fd,
-                                   on_installed=writes.start if writes else None) \
+                                   on_installed=writes.start if writes else None,
+                                   writable=not read_only) \
                 if native else contextlib.nullcontext(False) as in_c:
             if in_c:
+                fs._c_opens = native_fuse.dataplane()
                 log.info("event=fuse_native ops=%s writes=%s", ",".join(native_fuse.native_ops()),
                          "c" if writes else "python")
             else:

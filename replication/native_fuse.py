@@ -79,16 +79,20 @@ def native_ops() -> list[str]:
     return sorted(_dataplane.addresses()) if _dataplane is not None else []
 
 
-def put_into(ops: Any) -> list[str]:
+def put_into(ops: Any, writable: bool = True) -> list[str]:
     """Replace the C-served operations in a libfuse operations table (mfusepy's
-    ctypes ``fuse_operations``); returns their names. mfusepy's write stays
-    reachable from C (for what C does not serve)."""
+    ctypes ``fuse_operations``); returns their names. mfusepy's write, open, flush
+    and release stay reachable from C (for what C does not serve). ``writable``:
+    writable opens may be served in C (not on a read-only mount)."""
     assert _dataplane is not None
     fields = {f[0]: f[1] for f in type(ops)._fields_}
-    python_write = ctypes.cast(ops.write, ctypes.c_void_p).value
-    if not python_write:
-        raise RuntimeError("the operations table has no write to fall back to")
-    _dataplane.set_python_write(python_write)
+    python = {name: ctypes.cast(getattr(ops, name), ctypes.c_void_p).value
+              for name in ("write", "open", "flush", "release")}
+    missing = [name for name, address in python.items() if not address]
+    if missing:
+        raise RuntimeError(f"the operations table has no {', '.join(missing)} to fall back to")
+    _dataplane.set_python_write(python["write"])
+    _dataplane.set_python_ops(python["open"], python["flush"], python["release"], writable)
     done = []
     for name, address in sorted(_dataplane.addresses().items()):
         setattr(ops, name, ctypes.cast(ctypes.c_void_p(address), fields[name]))
@@ -107,9 +111,11 @@ def dataplane() -> Any:
 
 @contextlib.contextmanager
 def installed(mfusepy: Any, root_fd: int,
-              on_installed: Callable[[], None] | None = None) -> Iterator[bool]:
+              on_installed: Callable[[], None] | None = None,
+              writable: bool = True) -> Iterator[bool]:
     """While inside, the mount this thread makes with mfusepy (``FUSE(...)``) serves
-    read, getattr and (once ``NativeWrites`` turns them on) writes in C, under the directory ``root_fd`` (opened before the mount
+    read, getattr, open (and flush and release of what C opened: ``adopt``) and
+    (once ``NativeWrites`` turns them on) writes in C, under the directory ``root_fd`` (opened before the mount
     covered it); ``on_installed`` runs once the table holds the C functions, before the
     mount starts. Yields False (and changes nothing) when another mount of this
     process has the C functions already: they know one served directory, and the
@@ -128,7 +134,7 @@ def installed(mfusepy: Any, root_fd: int,
 
     def fuse_main_real(argc: Any, argv: Any, ops_p: Any, size: Any, ctx: Any) -> Any:
         if threading.get_ident() == owner:   # not another thread's mount made meanwhile
-            put_into(ops_p.contents)
+            put_into(ops_p.contents, writable)
             if on_installed is not None:
                 on_installed()
         return real(argc, argv, ops_p, size, ctx)

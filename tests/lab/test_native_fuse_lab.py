@@ -110,6 +110,7 @@ def test_c_and_python_answer_the_same(sample_tree):
         moved = {k: after[k] - before[k] for k in after}
         if native:
             assert moved["read"] > 0 and moved["getattr"] > 0, moved
+            assert moved["open"] > 0 and moved["release"] == moved["open"], moved
         else:
             assert not any(moved.values()), moved
     assert views[True]["missing"] == errno.ENOENT
@@ -117,6 +118,68 @@ def test_c_and_python_answer_the_same(sample_tree):
         assert views[True][f"read:{name}"] == data
     assert stat.S_ISLNK(views[True]["stat:link"][0]) and stat.S_ISFIFO(views[True]["stat:dir/fifo"][0])
     assert views[True] == views[False]
+
+
+def fds_on(path: str) -> int:
+    """Descriptors of this process open on ``path`` (the mount's own, in a test)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+        except OSError:
+            pass
+    return n
+
+
+@pytest.mark.skipif(not native_fuse.available(), reason="replication._dataplane is not built")
+def test_handles_opened_in_c_are_adopted_by_python_when_it_needs_them(streaming):
+    """Opens are served in C; a handle Python needs (an fsync, a write C does not
+    serve) is adopted with its open flags and then released by Python; one nobody
+    adopted is flushed and released in C. No descriptor is left behind either way,
+    and a read-only mount refuses writable opens (Python's EROFS)."""
+    rep = StreamingMirror(streaming.mirror, streaming.state)
+    streaming.mount(rep, native=True)
+    with open(streaming.p("f"), "wb") as f:
+        f.write(b"a" * 8192)
+    under = streaming.p("f")    # the real file's name is the mount's: the same path
+    before = native_fuse.counters()
+    for _ in range(50):                           # PostgreSQL's start after a crash
+        fd = os.open(streaming.p("f"), os.O_RDONLY)
+        os.close(fd)
+        fd = os.open(streaming.p("f"), os.O_RDWR)
+        os.fsync(fd)                              # Python's: adopts the handle
+        os.close(fd)
+    moved = {k: native_fuse.counters()[k] - before[k] for k in before}
+    assert moved["open"] == 100 and moved["release"] == 50 and moved["flush"] == 50, moved
+    # an O_SYNC handle opened in C: its write is Python's, with the flags adopted
+    fd = os.open(streaming.p("f"), os.O_RDWR | os.O_SYNC)
+    try:
+        os.pwrite(fd, b"b" * 4096, 0)
+    finally:
+        os.close(fd)
+    with open(streaming.p("f"), "r+b") as f:      # opened in C, written in C or Python
+        f.seek(4096)
+        f.write(b"c" * 4096)
+    barrier(streaming.root)
+    assert fds_on(under) == 0                     # every handle closed by whoever had it
+    assert not rep.errors
+    assert_same_tree(tree(streaming.under), tree(streaming.mirror))
+    assert (Path(streaming.mirror) / "f").read_bytes() == b"b" * 4096 + b"c" * 4096
+
+
+@pytest.mark.skipif(not native_fuse.available(), reason="replication._dataplane is not built")
+def test_a_read_only_mount_opens_for_reading_in_c_and_refuses_writing(sample_tree):
+    base, root, contents = sample_tree
+    m = mount_in_thread(str(root), Accepting(), native=True, read_only=True)
+    try:
+        before = native_fuse.counters()
+        assert (root / "dir" / "small.txt").read_bytes() == b"hello\n"
+        assert native_fuse.counters()["open"] == before["open"] + 1
+        with pytest.raises(OSError) as info:
+            os.open(root / "dir" / "small.txt", os.O_WRONLY)
+        assert info.value.errno == errno.EROFS
+    finally:
+        m.unmount()
 
 
 @pytest.mark.skipif(not native_fuse.available(), reason="replication._dataplane is not built")
