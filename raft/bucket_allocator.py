@@ -7,8 +7,8 @@ integer arithmetic only.
 Shares: each member's exact share is power/total*256. Its quota is that share
 rounded down or up, so it is always within one bucket of proportional. Which
 members get the rounded-up quota: first those that already own that many
-buckets (so a balanced table never moves), then by largest remainder, ties by
-name. Moves: a member keeps its buckets up to its quota (lowest indexes
+buckets (so a balanced table never moves), then those below their floor (they
+gain buckets anyway), then by largest remainder, ties by name. Moves: a member keeps its buckets up to its quota (lowest indexes
 first); buckets of members that left, unowned buckets and each member's
 surplus go, in index order, to the members under quota. Nothing else moves, so
 the number of buckets that change owner is the least any allocation with these
@@ -69,9 +69,18 @@ def quotas(powers: dict[str, int], current: dict[str, int] | None = None) -> dic
     floor = {n: p * BUCKETS // total for n, p in powers.items()}
     remainder = {n: p * BUCKETS % total for n, p in powers.items()}
     spare = BUCKETS - sum(floor.values())
-    # Only members with a fractional share can take a rounded-up bucket.
+    # Only members with a fractional share can take a rounded-up bucket: first those
+    # that own more than their floor (they keep it), then those that gain buckets
+    # anyway (a joiner), and only then one that owns exactly its floor, which would
+    # gain a bucket only for the rounding (from a member that stayed, on a join).
+    def rank(n: str) -> int:
+        if not current:                 # a fresh table: nobody keeps or gives anything
+            return 0
+        have = current.get(n, 0)
+        return 0 if have > floor[n] else 1 if have < floor[n] else 2
+
     candidates = sorted((n for n in powers if remainder[n] > 0),
-                        key=lambda n: (current.get(n, 0) <= floor[n], -remainder[n], n))
+                        key=lambda n: (rank(n), -remainder[n], n))
     result = dict(floor)
     for n in candidates[:spare]:
         result[n] += 1

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from raft.bucket_allocator import (BUCKETS, AllocationError, allocate, allocate_with_homes,
@@ -78,6 +78,10 @@ def test_idempotent_and_deterministic(table, powers):
 
 
 @given(NONEMPTY_POWERS, NAMES, st.integers(1, 1000))
+@example(powers={"n0": 1, "n1": 1, "n2": 44, "n3": 207, "n4": 261, "n6": 1, "n7": 45, "n8": 90},
+         joiner="n5", power=118)      # a stayer took a rounded-up bucket the joiner could take
+@example(powers={"n0": 1, "n1": 1, "n2": 44, "n3": 207, "n4": 261, "n6": 2, "n7": 45, "n8": 90},
+         joiner="n5", power=117)      # the joiner's share is whole: a stayer must round up
 @settings(max_examples=300)
 def test_a_single_join_takes_buckets_only_from_the_members_that_stayed(powers, joiner, power):
     if joiner in powers:
@@ -86,8 +90,18 @@ def test_a_single_join_takes_buckets_only_from_the_members_that_stayed(powers, j
     new = allocate(old, {**powers, joiner: power})
     _assert_proportional(new, {**powers, joiner: power})
     assert _moves(old, new) == _positive_differences(old, new)
+    # A bucket moves between two members that stayed only when rounding forces it: the
+    # joiner already has its rounded-up share (or its share is whole), and the member
+    # that gains ends one above its old count at its rounded-up share.
+    total = sum(powers.values()) + power
+    before, after = shares(old), shares(new)
+    gainers = [n for n in powers if after.get(n, 0) > before.get(n, 0)]
+    if gainers:
+        assert after[joiner] == -(-power * BUCKETS // total), (gainers, after[joiner])
+    for n in gainers:
+        assert after[n] == before.get(n, 0) + 1 == -(-powers[n] * BUCKETS // total), n
     for a, b in zip(old, new):
-        assert a == b or b == joiner, f"bucket moved between two members that stayed: {a} -> {b}"
+        assert a == b or b == joiner or b in gainers, f"bucket moved between stayers: {a} -> {b}"
 
 
 @given(NONEMPTY_POWERS, st.data())
