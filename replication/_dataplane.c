@@ -50,6 +50,7 @@ static atomic_int root_fd = -1;
 /* Requests served here (for tests and the bench: the C path was taken). */
 static atomic_ullong n_read, n_getattr, n_write, n_write_python;
 static atomic_ullong n_pump_unparked;   /* times a record woke the parked pump */
+static atomic_int tree_durable = 0;     /* see dp_fsync */
 
 /* ---- streamed writes ------------------------------------------------------------ */
 
@@ -218,6 +219,7 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
             q_tail = r;
             q_len++;
             q_bytes += (size_t)n;
+            atomic_store(&tree_durable, 0);   /* before this write is answered */
             if (q_len == 1 && pump_parked) {
                 pump_parked = 0;    /* one signal is enough */
                 atomic_fetch_add_explicit(&n_pump_unparked, 1, memory_order_relaxed);
@@ -233,6 +235,7 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
          * here (the key stays pinned, so the activity log covers the region). */
         atomic_store(&write_failure, err);
         atomic_store(&writes_on, 0);
+        atomic_store(&tree_durable, 0);
         pthread_cond_broadcast(&pump_cv);
     }
     pthread_mutex_unlock(&queue_mu);
@@ -283,9 +286,11 @@ static int dp_getattr(const char *path, struct stat *st, struct fuse_file_info *
 #define FD_TABLE 65536
 static atomic_int c_opened[FD_TABLE];      /* open flags + 1 while C owns it, else 0 */
 static atomic_int opens_writable = 0;      /* the mount is not read-only */
-static atomic_ullong n_open, n_flush, n_release;
+static atomic_ullong n_open, n_flush, n_release, n_fsync;
 typedef int (*fi_fn)(const char *, struct fuse_file_info *);
+typedef int (*fsync_fn)(const char *, int, struct fuse_file_info *);
 static fi_fn python_open, python_flush, python_release;
+static fsync_fn python_fsync;
 #define STRIP_FLAGS (O_APPEND | O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY)
 
 static int dp_open(const char *path, struct fuse_file_info *fi) {
@@ -331,6 +336,43 @@ static int dp_release(const char *path, struct fuse_file_info *fi) {
     return python_release != NULL ? python_release(path, fi) : -EIO;
 }
 
+/* tree_durable is 1 while every change made through this mount is durable on the peer too: set by
+ * Python (``tree_durable``) when its barrier found the whole tree covered by the
+ * receiver's durable mark, with nothing queued here; cleared by every C write it
+ * queues and by Python at every change it submits. While set, an fsync of a handle C
+ * owns is the local sync alone, as the barrier Python would answer from the mark (a
+ * crashed PostgreSQL's next start fsyncs every file of its data directory). */
+static void lock_queue(void);
+
+static int dp_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
+    if (atomic_load(&tree_durable) && c_owns(fi)) {
+        atomic_fetch_add_explicit(&n_fsync, 1, memory_order_relaxed);
+        return (datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh)) < 0 ? -errno : 0;
+    }
+    return python_fsync != NULL ? python_fsync(path, datasync, fi) : -EIO;
+}
+
+/* tree_durable(on, locked) -> bool: on is taken only with nothing queued (a queued
+ * record is a change the peer does not have); off always. locked: the caller holds the
+ * queue lock (``lock``). Returns the flag as set. */
+static PyObject *py_tree_durable(PyObject *self, PyObject *args) {
+    (void)self;
+    int on, locked;
+    if (!PyArg_ParseTuple(args, "pp", &on, &locked))
+        return NULL;
+    if (!on) {
+        atomic_store(&tree_durable, 0);
+        Py_RETURN_FALSE;
+    }
+    if (!locked)
+        lock_queue();
+    int set = q_head == NULL && !atomic_load(&write_failure);
+    atomic_store(&tree_durable, set);
+    if (!locked)
+        pthread_mutex_unlock(&queue_mu);
+    return PyBool_FromLong(set);
+}
+
 /* adopt(fd) -> flags or -1: the open flags of a handle C opened, now Python's (its
  * release goes to Python, which closes it); -1: C did not open it. */
 static PyObject *py_adopt(PyObject *self, PyObject *arg) {
@@ -344,17 +386,18 @@ static PyObject *py_adopt(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(v ? v - 1 : -1);
 }
 
-/* set_python_ops(open, flush, release, writable): mfusepy's callbacks, for what C does
- * not serve; writable: writable opens may be served here. */
+/* set_python_ops(open, flush, release, fsync, writable): mfusepy's callbacks, for what
+ * C does not serve; writable: writable opens may be served here. */
 static PyObject *py_set_python_ops(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long o, f, r;
+    unsigned long long o, f, r, y;
     int writable;
-    if (!PyArg_ParseTuple(args, "KKKp", &o, &f, &r, &writable))
+    if (!PyArg_ParseTuple(args, "KKKKp", &o, &f, &r, &y, &writable))
         return NULL;
     python_open = (fi_fn)(uintptr_t)o;
     python_flush = (fi_fn)(uintptr_t)f;
     python_release = (fi_fn)(uintptr_t)r;
+    python_fsync = (fsync_fn)(uintptr_t)y;
     atomic_store(&opens_writable, writable);
     Py_RETURN_NONE;
 }
@@ -371,20 +414,22 @@ static PyObject *py_set_root(PyObject *self, PyObject *arg) {
 static PyObject *py_addresses(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
                          "read", (unsigned long long)(uintptr_t)&dp_read,
                          "getattr", (unsigned long long)(uintptr_t)&dp_getattr,
                          "write", (unsigned long long)(uintptr_t)&dp_write,
                          "open", (unsigned long long)(uintptr_t)&dp_open,
                          "flush", (unsigned long long)(uintptr_t)&dp_flush,
-                         "release", (unsigned long long)(uintptr_t)&dp_release);
+                         "release", (unsigned long long)(uintptr_t)&dp_release,
+                         "fsync", (unsigned long long)(uintptr_t)&dp_fsync);
 }
 
 static PyObject *py_counters(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
                          "read", (unsigned long long)atomic_load(&n_read),
+                         "fsync", (unsigned long long)atomic_load(&n_fsync),
                          "getattr", (unsigned long long)atomic_load(&n_getattr),
                          "open", (unsigned long long)atomic_load(&n_open),
                          "flush", (unsigned long long)atomic_load(&n_flush),
@@ -667,7 +712,9 @@ static PyMethodDef methods[] = {
     {"adopt", py_adopt, METH_O,
      "adopt(fd) -> open flags, or -1: a handle C opened becomes Python's."},
     {"set_python_ops", py_set_python_ops, METH_VARARGS,
-     "set_python_ops(open, flush, release, writable): Python's callbacks (addresses)."},
+     "set_python_ops(open, flush, release, fsync, writable): Python's callbacks."},
+    {"tree_durable", py_tree_durable, METH_VARARGS,
+     "tree_durable(on, locked) -> bool: fsyncs of C-owned handles are local while set."},
     {"set_python_write", py_set_python_write, METH_O,
      "set_python_write(address): the Python write callback, for what C does not serve."},
     {"writes", py_writes, METH_VARARGS,

@@ -1036,6 +1036,8 @@ def _native_writes_for(fs: ReplicatedFS, replicator: object) -> native_fuse.Nati
 
 
 def _detach_native_writes(fs: ReplicatedFS) -> None:
+    if getattr(fs._rep, "tree_durable", None) is not None:
+        fs._rep.tree_durable = None   # type: ignore[attr-defined]
     if isinstance(fs._lock, OrderingLock):
         fs._lock.exclusive_hooks = None
     fs._native = None
@@ -1044,6 +1046,8 @@ def _detach_native_writes(fs: ReplicatedFS) -> None:
 def _stop_native_writes(fs: ReplicatedFS, writes: native_fuse.NativeWrites) -> None:
     """After the loop: C writes off, the queue drained into the replicator, the pins
     ended; then every change is Python's again."""
+    if getattr(fs._rep, "tree_durable", None) is not None:
+        fs._rep.tree_durable = None   # type: ignore[attr-defined]
     writes.stop()
     _detach_native_writes(fs)
     log.info("event=native_writes_stopped %s",
@@ -1090,6 +1094,9 @@ def serve(root: str, replicator: Replicator, *, read_only: bool = False,
                 if native else contextlib.nullcontext(False) as in_c:
             if in_c:
                 fs._c_opens = native_fuse.dataplane()
+                if writes is not None and hasattr(replicator, "tree_durable"):
+                    # its barriers answered by the durable mark let C answer fsyncs
+                    replicator.tree_durable = writes.tree_durable
                 log.info("event=fuse_native ops=%s writes=%s", ",".join(native_fuse.native_ops()),
                          "c" if writes else "python")
             else:

@@ -81,18 +81,19 @@ def native_ops() -> list[str]:
 
 def put_into(ops: Any, writable: bool = True) -> list[str]:
     """Replace the C-served operations in a libfuse operations table (mfusepy's
-    ctypes ``fuse_operations``); returns their names. mfusepy's write, open, flush
-    and release stay reachable from C (for what C does not serve). ``writable``:
+    ctypes ``fuse_operations``); returns their names. mfusepy's write, open, flush,
+    release and fsync stay reachable from C (for what C does not serve). ``writable``:
     writable opens may be served in C (not on a read-only mount)."""
     assert _dataplane is not None
     fields = {f[0]: f[1] for f in type(ops)._fields_}
     python = {name: ctypes.cast(getattr(ops, name), ctypes.c_void_p).value
-              for name in ("write", "open", "flush", "release")}
+              for name in ("write", "open", "flush", "release", "fsync")}
     missing = [name for name, address in python.items() if not address]
     if missing:
         raise RuntimeError(f"the operations table has no {', '.join(missing)} to fall back to")
     _dataplane.set_python_write(python["write"])
-    _dataplane.set_python_ops(python["open"], python["flush"], python["release"], writable)
+    _dataplane.set_python_ops(python["open"], python["flush"], python["release"],
+                              python["fsync"], writable)
     done = []
     for name, address in sorted(_dataplane.addresses().items()):
         setattr(ops, name, ctypes.cast(ctypes.c_void_p(address), fields[name]))
@@ -193,6 +194,7 @@ class NativeWrites:
     def stop(self) -> None:
         """C writes off (later ones go to Python), the queue drained, every pin ended."""
         self._stop.set()
+        self._dp.tree_durable(False, False)
         self._dp.writes(False, self.region_size, self.activity is not None)   # wakes the pump
         for t in self._threads:
             t.join(timeout=10)
@@ -222,6 +224,18 @@ class NativeWrites:
             finally:
                 self._section_owner, self._section_depth = None, 0
                 self._dp.unlock()
+
+    def tree_durable(self, on: bool) -> bool:
+        """The replicator's word (Sender.tree_durable): every change so far is durable
+        on the peer (on), or a change was made (off). While on, an fsync of a handle C
+        opened is served in C by the local sync alone. On is taken only with nothing
+        queued, and only inside ``section`` (a barrier is; the queue lock is taken
+        before the replicator's, never after)."""
+        if not on:
+            return bool(self._dp.tree_durable(False, False))
+        if self._section_owner != threading.get_ident():
+            return False
+        return bool(self._dp.tree_durable(True, True))
 
     def drain_locked(self) -> None:
         """Under ``section`` (or the exclusive ordering lock's hook): submit every

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from .channel import ReplicationRefused, StaleEpoch
-from .ops import NAMESPACE_KINDS, WRITE_SETS_TIMES, Op, OpKind
+from .ops import FSYNC_DATASYNC, NAMESPACE_KINDS, WRITE_SETS_TIMES, Op, OpKind
 from .ordering_lock import OrderingLock
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class Ticket:
     generation: int
     seq: int | None  # None: recorded locally (ALONE), nothing to wait for
     barrier: bool = True  # False: BARRIER durability and not a barrier (answered at once)
+    synced: str | None = None  # a full fsync sent: the path it makes durable over there
 
 
 class Sender:
@@ -166,6 +167,11 @@ class Sender:
         # The activity log (DESIGN.md "In-flight writes"): the FUSE layer marks
         # regions in it before it applies a change. None: no activity log.
         self.activity: ActivityLog | None = None
+        # Told False at every submission and every change of channel or state, True
+        # when a barrier found the whole tree covered by the receiver's durable mark
+        # (the C data plane then serves fsyncs of the handles it owns by the local
+        # sync alone, as this barrier was: replication/native_fuse.py).
+        self.tree_durable: Callable[[bool], object] | None = None
 
     # ---- owner API -----------------------------------------------------------
     @property
@@ -179,6 +185,7 @@ class Sender:
         ``late_errors``: the channel reports refusals after acknowledging
         (receipt or async mode; see ``late_error``)."""
         with self._lock:
+            self._tell_tree(False)
             self._keep_for_late = late_errors
             self._sent_ops.clear()
             self._late_handled = 0
@@ -231,6 +238,7 @@ class Sender:
         """The reintegration is complete (caller holds the ordering lock, after
         ``quiesce``): from now on a refusal is a lost peer."""
         with self._lock:
+            self._tell_tree(False)
             self._settling = False
             self._sent_ops.clear()
             if self._channel is not None:   # what the reintegration sent must be durable too
@@ -309,13 +317,21 @@ class Sender:
                     "ops_sent": self._ops_sent, "bytes_sent": self._bytes_sent}
 
     # ---- Replicator API (called by the FUSE layer) ------------------------------
+    def _tell_tree(self, durable: bool) -> None:
+        hook = self.tree_durable
+        if hook is not None:
+            hook(durable)
+
     def submit(self, op: Op) -> Ticket:
         with self._lock:
+            self._tell_tree(False)
             state, generation, channel = self._state, self._generation, self._channel
             if state is SenderState.CONNECTED:
                 if (self._barriers and op.kind == OpKind.FSYNC and channel is not None
                         and self._durable_already(channel, op.path)):
                     self._fast_barriers += 1
+                    if self._durable_already(channel, ""):
+                        self._tell_tree(True)
                     return Ticket(generation, None, barrier=False)
                 try:
                     if channel is None:
@@ -336,7 +352,7 @@ class Sender:
                         self._keep_sent(seq, op)
                     if self.on_sent is not None:
                         self.on_sent(op)
-                    return Ticket(generation, seq, self._is_barrier(op))
+                    return Ticket(generation, seq, self._is_barrier(op), _synced(op))
         if state is SenderState.CONNECTED:
             self._lose_peer(generation, f"send failed: {send_error}", extra=[op])
             return Ticket(generation, None, self._is_barrier(op))
@@ -359,6 +375,7 @@ class Sender:
         if len(ops) < 2:
             return [self.submit(op) for op in ops]
         with self._lock:
+            self._tell_tree(False)
             state, generation, channel = self._state, self._generation, self._channel
             send_ops = getattr(channel, "send_ops", None)
             if state is SenderState.CONNECTED and channel is not None and send_ops is None:
@@ -386,7 +403,8 @@ class Sender:
                             self._keep_sent(seq, op)
                         if self.on_sent is not None:
                             self.on_sent(op)
-                        tickets.append(Ticket(generation, seq, self._is_barrier(op)))
+                        tickets.append(Ticket(generation, seq, self._is_barrier(op),
+                                              _synced(op)))
                     return tickets
         if state is SenderState.CONNECTED and by_one:
             return [self.submit(op) for op in ops]
@@ -448,6 +466,22 @@ class Sender:
         with self._lock:
             if channel is self._channel:
                 self._trim_answered(channel)
+                if (ticket.synced is not None and not self._settling
+                        and ticket.generation == self._generation):
+                    self._synced_through(ticket.synced, ticket.seq)
+
+    def _synced_through(self, path: str, seq: int) -> None:
+        """Caller holds _lock: the full fsync of ``path`` sent as ``seq`` was answered
+        with nothing refused before it: the receiver applied every op before it, then
+        fsynced the file (or directory) and the directory holding its name (applier
+        ``_fsync``; '': a syncfs of the copy). What it covers needs no round trip at the
+        next barrier, as if the durable mark had passed it: a crashed PostgreSQL's start
+        fsyncs every file, and the files written just before the crash then stop
+        keeping the whole tree from counting as durable."""
+        keys = list(self._path_seq) if path == "" else [path, path.rpartition("/")[0]]
+        for key in keys:
+            if self._path_seq.get(key, seq) < seq:
+                del self._path_seq[key]
 
     def _await_late(self, channel: Channel, received: int, deadline: float) -> None:
         """Until ``late_error`` handled ``received`` late errors of ``channel``, or
@@ -583,6 +617,7 @@ class Sender:
     def _lose_peer(self, generation: int, reason: str, extra: Sequence[Op] = ()) -> None:
         """Exactly one caller per generation does the transition; the others wait for it."""
         with self._lock:
+            self._tell_tree(False)
             if generation != self._generation or self._state is not SenderState.CONNECTED:
                 pending = list(extra)
                 first = False
@@ -618,6 +653,14 @@ class Sender:
             log.error("event=sender_failed reason=%r", self._failure)
         finally:
             done.set()
+
+
+def _synced(op: Op) -> str | None:
+    """The path a sent op makes durable on the receiver once answered: a full fsync's
+    (a datasync leaves times behind)."""
+    if op.kind == OpKind.FSYNC and not op.mode & FSYNC_DATASYNC:
+        return op.path
+    return None
 
 
 def _light(op: Op) -> Op:

@@ -281,6 +281,61 @@ def test_streamed_writes_are_served_in_c_and_reach_the_mirror_by_the_barrier(str
 
 
 
+class DurableTreeMirror(StreamingMirror):
+    """A StreamingMirror that, like Sender.tree_durable, says False at every op and
+    True at a barrier once the mirror applied every op before it (its mirror has no
+    power to lose: applied is durable here)."""
+
+    tree_durable = None
+
+    def submit(self, op):
+        if self.tree_durable is not None:
+            self.tree_durable(False)
+        ticket = super().submit(op)
+        if op.kind is OpKind.FSYNC:
+            self.wait(ticket)                    # everything before it applied
+            if self.tree_durable is not None:
+                self.tree_durable(True)
+        return ticket
+
+
+@needs_dataplane
+def test_fsyncs_of_handles_c_opened_are_served_in_c_while_the_tree_is_durable(streaming):
+    rep = DurableTreeMirror(streaming.mirror, streaming.state, cold_s=30)
+    streaming.mount(rep, native=True)
+    assert rep.tree_durable is not None          # serve gave it the C data plane's word
+    with open(streaming.p("f"), "wb") as f:
+        f.write(b"a" * 8192)
+
+    def open_fsync_close() -> int:
+        before = native_fuse.counters()["fsync"]
+        fd = os.open(streaming.p("f"), os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return native_fuse.counters()["fsync"] - before
+
+    assert open_fsync_close() == 0               # Python's barrier: it says the tree is durable
+    assert open_fsync_close() == 1               # then C answers by the local sync
+    assert open_fsync_close() == 1
+    fd = os.open(streaming.p("f"), os.O_RDWR)    # a write (Python's, then C's) ends that
+    try:
+        os.pwrite(fd, b"b" * 4096, 0)
+        os.pwrite(fd, b"c" * 4096, 4096)
+        before = native_fuse.counters()["fsync"]
+        os.fsync(fd)
+        assert native_fuse.counters()["fsync"] == before     # in Python: it replicates them
+    finally:
+        os.close(fd)
+    assert (Path(streaming.mirror) / "f").read_bytes() == b"b" * 4096 + b"c" * 4096
+    assert open_fsync_close() == 1               # that barrier made the tree durable again
+    os.mkdir(streaming.p("d"))                   # a namespace change ends it too
+    assert open_fsync_close() == 0
+    assert not rep.errors
+    assert_same_tree(tree(streaming.under), tree(streaming.mirror))
+
+
 def wait_mirrored(path: Path, want: bytes, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not (path.exists() and path.read_bytes() == want):

@@ -374,3 +374,68 @@ def test_a_batch_that_cannot_be_sent_is_recorded_before_the_loss_is_committed():
     # alone: a later batch is recorded, nothing sent
     s.submit_many([write(3), write(4)])
     assert rec.ops[-2:] == [write(3), write(4)] and ch.batches == []
+
+
+def test_the_whole_tree_durable_is_told_only_while_nothing_changed_since_the_mark():
+    """Sender.tree_durable: False at every submission and every change of channel or
+    state; True when a barrier finds the whole tree covered by the durable mark (the
+    C data plane then answers fsyncs of the handles it owns by the local sync)."""
+    told: list[bool] = []
+    s, _, rec, lost = barrier_sender(timeout=0.2)
+    s.tree_durable = told.append
+    ch = BatchChannel()
+    s.attach(ch, late_errors=True)
+    assert told[-1] is False
+    s.wait(s.submit(write(0)))
+    ch.ack_through(1)
+    assert s.submit(fsync(0)).seq is not None and told[-1] is False   # no mark yet
+    ch.ack_through(2)
+    ch.durable_through = 0                   # the write to f0 (seq 1) not covered yet
+    assert s.submit(fsync(3)).seq is None and told[-1] is False   # f3 durable, tree not
+    ch.durable_through = 1
+    assert s.submit(fsync(3)).seq is None and told[-1] is True    # all of it
+    s.submit_many([write(1), write(2)])
+    assert told[-1] is False                 # a change: off before it is answered
+    ch.ack_through(4)
+    ch.durable_through = 4
+    assert s.submit(fsync(9)).seq is None and told[-1] is True
+    s.detach("stopped")                      # a loss: off
+    assert told[-1] is False and lost == ["stopped"]
+
+
+def test_an_answered_full_fsync_counts_its_file_as_durable_over_there():
+    """The receiver fsynced the file and its directory after applying everything
+    before: a later barrier on it needs no round trip, even before the next durable
+    mark; a datasync does not count (times may not be durable), nor does a change
+    made after the fsync was sent."""
+    told: list[bool] = []
+    s, _, rec, lost = barrier_sender()
+    ch = BatchChannel()
+    s.attach(ch, late_errors=True)
+    s.tree_durable = told.append
+    ch.durable_through = 0                         # the session's start: all on disk there
+    s.wait(s.submit(write(0)))                     # f0, seq 1
+    s.wait(s.submit(Op(OpKind.CREATE, "d/new")))   # d/new and d's entries, seq 2
+    t = s.submit(Op(OpKind.FSYNC, "f0", mode=1))   # fdatasync, seq 3
+    ch.ack_through(3)
+    s.wait(t)
+    t = s.submit(fsync(0))
+    assert t.seq == 4                              # the datasync did not count
+    ch.ack_through(4)
+    assert told[-1] is False
+    s.wait(t)
+    assert s.submit(fsync(0)).seq is None          # the full fsync did
+    assert told[-1] is False                       # d/new and d still unknown there
+    t = s.submit(Op(OpKind.FSYNC, "d/new"))        # seq 5: covers d/new and d's entries
+    s.wait(s.submit(write(1)))                     # f1 written after it was sent: seq 6
+    ch.ack_through(6)
+    s.wait(t)
+    assert s.submit(Op(OpKind.FSYNC, "d/new")).seq is None
+    assert s.submit(Op(OpKind.FSYNC, "d")).seq is None
+    t = s.submit(fsync(1))
+    assert t.seq == 7
+    ch.ack_through(7)
+    s.wait(t)
+    assert s.submit(fsync(1)).seq is None and told[-1] is True   # nothing left unknown
+    assert lost == [] and rec.ops == []
+
