@@ -341,18 +341,9 @@ class Sender:
                     # Record it below as an unacknowledged op of this generation.
                     send_error = e
                 else:
-                    self._ops_sent += 1
-                    self._bytes_sent += len(op.data)
                     if self._barriers:
                         self._trim_answered(channel)
-                        self._note_paths(op, seq)
-                        op = _light(op)
-                    self._in_flight[seq] = op
-                    if self._settling and self._keep_for_late:
-                        self._keep_sent(seq, op)
-                    if self.on_sent is not None:
-                        self.on_sent(op)
-                    return Ticket(generation, seq, self._is_barrier(op), _synced(op))
+                    return self._sent(op, seq, generation)
         if state is SenderState.CONNECTED:
             self._lose_peer(generation, f"send failed: {send_error}", extra=[op])
             return Ticket(generation, None, self._is_barrier(op))
@@ -391,21 +382,8 @@ class Sender:
                 else:
                     if self._barriers:
                         self._trim_answered(channel)
-                    tickets = []
-                    for op, seq in zip(ops, seqs, strict=True):
-                        self._ops_sent += 1
-                        self._bytes_sent += len(op.data)
-                        if self._barriers:
-                            self._note_paths(op, seq)
-                            op = _light(op)
-                        self._in_flight[seq] = op
-                        if self._settling and self._keep_for_late:
-                            self._keep_sent(seq, op)
-                        if self.on_sent is not None:
-                            self.on_sent(op)
-                        tickets.append(Ticket(generation, seq, self._is_barrier(op),
-                                              _synced(op)))
-                    return tickets
+                    return [self._sent(op, seq, generation)
+                            for op, seq in zip(ops, seqs, strict=True)]
         if state is SenderState.CONNECTED and by_one:
             return [self.submit(op) for op in ops]
         if state is SenderState.CONNECTED:
@@ -417,6 +395,20 @@ class Sender:
                                          f"{len(ops)} changes applied locally only")
         self._record_or_fail(ops)
         return [Ticket(generation, None, self._is_barrier(op)) for op in ops]
+
+    def _sent(self, op: Op, seq: int, generation: int) -> Ticket:
+        """Caller holds _lock: ``op`` went on the wire as ``seq``; its ticket."""
+        self._ops_sent += 1
+        self._bytes_sent += len(op.data)
+        if self._barriers:
+            self._note_paths(op, seq)
+            op = _light(op)
+        self._in_flight[seq] = op
+        if self._settling and self._keep_for_late:
+            self._keep_sent(seq, op)
+        if self.on_sent is not None:
+            self.on_sent(op)
+        return Ticket(generation, seq, self._is_barrier(op), _synced(op))
 
     def wait(self, ticket: Ticket) -> None:
         """Return when the op of ``ticket`` may be answered to the application:
