@@ -18,6 +18,12 @@ running_postmaster() {
     pid=$(head -n 1 "$PIDFILE" 2>/dev/null)
     case "$pid" in ''|*[!0-9]*) return 1 ;; esac
     [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ] || return 1
-    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$(readlink -f "$DATA")" ] || return 1
+    if [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" != "$(readlink -f "$DATA")" ]; then
+        # Its directory may be on a mount stopped under it (a lost lease stops the mount
+        # first, then stop_prim): the path then reads relative to that detached mount
+        # ("/data"). It is still ours if its command line names this data directory.
+        [ "$(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -A1 -xF -- -D | sed -n 2p)" \
+            = "$DATA" ] || return 1
+    fi
     echo "$pid"
 }
