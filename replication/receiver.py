@@ -45,6 +45,7 @@ DURABLE_INTERVAL_S = 0.5
 ACK_BATCH = 256                      # at most this many ops per success ACK
 ACK_HOLD_BYTES = 256 * 1024          # ...and never hold an ACK behind more data than this
 ACK_HOLD_S = 0.0005                  # ...or longer than this
+INLINE_MAX_BYTES = 256 * 1024        # a read applied by the connection thread itself: at most
 DIGESTS_PER_REPLY = 128 * 1024       # 1 MiB of u64 per REPLY chunk
 TREE_CHUNK_BYTES = 1024 * 1024       # manifest entries per REPLY chunk
 MAX_QUERY_SESSIONS = 4               # query-only connections (verify) at once
@@ -263,9 +264,11 @@ class _Session:
                 return
             if frames is None:
                 return
-            # alone: nothing of another frame behind this read's (a sender that sent
-            # them together waits for them, and is not streaming more behind them)
-            alone = not reader.decoder.buffered
+            # alone: nothing of another frame behind this read's, and a small read (a
+            # barrier with the writes before it, whose sender waits for them); a stream's
+            # big reads are applied by the apply thread while this one reads on
+            alone = (not reader.decoder.buffered
+                     and sum(len(f.payload) for f in frames) <= INLINE_MAX_BYTES)
             for f in frames:
                 if not self._dispatch(f, receipts, alone):
                     self._inline_acks.flush()
