@@ -336,9 +336,9 @@ static int dp_release(const char *path, struct fuse_file_info *fi) {
     return python_release != NULL ? python_release(path, fi) : -EIO;
 }
 
-/* tree_durable is 1 while every change made through this mount is durable on the peer too: set by
- * Python (``tree_durable``) when its barrier found the whole tree covered by the
- * receiver's durable mark, with nothing queued here; cleared by every C write it
+/* tree_durable is 1 while every change made through this mount is durable on the peer
+ * too: set by Python (``tree_durable``) when its barrier found the whole tree covered by
+ * the receiver's durable mark, with nothing queued here; cleared by every C write it
  * queues and by Python at every change it submits. While set, an fsync of a handle C
  * owns is the local sync alone, as the barrier Python would answer from the mark (a
  * crashed PostgreSQL's next start fsyncs every file of its data directory). */

@@ -1046,8 +1046,6 @@ def _detach_native_writes(fs: ReplicatedFS) -> None:
 def _stop_native_writes(fs: ReplicatedFS, writes: native_fuse.NativeWrites) -> None:
     """After the loop: C writes off, the queue drained into the replicator, the pins
     ended; then every change is Python's again."""
-    if getattr(fs._rep, "tree_durable", None) is not None:
-        fs._rep.tree_durable = None   # type: ignore[attr-defined]
     writes.stop()
     _detach_native_writes(fs)
     log.info("event=native_writes_stopped %s",
