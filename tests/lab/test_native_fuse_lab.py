@@ -359,7 +359,8 @@ def test_streamed_writes_reach_the_mirror_without_a_barrier_also_after_the_pump_
             os.pwrite(fd, bytes([i + 1]) * 8192, i * 8192)
         wait_mirrored(mirrored, bytes(want))
         for _ in range(3):
-            time.sleep(10 * native_fuse.PUMP_LINGER_S * native_fuse.PUMP_HOT_ROUNDS)   # parked
+            # parked: PUMP_HOT_ROUNDS lingers with nothing queued (25x that, for a busy machine)
+            time.sleep(25 * native_fuse.PUMP_LINGER_S * native_fuse.PUMP_HOT_ROUNDS)
             before = native_fuse.counters()
             want[0:8192] = bytes([want[0] + 1]) * 8192
             os.pwrite(fd, bytes(want[0:8192]), 0)
