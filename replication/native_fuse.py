@@ -254,11 +254,13 @@ class NativeWrites:
         return ops
 
     def not_submitted(self, ops: Sequence[Op], exc: BaseException) -> None:
-        """Under ``section``: ``take_ops_locked``'s ops could not be submitted: they
-        were answered and applied here, so every later change fails instead."""
+        """Under ``submit_lock``: ``take_ops_locked``'s ops could not be submitted:
+        they were answered and applied here, so every later change fails instead.
+        (What C queued meanwhile, after them, is dropped by the next take: the same
+        kind of write, in regions still pinned, so the activity log covers them.)"""
         if self.error is None:
             self.error = exc
-            self._dp.writes_off()   # we hold the queue lock: writes() would wait for it
+            self._dp.writes_off()   # maybe under the queue lock: writes() would wait for it
             log.error("event=native_write_not_replicated records=%d error=%r", len(ops), exc)
         self.records -= len(ops)
 
@@ -289,6 +291,26 @@ class NativeWrites:
         with self.section():
             self._drain_locked()
 
+    def _pump_drain(self) -> None:
+        """The pump's drain: the records are taken under the queue lock, and submitted
+        holding only ``submit_lock``. C writes go on queueing while a batch is encoded
+        and sent (a crash-recovery checkpoint's writes waited behind every send: 95 of
+        2,700 took 0.3-3 ms). Order holds: every other submitter (``section``) takes
+        ``submit_lock`` first, so this batch is on the channel before anything taken
+        after it; what C queues meanwhile is the next drain's."""
+        with self.submit_lock:
+            self._dp.lock()
+            try:
+                ops = self._take_locked()
+            finally:
+                self._dp.unlock()
+            if not ops:
+                return
+            try:
+                self._submit(ops)
+            except BaseException as exc:  # noqa: BLE001 - every later change fails instead
+                self.not_submitted(ops, exc)
+
     def _pump(self) -> None:
         idle = 0
         while not self._stop.is_set():
@@ -299,7 +321,7 @@ class NativeWrites:
             # after PUMP_HOT_ROUNDS with nothing to send. Barriers do not wait for
             # this: they drain the queue themselves.
             if self._dp.wait(1.0, PUMP_LINGER_S, idle >= PUMP_HOT_ROUNDS):
-                self.drain()
+                self._pump_drain()
                 idle = 0
             else:
                 idle += 1

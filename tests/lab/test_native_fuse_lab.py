@@ -373,6 +373,56 @@ def test_streamed_writes_reach_the_mirror_without_a_barrier_also_after_the_pump_
     assert not rep.errors
 
 
+class HeldMirror(StreamingMirror):
+    """Its submission of C's WRITE records blocks (``hold``) until ``release``."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.released = threading.Event()
+
+    def submit(self, op):
+        if self.hold.is_set() and op.kind is OpKind.WRITE:
+            self.holding.set()
+            assert self.released.wait(30), "never released"
+        return super().submit(op)
+
+
+@needs_dataplane
+def test_c_writes_go_on_while_the_pump_submits(streaming):
+    """The pump submits what it took without the queue lock: C writes made while its
+    submission is stuck are answered, queued behind it, and reach the mirror after it,
+    in order, once it goes on (a barrier meanwhile waits for it)."""
+    rep = HeldMirror(streaming.mirror, streaming.state, cold_s=30)   # pins stay
+    streaming.mount(rep, native=True)
+    fd = os.open(streaming.p("data"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"a" * 8192, 0)       # Python's: pins the region for C
+        barrier(streaming.root)
+        rep.hold.set()
+        os.pwrite(fd, b"b" * 8192, 0)       # C's; the pump takes it and is held
+        assert rep.holding.wait(10), "the pump never submitted"
+        before = native_fuse.counters()["write"]
+        done = threading.Event()
+
+        def more() -> None:
+            for i in range(1, 9):
+                os.pwrite(fd, bytes([ord("b") + i]) * 8192, 0)
+            done.set()
+        threading.Thread(target=more, daemon=True).start()
+        assert done.wait(10), "C writes waited for the held submission"
+        assert native_fuse.counters()["write"] - before == 8
+        rep.hold.clear()
+        rep.released.set()
+        barrier(streaming.root)
+        assert (Path(streaming.mirror) / "data").read_bytes() == b"j" * 8192
+    finally:
+        rep.released.set()
+        os.close(fd)
+    assert not rep.errors
+
+
 @needs_dataplane
 def test_names_that_are_not_utf8_stream_too(streaming):
     """Linux names are bytes: a name that is no UTF-8 goes through the queue and the
