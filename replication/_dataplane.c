@@ -17,8 +17,8 @@
  *    here by Python (it was made durably active there); otherwise, and for a
  *    path-less or O_SYNC/O_DSYNC write, the request goes to Python's write, which
  *    applies the activity-log rule and pins the keys for the next writes.
- *  - open (not O_TRUNC/O_CREAT), and flush and release of the handles it opened while
- *    Python has not adopted them (see dp_open).
+ *  - open (not O_TRUNC/O_CREAT), and release of the handles it opened while Python
+ *    has not adopted them (see dp_open). No flush at all (fuse_fs.ReplicatedFS.release).
  * Every other request stays in Python (replication/fuse_fs.py), and so do the rules:
  * channel order (the queue lock below is taken by Python around its own changes, and
  * its exclusive ordering lock holds the write lock below), the activity log (what is
@@ -277,19 +277,18 @@ static int dp_getattr(const char *path, struct stat *st, struct fuse_file_info *
  * flags Python's open would use (fuse_fs._local_flags), becomes the handle. Python
  * never learns of it unless it needs it: it then adopts it (``adopt``: the open
  * flags, and the descriptor is Python's from then on, closed by its release). A
- * handle C opened and nobody adopted is flushed (nothing to do: no data change went
- * through Python on it) and released (closed) here. Why: PostgreSQL fsyncs every
- * file of its data directory when it starts after a crash, opening each twice; the
- * Python open, flush and release cost ~80 us each there. Not here: O_TRUNC and
+ * handle C opened and nobody adopted is released (closed) here. Why: PostgreSQL
+ * fsyncs every file of its data directory when it starts after a crash, opening each
+ * twice; the Python open and release cost ~80 us each there. Not here: O_TRUNC and
  * O_CREAT (they change the file), a writable open on a read-only mount (EROFS from
  * Python), and a descriptor beyond the table. */
 #define FD_TABLE 65536
 static atomic_int c_opened[FD_TABLE];      /* open flags + 1 while C owns it, else 0 */
 static atomic_int opens_writable = 0;      /* the mount is not read-only */
-static atomic_ullong n_open, n_flush, n_release, n_fsync;
+static atomic_ullong n_open, n_release, n_fsync;
 typedef int (*fi_fn)(const char *, struct fuse_file_info *);
 typedef int (*fsync_fn)(const char *, int, struct fuse_file_info *);
-static fi_fn python_open, python_flush, python_release;
+static fi_fn python_open, python_release;
 static fsync_fn python_fsync;
 #define STRIP_FLAGS (O_APPEND | O_DIRECT | O_CREAT | O_EXCL | O_NOCTTY)
 
@@ -316,14 +315,6 @@ static int dp_open(const char *path, struct fuse_file_info *fi) {
 
 static int c_owns(const struct fuse_file_info *fi) {
     return fi != NULL && fi->fh < FD_TABLE && atomic_load(&c_opened[fi->fh]) != 0;
-}
-
-static int dp_flush(const char *path, struct fuse_file_info *fi) {
-    if (c_owns(fi)) {
-        atomic_fetch_add_explicit(&n_flush, 1, memory_order_relaxed);
-        return 0;
-    }
-    return python_flush != NULL ? python_flush(path, fi) : -EIO;
 }
 
 static int dp_release(const char *path, struct fuse_file_info *fi) {
@@ -386,16 +377,15 @@ static PyObject *py_adopt(PyObject *self, PyObject *arg) {
     return PyLong_FromLong(v ? v - 1 : -1);
 }
 
-/* set_python_ops(open, flush, release, fsync, writable): mfusepy's callbacks, for what
- * C does not serve; writable: writable opens may be served here. */
+/* set_python_ops(open, release, fsync, writable): mfusepy's callbacks, for what C
+ * does not serve; writable: writable opens may be served here. */
 static PyObject *py_set_python_ops(PyObject *self, PyObject *args) {
     (void)self;
-    unsigned long long o, f, r, y;
+    unsigned long long o, r, y;
     int writable;
-    if (!PyArg_ParseTuple(args, "KKKKp", &o, &f, &r, &y, &writable))
+    if (!PyArg_ParseTuple(args, "KKKp", &o, &r, &y, &writable))
         return NULL;
     python_open = (fi_fn)(uintptr_t)o;
-    python_flush = (fi_fn)(uintptr_t)f;
     python_release = (fi_fn)(uintptr_t)r;
     python_fsync = (fsync_fn)(uintptr_t)y;
     atomic_store(&opens_writable, writable);
@@ -414,12 +404,11 @@ static PyObject *py_set_root(PyObject *self, PyObject *arg) {
 static PyObject *py_addresses(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}",
                          "read", (unsigned long long)(uintptr_t)&dp_read,
                          "getattr", (unsigned long long)(uintptr_t)&dp_getattr,
                          "write", (unsigned long long)(uintptr_t)&dp_write,
                          "open", (unsigned long long)(uintptr_t)&dp_open,
-                         "flush", (unsigned long long)(uintptr_t)&dp_flush,
                          "release", (unsigned long long)(uintptr_t)&dp_release,
                          "fsync", (unsigned long long)(uintptr_t)&dp_fsync);
 }
@@ -427,12 +416,11 @@ static PyObject *py_addresses(PyObject *self, PyObject *unused) {
 static PyObject *py_counters(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
                          "read", (unsigned long long)atomic_load(&n_read),
                          "fsync", (unsigned long long)atomic_load(&n_fsync),
                          "getattr", (unsigned long long)atomic_load(&n_getattr),
                          "open", (unsigned long long)atomic_load(&n_open),
-                         "flush", (unsigned long long)atomic_load(&n_flush),
                          "release", (unsigned long long)atomic_load(&n_release),
                          "write", (unsigned long long)atomic_load(&n_write),
                          "write_python", (unsigned long long)atomic_load(&n_write_python),
@@ -712,7 +700,7 @@ static PyMethodDef methods[] = {
     {"adopt", py_adopt, METH_O,
      "adopt(fd) -> open flags, or -1: a handle C opened becomes Python's."},
     {"set_python_ops", py_set_python_ops, METH_VARARGS,
-     "set_python_ops(open, flush, release, fsync, writable): Python's callbacks."},
+     "set_python_ops(open, release, fsync, writable): Python's callbacks."},
     {"tree_durable", py_tree_durable, METH_VARARGS,
      "tree_durable(on, locked) -> bool: fsyncs of C-owned handles are local while set."},
     {"set_python_write", py_set_python_write, METH_O,

@@ -178,7 +178,6 @@ class _Handle:
     fd: int
     key: tuple[int, int]
     ilock: threading.Lock
-    times_dirty: bool = False   # data changed its mtime since the last UTIMENS we sent
     sync: int | None = None     # O_SYNC / O_DSYNC: each write is a barrier (FSYNC mode bits)
     orphan_path: str | None = None  # name found for an unlinked-but-still-linked inode
 
@@ -386,15 +385,14 @@ class ReplicatedFS:
                         h = self._handles[fh]
         return h
 
-    def _register(self, fd: int, flags: int, dirty: bool = False) -> int:
+    def _register(self, fd: int, flags: int) -> int:
         """The file handle given to the kernel is the descriptor itself: the C
         read path (replication/native_fuse.py) preads on it without a lookup. A
         descriptor is unique while open, and is closed only after its handle is
         dropped (``release``)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
-        self._handles[fd] = _Handle(fd, key, self._ilocks.take(key), times_dirty=dirty,
-                                    sync=_sync_mode(flags))
+        self._handles[fd] = _Handle(fd, key, self._ilocks.take(key), sync=_sync_mode(flags))
         return fd
 
     def _data_path(self, path: str | None, h: _Handle) -> str | None:
@@ -462,16 +460,6 @@ class ReplicatedFS:
                 os.chmod(rel, perm, dir_fd=self._root, follow_symlinks=False)
             st = os.fstat(fd) if fd is not None else self._lstat(rel)
         return st
-
-    def _flush_times(self, path: str | None, h: _Handle) -> list[object]:
-        """UTIMENS for a handle whose writes moved the file's mtime (under its locks)."""
-        if not h.times_dirty:
-            return []
-        h.times_dirty = False
-        rel = self._data_path(path, h)
-        if not rel:
-            return []
-        return self._submit([self._times_op(rel, os.fstat(h.fd))])
 
     # ---- lifecycle ------------------------------------------------------------
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -571,11 +559,12 @@ class ReplicatedFS:
         with self._lock, self._noted(rel):  # open(O_TRUNC) changes the file
             fd = os.open(rel, oflags, dir_fd=self._root)
             try:
-                fh = self._register(fd, flags, dirty=True)
+                fh = self._register(fd, flags)
+                st = os.fstat(fd)
             except BaseException:
                 os.close(fd)
                 raise
-            tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=0)])
+            tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=0), self._times_op(rel, st)])
         self._wait(tickets)
         return fh
 
@@ -603,14 +592,14 @@ class ReplicatedFS:
         """create()'s second half, under the ordering lock."""
         try:
             st = self._own(rel, os.fstat(fd), uid, gid, stat.S_IMODE(mode), fd=fd)
-            fh = self._register(fd, flags, dirty=True)  # its mtime goes out on flush
+            fh = self._register(fd, flags)
         except BaseException:
             os.close(fd)
             os.unlink(rel, dir_fd=self._root)
             raise
         tickets = self._submit([
             Op(OpKind.CREATE, rel, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid),
-            self._times_op(_parent(rel))])
+            self._times_op(rel, st), self._times_op(_parent(rel))])
         return tickets, fh
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
@@ -627,9 +616,6 @@ class ReplicatedFS:
                 st = os.fstat(h.fd)
                 op = Op(OpKind.WRITE, rel, offset=offset, data=data, mode=WRITE_SETS_TIMES,
                         atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns)
-                h.times_dirty = False   # these times supersede earlier side effects
-            elif n:
-                h.times_dirty = True
             # An O_SYNC / O_DSYNC write is a barrier: durable on both copies when
             # answered (the local write is, the fd has the flag).
             tickets = self._submit([op, Op(OpKind.FSYNC, op.path, mode=h.sync)
@@ -647,9 +633,9 @@ class ReplicatedFS:
             with self._lock.shared(), h.ilock, self._data_section(), \
                     self._noted(self._data_path(path, h)):
                 os.ftruncate(h.fd, length)
-                h.times_dirty = True
                 rel = self._data_path(path, h)
-                tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length) if rel else None])
+                tickets = self._submit([Op(OpKind.TRUNCATE, rel, length=length),
+                                        self._times_op(rel, os.fstat(h.fd))] if rel else [])
         else:
             rel = _rel(path)
             with self._lock, self._noted(rel):
@@ -669,10 +655,9 @@ class ReplicatedFS:
         with self._lock.shared(), h.ilock, self._data_section(), \
                 self._noted(self._data_path(path, h)):
             _check(_libc.fallocate(h.fd, mode, offset, length), "fallocate")
-            h.times_dirty = True
             rel = self._data_path(path, h)
-            tickets = self._submit([Op(OpKind.FALLOCATE, rel, mode=mode, offset=offset, length=length)
-                                    if rel else None])
+            tickets = self._submit([Op(OpKind.FALLOCATE, rel, mode=mode, offset=offset, length=length),
+                                    self._times_op(rel, os.fstat(h.fd))] if rel else [])
         self._wait(tickets)
         return 0
 
@@ -683,10 +668,9 @@ class ReplicatedFS:
             sync(h.fd)
             return 0
         with self._lock.shared(), h.ilock, self._data_section():
-            tickets = self._flush_times(path, h)
             rel = self._data_path(path, h)
-            tickets += self._submit([Op(OpKind.FSYNC, rel, mode=FSYNC_DATASYNC if datasync else 0)
-                                     if rel else None])
+            tickets = self._submit([Op(OpKind.FSYNC, rel, mode=FSYNC_DATASYNC if datasync else 0)
+                                    if rel else None])
         self._sync_and_wait(lambda: sync(h.fd), tickets)
         return 0
 
@@ -720,26 +704,18 @@ class ReplicatedFS:
         self._sync_and_wait(local_sync, tickets)
         return 0
 
-    def flush(self, path: str | None, fh: int) -> int:
-        h = self._handle(fh)
-        if not h.times_dirty:
-            return 0
-        with self._lock.shared(), h.ilock, self._data_section():
-            tickets = self._flush_times(path, h)
-        self._wait(tickets)
-        return 0
-
+    # No flush: every change sends the times it gave the file with it (a write carries
+    # them, create/truncate/fallocate send a UTIMENS in the same batch), so a close has
+    # nothing to send. Without a flush operation libfuse answers the kernel's first
+    # FLUSH with ENOSYS and the kernel sends no more: a close costs no request (a
+    # crashed PostgreSQL's restart opens and closes every file of its directory twice).
     def release(self, path: str | None, fh: int) -> int:
         h = self._handles.pop(fh, None)
         if h is None:
             return 0
         try:
-            if h.times_dirty:  # written after the last flush (shared mmap write-back)
-                with self._lock.shared(), h.ilock, self._data_section():
-                    tickets = self._flush_times(path, h)
-                self._wait(tickets)
-        finally:
             os.close(h.fd)
+        finally:
             self._ilocks.drop(h.key)
         return 0
 

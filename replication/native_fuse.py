@@ -81,19 +81,18 @@ def native_ops() -> list[str]:
 
 def put_into(ops: Any, writable: bool = True) -> list[str]:
     """Replace the C-served operations in a libfuse operations table (mfusepy's
-    ctypes ``fuse_operations``); returns their names. mfusepy's write, open, flush,
-    release and fsync stay reachable from C (for what C does not serve). ``writable``:
+    ctypes ``fuse_operations``); returns their names. mfusepy's write, open, release
+    and fsync stay reachable from C (for what C does not serve). ``writable``:
     writable opens may be served in C (not on a read-only mount)."""
     assert _dataplane is not None
     fields = {f[0]: f[1] for f in type(ops)._fields_}
     python = {name: ctypes.cast(getattr(ops, name), ctypes.c_void_p).value
-              for name in ("write", "open", "flush", "release", "fsync")}
+              for name in ("write", "open", "release", "fsync")}
     missing = [name for name, address in python.items() if not address]
     if missing:
         raise RuntimeError(f"the operations table has no {', '.join(missing)} to fall back to")
     _dataplane.set_python_write(python["write"])
-    _dataplane.set_python_ops(python["open"], python["flush"], python["release"],
-                              python["fsync"], writable)
+    _dataplane.set_python_ops(python["open"], python["release"], python["fsync"], writable)
     done = []
     for name, address in sorted(_dataplane.addresses().items()):
         setattr(ops, name, ctypes.cast(ctypes.c_void_p(address), fields[name]))
@@ -115,7 +114,7 @@ def installed(mfusepy: Any, root_fd: int,
               on_installed: Callable[[], None] | None = None,
               writable: bool = True) -> Iterator[bool]:
     """While inside, the mount this thread makes with mfusepy (``FUSE(...)``) serves
-    read, getattr, open (and flush and release of what C opened: ``adopt``) and
+    read, getattr, open (and release of what C opened: ``adopt``) and
     (once ``NativeWrites`` turns them on) writes in C, under the directory ``root_fd`` (opened before the mount
     covered it); ``on_installed`` runs once the table holds the C functions, before the
     mount starts. Yields False (and changes nothing) when another mount of this
