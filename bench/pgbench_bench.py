@@ -22,8 +22,18 @@ file names it for each side, and the bench stops when the kinds differ).
                           mirror by hand on the primary, through its mount, with the
                           module's options (the cluster is not involved)
 
-Each round loads the tables afresh and runs pgbench on both sides, the order reversed
-every other round; the crash trials alternate the same way. Ratios are mirror / plain.
+A third side, ``fuse_floor``, measures what the FUSE API the mirror is built on allows on
+this machine: the same PostgreSQL (lab host f) with its data directory behind
+bench/native/passthrough.c, a pass-through written in C on libfuse 3's high-level API and
+mounted as the mirror's layer is (multithreaded, kernel_cache, default_permissions), that
+replicates nothing. Its ratios to plain bound what any layer on that API reaches here; the
+mirror's ratios to it are what replication and our layer add. (Measured first by hand in
+stop 19: 0.70-0.72 x plain TPS and 1.9-2.4 x plain crash recovery.)
+
+Each round loads the tables afresh and runs pgbench on every side, the order reversed
+every other round; the crash trials alternate the same way. Ratios are mirror / plain
+(``ratios``), fuse_floor / plain (``floor_ratios``) and mirror / fuse_floor
+(``mirror_vs_floor``).
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,11 +53,12 @@ from typing import Any, Callable
 from chaos.lab import Lab
 from chaos.pg_module import PgMirrorLab, PlainPostgres, pg_client_argv
 
+from .native_passthrough import NativeMount, build
 from .stats import alternating_rounds, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_FILE = "pgbench.json"
-PLAIN_HOST, CLIENT_HOST, PRIMARY, SECONDARY = "p", "c", "n1", "n2"
+PLAIN_HOST, CLIENT_HOST, PRIMARY, SECONDARY, FLOOR_HOST = "p", "c", "n1", "n2", "f"
 THREADS = 2                     # pgbench -j: the machine has two cores
 
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M)
@@ -135,6 +147,11 @@ def report_lines(r: dict[str, Any]) -> list[str]:
             met = f"; goal {goal} {'met' if ok else 'not met'}"
         lines.append(f"{name}: {r['mirror'][name]:{fmt}} {unit} ({ratio:.2f} x vs plain "
                      f"{r['plain'][name]:{fmt}}{met})")
+    if "fuse_floor" in r:
+        for name, unit, fmt, _ in FIGURES:
+            lines.append(f"fuse_floor_{name}: {r['fuse_floor'][name]:{fmt}} {unit} "
+                         f"({r['floor_ratios'][name]:.2f} x vs plain; the mirror "
+                         f"{r['mirror_vs_floor'][name]:.2f} x of it)")
     if not r["in_sync_throughout"]:
         lines.append(f"WARNING: the secondary was not in sync at: {r['not_in_sync_at']}")
     return lines
@@ -150,18 +167,28 @@ def file_system_of(path: Path, argv_prefix: tuple[str, ...] = ()) -> dict[str, s
     return {"fstype": fstype, "source": source, "mountpoint": target.strip()}
 
 
-def storage_of(m: PgMirrorLab, plain: PlainPostgres) -> dict[str, dict[str, Any]]:
-    """Each side's storage; raises when the mirror's copies and the plain directory are
-    not on the same kind of file system (the comparison would not be fair)."""
+def storage_of(m: PgMirrorLab, plain: PlainPostgres,
+               floor: "FuseFloorPostgres") -> dict[str, dict[str, Any]]:
+    """Each side's storage; raises when the mirror's copies, the floor's backing directory
+    and the plain directory are not on the same kind of file system (the comparison would
+    not be fair)."""
     backing = file_system_of(m.pg_data(PRIMARY))
     served = file_system_of(m.pg_data(PRIMARY), tuple(m.in_node_mounts(PRIMARY, [])))
     copy = file_system_of(m.pg_data(SECONDARY))
     plain_fs = file_system_of(plain.data)
-    kinds = {backing["fstype"], copy["fstype"], plain_fs["fstype"]}
-    if len(kinds) != 1 or not served["fstype"].startswith("fuse"):
+    floor_served, floor_backing = file_system_of(floor.data), file_system_of(floor.base)
+    kinds = {backing["fstype"], copy["fstype"], plain_fs["fstype"], floor_backing["fstype"]}
+    if len(kinds) != 1 or not served["fstype"].startswith("fuse") \
+            or not floor_served["fstype"].startswith("fuse"):
         raise RuntimeError(f"unfair comparison: primary's copy on {backing}, secondary's on {copy}, "
-                           f"plain on {plain_fs}; served to PostgreSQL as {served}")
+                           f"plain on {plain_fs}, the floor's on {floor_backing}; served to "
+                           f"PostgreSQL as {served} and {floor_served}")
     return {
+        "fuse_floor": {"path": str(floor.data), "served_as": floor_served, "backing": floor_backing,
+                       "what": f"bench/native/passthrough.c (C, libfuse 3 high-level API, no "
+                               f"replication) over {floor_backing['fstype']} "
+                               f"({floor_backing['source']}) on lab host {FLOOR_HOST}; the "
+                               f"clients on {CLIENT_HOST} through the lab network"},
         "mirror": {"path": str(m.pg_data(PRIMARY)), "served_as": served, "backing": backing,
                    "secondary_copy": {"path": str(m.pg_data(SECONDARY)), **copy},
                    "what": f"hacluster mirror module: PostgreSQL's data directory in the "
@@ -177,6 +204,34 @@ def storage_of(m: PgMirrorLab, plain: PlainPostgres) -> dict[str, dict[str, Any]
 
 
 # ---- the bench ------------------------------------------------------------------------------
+class FuseFloorPostgres(PlainPostgres):
+    """PlainPostgres whose data directory is a mount of bench/native/passthrough.c
+    (``binary``): made before initdb, removed (by its PID) at ``close``."""
+
+    def __init__(self, lab: Lab, host: str, binary: Path, **kw: Any) -> None:
+        super().__init__(lab, host, **kw)
+        self.binary = binary
+        self.mount: NativeMount | None = None
+
+    def init(self) -> "FuseFloorPostgres":
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir()
+        shutil.chown(self.data, "postgres")
+        os.chmod(self.data, 0o700)
+        self.mount = NativeMount(self.binary, self.data)
+        super().init()
+        return self
+
+    def close(self) -> None:
+        try:
+            self.crash()
+        finally:
+            if self.mount is not None:
+                self.mount.unmount()
+                self.mount = None
+            super().close()
+
+
 @dataclass
 class Side:
     """One database under test, as the client host reaches it."""
@@ -290,16 +345,21 @@ def run(*, scale: int = 10, clients: int = 4, duration: int = 20, rounds: int = 
         if value < 1:
             raise ValueError(f"pgbench bench: {name.replace('_', ' ')} must be >= 1, got {value}")
     load_before = os.getloadavg()
-    with Lab([PRIMARY, SECONDARY, "w", CLIENT_HOST, PLAIN_HOST]) as lab:
+    with Lab([PRIMARY, SECONDARY, "w", CLIENT_HOST, PLAIN_HOST, FLOOR_HOST]) as lab:
         m = PgMirrorLab(lab, nodes=(PRIMARY, SECONDARY), client=CLIENT_HOST).start(prim=PRIMARY)
         net = ipaddress.ip_network(f"{lab.addr(CLIENT_HOST)}/24", strict=False)
         plain = PlainPostgres(lab, PLAIN_HOST, port=m.port, listen=lab.addr(PLAIN_HOST),
                               clients=str(net), name="bench")
+        floor = FuseFloorPostgres(lab, FLOOR_HOST, build(lab.host_dir(FLOOR_HOST)), port=m.port,
+                                  listen=lab.addr(FLOOR_HOST), clients=str(net), name="floor")
         try:
             plain.init().start()
-            storage = storage_of(m, plain)
+            floor.init().start()
+            storage = storage_of(m, plain, floor)
             sides = {"plain": Side("plain", plain.listen, plain.port, plain.crash,
                                    lambda _: plain.start(), plain.log),
+                     "fuse_floor": Side("fuse_floor", floor.listen, floor.port, floor.crash,
+                                        lambda _: floor.start(), floor.log),
                      "mirror": Side("mirror", m.vip, m.port, lambda: m.crash_postgres(PRIMARY),
                                     lambda options: m.restart_postgres(PRIMARY, options),
                                     m.server_log(PRIMARY), lambda: mirror_not_in_sync(m))}
@@ -311,7 +371,10 @@ def run(*, scale: int = 10, clients: int = 4, duration: int = 20, rounds: int = 
             rec = alternating_rounds({n: lambda x=x: runner.one_crash(x) for n, x in sides.items()},
                                      recovery_trials)
         finally:
-            plain.close()
+            try:
+                floor.close()
+            finally:
+                plain.close()
     per_side = {n: summarize_side([load for load, _ in got[n]], [b for _, b in got[n]], rec[n],
                                   storage[n]) for n in sides}
     results: dict[str, Any] = {
@@ -326,8 +389,11 @@ def run(*, scale: int = 10, clients: int = 4, duration: int = 20, rounds: int = 
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "in_sync_throughout": not runner.problems, "not_in_sync_at": runner.problems,
         "mirror": per_side["mirror"], "plain": per_side["plain"],
+        "fuse_floor": per_side["fuse_floor"],
     }
     results["ratios"] = ratios(results["mirror"], results["plain"])
+    results["floor_ratios"] = ratios(results["fuse_floor"], results["plain"])
+    results["mirror_vs_floor"] = ratios(results["mirror"], results["fuse_floor"])
     print("\n".join(report_lines(results)))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE

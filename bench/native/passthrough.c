@@ -3,9 +3,11 @@
  * serves, every operation done relative to a descriptor of that directory opened
  * before the mount, multithreaded, kernel_cache, hard_remove, use_ino.
  *
- * A measuring instrument for issue 19 item 3 (bench/native_passthrough.py): the
- * ceiling a native data plane would start from. Nothing is replicated here and
- * it is no part of the product.
+ * A measuring instrument for issue 19 (bench/native_passthrough.py, and the
+ * fuse_floor side of bench/pgbench_bench.py): the ceiling a native data plane would
+ * start from. Nothing is replicated here and it is no part of the product. As the
+ * product's layer does, what it creates belongs to the caller (PostgreSQL runs as
+ * its own user), and fsync of a directory reaches the directory.
  *
  *   passthrough MOUNTPOINT          (foreground, multithreaded)
  */
@@ -87,6 +89,12 @@ static int pt_create(const char *path, mode_t mode, struct fuse_file_info *fi) {
                     mode);
     if (fd == -1)
         return -errno;
+    struct fuse_context *ctx = fuse_get_context();
+    if (fchown(fd, ctx->uid, ctx->gid) == -1) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
     fi->fh = (uint64_t)fd;
     return 0;
 }
@@ -121,7 +129,10 @@ static int pt_unlink(const char *path) {
 }
 
 static int pt_mkdir(const char *path, mode_t mode) {
-    return mkdirat(root_fd, rel(path), mode) == -1 ? -errno : 0;
+    if (mkdirat(root_fd, rel(path), mode) == -1)
+        return -errno;
+    struct fuse_context *ctx = fuse_get_context();
+    return fchownat(root_fd, rel(path), ctx->uid, ctx->gid, AT_SYMLINK_NOFOLLOW) == -1 ? -errno : 0;
 }
 
 static int pt_rmdir(const char *path) {
@@ -163,12 +174,23 @@ static int pt_statfs(const char *path, struct statvfs *sv) {
     return fstatvfs(root_fd, sv) == -1 ? -errno : 0;
 }
 
+static int pt_fsyncdir(const char *path, int datasync, struct fuse_file_info *fi) {
+    (void)fi;
+    int fd = openat(root_fd, rel(path), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd == -1)
+        return -errno;
+    int r = datasync ? fdatasync(fd) : fsync(fd);
+    int e = errno;
+    close(fd);
+    return r == -1 ? -e : 0;
+}
+
 static const struct fuse_operations ops = {
     .init = pt_init, .getattr = pt_getattr, .access = pt_access, .readdir = pt_readdir,
     .open = pt_open, .create = pt_create, .read = pt_read, .write = pt_write,
     .release = pt_release, .fsync = pt_fsync, .unlink = pt_unlink, .mkdir = pt_mkdir,
     .rmdir = pt_rmdir, .rename = pt_rename, .truncate = pt_truncate, .utimens = pt_utimens,
-    .chmod = pt_chmod, .chown = pt_chown, .statfs = pt_statfs,
+    .chmod = pt_chmod, .chown = pt_chown, .statfs = pt_statfs, .fsyncdir = pt_fsyncdir,
 };
 
 int main(int argc, char *argv[]) {

@@ -65,6 +65,14 @@ def test_summary_takes_medians_and_pools_latencies_and_the_report_names_each_rat
     assert "pgbench_load_s: 20.00 s (20.00 x vs plain 1.00)" in lines
     assert "pg_crash_recovery_s: 2.000 s (2.00 x vs plain 1.000; goal <= 1.5 not met)" in lines
     assert lines[-1].startswith("WARNING: the secondary was not in sync")
+    assert not any(line.startswith("fuse_floor_") for line in lines)   # a result without one
+    floor = _side([320], [1.0], 2.0, [1.5])
+    r.update(fuse_floor=floor, floor_ratios=pb.ratios(floor, plain),
+             mirror_vs_floor=pb.ratios(mirror, floor))
+    lines = pb.report_lines(r)
+    assert "fuse_floor_pgbench_tps: 320 tps (0.80 x vs plain; the mirror 0.62 x of it)" in lines
+    assert "fuse_floor_pg_crash_recovery_s: 1.500 s (1.50 x vs plain; the mirror 1.33 x of it)" \
+        in lines
     with pytest.raises(ValueError, match="no completed transaction"):
         _side([1.0], [], 1.0, [1.0])
 
