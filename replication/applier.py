@@ -236,6 +236,15 @@ class Applier:
             self.sync_tree()
             return
         sync = os.fdatasync if op.mode & FSYNC_DATASYNC else os.fsync
+        fd = self._files.get(op.path)
+        if fd is not None and _parent(op.path) in self._synced_dirs:
+            # A regular file held open for its writes (the cache drops a path at every
+            # namespace change that could make it name something else) whose entry is
+            # durable already: its own sync is all, without walking the path again
+            # (a database's commits fsync the same log file over and over).
+            self._files.move_to_end(op.path)
+            sync(fd)
+            return
         with parent_dir(self.root_fd, op.path) as (pfd, name):
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode):

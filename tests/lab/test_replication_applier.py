@@ -438,6 +438,37 @@ def test_fsync_syncs_the_parent_only_when_its_entries_changed(ap, syncs):
     assert syncs(Op(OpKind.FSYNC, "d/f")) == [("fsync", "d/f")]
 
 
+def test_a_repeated_fsync_of_an_open_file_in_a_synced_directory_walks_no_path(ap, syncs,
+                                                                             monkeypatch):
+    """A database's commits fsync one log file over and over: once its entry is durable
+    the applier syncs the descriptor it writes through, without opening the path's
+    directories again; a namespace change in the directory, or a rename of the file,
+    brings the walk (and the directory's sync) back."""
+    from replication import applier as applier_mod
+    walks = []
+    real = applier_mod.parent_dir
+    monkeypatch.setattr(applier_mod, "parent_dir",
+                        lambda root, path: walks.append(path) or real(root, path))
+    run(ap, Op(OpKind.MKDIR, "wal", mode=0o755), Op(OpKind.CREATE, "wal/log"),
+        Op(OpKind.WRITE, "wal/log", data=b"a"))
+    assert syncs(Op(OpKind.FSYNC, "wal/log", mode=FSYNC_DATASYNC)) == \
+        [("fdatasync", "wal/log"), ("fsync", "wal")]
+    walks.clear()
+    for i in range(3):
+        assert syncs(Op(OpKind.WRITE, "wal/log", offset=i, data=b"b"),
+                     Op(OpKind.FSYNC, "wal/log", mode=FSYNC_DATASYNC)) == [("fdatasync", "wal/log")]
+    assert walks == []
+    assert syncs(Op(OpKind.CREATE, "wal/next"), Op(OpKind.FSYNC, "wal/log")) == \
+        [("fsync", "wal/log"), ("fsync", "wal")]
+    assert walks == ["wal/next", "wal/log"]
+    walks.clear()
+    assert syncs(Op(OpKind.RENAME, "wal/log", "wal/old"), Op(OpKind.CREATE, "wal/log"),
+                 Op(OpKind.WRITE, "wal/log", data=b"c"), Op(OpKind.FSYNC, "wal/log")) == \
+        [("fsync", "wal/log"), ("fsync", "wal")]
+    assert (ap.path / "wal" / "log").read_bytes() == b"c"
+    assert (ap.path / "wal" / "old").read_bytes() == b"bbb"
+
+
 def test_fsync_datasync_uses_fdatasync_for_the_data(ap, syncs):
     run(ap, Op(OpKind.CREATE, "f"), Op(OpKind.WRITE, "f", data=b"x"))
     assert syncs(Op(OpKind.FSYNC, "f", mode=FSYNC_DATASYNC)) == [("fdatasync", "f"), ("fsync", "")]
