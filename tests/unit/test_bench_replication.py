@@ -32,7 +32,7 @@ def test_summary_takes_medians_and_the_median_of_round_ratios():
     assert [x["ratio"] for x in r["seq_per_round"]] == [0.5, 0.25, 0.75]
     lines = replication_seq.report_lines(r)
     assert lines[-1].startswith("seq_write_MBps: 200 MB/s (0.50 x vs limit_MBps")
-    assert "goal >= 0.7 not met" in lines[-1]
+    assert "goal >= 0.8 not met" in lines[-1]
 
 
 def test_the_fuse_ceiling_is_summarized_only_when_every_round_has_it():
