@@ -255,8 +255,9 @@ class NativeWrites:
     def not_submitted(self, ops: Sequence[Op], exc: BaseException) -> None:
         """Under ``submit_lock``: ``take_ops_locked``'s ops could not be submitted:
         they were answered and applied here, so every later change fails instead.
-        (What C queued meanwhile, after them, is dropped by the next take: the same
-        kind of write, in regions still pinned, so the activity log covers them.)"""
+        (What C queued meanwhile, behind them, is dropped by the next take: writes of
+        the same kind as theirs, applied here, answered and never replicated; the
+        barrier after them fails, as for the batch.)"""
         if self.error is None:
             self.error = exc
             self._dp.writes_off()   # maybe under the queue lock: writes() would wait for it
@@ -292,11 +293,11 @@ class NativeWrites:
 
     def _pump_drain(self) -> None:
         """The pump's drain: the records are taken under the queue lock, and submitted
-        holding only ``submit_lock``. C writes go on queueing while a batch is encoded
-        and sent (a crash-recovery checkpoint's writes waited behind every send: 95 of
-        2,700 took 0.3-3 ms). Order holds: every other submitter (``section``) takes
-        ``submit_lock`` first, so this batch is on the channel before anything taken
-        after it; what C queues meanwhile is the next drain's."""
+        holding only ``submit_lock``, so C writes go on queueing while a batch is
+        encoded and sent (they used to wait for the whole send). Order holds: every
+        other submitter (``section``) takes ``submit_lock`` first, so this batch is on
+        the channel before anything taken after it; what C queues meanwhile is the
+        next drain's."""
         with self.submit_lock:
             self._dp.lock()
             try:
