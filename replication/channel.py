@@ -62,6 +62,7 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 NONCE_SIZE = 32
 _RECV_SIZE = 1024 * 1024
 _REFUSAL_LOG_INTERVAL_S = 10.0
+_DURABLE = int(fr.Flag.DURABLE)   # a plain int: an IntFlag "&" per ACK builds a Flag
 IDLE_GRACE_S = 0.05     # the ack thread reads only once waiters have been gone this long
 _IDLE_POLL_MS = 200     # ...and then checks the socket at least this often
 
@@ -824,7 +825,7 @@ class ChannelClient:
 
     def _handle(self, f: Frame) -> None:
         h = f.header
-        if h.ftype == FrameType.ACK and h.flags & fr.Flag.DURABLE:
+        if h.ftype == FrameType.ACK and h.flags & _DURABLE:
             with self._cond:
                 self.durable_through = max(self.durable_through, h.seq)
                 self._cond.notify_all()

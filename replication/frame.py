@@ -126,6 +126,12 @@ class Feature(enum.IntFlag):
 
 
 _KNOWN_FLAGS = int(Flag.COMPRESSED | Flag.MORE | Flag.LATE | Flag.DURABLE)
+# Plain ints and lookup tables for the per-frame paths: an IntFlag "&" builds a Flag
+# and an IntEnum call searches (~2 us each under cProfile, Python 3.11); a receiver
+# under a database decodes ~150k frames in 40 s (1.6 s of them went to enum calls).
+_COMPRESSED = int(Flag.COMPRESSED)
+_FRAME_TYPES = {int(t): t for t in FrameType}
+_OP_KINDS = {int(k): k for k in OpKind}
 _KIND_ENUM = {FrameType.OP: OpKind, FrameType.QUERY: QueryKind, FrameType.HELLO: AckMode}
 
 
@@ -228,7 +234,7 @@ def _compress(data: bytes) -> tuple[int, bytes]:
 
 
 def _body_digest(names: bytes | memoryview, flags: int, wire: bytes | memoryview) -> int:
-    if flags & Flag.COMPRESSED:
+    if flags & _COMPRESSED:
         return xxhash.xxh3_64_intdigest(wire, seed=_xxh(names))
     return _xxh(names)
 
@@ -401,10 +407,10 @@ def decode_header(buf: bytes | bytearray | memoryview, max_payload: int = MAX_PA
         raise FrameError("header checksum mismatch (corrupted header)")
     (_, version, ftype, flags, kind, status, epoch, seq, offset, length, mode, uid, gid, rdev,
      atime_ns, mtime_ns, plen, p2len, paylen, rawlen, pdigest, bdigest) = _HDR.unpack_from(view)
-    try:
-        ftype = FrameType(ftype)
-    except ValueError:
-        raise FrameError(f"unknown frame type {ftype}", seq=seq) from None
+    known = _FRAME_TYPES.get(ftype)
+    if known is None:
+        raise FrameError(f"unknown frame type {ftype}", seq=seq)
+    ftype = known
     kinds = _KIND_ENUM.get(ftype)
     if kinds is None:
         if kind:
@@ -418,7 +424,7 @@ def decode_header(buf: bytes | bytearray | memoryview, max_payload: int = MAX_PA
     if rawlen > max_payload or paylen > max_payload:
         raise FrameError(f"payload of {max(rawlen, paylen)} bytes exceeds MAX_PAYLOAD "
                          f"{max_payload}", seq=seq)
-    if flags & Flag.COMPRESSED:
+    if flags & _COMPRESSED:
         if paylen == 0 or rawlen == 0:
             raise FrameError("compressed flag on an empty payload", seq=seq)
     elif paylen != rawlen:
@@ -444,7 +450,7 @@ def decode_body(header: Header, body: bytes | bytearray | memoryview, *,
         raise FrameError("body digest mismatch (corrupted path or compressed payload)",
                          seq=h.seq, path=path)
     path2 = bytes(names[h.path_len:]).decode("utf-8", "surrogateescape")
-    if h.flags & Flag.COMPRESSED:
+    if h.flags & _COMPRESSED:
         try:
             payload = lz4.block.decompress(wire, uncompressed_size=h.raw_len)
         except lz4.block.LZ4BlockError as exc:
@@ -460,7 +466,7 @@ def decode_body(header: Header, body: bytes | bytearray | memoryview, *,
         raise FrameError("payload digest mismatch (corrupted data)", seq=h.seq, path=path)
     op = None
     if h.ftype == FrameType.OP:
-        op = Op(OpKind(h.kind), path, path2, h.offset, h.length, h.mode, h.uid, h.gid, h.rdev,
+        op = Op(_OP_KINDS[h.kind], path, path2, h.offset, h.length, h.mode, h.uid, h.gid, h.rdev,
                 h.atime_ns, h.mtime_ns, payload)
     return Frame(h, path, path2, payload, op)
 

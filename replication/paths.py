@@ -36,8 +36,17 @@ def _raw(path: str) -> bytes:
         raise PathError(errno.EINVAL, "not encodable as file name bytes", path) from None
 
 
+# Paths found safe, remembered: a receiver checks every op's path, and a database's
+# ops name the same few files over and over. A pure function of the string; the set is
+# emptied when full rather than kept in order (cheaper, and refilled at once).
+_CHECKED: set[str] = set()
+_CHECKED_MAX = 4096
+
+
 def check_relative(path: str) -> str:
     """Return path if it is a safe relative path, else raise PathError."""
+    if type(path) is str and path in _CHECKED:
+        return path
     if not isinstance(path, str):
         raise PathError(errno.EINVAL, f"not a string ({type(path).__name__})", repr(path))
     if path == "":
@@ -58,6 +67,10 @@ def check_relative(path: str) -> str:
             raise PathError(errno.EINVAL, "'.' component", path)
         if len(_raw(comp)) > NAME_MAX:
             raise PathError(errno.ENAMETOOLONG, f"a name is over {NAME_MAX} bytes", path[:80])
+    if type(path) is str:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED.add(path)
     return path
 
 

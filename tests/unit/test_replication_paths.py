@@ -124,3 +124,35 @@ def test_no_descriptor_leaks(tree):
         os.close(open_dir(fd, "a/b"))
         os.close(open_dir(fd, ""))
     assert _open_fds() == before
+
+
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(["a/b", "..", "a//b", "/x", "ok"])),
+                max_size=30))
+def test_check_relative_answers_the_same_whether_or_not_it_remembered_the_path(paths):
+    """check_relative remembers the paths it found safe (a receiver checks the same
+    few over and over): asking again answers as the first time did, a refused path is
+    never remembered, and what it remembers stays bounded."""
+    from replication import paths as paths_mod
+    paths_mod._CHECKED.clear()      # (a full set is emptied: each example starts afresh)
+
+    def answer(p):
+        try:
+            return ("ok", check_relative(p))
+        except PathError as exc:
+            return ("refused", exc.errno, exc.reason)
+
+    first = [answer(p) for p in paths]
+    assert [answer(p) for p in paths] == first
+    assert all(p in paths_mod._CHECKED for p, a in zip(paths, first) if a[0] == "ok")
+    assert not any(p in paths_mod._CHECKED for p, a in zip(paths, first) if a[0] == "refused")
+    assert len(paths_mod._CHECKED) <= paths_mod._CHECKED_MAX
+
+
+def test_the_remembered_paths_are_bounded():
+    from replication import paths as paths_mod
+    for i in range(paths_mod._CHECKED_MAX + 10):
+        check_relative(f"d/{i}")
+    assert len(paths_mod._CHECKED) <= paths_mod._CHECKED_MAX
+    assert check_relative("d/7") == "d/7"
+    with pytest.raises(PathError):
+        check_relative("d/../x")
