@@ -333,8 +333,6 @@ static int dp_release(const char *path, struct fuse_file_info *fi) {
  * queues and by Python at every change it submits. While set, an fsync of a handle C
  * owns is the local sync alone, as the barrier Python would answer from the mark (a
  * crashed PostgreSQL's next start fsyncs every file of its data directory). */
-static void lock_queue(void);
-
 static int dp_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
     if (atomic_load(&tree_durable) && c_owns(fi)) {
         atomic_fetch_add_explicit(&n_fsync, 1, memory_order_relaxed);
@@ -342,6 +340,8 @@ static int dp_fsync(const char *path, int datasync, struct fuse_file_info *fi) {
     }
     return python_fsync != NULL ? python_fsync(path, datasync, fi) : -EIO;
 }
+
+static void lock_queue(void);
 
 /* tree_durable(on, locked) -> bool: on is taken only with nothing queued (a queued
  * record is a change the peer does not have); off always. locked: the caller holds the

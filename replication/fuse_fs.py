@@ -370,8 +370,8 @@ class ReplicatedFS:
         return h
 
     def _handle_or_none(self, fh: int | None) -> _Handle | None:
-        """The handle ``fh``; one the C data plane opened (native_fuse: open, flush
-        and release of handles Python never needed stay there) is adopted first."""
+        """The handle ``fh``; one the C data plane opened (native_fuse: open and
+        release of handles Python never needed stay there) is adopted first."""
         if fh is None:
             return None
         h = self._handles.get(fh)

@@ -279,9 +279,14 @@ class NativeWrites:
                 for path, offset, data, atime_ns, mtime_ns in records]
 
     def _drain_locked(self) -> None:
+        self._take_and_submit(self._take_locked)
+
+    def _take_and_submit(self, take: Callable[[], list[Op]]) -> None:
+        """Submit what ``take()`` took, in order; if that fails, the failure rule
+        (``not_submitted``)."""
         ops: list[Op] = []
         try:
-            ops = self._take_locked()
+            ops = take()
             if ops:
                 self._submit(ops)
         except BaseException as exc:  # noqa: BLE001 - every later change fails instead
@@ -299,17 +304,14 @@ class NativeWrites:
         the channel before anything taken after it; what C queues meanwhile is the
         next drain's."""
         with self.submit_lock:
-            self._dp.lock()
-            try:
-                ops = self._take_locked()
-            finally:
-                self._dp.unlock()
-            if not ops:
-                return
-            try:
-                self._submit(ops)
-            except BaseException as exc:  # noqa: BLE001 - every later change fails instead
-                self.not_submitted(ops, exc)
+            self._take_and_submit(self._take_under_queue_lock)
+
+    def _take_under_queue_lock(self) -> list[Op]:
+        self._dp.lock()
+        try:
+            return self._take_locked()
+        finally:
+            self._dp.unlock()
 
     def _pump(self) -> None:
         idle = 0
