@@ -23,6 +23,7 @@ def pkg_config(*args: str) -> list[str]:
 
 setup(ext_modules=[Extension(
     "replication._dataplane", ["replication/_dataplane.c"],
+    depends=["replication/_lowlevel.c"],   # included by _dataplane.c
     extra_compile_args=["-O2", "-Wall", "-Wextra", *pkg_config("--cflags")],
     extra_link_args=pkg_config("--libs"),
     optional=True,

@@ -79,9 +79,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     import os
 
-    from .fuse_fs import serve
     from .hook_client import HookClient
-    from .mount import unmount
+    from .mount import serve, unmount
     from .primary_link import PrimaryLink
     from .sender import Durability
 

@@ -31,8 +31,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define FUSE_USE_VERSION 35
+#define FUSE_USE_VERSION 312
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,6 +52,7 @@ static atomic_int root_fd = -1;
 static atomic_ullong n_read, n_getattr, n_write, n_write_python;
 static atomic_ullong n_pump_unparked;   /* times a record woke the parked pump */
 static atomic_int tree_durable = 0;     /* see dp_fsync */
+static PyObject *ll_bridge;              /* the low-level API's Python half (_lowlevel.c) */
 
 /* ---- streamed writes ------------------------------------------------------------ */
 
@@ -171,26 +173,35 @@ static int pinned_and_touched(const char *path, long long offset, size_t len) {
     return 1;
 }
 
-static int dp_write(const char *path, const char *buf, size_t size, off_t off,
-                    struct fuse_file_info *fi) {
-    if (!atomic_load(&writes_on) || path == NULL || path[1] == '\0'
-            || (fi->flags & (O_SYNC | O_DSYNC))) {
-        atomic_fetch_add_explicit(&n_write_python, 1, memory_order_relaxed);
-        return python_write(path, buf, size, off, fi);
-    }
-    const char *rel = path + 1;
-    size_t plen = strlen(rel);
+/* The C write: the local pwrite and its record queued, when the activity log allows
+ * (every key the write touches pinned). rel: the file's path, or NULL: the path of
+ * what fd is open on, found under the write gate (the low-level API: a rename holds
+ * the gate, see _lowlevel.c). *to_python: not served here (nothing was done). */
+static int fd_rel(int fd, char *out, size_t cap);
+
+static int c_write(const char *rel, int fd, const char *buf, size_t size, off_t off,
+                   int *to_python) {
+    char found[PATH_MAX];
+    *to_python = 0;
     pthread_rwlock_rdlock(&write_gate);
+    if (rel == NULL) {
+        if (fd_rel(fd, found, sizeof found) != 1 || found[0] == '\0') {
+            pthread_rwlock_unlock(&write_gate);
+            *to_python = 1;
+            return -1;
+        }
+        rel = found;
+    }
+    size_t plen = strlen(rel);
     pthread_mutex_lock(&queue_mu);
     while (q_bytes > QUEUE_BYTES_MAX && atomic_load(&writes_on))
         pthread_cond_wait(&queue_cv, &queue_mu);
     if (!atomic_load(&writes_on) || (need_pins && !pinned_and_touched(rel, off, size))) {
         pthread_mutex_unlock(&queue_mu);
         pthread_rwlock_unlock(&write_gate);
-        atomic_fetch_add_explicit(&n_write_python, 1, memory_order_relaxed);
-        return python_write(path, buf, size, off, fi);
+        *to_python = 1;
+        return -1;
     }
-    int fd = (int)fi->fh;
     ssize_t n = pwrite(fd, buf, size, off);
     int err = n < 0 ? errno : 0;
     struct stat st;
@@ -242,6 +253,19 @@ static int dp_write(const char *path, const char *buf, size_t size, off_t off,
     pthread_rwlock_unlock(&write_gate);
     atomic_fetch_add_explicit(&n_write, 1, memory_order_relaxed);
     return err ? -err : (int)n;
+}
+
+static int dp_write(const char *path, const char *buf, size_t size, off_t off,
+                    struct fuse_file_info *fi) {
+    int to_python = 1, r = -EIO;
+    if (atomic_load(&writes_on) && path != NULL && path[1] != '\0'
+            && !(fi->flags & (O_SYNC | O_DSYNC)))
+        r = c_write(path + 1, (int)fi->fh, buf, size, off, &to_python);
+    if (to_python) {
+        atomic_fetch_add_explicit(&n_write_python, 1, memory_order_relaxed);
+        return python_write(path, buf, size, off, fi);
+    }
+    return r;
 }
 
 /* "/a/b" -> "a/b"; "/" -> "." */
@@ -459,9 +483,9 @@ static PyObject *py_writes(PyObject *self, PyObject *args) {
         return NULL;
     }
     lock_queue();
-    if (on && python_write == NULL) {
+    if (on && python_write == NULL && ll_bridge == NULL) {
         pthread_mutex_unlock(&queue_mu);
-        PyErr_SetString(PyExc_RuntimeError, "set_python_write first");
+        PyErr_SetString(PyExc_RuntimeError, "set_python_write (or ll_set_bridge) first");
         return NULL;
     }
     region_size = rs;
@@ -690,7 +714,11 @@ static PyObject *py_pending(PyObject *self, PyObject *unused) {
     return Py_BuildValue("(nn)", (Py_ssize_t)q_len, (Py_ssize_t)q_bytes);
 }
 
+/* The low-level API's layer: one translation unit, so both share the statics above. */
+#include "_lowlevel.c"
+
 static PyMethodDef methods[] = {
+    LL_METHODS
     {"set_root", py_set_root, METH_O,
      "set_root(fd): the served directory's descriptor (opened before the mount)."},
     {"addresses", py_addresses, METH_NOARGS,
@@ -742,5 +770,6 @@ PyMODINIT_FUNC PyInit__dataplane(void) {
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
     pthread_rwlock_init(&write_gate, &attr);
     pthread_rwlockattr_destroy(&attr);
+    ll_module_init();
     return PyModule_Create(&module);
 }

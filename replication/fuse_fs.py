@@ -267,6 +267,9 @@ class ReplicatedFS:
         self.negotiated: dict[str, Any] = {}
         self._native: native_fuse.NativeWrites | None = None   # C serves writes (serve)
         self._c_opens: Any = None      # the C data plane when it serves opens (serve)
+        # fd -> its path below the root or None (the low-level API: fd_path), for the
+        # data operations the kernel names by handle alone
+        self._fd_name: Callable[[int], str | None] | None = None
         self._adopting = threading.Lock()
 
     # ---- plumbing -----------------------------------------------------------
@@ -401,6 +404,10 @@ class ReplicatedFS:
         Called under the shared ordering lock, so names cannot change meanwhile."""
         if path is not None:
             return path[1:]
+        if self._fd_name is not None:
+            rel = self._fd_name(h.fd)   # the name the kernel reached it by, if still its own
+            if rel:
+                return rel
         st = os.fstat(h.fd)
         if st.st_nlink == 0:
             return None
@@ -620,8 +627,7 @@ class ReplicatedFS:
             # answered (the local write is, the fd has the flag).
             tickets = self._submit([op, Op(OpKind.FSYNC, op.path, mode=h.sync)
                                     if op is not None and h.sync is not None else None])
-            if self._native is not None and op is not None and path is not None \
-                    and h.sync is None:
+            if self._native is not None and op is not None and h.sync is None:
                 self._native.pin_locked(op.path, offset, n)   # the next writes here are C's
         self._wait(tickets)
         return n

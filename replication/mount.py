@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Callable
 
-from .fuse_fs import OrderingLock, Replicator, fuse_mount_at, mount_point_path, serve
+from . import fuse_fs, fuse_lowlevel
+from .fuse_fs import OrderingLock, Replicator, fuse_mount_at, mount_point_path
 
 log = logging.getLogger("replication.mount")
 
@@ -62,6 +63,42 @@ def _abort_connection(dev: str) -> None:
     finally:
         if mounted_here:
             subprocess.run(["umount", _FUSECTL], capture_output=True)
+
+
+# Which libfuse API the primary's writable mount is served on: "lowlevel"
+# (fuse_lowlevel.serve_lowlevel: one kernel inode per file, long caches) by default, or
+# "highlevel" (mfusepy, fuse_fs.serve), which serves where the C extension is missing
+# and always serves the secondary's read-only view.
+FUSE_API_ENV = "HACLUSTER_FUSE_API"
+FUSE_APIS = ("lowlevel", "highlevel")
+
+
+def fuse_api_for(read_only: bool, native: bool | None = None, api: str | None = None) -> str:
+    """The API a mount gets: ``api`` (else $HACLUSTER_FUSE_API, else low-level); the
+    low-level one only for a writable mount with the C extension built and wanted."""
+    api = api or os.environ.get(FUSE_API_ENV) or "lowlevel"
+    if api not in FUSE_APIS:
+        raise ValueError(f"{FUSE_API_ENV}: {api!r} is not one of {', '.join(FUSE_APIS)}")
+    if api == "lowlevel" and (read_only or native is False or not fuse_lowlevel.available()):
+        return "highlevel"
+    return api
+
+
+def serve(root: str, replicator: Replicator, *, read_only: bool = False,
+          ready: Callable[[], None] | None = None, lock: OrderingLock | None = None,
+          trust_page_cache: bool | None = None, native: bool | None = None,
+          api: str | None = None) -> None:
+    """Serve the replicating file system over ``root`` until unmounted, on the API
+    ``fuse_api_for`` picks (fuse_fs.serve / fuse_lowlevel.serve_lowlevel say more)."""
+    if fuse_api_for(read_only, native, api) == "lowlevel":
+        try:
+            fuse_lowlevel.serve_lowlevel(root, replicator, ready=ready, lock=lock,
+                                         trust_page_cache=trust_page_cache is not False)
+            return
+        except fuse_lowlevel.DataPlaneBusy as e:   # nothing was mounted
+            log.info("event=fuse_api_fallback root=%s api=highlevel reason=%r", root, str(e))
+    fuse_fs.serve(root, replicator, read_only=read_only, ready=ready, lock=lock,
+                  trust_page_cache=trust_page_cache, native=native)
 
 
 class Mount:

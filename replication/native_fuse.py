@@ -110,6 +110,25 @@ def dataplane() -> Any:
 
 
 @contextlib.contextmanager
+def claimed() -> Iterator[bool]:
+    """Yields True while this mount holds the C data plane: it knows one served
+    directory, and the product runs each mount in a process of its own (tests may
+    run several: the others get False)."""
+    global _claimed
+    with _claim_lock:
+        mine = not _claimed
+        _claimed = True
+    if not mine:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with _claim_lock:
+            _claimed = False
+
+
+@contextlib.contextmanager
 def installed(mfusepy: Any, root_fd: int,
               on_installed: Callable[[], None] | None = None,
               writable: bool = True) -> Iterator[bool]:
@@ -118,35 +137,29 @@ def installed(mfusepy: Any, root_fd: int,
     (once ``NativeWrites`` turns them on) writes in C, under the directory ``root_fd`` (opened before the mount
     covered it); ``on_installed`` runs once the table holds the C functions, before the
     mount starts. Yields False (and changes nothing) when another mount of this
-    process has the C functions already: they know one served directory, and the
-    product runs each mount in a process of its own; tests may run several."""
-    global _claimed
+    process has the C functions already (``claimed``)."""
     assert _dataplane is not None
-    with _claim_lock:
-        mine = not _claimed
-        _claimed = True
-    if not mine:
-        yield False
-        return
-    _dataplane.set_root(root_fd)
-    real = mfusepy.fuse_main_real
-    owner = threading.get_ident()
+    with claimed() as mine:
+        if not mine:
+            yield False
+            return
+        _dataplane.set_root(root_fd)
+        real = mfusepy.fuse_main_real
+        owner = threading.get_ident()
 
-    def fuse_main_real(argc: Any, argv: Any, ops_p: Any, size: Any, ctx: Any) -> Any:
-        if threading.get_ident() == owner:   # not another thread's mount made meanwhile
-            put_into(ops_p.contents, writable)
-            if on_installed is not None:
-                on_installed()
-        return real(argc, argv, ops_p, size, ctx)
+        def fuse_main_real(argc: Any, argv: Any, ops_p: Any, size: Any, ctx: Any) -> Any:
+            if threading.get_ident() == owner:   # not another thread's mount made meanwhile
+                put_into(ops_p.contents, writable)
+                if on_installed is not None:
+                    on_installed()
+            return real(argc, argv, ops_p, size, ctx)
 
-    mfusepy.fuse_main_real = fuse_main_real
-    try:
-        yield True
-    finally:
-        mfusepy.fuse_main_real = real
-        _dataplane.set_root(-1)
-        with _claim_lock:
-            _claimed = False
+        mfusepy.fuse_main_real = fuse_main_real
+        try:
+            yield True
+        finally:
+            mfusepy.fuse_main_real = real
+            _dataplane.set_root(-1)
 
 
 # The pump sends what no barrier drained: once per PUMP_LINGER_S while writes come (or

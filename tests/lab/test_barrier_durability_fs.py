@@ -30,9 +30,10 @@ from replication.receiver import Receiver
 from replication.sender import Durability, SenderState
 from tests.lab.test_fuse_fs import NAMES, assert_same_tree, op_strategy, run_op, tree
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),
-    reason="needs root, /dev/fuse and fusermount3")
+    reason="needs root, /dev/fuse and fusermount3"),
+              pytest.mark.usefixtures("fuse_api")]
 
 SECRET = "barrier-durability-secret-0123456789abcdef"
 
@@ -69,7 +70,7 @@ class MirroredMount:
 
 
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory):
+def mirrored(tmp_path_factory, fuse_api):   # one mount per API
     m = MirroredMount(tmp_path_factory.mktemp("barrier"))
     try:
         yield m

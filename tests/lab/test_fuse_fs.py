@@ -32,9 +32,10 @@ from replication.fuse_fs import READ_AHEAD_KB, RENAME_EXCHANGE, RENAME_NOREPLACE
 from replication.mount import mount_in_process, mount_in_thread, unmount
 from replication.ops import FSYNC_DATASYNC, WRITE_SETS_TIMES, Op, OpKind
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"),
-    reason="needs root, /dev/fuse and fusermount3")
+    reason="needs root, /dev/fuse and fusermount3"),
+              pytest.mark.usefixtures("fuse_api")]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -563,11 +564,14 @@ def test_the_mount_reads_ahead_1_mib(fs):
         assert f.read() == data
 
 
-@pytest.mark.xfail(strict=False, reason="known, not fixed: libfuse's high-level API gives each name "
-                   "of a hard-linked file its own kernel inode, so the other name's cached pages "
-                   "stay stale (up to attr_timeout with auto_inval_data, longer without)")
 @pytest.mark.parametrize("trust", [True, False], ids=["trust-page-cache", "default"])
-def test_a_write_through_one_hard_link_is_read_through_the_other(fs, trust):
+def test_a_write_through_one_hard_link_is_read_through_the_other(fs, trust, fuse_api, request):
+    if fuse_api == "highlevel":
+        request.node.add_marker(pytest.mark.xfail(
+            strict=False, reason="known, not fixed on this API: libfuse's high-level API gives "
+            "each name of a hard-linked file its own kernel inode, so the other name's cached "
+            "pages stay stale (up to attr_timeout with auto_inval_data, longer without); the "
+            "low-level API (one kernel inode per file) has no such staleness"))
     fs.mount(MirrorReplicator(fs.mirror), trust_page_cache=trust)
     with open(fs.p("one"), "wb") as f:
         f.write(b"1" * 8192)
@@ -678,7 +682,7 @@ def run_op(root: str, op: tuple) -> None:
 
 
 @pytest.fixture(scope="module")
-def prop_fs(tmp_path_factory):
+def prop_fs(tmp_path_factory, fuse_api):   # one mount per API
     s = Setup(tmp_path_factory.mktemp("prop"))
     s.rep = MirrorReplicator(s.mirror)
     s.done = s.failed = 0
