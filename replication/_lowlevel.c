@@ -334,10 +334,11 @@ static void reply_entry_of(fuse_req_t req, fuse_ino_t parent, const char *name) 
         node_unref(node_of(e.ino), 1);
 }
 
-static void reply_attr_of(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+/* Always by the node's own descriptor: the kernel passes a handle with a regular file's
+ * requests only, and a directory's handle here is not a descriptor (ll_dir). */
+static void reply_attr_of(fuse_req_t req, fuse_ino_t ino) {
     struct stat st;
-    int r = fi != NULL ? fstat((int)fi->fh, &st)
-                       : fstatat(node_of(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    int r = fstatat(node_of(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (r < 0)
         fuse_reply_err(req, errno);
     else
@@ -386,8 +387,9 @@ static void ll_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 }
 
 static void ll_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+    (void)fi;
     atomic_fetch_add_explicit(&n_getattr, 1, memory_order_relaxed);
-    reply_attr_of(req, ino, fi);
+    reply_attr_of(req, ino);
 }
 
 static long long ns_of(const struct timespec *ts) {
@@ -412,7 +414,7 @@ static void ll_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     if (r < 0)
         fuse_reply_err(req, (int)-r);
     else
-        reply_attr_of(req, ino, fi);
+        reply_attr_of(req, ino);
 }
 
 static void ll_readlink(fuse_req_t req, fuse_ino_t ino) {

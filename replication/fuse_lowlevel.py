@@ -24,6 +24,7 @@ import errno
 import functools
 import logging
 import os
+import resource
 import stat
 import threading
 from typing import Any, Callable, TypeVar
@@ -194,6 +195,36 @@ class DataPlaneBusy(RuntimeError):
     """Another mount of this process holds the C data plane (tests run several)."""
 
 
+def fd_limits(soft: int, hard: int, nr_open: int, privileged: bool) -> tuple[int, int]:
+    """The descriptor limits to serve with: the node of every inode the kernel keeps
+    cached holds an O_PATH descriptor (60 s entries: a database's whole directory), so
+    the soft limit goes up to the hard one, and a privileged mount raises the hard one
+    to the kernel's nr_open. RLIM_INFINITY (-1) stays as it is."""
+    inf = resource.RLIM_INFINITY
+    if privileged and hard != inf and hard < nr_open:
+        hard = nr_open
+    if soft != inf and (hard == inf or soft < hard):
+        soft = hard
+    return soft, hard
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            nr_open = int(f.read())
+    except (OSError, ValueError):
+        nr_open = hard
+    want = fd_limits(soft, hard, nr_open, os.geteuid() == 0)
+    if want != (soft, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, want)
+        except (OSError, ValueError) as e:
+            log.warning("event=fd_limit_not_raised soft=%d hard=%d error=%r", soft, hard, str(e))
+            return
+    log.info("event=fd_limit soft=%d hard=%d", *resource.getrlimit(resource.RLIMIT_NOFILE))
+
+
 MOUNT_OPTIONS = "allow_other,default_permissions,fsname=hacluster,subtype=hacluster"
 
 
@@ -222,6 +253,7 @@ def serve_lowlevel(root: str, replicator: Replicator, *,
     with native_fuse.claimed() as mine:
         if not mine:
             raise DataPlaneBusy("another mount of this process serves the C data plane")
+        _raise_fd_limit()
         root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fs = ReplicatedFS(root_fd, replicator, ready=ready, lock=lock,

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Callable
 
-from . import fuse_fs, fuse_lowlevel
+from . import fuse_fs, fuse_lowlevel, native_fuse
 from .fuse_fs import OrderingLock, Replicator, fuse_mount_at, mount_point_path
 
 log = logging.getLogger("replication.mount")
@@ -75,11 +75,14 @@ FUSE_APIS = ("lowlevel", "highlevel")
 
 def fuse_api_for(read_only: bool, native: bool | None = None, api: str | None = None) -> str:
     """The API a mount gets: ``api`` (else $HACLUSTER_FUSE_API, else low-level); the
-    low-level one only for a writable mount with the C extension built and wanted."""
+    low-level one only for a writable mount with the C extension built and wanted
+    (``native``, else not turned off by $HACLUSTER_FUSE_NATIVE=0)."""
     api = api or os.environ.get(FUSE_API_ENV) or "lowlevel"
     if api not in FUSE_APIS:
         raise ValueError(f"{FUSE_API_ENV}: {api!r} is not one of {', '.join(FUSE_APIS)}")
-    if api == "lowlevel" and (read_only or native is False or not fuse_lowlevel.available()):
+    if native is None:
+        native = native_fuse.wanted()      # HACLUSTER_FUSE_NATIVE=0: all in Python
+    if api == "lowlevel" and (read_only or not native or not fuse_lowlevel.available()):
         return "highlevel"
     return api
 

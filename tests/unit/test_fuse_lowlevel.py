@@ -142,3 +142,12 @@ def test_the_api_choice(monkeypatch):
     monkeypatch.setenv(FUSE_API_ENV, "kernel")
     with pytest.raises(ValueError, match="HACLUSTER_FUSE_API"):
         fuse_api_for(read_only=False)
+
+
+def test_descriptor_limits_rise_for_the_nodes():
+    inf = ll.resource.RLIM_INFINITY
+    assert ll.fd_limits(1024, 524288, 1048576, privileged=True) == (1048576, 1048576)
+    assert ll.fd_limits(1024, 524288, 1048576, privileged=False) == (524288, 524288)
+    assert ll.fd_limits(1024, 4096, 1024, privileged=True) == (4096, 4096)   # never lowered
+    assert ll.fd_limits(inf, inf, 1048576, privileged=True) == (inf, inf)
+    assert ll.fd_limits(1024, inf, 1048576, privileged=False) == (inf, inf)
