@@ -177,7 +177,8 @@ static int pinned_and_touched(const char *path, long long offset, size_t len) {
  * (every key the write touches pinned). rel: the file's path, or NULL: the path of
  * what fd is open on, found under the write gate (the low-level API: a rename holds
  * the gate, see _lowlevel.c). *to_python: not served here (nothing was done). */
-static int fd_rel(int fd, char *out, size_t cap);
+static int fd_rel_cached(int fd, char *out, size_t cap);
+static void names_changing(void);
 
 static int c_write(const char *rel, int fd, const char *buf, size_t size, off_t off,
                    int *to_python) {
@@ -185,7 +186,7 @@ static int c_write(const char *rel, int fd, const char *buf, size_t size, off_t 
     *to_python = 0;
     pthread_rwlock_rdlock(&write_gate);
     if (rel == NULL) {
-        if (fd_rel(fd, found, sizeof found) != 1 || found[0] == '\0') {
+        if (fd_rel_cached(fd, found, sizeof found) != 1 || found[0] == '\0') {
             pthread_rwlock_unlock(&write_gate);
             *to_python = 1;
             return -1;
@@ -527,12 +528,14 @@ static PyObject *py_block_writes(PyObject *self, PyObject *unused) {
     Py_BEGIN_ALLOW_THREADS
     pthread_rwlock_wrlock(&write_gate);
     Py_END_ALLOW_THREADS
+    names_changing();   /* the holder may change names: remembered paths expire */
     Py_RETURN_NONE;
 }
 
 static PyObject *py_unblock_writes(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
+    names_changing();   /* and what was remembered while it held them */
     pthread_rwlock_unlock(&write_gate);
     Py_RETURN_NONE;
 }

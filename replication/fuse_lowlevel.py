@@ -215,13 +215,19 @@ def _raise_fd_limit() -> None:
             nr_open = int(f.read())
     except (OSError, ValueError):
         nr_open = hard
-    want = fd_limits(soft, hard, nr_open, os.geteuid() == 0)
-    if want != (soft, hard):
+    error = ""
+    for privileged in (os.geteuid() == 0, False):   # a container may refuse the hard one
+        want = fd_limits(soft, hard, nr_open, privileged)
+        if want == (soft, hard):
+            break
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, want)
+            break
         except (OSError, ValueError) as e:
-            log.warning("event=fd_limit_not_raised soft=%d hard=%d error=%r", soft, hard, str(e))
-            return
+            error = str(e)
+    else:
+        log.warning("event=fd_limit_not_raised soft=%d hard=%d error=%r", soft, hard, error)
+        return
     log.info("event=fd_limit soft=%d hard=%d", *resource.getrlimit(resource.RLIMIT_NOFILE))
 
 
@@ -268,6 +274,12 @@ def serve_lowlevel(root: str, replicator: Replicator, *,
                 writes.start()
                 if hasattr(replicator, "tree_durable"):
                     replicator.tree_durable = writes.tree_durable
+            elif isinstance(fs._lock, OrderingLock):
+                # names change only under the exclusive lock: its hooks expire the
+                # remembered paths (with C writes on, block/unblock_writes do)
+                fs._lock.exclusive_hooks = (dp.names_changed, dp.names_changed)
+            # without hooks no remembered path could be trusted: every one looked up
+            dp.fd_path_cache(isinstance(fs._lock, OrderingLock))
             log.info("event=fuse_native api=lowlevel writes=%s entry_timeout=%s attr_timeout=%s "
                      "trust_page_cache=%s", "c" if writes else "python", entry_timeout,
                      attr_timeout, fs.trust_page_cache)
@@ -281,6 +293,7 @@ def serve_lowlevel(root: str, replicator: Replicator, *,
                     _stop_native_writes(fs, writes)
                 else:
                     _detach_native_writes(fs)
+                dp.fd_path_cache(False)
                 dp.ll_set_bridge(None)
                 dp.set_root(-1)
                 log.info("event=fuse_native_served api=lowlevel %s", " ".join(
