@@ -247,9 +247,9 @@ def serve_lowlevel(root: str, replicator: Replicator, *,
     """Mount the replicating file system over ``root`` on the low-level API and serve it
     until unmounted (as fuse_fs.serve, writable only). ``trust_page_cache`` (see
     ReplicatedFS.init_with_config) is on unless False: what kept it off on the
-    high-level API, a hard link's other name, has no pages of its own here. Raises RuntimeError when the C
-    extension is not built or the mount fails, DataPlaneBusy (before mounting) when
-    another mount of this process holds the C data plane."""
+    high-level API, a hard link's other name, has no pages of its own here. Raises
+    RuntimeError when the C extension is not built or the mount fails, DataPlaneBusy
+    (before mounting) when another mount of this process holds the C data plane."""
     if not native_fuse.available():
         raise RuntimeError(native_fuse.why_unavailable())
     root = mount_point_path(root)
