@@ -26,6 +26,10 @@
  *
  * The functions are handed to Python as addresses (``addresses()``) and put into
  * libfuse's operations table in place of mfusepy's (replication/native_fuse.py).
+ *
+ * The primary's mount is served on libfuse's low-level API by default: _lowlevel.c,
+ * included at the end of this file (one translation unit: it shares the write queue,
+ * the pins, the gates and the counters above, so there is one C write path).
  */
 #define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
@@ -763,7 +767,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_dataplane",
-    "The FUSE layer's read-only hot requests in C (see replication/native_fuse.py).",
+    "The FUSE layer's hot requests in C, on libfuse's high- and low-level APIs "
+    "(see replication/native_fuse.py and replication/fuse_lowlevel.py).",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
