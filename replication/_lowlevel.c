@@ -58,7 +58,6 @@ static char root_prefix[PATH_MAX];
 static size_t root_prefix_len = 0;
 static PyObject *ll_bridge = NULL;           /* fuse_lowlevel.Bridge */
 static double ll_entry_timeout = 1.0, ll_attr_timeout = 1.0;
-static int ll_keep_cache = 0;                /* kernel_cache: the primary is the only writer */
 static int ll_trust_cache = 0;               /* no auto_inval_data */
 static struct fuse_session *ll_session = NULL;
 static atomic_ullong n_lookup, n_forget, n_bridge, n_readdir;
@@ -623,7 +622,7 @@ static void ll_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         fd = (int)r;
     }
     fi->fh = (uint64_t)fd;
-    fi->keep_cache = ll_keep_cache;
+    fi->keep_cache = 1;   /* kernel_cache: the primary's mount is the only writer */
     if (fuse_reply_open(req, fi) == -ENOENT) {   /* interrupted: never the kernel's */
         if (fd < FD_TABLE && atomic_exchange(&c_opened[fd], 0) != 0)
             close(fd);
@@ -643,7 +642,7 @@ static void ll_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     struct fuse_entry_param e;
     int err = ll_entry(parent, name, &e);
     fi->fh = (uint64_t)r;
-    fi->keep_cache = ll_keep_cache;
+    fi->keep_cache = 1;   /* kernel_cache: the primary's mount is the only writer */
     if (err) {
         call_bridge(req, NAMES_NONE, "release", "(i)", (int)r);
         fuse_reply_err(req, err);
@@ -855,16 +854,16 @@ static PyObject *py_ll_set_bridge(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* ll_serve(mountpoint, options, max_threads, entry_timeout, attr_timeout, keep_cache,
- * trust_cache) -> loop's result: mounts the served directory (set_root and
+/* ll_serve(mountpoint, options, max_threads, entry_timeout, attr_timeout, trust_cache)
+ * -> loop's result: mounts the served directory (set_root and
  * ll_set_bridge first) at mountpoint and serves it until it is unmounted. */
 static PyObject *py_ll_serve(PyObject *self, PyObject *args) {
     (void)self;
     const char *mountpoint, *options;
-    int max_threads, keep_cache, trust_cache;
+    int max_threads, trust_cache;
     double entry_to, attr_to;
-    if (!PyArg_ParseTuple(args, "ysiddpp", &mountpoint, &options, &max_threads,
-                          &entry_to, &attr_to, &keep_cache, &trust_cache))
+    if (!PyArg_ParseTuple(args, "ysiddp", &mountpoint, &options, &max_threads,
+                          &entry_to, &attr_to, &trust_cache))
         return NULL;
     int root = atomic_load(&root_fd);
     if (root < 0 || ll_bridge == NULL || ll_session != NULL) {
@@ -889,7 +888,6 @@ static PyObject *py_ll_serve(PyObject *self, PyObject *args) {
     }
     ll_entry_timeout = entry_to;
     ll_attr_timeout = attr_to;
-    ll_keep_cache = keep_cache;
     ll_trust_cache = trust_cache;
 
     char *argv[] = {"hacluster", "-o", (char *)options, NULL};
@@ -957,7 +955,7 @@ static void ll_module_init(void) {
      "ll_set_bridge(bridge | None): where the requests not served in C go."}, \
     {"ll_serve", py_ll_serve, METH_VARARGS, \
      "ll_serve(mountpoint, options, max_threads, entry_timeout, attr_timeout, " \
-     "keep_cache, trust_cache) -> int: serve the low-level mount until unmounted."}, \
+     "trust_cache) -> int: serve the low-level mount until unmounted."}, \
     {"ll_counters", py_ll_counters, METH_NOARGS, \
      "ll_counters() -> {path_hits, path_misses, lookup, forget, bridge, readdir, nodes}."}, \
     {"fd_path_cache", py_fd_path_cache, METH_O, \

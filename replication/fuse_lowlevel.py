@@ -287,7 +287,7 @@ def serve_lowlevel(root: str, replicator: Replicator, *,
                              daemon=True).start()
             try:
                 dp.ll_serve(os.fsencode(root), MOUNT_OPTIONS, max_threads, entry_timeout,
-                            attr_timeout, True, fs.trust_page_cache)
+                            attr_timeout, fs.trust_page_cache)
             finally:
                 if writes is not None:
                     _stop_native_writes(fs, writes)
